@@ -1,0 +1,2 @@
+"""(placeholder, filled by the op-library work)"""
+from .registry import register  # noqa: F401

@@ -1,0 +1,54 @@
+"""The op registry: a plain ``dict`` from ONNX op type to one NumPy function.
+
+Calling convention (every op follows it)::
+
+    @register("Conv")
+    def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1,
+             kernel_shape=None, pads=None, strides=None):
+        ...
+        return y            # one array, or a tuple of arrays for multi-output ops
+
+* Node inputs are passed positionally, in ONNX order; an absent optional input (``""``) is
+  ``None`` (trailing absent inputs are dropped).
+* ONNX attributes are keyword-only parameters with ONNX's default values; the set of keyword
+  names IS the set of supported attributes (anything else is reported at load time).
+* A keyword-only parameter named ``noutputs`` (not an ONNX attribute) receives the number of
+  outputs the node declares (Split needs it).
+* An op rejects a bad attribute value or input with :class:`qsim.errors.OpError` (without the node
+  name: the executor adds it). Ops never mutate their inputs.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+OpFn = Callable[..., object]
+
+#: op type → NumPy function. Filled by the ``@register`` decorators of the op modules.
+OPS: dict[str, OpFn] = {}
+
+#: keyword parameters that are not ONNX attributes
+_INTERNAL_KEYWORDS = frozenset({"noutputs"})
+
+
+def register(op_type: str) -> Callable[[OpFn], OpFn]:
+    """Register ``fn`` as the implementation of ONNX op ``op_type`` (one function per op)."""
+
+    def deco(fn: OpFn) -> OpFn:
+        if op_type in OPS:
+            raise RuntimeError(f"op {op_type} registered twice ({OPS[op_type].__name__}, {fn.__name__})")
+        OPS[op_type] = fn
+        return fn
+
+    return deco
+
+
+def supported_attributes(op_type: str) -> frozenset[str]:
+    """The ONNX attribute names the implementation of ``op_type`` accepts."""
+    sig = inspect.signature(OPS[op_type])
+    return frozenset(name for name, p in sig.parameters.items()
+                     if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in _INTERNAL_KEYWORDS)
+
+
+def wants_noutputs(op_type: str) -> bool:
+    return "noutputs" in inspect.signature(OPS[op_type]).parameters
