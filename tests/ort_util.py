@@ -1,0 +1,80 @@
+"""Run a single ONNX op in ONNX Runtime and in qsim's op library, for parity tests."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from qsim.ops import OPS
+
+_SESSION_OPTIONS = ort.SessionOptions()
+_SESSION_OPTIONS.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+_SESSION_OPTIONS.intra_op_num_threads = 1
+
+
+def ort_run_op(op_type: str, inputs: list, attrs: dict | None = None, *, noutputs: int = 1,
+               opset: int = 17, initializers: tuple[int, ...] = ()) -> list[np.ndarray]:
+    """Run ``op_type`` on ``inputs`` (arrays, or None for an absent optional input) in ORT.
+
+    Inputs whose index is in ``initializers`` are stored as initializers (some ops require
+    constant shape/axes inputs to be initializers to type-check)."""
+    attrs = dict(attrs or {})
+    names, graph_inputs, inits, feeds = [], [], [], {}
+    for i, a in enumerate(inputs):
+        if a is None:
+            names.append("")
+            continue
+        name = f"in{i}"
+        names.append(name)
+        a = np.asarray(a)
+        if i in initializers:
+            inits.append(numpy_helper.from_array(a, name))
+        else:
+            graph_inputs.append(helper.make_tensor_value_info(
+                name, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape))
+            feeds[name] = a
+    while names and names[-1] == "":
+        names.pop()
+    outs = [f"out{i}" for i in range(noutputs)]
+    node = helper.make_node(op_type, names, outs, **attrs)
+    graph = helper.make_graph([node], "single_op", graph_inputs,
+                              [helper.make_value_info(o, onnx.TypeProto()) for o in outs],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = min(model.ir_version, 9)
+    sess = ort.InferenceSession(model.SerializeToString(), _SESSION_OPTIONS,
+                                providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def qsim_run_op(op_type: str, inputs: list, attrs: dict | None = None, *,
+                noutputs: int = 1) -> list[np.ndarray]:
+    """Call qsim's implementation directly, with the registry's calling convention."""
+    from qsim.ops.registry import wants_noutputs
+    args = list(inputs)
+    while args and args[-1] is None:
+        args.pop()
+    kwargs = dict(attrs or {})
+    if wants_noutputs(op_type):
+        kwargs["noutputs"] = noutputs
+    result = OPS[op_type](*args, **kwargs)
+    return list(result) if isinstance(result, tuple) else [result]
+
+
+def assert_op_matches_ort(op_type: str, inputs: list, attrs: dict | None = None, *,
+                          noutputs: int = 1, opset: int = 17, rtol: float = 1e-5,
+                          atol: float = 1e-6, initializers: tuple[int, ...] = ()) -> None:
+    """qsim's op equals ORT's on the same inputs: same dtype, shape, values to rtol/atol."""
+    expected = ort_run_op(op_type, inputs, attrs, noutputs=noutputs, opset=opset,
+                          initializers=initializers)
+    got = qsim_run_op(op_type, inputs, attrs, noutputs=noutputs)
+    assert len(got) >= len(expected)
+    for i, (e, g) in enumerate(zip(expected, got)):
+        g = np.asarray(g)
+        assert g.shape == e.shape, f"{op_type} output {i}: shape {g.shape} != ORT {e.shape}"
+        assert g.dtype == e.dtype, f"{op_type} output {i}: dtype {g.dtype} != ORT {e.dtype}"
+        if e.dtype.kind in "fc":
+            np.testing.assert_allclose(g, e, rtol=rtol, atol=atol, err_msg=f"{op_type} output {i}")
+        else:
+            np.testing.assert_array_equal(g, e, err_msg=f"{op_type} output {i}")
