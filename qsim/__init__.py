@@ -9,3 +9,6 @@ __all__ = [
     "QsimError", "GraphError", "UnknownOpError", "OpError", "FeedError", "ConfigError",
     "EncodingError", "NotCalibratedError", "ExportError",
 ]
+from .onnx_io import load_onnx, to_onnx  # noqa: E402
+
+__all__ += ["load_onnx", "to_onnx"]
