@@ -1,2 +1,457 @@
-"""(placeholder, filled by the op-library work)"""
-from .registry import register  # noqa: F401
+"""Elementwise ONNX ops (opsets 13-21): arithmetic, activations, comparisons, Cast, Identity.
+
+Every function follows the calling convention of :mod:`qsim.ops.registry`: inputs positional,
+attributes keyword-only with ONNX's defaults. Outputs keep the input dtype as ONNX does
+(float32 stays float32; comparisons return bool). Binary ops use NumPy (= ONNX multidirectional)
+broadcasting; inputs that do not broadcast or whose dtypes differ raise :class:`OpError`.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import OpError
+from .registry import register
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def _broadcast(op: str, *arrays: np.ndarray) -> tuple[int, ...]:
+    """The broadcast shape of ``arrays``, or :class:`OpError` naming the shapes."""
+    try:
+        return np.broadcast_shapes(*(np.shape(a) for a in arrays))
+    except ValueError:
+        shapes = ", ".join(str(tuple(np.shape(a))) for a in arrays)
+        raise OpError(f"{op}: input shapes {shapes} do not broadcast "
+                      f"(each dimension must be equal or 1)") from None
+
+
+def _same_dtype(op: str, *arrays: np.ndarray) -> np.dtype:
+    """The common dtype of ``arrays``; ONNX requires them all to be equal."""
+    dtypes = [np.asarray(a).dtype for a in arrays]
+    if any(d != dtypes[0] for d in dtypes):
+        raise OpError(f"{op}: inputs have dtypes {[d.name for d in dtypes]}, "
+                      f"expected one dtype for all inputs")
+    return dtypes[0]
+
+
+def _binary(op: str, a: np.ndarray, b: np.ndarray) -> np.dtype:
+    """Check the two inputs of a broadcasting binary op; return their dtype."""
+    dtype = _same_dtype(op, a, b)
+    _broadcast(op, a, b)
+    return dtype
+
+
+def _float_input(op: str, x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype.kind != "f":
+        raise OpError(f"{op}: input has dtype {x.dtype}, expected a floating-point tensor")
+    return x
+
+
+def _out(value, dtype) -> np.ndarray:
+    """``value`` as an ndarray of ``dtype`` (NumPy returns scalars for 0-d results)."""
+    return np.asarray(value, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# arithmetic
+
+
+@register("Add")
+def add(a, b):
+    """C = A + B (broadcasting)."""
+    dtype = _binary("Add", a, b)
+    return _out(np.add(a, b), dtype)
+
+
+@register("Sub")
+def sub(a, b):
+    """C = A - B (broadcasting)."""
+    dtype = _binary("Sub", a, b)
+    return _out(np.subtract(a, b), dtype)
+
+
+@register("Mul")
+def mul(a, b):
+    """C = A * B (broadcasting)."""
+    dtype = _binary("Mul", a, b)
+    return _out(np.multiply(a, b), dtype)
+
+
+@register("Div")
+def div(a, b):
+    """C = A / B (broadcasting). Integer types truncate toward zero like C (ONNX Runtime):
+    Div(-7, 2) = -3, not NumPy's floor -4. Integer division by zero is an error.
+    """
+    dtype = _binary("Div", a, b)
+    if dtype.kind == "f":
+        return _out(np.divide(a, b), dtype)
+    if dtype.kind not in "iu":
+        raise OpError(f"Div: dtype {dtype} not supported, expected a float or integer tensor")
+    if np.any(np.asarray(b) == 0):
+        raise OpError("Div: integer division by zero (input B contains 0)")
+    q = np.floor_divide(a, b)
+    # floor and truncation differ when the remainder is non-zero and the signs differ
+    fix = (np.remainder(a, b) != 0) & ((np.asarray(a) < 0) != (np.asarray(b) < 0))
+    return _out(q + fix.astype(dtype), dtype)
+
+
+@register("Pow")
+def pow_(x, y):
+    """Z = X ** Y (broadcasting); Z has the dtype of X (Y may have another numeric dtype)."""
+    x, y = np.asarray(x), np.asarray(y)
+    _broadcast("Pow", x, y)
+    if x.dtype.kind == "f":
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            return _out(np.power(x, y.astype(x.dtype)), x.dtype)
+    if x.dtype.kind in "iu" and y.dtype.kind in "iu":
+        if np.any(y < 0):
+            raise OpError("Pow: integer base with a negative integer exponent is not supported")
+        return _out(np.power(x, y.astype(x.dtype)), x.dtype)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return _out(np.power(x.astype(np.float64), y.astype(np.float64)), x.dtype)
+
+
+@register("Sqrt")
+def sqrt(x):
+    """Y = sqrt(X) (NaN for X < 0)."""
+    x = _float_input("Sqrt", x)
+    with np.errstate(invalid="ignore"):
+        return _out(np.sqrt(x), x.dtype)
+
+
+@register("Reciprocal")
+def reciprocal(x):
+    """Y = 1 / X."""
+    x = _float_input("Reciprocal", x)
+    with np.errstate(divide="ignore"):
+        return _out(np.reciprocal(x), x.dtype)
+
+
+@register("Neg")
+def neg(x):
+    """Y = -X."""
+    x = np.asarray(x)
+    return _out(np.negative(x), x.dtype)
+
+
+@register("Abs")
+def abs_(x):
+    """Y = |X|."""
+    x = np.asarray(x)
+    return _out(np.abs(x), x.dtype)
+
+
+@register("Exp")
+def exp(x):
+    """Y = e ** X."""
+    x = _float_input("Exp", x)
+    with np.errstate(over="ignore"):
+        return _out(np.exp(x), x.dtype)
+
+
+@register("Log")
+def log(x):
+    """Y = ln(X) (-inf at 0, NaN below)."""
+    x = _float_input("Log", x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return _out(np.log(x), x.dtype)
+
+
+@register("Floor")
+def floor(x):
+    """Y = floor(X)."""
+    x = _float_input("Floor", x)
+    return _out(np.floor(x), x.dtype)
+
+
+@register("Ceil")
+def ceil(x):
+    """Y = ceil(X)."""
+    x = _float_input("Ceil", x)
+    return _out(np.ceil(x), x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# erf
+
+#: Maclaurin coefficients of erf(x) * sqrt(pi) / (2x) = sum_n (-1)^n x^(2n) / (n! (2n+1))
+_ERF_SERIES = tuple((-1) ** n / (math.factorial(n) * (2 * n + 1)) for n in range(48))
+#: below this |x| the series is used, above it the continued fraction of erfc
+_ERF_SPLIT = 2.0
+#: number of levels of the erfc continued fraction (error < 1e-15 for x >= 2)
+_ERFC_DEPTH = 60
+
+
+def erf_float64(x: np.ndarray) -> np.ndarray:
+    """erf(x) in float64, accurate to ~1e-15 absolute (vectorised; NumPy has no erf).
+
+    * |x| < 2:  erf(x) = 2/sqrt(pi) * sum_{n>=0} (-1)^n x^(2n+1) / (n! (2n+1))   (48 terms, Horner)
+    * |x| >= 2: erfc(x) = exp(-x^2)/sqrt(pi) * 1/(x + (1/2)/(x + 1/(x + (3/2)/(x + 2/(x + ...)))))
+      (Laplace's continued fraction, 60 levels), erf = sign(x) * (1 - erfc(|x|)); |x| is capped
+      at 6, where erf is 1 to double precision.
+
+    >>> float(erf_float64(np.array(0.5)))  # math.erf(0.5) = 0.5204998778130465
+    0.5204998778130465
+    """
+    x = np.asarray(x, dtype=np.float64)
+    ax = np.abs(x)
+    small = np.minimum(ax, _ERF_SPLIT)
+    z = small * small
+    acc = np.zeros_like(small)
+    for c in reversed(_ERF_SERIES):
+        acc = acc * z + c
+    series = 2.0 / math.sqrt(math.pi) * small * acc
+    large = np.clip(ax, _ERF_SPLIT, 6.0)
+    t = large.copy()
+    for k in range(_ERFC_DEPTH, 0, -1):
+        t = large + (k / 2.0) / t
+    tail = 1.0 - np.exp(-large * large) / (math.sqrt(math.pi) * t)
+    return np.sign(x) * np.where(ax < _ERF_SPLIT, series, tail)
+
+
+@register("Erf")
+def erf(x):
+    """Y = erf(X) = 2/sqrt(pi) * integral_0^X exp(-t^2) dt, evaluated in float64
+    (:func:`erf_float64`) and rounded to the input dtype."""
+    x = _float_input("Erf", x)
+    return _out(erf_float64(x), x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# activations
+
+
+@register("Relu")
+def relu(x):
+    """Y = max(0, X)."""
+    x = np.asarray(x)
+    return _out(np.maximum(x, np.zeros((), x.dtype)), x.dtype)
+
+
+@register("LeakyRelu")
+def leaky_relu(x, *, alpha=0.01):
+    """Y = X if X >= 0 else alpha * X."""
+    x = _float_input("LeakyRelu", x)
+    return _out(np.where(x >= 0, x, x * x.dtype.type(alpha)), x.dtype)
+
+
+@register("PRelu")
+def prelu(x, slope):
+    """Y = X if X >= 0 else slope * X; slope broadcasts to X (e.g. (C,1,1) per channel)."""
+    x, slope = np.asarray(x), np.asarray(slope)
+    _same_dtype("PRelu", x, slope)
+    try:
+        fits = np.broadcast_shapes(x.shape, slope.shape) == x.shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise OpError(f"PRelu: slope shape {slope.shape} does not broadcast to input shape "
+                      f"{x.shape} (expected e.g. (C, 1, 1) or a suffix of the input shape)")
+    return _out(np.where(x >= 0, x, x * slope), x.dtype)
+
+
+@register("Clip")
+def clip(x, min=None, max=None):  # noqa: A002 - ONNX input names
+    """Y = min(max(X, min), max); an absent bound does not clip. When min > max, every value
+    becomes max (ONNX). min and max are scalar inputs (opset >= 11)."""
+    x = np.asarray(x)
+    y = x
+    for name, bound, fn in (("min", min, np.maximum), ("max", max, np.minimum)):
+        if bound is None:
+            continue
+        bound = np.asarray(bound)
+        if bound.size != 1:
+            raise OpError(f"Clip: input '{name}' has shape {bound.shape}, expected a scalar")
+        y = fn(y, bound.reshape(()).astype(x.dtype))
+    return _out(y, x.dtype)
+
+
+@register("Sigmoid")
+def sigmoid(x):
+    """Y = 1 / (1 + exp(-X)), computed as exp(X) / (1 + exp(X)) for X < 0 (no overflow)."""
+    x = _float_input("Sigmoid", x)
+    e = np.exp(-np.abs(x))
+    return _out(np.where(x >= 0, 1 / (1 + e), e / (1 + e)), x.dtype)
+
+
+@register("HardSigmoid")
+def hard_sigmoid(x, *, alpha=0.2, beta=0.5):
+    """Y = max(0, min(1, alpha * X + beta))."""
+    x = _float_input("HardSigmoid", x)
+    t = x.dtype.type
+    return _out(np.clip(t(alpha) * x + t(beta), t(0), t(1)), x.dtype)
+
+
+@register("HardSwish")
+def hard_swish(x):
+    """Y = X * max(0, min(1, X / 6 + 1/2))  (HardSigmoid with alpha = 1/6, beta = 0.5)."""
+    x = _float_input("HardSwish", x)
+    return _out(x * hard_sigmoid(x, alpha=1 / 6, beta=0.5), x.dtype)
+
+
+@register("Tanh")
+def tanh(x):
+    """Y = tanh(X)."""
+    x = _float_input("Tanh", x)
+    return _out(np.tanh(x), x.dtype)
+
+
+@register("Gelu")
+def gelu(x, *, approximate="none"):
+    """Gelu (opset 20).
+
+    * approximate="none": Y = X/2 * (1 + erf(X / sqrt(2)))
+    * approximate="tanh": Y = X/2 * (1 + tanh(sqrt(2/pi) * (X + 0.044715 X^3)))
+
+    Evaluated in float64, rounded to the input dtype.
+    """
+    x = _float_input("Gelu", x)
+    x64 = x.astype(np.float64)
+    if approximate == "none":
+        inner = erf_float64(x64 / math.sqrt(2.0))
+    elif approximate == "tanh":
+        inner = np.tanh(math.sqrt(2.0 / math.pi) * (x64 + 0.044715 * x64 ** 3))
+    else:
+        raise OpError(f"Gelu: attribute approximate={approximate!r}, expected 'none' or 'tanh'")
+    return _out(0.5 * x64 * (1.0 + inner), x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# selection and comparison
+
+
+@register("Where")
+def where(condition, x, y):
+    """Out = X where condition else Y (all three broadcast together)."""
+    condition = np.asarray(condition)
+    if condition.dtype != np.bool_:
+        raise OpError(f"Where: condition has dtype {condition.dtype}, expected bool")
+    dtype = _same_dtype("Where", x, y)
+    _broadcast("Where", condition, x, y)
+    return _out(np.where(condition, x, y), dtype)
+
+
+def _compare(op: str, fn, a, b) -> np.ndarray:
+    _binary(op, a, b)
+    return _out(fn(a, b), np.bool_)
+
+
+@register("Equal")
+def equal(a, b):
+    """C = (A == B), bool."""
+    return _compare("Equal", np.equal, a, b)
+
+
+@register("Less")
+def less(a, b):
+    """C = (A < B), bool."""
+    return _compare("Less", np.less, a, b)
+
+
+@register("LessOrEqual")
+def less_or_equal(a, b):
+    """C = (A <= B), bool."""
+    return _compare("LessOrEqual", np.less_equal, a, b)
+
+
+@register("Greater")
+def greater(a, b):
+    """C = (A > B), bool."""
+    return _compare("Greater", np.greater, a, b)
+
+
+@register("GreaterOrEqual")
+def greater_or_equal(a, b):
+    """C = (A >= B), bool."""
+    return _compare("GreaterOrEqual", np.greater_equal, a, b)
+
+
+@register("Not")
+def not_(x):
+    """Y = not X (bool)."""
+    x = np.asarray(x)
+    if x.dtype != np.bool_:
+        raise OpError(f"Not: input has dtype {x.dtype}, expected bool")
+    return _out(np.logical_not(x), np.bool_)
+
+
+def _variadic(op: str, fn, inputs) -> np.ndarray:
+    if not inputs:
+        raise OpError(f"{op}: no inputs, expected at least one")
+    dtype = _same_dtype(op, *inputs)
+    _broadcast(op, *inputs)
+    result = np.array(inputs[0], copy=True)
+    for a in inputs[1:]:
+        result = fn(result, a)
+    return _out(result, dtype)
+
+
+@register("Max")
+def max_(*inputs):
+    """Elementwise maximum of all inputs (broadcasting); NaN propagates."""
+    return _variadic("Max", np.maximum, inputs)
+
+
+@register("Min")
+def min_(*inputs):
+    """Elementwise minimum of all inputs (broadcasting); NaN propagates."""
+    return _variadic("Min", np.minimum, inputs)
+
+
+@register("Sum")
+def sum_(*inputs):
+    """Elementwise sum of all inputs (broadcasting), added left to right."""
+    return _variadic("Sum", np.add, inputs)
+
+
+# --------------------------------------------------------------------------------------------
+# type and identity
+
+#: ONNX TensorProto.DataType code → NumPy dtype (the types NumPy can hold)
+ONNX_DTYPES = {
+    1: np.dtype(np.float32), 2: np.dtype(np.uint8), 3: np.dtype(np.int8),
+    4: np.dtype(np.uint16), 5: np.dtype(np.int16), 6: np.dtype(np.int32),
+    7: np.dtype(np.int64), 9: np.dtype(np.bool_), 10: np.dtype(np.float16),
+    11: np.dtype(np.float64), 12: np.dtype(np.uint32), 13: np.dtype(np.uint64),
+}
+
+
+@register("Cast")
+def cast(x, *, to=None, saturate=1):
+    """Y = X converted to the ONNX type code ``to`` (1 float32, 7 int64, 9 bool, ...).
+
+    float → int truncates toward zero; → bool is X != 0. ``saturate`` only concerns float8
+    types, which are not supported.
+    """
+    if to not in ONNX_DTYPES:
+        names = ", ".join(f"{k} ({v.name})" for k, v in ONNX_DTYPES.items())
+        raise OpError(f"Cast: attribute to={to!r} is not a supported type code, expected one "
+                      f"of {names}")
+    x = np.asarray(x)
+    with np.errstate(invalid="ignore", over="ignore"):
+        return _out(x.astype(ONNX_DTYPES[to]), ONNX_DTYPES[to])
+
+
+@register("Identity")
+def identity(x):
+    """Y = X (the same values; a new array object)."""
+    return np.array(x, copy=True)
+
+
+@register("Dropout")
+def dropout(data, ratio=None, training_mode=None, *, seed=None, noutputs=1):
+    """Inference Dropout: output = data; the optional mask output is all True.
+
+    ``training_mode`` = true (random dropping) is not supported.
+    """
+    if training_mode is not None and bool(np.asarray(training_mode).reshape(-1)[0]):
+        raise OpError("Dropout: input training_mode is true, expected false "
+                      "(qsim simulates inference only)")
+    output = np.array(data, copy=True)
+    if noutputs == 1:
+        return output
+    return output, np.ones(np.shape(data), dtype=np.bool_)
