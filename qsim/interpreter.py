@@ -99,15 +99,19 @@ def _last_uses(graph: Graph, keep: Iterable[str]) -> dict[int, list[str]]:
     return by_node
 
 
-def call_op(node: Node, args: list) -> tuple:
-    """Run one node's op function; wrap any failure in an :class:`OpError` naming the node."""
-    fn = OPS.get(node.op_type)
+def call_op(node: Node, args: list, ops: Mapping[str, Callable] | None = None) -> tuple:
+    """Run one node's op function; wrap any failure in an :class:`OpError` naming the node.
+
+    ``ops`` may supply implementations for op types outside the library (e.g. the simulation's
+    quantize-dequantize nodes); they follow the same calling convention."""
+    fn = ops.get(node.op_type) if ops else None
+    fn = fn if fn is not None else OPS.get(node.op_type)
     if fn is None:
         raise UnknownOpError(f"{node.describe()}: op type '{node.op_type}' is not supported")
     while args and args[-1] is None:
         args.pop()
     kwargs = dict(node.attrs)
-    if wants_noutputs(node.op_type):
+    if node.op_type in OPS and wants_noutputs(node.op_type):
         kwargs["noutputs"] = len(node.outputs)
     try:
         result = fn(*args, **kwargs)
@@ -128,12 +132,14 @@ def _describe_array(a) -> str:
 
 
 def run(graph: Graph, feeds: Mapping[str, np.ndarray], *, observe: Observer | None = None,
-        outputs: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        outputs: Iterable[str] | None = None,
+        ops: Mapping[str, Callable] | None = None) -> dict[str, np.ndarray]:
     """Execute ``graph`` on ``feeds`` and return ``{name: array}`` for ``outputs``.
 
     ``outputs`` defaults to the graph outputs and may name any tensor (input, parameter or
     intermediate). ``observe(name, array)`` is called on every graph input and node output as it
-    is produced; if it returns an array, that array replaces the tensor downstream.
+    is produced; if it returns an array, that array replaces the tensor downstream. ``ops`` adds
+    op implementations for custom op types (see :func:`call_op`).
     """
     wanted = list(graph.output_names if outputs is None else outputs)
     env: dict[str, np.ndarray] = dict(graph.params)
@@ -150,7 +156,7 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], *, observe: Observer | No
         except KeyError as exc:
             raise GraphError(f"{node.describe()}: input {exc} is not defined when the node "
                              f"runs (validate() the graph)") from None
-        results = call_op(node, args)
+        results = call_op(node, args, ops)
         if len(results) < sum(1 for o in node.outputs if o):
             raise OpError(f"{node.describe()}: produced {len(results)} output(s), the node "
                           f"declares {len(node.outputs)}")
