@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import GraphError
-from .interpreter import check_supported
+from .errors import GraphError, UnknownOpError
+from .interpreter import unsupported
 from .ir import Graph, Node, ValueInfo
 
 
@@ -38,9 +38,18 @@ def load_onnx(model: Any, *, check: bool = True) -> Graph:
         raise GraphError(f"load_onnx expects a file path or an onnx.ModelProto, got {type(model).__name__}")
     graph = _graph_from_proto(proto)
     graph.validate()
-    if check:
-        check_supported(graph)
+    # Attribute kinds qsim cannot represent (sub-graphs, ...) are reported even without
+    # ``check``, in the same error as unsupported ops so the user sees every problem at once.
+    problems = _unsupported_attribute_kinds(graph) + (unsupported(graph) if check else [])
+    if problems:
+        raise UnknownOpError(f"graph '{graph.name}' has {len(problems)} unsupported "
+                             f"op(s)/attribute(s):\n  " + "\n  ".join(problems))
     return graph
+
+
+def _unsupported_attribute_kinds(graph: Graph) -> list[str]:
+    return [f"{n.describe()}: attribute '{k}' is a {v.kind}, which qsim cannot run"
+            for n in graph.nodes for k, v in n.attrs.items() if isinstance(v, _Unsupported)]
 
 
 def _read_model(path) -> Any:
@@ -165,11 +174,6 @@ def _graph_from_proto(proto) -> Graph:
                           outputs=tuple(n.output),
                           attrs={a.name: _attr_value(a) for a in n.attribute}, domain=n.domain))
     nodes = _topological(nodes, {v.name for v in inputs} | set(params))
-    unsupported_attrs = [f"{n.describe()}: attribute '{k}' is a {v.kind}"
-                         for n in nodes for k, v in n.attrs.items() if isinstance(v, _Unsupported)]
-    if unsupported_attrs:
-        from .errors import UnknownOpError
-        raise UnknownOpError("unsupported attribute kinds:\n  " + "\n  ".join(unsupported_attrs))
     return Graph(nodes=tuple(nodes), inputs=inputs, outputs=outputs, params=params,
                  value_info=value_info, opset=_opset(proto), name=g.name or "graph")
 
