@@ -1,2 +1,744 @@
-"""(placeholder, filled by the op-library work)"""
-from .registry import register  # noqa: F401
+"""Neural-network ops: convolution, matrix products, pooling, normalization, softmax, resize.
+
+ONNX semantics at opsets 13-21, float32. One function per op, registered with ``@register``; the
+formula is in each docstring. Shared helpers (attribute checks, padding geometry, the strided
+window view) come first.
+
+Performance notes. Conv, ConvTranspose, Gemm and MatMul reduce to one BLAS matrix product
+(``np.matmul``): Conv builds its "im2col" matrix from a read-only strided window view (one copy),
+ConvTranspose multiplies first and scatters the columns back ("col2im", a loop over kernel
+offsets only). Convolution results are computed channel-major, ``(M, N, *spatial)`` in memory, and
+returned as the NCHW-shaped view ``buffer.transpose(1, 0, ...)``: the big product needs no output
+copy, and the next Conv reads that layout for free. Callers that need C-contiguous memory call
+``np.ascontiguousarray``; values and shapes are the ONNX ones either way.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ..errors import OpError
+from .registry import register
+
+AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+
+
+# ---------------------------------------------------------------------------------------------
+# attribute checks and geometry
+# ---------------------------------------------------------------------------------------------
+def _ints(name: str, value, default: int, n: int, *, minimum: int) -> tuple[int, ...]:
+    """A per-spatial-axis integer attribute (strides, dilations): ``n`` values >= ``minimum``."""
+    if value is None:
+        return (default,) * n
+    values = tuple(int(v) for v in np.atleast_1d(value))
+    if len(values) != n:
+        raise OpError(f"attribute {name}={list(values)} has {len(values)} value(s), expected {n} "
+                      f"(one per spatial axis)")
+    if any(v < minimum for v in values):
+        raise OpError(f"attribute {name}={list(values)} must be >= {minimum} on every axis")
+    return values
+
+
+def _check_auto_pad(auto_pad) -> str:
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    if auto_pad not in AUTO_PADS:
+        raise OpError(f"attribute auto_pad='{auto_pad}' is not one of {list(AUTO_PADS)}")
+    return auto_pad
+
+
+def _explicit_pads(pads, n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """ONNX ``pads = [x1_begin, x2_begin, ..., x1_end, x2_end, ...]`` → (begins, ends)."""
+    if pads is None:
+        return (0,) * n, (0,) * n
+    values = tuple(int(p) for p in np.atleast_1d(pads))
+    if len(values) != 2 * n:
+        raise OpError(f"attribute pads={list(values)} has {len(values)} value(s), expected {2 * n} "
+                      f"(begin and end for each of the {n} spatial axes)")
+    if any(p < 0 for p in values):
+        raise OpError(f"attribute pads={list(values)} must be >= 0")
+    return values[:n], values[n:]
+
+
+def _same_pads(size: int, stride: int, extent: int, auto_pad: str) -> tuple[int, int]:
+    """SAME_* padding: output ``ceil(size / stride)``, total pad split with the odd pixel at the
+    end (SAME_UPPER) or at the beginning (SAME_LOWER). ``extent`` is the (dilated) window size."""
+    out = -(-size // stride)
+    total = max(0, (out - 1) * stride + extent - size)
+    small, large = total // 2, total - total // 2
+    return (small, large) if auto_pad == "SAME_UPPER" else (large, small)
+
+
+def _window_pads(spatial, kernel, strides, dilations, auto_pad, pads, *, dilate_same=True):
+    """Begin/end padding per spatial axis for a sliding-window op (Conv, pools).
+
+    ``dilate_same=False`` reproduces ONNX Runtime's pools, whose SAME padding uses the undilated
+    kernel size."""
+    n = len(spatial)
+    if auto_pad == "VALID":
+        return (0,) * n, (0,) * n
+    if auto_pad == "NOTSET":
+        return _explicit_pads(pads, n)
+    begins, ends = [], []
+    for size, k, s, d in zip(spatial, kernel, strides, dilations):
+        extent = (k - 1) * d + 1 if dilate_same else k
+        b, e = _same_pads(size, s, extent, auto_pad)
+        begins.append(b)
+        ends.append(e)
+    return tuple(begins), tuple(ends)
+
+
+def _out_size(size: int, k: int, s: int, d: int, begin: int, end: int, ceil_mode: bool) -> int:
+    """``floor_or_ceil((size + begin + end - d·(k-1) - 1) / s) + 1``; with ceil_mode the last
+    window must start inside the input or the begin padding."""
+    span = size + begin + end - d * (k - 1) - 1
+    if span < 0:
+        return 0
+    if not ceil_mode:
+        return span // s + 1
+    out = -(-span // s) + 1
+    if (out - 1) * s >= size + begin:
+        out -= 1
+    return out
+
+
+def _pad(x: np.ndarray, begins, ends, value=0.0) -> np.ndarray:
+    """Pad the spatial axes (2...) of ``x``; no copy when nothing is padded."""
+    if not any(begins) and not any(ends):
+        return x
+    widths = [(0, 0), (0, 0)] + [(int(b), int(e)) for b, e in zip(begins, ends)]
+    return np.pad(x, widths, mode="constant", constant_values=value)
+
+
+def _windows(xp: np.ndarray, kernel, strides, dilations, out) -> np.ndarray:
+    """Read-only view ``v[n, c, *k, *o] = xp[n, c, *(o·stride + k·dilation)]`` (no copy)."""
+    sp = xp.strides[2:]
+    shape = xp.shape[:2] + tuple(kernel) + tuple(out)
+    step = xp.strides[:2] + tuple(s * d for s, d in zip(sp, dilations)) \
+        + tuple(s * t for s, t in zip(sp, strides))
+    return as_strided(xp, shape=shape, strides=step, writeable=False)
+
+
+def _float_result(*arrays) -> np.dtype:
+    return np.result_type(*[a for a in arrays if a is not None])
+
+
+# ---------------------------------------------------------------------------------------------
+# convolution
+# ---------------------------------------------------------------------------------------------
+def _check_conv_operands(x, w, b, group, kernel_shape, *, transposed: bool):
+    """Validate ranks, group and channels of Conv / ConvTranspose; return the spatial rank."""
+    if x.ndim < 3:
+        raise OpError(f"input X has shape {list(x.shape)}; expected rank >= 3 (N, C, spatial...)")
+    if w.ndim != x.ndim:
+        raise OpError(f"weight W has shape {list(w.shape)} (rank {w.ndim}); expected rank "
+                      f"{x.ndim} like X {list(x.shape)}")
+    group = int(group)
+    if group < 1:
+        raise OpError(f"attribute group={group} must be >= 1")
+    channels = x.shape[1]
+    if channels % group:
+        raise OpError(f"attribute group={group} does not divide the {channels} input channels "
+                      f"of X {list(x.shape)}")
+    if transposed:
+        if w.shape[0] != channels:
+            raise OpError(f"weight W {list(w.shape)} has {w.shape[0]} input channels on axis 0, "
+                          f"expected {channels} (channels of X {list(x.shape)})")
+        out_channels = w.shape[1] * group
+    else:
+        if w.shape[1] * group != channels:
+            raise OpError(f"weight W {list(w.shape)} expects {w.shape[1]} channels per group "
+                          f"(x group={group} = {w.shape[1] * group}), but X {list(x.shape)} "
+                          f"has {channels}")
+        out_channels = w.shape[0]
+        if out_channels % group:
+            raise OpError(f"attribute group={group} does not divide the {out_channels} output "
+                          f"channels of W {list(w.shape)}")
+    if kernel_shape is not None and tuple(int(k) for k in kernel_shape) != tuple(w.shape[2:]):
+        raise OpError(f"attribute kernel_shape={list(kernel_shape)} does not match the spatial "
+                      f"shape {list(w.shape[2:])} of W {list(w.shape)}")
+    if b is not None and (b.ndim != 1 or b.shape[0] != out_channels):
+        raise OpError(f"bias B has shape {list(b.shape)}; expected [{out_channels}] (one value "
+                      f"per output channel)")
+    return x.ndim - 2, group
+
+
+def _channel_major(y: np.ndarray) -> np.ndarray:
+    """``(M, N, *s)`` buffer → the ``(N, M, *s)`` view that ONNX expects."""
+    return y.transpose(1, 0, *range(2, y.ndim))
+
+
+@register("Conv")
+def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+         pads=None, strides=None):
+    """N-D convolution (cross-correlation), grouped.
+
+    ``Y[n, m, o] = B[m] + Σ_{c ∈ group(m), k} X_pad[n, c, o·stride + k·dilation] · W[m, c', k]``
+    with ``X`` zero-padded by ``pads`` (or ``auto_pad``), ``o`` over
+    ``floor((size + pads - dilation·(kernel-1) - 1) / stride) + 1`` positions per axis.
+    Computed as one batched matrix product per group: ``W_g (M/g, C/g·K) @ cols_g (C/g·K, N·O)``.
+    """
+    nsp, group = _check_conv_operands(x, w, b, group, kernel_shape, transposed=False)
+    auto_pad = _check_auto_pad(auto_pad)
+    kernel = tuple(w.shape[2:])
+    strides = _ints("strides", strides, 1, nsp, minimum=1)
+    dilations = _ints("dilations", dilations, 1, nsp, minimum=1)
+    spatial = x.shape[2:]
+    begins, ends = _window_pads(spatial, kernel, strides, dilations, auto_pad, pads)
+    out = tuple(_out_size(*a, False) for a in zip(spatial, kernel, strides, dilations, begins, ends))
+    if min(out) < 1:
+        raise OpError(f"output spatial shape {list(out)} is empty: input {list(spatial)} with "
+                      f"kernel_shape={list(kernel)}, pads={list(begins + ends)}, "
+                      f"dilations={list(dilations)}")
+    dtype = _float_result(x, w, b)
+    n, channels, m = x.shape[0], x.shape[1], w.shape[0]
+    xp = _pad(x.astype(dtype, copy=False), begins, ends)
+    cols = _windows(xp, kernel, strides, dilations, out)            # (N, C, *k, *o)
+    cols = np.moveaxis(cols, 0, 1 + nsp)                            # (C, *k, N, *o)
+    cols = cols.reshape(group, channels // group * math.prod(kernel), n * math.prod(out))
+    wg = w.astype(dtype, copy=False).reshape(group, m // group, -1)
+    y = np.matmul(wg, cols).reshape((m, n) + out)                   # (M, N, *o)
+    if b is not None:
+        y += b.astype(dtype, copy=False).reshape((m,) + (1,) * (nsp + 1))
+    return _channel_major(y)
+
+
+def _conv_transpose_pads(spatial, kernel, strides, dilations, output_padding, auto_pad, pads,
+                         output_shape):
+    """Begin padding and output size per axis of ConvTranspose.
+
+    ``full = stride·(in-1) + output_padding + dilation·(kernel-1) + 1``. Explicit ``pads``:
+    ``out = full - begin - end``. ``output_shape`` (or SAME_*: ``out = in·stride``): total padding
+    ``full - out`` split with the odd pixel at the end for SAME_UPPER, at the beginning otherwise.
+    """
+    n = len(spatial)
+    full = [s * (i - 1) + p + d * (k - 1) + 1
+            for i, k, s, d, p in zip(spatial, kernel, strides, dilations, output_padding)]
+    if output_shape is not None:
+        target = tuple(int(v) for v in output_shape)[-n:]
+        if len(target) != n:
+            raise OpError(f"attribute output_shape={list(output_shape)} must give {n} spatial "
+                          f"sizes")
+    elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        # ONNX Runtime never pads negatively here: out = min(in·stride, full)
+        target = tuple(min(i * s, f) for i, s, f in zip(spatial, strides, full))
+    else:
+        if auto_pad == "VALID":
+            begins = (0,) * n
+            return begins, tuple(full)
+        begins, ends = _explicit_pads(pads, n)
+        return begins, tuple(f - b - e for f, b, e in zip(full, begins, ends))
+    begins = []
+    for f, t in zip(full, target):
+        total = f - t
+        begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
+    return tuple(begins), target
+
+
+@register("ConvTranspose")
+def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1,
+                   kernel_shape=None, output_padding=None, output_shape=None, pads=None,
+                   strides=None):
+    """N-D transposed convolution (the gradient of Conv), grouped. ``W`` is ``(C, M/group, *k)``.
+
+    ``Y[n, m, i·stride + k·dilation - pad_begin] += X[n, c, i] · W[c, m', k]`` summed over
+    ``c ∈ group(m)``, plus ``B[m]``; output size per axis
+    ``stride·(in-1) + output_padding + dilation·(kernel-1) + 1 - pad_begin - pad_end``.
+    Computed as ``cols = W_gᵀ @ X_g`` (one matrix product per group) scattered back with one
+    strided add per kernel offset.
+    """
+    nsp, group = _check_conv_operands(x, w, b, group, kernel_shape, transposed=True)
+    auto_pad = _check_auto_pad(auto_pad)
+    kernel = tuple(w.shape[2:])
+    strides = _ints("strides", strides, 1, nsp, minimum=1)
+    dilations = _ints("dilations", dilations, 1, nsp, minimum=1)
+    output_padding = _ints("output_padding", output_padding, 0, nsp, minimum=0)
+    for op_, s, d in zip(output_padding, strides, dilations):
+        if op_ >= max(s, d):
+            raise OpError(f"attribute output_padding={list(output_padding)} must be smaller than "
+                          f"the stride or the dilation on each axis (strides={list(strides)}, "
+                          f"dilations={list(dilations)})")
+    spatial = x.shape[2:]
+    begins, out = _conv_transpose_pads(spatial, kernel, strides, dilations, output_padding,
+                                       auto_pad, pads, output_shape)
+    if min(out) < 1:
+        raise OpError(f"output spatial shape {list(out)} is empty: input {list(spatial)}, "
+                      f"kernel_shape={list(kernel)}, pads/output_shape too large")
+    dtype = _float_result(x, w, b)
+    n, channels = x.shape[:2]
+    mg = w.shape[1]
+    m = mg * group
+    xg = np.moveaxis(x.astype(dtype, copy=False), 0, 1).reshape(group, channels // group, -1)
+    wg = w.astype(dtype, copy=False).reshape(group, channels // group, -1).transpose(0, 2, 1)
+    cols = np.matmul(wg, xg).reshape((m,) + kernel + (n,) + spatial)     # (M, *k, N, *in)
+    y = np.zeros((m, n) + tuple(out), dtype=dtype)
+    for offset in np.ndindex(*kernel):
+        src, dst = [], []
+        for i, k, s, d, pb, o in zip(spatial, offset, strides, dilations, begins, out):
+            shift = k * d - pb                      # output position of input 0
+            lo = max(0, -(shift // s))              # first i with i·s + shift >= 0
+            hi = min(i - 1, (o - 1 - shift) // s)
+            if hi < lo:
+                break
+            src.append(slice(lo, hi + 1))
+            dst.append(slice(lo * s + shift, hi * s + shift + 1, s))
+        else:
+            y[(slice(None), slice(None)) + tuple(dst)] += \
+                cols[(slice(None),) + offset + (slice(None),) + tuple(src)]
+    if b is not None:
+        y += b.astype(dtype, copy=False).reshape((m,) + (1,) * (nsp + 1))
+    return _channel_major(y)
+
+
+# ---------------------------------------------------------------------------------------------
+# matrix products
+# ---------------------------------------------------------------------------------------------
+@register("MatMul")
+def matmul(a, b):
+    """``Y = A @ B`` with NumPy ``matmul`` semantics: batched, broadcasting leading axes, a 1-D
+    operand is promoted to a matrix and its added axis removed from the result."""
+    if a.ndim == 0 or b.ndim == 0:
+        raise OpError(f"MatMul operands must have rank >= 1, got A {list(a.shape)} and "
+                      f"B {list(b.shape)}")
+    inner_a = a.shape[-1]
+    inner_b = b.shape[0] if b.ndim == 1 else b.shape[-2]
+    if inner_a != inner_b:
+        raise OpError(f"inner dimensions differ: A {list(a.shape)} has {inner_a} columns, "
+                      f"B {list(b.shape)} has {inner_b} rows")
+    batch_a, batch_b = a.shape[:-2], b.shape[:-2]
+    try:
+        np.broadcast_shapes(batch_a, batch_b)
+    except ValueError:
+        raise OpError(f"batch dimensions {list(batch_a)} of A {list(a.shape)} and {list(batch_b)} "
+                      f"of B {list(b.shape)} do not broadcast") from None
+    return np.matmul(a, b)
+
+
+@register("Gemm")
+def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
+    """``Y = alpha · A' @ B' + beta · C`` with ``A' = Aᵀ if transA``, ``B' = Bᵀ if transB``;
+    ``C`` (optional) broadcasts unidirectionally to ``(M, N)``."""
+    if a.ndim != 2 or b.ndim != 2:
+        raise OpError(f"Gemm needs 2-D A and B, got A {list(a.shape)} and B {list(b.shape)}")
+    a2 = a.T if transA else a
+    b2 = b.T if transB else b
+    if a2.shape[1] != b2.shape[0]:
+        raise OpError(f"inner dimensions differ: A' {list(a2.shape)} (A {list(a.shape)}, "
+                      f"transA={transA}) and B' {list(b2.shape)} (B {list(b.shape)}, "
+                      f"transB={transB})")
+    shape = (a2.shape[0], b2.shape[1])
+    if c is not None and not _broadcasts_to(c.shape, shape):
+        raise OpError(f"C has shape {list(c.shape)}, which does not broadcast to the output "
+                      f"shape {list(shape)} (M from A', N from B')")
+    dtype = _float_result(a, b, c)
+    y = np.matmul(a2, b2).astype(dtype, copy=False)
+    if alpha != 1.0:
+        y *= dtype.type(alpha)
+    if c is not None and beta != 0.0:
+        y += c.astype(dtype, copy=False) if beta == 1.0 else dtype.type(beta) * c.astype(dtype)
+    return y
+
+
+def _broadcasts_to(shape, target) -> bool:
+    """True if ``shape`` broadcasts unidirectionally to ``target``."""
+    try:
+        return np.broadcast_shapes(shape, target) == tuple(target)
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# pooling
+# ---------------------------------------------------------------------------------------------
+def _pool_geometry(x, kernel_shape, strides, dilations, auto_pad, pads, ceil_mode):
+    """Validated kernel, strides, dilations, begin/end pads and output size of a pool, and the
+    ``extra`` end padding that ceil_mode needs for the last window to fit."""
+    if x.ndim < 3:
+        raise OpError(f"input X has shape {list(x.shape)}; expected rank >= 3 (N, C, spatial...)")
+    nsp = x.ndim - 2
+    if kernel_shape is None:
+        raise OpError("attribute kernel_shape is required")
+    kernel = _ints("kernel_shape", kernel_shape, 1, nsp, minimum=1)
+    strides = _ints("strides", strides, 1, nsp, minimum=1)
+    dilations = _ints("dilations", dilations, 1, nsp, minimum=1)
+    auto_pad = _check_auto_pad(auto_pad)
+    spatial = x.shape[2:]
+    begins, ends = _window_pads(spatial, kernel, strides, dilations, auto_pad, pads,
+                                dilate_same=False)
+    out = tuple(_out_size(*a, bool(ceil_mode))
+                for a in zip(spatial, kernel, strides, dilations, begins, ends))
+    if min(out) < 1:
+        raise OpError(f"output spatial shape {list(out)} is empty: input {list(spatial)}, "
+                      f"kernel_shape={list(kernel)}, pads={list(begins + ends)}, "
+                      f"dilations={list(dilations)}")
+    extra = tuple(max(0, (o - 1) * s + d * (k - 1) + 1 - size - b - e)
+                  for size, k, s, d, b, e, o in zip(spatial, kernel, strides, dilations,
+                                                    begins, ends, out))
+    return kernel, strides, dilations, begins, ends, extra, out
+
+
+def _window_slices(kernel, strides, dilations, out):
+    """For each kernel offset ``k``: the slices of the padded input read by all windows there,
+    ``o·stride + k·dilation`` for every output position ``o``."""
+    for offset in np.ndindex(*kernel):
+        yield offset, (slice(None), slice(None)) + tuple(
+            slice(k * d, k * d + (o - 1) * s + 1, s)
+            for k, s, d, o in zip(offset, strides, dilations, out))
+
+
+@register("MaxPool")
+def max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
+             storage_order=0, strides=None, noutputs=1):
+    """``Y[n, c, o] = max_k X_pad[n, c, o·stride + k·dilation]``, padding never wins (-inf).
+
+    Output size per axis ``floor((size + pads - dilation·(kernel-1) - 1) / stride) + 1`` (ceil
+    with ceil_mode, dropping a last window that would start in the end padding). The optional
+    ``Indices`` output is the flat index of the maximum in ``X``: row-major, or with
+    storage_order=1 column-major over the spatial axes (``n·C·S + c·S + Σ pos_i·stride_i`` with
+    the spatial strides reversed); ties keep the first kernel offset.
+    """
+    kernel, strides, dilations, begins, ends, extra, out = _pool_geometry(
+        x, kernel_shape, strides, dilations, auto_pad, pads, ceil_mode)
+    if storage_order not in (0, 1):
+        raise OpError(f"attribute storage_order={storage_order} must be 0 (row major) or 1 "
+                      f"(column major)")
+    lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    xp = _pad(x, begins, [e + m for e, m in zip(ends, extra)], lowest)
+    want_indices = noutputs > 1
+    y = index = None
+    for offset, where in _window_slices(kernel, strides, dilations, out):
+        window = xp[where]
+        if y is None:
+            y = window.copy()
+            if want_indices:
+                index = np.zeros(y.shape, dtype=np.int64)
+            continue
+        if want_indices:
+            better = window > y
+            index[better] = np.ravel_multi_index(offset, kernel)
+        np.maximum(y, window, out=y)
+    if not want_indices:
+        return y
+    return y, _max_pool_indices(x.shape, index, kernel, strides, dilations, begins, out,
+                                storage_order)
+
+
+def _max_pool_indices(shape, best, kernel, strides, dilations, begins, out, storage_order):
+    """Flat ``X`` index of each window's maximum, from the winning kernel offset ``best``."""
+    n, c = shape[:2]
+    spatial = shape[2:]
+    offsets = np.unravel_index(best, kernel)
+    grids = np.meshgrid(*[np.arange(o) for o in out], indexing="ij")
+    pos = [g * s + k * d - b for g, k, s, d, b in zip(grids, offsets, strides, dilations, begins)]
+    pos = [np.clip(p, 0, size - 1) for p, size in zip(pos, spatial)]
+    size = math.prod(spatial)
+    if storage_order == 0:
+        inner = np.ravel_multi_index(pos, spatial)
+    else:
+        inner = np.ravel_multi_index(pos[::-1], spatial[::-1])
+    base = (np.arange(n)[:, None] * c + np.arange(c)[None, :]) * size
+    return base.reshape((n, c) + (1,) * len(spatial)) + inner
+
+
+@register("AveragePool")
+def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=None,
+                 kernel_shape=None, pads=None, strides=None):
+    """``Y[n, c, o] = Σ_k X_pad[n, c, o·stride + k·dilation] / count[o]``.
+
+    ``count[o]`` is the number of window positions inside ``X`` (count_include_pad=0) or inside
+    ``X`` plus its explicit/auto padding (count_include_pad=1); positions that only ceil_mode
+    adds never count. Output size as for MaxPool.
+    """
+    kernel, strides, dilations, begins, ends, extra, out = _pool_geometry(
+        x, kernel_shape, strides, dilations, auto_pad, pads, ceil_mode)
+    xp = _pad(x, begins, [e + m for e, m in zip(ends, extra)], 0.0)
+    # 1 where a window position counts, on the same padded grid
+    inside = np.ones((1, 1) + x.shape[2:], dtype=x.dtype)
+    if count_include_pad:
+        inside = _pad(_pad(inside, begins, ends, 1.0), [0] * len(extra), extra, 0.0)
+    else:
+        inside = _pad(inside, begins, [e + m for e, m in zip(ends, extra)], 0.0)
+    total = count = None
+    for _, where in _window_slices(kernel, strides, dilations, out):
+        total = xp[where].copy() if total is None else np.add(total, xp[where], out=total)
+        count = inside[where].copy() if count is None else count + inside[where]
+    return total / count
+
+
+@register("GlobalAveragePool")
+def global_average_pool(x):
+    """``Y[n, c, 1, ...] = mean over the spatial axes of X[n, c, ...]``."""
+    if x.ndim < 3:
+        raise OpError(f"input X has shape {list(x.shape)}; expected rank >= 3 (N, C, spatial...)")
+    return np.mean(x, axis=tuple(range(2, x.ndim)), keepdims=True, dtype=x.dtype)
+
+
+@register("GlobalMaxPool")
+def global_max_pool(x):
+    """``Y[n, c, 1, ...] = max over the spatial axes of X[n, c, ...]``."""
+    if x.ndim < 3:
+        raise OpError(f"input X has shape {list(x.shape)}; expected rank >= 3 (N, C, spatial...)")
+    return np.max(x, axis=tuple(range(2, x.ndim)), keepdims=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# normalization
+# ---------------------------------------------------------------------------------------------
+def _per_channel(v: np.ndarray, name: str, channels: int, ndim: int, dtype) -> np.ndarray:
+    """A length-C parameter reshaped to broadcast along axis 1 of a rank-``ndim`` tensor."""
+    if v.ndim != 1 or v.shape[0] != channels:
+        raise OpError(f"input {name} has shape {list(v.shape)}; expected [{channels}] (one value "
+                      f"per channel of X)")
+    return v.astype(dtype, copy=False).reshape((channels,) + (1,) * (ndim - 2))
+
+
+@register("BatchNormalization")
+def batch_normalization(x, scale, b, input_mean, input_var, *, epsilon=1e-5, momentum=0.9,
+                        training_mode=0):
+    """Inference batch norm along axis 1:
+    ``Y = X · s + (B - mean · s)`` with ``s = scale / sqrt(var + epsilon)``.
+
+    ``training_mode=1`` (batch statistics, running-stat outputs) is not supported."""
+    if training_mode:
+        raise OpError(f"attribute training_mode={training_mode} is not supported: qsim runs "
+                      f"inference only (expected 0)")
+    if x.ndim < 2:
+        raise OpError(f"input X has shape {list(x.shape)}; expected rank >= 2 (N, C, ...)")
+    c, dtype = x.shape[1], x.dtype
+    var = _per_channel(input_var, "input_var", c, x.ndim, dtype)
+    s = _per_channel(scale, "scale", c, x.ndim, dtype) / np.sqrt(var + dtype.type(epsilon))
+    shift = _per_channel(b, "B", c, x.ndim, dtype) - _per_channel(input_mean, "input_mean", c,
+                                                                    x.ndim, dtype) * s
+    y = x * s
+    y += shift
+    return y
+
+
+@register("InstanceNormalization")
+def instance_normalization(x, scale, b, *, epsilon=1e-5):
+    """``Y[n, c] = scale[c] · (X[n, c] - μ[n, c]) / sqrt(σ²[n, c] + epsilon) + B[c]`` with mean
+    and (biased) variance over the spatial axes; statistics in float64."""
+    if x.ndim < 3:
+        raise OpError(f"input X has shape {list(x.shape)}; expected rank >= 3 (N, C, spatial...)")
+    c = x.shape[1]
+    axes = tuple(range(2, x.ndim))
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=axes, keepdims=True)
+    var = np.square(x64 - mean).mean(axis=axes, keepdims=True)
+    normalized = (x64 - mean) / np.sqrt(var + epsilon)
+    y = normalized * _per_channel(scale, "scale", c, x.ndim, np.float64) \
+        + _per_channel(b, "B", c, x.ndim, np.float64)
+    return y.astype(x.dtype)
+
+
+@register("LayerNormalization")
+def layer_normalization(x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_type=1, noutputs=1):
+    """Normalize over the axes ``axis..rank-1``:
+    ``Y = (X - μ) · r · Scale + B`` with ``μ = mean``, ``r = 1 / sqrt(mean((X - μ)²) + epsilon)``.
+
+    ``Scale`` and ``B`` broadcast to the normalized shape. Optional outputs ``Mean`` (μ) and
+    ``InvStdDev`` (r), shaped like X with the normalized axes kept as size 1. Statistics in
+    float64, results in X's dtype (stash_type=1: float32 statistics outputs)."""
+    rank = x.ndim
+    if not -rank <= axis < rank:
+        raise OpError(f"attribute axis={axis} is out of range for X of rank {rank} "
+                      f"(expected {-rank}..{rank - 1})")
+    if stash_type != 1:
+        raise OpError(f"attribute stash_type={stash_type} is not supported (expected 1: float32)")
+    axis %= rank
+    normalized_shape = x.shape[axis:]
+    for name, v in (("Scale", scale), ("B", b)):
+        if v is not None and not _broadcasts_to(v.shape, normalized_shape):
+            raise OpError(f"input {name} has shape {list(v.shape)}, which does not broadcast "
+                          f"to the normalized shape {list(normalized_shape)}")
+    axes = tuple(range(axis, rank))
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=axes, keepdims=True)
+    inv_std = 1.0 / np.sqrt(np.square(x64 - mean).mean(axis=axes, keepdims=True) + epsilon)
+    y = (x64 - mean) * inv_std * scale.astype(np.float64)
+    if b is not None:
+        y += b.astype(np.float64)
+    y = y.astype(x.dtype)
+    if noutputs == 1:
+        return y
+    return (y, mean.astype(np.float32), inv_std.astype(np.float32))[:noutputs]
+
+
+# ---------------------------------------------------------------------------------------------
+# softmax
+# ---------------------------------------------------------------------------------------------
+def _softmax_axis(x, axis) -> int:
+    if not -x.ndim <= axis < max(x.ndim, 1):
+        raise OpError(f"attribute axis={axis} is out of range for input of rank {x.ndim} "
+                      f"(expected {-x.ndim}..{x.ndim - 1})")
+    return axis % x.ndim
+
+
+@register("Softmax")
+def softmax(x, *, axis=-1):
+    """``Y = exp(X - max) / Σ exp(X - max)`` along ``axis`` (opset >= 13: one axis)."""
+    axis = _softmax_axis(x, axis)
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    e /= np.sum(e, axis=axis, keepdims=True)
+    return e
+
+
+@register("LogSoftmax")
+def log_softmax(x, *, axis=-1):
+    """``Y = (X - max) - log Σ exp(X - max)`` along ``axis`` (opset >= 13: one axis)."""
+    axis = _softmax_axis(x, axis)
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# resize
+# ---------------------------------------------------------------------------------------------
+RESIZE_MODES = ("nearest", "linear")
+COORDINATE_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
+                    "asymmetric", "tf_half_pixel_for_nn")
+NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
+ASPECT_POLICIES = ("stretch", "not_larger", "not_smaller")
+
+
+def _resize_targets(shape, scales, sizes, axes, policy):
+    """Per-axis float32 scale and output size.
+
+    ``scales`` given: ``out = trunc(float32(scale · in))``. ``sizes`` given:
+    ``scale = float32(out) / float32(in)``; with keep_aspect_ratio_policy not_larger /
+    not_smaller one common scale (min / max over ``axes``) and ``out = round(scale · in)``."""
+    rank = len(shape)
+    axes = list(range(rank)) if axes is None else [int(a) for a in axes]
+    if any(not -rank <= a < rank for a in axes) or len(set(a % rank for a in axes)) != len(axes):
+        raise OpError(f"attribute axes={axes} must be distinct axes of the rank-{rank} input")
+    axes = [a % rank for a in axes]
+    has_scales = scales is not None and scales.size > 0
+    has_sizes = sizes is not None and sizes.size > 0
+    if has_scales == has_sizes:
+        raise OpError("exactly one of the inputs 'scales' and 'sizes' must be given (non-empty)")
+    given = (scales if has_scales else sizes).reshape(-1)
+    if given.size != len(axes):
+        raise OpError(f"input {'scales' if has_scales else 'sizes'} has {given.size} values, "
+                      f"expected {len(axes)} (one per resized axis)")
+    scale = [np.float32(1.0)] * rank
+    out = list(shape)
+    if has_scales:
+        if np.any(given <= 0):
+            raise OpError(f"input scales={given.tolist()} must be > 0")
+        for a, s in zip(axes, given.astype(np.float32)):
+            scale[a] = s
+            out[a] = int(np.float32(s * np.float32(shape[a])))
+        return scale, out
+    if np.any(given < 0):
+        raise OpError(f"input sizes={given.tolist()} must be >= 0")
+    for a, o in zip(axes, given.astype(np.int64)):
+        out[a] = int(o)
+        scale[a] = np.float32(o) / np.float32(shape[a]) if shape[a] else np.float32(1.0)
+    if policy != "stretch":
+        pick = min if policy == "not_larger" else max
+        common = pick(scale[a] for a in axes)
+        for a in axes:
+            scale[a] = common
+            out[a] = int(np.round(np.float32(common * np.float32(shape[a]))))
+    return scale, out
+
+
+def _source_coordinates(n_out: int, n_in: int, scale, mode: str) -> np.ndarray:
+    """Source coordinate (float32) of every output index along one axis.
+
+    half_pixel: ``(x + 0.5) / scale - 0.5``; pytorch_half_pixel: the same, or 0 if ``n_out == 1``;
+    align_corners: ``x · (n_in - 1) / (n_out - 1)`` (0 if ``n_out == 1``); asymmetric:
+    ``x / scale``; tf_half_pixel_for_nn: ``(x + 0.5) / scale``; half_pixel_symmetric:
+    ``offset + (x + 0.5) / scale - 0.5`` with ``offset = n_in/2 · (1 - n_out / (scale · n_in))``.
+    Float32 arithmetic in ONNX Runtime's order, so nearest rounding matches at ties.
+    """
+    f = np.float32
+    x = np.arange(n_out, dtype=np.float32)
+    half = f(0.5)
+    if mode == "asymmetric":
+        return x / scale
+    if mode == "tf_half_pixel_for_nn":
+        return (x + half) / scale
+    if mode == "align_corners":
+        if n_out == 1:
+            return np.zeros(1, dtype=np.float32)
+        return x * f(n_in - 1) / f(n_out - 1)
+    if mode == "pytorch_half_pixel" and n_out <= 1:
+        return np.zeros(n_out, dtype=np.float32)
+    if mode == "half_pixel_symmetric":
+        adjustment = f(f(n_out) / f(scale * f(n_in)))
+        offset = f(f(f(n_in) / f(2)) * (f(1) - adjustment))
+        return (float(offset) + (x.astype(np.float64) + 0.5) / float(scale) - 0.5).astype(f)
+    return (x + half) / scale - half
+
+
+def _nearest_indices(coords: np.ndarray, n_in: int, nearest_mode: str) -> np.ndarray:
+    """round_prefer_floor ``ceil(c - 0.5)``, round_prefer_ceil ``floor(c + 0.5)``, floor, ceil;
+    then clamped to ``[0, n_in - 1]`` (exact in float64)."""
+    c = coords.astype(np.float64)
+    rounded = {"round_prefer_floor": lambda: np.ceil(c - 0.5),
+               "round_prefer_ceil": lambda: np.floor(c + 0.5),
+               "floor": lambda: np.floor(c),
+               "ceil": lambda: np.ceil(c)}[nearest_mode]()
+    return np.clip(rounded, 0, n_in - 1).astype(np.intp)
+
+
+def _linear_along(x: np.ndarray, axis: int, coords: np.ndarray) -> np.ndarray:
+    """``y = x[i0] · (1 - w) + x[i1] · w`` along ``axis`` with ``c`` clamped to ``[0, n-1]``,
+    ``i0 = floor(c)``, ``i1 = min(i0 + 1, n - 1)``, ``w = c - i0``."""
+    n = x.shape[axis]
+    c = np.clip(coords, np.float32(0), np.float32(n - 1))
+    i0 = np.floor(c).astype(np.intp)
+    i1 = np.minimum(i0 + 1, n - 1)
+    w = (c - i0.astype(np.float32)).astype(x.dtype)
+    shape = [1] * x.ndim
+    shape[axis] = w.size
+    w = w.reshape(shape)
+    return np.take(x, i0, axis=axis) * (1 - w) + np.take(x, i1, axis=axis) * w
+
+
+@register("Resize")
+def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
+           coordinate_transformation_mode="half_pixel", cubic_coeff_a=-0.75, exclude_outside=0,
+           extrapolation_value=0.0, keep_aspect_ratio_policy="stretch", mode="nearest",
+           nearest_mode="round_prefer_floor"):
+    """Resize each axis independently (separable): for output index ``x`` along an axis, the
+    source coordinate ``c`` comes from ``coordinate_transformation_mode`` (see
+    :func:`_source_coordinates`); ``nearest`` takes ``X[round(c)]`` (``nearest_mode``),
+    ``linear`` interpolates between ``X[floor(c)]`` and the next sample (N-D multilinear).
+
+    Not supported (OpError): mode cubic, antialias, tf_crop_and_resize (the only mode using
+    ``roi``). ``roi`` is otherwise ignored, as ONNX specifies.
+    """
+    if mode not in RESIZE_MODES:
+        raise OpError(f"attribute mode='{mode}' is not supported (expected one of "
+                      f"{list(RESIZE_MODES)})")
+    if coordinate_transformation_mode not in COORDINATE_MODES:
+        raise OpError(f"attribute coordinate_transformation_mode="
+                      f"'{coordinate_transformation_mode}' is not supported (expected one of "
+                      f"{list(COORDINATE_MODES)})")
+    if nearest_mode not in NEAREST_MODES:
+        raise OpError(f"attribute nearest_mode='{nearest_mode}' is not one of "
+                      f"{list(NEAREST_MODES)}")
+    if keep_aspect_ratio_policy not in ASPECT_POLICIES:
+        raise OpError(f"attribute keep_aspect_ratio_policy='{keep_aspect_ratio_policy}' is not "
+                      f"one of {list(ASPECT_POLICIES)}")
+    if antialias:
+        raise OpError(f"attribute antialias={antialias} is not supported (expected 0)")
+    if exclude_outside:
+        raise OpError(f"attribute exclude_outside={exclude_outside} only applies to cubic mode, "
+                      f"which is not supported (expected 0)")
+    scale, out = _resize_targets(x.shape, scales, sizes, axes, keep_aspect_ratio_policy)
+    y = x
+    for axis, (n_in, n_out, s) in enumerate(zip(x.shape, out, scale)):
+        if n_in == n_out and s == 1:
+            continue
+        if n_in == 0 or n_out == 0:
+            raise OpError(f"cannot resize axis {axis} from {n_in} to {n_out} elements")
+        coords = _source_coordinates(n_out, n_in, s, coordinate_transformation_mode)
+        if mode == "nearest":
+            y = np.take(y, _nearest_indices(coords, n_in, nearest_mode), axis=axis)
+        else:
+            y = _linear_along(y, axis, coords)
+    return y if y is not x else x.copy()
