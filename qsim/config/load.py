@@ -166,7 +166,7 @@ def _json_type(value: Any) -> str:
         return "null"
     if isinstance(value, Mapping):
         return "an object"
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, list):
         return "an array"
     return f"a Python {type(value).__name__} (not JSON)"
 
@@ -219,6 +219,10 @@ def _schema_problems(error: ValidationError) -> list[Problem]:
     if keyword == "required":
         return _missing_key_problems(error)
     path = format_json_path(error.absolute_path)
+    if "propertyNames" in error.schema_path:  # the key itself is bad: point at the key
+        return [(format_json_path([*error.absolute_path, error.instance]),
+                 f"the key {_shown(error.instance)} is not a valid name; a non-empty name is "
+                 f"required")]
     if keyword == "enum":
         message = _enum_message(error)
     elif keyword == "type":

@@ -13,8 +13,31 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from types import MappingProxyType
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
+
+
+class FrozenMap(Mapping):
+    """A read-only dict (no item assignment), equal to a dict with the same items.
+
+    Unlike ``types.MappingProxyType`` it can be copied, deep-copied and pickled.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping = ()):
+        self._items = dict(items)
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._items[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"FrozenMap({self._items!r})"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,7 +101,7 @@ class OpTypeSettings:
     is_output_quantized: Optional[bool] = None  # enable/disable the op's outputs; None = absent
     is_symmetric: Optional[bool] = None  # symmetric inputs AND outputs; None = key absent
     params: Mapping[str, ParamSettings] = field(  # kind -> settings for this op type
-        default_factory=lambda: MappingProxyType({}))
+        default_factory=lambda: FrozenMap({}))
     per_channel_quantization: Optional[bool] = None  # overrides defaults; None = key absent
     supported_kernels: Optional[tuple[SupportedKernel, ...]] = None  # None = key absent
     encoding_constraints: Optional[EncodingConstraints] = None  # fixed output range; None = none
@@ -156,7 +179,7 @@ def _param_settings(section: Optional[Mapping]) -> ParamSettings:
 
 
 def _params_by_kind(section: Optional[Mapping]) -> Mapping[str, ParamSettings]:
-    return MappingProxyType({kind: _param_settings(value) for kind, value in (section or {}).items()})
+    return FrozenMap({kind: _param_settings(value) for kind, value in (section or {}).items()})
 
 
 def _kernel_spec(spec: Optional[Mapping]) -> Optional[KernelSpec]:
@@ -208,9 +231,9 @@ def _defaults(section: Mapping) -> Defaults:
 
 
 def _freeze(value: Any) -> Any:
-    """Deep read-only view: dicts -> MappingProxyType, lists -> tuples."""
+    """Deep read-only copy: dicts -> FrozenMap, lists -> tuples."""
     if isinstance(value, Mapping):
-        return MappingProxyType({key: _freeze(item) for key, item in value.items()})
+        return FrozenMap({key: _freeze(item) for key, item in value.items()})
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(item) for item in value)
     return value
@@ -231,7 +254,7 @@ def from_json_dict(data: Mapping, *, source: str = "<dict>") -> QuantsimConfig:
     return QuantsimConfig(
         defaults=_defaults(data["defaults"]),
         params=_params_by_kind(data["params"]),
-        op_type=MappingProxyType({name: _op_type_settings(entry)
+        op_type=FrozenMap({name: _op_type_settings(entry)
                                   for name, entry in data["op_type"].items()}),
         supergroups=tuple(tuple(group["op_list"]) for group in data["supergroups"]),
         supergroup_pass_list=tuple(data.get("supergroup_pass_list", ())),
