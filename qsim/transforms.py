@@ -67,8 +67,9 @@ def fold_into_input_channels(w, b, *, gamma, beta, mean, var, eps):
 
 
 def _convtranspose_out_shape(w: np.ndarray, group: int) -> tuple:
-    """ConvTranspose weights are ``(C_in, C_out/group, k...)``; output channel ``o`` of group ``g``
-    is column ``o − g·C_out/group`` of the rows of group ``g``."""
+    """How ``s`` broadcasts over ConvTranspose weights ``(C_in, C_out/group, k...)`` viewed as
+    ``(group, C_in/group, C_out/group, k...)``: output channel ``o = g·C_out/group + j`` is
+    column ``j`` of the rows of group ``g``."""
     return (group, 1, w.shape[1]) + (1,) * (w.ndim - 2)
 
 
@@ -188,11 +189,13 @@ def fold_batch_norms(graph: Graph) -> tuple[Graph, list[Fold]]:
         shape = _output_channel_shape(layer, w, b, gamma.shape[0])
         if shape is None:
             continue
-        w_new, b_new = fold_into_output_channels(
-            w, np.zeros(gamma.shape, np.float32) if b is None else b, gamma=gamma, beta=beta,
-            mean=mean, var=var, eps=eps, out_axis_shape=shape)
+        w_view = w  # ConvTranspose: view (C_in, C_out/g, k...) as (g, C_in/g, C_out/g, k...)
         if layer.op_type == "ConvTranspose":
-            w_new = w_new.reshape(w.shape)
+            w_view = w.reshape((shape[0], w.shape[0] // shape[0]) + w.shape[1:])
+        w_new, b_new = fold_into_output_channels(
+            w_view, np.zeros(gamma.shape, np.float32) if b is None else b, gamma=gamma,
+            beta=beta, mean=mean, var=var, eps=eps, out_axis_shape=shape)
+        w_new = w_new.reshape(w.shape)
         inputs = list(layer.inputs) + [""] * (3 - len(layer.inputs))
         if not inputs[2]:
             inputs[2] = _unique_name(graph, taken, f"{layer.name}.bias")
