@@ -1,0 +1,23 @@
+"""The one Numba decorator of qsim.
+
+Every compiled kernel uses :func:`kernel`, which fixes the options once:
+
+* ``cache=True``   compiled code is cached on disk next to the module (fast second start);
+* ``nogil=True``   kernels release the GIL, so callers may run them from threads;
+* ``fastmath=False`` IEEE semantics: no reassociation, NaN and signed zeros respected. The
+  kernels are bit-exact with AIMET only because of this.
+
+``USE_NUMBA`` is False when ``NUMBA_DISABLE_JIT=1`` is set; the public wrappers then call the
+vectorised NumPy twin of each kernel instead of the (slow) pure-Python loop. Both give the same
+bits, which the tests check, so the switch never changes a result.
+"""
+from __future__ import annotations
+
+import numba
+
+USE_NUMBA: bool = not numba.config.DISABLE_JIT
+
+
+def kernel(fn):
+    """Compile ``fn`` with Numba (``cache=True, nogil=True, fastmath=False``)."""
+    return numba.njit(cache=True, nogil=True, fastmath=False)(fn)

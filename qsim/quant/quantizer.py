@@ -1,0 +1,178 @@
+"""TensorQuantizer: the thin stateful shell around statistics, analyzers and kernels.
+
+::
+
+    q = TensorQuantizer(scheme="tf_enhanced", bitwidth=8)
+    for batch in batches:
+        q.update_stats(batch)          # statistics only; the batch is not kept
+    enc = q.compute_encodings()        # a frozen Encoding (AIMET sign convention)
+    y = q.quantize_dequantize(x)       # numerics.md §3
+
+Schemes: ``tf`` (alias ``min_max``), ``tf_enhanced``, ``percentile``, ``mse``, ``entropy``.
+NaN in calibration data is ignored as AIMET does, with one ``RuntimeWarning`` per quantizer
+that names it.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ..errors import EncodingError, NotCalibratedError
+from . import analyzers
+from .encoding import Encoding, check_bitwidth
+from .kernels import ROUNDING_MODES, check_channels, dequantize, params32, quantize, \
+    quantize_dequantize
+from .stats import HistogramStats, MinMaxStats
+
+SCHEMES = ("tf", "tf_enhanced", "percentile", "mse", "entropy")
+SCHEME_ALIASES = {"min_max": "tf"}
+
+
+class TensorQuantizer:
+    """One quantizer: settings, streaming statistics, and (after calibration) an encoding.
+
+    Parameters (keyword-only)
+    -------------------------
+    scheme:             "tf" | "min_max" | "tf_enhanced" | "percentile" | "mse" | "entropy"
+    bitwidth:           2..32
+    symmetric:          signed symmetric grid (offset -2^(bw-1)), see numerics.md §2
+    strict_symmetric:   symmetric with offset -(2^(bw-1) - 1) (one level fewer)
+    unsigned_symmetric: symmetric data that is never negative gets offset 0
+    percentile:         50..100 for scheme "percentile" (None: 100, the observed range)
+    axis:               None per tensor, else the channel axis (negative counts from the end)
+    rounding:           "nearest" (AIMET, half away from zero) | "half_even" (ONNX QDQ)
+    name:               used in warnings and error messages
+    """
+
+    def __init__(self, *, scheme: str = "tf_enhanced", bitwidth: int = 8, symmetric: bool = False,
+                 strict_symmetric: bool = False, unsigned_symmetric: bool = False,
+                 percentile: float | None = None, axis: int | None = None,
+                 rounding: str = "nearest", name: str = "quantizer"):
+        self.name = name
+        scheme = SCHEME_ALIASES.get(scheme, scheme)
+        if scheme not in SCHEMES:
+            raise EncodingError(f"{name}: unknown scheme {scheme!r}; valid: "
+                                f"{', '.join(SCHEMES + tuple(SCHEME_ALIASES))}")
+        if rounding not in ROUNDING_MODES:
+            raise EncodingError(f"{name}: rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
+        if axis is not None and (isinstance(axis, bool) or not isinstance(axis, (int, np.integer))):
+            raise EncodingError(f"{name}: axis must be None or an int, got {axis!r}")
+        self.scheme = scheme
+        self.bitwidth = check_bitwidth(bitwidth)
+        self.symmetric = bool(symmetric)
+        self.strict_symmetric = bool(strict_symmetric)
+        self.unsigned_symmetric = bool(unsigned_symmetric)
+        self.percentile = 100.0 if percentile is None else analyzers.check_percentile(percentile)
+        self.axis = None if axis is None else int(axis)
+        self.rounding = rounding
+        self._stats = None
+        self._encoding: Encoding | None = None
+        self._params = None
+        self._warned_nan = False
+
+    # ------------------------------------------------------------------ statistics
+    def _flags(self) -> dict:
+        return dict(bitwidth=self.bitwidth, symmetric=self.symmetric,
+                    strict_symmetric=self.strict_symmetric,
+                    unsigned_symmetric=self.unsigned_symmetric)
+
+    def _resolve_axis(self, shape: tuple) -> int | None:
+        if self.axis is None:
+            return None
+        if not -len(shape) <= self.axis < len(shape):
+            raise EncodingError(f"{self.name}: axis {self.axis} is out of range for a tensor of "
+                                f"shape {shape}")
+        return self.axis % len(shape)
+
+    def _new_stats(self, shape: tuple):
+        axis = self._resolve_axis(shape)
+        channels = None if axis is None else shape[axis]
+        kind = MinMaxStats if self.scheme == "tf" else HistogramStats
+        return kind.empty(axis=axis, channels=channels)
+
+    def update_stats(self, x) -> None:
+        """Fold one float32 batch into the statistics (the batch itself is not kept)."""
+        x = np.asarray(x, dtype=np.float32)
+        if self._stats is None:
+            self._stats = self._new_stats(x.shape)
+        elif self._stats.axis is not None:
+            axis = self._resolve_axis(x.shape)
+            expected = np.atleast_1d(self._stats.min if isinstance(self._stats, MinMaxStats)
+                                     else self._stats.fixed).shape[0]
+            if axis != self._stats.axis or x.shape[axis] != expected:
+                raise EncodingError(f"{self.name}: batch of shape {x.shape} does not match the "
+                                    f"{expected} channels along axis {self._stats.axis} seen before")
+        before = self._stats.nan_count
+        self._stats = self._stats.update(x)
+        if self._stats.nan_count > before and not self._warned_nan:
+            self._warned_nan = True
+            warnings.warn(f"{self.name}: calibration data contains NaN; NaN values are ignored "
+                          f"(as AIMET does)", RuntimeWarning, stacklevel=2)
+
+    @property
+    def stats(self):
+        """The current statistics value (MinMaxStats or HistogramStats), None before any batch."""
+        return self._stats
+
+    def reset_stats(self) -> None:
+        """Forget the statistics (the encoding, if any, is kept)."""
+        self._stats = None
+        self._warned_nan = False
+
+    def compute_encodings(self) -> Encoding:
+        """Compute, store and return the encoding from the statistics collected so far."""
+        if self._stats is None:
+            raise NotCalibratedError(f"{self.name}: compute_encodings() needs at least one "
+                                     f"update_stats(batch) first")
+        flags = self._flags()
+        if self.scheme == "tf":
+            enc = analyzers.tf(self._stats, **flags)
+        elif self.scheme == "tf_enhanced":
+            enc = analyzers.tf_enhanced(self._stats, **flags)
+        elif self.scheme == "mse":
+            enc = analyzers.mse(self._stats, **flags)
+        elif self.scheme == "percentile":
+            enc = analyzers.percentile(self._stats, percentile=self.percentile, **flags)
+        else:
+            enc = analyzers.entropy(self._stats, **flags)
+        self.encoding = enc
+        return enc
+
+    # ------------------------------------------------------------------ encoding
+    @property
+    def encoding(self) -> Encoding | None:
+        """The current encoding (None before calibration); settable with an Encoding."""
+        return self._encoding
+
+    @encoding.setter
+    def encoding(self, enc: Encoding | None) -> None:
+        if enc is not None and not isinstance(enc, Encoding):
+            raise EncodingError(f"{self.name}: encoding must be an Encoding, got {type(enc).__name__}")
+        self._encoding = enc
+        self._params = None if enc is None else params32(enc)
+
+    def _require_encoding(self) -> Encoding:
+        if self._encoding is None:
+            raise NotCalibratedError(f"{self.name}: no encoding yet; call compute_encodings() "
+                                     f"or set .encoding")
+        return self._encoding
+
+    # ------------------------------------------------------------------ kernels
+    def quantize_dequantize(self, x, *, out=None) -> np.ndarray:
+        """Quantize-dequantize float32 ``x`` with the current encoding (numerics.md §3)."""
+        enc = self._require_encoding()
+        return quantize_dequantize(x, enc, rounding=self.rounding, out=out, params=self._params)
+
+    def quantize(self, x) -> np.ndarray:
+        """Integer grid indices ``q ∈ [0, 2^bw - 1]`` (int64, AIMET convention: x̂ = delta·(q + offset))."""
+        return quantize(x, self._require_encoding(), rounding=self.rounding)
+
+    def dequantize(self, q) -> np.ndarray:
+        """``delta·(q + offset)`` in float32 for grid indices ``q``."""
+        return dequantize(q, self._require_encoding())
+
+    def __repr__(self) -> str:
+        state = "calibrated" if self._encoding is not None else "not calibrated"
+        return (f"TensorQuantizer(name={self.name!r}, scheme={self.scheme!r}, "
+                f"bitwidth={self.bitwidth}, symmetric={self.symmetric}, axis={self.axis}, {state})")

@@ -1,0 +1,302 @@
+"""Streaming calibration statistics: running min/max and the tf-enhanced histogram (numerics.md §2, §4).
+
+Both are frozen values: ``update`` returns a new object and never keeps the batch. Each has a
+Numba one-pass kernel (no sort, no copy of the batch, memory O(bins)) and a NumPy twin that
+gives the same bits (tested). Per-channel statistics (``axis=k``) keep one min/max or one
+histogram per slice along axis ``k``; the batch is seen as ``(outer, C, inner)`` without copying.
+
+NaN policy (as AIMET): NaN elements are ignored by min/max and dropped by the histogram (they
+still count in the histogram's batch size). ``nan_count`` records how many were seen so that the
+quantizer can warn.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .jit import USE_NUMBA, kernel
+from .kernels import channel_view
+
+#: number of histogram bins of the tf-enhanced / percentile histogram
+NUM_BINS = 1536
+#: L32 = f32(0.99 · FLT_MAX): the histogram range is clamped into [-L32, L32]
+L32 = np.float32(0.99 * float(np.finfo(np.float32).max))
+_INT32_RANGE = 2.0 ** 31
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+def _as_batch(x, axis):
+    """The batch as a C-contiguous float32 array seen as (outer, C, inner)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return channel_view(x, axis)
+
+
+# ======================================================================== min / max
+
+@kernel
+def _nb_min_max(x3, mn, mx):
+    """NaN-ignoring running min/max of ``x3`` (outer, C, inner) per channel into ``mn, mx``.
+
+    Returns the number of NaN elements. ``mn, mx`` start as the previous statistics
+    (+inf / -inf when there are none), so an empty or all-NaN slice leaves them unchanged.
+    """
+    nans = 0
+    n_outer, n_ch, n_inner = x3.shape
+    for c in range(n_ch):
+        lo = mn[c]
+        hi = mx[c]
+        for o in range(n_outer):
+            for i in range(n_inner):
+                v = x3[o, c, i]
+                if v < lo:
+                    lo = v
+                if v > hi:
+                    hi = v
+                if v != v:
+                    nans += 1
+        mn[c] = lo
+        mx[c] = hi
+    return nans
+
+
+def _np_min_max(x3, mn, mx):
+    """NumPy twin of :func:`_nb_min_max`."""
+    nan = np.isnan(x3)
+    filled_lo = np.where(nan, np.float32(np.inf), x3)
+    filled_hi = np.where(nan, np.float32(-np.inf), x3)
+    if x3.size:
+        np.minimum(mn, filled_lo.min(axis=(0, 2)), out=mn)
+        np.maximum(mx, filled_hi.max(axis=(0, 2)), out=mx)
+    return int(nan.sum())
+
+
+@dataclass(frozen=True, eq=False)
+class MinMaxStats:
+    """Running min/max (float32, NaN ignored), shape () per tensor or (C,) per channel.
+
+    ``min = +inf, max = -inf`` until a non-NaN element has been seen.
+    """
+
+    min: np.ndarray
+    max: np.ndarray
+    axis: int | None = None
+    nan_count: int = 0
+
+    @staticmethod
+    def empty(*, axis: int | None = None, channels: int | None = None) -> "MinMaxStats":
+        shape = () if axis is None else (channels,)
+        return MinMaxStats(min=_readonly(np.full(shape, np.inf, np.float32)),
+                           max=_readonly(np.full(shape, -np.inf, np.float32)), axis=axis)
+
+    def update(self, x) -> "MinMaxStats":
+        """``min = min(min, min(x))``, ``max = max(max, max(x))`` (NaN ignored): a new value."""
+        x3 = _as_batch(x, self.axis)
+        mn = np.atleast_1d(self.min).copy()
+        mx = np.atleast_1d(self.max).copy()
+        nans = (_nb_min_max if USE_NUMBA else _np_min_max)(x3, mn, mx)
+        shape = self.min.shape
+        return MinMaxStats(min=_readonly(mn.reshape(shape)), max=_readonly(mx.reshape(shape)),
+                           axis=self.axis, nan_count=self.nan_count + int(nans))
+
+    def merge(self, other: "MinMaxStats") -> "MinMaxStats":
+        """Statistics of both streams: ``merge(stats(a), stats(b)) == stats(a ++ b)``."""
+        return MinMaxStats(min=_readonly(np.fmin(self.min, other.min)),
+                           max=_readonly(np.fmax(self.max, other.max)), axis=self.axis,
+                           nan_count=self.nan_count + other.nan_count)
+
+    @property
+    def seen_data(self) -> bool:
+        """True once any non-NaN element has been seen (per channel: in every channel)."""
+        return bool(np.all(self.min <= self.max))
+
+
+# ======================================================================== histogram
+
+@kernel
+def _nb_fix_bins(mn, mx):
+    """Bin layout from the first non-zero batch's float32 ``mn, mx`` (§4 step 1–2).
+
+    ``if mn == mx: mx = f32(mn + 0.01)``; ``c = f32(f32(mn + mx)/2)``;
+    ``lo = f32(c - f32(3·f32(c - mn)))``, ``hi = f32(c + f32(3·f32(mx - c)))`` clamped into
+    ``[-L32, L32]`` (NaN also becomes the bound unless the batch was all NaN);
+    ``w = (hi - lo)/1536``, ``k0 = floor(lo/w)`` in float64. Returns ``(w, k0)``.
+    """
+    all_nan = mn != mn
+    if mn == mx:
+        mx = np.float32(np.float64(mn) + 0.01)
+    three = np.float32(3.0)
+    c = np.float32(np.float32(mn + mx) / np.float32(2.0))
+    lo = np.float32(c - np.float32(three * np.float32(c - mn)))
+    hi = np.float32(c + np.float32(three * np.float32(mx - c)))
+    if not all_nan:
+        lo = -L32 if (lo != lo or lo < -L32) else (L32 if lo > L32 else lo)
+        hi = L32 if (hi != hi or hi > L32) else (-L32 if hi < -L32 else hi)
+    w = (np.float64(hi) - np.float64(lo)) / np.float64(NUM_BINS)
+    k0 = np.floor(np.float64(lo) / w)
+    return w, k0
+
+
+@kernel
+def _nb_bin_index(v, r, k0f):
+    """Bin of float32 ``v``: ``s = f32(v·r)``, ``idx = floor(s) - f32(k0)``; -1 if dropped."""
+    s = v * r
+    if s != s or np.abs(s) >= np.float32(_INT32_RANGE):
+        return -1
+    idx = np.float32(np.floor(s) - k0f)
+    if idx >= np.float32(0.0) and idx < np.float32(NUM_BINS):
+        return np.int64(idx)
+    return -1
+
+
+@kernel
+def _nb_histogram_update(x3, fixed, width, k0, batches, pdf):
+    """One batch into the per-channel histograms (in place, §4 steps 1–3).
+
+    A channel whose bins are not fixed yet fixes them from this slice's NaN-ignoring min/max,
+    unless both are 0 (then the slice is skipped and not counted). Each counted slice adds
+    ``p_i = count_i/numel`` with equal weight: ``pdf = (pdf·k + p)/(k + 1)``. Returns NaN count.
+    """
+    n_outer, n_ch, n_inner = x3.shape
+    numel = n_outer * n_inner
+    counts = np.zeros(NUM_BINS, np.int64)
+    nans = 0
+    if numel == 0:
+        return nans
+    for c in range(n_ch):
+        if not fixed[c]:
+            lo = np.float32(np.inf)
+            hi = np.float32(-np.inf)
+            for o in range(n_outer):
+                for i in range(n_inner):
+                    v = x3[o, c, i]
+                    if v < lo:
+                        lo = v
+                    if v > hi:
+                        hi = v
+            if lo > hi:            # no non-NaN element: min and max are NaN
+                lo = np.float32(np.nan)
+                hi = np.float32(np.nan)
+            if lo == 0.0 and hi == 0.0:
+                continue
+            width[c], k0[c] = _nb_fix_bins(lo, hi)
+            fixed[c] = True
+        r = np.float32(1.0 / width[c])
+        k0f = np.float32(k0[c])
+        counts[:] = 0
+        for o in range(n_outer):
+            for i in range(n_inner):
+                v = x3[o, c, i]
+                if v != v:
+                    nans += 1
+                    continue
+                b = _nb_bin_index(v, r, k0f)
+                if b >= 0:
+                    counts[b] += 1
+        k = np.float64(batches[c])
+        for b in range(NUM_BINS):
+            p = np.float64(counts[b]) / np.float64(numel)
+            pdf[c, b] = (pdf[c, b] * k + p) / (k + 1.0)
+        batches[c] += 1
+    return nans
+
+
+def _np_fix_bins(mn, mx):
+    """NumPy twin of :func:`_nb_fix_bins` (float32 scalars in, float64 ``(w, k0)`` out)."""
+    f32 = np.float32
+    all_nan = np.isnan(mn)
+    if mn == mx:
+        mx = f32(np.float64(mn) + 0.01)
+    with np.errstate(over="ignore", invalid="ignore"):
+        c = f32(f32(mn + mx) / f32(2.0))
+        lo = f32(c - f32(f32(3.0) * f32(c - mn)))
+        hi = f32(c + f32(f32(3.0) * f32(mx - c)))
+    if not all_nan:
+        lo = -L32 if (np.isnan(lo) or lo < -L32) else min(lo, L32)
+        hi = L32 if (np.isnan(hi) or hi > L32) else max(hi, -L32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = (np.float64(hi) - np.float64(lo)) / np.float64(NUM_BINS)
+        k0 = np.floor(np.float64(lo) / w)
+    return w, k0
+
+
+def _np_histogram_update(x3, fixed, width, k0, batches, pdf):
+    """NumPy twin of :func:`_nb_histogram_update`."""
+    n_outer, n_ch, n_inner = x3.shape
+    numel = n_outer * n_inner
+    nans = 0
+    if numel == 0:
+        return nans
+    for c in range(n_ch):
+        v = x3[:, c, :].ravel()
+        isnan = np.isnan(v)
+        nans += int(isnan.sum())
+        if not fixed[c]:
+            finite = v[~isnan]
+            lo, hi = (finite.min(), finite.max()) if finite.size else (np.float32(np.nan),) * 2
+            if lo == 0.0 and hi == 0.0:
+                continue
+            width[c], k0[c] = _np_fix_bins(lo, hi)
+            fixed[c] = True
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            r = np.float32(1.0 / width[c])
+            s = v * r
+            idx = (np.floor(s) - np.float32(k0[c])).astype(np.float32)
+        keep = ~np.isnan(s) & (np.abs(s) < np.float32(_INT32_RANGE)) & (idx >= 0) & (idx < NUM_BINS)
+        counts = np.bincount(idx[keep].astype(np.int64), minlength=NUM_BINS)
+        k = np.float64(batches[c])
+        p = counts.astype(np.float64) / np.float64(numel)
+        pdf[c] = (pdf[c] * k + p) / (k + 1.0)
+        batches[c] += 1
+    return nans
+
+
+@dataclass(frozen=True, eq=False)
+class HistogramStats:
+    """The tf-enhanced histogram of numerics.md §4, one per channel (C = 1 per tensor).
+
+    ``fixed[c]``: bins of channel c are set (False while only all-zero batches were seen);
+    ``width[c] = w``, ``k0[c]``: bin i of channel c spans ``[(k0 + i)·w, (k0 + i + 1)·w)``;
+    ``batches[c]``: number of batches averaged; ``pdf[c]``: the equal-weight average of each
+    batch's ``count_i / numel``.
+    """
+
+    fixed: np.ndarray       # (C,) bool
+    width: np.ndarray       # (C,) float64
+    k0: np.ndarray          # (C,) float64
+    batches: np.ndarray     # (C,) int64
+    pdf: np.ndarray         # (C, NUM_BINS) float64
+    axis: int | None = None
+    nan_count: int = 0
+
+    @staticmethod
+    def empty(*, axis: int | None = None, channels: int | None = None) -> "HistogramStats":
+        c = 1 if axis is None else channels
+        return HistogramStats(fixed=_readonly(np.zeros(c, bool)),
+                              width=_readonly(np.zeros(c, np.float64)),
+                              k0=_readonly(np.zeros(c, np.float64)),
+                              batches=_readonly(np.zeros(c, np.int64)),
+                              pdf=_readonly(np.zeros((c, NUM_BINS), np.float64)), axis=axis)
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.fixed.shape[0])
+
+    def update(self, x) -> "HistogramStats":
+        """The statistics after one more batch ``x`` (float32): a new value."""
+        x3 = _as_batch(x, self.axis)
+        fixed, width, k0 = self.fixed.copy(), self.width.copy(), self.k0.copy()
+        batches, pdf = self.batches.copy(), self.pdf.copy()
+        nans = (_nb_histogram_update if USE_NUMBA else _np_histogram_update)(
+            x3, fixed, width, k0, batches, pdf)
+        return HistogramStats(fixed=_readonly(fixed), width=_readonly(width), k0=_readonly(k0),
+                              batches=_readonly(batches), pdf=_readonly(pdf), axis=self.axis,
+                              nan_count=self.nan_count + int(nans))
+
+    def edges(self, c: int = 0) -> np.ndarray:
+        """Float64 bin edges ``e_i = (k0 + i)·w``, i = 0..1536, of channel ``c``."""
+        return (self.k0[c] + np.arange(NUM_BINS + 1, dtype=np.float64)) * self.width[c]
