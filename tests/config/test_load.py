@@ -285,3 +285,15 @@ def test_docstring_examples():
     for module in (qsim.config.load, qsim.config.model):
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0
+
+
+AIMET_QUANTIZER_ARGS = read_json(GOLDEN_PER_TENSOR.with_name("aimet_quantizer_args.json"))
+
+
+@pytest.mark.parametrize("path", GOLDEN_FILES, ids=lambda p: p.stem)
+def test_export_flags_match_aimet_quantizer_args(path):
+    # AIMET's own exported quantizer_args for a run with this exact config file.
+    expected = AIMET_QUANTIZER_ARGS[path.name]
+    config = load_config(path)
+    assert config.export_per_channel_flag() is expected["per_channel_quantization"]
+    assert config.export_is_symmetric_flag() is expected["is_symmetric"]
