@@ -84,6 +84,8 @@ def _bn_params(graph: Graph, bn: Node):
     if not all(name in graph.params for name in bn.inputs[1:5]):
         return None
     gamma, beta, mean, var = (np.asarray(graph.params[n], dtype=np.float32) for n in bn.inputs[1:5])
+    if gamma.ndim != 1 or not beta.shape == mean.shape == var.shape == gamma.shape:
+        return None
     return gamma, beta, mean, var, float(bn.attrs.get("epsilon", 1e-5))
 
 
@@ -144,12 +146,105 @@ def _unpadded_plain_conv(layer: Node) -> bool:
 
 # ---- the pass --------------------------------------------------------------------------------
 
-def _unique_name(graph: Graph, taken: set, base: str) -> str:
-    name, i = base, 1
-    while name in taken:
-        name, i = f"{base}_{i}", i + 1
-    taken.add(name)
-    return name
+@dataclass(frozen=True, kw_only=True)
+class _Rewrite:
+    """What one fold changes: the layer node as rewritten, its new weight and bias values, and
+    (layer → BN only) the BN output that its readers now read under another name."""
+
+    layer: Node
+    weight: np.ndarray
+    bias: np.ndarray
+    fold: Fold
+    rename: tuple[str, str] | None = None
+
+
+def _with_bias_slot(layer: Node, taken: set) -> list[str]:
+    """The layer's inputs with a bias name filled in (``<layer>.bias``, made unique) if absent."""
+    inputs = list(layer.inputs) + [""] * (3 - len(layer.inputs))
+    if not inputs[2]:
+        name, i = f"{layer.name}.bias", 1
+        while name in taken:
+            name, i = f"{layer.name}.bias_{i}", i + 1
+        taken.add(name)
+        inputs[2] = name
+    return inputs
+
+
+def _fold_layer_then_bn(graph: Graph, producers, consumers, bn: Node, taken: set):
+    """Conv/ConvTranspose/Gemm → BN, or None if this pair cannot fold."""
+    bnp = _bn_params(graph, bn)
+    layer = producers.get(bn.inputs[0]) if bnp else None
+    if layer is None or layer.op_type not in _FOLD_INTO_OUTPUT or len(layer.outputs) != 1 \
+            or not _only_reader(graph, consumers, bn.inputs[0], bn):
+        return None
+    wb = _layer_weights(graph, consumers, layer)
+    if wb is None:
+        return None
+    (w, b), (gamma, beta, mean, var, eps) = wb, bnp
+    shape = _output_channel_shape(layer, w, b, gamma.shape[0])
+    if shape is None:
+        return None
+    w_view = w  # ConvTranspose: view (C_in, C_out/g, k...) as (g, C_in/g, C_out/g, k...)
+    if layer.op_type == "ConvTranspose":
+        w_view = w.reshape((shape[0], w.shape[0] // shape[0]) + w.shape[1:])
+    w_new, b_new = fold_into_output_channels(
+        w_view, np.zeros(gamma.shape, np.float32) if b is None else b, gamma=gamma, beta=beta,
+        mean=mean, var=var, eps=eps, out_axis_shape=shape)
+    inputs = _with_bias_slot(layer, taken)
+    if bn.outputs[0] in graph.output_names:  # graph outputs keep their names
+        new_layer, rename = replace(layer, inputs=tuple(inputs), outputs=bn.outputs), None
+    else:  # like AIMET: the layer keeps its output name, the BN's readers read it
+        new_layer, rename = replace(layer, inputs=tuple(inputs)), (bn.outputs[0], layer.outputs[0])
+    return _Rewrite(layer=new_layer, weight=w_new.reshape(w.shape), bias=b_new, rename=rename,
+                    fold=Fold(conv=layer.name, bn=bn.name, direction="conv_bn"))
+
+
+def _fold_bn_then_conv(graph: Graph, consumers, bn: Node, taken: set):
+    """BN → unpadded, ungrouped Conv, or None if this pair cannot fold."""
+    bnp = _bn_params(graph, bn)
+    readers = consumers.get(bn.outputs[0], []) if bnp else []
+    if len(readers) != 1 or bn.outputs[0] in graph.output_names:
+        return None
+    conv = readers[0]
+    if not _unpadded_plain_conv(conv) or conv.inputs[0] != bn.outputs[0] \
+            or bn.outputs[0] in conv.inputs[1:]:
+        return None
+    wb = _layer_weights(graph, consumers, conv)
+    if wb is None or wb[0].ndim < 3 or wb[0].shape[1] != bnp[0].shape[0]:
+        return None
+    (w, b), (gamma, beta, mean, var, eps) = wb, bnp
+    w_new, b_new = fold_into_input_channels(
+        w, np.zeros(w.shape[0], np.float32) if b is None else b,
+        gamma=gamma, beta=beta, mean=mean, var=var, eps=eps)
+    inputs = _with_bias_slot(conv, taken)
+    inputs[0] = bn.inputs[0]
+    return _Rewrite(layer=replace(conv, inputs=tuple(inputs)), weight=w_new, bias=b_new,
+                    fold=Fold(conv=conv.name, bn=bn.name, direction="bn_conv"))
+
+
+def _apply(graph: Graph, rewrites: list[_Rewrite]) -> Graph:
+    """The graph with every rewrite applied: BN nodes dropped, layers replaced, readers renamed,
+    new weights stored and the removed BNs' now unused parameters dropped."""
+    removed = {r.fold.bn for r in rewrites}
+    layers = {r.layer.name: r.layer for r in rewrites}
+    renames = dict(r.rename for r in rewrites if r.rename is not None)
+    nodes = []
+    for n in graph.nodes:
+        if n.name in removed:
+            continue
+        n = layers.get(n.name, n)
+        if any(i in renames for i in n.inputs):
+            n = replace(n, inputs=tuple(renames.get(i, i) for i in n.inputs))
+        nodes.append(n)
+    params = dict(graph.params)
+    for r in rewrites:
+        params[r.layer.inputs[1]] = r.weight
+        params[r.layer.inputs[2]] = r.bias
+    used = {i for n in nodes for i in n.inputs} | set(graph.output_names)
+    bn_params = {p for n in graph.nodes if n.name in removed for p in n.inputs[1:]}
+    params = {k: v for k, v in params.items() if k in used or k not in bn_params}
+    value_info = {k: v for k, v in graph.value_info.items() if k not in renames}
+    return graph.with_nodes(nodes, params=params, value_info=value_info).validate()
 
 
 def fold_batch_norms(graph: Graph) -> tuple[Graph, list[Fold]]:
@@ -159,100 +254,28 @@ def fold_batch_norms(graph: Graph) -> tuple[Graph, list[Fold]]:
     ``W' = W·s`` per output channel and ``b' = β + (b − μ)·s``, with ``s = γ/sqrt(σ² + eps)``.
     Then BN → Conv pairs (the BN's output feeds only that Conv, which is unpadded and not
     grouped): ``W' = W·s`` per input channel and ``b' = b + Σ W·(β − μ·s)``.
+    A layer absorbs at most one BN; its weight and bias must be parameters no other node reads.
     Weights and biases keep their names (a new bias is ``<layer>.bias``); the BN node goes away.
     Tensor names follow AIMET: for a layer → BN pair the layer keeps its output name and the BN's
     readers read it instead, unless the BN's output is a graph output, which then keeps its name.
-    Returns the new graph and the list of folds, in graph order.
+    Returns the new graph (``graph`` itself if nothing folds) and the folds, in graph order.
     """
-    consumers = graph.consumers()
-    producers = graph.producers()
-    params = dict(graph.params)
-    taken = set(params) | {t for n in graph.nodes for t in (*n.inputs, *n.outputs)} \
-        | set(graph.input_names)
-    replaced: dict[str, Node] = {}   # layer name → rewritten layer
-    removed: set[str] = set()        # BN names
-    renames: dict[str, str] = {}     # BN output → tensor that replaces it for its readers
-    folds: list[Fold] = []
-
+    producers, consumers = graph.producers(), graph.consumers()
+    taken = set(graph.params) | set(graph.input_names) \
+        | {t for n in graph.nodes for t in (*n.inputs, *n.outputs)}
+    rewrites: list[_Rewrite] = []
     for bn in graph.nodes:
-        bnp = _bn_params(graph, bn)
-        layer = producers.get(bn.inputs[0]) if bnp else None
-        if layer is None or layer.op_type not in _FOLD_INTO_OUTPUT or layer.name in replaced:
-            continue
-        if not _only_reader(graph, consumers, bn.inputs[0], bn) or len(layer.outputs) != 1:
-            continue
-        wb = _layer_weights(graph, consumers, layer)
-        if wb is None:
-            continue
-        w, b = wb
-        gamma, beta, mean, var, eps = bnp
-        shape = _output_channel_shape(layer, w, b, gamma.shape[0])
-        if shape is None:
-            continue
-        w_view = w  # ConvTranspose: view (C_in, C_out/g, k...) as (g, C_in/g, C_out/g, k...)
-        if layer.op_type == "ConvTranspose":
-            w_view = w.reshape((shape[0], w.shape[0] // shape[0]) + w.shape[1:])
-        w_new, b_new = fold_into_output_channels(
-            w_view, np.zeros(gamma.shape, np.float32) if b is None else b, gamma=gamma,
-            beta=beta, mean=mean, var=var, eps=eps, out_axis_shape=shape)
-        w_new = w_new.reshape(w.shape)
-        inputs = list(layer.inputs) + [""] * (3 - len(layer.inputs))
-        if not inputs[2]:
-            inputs[2] = _unique_name(graph, taken, f"{layer.name}.bias")
-        params[inputs[1]] = w_new
-        params[inputs[2]] = b_new
-        outputs = layer.outputs
-        if bn.outputs[0] in graph.output_names:
-            outputs = (bn.outputs[0],)
-        else:
-            renames[bn.outputs[0]] = layer.outputs[0]
-        replaced[layer.name] = replace(layer, inputs=tuple(inputs), outputs=outputs)
-        removed.add(bn.name)
-        folds.append(Fold(conv=layer.name, bn=bn.name, direction="conv_bn"))
-
+        r = _fold_layer_then_bn(graph, producers, consumers, bn, taken)
+        if r is not None and r.layer.name not in {x.layer.name for x in rewrites}:
+            rewrites.append(r)
     for bn in graph.nodes:
-        bnp = _bn_params(graph, bn)
-        if bnp is None or bn.name in removed:
+        if bn.name in {x.fold.bn for x in rewrites}:
             continue
-        readers = consumers.get(bn.outputs[0], [])
-        if len(readers) != 1 or bn.outputs[0] in graph.output_names:
-            continue
-        conv = readers[0]
-        if conv.name in replaced or not _unpadded_plain_conv(conv) \
-                or conv.inputs[0] != bn.outputs[0] or bn.outputs[0] in conv.inputs[1:]:
-            continue
-        wb = _layer_weights(graph, consumers, conv)
-        if wb is None or wb[0].ndim < 3 or wb[0].shape[1] != bnp[0].shape[0]:
-            continue
-        w, b = wb
-        gamma, beta, mean, var, eps = bnp
-        w_new, b_new = fold_into_input_channels(
-            w, np.zeros(w.shape[0], np.float32) if b is None else b,
-            gamma=gamma, beta=beta, mean=mean, var=var, eps=eps)
-        inputs = list(conv.inputs) + [""] * (3 - len(conv.inputs))
-        if not inputs[2]:
-            inputs[2] = _unique_name(graph, taken, f"{conv.name}.bias")
-        inputs[0] = bn.inputs[0]
-        params[inputs[1]] = w_new
-        params[inputs[2]] = b_new
-        replaced[conv.name] = replace(conv, inputs=tuple(inputs))
-        removed.add(bn.name)
-        folds.append(Fold(conv=conv.name, bn=bn.name, direction="bn_conv"))
-
-    if not folds:
+        r = _fold_bn_then_conv(graph, consumers, bn, taken)
+        if r is not None and r.layer.name not in {x.layer.name for x in rewrites}:
+            rewrites.append(r)
+    if not rewrites:
         return graph, []
-    nodes = []
-    for n in graph.nodes:
-        if n.name in removed:
-            continue
-        n = replaced.get(n.name, n)
-        if any(i in renames for i in n.inputs):
-            n = replace(n, inputs=tuple(renames.get(i, i) for i in n.inputs))
-        nodes.append(n)
-    used = {i for n in nodes for i in n.inputs} | set(graph.output_names)
-    bn_params = {p for n in graph.nodes if n.name in removed for p in n.inputs[1:]}
-    kept_params = {k: v for k, v in params.items() if k in used or k not in bn_params}
-    value_info = {k: v for k, v in graph.value_info.items() if k not in renames}
     order = {n.name: i for i, n in enumerate(graph.nodes)}
-    folds.sort(key=lambda f: order[f.conv])
-    return graph.with_nodes(nodes, params=kept_params, value_info=value_info).validate(), folds
+    folds = sorted((r.fold for r in rewrites), key=lambda f: order[f.conv])
+    return _apply(graph, rewrites), folds
