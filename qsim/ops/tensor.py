@@ -74,7 +74,11 @@ def flatten(x, *, axis=1):
 @register("Reshape")
 def reshape(data, shape, *, allowzero=0):
     """Y = data with the target ``shape``: a 0 copies the input dimension at that index
-    (unless allowzero=1, when 0 is a real zero), one -1 is inferred from the element count."""
+    (unless allowzero=1, when 0 is a real zero), one -1 is inferred from the element count.
+
+    >>> reshape(np.zeros((2, 3, 4)), np.array([0, -1])).shape
+    (2, 12)
+    """
     data = np.asarray(data)
     target = _ints("Reshape", "shape", shape)
     if target.count(-1) > 1:
@@ -169,7 +173,11 @@ def concat(*inputs, axis=None):
 def split(data, split_input=None, *, axis=0, split=None, num_outputs=None, noutputs=1):
     """Outputs = data cut along ``axis`` into pieces of the ``split`` sizes (input from opset 13,
     attribute before). Without ``split``: ``num_outputs`` (opset 18) pieces of ceil(dim / n),
-    the last one smaller; without either, ``noutputs`` equal pieces (dim must divide evenly)."""
+    the last one smaller; without either, ``noutputs`` equal pieces (dim must divide evenly).
+
+    >>> [p.tolist() for p in split(np.arange(5), num_outputs=3, noutputs=3)]
+    [[0, 1], [2, 3], [4]]
+    """
     data = np.asarray(data)
     axis = _axis("Split", "axis", axis, data.ndim)
     dim = data.shape[axis]
@@ -225,7 +233,11 @@ def _slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
 @register("Slice")
 def slice_(data, starts, ends, axes=None, steps=None):
     """Y = data[starts[i]:ends[i]:steps[i] on axes[i]] with ONNX clamping (see _slice_bounds);
-    axes default to 0..len(starts)-1 and steps to 1. Ends such as INT64_MAX mean "to the end"."""
+    axes default to 0..len(starts)-1 and steps to 1. Ends such as INT64_MAX mean "to the end".
+
+    >>> slice_(np.arange(6), np.array([-1]), np.array([2**63 - 1]), None, np.array([-2])).tolist()
+    [5, 3, 1]
+    """
     data = np.asarray(data)
     starts = _ints("Slice", "starts", starts)
     ends = _ints("Slice", "ends", ends)
@@ -309,8 +321,13 @@ _PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wra
 def pad(data, pads, constant_value=None, axes=None, *, mode="constant"):
     """Y = data padded by pads = [begin_0, ..., begin_k, end_0, ..., end_k] on ``axes``
     (default: all). Negative pads crop first; the remaining positive pads then fill with
-    ``constant_value`` (default 0), the mirror image without the border (reflect), the border
-    value (edge) or the other side (wrap)."""
+    ``constant_value`` (default 0), the mirror image without the border (reflect: at most n - 1
+    of the cropped size n, as in ONNX Runtime), the border value (edge) or the other side,
+    repeated as needed (wrap).
+
+    >>> pad(np.array([1, 2, 3]), np.array([1, -1]), mode="reflect").tolist()
+    [2, 1, 2]
+    """
     data = np.asarray(data)
     if mode not in _PAD_MODES:
         raise OpError(f"Pad: attribute mode={mode!r}, expected one of {sorted(_PAD_MODES)}")
@@ -335,10 +352,11 @@ def pad(data, pads, constant_value=None, axes=None, *, mode="constant"):
     if mode != "constant":
         for axis, (b, e) in enumerate(widths):
             n = cropped.shape[axis]
-            limit = n - 1 if mode == "reflect" else n
-            if (b or e) and max(b, e) > limit:
-                raise OpError(f"Pad: mode={mode!r} pads {b}, {e} on axis {axis} of size {n}, "
-                              f"expected pads <= {limit}")
+            if mode == "reflect" and (b or e) and max(b, e) > n - 1:
+                raise OpError(f"Pad: mode='reflect' pads {b}, {e} on axis {axis} of size {n} "
+                              f"(after cropping), expected pads <= {n - 1}")
+            if (b or e) and n == 0:
+                raise OpError(f"Pad: mode={mode!r} cannot pad the empty axis {axis}")
         return np.pad(cropped, widths, mode=_PAD_MODES[mode])
     value = 0 if constant_value is None else np.asarray(constant_value).reshape(-1)[0]
     return np.pad(cropped, widths, mode="constant", constant_values=value).astype(data.dtype)
@@ -433,7 +451,11 @@ def reduce_min(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_
 def range_(start, limit, delta):
     """Y = [start, start + delta, ...] up to ``limit`` (excluded; downward for delta < 0), with
     n = max(ceil((limit - start) / delta), 0) elements, the quotient taken in float64, and
-    Y[0] = start, Y[i] = Y[i-1] + delta accumulated in the input dtype (as ONNX Runtime does)."""
+    Y[0] = start, Y[i] = Y[i-1] + delta accumulated in the input dtype (as ONNX Runtime does).
+
+    >>> range_(np.array(10), np.array(1), np.array(-4)).tolist()
+    [10, 6, 2]
+    """
     values = [np.asarray(v) for v in (start, limit, delta)]
     for name, v in zip(("start", "limit", "delta"), values):
         if v.size != 1:

@@ -288,6 +288,20 @@ def test_outputs_are_arrays_for_scalars():
         assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == ()
 
 
+def test_docstring_examples():
+    import doctest
+
+    import qsim.ops.elementwise
+    import qsim.ops.tensor
+    for module in (qsim.ops.elementwise, qsim.ops.tensor):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_erf_nan_propagates():
+    assert np.isnan(OPS["Erf"](np.array([np.nan], np.float32))[0])
+
+
 def test_ops_do_not_mutate_inputs():
     x = rand(1, (3, 4))
     before = x.copy()
