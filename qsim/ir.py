@@ -134,6 +134,19 @@ class Graph:
         return replace(self, nodes=tuple(nodes), **changes)
 
     # ---- checks ---------------------------------------------------------------------------
+    def _depends_on(self, j: int, i: int, producer_index: Mapping[str, int]) -> bool:
+        """Whether node ``j`` reads (directly or through other nodes) an output of node ``i``."""
+        stack, seen = [j], set()
+        while stack:
+            k = stack.pop()
+            if k == i:
+                return True
+            if k in seen:
+                continue
+            seen.add(k)
+            stack.extend(producer_index[t] for t in self.nodes[k].inputs if t in producer_index)
+        return False
+
     def validate(self) -> "Graph":
         """Check names and order; raise :class:`GraphError` naming the first offending node.
 
@@ -162,7 +175,8 @@ class Graph:
                     continue
                 if inp in producer_index:
                     j = producer_index[inp]
-                    kind = "a cycle" if j >= i else "order"
+                    kind = ("a cycle" if self._depends_on(j, i, producer_index)
+                            else "nodes out of topological order")
                     raise GraphError(
                         f"{n.describe()}: input '{inp}' is produced by node "
                         f"'{self.nodes[j].name}' which does not come before it "
