@@ -130,3 +130,11 @@ def test_producers_consumers_and_lookup():
     assert g.node("b") is b
     with pytest.raises(GraphError, match=r"no node named 'zzz'"):
         g.node("zzz")
+
+
+def test_nodes_out_of_order_are_rejected_and_not_called_a_cycle():
+    g = _graph([Node(name="late", op_type="Relu", inputs=("t",), outputs=("y",)),
+                Node(name="early", op_type="Relu", inputs=("x",), outputs=("t",))])
+    with pytest.raises(GraphError, match=r"node 'late'.*'t'.*node 'early'.*out of topological order") as info:
+        g.validate()
+    assert "cycle" not in str(info.value).split(";")[0]
