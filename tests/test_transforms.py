@@ -255,3 +255,12 @@ def test_conv_bn_conv_folds_the_first_pair_forward_and_leaves_the_second_conv_al
     feeds = {"x": rng.normal(size=(2, 2, 6, 6)).astype(np.float32)}
     (want,) = _ort(model, feeds)
     np.testing.assert_allclose(qsim.run(folded, feeds)["y"], want, rtol=RTOL, atol=ATOL)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import qsim.transforms
+
+    result = doctest.testmod(qsim.transforms)
+    assert result.failed == 0 and result.attempted >= 1
