@@ -143,3 +143,43 @@ def test_an_unsupported_op_at_run_time_names_the_node():
               inputs=(ValueInfo("x", F32, None),), outputs=(ValueInfo("y", F32, None),))
     with pytest.raises(GraphError, match=r"node 'mystery' \(NoSuchOp\).*not supported"):
         run(g, {"x": _x()})
+
+
+def _custom_graph() -> Graph:
+    return Graph(nodes=(Node(name="custom", op_type="MyOp", inputs=("x", "b"), outputs=("y",),
+                             attrs={"k": 3}),),
+                 inputs=(ValueInfo("x", F32, None),), outputs=(ValueInfo("y", F32, None),),
+                 params={"b": np.ones(3, np.float32)}).validate()
+
+
+def test_extra_op_implementations_run_with_the_registry_calling_convention():
+    def my_op(x, b, *, k):
+        return x * k + b
+
+    x = _x()
+    out = run(_custom_graph(), {"x": x}, ops={"MyOp": my_op})
+    np.testing.assert_array_equal(out["y"], x * 3 + 1)
+
+
+def test_a_python_exception_inside_an_op_becomes_op_error_naming_node_and_input_shapes():
+    def broken(x, b, *, k):
+        raise ZeroDivisionError("boom")
+
+    with pytest.raises(OpError, match=r"node 'custom' \(MyOp\).*x: float32\[2, 3\].*b: float32\[3\]"
+                                      r".*ZeroDivisionError: boom"):
+        run(_custom_graph(), {"x": _x()}, ops={"MyOp": broken})
+
+
+def test_a_qsim_error_inside_an_op_keeps_its_type_and_gains_the_node_name():
+    def picky(x, b, *, k):
+        raise OpError("k must be even, got 3")
+
+    with pytest.raises(OpError, match=r"node 'custom' \(MyOp\): k must be even, got 3"):
+        run(_custom_graph(), {"x": _x()}, ops={"MyOp": picky})
+
+
+def test_an_op_returning_too_few_outputs_is_an_op_error():
+    g = Graph(nodes=(Node(name="two", op_type="MyOp", inputs=("x",), outputs=("a", "b")),),
+              inputs=(ValueInfo("x", F32, None),), outputs=(ValueInfo("a", F32, None),)).validate()
+    with pytest.raises(OpError, match=r"node 'two'.*1 output.*declares 2"):
+        run(g, {"x": _x()}, ops={"MyOp": lambda x: x})
