@@ -22,6 +22,5 @@ Not covered: the decomposed LayerNormalization / RMSNormalization passes of
 """
 from .passes import place_quantizers
 from .result import Placement, QuantizerSpec
-from .rules import Rules, rules_from
 
-__all__ = ["place_quantizers", "Placement", "QuantizerSpec", "Rules", "rules_from"]
+__all__ = ["place_quantizers", "Placement", "QuantizerSpec"]

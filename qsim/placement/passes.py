@@ -18,7 +18,7 @@ from ..ir import Graph, Node
 from .fusion import fuse_matmul_add, static_value
 from .order import activation_update_order
 from .result import Placement, QuantizerSpec, is_float_cast
-from .rules import OpRule, Rules, rules_from
+from ..config import OpTypeSettings, QuantsimConfig, load_config
 from .tables import (BACKWARD_TIE_OPS, FLOAT_DTYPES, FORWARD_TIE_OPS, GRID_PRESERVING,
                      NO_QUANTIZER_PRODUCERS, NORM_FOLLOW_OUTPUT, NORM_LN_BN, OLD_HTP,
                      PARAM_SLOTS, WEIGHT_OPS)
@@ -239,43 +239,43 @@ def find_unfused_matmul_add(ctx: _Ctx) -> list:
 
 # ---- §2: stages --------------------------------------------------------------------------------
 
-def stage_b_defaults(ctx: _Ctx, rules: Rules) -> None:
+def stage_b_defaults(ctx: _Ctx, cfg: QuantsimConfig) -> None:
     """B: defaults.ops on every op, inputs/constants off again, defaults.params, strict/unsigned."""
     log = _StageLog("B (defaults.ops)")
     for op in ctx.ops:
-        if rules.ops_is_output_quantized is not None:
+        if cfg.defaults.ops.is_output_quantized is not None:
             for q in ctx.outs(op):
-                log.apply(q, "enabled", rules.ops_is_output_quantized, op,
-                          f"defaults.ops.is_output_quantized={rules.ops_is_output_quantized}")
-        if rules.ops_is_symmetric is not None:
+                log.apply(q, "enabled", cfg.defaults.ops.is_output_quantized, op,
+                          f"defaults.ops.is_output_quantized={cfg.defaults.ops.is_output_quantized}")
+        if cfg.defaults.ops.is_symmetric is not None:
             for q in ctx.ins(op) + ctx.outs(op):
-                log.apply(q, "symmetric", rules.ops_is_symmetric, op,
-                          f"defaults.ops.is_symmetric={rules.ops_is_symmetric}")
+                log.apply(q, "symmetric", cfg.defaults.ops.is_symmetric, op,
+                          f"defaults.ops.is_symmetric={cfg.defaults.ops.is_symmetric}")
     for q in ctx.created:
         if q.role in ("graph_input", "constant"):
             q.set("enabled", False, "stage B (graph and constant inputs off until model_input)")
     for q in ctx.created:
         if q.role != "param":
             continue
-        if rules.default_params.is_quantized is not None:
-            q.set("enabled", rules.default_params.is_quantized,
-                  f"defaults.params.is_quantized={rules.default_params.is_quantized}")
-        if rules.default_params.is_symmetric is not None:
-            q.set("symmetric", rules.default_params.is_symmetric,
-                  f"defaults.params.is_symmetric={rules.default_params.is_symmetric}")
+        if cfg.defaults.params.is_quantized is not None:
+            q.set("enabled", cfg.defaults.params.is_quantized,
+                  f"defaults.params.is_quantized={cfg.defaults.params.is_quantized}")
+        if cfg.defaults.params.is_symmetric is not None:
+            q.set("symmetric", cfg.defaults.params.is_symmetric,
+                  f"defaults.params.is_symmetric={cfg.defaults.params.is_symmetric}")
     for q in ctx.created:
-        q.strict = rules.strict_symmetric
-        q.unsigned = rules.unsigned_symmetric
-        if rules.strict_symmetric:
+        q.strict = cfg.defaults.strict_symmetric is True
+        q.unsigned = cfg.defaults.unsigned_symmetric is True
+        if q.strict:
             q.why["strict"] = "strict=True by defaults.strict_symmetric"
-        if rules.unsigned_symmetric:
+        if q.unsigned:
             q.why["unsigned"] = "unsigned=True by defaults.unsigned_symmetric"
 
 
-def stage_c_params(ctx: _Ctx, rules: Rules) -> None:
+def stage_c_params(ctx: _Ctx, cfg: QuantsimConfig) -> None:
     """C: params.<kind> on every parameter of that kind."""
     for q in ctx.created:
-        rule = rules.params.get(q.kind) if q.role == "param" else None
+        rule = cfg.params.get(q.kind) if q.role == "param" else None
         if rule is None:
             continue
         if rule.is_quantized is not None:
@@ -284,21 +284,21 @@ def stage_c_params(ctx: _Ctx, rules: Rules) -> None:
             q.set("symmetric", rule.is_symmetric, f"params.{q.kind}.is_symmetric={rule.is_symmetric}")
 
 
-def _op_rule(rules: Rules, op: Node) -> tuple:
-    """(OpRule or None, text naming it) for stage D, incl. the implicit grid-preserving rule."""
-    rule = rules.op_type.get(op.op_type)
+def _op_rule(cfg: QuantsimConfig, op: Node) -> tuple:
+    """(OpTypeSettings or None, text naming it) for stage D, incl. the implicit grid-preserving rule."""
+    rule = cfg.op_type.get(op.op_type)
     if rule is not None:
         return rule, f"op_type.{op.op_type}"
     if op.op_type in GRID_PRESERVING:
-        return OpRule(is_output_quantized=False), f"grid-preserving {op.op_type} not in op_type"
+        return OpTypeSettings(is_output_quantized=False), f"grid-preserving {op.op_type} not in op_type"
     return None, ""
 
 
-def stage_d_op_types(ctx: _Ctx, rules: Rules) -> None:
+def stage_d_op_types(ctx: _Ctx, cfg: QuantsimConfig) -> None:
     """D: op_type.<T> on every op of type T (inputs, outputs, symmetry, constraints, params)."""
     log = _StageLog("D (op_type)")
     for op in ctx.ops:
-        rule, name = _op_rule(rules, op)
+        rule, name = _op_rule(cfg, op)
         if rule is None:
             continue
         where = f"{name} on {op.name}"
@@ -314,8 +314,8 @@ def stage_d_op_types(ctx: _Ctx, rules: Rules) -> None:
             for q in ctx.ins(op) + ctx.outs(op):
                 log.apply(q, "symmetric", rule.is_symmetric, op,
                           f"{where}: is_symmetric={rule.is_symmetric}")
-        if rule.constraint is not None:
-            lo, hi = rule.constraint
+        if rule.encoding_constraints is not None:
+            lo, hi = rule.encoding_constraints.min, rule.encoding_constraints.max
             for q in ctx.outs(op):
                 q.set("fixed", (lo, hi), f"{where}: encoding_constraints")
                 if hi is not None and lo is not None and np.isclose(lo, -hi):
@@ -351,9 +351,9 @@ def _may_start_chain(ctx: _Ctx, op: Node, excluded: set) -> bool:
     return True
 
 
-def stage_e_supergroups(ctx: _Ctx, rules: Rules, excluded: set) -> None:
+def stage_e_supergroups(ctx: _Ctx, cfg: QuantsimConfig, excluded: set) -> None:
     """E: longest patterns first; a match disables the outputs of all its ops but the last."""
-    patterns = sorted(rules.supergroups, key=len, reverse=True)  # stable: config order kept
+    patterns = sorted(cfg.supergroups, key=len, reverse=True)  # stable: config order kept
     used: set = set()
     for pattern in patterns:
         for start in ctx.ops:
@@ -375,10 +375,10 @@ def stage_e_supergroups(ctx: _Ctx, rules: Rules, excluded: set) -> None:
                     q.set("enabled", False, text)
 
 
-def stage_f_model_input(ctx: _Ctx, rules: Rules) -> None:
+def stage_f_model_input(ctx: _Ctx, cfg: QuantsimConfig) -> None:
     """F: model_input True enables graph inputs read by an op and every constant input."""
     constants = [q for q in ctx.created if q.role == "constant"]
-    if rules.model_input is None:
+    if cfg.model_input is None:
         if constants:
             names = ", ".join(f"'{q.tensor}'" for q in constants)
             raise ConfigError(
@@ -387,7 +387,7 @@ def stage_f_model_input(ctx: _Ctx, rules: Rules) -> None:
                 f"{{\"is_input_quantized\": \"True\"}} (or make these constants parameters).",
                 [("model_input", f"{{}} with float constant inputs {names}")])
         return
-    if rules.model_input is False:
+    if cfg.model_input is False:
         raise ConfigError('model_input.is_input_quantized: only "True" (or an empty {}) is '
                           'accepted by aimet-onnx 2.42, got "False"',
                           [("model_input.is_input_quantized", "False is not accepted")])
@@ -398,13 +398,13 @@ def stage_f_model_input(ctx: _Ctx, rules: Rules) -> None:
             q.set("enabled", True, "model_input.is_input_quantized=True (constant input)")
 
 
-def stage_g_model_output(ctx: _Ctx, rules: Rules) -> None:
+def stage_g_model_output(ctx: _Ctx, cfg: QuantsimConfig) -> None:
     """G: model_output True enables all outputs of ops that no op reads."""
-    if rules.model_output is False:
+    if cfg.model_output is False:
         raise ConfigError('model_output.is_output_quantized: only "True" (or an empty {}) is '
                           'accepted by aimet-onnx 2.42, got "False"',
                           [("model_output.is_output_quantized", "False is not accepted")])
-    if not rules.model_output:
+    if not cfg.model_output:
         return
     for op in ctx.ops:
         if not ctx.consuming_ops(op):
@@ -430,14 +430,14 @@ def _weight_axis(ctx: _Ctx, op: Node, q: _Q, ndim: int) -> Optional[int]:
     return None
 
 
-def stage_per_channel(ctx: _Ctx, rules: Rules) -> None:
+def stage_per_channel(ctx: _Ctx, cfg: QuantsimConfig) -> None:
     """§4: every param of a per-channel op becomes per-channel (1-D vectors on axis 0)."""
     for op in ctx.ops:
-        rule = rules.op_type.get(op.op_type)
-        if rule is not None and rule.per_channel is not None:
-            on, source = rule.per_channel, f"op_type.{op.op_type}.per_channel_quantization"
+        rule = cfg.op_type.get(op.op_type)
+        if rule is not None and rule.per_channel_quantization is not None:
+            on, source = rule.per_channel_quantization, f"op_type.{op.op_type}.per_channel_quantization"
         else:
-            on, source = rules.per_channel, "defaults.per_channel_quantization"
+            on, source = cfg.defaults.per_channel_quantization is True, "defaults.per_channel_quantization"
         if not on:
             continue
         for kind, q in ctx.params_of(op):
@@ -474,19 +474,19 @@ def _has_param_weight(ctx: _Ctx, op: Node) -> bool:
     return any(kind == "weight" for kind, _ in ctx.op_params.get(op.name, []))
 
 
-def stage_j_dynamic_weights(ctx: _Ctx, rules: Rules) -> None:
+def stage_j_dynamic_weights(ctx: _Ctx, cfg: QuantsimConfig) -> None:
     """J: the effective quantizer of a non-parameter input 1 of Conv/ConvTranspose/Gemm/MatMul
     takes the weight symmetry (op_type.<T>.params.weight.is_symmetric, else defaults.params)."""
     for op in ctx.ops:
         if op.op_type not in WEIGHT_OPS or len(op.inputs) < 2 or not op.inputs[1] \
                 or _has_param_weight(ctx, op):
             continue
-        rule = rules.op_type.get(op.op_type)
+        rule = cfg.op_type.get(op.op_type)
         prule = rule.params.get("weight") if rule is not None else None
         if prule is not None and prule.is_symmetric is not None:
             value, source = prule.is_symmetric, f"op_type.{op.op_type}.params.weight.is_symmetric"
-        elif rules.default_params.is_symmetric is not None:
-            value, source = rules.default_params.is_symmetric, "defaults.params.is_symmetric"
+        elif cfg.defaults.params.is_symmetric is not None:
+            value, source = cfg.defaults.params.is_symmetric, "defaults.params.is_symmetric"
         else:
             continue
         q = ctx.effective(op.inputs[1])
@@ -494,9 +494,9 @@ def stage_j_dynamic_weights(ctx: _Ctx, rules: Rules) -> None:
             q.set("symmetric", value, f"{source}={value} (dynamic weight of {op.name})")
 
 
-def stage_k_exceptions(ctx: _Ctx, rules: Rules) -> None:
+def stage_k_exceptions(ctx: _Ctx, cfg: QuantsimConfig) -> None:
     """K: norm params, dynamic MatMul under hw_version, grouped ConvTranspose per-tensor."""
-    hw = rules.hw_version
+    hw = cfg.defaults.hw_version
     for op in ctx.ops:
         if op.op_type in NORM_LN_BN or op.op_type in NORM_FOLLOW_OUTPUT:
             _norm_params(ctx, op, hw)
@@ -674,7 +674,8 @@ def place_quantizers(graph: Graph, config, *, param_bitwidth: int,
                      activation_bitwidth: int) -> Placement:
     """Every quantizer aimet-onnx 2.42 creates for ``graph`` under ``config``, and its flags.
 
-    ``config``: a ``QuantsimConfig`` (``qsim.config.load_config``) or a configuration dict.
+    ``config``: a ``QuantsimConfig``, or anything ``qsim.config.load_config`` accepts (file
+    path, dict, built-in name, None for the built-in default), which is then loaded and validated.
     Steps (placement.md §0): MatmulAdd fusion; parameter then activation quantizers (all
     asymmetric per-tensor at ``param_bitwidth`` / ``activation_bitwidth``); stages A–G; per-channel;
     unfused passes (I); dynamic weight symmetry (J); exception rules (K); backward then forward
@@ -682,26 +683,26 @@ def place_quantizers(graph: Graph, config, *, param_bitwidth: int,
     """
     param_bitwidth = _check_bitwidth("param_bitwidth", param_bitwidth)
     activation_bitwidth = _check_bitwidth("activation_bitwidth", activation_bitwidth)
-    rules = rules_from(config)
-    if "MatmulAdd" in rules.pass_list:
+    cfg = config if isinstance(config, QuantsimConfig) else load_config(config)
+    if "MatmulAdd" in cfg.supergroup_pass_list:
         graph = fuse_matmul_add(graph)
     ctx = _Ctx(graph=graph, ops=[n for n in graph.nodes if n.op_type != "Constant"],
                producers=graph.producers(), consumers=graph.consumers())
     create_params(ctx, param_bitwidth)
     create_activations(ctx, activation_bitwidth)
-    unfused = find_unfused_matmul_add(ctx) if "MatmulAdd" in rules.pass_list else []
+    unfused = find_unfused_matmul_add(ctx) if "MatmulAdd" in cfg.supergroup_pass_list else []
     # Stage A (reset) is the creation state: every quantizer starts disabled.
-    stage_b_defaults(ctx, rules)
-    stage_c_params(ctx, rules)
-    stage_d_op_types(ctx, rules)
-    stage_e_supergroups(ctx, rules, {n.name for mm, add, _ in unfused for n in (mm, add)})
-    stage_f_model_input(ctx, rules)
-    stage_g_model_output(ctx, rules)
+    stage_b_defaults(ctx, cfg)
+    stage_c_params(ctx, cfg)
+    stage_d_op_types(ctx, cfg)
+    stage_e_supergroups(ctx, cfg, {n.name for mm, add, _ in unfused for n in (mm, add)})
+    stage_f_model_input(ctx, cfg)
+    stage_g_model_output(ctx, cfg)
     # Stage H: bitwidths are already param/activation bitwidths (supported_kernels changes none).
-    stage_per_channel(ctx, rules)
+    stage_per_channel(ctx, cfg)
     stage_i_unfused(ctx, unfused, param_bitwidth)
-    stage_j_dynamic_weights(ctx, rules)
-    stage_k_exceptions(ctx, rules)
+    stage_j_dynamic_weights(ctx, cfg)
+    stage_k_exceptions(ctx, cfg)
     tie_backward(ctx)
     tie_forward(ctx)
     return _freeze(ctx)
