@@ -10,7 +10,7 @@ CASES = MODEL_CASES + [f"cnn-seed0/{run}" for run in CNN_RUNS]
 
 
 def test_all_golden_cases_are_covered():
-    assert len(MODEL_CASES) == 8  # tests/data/golden/models holds 8 case folders
+    assert len(MODEL_CASES) == 9  # tests/data/golden/models holds 9 case folders
     assert {"misc_s32_default_tf_w8a8", "misc_s32_htp_v75_tf_w8a16",
             "transformer_s31_default_tf_w8a8"} <= set(MODEL_CASES)
 
