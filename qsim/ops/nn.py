@@ -708,6 +708,9 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
     :func:`_source_coordinates`); ``nearest`` takes ``X[round(c)]`` (``nearest_mode``),
     ``linear`` interpolates between ``X[floor(c)]`` and the next sample (N-D multilinear).
 
+    As in ONNX Runtime, ``Y = X`` when the output shape equals the input shape (even if a
+    scale ≠ 1 rounds back to the same size), and an axis with scale 1 is copied unchanged.
+
     Not supported (OpError): mode cubic, antialias, tf_crop_and_resize (the only mode using
     ``roi``). ``roi`` is otherwise ignored, as ONNX specifies.
     """
@@ -729,7 +732,11 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
     if exclude_outside:
         raise OpError(f"attribute exclude_outside={exclude_outside} only applies to cubic mode, "
                       f"which is not supported (expected 0)")
+    if mode == "linear" and x.dtype.kind != "f":
+        raise OpError(f"mode='linear' needs a floating-point X, got {x.dtype} (cast it first)")
     scale, out = _resize_targets(x.shape, scales, sizes, axes, keep_aspect_ratio_policy)
+    if tuple(out) == x.shape:
+        return x.copy()
     y = x
     for axis, (n_in, n_out, s) in enumerate(zip(x.shape, out, scale)):
         if n_in == n_out and s == 1:
@@ -741,4 +748,4 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
             y = np.take(y, _nearest_indices(coords, n_in, nearest_mode), axis=axis)
         else:
             y = _linear_along(y, axis, coords)
-    return y if y is not x else x.copy()
+    return y

@@ -337,3 +337,11 @@ def test_resize_trilinear_matches_ort():
     assert_op_matches_ort("Resize", _resize_inputs(x, scales=[1, 1, 2, 1.5, 0.6]),
                           dict(mode="linear", coordinate_transformation_mode="half_pixel"),
                           opset=13, initializers=(1, 2, 3))
+
+
+def test_resize_nearest_coordinates_are_float32_like_ort():
+    """3 / float32(0.6) is 5.0 in float32 but 4.9999998 in float64: floor must give 5."""
+    x = np.arange(10, dtype=np.float32).reshape(1, 1, 1, 10)
+    assert_op_matches_ort("Resize", _resize_inputs(x, scales=[1, 1, 1, 0.6]),
+                          dict(mode="nearest", coordinate_transformation_mode="asymmetric",
+                               nearest_mode="floor"), opset=13, initializers=(1, 2, 3))
