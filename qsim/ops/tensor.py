@@ -122,11 +122,11 @@ def transpose(data, *, perm=None):
 
 @register("Squeeze")
 def squeeze(data, axes_input=None, *, axes=None):
-    """Y = data without the listed size-1 axes (all size-1 axes when none are given).
-    ``axes`` is an input from opset 13, an attribute before."""
+    """Y = data without the listed size-1 axes (all size-1 axes when ``axes`` is absent or
+    empty, as in ONNX Runtime). ``axes`` is an input from opset 13, an attribute before."""
     data = np.asarray(data)
     axes = _input_or_attribute("Squeeze", "axes", axes_input, axes)
-    if axes is None:
+    if not axes:
         return data.reshape([d for d in data.shape if d != 1])
     axes = _axes("Squeeze", "axes", axes, data.ndim)
     for a in axes:

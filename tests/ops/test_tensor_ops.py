@@ -116,6 +116,11 @@ def test_squeeze_matches_ort(case, seed):
         assert_op_matches_ort("Squeeze", [x], opset=13)
 
 
+def test_squeeze_empty_axes_input_squeezes_all_ones():
+    x = rand(0, (1, 3, 1, 2))
+    assert_op_matches_ort("Squeeze", [x, i64([])], opset=13, initializers=(1,))
+
+
 @SETTINGS
 @given(shape=shapes, seed=seeds, data=st.data())
 def test_unsqueeze_matches_ort(shape, seed, data):
@@ -419,3 +424,61 @@ def test_errors_name_the_problem():
     for fn, pattern in cases:
         with pytest.raises(OpError, match=pattern):
             fn()
+
+
+# ------------------------------------------------------------------------------ through the executor
+
+def test_pytorch_style_shape_subgraph_runs_in_the_executor_like_ort():
+    """x.view(x.size(0), -1) as PyTorch exports it (Shape → Gather → Unsqueeze → Concat →
+    Reshape), plus Constant and a two-output Split, run by qsim's executor and by ORT."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    from qsim.interpreter import run
+    from qsim.ir import Graph, Node, ValueInfo
+
+    nodes = [  # (op, inputs, outputs, attrs)
+        ("Shape", ["x"], ["s"], {}),
+        ("Constant", [], ["zero"], {"value_int": 0}),
+        ("Gather", ["s", "zero"], ["n"], {"axis": 0}),
+        ("Constant", [], ["axes0"], {"value_ints": [0]}),
+        ("Unsqueeze", ["n", "axes0"], ["n1"], {}),
+        ("Constant", [], ["minus1"], {"value_ints": [-1]}),
+        ("Concat", ["n1", "minus1"], ["target"], {"axis": 0}),
+        ("Reshape", ["x", "target"], ["flat"], {}),
+        ("Split", ["flat"], ["left", "right"], {"axis": 1, "num_outputs": 2}),
+        ("Sub", ["left", "right"], ["y"], {}),
+    ]
+    x = rand(7, (3, 2, 4, 5))
+    model = helper.make_model(
+        helper.make_graph([helper.make_node(op, i, o, **a) for op, i, o, a in nodes], "g",
+                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, x.shape)],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)]),
+        opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    expected = ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    graph = Graph(nodes=[Node(name=f"n{k}", op_type=op, inputs=i, outputs=o,
+                              attrs={k2: tuple(v) if isinstance(v, list) else v
+                                     for k2, v in a.items()})
+                         for k, (op, i, o, a) in enumerate(nodes)],
+                  inputs=[ValueInfo("x", np.dtype(np.float32), x.shape)],
+                  outputs=[ValueInfo("y", np.dtype(np.float32), None)], opset=18)
+    got = run(graph, {"x": x})["y"]
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_executor_error_names_the_node_and_the_problem():
+    from qsim.interpreter import run
+    from qsim.ir import Graph, Node, ValueInfo
+
+    graph = Graph(nodes=[Node(name="bad_reshape", op_type="Reshape", inputs=("x", "shape"),
+                              outputs=("y",))],
+                  inputs=[ValueInfo("x", np.dtype(np.float32), (2, 3))],
+                  outputs=[ValueInfo("y", np.dtype(np.float32), None)],
+                  params={"shape": i64([4, 2])})
+    with pytest.raises(OpError, match=r"node 'bad_reshape' \(Reshape\): Reshape: cannot reshape "
+                                      r"input \(2, 3\) \(6 elements\) to 'shape'=\[4, 2\]"):
+        run(graph, {"x": rand(0, (2, 3))})
