@@ -9,13 +9,15 @@ activations, not of the whole forward pass.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
 from .errors import FeedError, GraphError, OpError, QsimError, UnknownOpError
 from .ir import Graph, Node
-from .ops import OPS, supported_attributes, wants_noutputs
+from .ops import OPS, supported_attributes
 
 Observer = Callable[[str, np.ndarray], "np.ndarray | None"]
 
@@ -111,7 +113,7 @@ def call_op(node: Node, args: list, ops: Mapping[str, Callable] | None = None) -
     while args and args[-1] is None:
         args.pop()
     kwargs = dict(node.attrs)
-    if node.op_type in OPS and wants_noutputs(node.op_type):
+    if _wants_noutputs(fn):
         kwargs["noutputs"] = len(node.outputs)
     try:
         result = fn(*args, **kwargs)
@@ -122,6 +124,12 @@ def call_op(node: Node, args: list, ops: Mapping[str, Callable] | None = None) -
         raise OpError(f"{node.describe()} failed on inputs [{shapes}]: "
                       f"{type(exc).__name__}: {exc}") from exc
     return result if isinstance(result, tuple) else (result,)
+
+
+@functools.lru_cache(maxsize=None)
+def _wants_noutputs(fn) -> bool:
+    """True if ``fn`` (the function actually called) takes the ``noutputs`` keyword."""
+    return "noutputs" in inspect.signature(fn).parameters
 
 
 def _describe_array(a) -> str:
