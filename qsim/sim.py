@@ -185,6 +185,8 @@ class QuantizationSimModel:
         self._calibrated = False
         self._run_graph: Graph | None = None
         self._run_key: tuple = ()
+        self._ties: set[int] = set()
+        self._stash: list = []
         self._qdq_params: dict[str, np.ndarray] = {}
 
     # ---- quantizers -------------------------------------------------------------------------
@@ -231,27 +233,19 @@ class QuantizationSimModel:
             h.quantizer.reset_stats()
         self._compute_param_encodings()
         calib_graph = self._executable_graph(params_quantized=True)
-        ties = {h.spec.qid for h in self._handles.values() if len(h.spec.tensors) > 1}
+        self._ties = {h.spec.qid for h in self._handles.values() if len(h.spec.tensors) > 1}
         order = {t: i for i, t in enumerate(self.placement.update_order())}
         count = 0
 
         def forward(feeds: Mapping[str, np.ndarray]) -> dict:
             nonlocal count
             feeds = check_feeds(self.graph, feeds)
-            stash: list[tuple[str, int, np.ndarray]] = []
-
-            def observe(x, *, qid, tensor):
-                handle = self._handles[qid]
-                if qid in ties:
-                    stash.append((tensor, qid, x))
-                else:
-                    handle.quantizer.update_stats(x)
-                return x
-
-            outs = run_graph(calib_graph, feeds, ops={QDQ_OP: observe},
+            self._stash = []
+            outs = run_graph(calib_graph, feeds, ops={QDQ_OP: self._observe_op},
                              outputs=list(self._output_names().values()))
-            for tensor, qid, x in sorted(stash, key=lambda e: order[e[0]]):
+            for tensor, qid, x in sorted(self._stash, key=lambda e: order[e[0]]):
                 self._handles[qid].quantizer.update_stats(x)
+            self._stash = []
             count += 1
             return self._rename_outputs(outs)
 
@@ -270,6 +264,20 @@ class QuantizationSimModel:
         self._adjust_weight_scales()
         self._calibrated = True
         self._run_graph = None
+
+    def _observe_op(self, x, *, qid, tensor):
+        """Calibration's QDQ op: collect statistics, pass the tensor through unchanged.
+
+        Tied quantizers are updated after the forward, in ONNX Runtime's order."""
+        if qid in self._ties:
+            self._stash.append((tensor, qid, x))
+        else:
+            self._handles[qid].quantizer.update_stats(x)
+        return x
+
+    def _qdq_op(self, x, *, qid, tensor):
+        """Simulation's QDQ op: quantize-dequantize with the quantizer's encoding."""
+        return self._handles[qid].quantizer.quantize_dequantize(x)
 
     def _compute_param_encodings(self) -> None:
         for h in self._handles.values():
@@ -339,12 +347,9 @@ class QuantizationSimModel:
         if self._run_graph is None or self._run_key != key:  # enabled flags or encodings changed
             self._run_graph, self._run_key = self._executable_graph(params_quantized=True), key
 
-        def qdq(x, *, qid, tensor):
-            return self._handles[qid].quantizer.quantize_dequantize(x)
-
         names = self._output_names()
         wanted = list(names.values()) if outputs is None else [names.get(o, o) for o in outputs]
-        return self._rename_outputs(run_graph(self._run_graph, feeds, ops={QDQ_OP: qdq},
+        return self._rename_outputs(run_graph(self._run_graph, feeds, ops={QDQ_OP: self._qdq_op},
                                               outputs=wanted))
 
     # ---- export -----------------------------------------------------------------------------
