@@ -38,41 +38,70 @@ def _as_batch(x, axis):
 
 # ======================================================================== min / max
 
-@kernel
-def _nb_min_max(x3, mn, mx):
-    """NaN-ignoring running min/max of ``x3`` (outer, C, inner) per channel into ``mn, mx``.
+# Min/max are taken on integer keys: the float32 bits ``u`` (as int32) map to
+# ``k = u ^ ((u >> 31) & 0x7fffffff)``, which orders like the floats (-0.0 just below +0.0) and
+# puts NaN outside [-inf, +inf]. Integer min/max reductions vectorise without fast-math, float
+# ones do not; the result is the same NaN-ignoring min/max.
+_KEY_MASK = 0x7fffffff
+_INF_BITS = 0x7f800000
 
-    Returns the number of NaN elements. ``mn, mx`` start as the previous statistics
-    (+inf / -inf when there are none), so an empty or all-NaN slice leaves them unchanged.
+
+def _float_keys(f: np.ndarray) -> np.ndarray:
+    """int64 order keys of a float32 array."""
+    u = np.ascontiguousarray(f, dtype=np.float32).view(np.int32).astype(np.int64)
+    return u ^ ((u >> 31) & _KEY_MASK)
+
+
+def _keys_to_float(k: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`_float_keys`."""
+    k = np.asarray(k, dtype=np.int64)
+    return (k ^ ((k >> 31) & _KEY_MASK)).astype(np.int32).view(np.float32)
+
+
+@kernel
+def _nb_min_max(bits3, mnk, mxk):
+    """NaN-ignoring running min/max keys of ``bits3`` (int32 view, (outer, C, inner)).
+
+    ``mnk, mxk`` (int64, (C,)) hold the keys of the previous statistics (those of +inf / -inf
+    when there are none), so an empty or all-NaN slice leaves them unchanged. Returns #NaN.
     """
     nans = 0
-    n_outer, n_ch, n_inner = x3.shape
+    n_outer, n_ch, n_inner = bits3.shape
     for c in range(n_ch):
-        lo = mn[c]
-        hi = mx[c]
+        lo = mnk[c]
+        hi = mxk[c]
         for o in range(n_outer):
+            row = bits3[o, c, :]
             for i in range(n_inner):
-                v = x3[o, c, i]
-                if v < lo:
-                    lo = v
-                if v > hi:
-                    hi = v
-                if v != v:
-                    nans += 1
-        mn[c] = lo
-        mx[c] = hi
+                u = np.int64(row[i])
+                k = u ^ ((u >> 31) & _KEY_MASK)
+                is_nan = (u & _KEY_MASK) > _INF_BITS
+                lo = min(lo, _KEY_MASK if is_nan else k)
+                hi = max(hi, -_KEY_MASK - 1 if is_nan else k)
+                nans += np.int64(is_nan)
+        mnk[c] = lo
+        mxk[c] = hi
     return nans
 
 
 def _np_min_max(x3, mn, mx):
-    """NumPy twin of :func:`_nb_min_max`."""
+    """NumPy twin of :func:`_nb_min_max`, on the float32 batch (updates ``mn, mx`` in place)."""
     nan = np.isnan(x3)
-    filled_lo = np.where(nan, np.float32(np.inf), x3)
-    filled_hi = np.where(nan, np.float32(-np.inf), x3)
     if x3.size:
-        np.minimum(mn, filled_lo.min(axis=(0, 2)), out=mn)
-        np.maximum(mx, filled_hi.max(axis=(0, 2)), out=mx)
+        np.minimum(mn, np.where(nan, np.float32(np.inf), x3).min(axis=(0, 2)), out=mn)
+        np.maximum(mx, np.where(nan, np.float32(-np.inf), x3).max(axis=(0, 2)), out=mx)
     return int(nan.sum())
+
+
+def _min_max_update(x3, mn, mx):
+    """Fold the batch ``x3`` into float32 ``mn, mx`` (shape (C,), in place); returns #NaN."""
+    if not USE_NUMBA:
+        return _np_min_max(x3, mn, mx)
+    mnk, mxk = _float_keys(mn), _float_keys(mx)
+    nans = _nb_min_max(x3.view(np.int32), mnk, mxk)
+    mn[...] = _keys_to_float(mnk)
+    mx[...] = _keys_to_float(mxk)
+    return nans
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,7 +127,7 @@ class MinMaxStats:
         x3 = _as_batch(x, self.axis)
         mn = np.atleast_1d(self.min).copy()
         mx = np.atleast_1d(self.max).copy()
-        nans = (_nb_min_max if USE_NUMBA else _np_min_max)(x3, mn, mx)
+        nans = _min_max_update(x3, mn, mx)
         shape = self.min.shape
         return MinMaxStats(min=_readonly(mn.reshape(shape)), max=_readonly(mx.reshape(shape)),
                            axis=self.axis, nan_count=self.nan_count + int(nans))
@@ -141,16 +170,38 @@ def _nb_fix_bins(mn, mx):
     return w, k0
 
 
+#: elements per block of the two-phase binning loop (indices first, then counts)
+_BLOCK = 1024
+
+
 @kernel
-def _nb_bin_index(v, r, k0f):
-    """Bin of float32 ``v``: ``s = f32(v·r)``, ``idx = floor(s) - f32(k0)``; -1 if dropped."""
-    s = v * r
-    if s != s or np.abs(s) >= np.float32(_INT32_RANGE):
-        return -1
-    idx = np.float32(np.floor(s) - k0f)
-    if idx >= np.float32(0.0) and idx < np.float32(NUM_BINS):
-        return np.int64(idx)
-    return -1
+def _nb_bin_row(row, r, k0f, counts, buf):
+    """Count the contiguous float32 ``row`` into ``counts`` (NUM_BINS + 1 slots); returns #NaN.
+
+    ``s = f32(v·r)``, ``idx = f32(floor(s) - f32(k0))``; elements with ``|s| ≥ 2^31``, NaN, or
+    ``idx`` outside ``[0, 1536)`` go to the extra slot ``counts[1536]`` (dropped). Per block, the
+    indices are computed first (a loop the compiler vectorises) and counted afterwards. NaN are
+    counted (for the warning) only when something was dropped.
+    """
+    limit = np.float32(_INT32_RANGE)
+    top = np.float32(NUM_BINS)
+    dropped_before = counts[NUM_BINS]
+    n = row.shape[0]
+    for start in range(0, n, _BLOCK):
+        m = min(_BLOCK, n - start)
+        for j in range(m):
+            s = row[start + j] * r
+            idx = np.floor(s) - k0f
+            ok = (np.abs(s) < limit) & (idx >= np.float32(0.0)) & (idx < top)
+            buf[j] = np.uint32(idx if ok else top)
+        for j in range(m):
+            counts[buf[j]] += 1
+    nans = 0
+    if counts[NUM_BINS] != dropped_before:
+        for j in range(n):
+            if row[j] != row[j]:
+                nans += 1
+    return nans
 
 
 @kernel
@@ -163,7 +214,8 @@ def _nb_histogram_update(x3, fixed, width, k0, batches, pdf):
     """
     n_outer, n_ch, n_inner = x3.shape
     numel = n_outer * n_inner
-    counts = np.zeros(NUM_BINS, np.int64)
+    counts = np.zeros(NUM_BINS + 1, np.int64)
+    buf = np.empty(_BLOCK, np.uint32)
     nans = 0
     if numel == 0:
         return nans
@@ -189,14 +241,7 @@ def _nb_histogram_update(x3, fixed, width, k0, batches, pdf):
         k0f = np.float32(k0[c])
         counts[:] = 0
         for o in range(n_outer):
-            for i in range(n_inner):
-                v = x3[o, c, i]
-                if v != v:
-                    nans += 1
-                    continue
-                b = _nb_bin_index(v, r, k0f)
-                if b >= 0:
-                    counts[b] += 1
+            nans += _nb_bin_row(x3[o, c, :], r, k0f, counts, buf)
         k = np.float64(batches[c])
         for b in range(NUM_BINS):
             p = np.float64(counts[b]) / np.float64(numel)
@@ -234,12 +279,12 @@ def _np_histogram_update(x3, fixed, width, k0, batches, pdf):
     for c in range(n_ch):
         v = x3[:, c, :].ravel()
         isnan = np.isnan(v)
-        nans += int(isnan.sum())
         if not fixed[c]:
             finite = v[~isnan]
             lo, hi = (finite.min(), finite.max()) if finite.size else (np.float32(np.nan),) * 2
             if lo == 0.0 and hi == 0.0:
                 continue
+        nans += int(isnan.sum())
             width[c], k0[c] = _np_fix_bins(lo, hi)
             fixed[c] = True
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
