@@ -98,8 +98,8 @@ class Placement:
     def explain(self) -> str:
         """Every quantizer on one line: tensors, state, kind, flags, tie group, deciding rules."""
         enabled_tensors = sum(len(q.tensors) for q in self.quantizers if q.enabled)
-        lines = [f"{len(self.quantizers)} quantizers on {len(self.quantizer_of)} tensors; "
-                 f"{enabled_tensors} enabled quantizers (tensors with an enabled quantizer), "
+        lines = [f"{len(self.quantizers)} quantizer objects on {len(self.quantizer_of)} tensors; "
+                 f"{enabled_tensors} enabled quantizers counted per tensor (as AIMET lists them), "
                  f"{sum(1 for q in self.quantizers if q.enabled)} distinct enabled objects"]
         lines += [q.describe() for q in self.quantizers]
         return "\n".join(lines)
