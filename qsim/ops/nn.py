@@ -318,7 +318,23 @@ def matmul(a, b):
 @register("Gemm")
 def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
     """``Y = alpha · A' @ B' + beta · C`` with ``A' = Aᵀ if transA``, ``B' = Bᵀ if transB``;
-    ``C`` (optional) broadcasts unidirectionally to ``(M, N)``."""
+    ``C`` (optional) broadcasts unidirectionally to ``(M, N)``.
+
+    Beyond ONNX: with ``transA = 0`` A may have more than 2 dimensions, ``Y = A @ B' + C`` over
+    the last axis — the node AIMET's ``MatmulAdd`` pass fuses from ``MatMul(x, W)`` + ``Add(b)``
+    (placement.md §1.1), computed exactly like the MatMul and Add it replaces."""
+    if a.ndim > 2 and not transA and b.ndim == 2:
+        b2 = b.T if transB else b
+        if a.shape[-1] != b2.shape[0]:
+            raise OpError(f"inner dimensions differ: A {list(a.shape)} and B' {list(b2.shape)} "
+                          f"(B {list(b.shape)}, transB={transB})")
+        dtype = _float_result(a, b, c)
+        y = np.matmul(a, b2).astype(dtype, copy=False)
+        if alpha != 1.0:
+            y = y * dtype.type(alpha)
+        if c is not None and beta != 0.0:
+            y = y + (c.astype(dtype, copy=False) if beta == 1.0 else dtype.type(beta) * c.astype(dtype))
+        return y
     if a.ndim != 2 or b.ndim != 2:
         raise OpError(f"Gemm needs 2-D A and B, got A {list(a.shape)} and B {list(b.shape)}")
     a2 = a.T if transA else a
