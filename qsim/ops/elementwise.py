@@ -178,6 +178,37 @@ def ceil(x):
     return _out(np.ceil(x), x.dtype)
 
 
+@register("Round")
+def round_(x):
+    """Y = X rounded to the nearest integer, halves to even (round(2.5) = 2, round(-1.5) = -2)."""
+    x = _float_input("Round", x)
+    return _out(np.rint(x), x.dtype)
+
+
+@register("Sign")
+def sign(x):
+    """Y = -1, 0 or 1 by the sign of X."""
+    x = np.asarray(x)
+    return _out(np.sign(x), x.dtype)
+
+
+@register("Mod")
+def mod(a, b, *, fmod=0):
+    """C = A mod B (broadcasting). fmod=0 (integers only): the remainder takes the sign of B
+    (Python's %); fmod=1: the remainder takes the sign of A (C's fmod). Floats need fmod=1."""
+    dtype = _binary("Mod", a, b)
+    if fmod not in (0, 1):
+        raise OpError(f"Mod: attribute fmod={fmod!r}, expected 0 or 1")
+    if dtype.kind == "f":
+        if fmod != 1:
+            raise OpError("Mod: attribute fmod=0 with float inputs, expected fmod=1")
+        with np.errstate(invalid="ignore"):
+            return _out(np.fmod(a, b), dtype)
+    if np.any(np.asarray(b) == 0):
+        raise OpError("Mod: integer modulo by zero (input B contains 0)")
+    return _out(np.fmod(a, b) if fmod else np.remainder(a, b), dtype)
+
+
 # --------------------------------------------------------------------------------------------
 # erf
 
@@ -312,6 +343,34 @@ def tanh(x):
     return _out(np.tanh(x), x.dtype)
 
 
+@register("Softplus")
+def softplus(x):
+    """Y = ln(1 + exp(X)), computed as max(X, 0) + ln(1 + exp(-|X|)) (no overflow)."""
+    x = _float_input("Softplus", x)
+    return _out(np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x))), x.dtype)
+
+
+@register("Softsign")
+def softsign(x):
+    """Y = X / (1 + |X|)."""
+    x = _float_input("Softsign", x)
+    return _out(x / (1 + np.abs(x)), x.dtype)
+
+
+@register("Elu")
+def elu(x, *, alpha=1.0):
+    """Y = X if X > 0 else alpha * (exp(X) - 1)."""
+    x = _float_input("Elu", x)
+    return _out(np.where(x > 0, x, x.dtype.type(alpha) * np.expm1(np.minimum(x, 0))), x.dtype)
+
+
+@register("Selu")
+def selu(x, *, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875):
+    """Y = gamma * (X if X > 0 else alpha * (exp(X) - 1)) (defaults: ONNX's float32 constants)."""
+    x = _float_input("Selu", x)
+    return _out(x.dtype.type(gamma) * elu(x, alpha=alpha), x.dtype)
+
+
 @register("Gelu")
 def gelu(x, *, approximate="none"):
     """Gelu (opset 20).
@@ -418,6 +477,39 @@ def min_(*inputs):
 def sum_(*inputs):
     """Elementwise sum of all inputs (broadcasting), added left to right."""
     return _variadic("Sum", np.add, inputs)
+
+
+@register("Mean")
+def mean(*inputs):
+    """Elementwise mean of all inputs (broadcasting): their sum, added left to right, / count."""
+    total = _variadic("Mean", np.add, inputs)
+    return _out(total / total.dtype.type(len(inputs)), total.dtype)
+
+
+def _logical(op: str, fn, a, b) -> np.ndarray:
+    for name, v in (("A", a), ("B", b)):
+        if np.asarray(v).dtype != np.bool_:
+            raise OpError(f"{op}: input {name} has dtype {np.asarray(v).dtype}, expected bool")
+    _broadcast(op, a, b)
+    return _out(fn(a, b), np.bool_)
+
+
+@register("And")
+def and_(a, b):
+    """C = A and B (bool, broadcasting)."""
+    return _logical("And", np.logical_and, a, b)
+
+
+@register("Or")
+def or_(a, b):
+    """C = A or B (bool, broadcasting)."""
+    return _logical("Or", np.logical_or, a, b)
+
+
+@register("Xor")
+def xor(a, b):
+    """C = A xor B (bool, broadcasting)."""
+    return _logical("Xor", np.logical_xor, a, b)
 
 
 # --------------------------------------------------------------------------------------------

@@ -255,6 +255,14 @@ def slice_(data, starts, ends, axes=None, steps=None):
     return data[tuple(index)]
 
 
+def _check_indices(op: str, indices: np.ndarray, dim: int, axis: int) -> None:
+    """Every index must lie in [-dim, dim - 1]."""
+    if indices.size and (indices.min() < -dim or indices.max() >= dim):
+        bad = indices[(indices < -dim) | (indices >= dim)].reshape(-1)[0]
+        raise OpError(f"{op}: index {int(bad)} out of range for axis {axis} of size {dim}, "
+                      f"expected {-dim} <= index <= {dim - 1}")
+
+
 @register("Gather")
 def gather(data, indices, *, axis=0):
     """Y = take(data, indices, axis): Y.shape = data.shape[:axis] + indices.shape +
@@ -264,11 +272,7 @@ def gather(data, indices, *, axis=0):
     indices = np.asarray(indices)
     if indices.dtype.kind not in "iu":
         raise OpError(f"Gather: input 'indices' has dtype {indices.dtype}, expected int32/int64")
-    dim = data.shape[axis]
-    if indices.size and (indices.min() < -dim or indices.max() >= dim):
-        bad = indices[(indices < -dim) | (indices >= dim)].reshape(-1)[0]
-        raise OpError(f"Gather: index {int(bad)} out of range for axis {axis} of size {dim}, "
-                      f"expected {-dim} <= index <= {dim - 1}")
+    _check_indices("Gather", indices, data.shape[axis], axis)
     return np.take(data, indices.astype(np.int64), axis=axis)
 
 
@@ -405,13 +409,12 @@ def constant(*, value=None, value_float=None, value_floats=None, value_int=None,
 def _reduce(op: str, fn, data, axes_input, axes, keepdims, noop_with_empty_axes):
     """Apply ``fn(data, axis=..., keepdims=...)`` with ONNX's axes rules: ``axes`` as input
     (ReduceSum from opset 13, all from opset 18) or attribute (before); empty or absent axes
-    reduce every axis unless noop_with_empty_axes=1, which returns the input unchanged."""
+    reduce every axis unless noop_with_empty_axes=1, which reduces none (the elementwise part
+    still applies: ReduceL1 gives |X|, ReduceSumSquare X^2, as in ONNX Runtime)."""
     data = np.asarray(data)
     axes = _input_or_attribute(op, "axes", axes_input, axes)
     if not axes:
-        if noop_with_empty_axes:
-            return np.array(data, copy=True)
-        axes = list(range(data.ndim))
+        axes = [] if noop_with_empty_axes else list(range(data.ndim))
     axes = tuple(_axes(op, "axes", axes, data.ndim))
     if fn in (np.max, np.min) and any(data.shape[a] == 0 for a in axes):
         raise OpError(f"{op}: cannot reduce the empty axes {axes} of shape {data.shape}")
@@ -445,6 +448,105 @@ def reduce_max(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_
 def reduce_min(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_axes=0):
     """Y = min of data over ``axes``."""
     return _reduce("ReduceMin", np.min, data, axes_input, axes, keepdims, noop_with_empty_axes)
+
+
+@register("ReduceProd")
+def reduce_prod(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_axes=0):
+    """Y = product of data over ``axes``."""
+    def product(x, axis, keepdims):
+        return np.prod(x, axis=axis, keepdims=keepdims, dtype=x.dtype)
+    return _reduce("ReduceProd", product, data, axes_input, axes, keepdims, noop_with_empty_axes)
+
+
+@register("ReduceL1")
+def reduce_l1(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_axes=0):
+    """Y = sum of |data| over ``axes``."""
+    def l1(x, axis, keepdims):
+        return np.sum(np.abs(x), axis=axis, keepdims=keepdims, dtype=x.dtype)
+    return _reduce("ReduceL1", l1, data, axes_input, axes, keepdims, noop_with_empty_axes)
+
+
+@register("ReduceL2")
+def reduce_l2(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_axes=0):
+    """Y = sqrt(sum of data^2 over ``axes``)."""
+    def l2(x, axis, keepdims):
+        return np.sqrt(np.sum(x * x, axis=axis, keepdims=keepdims, dtype=x.dtype))
+    return _reduce("ReduceL2", l2, data, axes_input, axes, keepdims, noop_with_empty_axes)
+
+
+@register("ReduceSumSquare")
+def reduce_sum_square(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_axes=0):
+    """Y = sum of data^2 over ``axes``."""
+    def sum_square(x, axis, keepdims):
+        return np.sum(x * x, axis=axis, keepdims=keepdims, dtype=x.dtype)
+    return _reduce("ReduceSumSquare", sum_square, data, axes_input, axes, keepdims,
+                   noop_with_empty_axes)
+
+
+def _arg_reduce(op: str, fn, data, axis, keepdims, select_last_index) -> np.ndarray:
+    data = np.asarray(data)
+    axis = _axis(op, "axis", axis, data.ndim)
+    if data.shape[axis] == 0:
+        raise OpError(f"{op}: axis {axis} of the input {data.shape} is empty")
+    if select_last_index:
+        index = data.shape[axis] - 1 - fn(np.flip(data, axis=axis), axis=axis)
+    else:
+        index = fn(data, axis=axis)
+    if keepdims:
+        index = np.expand_dims(index, axis)
+    return np.asarray(index, dtype=np.int64)
+
+
+@register("ArgMax")
+def arg_max(data, *, axis=0, keepdims=1, select_last_index=0):
+    """Y = int64 index of the largest element along ``axis`` (the first one, or the last with
+    select_last_index=1)."""
+    return _arg_reduce("ArgMax", np.argmax, data, axis, keepdims, select_last_index)
+
+
+@register("ArgMin")
+def arg_min(data, *, axis=0, keepdims=1, select_last_index=0):
+    """Y = int64 index of the smallest element along ``axis`` (the first one, or the last with
+    select_last_index=1)."""
+    return _arg_reduce("ArgMin", np.argmin, data, axis, keepdims, select_last_index)
+
+
+@register("CumSum")
+def cum_sum(x, axis, *, exclusive=0, reverse=0):
+    """Y[i] = sum of X[j] for j <= i along ``axis`` (a scalar input), added in order; exclusive=1
+    leaves out X[i] itself (j < i), reverse=1 sums from the end (j >= i)."""
+    x = np.asarray(x)
+    axis_value = _ints("CumSum", "axis", axis)
+    if len(axis_value) != 1:
+        raise OpError(f"CumSum: input 'axis' has {len(axis_value)} values, expected a scalar")
+    ax = _axis("CumSum", "axis", axis_value[0], x.ndim)
+    y = np.flip(x, axis=ax) if reverse else x
+    total = np.cumsum(y, axis=ax, dtype=x.dtype)
+    if exclusive:
+        zeros = np.zeros_like(np.take(total, [0], axis=ax))
+        total = np.concatenate([zeros, np.delete(total, -1, axis=ax)], axis=ax)
+    return np.flip(total, axis=ax) if reverse else total
+
+
+@register("GatherElements")
+def gather_elements(data, indices, *, axis=0):
+    """Y[i_0, ..., i_k] = data[i_0, ..., indices[i_0, ..., i_k], ..., i_k] (the index replaces
+    position ``axis``); Y has the shape of indices, which has data's rank; negative indices
+    count from the end."""
+    data = np.asarray(data)
+    indices = np.asarray(indices)
+    axis = _axis("GatherElements", "axis", axis, data.ndim)
+    if indices.dtype.kind not in "iu" or indices.ndim != data.ndim:
+        raise OpError(f"GatherElements: input 'indices' has dtype {indices.dtype} and shape "
+                      f"{indices.shape}, expected int32/int64 of rank {data.ndim}")
+    if any(i > d for k, (i, d) in enumerate(zip(indices.shape, data.shape)) if k != axis):
+        raise OpError(f"GatherElements: indices shape {indices.shape} exceeds data shape "
+                      f"{data.shape} outside axis {axis}")
+    dim = data.shape[axis]
+    _check_indices("GatherElements", indices, dim, axis)
+    window = tuple(slice(None) if k == axis else slice(0, n) for k, n in enumerate(indices.shape))
+    return np.take_along_axis(data[window], np.where(indices < 0, indices + dim, indices)
+                              .astype(np.int64), axis=axis)
 
 
 @register("Range")

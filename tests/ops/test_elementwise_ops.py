@@ -89,6 +89,7 @@ UNARY = {
     "Sqrt": (0.0, 9.0), "Neg": (-3, 3), "Abs": (-3, 3), "Exp": (-10, 10), "Log": (1e-3, 100.0),
     "Relu": (-3, 3), "Sigmoid": (-30, 30), "Tanh": (-5, 5), "HardSwish": (-6, 6),
     "Floor": (-5, 5), "Ceil": (-5, 5), "Reciprocal": (0.5, 4.0), "Identity": (-3, 3),
+    "Sign": (-3, 3), "Softplus": (-30, 30), "Softsign": (-5, 5), "Elu": (-5, 5), "Selu": (-5, 5),
 }
 
 
@@ -104,6 +105,36 @@ def test_unary_matches_ort(op, shape, seed):
 def test_integer_unary_keeps_dtype(op):
     assert_op_matches_ort(op, [np.arange(-5, 5, dtype=np.int32).reshape(2, 5)])
     assert_op_matches_ort(op, [np.arange(-5, 5, dtype=np.int64)])
+
+
+def test_round_half_to_even_matches_ort():
+    x = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.49, -3.51], np.float32)
+    assert_op_matches_ort("Round", [x])
+    assert_op_matches_ort("Round", [rand(5, (4, 6), -9, 9)])
+
+
+@SETTINGS
+@given(shape=shapes, seed=seeds, alpha=st.floats(0.125, 2, width=32), gamma=st.floats(0.5, 2, width=32))
+def test_elu_selu_attributes_match_ort(shape, seed, alpha, gamma):
+    x = rand(seed, shape)
+    assert_op_matches_ort("Elu", [x], {"alpha": alpha})
+    assert_op_matches_ort("Selu", [x], {"alpha": alpha, "gamma": gamma})
+
+
+@pytest.mark.parametrize("fmod", [0, 1])
+@SETTINGS
+@given(shapes=broadcast_pair(), seed=seeds)
+def test_integer_mod_matches_ort(fmod, shapes, seed):
+    a = rand(seed, shapes[0], -20, 20, np.int64)
+    b = rand(seed + 1, shapes[1], 1, 6, np.int64) * np.where(rand(seed + 2, shapes[1], 0, 1, np.int64), 1, -1)
+    assert_op_matches_ort("Mod", [a, b], {"fmod": fmod})
+
+
+@SETTINGS
+@given(shapes=broadcast_pair(), seed=seeds)
+def test_float_fmod_matches_ort(shapes, seed):
+    assert_op_matches_ort("Mod", [rand(seed, shapes[0], -9, 9), away_from_zero(seed + 1, shapes[1])],
+                          {"fmod": 1})
 
 
 # ------------------------------------------------------------------------------ erf / gelu
@@ -211,7 +242,16 @@ def test_not_matches_ort():
     assert_op_matches_ort("Not", [np.array([[True, False], [False, False]])])
 
 
-@pytest.mark.parametrize("op", ["Max", "Min", "Sum"])
+@pytest.mark.parametrize("op", ["And", "Or", "Xor"])
+@SETTINGS
+@given(shapes=broadcast_pair(), seed=seeds)
+def test_logical_matches_ort(op, shapes, seed):
+    a = rand(seed, shapes[0], 0, 1, np.int32).astype(bool)
+    b = rand(seed + 1, shapes[1], 0, 1, np.int32).astype(bool)
+    assert_op_matches_ort(op, [a, b])
+
+
+@pytest.mark.parametrize("op", ["Max", "Min", "Sum", "Mean"])
 @SETTINGS
 @given(shape=shapes, n=st.integers(1, 4), seed=seeds, data=st.data())
 def test_variadic_matches_ort(op, shape, n, seed, data):
@@ -279,6 +319,12 @@ def test_errors_name_the_problem():
         OPS["Sqrt"](np.arange(3))
     with pytest.raises(OpError, match="Max: no inputs"):
         OPS["Max"]()
+    with pytest.raises(OpError, match="Mod: attribute fmod=0 with float inputs, expected fmod=1"):
+        OPS["Mod"](f, f)
+    with pytest.raises(OpError, match="Mod: integer modulo by zero"):
+        OPS["Mod"](np.ones(2, np.int64), np.zeros(2, np.int64))
+    with pytest.raises(OpError, match="And: input B has dtype float32, expected bool"):
+        OPS["And"](np.ones(2, bool), np.ones(2, np.float32))
 
 
 def test_outputs_are_arrays_for_scalars():

@@ -325,7 +325,8 @@ def test_constant_matches_ort(name, value):
 
 # ------------------------------------------------------------------------------ reductions
 
-REDUCE_OPS = ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin"]
+REDUCE_OPS = ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+              "ReduceL2", "ReduceSumSquare"]
 
 
 @st.composite
@@ -358,6 +359,37 @@ def test_reduce_axes_attribute_matches_ort(op, case, seed):
         assert_op_matches_ort(op, [x], attrs, opset=11)
     else:
         assert_op_matches_ort(op, [x], attrs, opset=13)
+
+
+@pytest.mark.parametrize("op", ["ArgMax", "ArgMin"])
+@SETTINGS
+@given(shape=nonscalar, seed=seeds, keepdims=st.sampled_from([0, 1]),
+       last=st.sampled_from([0, 1]), data=st.data())
+def test_arg_reduce_matches_ort(op, shape, seed, keepdims, last, data):
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    x = np.round(rand(seed, shape))  # few distinct values: ties decide first vs last index
+    assert_op_matches_ort(op, [x], {"axis": axis, "keepdims": keepdims,
+                                    "select_last_index": last})
+
+
+@SETTINGS
+@given(shape=nonscalar, seed=seeds, exclusive=st.sampled_from([0, 1]),
+       reverse=st.sampled_from([0, 1]), data=st.data())
+def test_cumsum_matches_ort(shape, seed, exclusive, reverse, data):
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    assert_op_matches_ort("CumSum", [rand(seed, shape), np.array(axis, np.int64)],
+                          {"exclusive": exclusive, "reverse": reverse}, initializers=(1,))
+
+
+@SETTINGS
+@given(shape=nonscalar, seed=seeds, data=st.data())
+def test_gather_elements_matches_ort(shape, seed, data):
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    ishape = tuple(data.draw(st.integers(1, 4)) if k == axis % len(shape)
+                   else data.draw(st.integers(1, d)) for k, d in enumerate(shape))
+    dim = shape[axis]
+    idx = np.random.default_rng(seed).integers(-dim, dim, size=ishape)
+    assert_op_matches_ort("GatherElements", [rand(seed, shape), idx], {"axis": axis})
 
 
 @pytest.mark.parametrize("op", REDUCE_OPS)
@@ -419,6 +451,10 @@ def test_errors_name_the_problem():
         (lambda: OPS["Constant"](value_int=1, value_float=2.0), "Constant: attributes \\['value_float', 'value_int'\\]"),
         (lambda: OPS["ConstantOfShape"](i64([2, -1])), "negative dimension"),
         (lambda: OPS["Range"](np.array(0), np.array(5), np.array(0)), "Range: input 'delta' is 0"),
+        (lambda: OPS["ArgMax"](x, axis=-4), "ArgMax: axis=-4 out of range for a rank-3 input"),
+        (lambda: OPS["GatherElements"](x, np.zeros((2, 3, 4), np.int64) + 9, axis=2), "GatherElements: index 9 out of range for axis 2 of size 4"),
+        (lambda: OPS["GatherElements"](x, np.zeros((2, 3), np.int64)), "expected int32/int64 of rank 3"),
+        (lambda: OPS["CumSum"](x, i64([0, 1])), "CumSum: input 'axis' has 2 values, expected a scalar"),
         (lambda: OPS["Reshape"](x, np.array([24.0])), "Reshape: input 'shape' has dtype float64, expected int64"),
     ]
     for fn, pattern in cases:
