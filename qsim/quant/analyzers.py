@@ -432,6 +432,116 @@ def percentile(stats: HistogramStats, *, bitwidth, percentile: float, symmetric=
 
 # ============================================================================ entropy
 
+#: at most this many clipping windows are scored by :func:`entropy` (evenly spaced)
+ENTROPY_MAX_WINDOWS = 128
+#: smoothing of zero probabilities before the KL divergence (as ONNX Runtime)
+ENTROPY_SMOOTHING = 1e-4
+
+
+def _smooth(p: np.ndarray, eps: float = ENTROPY_SMOOTHING):
+    """Give zero entries ``eps`` and take it from the non-zero ones in proportion to their
+    number (ONNX Runtime's ``smooth_distribution``); None if everything is zero."""
+    zero = p == 0
+    n_zero, n_nonzero = int(zero.sum()), int(p.size - zero.sum())
+    if n_nonzero == 0:
+        return None
+    eps1 = eps * n_zero / n_nonzero
+    return p + eps * zero - eps1 * ~zero
+
+
+def _kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """``KL(p‖q) = Σ p_i log(p_i / q_i)`` of the normalised distributions (inf if undefined)."""
+    p = p / p.sum()
+    q = q / q.sum()
+    if np.any(q <= 0) or np.any(p < 0):
+        return np.inf
+    mask = p > 0
+    return float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
+
+
+def _window_kl(pdf: np.ndarray, start: int, stop: int, levels: int) -> float:
+    """KL divergence between the histogram clipped to bins ``[start, stop)`` and its
+    quantization into ``levels`` groups (TensorRT's entropy calibration).
+
+    ``p`` = the window with the mass outside it added to its first and last bins; the window's
+    own bins are merged into ``levels`` groups of ``len // levels`` bins (the last one takes the
+    rest), and each group's mass is spread evenly over its bins where ``p != 0`` to give ``q``.
+    Both are smoothed (:func:`_smooth`) in units of the smallest non-empty bin of the window,
+    since ONNX Runtime smooths raw counts.
+    """
+    window = pdf[start:stop]
+    p = window.copy()
+    p[0] += pdf[:start].sum()
+    p[-1] += pdf[stop:].sum()
+    nonzero = p != 0
+    group = np.minimum(np.arange(window.size) // (window.size // levels), levels - 1)
+    mass = np.bincount(group, weights=window, minlength=levels)
+    used = np.bincount(group, weights=nonzero, minlength=levels)
+    q = np.where(nonzero, mass[group] / np.maximum(used[group], 1.0), 0.0)
+    # ONNX Runtime smooths raw counts: express both in units of the smallest non-empty bin
+    unit = window[window > 0].min() if np.any(window > 0) else 1.0
+    p, q = _smooth(p / unit), _smooth(q / unit)
+    if p is None or q is None:
+        return np.inf
+    return _kl_divergence(p, q)
+
+
+def entropy_range(stats: HistogramStats, c: int, bitwidth: int):
+    """(lo, hi) float64 of channel ``c`` minimising the KL divergence (TensorRT / ORT style).
+
+    Windows are symmetric around the bin ``z`` that holds 0 (as ONNX Runtime's entropy
+    calibrator): bins ``[z - i, z + i + 1)`` clipped to the histogram, for i from the smallest
+    window holding ``levels = 2^bw - 1`` bins up to the whole histogram, at most
+    :data:`ENTROPY_MAX_WINDOWS` evenly spaced values of i. Each is scored by
+    :func:`_window_kl`; the first minimum wins. If no window can hold ``levels`` bins (bw ≥ 11),
+    the observed range of §4 is returned.
+    """
+    pdf, k0, w = stats.pdf[c], float(stats.k0[c]), float(stats.width[c])
+    edges = (k0 + np.arange(NUM_BINS + 1, dtype=np.float64)) * w
+    levels = 2 ** bitwidth - 1
+    if levels > NUM_BINS:
+        lo, hi = observed_range(pdf, k0, w)
+        return float(lo), float(hi)
+    z = int(min(max(np.floor(-edges[0] / w), 0), NUM_BINS - 1))
+    i_min, i_max = (levels - 1) // 2, max(z, NUM_BINS - 1 - z)
+    candidates = np.unique(np.linspace(i_min, i_max, ENTROPY_MAX_WINDOWS).astype(np.int64))
+    best, best_range = np.inf, (edges[0], edges[NUM_BINS])
+    for i in candidates:
+        start, stop = max(z - int(i), 0), min(z + int(i) + 1, NUM_BINS)
+        if stop - start < levels:
+            continue
+        kl = _window_kl(pdf, start, stop, levels)
+        if kl < best:
+            best, best_range = kl, (edges[start], edges[stop])
+    return best_range
+
+
 def entropy(stats: HistogramStats, *, bitwidth, symmetric=False, strict_symmetric=False,
             unsigned_symmetric=False) -> Encoding:
-    raise NotImplementedError
+    """KL-divergence ("entropy") calibration: :func:`entropy_range`, then §2 (from_min_max).
+
+    Not an AIMET scheme (no golden data): TensorRT's algorithm on the §4 histogram. Degenerate
+    histograms as :func:`tf_enhanced`: only zeros seen → §2's all-zero encoding; nothing
+    binnable → AIMET's sentinel delta = offset = -1.
+    """
+    _check_hist(stats)
+    bw = check_bitwidth(bitwidth)
+    rows = []
+    for c in range(stats.num_channels):
+        if not stats.fixed[c]:
+            lo, hi = 0.0, 0.0
+        elif _nothing_binned(stats, c):
+            n = 2 ** bw - 1 - (1 if symmetric and strict_symmetric else 0)
+            rows.append((1.0, 1.0 - n, -1.0, -1.0))
+            continue
+        else:
+            lo, hi = entropy_range(stats, c, bw)
+        e = from_min_max(lo, hi, bitwidth=bw, symmetric=symmetric,
+                         strict_symmetric=strict_symmetric, unsigned_symmetric=unsigned_symmetric)
+        rows.append((float(e.min), float(e.max), float(e.delta), float(e.offset)))
+    cols = np.array(rows, dtype=np.float64).T
+    if stats.axis is None:
+        cols = cols[:, 0]
+    return Encoding(min=cols[0], max=cols[1], delta=cols[2], offset=cols[3], bitwidth=bw,
+                    symmetric=symmetric, strict_symmetric=strict_symmetric,
+                    unsigned_symmetric=unsigned_symmetric, axis=stats.axis)

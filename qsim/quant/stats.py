@@ -284,9 +284,9 @@ def _np_histogram_update(x3, fixed, width, k0, batches, pdf):
             lo, hi = (finite.min(), finite.max()) if finite.size else (np.float32(np.nan),) * 2
             if lo == 0.0 and hi == 0.0:
                 continue
-        nans += int(isnan.sum())
             width[c], k0[c] = _np_fix_bins(lo, hi)
             fixed[c] = True
+        nans += int(isnan.sum())
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             r = np.float32(1.0 / width[c])
             s = v * r
