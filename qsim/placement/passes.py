@@ -61,11 +61,14 @@ class _Ctx:
     created: list = field(default_factory=list)  # every _Q, creation order
     op_params: dict = field(default_factory=dict)  # op name → [(kind, tensor)]
     transposed: set = field(default_factory=set)   # MatMul weights read through a Transpose
+    origin: dict = field(default_factory=dict)     # tensor → role it was created with (ties
+                                                   # share objects, never change this)
 
     def new(self, tensor: str, role: str, kind: Optional[str], bitwidth: int) -> _Q:
         q = _Q(uid=len(self.created), tensor=tensor, role=role, kind=kind, bitwidth=bitwidth)
         self.created.append(q)
         self.qmap[tensor] = q
+        self.origin[tensor] = role
         return q
 
     def acts(self, tensors) -> list:
@@ -463,6 +466,7 @@ def stage_i_unfused(ctx: _Ctx, unfused: list, param_bitwidth: int) -> None:
         weight = next(q for kind, q in ctx.params_of(mm) if kind == "weight")
         q = ctx.qmap[bias]
         q.role, q.kind, q.bitwidth = "param", "bias", param_bitwidth
+        ctx.origin[bias] = "param"
         q.set("enabled", False, text)
         q.set("symmetric", True, text)
         q.set("axis", weight.axis, f"{text}: granularity of {weight.tensor}")
@@ -656,7 +660,7 @@ def _freeze(ctx: _Ctx) -> Placement:
             strict_symmetric=q.strict, unsigned_symmetric=q.unsigned, axis=q.axis,
             fixed_range=q.fixed, ops=ops, reasons=reasons))
     quantizer_of = {t: qid_of[q.uid] for t, q in sorted(ctx.qmap.items(), key=lambda kv: order[kv[0]])}
-    roles = {t: q.role for t, q in ctx.qmap.items()}
+    roles = {t: ctx.origin[t] for t in sorted(ctx.qmap, key=order.__getitem__)}
     return Placement(graph=ctx.graph, quantizers=tuple(specs),
                      quantizer_of=MappingProxyType(quantizer_of),
                      activation_order=activation_update_order(ctx.graph, roles))
