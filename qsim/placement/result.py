@@ -1,7 +1,7 @@
 """The output of placement: frozen quantizer specs and the :class:`Placement` that holds them."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 from ..errors import GraphError
@@ -68,6 +68,10 @@ class Placement:
     quantizers: tuple               # QuantizerSpec, indexed by qid
     quantizer_of: Mapping           # tensor name → qid
     activation_order: tuple         # activation tensors with a quantizer, ORT execution order
+    _producers: dict = field(init=False, repr=False, compare=False)  # tensor → node (cache)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_producers", self.graph.producers())
 
     def spec(self, tensor: str) -> Optional[QuantizerSpec]:
         """The quantizer on ``tensor`` or None."""
@@ -81,13 +85,12 @@ class Placement:
         grid-preserving ops or float-to-float Cast, always via input 0, stopping at the first
         enabled quantizer; None as soon as another producer (or no producer) is reached.
         """
-        if tensor not in self.graph.value_info and tensor not in self.quantizer_of \
-                and tensor not in self.graph.input_names and tensor not in self.graph.params \
-                and tensor not in self.graph.producers():
+        known = (tensor in self._producers or tensor in self.graph.params
+                 or tensor in self.graph.input_names)
+        if not known:
             raise GraphError(f"effective_quantizer: tensor '{tensor}' is not in graph "
-                             f"'{self.graph.name}'")
-        return effective_tensor_qid(self.graph, self.graph.producers(),
-                                    lambda t: self.spec(t), tensor)
+                             f"'{self.graph.name}' (after fusion)")
+        return effective_tensor_qid(self.graph, self._producers, self.spec, tensor)
 
     def update_order(self) -> tuple:
         """Activation tensors with a quantizer (enabled or not), in the order ONNX Runtime runs
