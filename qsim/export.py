@@ -7,7 +7,13 @@ turned into file formats (config-and-export.md, placement.md §6):
   "version"}``; each entry ``{bw, dtype: "INT", enc_type, is_sym, name, offset: [...], scale: [...]}``.
 * 0.6.1 — dicts keyed by tensor name, each a list (one element per channel) of
   ``{bitwidth, dtype: "int", is_symmetric: "True"|"False", max, min, offset, scale}`` with
-  ``min = scale·offset`` and ``max = scale·(N + offset)`` recomputed in float64.
+  ``min = scale·offset`` and ``max = scale·(2^bw - 1 + offset)`` recomputed in float64 (also for
+  strict symmetric encodings: AIMET writes the full grid's top there).
+* 2.0.0 — ``{"encodings": [...], "producer", "version"}``, each entry ``{name, output_dtype,
+  y_scale, y_zero_point?, axis?}`` as ONNX QuantizeLinear reads it (:func:`entry_v2`); after the
+  enabled quantizers' entries it adds int32 biases (:func:`bias_entries`) and encodings derived
+  through grid-equivariant ops (:func:`derived_encodings`). Order, as AIMET writes it: every
+  parameter (each int32 bias right after its op's weight), then activations, then derived ones.
 
 Files are written atomically (a temporary file in the same folder, then ``os.replace``): a failure
 leaves no half-written file and keeps what was there.
@@ -17,16 +23,44 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from .errors import ExportError
-from .quant import Encoding
+from .ir import Graph, Node
+from .quant import Encoding, onnx_zero_point
 
 PRODUCER = {"package": "qsim", "version": "0.1.0"}
-ENCODING_VERSIONS = ("1.0.0", "0.6.1")
+ENCODING_VERSIONS = ("1.0.0", "0.6.1", "2.0.0")
+
+#: §3 grid-preserving ops (their output lies on input 0's grid), placement.md §3.
+GRID_PRESERVING = frozenset({
+    "Col2Im", "Compress", "DepthToSpace", "Dropout", "Expand", "Flatten", "Gather",
+    "GatherElements", "GatherND", "Identity", "MaxPool", "MaxRoiPool", "NonZero", "Pad",
+    "ReduceMax", "ReduceMin", "Reshape", "Slice", "SpaceToDepth", "Split", "SplitToSequence",
+    "Squeeze", "Tile", "TopK", "Transpose", "Unsqueeze"})
+#: 2.0.0 (b): ops through which an encoding is copied (placement.md §6).
+DERIVED_OPS = GRID_PRESERVING | {"Clip", "Max", "Min", "Pad", "Where"}
+#: 2.0.0 (a): ops whose int32 bias scale is ``s_in·s_w`` (weight slot 1, bias slot 2).
+LINEAR_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+#: 2.0.0 (a): ops whose int32 bias scale is ``max|b|/2^31``: op type → (weight slot, bias slot).
+NORM_OPS = {"LayerNormalization": (1, 2), "BatchNormalization": (1, 2),
+            "InstanceNormalization": (1, 2), "GroupNormalization": (1, 2),
+            "RNN": (1, 3), "LSTM": (1, 3), "GRU": (1, 3)}
+#: smallest int32 bias scale of a norm/recurrent op
+BIAS_SCALE_FLOOR = np.float32(2.33e-12)
+
+
+@dataclass(frozen=True)
+class Exported:
+    """One tensor's entry: its name, whether it is a parameter, its encoding."""
+
+    name: str
+    is_param: bool
+    encoding: Encoding
 
 
 # ---- atomic files ------------------------------------------------------------------------------
@@ -75,26 +109,250 @@ def entry_v1(name: str, enc: Encoding) -> dict:
 
 
 def entry_v061(enc: Encoding) -> list[dict]:
-    """A 0.6.1 list: one dict per channel, min/max rebuilt from scale and offset in float64."""
-    n = enc.num_steps - (1 if enc.symmetric and enc.strict_symmetric else 0)
-    out = []
-    for delta, offset in zip(_values(enc.delta), _values(enc.offset)):
-        out.append({"bitwidth": enc.bitwidth, "dtype": "int",
-                    "is_symmetric": "True" if enc.symmetric else "False",
-                    "max": delta * (n + offset), "min": delta * offset,
-                    "offset": offset, "scale": delta})
+    """A 0.6.1 list, one dict per channel: ``min = scale·offset``, ``max = scale·(2^bw-1+offset)``
+    in float64 (the full grid, strict symmetric included, as AIMET writes it)."""
+    n = float(enc.num_steps)
+    return [{"bitwidth": enc.bitwidth, "dtype": "int",
+             "is_symmetric": "True" if enc.symmetric else "False",
+             "max": delta * (n + offset), "min": delta * offset, "offset": offset, "scale": delta}
+            for delta, offset in zip(_values(enc.delta), _values(enc.offset))]
+
+
+def v2_signed(enc: Encoding, is_param: bool) -> bool:
+    """2.0.0 integer type: parameters with a symmetric signed grid (offset < 0) are ``int``;
+    everything else — every activation, symmetric ones included — is written ``uint``."""
+    return bool(is_param and enc.symmetric and np.all(enc.offset < 0))
+
+
+def entry_v2(name: str, enc: Encoding, *, is_param: bool) -> dict:
+    """A 2.0.0 entry: ``output_dtype = [u]int<bw>``, ``y_scale = delta`` (a list per channel, with
+    ``axis``), ``y_zero_point = -offset`` (uint) or ``-offset - 2^(bw-1)`` (int), written when
+    non-zero or when the grid is symmetric and written unsigned (AIMET's files do both)."""
+    signed = v2_signed(enc, is_param)
+    zp = onnx_zero_point(enc, signed=signed)
+    out = {"name": name, "output_dtype": f"{'' if signed else 'u'}int{enc.bitwidth}"}
+    if enc.axis is None:
+        out["y_scale"] = float(enc.delta)
+        if int(zp) != 0 or (enc.symmetric and not signed):
+            out["y_zero_point"] = int(zp)
+    else:
+        out["y_scale"] = _values(enc.delta)
+        out["axis"] = int(enc.axis)
+        if np.any(zp != 0) or (enc.symmetric and not signed):
+            out["y_zero_point"] = [int(z) for z in zp]
     return out
+
+
+def int32_entry(name: str, scale, *, per_channel: bool) -> dict:
+    """A 2.0.0 int32 bias entry (offset -2^31, so no zero point; per channel along axis 0)."""
+    if per_channel:
+        return {"name": name, "output_dtype": "int32", "y_scale": _values(scale), "axis": 0}
+    return {"name": name, "output_dtype": "int32", "y_scale": float(np.asarray(scale).reshape(()))}
+
+
+# ---- 2.0.0 additions: int32 biases and derived encodings ---------------------------------------
+
+def effective_encoding(graph: Graph, producers: Mapping[str, Node],
+                       encoding_of: Callable[[str], "Encoding | None"], tensor: str):
+    """The encoding deciding ``tensor``'s grid: its own, else walk up through grid-preserving
+    producers (and float-to-float Cast) via input 0; None at any other producer."""
+    seen = set()
+    while tensor not in seen:
+        seen.add(tensor)
+        enc = encoding_of(tensor)
+        if enc is not None:
+            return enc
+        node = producers.get(tensor)
+        if node is None or not (node.op_type in GRID_PRESERVING or _float_cast(graph, node)):
+            return None
+        tensor = node.inputs[0]
+    return None
+
+
+def _float_cast(graph: Graph, node: Node) -> bool:
+    if node.op_type != "Cast":
+        return False
+    kinds = [graph.dtype_of(t) for t in (node.inputs[0], node.outputs[0])]
+    return all(k is not None and (k.kind == "f" or k.name == "bfloat16") for k in kinds)
+
+
+def weight_and_bias(graph: Graph, node: Node, consumers) -> tuple | None:
+    """``(weight, bias, kind)`` of an op that can take an int32 bias, or None.
+
+    Conv/ConvTranspose/Gemm (fused MatMul+Add included): inputs 1 and 2, kind "linear".
+    MatMul with static W (or ``Transpose(W)``) read by one Add with a static 1-D vector (the
+    unfused MatMul+Add): W and that vector, "linear". Norm and recurrent ops: their weight and
+    bias slots, kind "norm".
+    """
+    def arg(i):
+        return node.inputs[i] if len(node.inputs) > i and node.inputs[i] else None
+
+    if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
+        w, b = arg(1), arg(2)
+        return (w, b, "linear") if w and b else None
+    if node.op_type in NORM_OPS:
+        wi, bi = NORM_OPS[node.op_type]
+        w, b = arg(wi), arg(bi)
+        return (w, b, "norm") if w and b else None
+    if node.op_type == "MatMul":
+        w = arg(1)
+        if w is None:
+            return None
+        if w not in graph.params:
+            prod = graph.producers().get(w)
+            if prod is None or prod.op_type != "Transpose" or prod.inputs[0] not in graph.params:
+                return None
+            w = prod.inputs[0]
+        readers = consumers.get(node.outputs[0], [])
+        if len(readers) != 1 or readers[0].op_type != "Add":
+            return None
+        other = [t for t in readers[0].inputs if t != node.outputs[0]]
+        if len(other) != 1 or other[0] not in graph.params or np.ndim(graph.params[other[0]]) != 1:
+            return None
+        return w, other[0], "linear"
+    return None
+
+
+def bias_scale(kind: str, s_in: Encoding, s_w: Encoding, bias: np.ndarray) -> np.ndarray:
+    """The int32 bias scale, float32 arithmetic.
+
+    linear: ``f32(s_in)·f32(s_w)`` (per channel if the weight is);
+    norm / recurrent: ``max(f32(max|b|)/2^31, 2.33e-12)`` (per channel ``|b_c|`` if the weight is).
+    """
+    if kind == "linear":
+        return (np.float32(s_in.delta) * s_w.delta.astype(np.float32)).astype(np.float32)
+    b = np.abs(np.asarray(bias, dtype=np.float32))
+    b = b.reshape(-1) if s_w.axis is not None else np.max(b, initial=np.float32(0.0))
+    return np.maximum(b / np.float32(2.0 ** 31), BIAS_SCALE_FLOOR).astype(np.float32)
+
+
+def bias_entries(graph: Graph, exported: Iterable[Exported]) -> dict[str, dict]:
+    """weight name → the int32 entry of its op's bias (placement.md §6 (a)).
+
+    For every op with a bias that has no entry of its own, whose weight has one, and whose
+    input 0 has an effective encoding."""
+    by_name = {e.name: e for e in exported}
+    producers, consumers = graph.producers(), graph.consumers()
+
+    def encoding_of(t):
+        e = by_name.get(t)
+        return None if e is None else e.encoding
+
+    out: dict[str, dict] = {}
+    for node in graph.nodes:
+        found = weight_and_bias(graph, node, consumers)
+        if found is None:
+            continue
+        w, b, kind = found
+        if w not in by_name or b in by_name or b not in graph.params:
+            continue
+        s_in = effective_encoding(graph, producers, encoding_of, node.inputs[0])
+        if s_in is None or s_in.axis is not None:
+            continue
+        s_w = by_name[w].encoding
+        scale = bias_scale(kind, s_in, s_w, graph.params[b])
+        out.setdefault(w, int32_entry(b, scale, per_channel=s_w.axis is not None))
+    return out
+
+
+def _data_inputs(node: Node) -> tuple:
+    """Inputs whose grid an op's output follows: Where → inputs 1, 2; Max/Min → all; else 0."""
+    if node.op_type == "Where":
+        return tuple(node.inputs[1:3])
+    if node.op_type in ("Max", "Min"):
+        return tuple(t for t in node.inputs if t)
+    return tuple(node.inputs[:1])
+
+
+def derived_encodings(graph: Graph, encoding_of: Callable[[str], "Encoding | None"]
+                      ) -> list[tuple[str, Encoding]]:
+    """Encodings copied through grid-equivariant ops and Clip/Max/Min/Pad/Where (§6 (b)).
+
+    In graph order, for each such op: forward, if every data input has the same per-tensor
+    encoding and a float output has none, that output gets it; backward, if an output has a
+    per-tensor encoding, each non-static float data input with none and a single consumer gets
+    it. Derived encodings count for later ops."""
+    consumers = graph.consumers()
+    known: dict[str, Encoding] = {}
+
+    def enc(t):
+        return known.get(t) if t in known else encoding_of(t)
+
+    def is_float(t):
+        d = graph.dtype_of(t)
+        return d is not None and (d.kind == "f" or d.name == "bfloat16")
+
+    out: list[tuple[str, Encoding]] = []
+    for node in graph.nodes:
+        if node.op_type not in DERIVED_OPS:
+            continue
+        data = [t for t in _data_inputs(node) if is_float(t)]
+        encs = [enc(t) for t in data]
+        if data and all(e is not None and e.axis is None for e in encs) \
+                and all(e.same_as(encs[0]) for e in encs[1:]):
+            for t in node.outputs:
+                if t and is_float(t) and enc(t) is None:
+                    known[t] = encs[0]
+                    out.append((t, encs[0]))
+            continue
+        outs = [enc(t) for t in node.outputs if t and is_float(t)]
+        if not outs or outs[0] is None or outs[0].axis is not None:
+            continue
+        for t in data:
+            if enc(t) is None and t not in graph.params and len(consumers.get(t, [])) == 1:
+                known[t] = outs[0]
+                out.append((t, outs[0]))
+    return out
+
+
+def document_v2(graph: Graph, exported: list[Exported], producer: Mapping | None = None) -> dict:
+    """The 2.0.0 document of ``exported`` (params, then activations, in order) on ``graph``."""
+    by_name = {e.name: e for e in exported}
+    biases = bias_entries(graph, exported)
+    entries = []
+    for e in (x for x in exported if x.is_param):
+        entries.append(entry_v2(e.name, e.encoding, is_param=True))
+        if e.name in biases:
+            entries.append(biases[e.name])
+    entries += [entry_v2(e.name, e.encoding, is_param=False) for e in exported if not e.is_param]
+    for name, enc in derived_encodings(graph, lambda t: by_name[t].encoding
+                                       if t in by_name else None):
+        entries.append(entry_v2(name, enc, is_param=False))
+    return {"encodings": entries, "producer": dict(producer or PRODUCER), "version": "2.0.0"}
 
 
 # ---- the whole file ----------------------------------------------------------------------------
 
-def exported_encodings(sim) -> Iterator[tuple[str, bool, Encoding]]:
-    """``(tensor name, is_param, encoding)`` of every enabled, calibrated quantizer member."""
-    for handle in sim._handles.values():
-        if not handle.enabled or handle.quantizer.encoding is None:
-            continue
-        for tensor in handle.spec.tensors:
-            yield tensor, handle.spec.is_param, handle.quantizer.encoding
+def document(exported: list[Exported], version: str, *, quantizer_args: Mapping | None = None,
+             producer: Mapping | None = None, graph: Graph | None = None) -> dict:
+    """The encodings document of ``exported`` in format ``version`` (2.0.0 needs ``graph``)."""
+    head = {"producer": dict(producer or PRODUCER)}
+    if version == "1.0.0":
+        return {"activation_encodings": [entry_v1(e.name, e.encoding) for e in exported
+                                         if not e.is_param],
+                "param_encodings": [entry_v1(e.name, e.encoding) for e in exported if e.is_param],
+                **head, "quantizer_args": dict(quantizer_args or {}), "version": "1.0.0"}
+    if version == "0.6.1":
+        return {"activation_encodings": {e.name: entry_v061(e.encoding) for e in exported
+                                         if not e.is_param},
+                "param_encodings": {e.name: entry_v061(e.encoding) for e in exported
+                                    if e.is_param},
+                **head, "quantizer_args": dict(quantizer_args or {}), "version": "0.6.1"}
+    if version == "2.0.0":
+        if graph is None:
+            raise ExportError("a 2.0.0 encodings file needs the model graph (int32 biases and "
+                              "derived encodings depend on it)")
+        return document_v2(graph, exported, producer)
+    raise ExportError(f"encoding_version {version!r} is not supported; use one of "
+                      f"{list(ENCODING_VERSIONS)}")
+
+
+def exported_encodings(sim) -> Iterator[Exported]:
+    """Every enabled, calibrated quantizer's tensors, in the placement's tensor order."""
+    for tensor, qid in sim.placement.quantizer_of.items():
+        handle = sim._handles[qid]
+        if handle.enabled and handle.quantizer.encoding is not None:
+            yield Exported(tensor, handle.spec.is_param, handle.quantizer.encoding)
 
 
 def quantizer_args(sim) -> dict:
@@ -111,19 +369,8 @@ def quantizer_args(sim) -> dict:
 
 def encodings_document(sim, version: str = "1.0.0") -> dict:
     """The encodings file of ``sim`` in format ``version`` as a dict."""
-    entries = list(exported_encodings(sim))
-    if version == "1.0.0":
-        return {"activation_encodings": [entry_v1(n, e) for n, p, e in entries if not p],
-                "param_encodings": [entry_v1(n, e) for n, p, e in entries if p],
-                "producer": dict(PRODUCER), "quantizer_args": quantizer_args(sim),
-                "version": "1.0.0"}
-    if version == "0.6.1":
-        return {"activation_encodings": {n: entry_v061(e) for n, p, e in entries if not p},
-                "param_encodings": {n: entry_v061(e) for n, p, e in entries if p},
-                "producer": dict(PRODUCER), "quantizer_args": quantizer_args(sim),
-                "version": "0.6.1"}
-    raise ExportError(f"encoding_version {version!r} is not supported; use one of "
-                      f"{list(ENCODING_VERSIONS)}")
+    return document(list(exported_encodings(sim)), version, quantizer_args=quantizer_args(sim),
+                    graph=sim.graph)
 
 
 def export_sim(sim, path: "str | os.PathLike", prefix: str, *,
@@ -136,7 +383,14 @@ def export_sim(sim, path: "str | os.PathLike", prefix: str, *,
     if not prefix or os.sep in prefix:
         raise ExportError(f"filename prefix {prefix!r} must be a plain file name (no '{os.sep}')")
     doc = encodings_document(sim, encoding_version)  # before writing anything: may raise
-    model_bytes = to_onnx(sim.graph).SerializeToString()
+    # The FP32 model as given (fused MatMul+Add nodes are not valid ONNX Gemms); tensor names
+    # are the same as those of the fused graph, which only drops the MatMul outputs.
+    model_bytes = to_onnx(sim.model).SerializeToString()
     enc_path = write_atomic(folder / f"{prefix}.encodings", dumps_encodings(doc))
     onnx_path = write_atomic(folder / f"{prefix}.onnx", model_bytes)
     return onnx_path, enc_path
+
+
+def write_encodings(doc: dict, path: "str | os.PathLike") -> Path:
+    """Write an encodings document atomically (sorted keys, 4-space indentation)."""
+    return write_atomic(path, dumps_encodings(doc))
