@@ -7,10 +7,9 @@ window view) come first.
 Performance notes. Conv, ConvTranspose, Gemm and MatMul reduce to one BLAS matrix product
 (``np.matmul``): Conv builds its "im2col" matrix from a read-only strided window view (one copy),
 ConvTranspose multiplies first and scatters the columns back ("col2im", a loop over kernel
-offsets only). Convolution results are computed channel-major, ``(M, N, *spatial)`` in memory, and
-returned as the NCHW-shaped view ``buffer.transpose(1, 0, ...)``: the big product needs no output
-copy, and the next Conv reads that layout for free. Callers that need C-contiguous memory call
-``np.ascontiguousarray``; values and shapes are the ONNX ones either way.
+offsets only). The product is one large GEMM over the whole batch, ``(M, C·K) @ (C·K, N·O)``
+(per-image products are ~2x slower on ResNet-18), so the result is channel-major and is
+transposed back to a C-contiguous NCHW array (about 1-2% of the Conv time).
 """
 from __future__ import annotations
 
@@ -164,9 +163,9 @@ def _check_conv_operands(x, w, b, group, kernel_shape, *, transposed: bool):
     return x.ndim - 2, group
 
 
-def _channel_major(y: np.ndarray) -> np.ndarray:
-    """``(M, N, *s)`` buffer → the ``(N, M, *s)`` view that ONNX expects."""
-    return y.transpose(1, 0, *range(2, y.ndim))
+def _batch_major(y: np.ndarray) -> np.ndarray:
+    """``(M, N, *s)`` product → the C-contiguous ``(N, M, *s)`` array that ONNX expects."""
+    return np.ascontiguousarray(y.transpose(1, 0, *range(2, y.ndim)))
 
 
 @register("Conv")
@@ -201,7 +200,7 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     y = np.matmul(wg, cols).reshape((m, n) + out)                   # (M, N, *o)
     if b is not None:
         y += b.astype(dtype, copy=False).reshape((m,) + (1,) * (nsp + 1))
-    return _channel_major(y)
+    return _batch_major(y)
 
 
 def _conv_transpose_pads(spatial, kernel, strides, dilations, output_padding, auto_pad, pads,
@@ -288,7 +287,7 @@ def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1,
                 cols[(slice(None),) + offset + (slice(None),) + tuple(src)]
     if b is not None:
         y += b.astype(dtype, copy=False).reshape((m,) + (1,) * (nsp + 1))
-    return _channel_major(y)
+    return _batch_major(y)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -77,6 +77,8 @@ def test_matmul_and_gemm_shape_errors():
                                       r"output shape \[2, 5\]"):
         OPS["Gemm"](a, np.zeros((3, 5), np.float32), np.zeros(3, np.float32))
     with pytest.raises(OpError, match=r"Gemm needs 2-D A and B"):
+        OPS["Gemm"](np.zeros((1, 2, 3)), b, transA=1)
+    with pytest.raises(OpError, match=r"inner dimensions differ: A \[1, 2, 3\] and B' \[4, 5\]"):
         OPS["Gemm"](np.zeros((1, 2, 3)), b)
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from qsim.errors import OpError
 from qsim.ops import OPS
-from tests.ort_util import assert_op_matches_ort
+from tests.ort_util import assert_op_matches_ort, ort_run_op
 
 SETTINGS = settings(max_examples=30, deadline=None,
                     suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
@@ -78,15 +78,20 @@ def test_conv_depthwise_and_pointwise_match_ort():
     assert_op_matches_ort("Conv", [x, rand(3, 16, 8, 1, 1)], dict(strides=[2, 2]), **ACC)
 
 
-def test_conv_output_feeds_next_conv():
-    """The channel-major result layout is a valid input to another Conv and to NumPy ops."""
-    x = rand(0, 2, 3, 9, 9)
-    w1, w2 = rand(1, 4, 3, 3, 3), rand(2, 5, 4, 3, 3)
-    y1 = OPS["Conv"](x, w1, pads=[1, 1, 1, 1])
-    y2 = OPS["Conv"](y1, w2, strides=[2, 2])
-    expected = OPS["Conv"](np.ascontiguousarray(y1), w2, strides=[2, 2])
-    np.testing.assert_array_equal(y2, expected)
-    assert_op_matches_ort("Conv", [np.ascontiguousarray(y1), w2], dict(strides=[2, 2]), **ACC)
+def test_conv_output_is_c_contiguous_nchw():
+    y = OPS["Conv"](rand(0, 2, 3, 9, 9), rand(1, 4, 3, 3, 3), pads=[1, 1, 1, 1])
+    assert y.shape == (2, 4, 9, 9) and y.flags.c_contiguous
+    y = OPS["ConvTranspose"](rand(0, 2, 3, 4, 4), rand(1, 3, 4, 3, 3), strides=[2, 2])
+    assert y.shape == (2, 4, 9, 9) and y.flags.c_contiguous
+
+
+def test_conv_accepts_non_contiguous_input():
+    x = rand(0, 3, 2, 9, 9).transpose(1, 0, 2, 3)
+    assert_op_matches_ort("Conv", [np.ascontiguousarray(x), rand(1, 5, 3, 3, 3)],
+                          dict(strides=[2, 2]), **ACC)
+    np.testing.assert_array_equal(OPS["Conv"](x, rand(1, 5, 3, 3, 3), strides=[2, 2]),
+                                  OPS["Conv"](np.ascontiguousarray(x), rand(1, 5, 3, 3, 3),
+                                              strides=[2, 2]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,6 +140,15 @@ def test_gemm_matches_ort(m, k, n, trans_a, trans_b, alpha, beta, c_kind, seed):
     c = None if c_shape is None else rand(seed + 2, *c_shape)
     attrs = dict(alpha=alpha, beta=beta, transA=int(trans_a), transB=int(trans_b))
     assert_op_matches_ort("Gemm", [a, b, c], attrs, **ACC)
+
+
+@pytest.mark.parametrize("trans_b", [0, 1])
+def test_gemm_with_nd_a_equals_ort_matmul_then_add(trans_b):
+    """qsim's extension for AIMET's fused MatMul+Add: N-D A with transA=0."""
+    a, w, c = rand(0, 2, 5, 3), rand(1, 3, 4), rand(2, 4)
+    expected = ort_run_op("Add", [ort_run_op("MatMul", [a, w])[0], c])[0]
+    got = OPS["Gemm"](a, w.T.copy() if trans_b else w, c, transB=trans_b)
+    np.testing.assert_allclose(got, expected, **ACC)
 
 
 MATMUL_SHAPES = [((3,), (3,)), ((3,), (3, 4)), ((2, 3), (3,)), ((2, 3), (3, 4)),
