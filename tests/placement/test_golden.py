@@ -1,9 +1,11 @@
 """Placement predicts every quantizer AIMET 2.42 created in the golden cases, flag for flag."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from tests.placement.golden_util import (CNN_RUNS, MODEL_CASES, golden_facts, golden_tie_groups,
+from qsim.interpreter import run
+from tests.placement.golden_util import (CNN_RUNS, GOLDEN, MODEL_CASES, load_case, golden_facts, golden_tie_groups,
                                          place_case, predicted_facts, predicted_tie_groups)
 
 CASES = MODEL_CASES + [f"cnn-seed0/{run}" for run in CNN_RUNS]
@@ -95,3 +97,14 @@ def test_fused_matmul_add_in_transformer():
     assert placement.spec("attn.q.bias").kind == "bias"
     assert not placement.spec("ffn.fc1_out").enabled  # Gemm,Relu supergroup after fusion
     assert dump["ffn.fc1_out"]["enabled"] is False
+
+
+@pytest.mark.parametrize("case", ["transformer_s31_default_tf_w8a8",
+                                  "transformer_gelu_s31_per_channel_tfe_w8a8"])
+def test_fused_graph_computes_the_same_fp32_result(case):
+    graph = load_case(case)[0]
+    placement, _, _ = place_case(case)
+    assert sum(n.op_type == "Gemm" for n in placement.graph.nodes) == 6
+    data = np.load(GOLDEN / "models" / case / "eval.npz")
+    feeds = {k: data[k][:4] for k in data.files}
+    np.testing.assert_array_equal(run(placement.graph, feeds)["output"], run(graph, feeds)["output"])
