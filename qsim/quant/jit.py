@@ -6,6 +6,8 @@ Every compiled kernel uses :func:`kernel`, which fixes the options once:
 * ``nogil=True``   kernels release the GIL, so callers may run them from threads;
 * ``fastmath=False`` IEEE semantics: no reassociation, NaN and signed zeros respected. The
   kernels are bit-exact with AIMET only because of this.
+* ``error_model="numpy"`` division by zero gives inf/NaN as in C and NumPy (Numba's default
+  raises ZeroDivisionError and checks every division).
 
 ``USE_NUMBA`` is False when ``NUMBA_DISABLE_JIT=1`` is set; the public wrappers then call the
 vectorised NumPy twin of each kernel instead of the (slow) pure-Python loop. Both give the same
@@ -19,5 +21,5 @@ USE_NUMBA: bool = not numba.config.DISABLE_JIT
 
 
 def kernel(fn):
-    """Compile ``fn`` with Numba (``cache=True, nogil=True, fastmath=False``)."""
-    return numba.njit(cache=True, nogil=True, fastmath=False)(fn)
+    """Compile ``fn`` with Numba (``cache=True, nogil=True, fastmath=False``, NumPy errors)."""
+    return numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")(fn)
