@@ -17,8 +17,8 @@ HTP_V75 = json.loads((GOLDEN / "models" / "misc_s32_htp_v75_tf_w8a16" / "config.
 
 
 def config(base: dict, **changes) -> dict:
-    """A deep copy of ``base`` with ``changes`` applied to its ``defaults`` (dotted keys allowed
-    via nested dicts) — e.g. ``config(HTP_V75, hw_version="V68")``."""
+    """A deep copy of ``base`` with ``changes`` set in its ``defaults`` section,
+    e.g. ``config(HTP_V75, hw_version="V68")``."""
     out = copy.deepcopy(base)
     out["defaults"].update(changes)
     return out

@@ -172,3 +172,21 @@ def test_depthwise_conv_never_starts_a_chain():
               {"x": [1, 3, 4, 4]}, {"y": [1, 3, 4, 4]}, {"w": rand(3, 1, 3, 3), "b": rand(3)})
     p = place(g, DEFAULT)
     assert p.spec("dw_out").enabled and p.quantizer_of["y"] == p.quantizer_of["dw_out"]
+
+
+def _conv_relu_add():
+    return graph([node("Conv", ["x", "w", "b"], ["conv_out"]), node("Relu", ["conv_out"], ["r"], "relu"),
+                  node("Add", ["r", "x"], ["y"], "add")],
+                 {"x": [1, 3, 4, 4]}, {"y": [1, 3, 4, 4]}, {"w": rand(3, 3, 1, 1), "b": rand(3)})
+
+
+@pytest.mark.parametrize("groups, disabled", [
+    ([["Conv", "Relu"], ["Relu", "Add"]], {"conv_out"}),        # equal length: config order,
+    ([["Relu", "Add"], ["Conv", "Relu"]], {"r"}),               # the later match shares an op
+    ([["Conv", "Relu"], ["Relu", "Add"], ["Conv", "Relu", "Add"]], {"conv_out", "r"}),  # longest
+])
+def test_supergroup_order_and_shared_ops(groups, disabled):
+    cfg = config(DEFAULT)
+    cfg["supergroups"] = [{"op_list": g} for g in groups]
+    p = place(_conv_relu_add(), cfg)
+    assert {t for t in ("conv_out", "r", "y") if not p.spec(t).enabled} == disabled
