@@ -4,13 +4,16 @@ Builds the model with ``onnx.helper`` (Conv / BatchNormalization / Relu / MaxPoo
 GlobalAveragePool / Flatten / Gemm, BN not folded), runs it in the same process with qsim's
 ``run`` and with an ONNX Runtime session (default session options), takes the median of a few
 repetitions of each (interleaved, so both see the same machine load), checks the outputs agree,
-and prints both times, the ratio, and qsim's time per op type.
+and prints both times, the ratio, and qsim's time per op type. If ``threadpoolctl`` is installed,
+qsim is also timed with OpenBLAS limited to one thread: on a shared, oversubscribed machine
+OpenBLAS's spinning worker threads can make qsim several times slower.
 
     python benchmarks/bench_executor.py [--batch 8] [--size 112] [--repeats 5]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 from collections import defaultdict
@@ -19,6 +22,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+try:  # optional: shows how much OpenBLAS's threading costs on a busy machine
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover - depends on the environment
+    threadpool_limits = None
 
 from qsim.interpreter import run
 from qsim.onnx_io import load_onnx
@@ -126,25 +134,32 @@ def main() -> None:
     got = run(graph, feeds)[out_name]
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
 
-    qsim_times, ort_times = [], []
+    configs = {"BLAS default threads": contextlib.nullcontext}
+    if threadpool_limits is not None:
+        configs["BLAS 1 thread"] = lambda: threadpool_limits(limits=1, user_api="blas")
+    times: dict[str, list[float]] = {"ort": [], **{name: [] for name in configs}}
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         session.run(None, feeds)
-        t1 = time.perf_counter()
-        run(graph, feeds)
-        t2 = time.perf_counter()
-        ort_times.append(t1 - t0)
-        qsim_times.append(t2 - t1)
-    qsim_s, ort_s = statistics.median(qsim_times), statistics.median(ort_times)
+        times["ort"].append(time.perf_counter() - t0)
+        for name, limit in configs.items():
+            with limit():
+                t0 = time.perf_counter()
+                run(graph, feeds)
+                times[name].append(time.perf_counter() - t0)
+    median = {name: statistics.median(ts) for name, ts in times.items()}
 
     print(f"ResNet-18 shape, batch {args.batch}, 3x{args.size}x{args.size}, "
-          f"{len(graph.nodes)} nodes, median of {args.repeats}")
-    print(f"  onnxruntime {ort.__version__}: {ort_s * 1e3:8.1f} ms")
-    print(f"  qsim run():        {qsim_s * 1e3:8.1f} ms")
-    print(f"  ratio qsim / ORT:  {qsim_s / ort_s:8.2f}x")
-    profile = profile_by_op(graph, feeds)
+          f"{len(graph.nodes)} nodes, median of {args.repeats} (interleaved)")
+    print(f"  onnxruntime {ort.__version__} (default session): {median['ort'] * 1e3:8.1f} ms")
+    for name in configs:
+        print(f"  qsim run(), {name:21s}: {median[name] * 1e3:8.1f} ms   "
+              f"ratio qsim / ORT {median[name] / median['ort']:5.2f}x")
+    fastest = min(configs, key=median.__getitem__)
+    with configs[fastest]():
+        profile = profile_by_op(graph, feeds)
     total = sum(profile.values())
-    print("  qsim time per op type (one run):")
+    print(f"  qsim time per op type (one run, {fastest}):")
     for op, seconds in sorted(profile.items(), key=lambda kv: -kv[1]):
         print(f"    {op:20s} {seconds * 1e3:8.1f} ms  {100 * seconds / total:5.1f}%")
 
