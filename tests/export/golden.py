@@ -90,3 +90,14 @@ def differences(mine, gold, path: str = "$", rtol: float = 0.0) -> list[str]:
         ok = mine == gold if rtol == 0 else abs(mine - gold) <= rtol * abs(gold)
         return [] if ok else [f"{path}: {mine!r}, expected {gold!r}"]
     return [] if mine == gold else [f"{path}: {mine!r}, expected {gold!r}"]
+
+
+_CALIBRATED: dict = {}
+
+
+def shared_calibrated_sim(case_id: str, rounding_mode: str = "nearest"):
+    """One calibrated sim per case and mode for tests that only read it (never load into it)."""
+    key = (case_id, rounding_mode)
+    if key not in _CALIBRATED:
+        _CALIBRATED[key] = calibrated_sim(case_id, rounding_mode)
+    return _CALIBRATED[key]
