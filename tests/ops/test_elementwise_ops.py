@@ -58,7 +58,8 @@ def test_float_binary_matches_ort(op, shapes, seed):
 @given(shapes=broadcast_pair(), seed=seeds)
 def test_integer_binary_matches_ort(op, dtype, shapes, seed):
     a = rand(seed, shapes[0], -50, 50, dtype)
-    b = rand(seed + 1, shapes[1], 1, 9, dtype) * np.where(rand(seed + 2, shapes[1], 0, 1, dtype), 1, -1).astype(dtype)
+    sign = np.where(rand(seed + 2, shapes[1], 0, 1, dtype), 1, -1).astype(dtype)
+    b = rand(seed + 1, shapes[1], 1, 9, dtype) * sign
     assert_op_matches_ort(op, [a, b])
 
 
@@ -114,7 +115,8 @@ def test_round_half_to_even_matches_ort():
 
 
 @SETTINGS
-@given(shape=shapes, seed=seeds, alpha=st.floats(0.125, 2, width=32), gamma=st.floats(0.5, 2, width=32))
+@given(shape=shapes, seed=seeds, alpha=st.floats(0.125, 2, width=32),
+       gamma=st.floats(0.5, 2, width=32))
 def test_elu_selu_attributes_match_ort(shape, seed, alpha, gamma):
     x = rand(seed, shape)
     assert_op_matches_ort("Elu", [x], {"alpha": alpha})
@@ -126,15 +128,16 @@ def test_elu_selu_attributes_match_ort(shape, seed, alpha, gamma):
 @given(shapes=broadcast_pair(), seed=seeds)
 def test_integer_mod_matches_ort(fmod, shapes, seed):
     a = rand(seed, shapes[0], -20, 20, np.int64)
-    b = rand(seed + 1, shapes[1], 1, 6, np.int64) * np.where(rand(seed + 2, shapes[1], 0, 1, np.int64), 1, -1)
+    sign = np.where(rand(seed + 2, shapes[1], 0, 1, np.int64), 1, -1)
+    b = rand(seed + 1, shapes[1], 1, 6, np.int64) * sign
     assert_op_matches_ort("Mod", [a, b], {"fmod": fmod})
 
 
 @SETTINGS
 @given(shapes=broadcast_pair(), seed=seeds)
 def test_float_fmod_matches_ort(shapes, seed):
-    assert_op_matches_ort("Mod", [rand(seed, shapes[0], -9, 9), away_from_zero(seed + 1, shapes[1])],
-                          {"fmod": 1})
+    a, b = rand(seed, shapes[0], -9, 9), away_from_zero(seed + 1, shapes[1])
+    assert_op_matches_ort("Mod", [a, b], {"fmod": 1})
 
 
 # ------------------------------------------------------------------------------ erf / gelu
@@ -174,7 +177,8 @@ def test_leaky_relu_matches_ort(shape, seed, alpha):
 
 
 @SETTINGS
-@given(shape=shapes, seed=seeds, alpha=st.floats(-1, 1, width=32), beta=st.floats(-1, 1, width=32))
+@given(shape=shapes, seed=seeds, alpha=st.floats(-1, 1, width=32),
+       beta=st.floats(-1, 1, width=32))
 def test_hard_sigmoid_matches_ort(shape, seed, alpha, beta):
     assert_op_matches_ort("HardSigmoid", [rand(seed, shape, -6, 6)], {"alpha": alpha, "beta": beta})
 
@@ -295,36 +299,37 @@ def test_dropout_inference_returns_input_and_true_mask():
 
 # ------------------------------------------------------------------------------ errors
 
-def test_errors_name_the_problem():
-    f = np.ones((2, 3), np.float32)
-    with pytest.raises(OpError, match=r"Add: input shapes \(2, 3\), \(4,\) do not broadcast"):
-        OPS["Add"](f, np.ones(4, np.float32))
-    with pytest.raises(OpError, match=r"Mul: inputs have dtypes \['float32', 'float64'\]"):
-        OPS["Mul"](f, np.ones(3))
-    with pytest.raises(OpError, match="Div: integer division by zero"):
-        OPS["Div"](np.ones(3, np.int32), np.array([1, 0, 2], np.int32))
-    with pytest.raises(OpError, match=r"PRelu: slope shape \(2, 3, 1\) does not broadcast"):
-        OPS["PRelu"](f, np.ones((2, 3, 1), np.float32))
-    with pytest.raises(OpError, match="Clip: input 'max' has shape \\(2,\\), expected a scalar"):
-        OPS["Clip"](f, None, np.ones(2, np.float32))
-    with pytest.raises(OpError, match="Gelu: attribute approximate='fast'"):
-        OPS["Gelu"](f, approximate="fast")
-    with pytest.raises(OpError, match="Cast: attribute to=16 is not a supported type code"):
-        OPS["Cast"](f, to=16)
-    with pytest.raises(OpError, match="Dropout: input training_mode is true"):
-        OPS["Dropout"](f, None, np.array(True))
-    with pytest.raises(OpError, match="Where: condition has dtype float32, expected bool"):
-        OPS["Where"](f, f, f)
-    with pytest.raises(OpError, match="Sqrt: input has dtype int64"):
-        OPS["Sqrt"](np.arange(3))
-    with pytest.raises(OpError, match="Max: no inputs"):
-        OPS["Max"]()
-    with pytest.raises(OpError, match="Mod: attribute fmod=0 with float inputs, expected fmod=1"):
-        OPS["Mod"](f, f)
-    with pytest.raises(OpError, match="Mod: integer modulo by zero"):
-        OPS["Mod"](np.ones(2, np.int64), np.zeros(2, np.int64))
-    with pytest.raises(OpError, match="And: input B has dtype float32, expected bool"):
-        OPS["And"](np.ones(2, bool), np.ones(2, np.float32))
+F = np.ones((2, 3), np.float32)
+
+#: (op, inputs, attributes, pattern the OpError message must match)
+ERROR_CASES = [
+    ("Add", [F, np.ones(4, np.float32)], {},
+     r"Add: input shapes \(2, 3\), \(4,\) do not broadcast"),
+    ("Mul", [F, np.ones(3)], {}, r"Mul: inputs have dtypes \['float32', 'float64'\]"),
+    ("Div", [np.ones(3, np.int32), np.array([1, 0, 2], np.int32)], {},
+     "Div: integer division by zero"),
+    ("PRelu", [F, np.ones((2, 3, 1), np.float32)], {},
+     r"PRelu: slope shape \(2, 3, 1\) does not broadcast to input shape \(2, 3\)"),
+    ("Clip", [F, None, np.ones(2, np.float32)], {},
+     r"Clip: input 'max' has shape \(2,\), expected a scalar"),
+    ("Gelu", [F], {"approximate": "fast"}, "Gelu: attribute approximate='fast'"),
+    ("Cast", [F], {"to": 16}, "Cast: attribute to=16 is not a supported type code"),
+    ("Dropout", [F, None, np.array(True)], {}, "Dropout: input training_mode is true"),
+    ("Where", [F, F, F], {}, "Where: condition has dtype float32, expected bool"),
+    ("Sqrt", [np.arange(3)], {}, "Sqrt: input has dtype int64"),
+    ("Max", [], {}, "Max: no inputs"),
+    ("Mod", [F, F], {}, "Mod: attribute fmod=0 with float inputs, expected fmod=1"),
+    ("Mod", [np.ones(2, np.int64), np.zeros(2, np.int64)], {}, "Mod: integer modulo by zero"),
+    ("And", [np.ones(2, bool), np.ones(2, np.float32)], {},
+     "And: input B has dtype float32, expected bool"),
+]
+
+
+@pytest.mark.parametrize("op,inputs,attrs,pattern", ERROR_CASES,
+                         ids=[f"{c[0]}-{k}" for k, c in enumerate(ERROR_CASES)])
+def test_errors_name_the_problem(op, inputs, attrs, pattern):
+    with pytest.raises(OpError, match=pattern):
+        OPS[op](*inputs, **attrs)
 
 
 def test_outputs_are_arrays_for_scalars():

@@ -418,48 +418,57 @@ def test_range_float_accumulates_like_ort_bit_exactly():
 
 # ------------------------------------------------------------------------------ errors
 
-def test_errors_name_the_problem():
-    x = rand(0, (2, 3, 4))
-    cases = [
-        (lambda: OPS["Reshape"](x, i64([5, -1])), r"Reshape: cannot reshape input \(2, 3, 4\)"),
-        (lambda: OPS["Reshape"](x, i64([7, 4])), r"'shape'=\[7, 4\] \(28 elements\)"),
-        (lambda: OPS["Reshape"](x, i64([-1, -1])), "more than one -1"),
-        (lambda: OPS["Reshape"](x, i64([0, -1]), allowzero=1), "has both 0 and -1 with allowzero=1"),
-        (lambda: OPS["Concat"](x, rand(1, (2, 4, 4)), axis=0), r"Concat: input shapes .* differ outside axis=0"),
-        (lambda: OPS["Concat"](x, x, axis=3), "Concat: axis=3 out of range for a rank-3 input"),
-        (lambda: OPS["Concat"](x, x), "Concat: attribute 'axis' is required"),
-        (lambda: OPS["Flatten"](x, axis=4), "Flatten: axis=4 out of range"),
-        (lambda: OPS["Gather"](x, i64([0, 3]), axis=1), "Gather: index 3 out of range for axis 1 of size 3"),
-        (lambda: OPS["Gather"](x, i64([-3]), axis=0), "Gather: index -3 out of range"),
-        (lambda: OPS["Pad"](x, i64([1] * 6), mode="symmetric"), "Pad: attribute mode='symmetric'"),
-        (lambda: OPS["Pad"](x, i64([1, 1])), "Pad: input 'pads' has 2 values, expected 6"),
-        (lambda: OPS["Pad"](x, i64([0, 3, 0, 0, 0, 0]), mode="reflect"), "mode='reflect' pads 3, 0 on axis 1 of size 3 \\(after cropping\\), expected pads <= 2"),
-        (lambda: OPS["Transpose"](x, perm=(0, 0, 1)), r"Transpose: attribute perm=\[0, 0, 1\] is not a permutation"),
-        (lambda: OPS["Squeeze"](x, i64([1])), "Squeeze: axes=\\[1\\] includes axis 1 of size 3"),
-        (lambda: OPS["Squeeze"](x, i64([0]), axes=(0,)), "both as an input and as an attribute"),
-        (lambda: OPS["Unsqueeze"](x, i64([0, 0])), "repeats an axis"),
-        (lambda: OPS["Unsqueeze"](x), "Unsqueeze: 'axes' is required"),
-        (lambda: OPS["Split"](x, i64([1, 1]), axis=1, noutputs=2), r"Split: split=\[1, 1\] does not cut dimension 3"),
-        (lambda: OPS["Split"](x, axis=2, noutputs=3), "dimension 4 \\(axis 2\\) does not split evenly into 3"),
-        (lambda: OPS["Slice"](x, i64([0]), i64([1]), i64([0]), i64([0])), "Slice: steps=\\[0\\] contains 0"),
-        (lambda: OPS["Slice"](x, i64([0]), i64([1]), i64([5])), "Slice: axes=5 out of range"),
-        (lambda: OPS["Expand"](x, i64([5, 4])), r"Expand: input shape \(2, 3, 4\) does not broadcast"),
-        (lambda: OPS["Tile"](x, i64([1, 2])), "Tile: input 'repeats'=\\[1, 2\\], expected 3 values"),
-        (lambda: OPS["ReduceSum"](x, i64([3])), "ReduceSum: axes=3 out of range"),
-        (lambda: OPS["ReduceMax"](np.zeros((2, 0)), i64([1])), "ReduceMax: cannot reduce the empty axes"),
-        (lambda: OPS["Constant"](), "Constant: attributes none given, expected exactly one"),
-        (lambda: OPS["Constant"](value_int=1, value_float=2.0), "Constant: attributes \\['value_float', 'value_int'\\]"),
-        (lambda: OPS["ConstantOfShape"](i64([2, -1])), "negative dimension"),
-        (lambda: OPS["Range"](np.array(0), np.array(5), np.array(0)), "Range: input 'delta' is 0"),
-        (lambda: OPS["ArgMax"](x, axis=-4), "ArgMax: axis=-4 out of range for a rank-3 input"),
-        (lambda: OPS["GatherElements"](x, np.zeros((2, 3, 4), np.int64) + 9, axis=2), "GatherElements: index 9 out of range for axis 2 of size 4"),
-        (lambda: OPS["GatherElements"](x, np.zeros((2, 3), np.int64)), "expected int32/int64 of rank 3"),
-        (lambda: OPS["CumSum"](x, i64([0, 1])), "CumSum: input 'axis' has 2 values, expected a scalar"),
-        (lambda: OPS["Reshape"](x, np.array([24.0])), "Reshape: input 'shape' has dtype float64, expected int64"),
-    ]
-    for fn, pattern in cases:
-        with pytest.raises(OpError, match=pattern):
-            fn()
+X = rand(0, (2, 3, 4))
+Z8 = np.zeros((2, 3, 4), np.int64)
+
+#: (op, inputs, attributes, pattern the OpError message must match)
+ERROR_CASES = [
+    ("Reshape", [X, i64([5, -1])], {}, r"Reshape: cannot reshape input \(2, 3, 4\)"),
+    ("Reshape", [X, i64([7, 4])], {}, r"'shape'=\[7, 4\] \(28 elements\)"),
+    ("Reshape", [X, i64([-1, -1])], {}, "more than one -1"),
+    ("Reshape", [X, i64([0, -1])], {"allowzero": 1}, "has both 0 and -1 with allowzero=1"),
+    ("Reshape", [X, np.array([24.0])], {}, "input 'shape' has dtype float64, expected int64"),
+    ("Concat", [X, rand(1, (2, 4, 4))], {"axis": 0}, r"input shapes .* differ outside axis=0"),
+    ("Concat", [X, X], {"axis": 3}, "Concat: axis=3 out of range for a rank-3 input"),
+    ("Concat", [X, X], {}, "Concat: attribute 'axis' is required"),
+    ("Flatten", [X], {"axis": 4}, "Flatten: axis=4 out of range"),
+    ("Gather", [X, i64([0, 3])], {"axis": 1}, "index 3 out of range for axis 1 of size 3"),
+    ("Gather", [X, i64([-3])], {"axis": 0}, "Gather: index -3 out of range"),
+    ("Pad", [X, i64([1] * 6)], {"mode": "symmetric"}, "Pad: attribute mode='symmetric'"),
+    ("Pad", [X, i64([1, 1])], {}, "Pad: input 'pads' has 2 values, expected 6"),
+    ("Pad", [X, i64([0, 3, 0, 0, 0, 0])], {"mode": "reflect"},
+     r"mode='reflect' pads 3, 0 on axis 1 of size 3 \(after cropping\), expected pads <= 2"),
+    ("Transpose", [X], {"perm": (0, 0, 1)}, r"perm=\[0, 0, 1\] is not a permutation"),
+    ("Squeeze", [X, i64([1])], {}, r"Squeeze: axes=\[1\] includes axis 1 of size 3"),
+    ("Squeeze", [X, i64([0])], {"axes": (0,)}, "both as an input and as an attribute"),
+    ("Unsqueeze", [X, i64([0, 0])], {}, "repeats an axis"),
+    ("Unsqueeze", [X], {}, "Unsqueeze: 'axes' is required"),
+    ("Split", [X, i64([1, 1])], {"axis": 1, "noutputs": 2},
+     r"Split: split=\[1, 1\] does not cut dimension 3"),
+    ("Split", [X], {"axis": 2, "noutputs": 3}, r"dimension 4 \(axis 2\) does not split evenly"),
+    ("Slice", [X, i64([0]), i64([1]), i64([0]), i64([0])], {}, r"Slice: steps=\[0\] contains 0"),
+    ("Slice", [X, i64([0]), i64([1]), i64([5])], {}, "Slice: axes=5 out of range"),
+    ("Expand", [X, i64([5, 4])], {}, r"input shape \(2, 3, 4\) does not broadcast"),
+    ("Tile", [X, i64([1, 2])], {}, r"Tile: input 'repeats'=\[1, 2\], expected 3 values"),
+    ("ReduceSum", [X, i64([3])], {}, "ReduceSum: axes=3 out of range"),
+    ("ReduceMax", [np.zeros((2, 0)), i64([1])], {}, "ReduceMax: cannot reduce the empty axes"),
+    ("Constant", [], {}, "Constant: attributes none given, expected exactly one"),
+    ("Constant", [], {"value_int": 1, "value_float": 2.0},
+     r"Constant: attributes \['value_float', 'value_int'\]"),
+    ("ConstantOfShape", [i64([2, -1])], {}, "negative dimension"),
+    ("Range", [np.array(0), np.array(5), np.array(0)], {}, "Range: input 'delta' is 0"),
+    ("ArgMax", [X], {"axis": -4}, "ArgMax: axis=-4 out of range for a rank-3 input"),
+    ("GatherElements", [X, Z8 + 9], {"axis": 2}, "index 9 out of range for axis 2 of size 4"),
+    ("GatherElements", [X, Z8[0]], {}, "expected int32/int64 of rank 3"),
+    ("CumSum", [X, i64([0, 1])], {}, "CumSum: input 'axis' has 2 values, expected a scalar"),
+]
+
+
+@pytest.mark.parametrize("op,inputs,attrs,pattern", ERROR_CASES,
+                         ids=[f"{c[0]}-{k}" for k, c in enumerate(ERROR_CASES)])
+def test_errors_name_the_problem(op, inputs, attrs, pattern):
+    with pytest.raises(OpError, match=pattern):
+        OPS[op](*inputs, **attrs)
 
 
 # ------------------------------------------------------------------------------ through the executor
