@@ -402,6 +402,22 @@ def _window_slices(kernel, strides, dilations, out):
             for k, s, d, o in zip(offset, strides, dilations, out))
 
 
+def _separable_pool(xp: np.ndarray, kernel, strides, dilations, out, combine) -> np.ndarray:
+    """Reduce every window of the padded input with ``combine`` (np.maximum or np.add), one
+    spatial axis at a time: a box max/sum is the max/sum along each axis in turn (k₁+k₂+…
+    strided passes instead of k₁·k₂·…, and the later passes read shrunken arrays)."""
+    y = xp
+    for axis, (k, s, d, o) in enumerate(zip(kernel, strides, dilations, out), start=2):
+        reduced = None
+        for j in range(k):
+            where = [slice(None)] * y.ndim
+            where[axis] = slice(j * d, j * d + (o - 1) * s + 1, s)
+            part = y[tuple(where)]
+            reduced = part.copy() if reduced is None else combine(reduced, part, out=reduced)
+        y = reduced
+    return y
+
+
 @register("MaxPool")
 def max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
              storage_order=0, strides=None, noutputs=1):
@@ -420,21 +436,16 @@ def max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=
                       f"(column major)")
     lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
     xp = _pad(x, begins, [e + m for e, m in zip(ends, extra)], lowest)
-    want_indices = noutputs > 1
+    if noutputs < 2:
+        return _separable_pool(xp, kernel, strides, dilations, out, np.maximum)
     y = index = None
     for offset, where in _window_slices(kernel, strides, dilations, out):
         window = xp[where]
         if y is None:
-            y = window.copy()
-            if want_indices:
-                index = np.zeros(y.shape, dtype=np.int64)
+            y, index = window.copy(), np.zeros(window.shape, dtype=np.int64)
             continue
-        if want_indices:
-            better = window > y
-            index[better] = np.ravel_multi_index(offset, kernel)
+        index[window > y] = np.ravel_multi_index(offset, kernel)
         np.maximum(y, window, out=y)
-    if not want_indices:
-        return y
     return y, _max_pool_indices(x.shape, index, kernel, strides, dilations, begins, out,
                                 storage_order)
 
@@ -474,11 +485,10 @@ def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
         inside = _pad(_pad(inside, begins, ends, 1.0), [0] * len(extra), extra, 0.0)
     else:
         inside = _pad(inside, begins, [e + m for e, m in zip(ends, extra)], 0.0)
-    total = count = None
-    for _, where in _window_slices(kernel, strides, dilations, out):
-        total = xp[where].copy() if total is None else np.add(total, xp[where], out=total)
-        count = inside[where].copy() if count is None else count + inside[where]
-    return total / count
+    total = _separable_pool(xp, kernel, strides, dilations, out, np.add)
+    count = _separable_pool(inside, kernel, strides, dilations, out, np.add)
+    total /= count
+    return total
 
 
 @register("GlobalAveragePool")
