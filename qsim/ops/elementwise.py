@@ -543,6 +543,17 @@ def cast(x, *, to=None, saturate=1):
         return _out(x.astype(ONNX_DTYPES[to]), ONNX_DTYPES[to])
 
 
+@register("CastLike")
+def cast_like(x, target_type, *, saturate=1):
+    """Y = X converted to the dtype of ``target_type`` (whose values are ignored), as Cast."""
+    target = np.asarray(target_type).dtype
+    codes = {v: k for k, v in ONNX_DTYPES.items()}
+    if target not in codes:
+        raise OpError(f"CastLike: input target_type has dtype {target}, expected one of "
+                      f"{sorted(d.name for d in codes)}")
+    return cast(x, to=codes[target], saturate=saturate)
+
+
 @register("Identity")
 def identity(x):
     """Y = X (the same values; a new array object)."""

@@ -13,7 +13,7 @@ from qsim.ops import OPS
 from qsim.ops.elementwise import erf_float64
 from tests.ort_util import assert_op_matches_ort
 
-SETTINGS = settings(max_examples=30, deadline=None)
+SETTINGS = settings(max_examples=25, deadline=None)
 
 shapes = st.lists(st.integers(1, 5), min_size=0, max_size=4).map(tuple)
 seeds = st.integers(0, 2**32 - 1)
@@ -283,6 +283,12 @@ def test_cast_matches_ort(src, to):
         x = rng.uniform(0, 100, (3, 5)).astype(src)
         x.flat[:3] = [0, 1, 0]
     assert_op_matches_ort("Cast", [x], {"to": to})
+
+
+@pytest.mark.parametrize("target", [np.float32, np.int64, np.bool_, np.float16, np.int8])
+def test_cast_like_matches_ort(target):
+    x = np.array([[-2.7, 0.0, 1.5], [3.2, -0.4, 100.0]], np.float32)
+    assert_op_matches_ort("CastLike", [x, np.zeros(2, target)], opset=15)
 
 
 def test_cast_negative_float_to_int_truncates():

@@ -12,7 +12,7 @@ from qsim.errors import OpError
 from qsim.ops import OPS
 from tests.ort_util import assert_op_matches_ort
 
-SETTINGS = settings(max_examples=30, deadline=None)
+SETTINGS = settings(max_examples=25, deadline=None)
 
 shapes = st.lists(st.integers(1, 5), min_size=0, max_size=4).map(tuple)
 nonscalar = st.lists(st.integers(1, 5), min_size=1, max_size=4).map(tuple)
