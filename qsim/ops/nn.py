@@ -147,9 +147,9 @@ def _check_conv_operands(x, w, b, group, kernel_shape, *, transposed: bool):
         out_channels = w.shape[1] * group
     else:
         if w.shape[1] * group != channels:
-            raise OpError(f"weight W {list(w.shape)} expects {w.shape[1]} channels per group "
-                          f"(x group={group} = {w.shape[1] * group}), but X {list(x.shape)} "
-                          f"has {channels}")
+            raise OpError(f"weight W {list(w.shape)} has {w.shape[1]} channels per group, so "
+                          f"with group={group} X needs {w.shape[1] * group} channels, but "
+                          f"X {list(x.shape)} has {channels}")
         out_channels = w.shape[0]
         if out_channels % group:
             raise OpError(f"attribute group={group} does not divide the {out_channels} output "
@@ -208,8 +208,9 @@ def _conv_transpose_pads(spatial, kernel, strides, dilations, output_padding, au
     """Begin padding and output size per axis of ConvTranspose.
 
     ``full = stride·(in-1) + output_padding + dilation·(kernel-1) + 1``. Explicit ``pads``:
-    ``out = full - begin - end``. ``output_shape`` (or SAME_*: ``out = in·stride``): total padding
-    ``full - out`` split with the odd pixel at the end for SAME_UPPER, at the beginning otherwise.
+    ``out = full - begin - end``. ``output_shape`` (or SAME_*: ``out = min(in·stride, full)``,
+    ONNX Runtime never pads negatively there): total padding ``full - out``, split with the odd
+    pixel at the end for SAME_UPPER, at the beginning otherwise.
     """
     n = len(spatial)
     full = [s * (i - 1) + p + d * (k - 1) + 1
@@ -220,12 +221,10 @@ def _conv_transpose_pads(spatial, kernel, strides, dilations, output_padding, au
             raise OpError(f"attribute output_shape={list(output_shape)} must give {n} spatial "
                           f"sizes")
     elif auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        # ONNX Runtime never pads negatively here: out = min(in·stride, full)
         target = tuple(min(i * s, f) for i, s, f in zip(spatial, strides, full))
+    elif auto_pad == "VALID":
+        return (0,) * n, tuple(full)
     else:
-        if auto_pad == "VALID":
-            begins = (0,) * n
-            return begins, tuple(full)
         begins, ends = _explicit_pads(pads, n)
         return begins, tuple(f - b - e for f, b, e in zip(full, begins, ends))
     begins = []
@@ -233,6 +232,21 @@ def _conv_transpose_pads(spatial, kernel, strides, dilations, output_padding, au
         total = f - t
         begins.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
     return tuple(begins), target
+
+
+def _scatter_slices(offset, spatial, strides, dilations, begins, out):
+    """For kernel offset ``k``: input ``i`` lands on output ``i·stride + k·dilation - begin``.
+    The (input, output) slices of the inputs that land inside the output, or None if none do."""
+    src, dst = [], []
+    for i, k, s, d, pb, o in zip(spatial, offset, strides, dilations, begins, out):
+        shift = k * d - pb                      # output position of input 0
+        lo = max(0, -(shift // s))              # first i with i·s + shift >= 0
+        hi = min(i - 1, (o - 1 - shift) // s)   # last i with i·s + shift <= out - 1
+        if hi < lo:
+            return None
+        src.append(slice(lo, hi + 1))
+        dst.append(slice(lo * s + shift, hi * s + shift + 1, s))
+    return tuple(src), tuple(dst)
 
 
 @register("ConvTranspose")
@@ -272,19 +286,12 @@ def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1,
     wg = w.astype(dtype, copy=False).reshape(group, channels // group, -1).transpose(0, 2, 1)
     cols = np.matmul(wg, xg).reshape((m,) + kernel + (n,) + spatial)     # (M, *k, N, *in)
     y = np.zeros((m, n) + tuple(out), dtype=dtype)
+    everything = (slice(None),)
     for offset in np.ndindex(*kernel):
-        src, dst = [], []
-        for i, k, s, d, pb, o in zip(spatial, offset, strides, dilations, begins, out):
-            shift = k * d - pb                      # output position of input 0
-            lo = max(0, -(shift // s))              # first i with i·s + shift >= 0
-            hi = min(i - 1, (o - 1 - shift) // s)
-            if hi < lo:
-                break
-            src.append(slice(lo, hi + 1))
-            dst.append(slice(lo * s + shift, hi * s + shift + 1, s))
-        else:
-            y[(slice(None), slice(None)) + tuple(dst)] += \
-                cols[(slice(None),) + offset + (slice(None),) + tuple(src)]
+        slices = _scatter_slices(offset, spatial, strides, dilations, begins, out)
+        if slices is not None:
+            src, dst = slices
+            y[everything * 2 + dst] += cols[everything + offset + everything + src]
     if b is not None:
         y += b.astype(dtype, copy=False).reshape((m,) + (1,) * (nsp + 1))
     return _batch_major(y)
