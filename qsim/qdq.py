@@ -92,6 +92,25 @@ def _tensor(onnx, name: str, type_name: str, values: np.ndarray) -> Any:
     return onnx.numpy_helper.from_array(values.astype(dtype), name)
 
 
+def qdq_pair(tensor: str, enc: Encoding, signed: bool, *, src: str, dst: str) -> tuple:
+    """``([QuantizeLinear, DequantizeLinear], [scale, zero point initializers])`` reading ``src``
+    and writing ``dst``: ``scale = f32(delta)``, zero point from
+    :func:`qsim.quant.encoding.onnx_zero_point` in the type of :func:`qdq_type`, ``axis`` if
+    per channel."""
+    import onnx
+    type_name, _ = qdq_type(enc, signed, tensor)
+    zp = onnx_zero_point(enc, signed=signed)
+    inits = [_tensor(onnx, f"{tensor}_scale", "FLOAT", np.asarray(enc.delta, dtype=np.float32)),
+             _tensor(onnx, f"{tensor}_zero_point", type_name, zp)]
+    axis = {} if enc.axis is None else {"axis": int(enc.axis)}
+    args = [f"{tensor}_scale", f"{tensor}_zero_point"]
+    nodes = [onnx.helper.make_node("QuantizeLinear", [src, *args], [f"{tensor}_q"],
+                                   name=f"{tensor}_quantize", **axis),
+             onnx.helper.make_node("DequantizeLinear", [f"{tensor}_q", *args], [dst],
+                                   name=f"{tensor}_dequantize", **axis)]
+    return nodes, inits
+
+
 def _qdq_plan(sim, quantize_bias: bool):
     """``[(tensor, encoding, signed)]`` for QDQ pairs and ``{bias: 2.0.0 int32 entry}``."""
     exported = list(exported_encodings(sim))
@@ -139,19 +158,11 @@ def qdq_model(sim, *, quantize_bias: bool = True, opset: int | None = None) -> A
             after.setdefault(src, []).extend(nodes)
 
     for t, enc, signed in pairs:
-        type_name, _ = types[t]
-        zp = onnx_zero_point(enc, signed=signed)
-        scale = np.asarray(enc.delta, dtype=np.float32)
-        new_inits += [_tensor(onnx, f"{t}_scale", "FLOAT", scale),
-                      _tensor(onnx, f"{t}_zero_point", type_name, zp)]
-        axis = {} if enc.axis is None else {"axis": int(enc.axis)}
         out_is_output = t in outputs and t not in inputs
         src = f"{t}_float" if out_is_output else t
         dq = t if out_is_output else f"{t}_dq"
-        nodes = [helper.make_node("QuantizeLinear", [src, f"{t}_scale", f"{t}_zero_point"],
-                                  [f"{t}_q"], name=f"{t}_quantize", **axis),
-                 helper.make_node("DequantizeLinear", [f"{t}_q", f"{t}_scale", f"{t}_zero_point"],
-                                  [dq], name=f"{t}_dequantize", **axis)]
+        nodes, pair_inits = qdq_pair(t, enc, signed, src=src, dst=dq)
+        new_inits += pair_inits
         if out_is_output:
             for n in g.node:
                 n.output[:] = [src if o == t else o for o in n.output]

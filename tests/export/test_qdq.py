@@ -145,3 +145,29 @@ def test_qdq_model_with_int32_biases_runs(case_id):
     for name, want in sim.run(feeds).items():
         steps = _lsb_steps(got[name], want, sim.quantizers[name].encoding)
         assert (steps <= 1).mean() >= 0.9, (name, float((steps <= 1).mean()))
+
+
+@pytest.mark.parametrize("param_type, activation_type", [("int4", "int8"), ("int8", "int4"),
+                                                         ("int16", "int16"), ("int4", "int16")])
+@pytest.mark.parametrize("case_id", ["mlp_s33_default_pct_w8a8", "mbv2_s30_per_channel_tfe_w8a8"])
+def test_qdq_model_4_and_16_bit(case_id, param_type, activation_type):
+    """int4/uint4 and int16/uint16 QDQ (opset 21): ORT gives sim.run's outputs bit for bit."""
+    import qsim
+    from .golden import batches, folder
+    sim = qsim.QuantizationSimModel(qsim.load_onnx(folder(case_id) / "model.onnx"),
+                                    quant_scheme="tf", param_type=param_type,
+                                    activation_type=activation_type,
+                                    config_file=str(folder(case_id) / "config.json"),
+                                    rounding_mode="half_even")
+    sim.compute_encodings(batches(case_id))
+    model = qdq_model(sim, quantize_bias=False)
+    assert model.opset_import[0].version == 21
+    types = {onnx.TensorProto.DataType.Name(i.data_type) for i in model.graph.initializer
+             if i.name.endswith("_zero_point")}
+    # symmetric weights signed, activations unsigned (as in the 2.0.0 file)
+    assert types == {param_type.upper(), "U" + activation_type.upper()}
+    feeds = eval_feeds(case_id)
+    got = dict(zip([o.name for o in _session(model).get_outputs()],
+                   _session(model).run(None, feeds)))
+    for name, want in sim.run(feeds).items():
+        np.testing.assert_array_equal(got[name], want, err_msg=name)
