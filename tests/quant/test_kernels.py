@@ -123,6 +123,7 @@ def _run_both(nb, np_fn, x3, params, out_dtype):
     return a, b
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NUMBA_DISABLE_JIT=1: scalar NumPy warns on inf/NaN
 @SETTINGS
 @given(enc=encodings(max_bitwidth=32, channels=2),
        x=hnp.arrays(np.float32, (3, 2, 7), elements=st.floats(width=32)))

@@ -44,6 +44,7 @@ def test_min_max_ignores_nan_like_numpy(x):
         assert s.min == np.inf and s.max == -np.inf
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NUMBA_DISABLE_JIT=1: scalar NumPy warns on inf/NaN
 @SETTINGS
 @given(x=hnp.arrays(np.float32, (4, 3, 5), elements=any32), axis=st.integers(0, 2))
 def test_min_max_numba_equals_twin_per_channel(x, axis):
@@ -86,6 +87,7 @@ def _assert_same_state(a, b):
         np.testing.assert_array_equal(u, v)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NUMBA_DISABLE_JIT=1: scalar NumPy warns on inf/NaN
 @SETTINGS
 @given(batches=st.lists(arrays(any32, 200), min_size=1, max_size=3))
 def test_histogram_numba_equals_twin(batches):
@@ -93,6 +95,7 @@ def test_histogram_numba_equals_twin(batches):
     _assert_same_state(nb, np_)
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NUMBA_DISABLE_JIT=1: scalar NumPy warns on inf/NaN
 @SETTINGS
 @given(x=hnp.arrays(np.float32, (3, 4, 6), elements=moderate32), axis=st.integers(0, 2))
 def test_histogram_per_channel_numba_equals_twin_and_slices(x, axis):
