@@ -63,13 +63,25 @@ class TensorQuantizer:
         self.symmetric = bool(symmetric)
         self.strict_symmetric = bool(strict_symmetric)
         self.unsigned_symmetric = bool(unsigned_symmetric)
-        self.percentile = 100.0 if percentile is None else analyzers.check_percentile(percentile)
+        self.percentile = 100.0 if percentile is None else percentile
         self.axis = None if axis is None else int(axis)
         self.rounding = rounding
         self._stats = None
         self._encoding: Encoding | None = None
         self._params = None
         self._warned_nan = False
+
+    @property
+    def percentile(self) -> float:
+        """The percentile (50..100) used by scheme "percentile"; settable (validated)."""
+        return self._percentile
+
+    @percentile.setter
+    def percentile(self, p: float) -> None:
+        try:
+            self._percentile = analyzers.check_percentile(p)
+        except EncodingError as err:
+            raise EncodingError(f"{self.name}: {err}") from None
 
     # ------------------------------------------------------------------ statistics
     def _flags(self) -> dict:

@@ -156,3 +156,11 @@ def test_encoding_is_frozen_and_read_only():
     with pytest.raises(AttributeError):
         e.bitwidth = 4
     assert e.channel(1).same_as(from_min_max(-2.0, 2.0, bitwidth=8))
+
+
+def test_docstring_examples():
+    import doctest
+
+    import qsim.quant.encoding as module
+    result = doctest.testmod(module)
+    assert result.attempted >= 5 and result.failed == 0
