@@ -1,0 +1,615 @@
+"""Matrix products with ONNX Runtime's CPU arithmetic (MLAS, x86-64 FMA3 kernels), bit for bit.
+
+AIMET evaluates the float ops of its simulated model with ONNX Runtime (CPU EP). Floating-point
+sums depend on their order, so reproducing AIMET's numbers means reproducing the order in which
+MLAS adds the products of a matrix product. This module computes exactly that order; the tests
+compare it bit for bit with ONNX Runtime 1.32 (graph optimizations disabled).
+
+What MLAS computes for ``C = alpha · A @ B + beta · C`` (``sgemm``), per output element:
+
+* **general kernel** (``FMA``): ``K`` is cut into blocks of ``stride_k`` (see :func:`stride_k`);
+  each block's products are chained with single-rounding fused multiply-adds starting from zero,
+  ``acc = fma(a[k], b[k], acc)`` for ``k`` ascending; the block is then merged into the output
+  with ``C = fma(acc, alpha, C)``, except for the first block when ``beta == 0`` (``C = acc ·
+  alpha``). ``beta ∉ {0, 1}`` first scales ``C`` by ``beta`` (one float32 multiply).
+* **M = 1 kernel** (``GROUP4``, ``alpha == 1``, ``beta ∈ {0, 1}``, ``A`` not transposed, ``B``
+  not transposed): no blocking; products rounded one by one (no FMA), summed by groups of four
+  ``s = ((p0 + p1) + p2) + p3`` (then a group of 2 and of 1 for the remainder), each group added
+  to the output ``C = s + C`` (``C`` starts at +0 when ``beta == 0``).
+* **M = 1, B transposed kernel** (``LANE8``): eight lanes ``L_j`` sum the rounded products of
+  ``k ≡ j (mod 8)`` in ascending ``k``; the lanes are reduced by a tree that depends on whether
+  the output is computed in a group of 4, 2 or 1 outputs (outputs are taken 4 at a time, then 2,
+  then 1); ``C = r + C``. The same kernel serves ``N = 1`` products with the roles of A and B
+  swapped.
+
+Threads: ONNX Runtime splits a product over threads along N (in multiples of 16 columns) or M;
+``stride_k`` depends on the number of columns a thread gets, so a few shapes depend on the thread
+count (``threads``, ONNX Runtime's ``intra_op_num_threads``; its default is the number of cores).
+
+Each kernel exists twice: a Numba kernel (``fma`` is LLVM's ``llvm.fma.f32``, a true single
+rounding) and a NumPy twin used when ``NUMBA_DISABLE_JIT=1``. The twin computes ``fma`` as the
+float64 sum of the exact float64 product and the addend, corrected for the one case where rounding
+twice (to float64, then float32) differs from rounding once: a float64 sum exactly halfway between
+two float32 values with a nonzero error term (:func:`fma_np`). Float32 subnormal results of that
+halfway case are not corrected (never seen in practice).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numba
+import numpy as np
+from numba import prange, types
+from numba.extending import intrinsic
+
+from .. quant.jit import USE_NUMBA
+
+#: kernel kinds of a tile (see the module docstring)
+FMA, GROUP4, LANE8_N, LANE8_M = 0, 1, 2, 3
+
+#: ONNX Runtime's default intra-op thread count: one per core
+DEFAULT_THREADS: int = max(1, os.cpu_count() or 1)
+
+_SGEMM_STRIDE_N = 128            # MLAS_SGEMM_STRIDEN
+_SGEMM_STRIDE_K = 128            # MLAS_SGEMM_STRIDEK
+_THREAD_ALIGN_N = 16             # MLAS_SGEMM_STRIDEN_THREAD_ALIGN
+_THREAD_COMPLEXITY = 64 * 1024   # MLAS_SGEMM_THREAD_COMPLEXITY
+_MAX_THREADS = 16                # MLAS_MAXIMUM_THREAD_COUNT (convolution)
+
+
+def _compile(parallel: bool = False):
+    return numba.njit(cache=True, nogil=True, fastmath=False, parallel=parallel)
+
+
+# ---------------------------------------------------------------------------------------------
+# planning: which kernel computes which part of the output, with which K blocks
+# ---------------------------------------------------------------------------------------------
+def stride_k(n: int, k: int, trans_a: bool = False) -> int:
+    """K block size of one MLAS ``sgemm`` call over ``n`` columns (MlasSgemmOperation).
+
+    Start from 128 x 128 (N x K); if ``n >= k`` shrink the K stride while half of it still covers
+    ``k`` (no effect on the sums); else, unless A is transposed, double the K stride and halve the
+    N stride while the N stride is > 16 and half of it still covers ``n``."""
+    sn, sk = _SGEMM_STRIDE_N, _SGEMM_STRIDE_K
+    if n >= k:
+        while sk // 2 >= k:
+            sn, sk = sn * 2, sk // 2
+    elif not trans_a:
+        while sn > 16 and sn // 2 >= n:
+            sn, sk = sn // 2, sk * 2
+    return sk
+
+
+def partition(index: int, count: int, total: int) -> tuple[int, int]:
+    """``(start, size)`` of part ``index`` of ``total`` items split in ``count`` near-equal parts,
+    the first ``total % count`` parts one larger (MlasPartitionWork)."""
+    per, extra = divmod(total, count)
+    if index < extra:
+        return (per + 1) * index, per + 1
+    return per * index + extra, per
+
+
+def _call_tiles(m0, m1, n0, n1, k, *, trans_a, trans_b, alpha, beta, ldb_is_1, ldc_is_1,
+                chunk=None):
+    """Tiles of one ``MlasSgemmOperation`` call on rows ``[m0, m1)`` and columns ``[n0, n1)``.
+
+    ``chunk`` overrides the general kernel's K block (convolution: one call per K block)."""
+    mc, nc = m1 - m0, n1 - n0
+    simple = alpha == 1.0 and beta in (0.0, 1.0)
+    full = chunk if chunk is not None else k
+    if mc == 1 and not trans_a and simple:
+        return [(m0, m1, n0, n1, LANE8_N if trans_b else GROUP4, full)]
+    if nc == 1 and ldb_is_1 and ldc_is_1 and simple:
+        return [(m0, m1, n0, n1, GROUP4 if trans_a else LANE8_M, full)]
+    sk = stride_k(nc, k, trans_a) if chunk is None else chunk
+    return [(m0, m1, n0, n1, FMA, sk)]
+
+
+def gemm_tiles(m, n, k, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, batch=1,
+               threads=DEFAULT_THREADS, ldb=None, ldc=None):
+    """Tiles ``(m0, m1, n0, n1, kind, k_block)`` of ``MlasGemmBatch`` for one of ``batch``
+    products ``(m, k) @ (k, n)`` split over ``threads`` threads (MlasGemmBatch/MlasSgemmThreaded).
+
+    ``target = min(m·n·k / 65536 + 1, threads)``, ``per_gemm = ceil(target / batch)``; split the
+    columns in 16-column blocks if ``n > m``, else the rows."""
+    ldb = (k if trans_b else n) if ldb is None else ldb
+    ldc = n if ldc is None else ldc
+    target = min(int(float(m) * float(n) * float(k) / _THREAD_COMPLEXITY) + 1, threads)
+    per = -(-target // batch)
+    tiles = []
+    opts = dict(trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta,
+                ldb_is_1=ldb == 1, ldc_is_1=ldc == 1)
+    if n > m:
+        blocked = -(-n // _THREAD_ALIGN_N)
+        per = min(per, blocked)
+        for t in range(per):
+            s, c = partition(t, per, blocked)
+            n0, n1 = s * _THREAD_ALIGN_N, min(n, (s + c) * _THREAD_ALIGN_N)
+            if n1 > n0:
+                tiles += _call_tiles(0, m, n0, n1, k, **opts)
+    else:
+        per = min(per, m)
+        for t in range(per):
+            s, c = partition(t, per, m)
+            if c:
+                tiles += _call_tiles(s, s + c, 0, n, k, **opts)
+    return tiles
+
+
+def _as_array(tiles) -> np.ndarray:
+    return np.ascontiguousarray(np.array(tiles, dtype=np.int64).reshape(-1, 6))
+
+
+# ---------------------------------------------------------------------------------------------
+# fused multiply-add
+# ---------------------------------------------------------------------------------------------
+@intrinsic
+def _fma32(typingctx, a, b, c):
+    """``a · b + c`` rounded once (LLVM ``llvm.fma.f32``)."""
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return sig, codegen
+
+
+_HALF = np.int64(1) << 28          # float32 halfway point in the 29 dropped float64 mantissa bits
+_LOW = (np.int64(1) << 29) - 1
+
+
+def fma_np(a, b, c) -> np.ndarray:
+    """``float32(a · b + c)`` rounded once, for float32 arrays (NumPy twin of ``llvm.fma.f32``).
+
+    The float64 product is exact (24 + 24 bits); ``s = p + c`` in float64 and its error
+    ``e`` (two-sum) are exact; rounding ``s`` to float32 is then right unless ``s`` lies exactly
+    halfway between two float32 values and ``e != 0``, where ``s`` is moved one float64 step
+    towards ``e`` first."""
+    p = np.multiply(a, b, dtype=np.float64)
+    c64 = np.asarray(c, dtype=np.float64)
+    s = p + c64
+    bb = s - p
+    e = (p - (s - bb)) + (c64 - bb)
+    bits = s.view(np.int64) if isinstance(s, np.ndarray) else np.array(s).view(np.int64)
+    tie = ((bits & _LOW) == _HALF) & (e != 0)
+    if np.any(tie):
+        s = np.where(tie, np.nextafter(s, np.where(e > 0, np.inf, -np.inf)), s)
+    return s.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Numba kernels
+# ---------------------------------------------------------------------------------------------
+_PB = 64      # columns per register tile of the general kernel
+_MB = 4       # rows per register tile
+
+
+@_compile()
+def _tile_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
+    k = a.shape[1]
+    acc = np.zeros((_MB, _PB), dtype=np.float32)
+    f0 = np.float32(0.0)
+    for p0 in range(n0, n1, _PB):
+        pw = min(_PB, n1 - p0)
+        first = zero_first
+        for k0 in range(0, k, kb):
+            k1 = min(k, k0 + kb)
+            for mb in range(m0, m1, _MB):
+                mr = min(_MB, m1 - mb)
+                for r in range(mr):
+                    for j in range(pw):
+                        acc[r, j] = f0
+                for kk in range(k0, k1):
+                    for r in range(mr):
+                        av = a[mb + r, kk]
+                        for j in range(pw):
+                            acc[r, j] = _fma32(av, b[kk, p0 + j], acc[r, j])
+                for r in range(mr):
+                    for j in range(pw):
+                        if first:
+                            c[mb + r, p0 + j] = acc[r, j] * alpha
+                        else:
+                            c[mb + r, p0 + j] = _fma32(acc[r, j], alpha, c[mb + r, p0 + j])
+            first = False
+
+
+@_compile()
+def _tile_group4(a, b, c, m0, m1, n0, n1, kb, zero_first):
+    k = a.shape[1]
+    for m in range(m0, m1):
+        for n in range(n0, n1):
+            out = np.float32(0.0) if zero_first else c[m, n]
+            for k0 in range(0, k, kb):
+                k1 = min(k, k0 + kb)
+                kk = k0
+                while k1 - kk >= 4:
+                    s = a[m, kk] * b[kk, n] + a[m, kk + 1] * b[kk + 1, n]
+                    s = s + a[m, kk + 2] * b[kk + 2, n]
+                    s = s + a[m, kk + 3] * b[kk + 3, n]
+                    out = s + out
+                    kk += 4
+                if (k1 - kk) & 2:
+                    s = a[m, kk] * b[kk, n] + a[m, kk + 1] * b[kk + 1, n]
+                    out = s + out
+                    kk += 2
+                if (k1 - kk) & 1:
+                    out = a[m, kk] * b[kk, n] + out
+            c[m, n] = out
+
+
+@_compile()
+def _lane8_dot(a, b, m, n, k0, k1):
+    lanes = np.zeros(8, dtype=np.float32)
+    for kk in range(k0, k1):
+        lanes[(kk - k0) & 7] += a[m, kk] * b[kk, n]
+    # masked tail: the missing lanes add +0 (turns a -0 lane into +0)
+    tail = (k1 - k0) & 7
+    if tail:
+        for j in range(tail, 8):
+            lanes[j] += np.float32(0.0)
+    return lanes
+
+
+@_compile()
+def _reduce8(x, group):
+    if group == 4:
+        return (((x[0] + x[1]) + x[2]) + x[3]) + (((x[4] + x[5]) + x[6]) + x[7])
+    if group == 2:
+        return ((x[0] + x[2]) + (x[4] + x[6])) + ((x[1] + x[3]) + (x[5] + x[7]))
+    return ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]))
+
+
+@_compile()
+def _group_of(i, count):
+    """Group size (4, 2 or 1) of output ``i`` of ``count`` outputs taken 4, then 2, then 1."""
+    full = count - count % 4
+    if i < full:
+        return 4
+    if (count & 2) and i < full + 2:
+        return 2
+    return 1
+
+
+@_compile()
+def _tile_lane8(a, b, c, m0, m1, n0, n1, kb, zero_first, along_n):
+    k = a.shape[1]
+    for m in range(m0, m1):
+        for n in range(n0, n1):
+            g = _group_of(n - n0, n1 - n0) if along_n else _group_of(m - m0, m1 - m0)
+            out = np.float32(0.0) if zero_first else c[m, n]
+            for k0 in range(0, k, kb):
+                k1 = min(k, k0 + kb)
+                out = _reduce8(_lane8_dot(a, b, m, n, k0, k1), g) + out
+            c[m, n] = out
+
+
+@_compile()
+def _run_tiles(a, b, c, tiles, alpha, zero_first):
+    """Compute ``c`` (``(M, N)``) from ``a`` (``(M, K)``) and ``b`` (``(K, N)``) tile by tile."""
+    for t in range(tiles.shape[0]):
+        m0, m1, n0, n1, kind, kb = (tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3],
+                                    tiles[t, 4], tiles[t, 5])
+        if kind == 0:
+            _tile_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first)
+        elif kind == 1:
+            _tile_group4(a, b, c, m0, m1, n0, n1, kb, zero_first)
+        else:
+            _tile_lane8(a, b, c, m0, m1, n0, n1, kb, zero_first, kind == 2)
+
+
+@_compile(parallel=True)
+def _run_batch(a, b, c, a_index, b_index, tiles, alpha, zero_first):
+    """``c[i] = a[a_index[i]] @ b[b_index[i]]`` for every ``i``, in parallel over ``i``."""
+    for i in prange(c.shape[0]):
+        _run_tiles(a[a_index[i]], b[b_index[i]], c[i], tiles, alpha, zero_first)
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy twins (NUMBA_DISABLE_JIT=1, and the tests)
+# ---------------------------------------------------------------------------------------------
+def _np_tile_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
+    k = a.shape[1]
+    rows, cols = slice(m0, m1), slice(n0, n1)
+    alpha = np.float32(alpha)
+    first = zero_first
+    for k0 in range(0, k, kb):
+        acc = np.zeros((m1 - m0, n1 - n0), dtype=np.float32)
+        for kk in range(k0, min(k, k0 + kb)):
+            acc = fma_np(a[rows, kk, None], b[None, kk, cols], acc)
+        c[rows, cols] = acc * alpha if first else fma_np(acc, alpha, c[rows, cols])
+        first = False
+
+
+def _np_tile_group4(a, b, c, m0, m1, n0, n1, kb, zero_first):
+    k = a.shape[1]
+    rows, cols = slice(m0, m1), slice(n0, n1)
+    out = np.zeros((m1 - m0, n1 - n0), np.float32) if zero_first else c[rows, cols].copy()
+
+    def prod(kk):
+        return a[rows, kk, None] * b[None, kk, cols]
+
+    for k0 in range(0, k, kb):
+        k1 = min(k, k0 + kb)
+        kk = k0
+        while k1 - kk >= 4:
+            out = (((prod(kk) + prod(kk + 1)) + prod(kk + 2)) + prod(kk + 3)) + out
+            kk += 4
+        if (k1 - kk) & 2:
+            out = (prod(kk) + prod(kk + 1)) + out
+            kk += 2
+        if (k1 - kk) & 1:
+            out = prod(kk) + out
+    c[rows, cols] = out
+
+
+def _np_groups(count):
+    g = np.ones(count, dtype=np.int64)
+    full = count - count % 4
+    g[:full] = 4
+    if count & 2:
+        g[full:full + 2] = 2
+    return g
+
+
+def _np_tile_lane8(a, b, c, m0, m1, n0, n1, kb, zero_first, along_n):
+    k = a.shape[1]
+    rows, cols = slice(m0, m1), slice(n0, n1)
+    out = np.zeros((m1 - m0, n1 - n0), np.float32) if zero_first else c[rows, cols].copy()
+    groups = (_np_groups(n1 - n0)[None, :] if along_n else _np_groups(m1 - m0)[:, None])
+    groups = np.broadcast_to(groups, out.shape)
+    for k0 in range(0, k, kb):
+        k1 = min(k, k0 + kb)
+        x = [np.zeros(out.shape, np.float32) for _ in range(8)]
+        for kk in range(k0, k1):
+            x[(kk - k0) & 7] = x[(kk - k0) & 7] + a[rows, kk, None] * b[None, kk, cols]
+        tail = (k1 - k0) & 7
+        if tail:
+            for j in range(tail, 8):
+                x[j] = x[j] + np.float32(0.0)
+        r4 = (((x[0] + x[1]) + x[2]) + x[3]) + (((x[4] + x[5]) + x[6]) + x[7])
+        r2 = ((x[0] + x[2]) + (x[4] + x[6])) + ((x[1] + x[3]) + (x[5] + x[7]))
+        r1 = ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]))
+        out = np.where(groups == 4, r4, np.where(groups == 2, r2, r1)) + out
+    c[rows, cols] = out
+
+
+def _np_run_tiles(a, b, c, tiles, alpha, zero_first):
+    for m0, m1, n0, n1, kind, kb in tiles.tolist():
+        if kind == FMA:
+            _np_tile_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first)
+        elif kind == GROUP4:
+            _np_tile_group4(a, b, c, m0, m1, n0, n1, kb, zero_first)
+        else:
+            _np_tile_lane8(a, b, c, m0, m1, n0, n1, kb, zero_first, kind == LANE8_N)
+
+
+def run_batch(a, b, c, a_index, b_index, tiles, alpha=1.0, zero_first=True, *,
+              use_numba=USE_NUMBA):
+    """``c[i] ← a[a_index[i]] @ b[b_index[i]]`` with the tiles' kernels, in place.
+
+    ``a`` ``(Ba, M, K)``, ``b`` ``(Bb, K, N)``, ``c`` ``(B, M, N)`` float32 C-contiguous; when
+    ``zero_first`` is false ``c`` holds the (already ``beta``-scaled) addend."""
+    tiles = _as_array(tiles)
+    a_index = np.ascontiguousarray(a_index, dtype=np.int64)
+    b_index = np.ascontiguousarray(b_index, dtype=np.int64)
+    if use_numba:
+        _run_batch(a, b, c, a_index, b_index, tiles, np.float32(alpha), bool(zero_first))
+    else:
+        for i in range(c.shape[0]):
+            _np_run_tiles(a[a_index[i]], b[b_index[i]], c[i], tiles, alpha, zero_first)
+    return c
+
+
+def _f32c(x) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX ops
+# ---------------------------------------------------------------------------------------------
+def gemm(a2, b2, c=None, *, alpha=1.0, beta=1.0, trans_b=False, trans_a=False,
+         threads=DEFAULT_THREADS, use_numba=USE_NUMBA) -> np.ndarray:
+    """ONNX ``Gemm`` as ONNX Runtime computes it: ``Y = alpha · A' @ B' + beta · C``.
+
+    ``a2`` ``(M, K)`` and ``b2`` ``(K, N)`` are the already transposed operands, ``trans_a`` /
+    ``trans_b`` the node's attributes (they select MLAS's kernels). ``Y`` starts as ``C``
+    broadcast to ``(M, N)`` (or is not read when ``C`` is absent or ``beta == 0``), is scaled by
+    ``beta`` when ``beta ∉ {0, 1}``, and the product is merged in by :func:`run_batch`."""
+    m, k = a2.shape
+    n = b2.shape[1]
+    eff_beta = float(beta) if c is not None and beta != 0.0 else 0.0
+    y = np.empty((1, m, n), dtype=np.float32)
+    if eff_beta != 0.0:
+        y[0] = np.broadcast_to(np.asarray(c, dtype=np.float32), (m, n))
+        if eff_beta != 1.0:
+            y[0] *= np.float32(eff_beta)
+    if k == 0:
+        return (y[0] if eff_beta else np.zeros((m, n), np.float32))
+    tiles = gemm_tiles(m, n, k, trans_a=bool(trans_a), trans_b=bool(trans_b), alpha=float(alpha),
+                       beta=eff_beta, threads=threads, ldb=k if trans_b else n, ldc=n)
+    run_batch(_f32c(a2)[None], _f32c(b2)[None], y, [0], [0], tiles, alpha,
+              eff_beta == 0.0, use_numba=use_numba)
+    return y[0]
+
+
+def matmul(a, b, *, threads=DEFAULT_THREADS, use_numba=USE_NUMBA) -> np.ndarray:
+    """ONNX ``MatMul`` as ONNX Runtime computes it (``numpy.matmul`` shapes).
+
+    A 1-D ``A`` is a row ``(1, K)``, a 1-D ``B`` a column ``(K, 1)``. When ``B`` is a matrix or a
+    vector the leading axes of ``A`` are folded into M (one product; a vector ``B`` always takes
+    the ``GROUP4`` kernel, found by experiment); otherwise one product per broadcast batch index,
+    all with the same tiles."""
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    a_nd = a[None, :] if a.ndim == 1 else a
+    b_nd = b[:, None] if b.ndim == 1 else b
+    k = a_nd.shape[-1]
+    if b_nd.ndim == 2:
+        lead = a_nd.shape[:-2]
+        m, n = a_nd.shape[-2], b_nd.shape[1]
+        a3 = _f32c(a_nd.reshape(1, -1, k))
+        b3 = _f32c(b_nd)[None]
+        c = np.zeros((1, a3.shape[1], n), np.float32)
+        if k and c.size:
+            if b.ndim == 1:     # ONNX Runtime runs a vector B through MLAS's M = 1 kernel
+                tiles = [(0, a3.shape[1], 0, 1, GROUP4, k)]
+            else:
+                tiles = gemm_tiles(a3.shape[1], n, k, threads=threads)
+            run_batch(a3, b3, c, [0], [0], tiles, use_numba=use_numba)
+        shape = lead + (m, n)
+    else:
+        batch = np.broadcast_shapes(a_nd.shape[:-2], b_nd.shape[:-2])
+        m, n = a_nd.shape[-2], b_nd.shape[-1]
+        a_idx = np.broadcast_to(np.arange(math.prod(a_nd.shape[:-2])).reshape(a_nd.shape[:-2]),
+                                batch).ravel()
+        b_idx = np.broadcast_to(np.arange(math.prod(b_nd.shape[:-2])).reshape(b_nd.shape[:-2]),
+                                batch).ravel()
+        a3 = _f32c(a_nd.reshape(-1, m, k))
+        b3 = _f32c(b_nd.reshape(-1, k, n))
+        c = np.zeros((a_idx.size, m, n), np.float32)
+        if k and c.size:
+            tiles = gemm_tiles(m, n, k, batch=a_idx.size, threads=threads)
+            run_batch(a3, b3, c, a_idx, b_idx, tiles, use_numba=use_numba)
+        shape = batch + (m, n)
+    y = c.reshape(shape)
+    if a.ndim == 1:
+        y = y[..., 0, :]
+    if b.ndim == 1:
+        y = y[..., 0]
+    return y
+
+
+def _conv_operation_tiles(m, start, count, k, p):
+    """Tiles of ``MlasConvOperation`` on output columns ``[start, start + count)``: K in blocks
+    of ``stride_k(count, k)``, one ``sgemm`` call (alpha 1, beta 0 then 1) per block."""
+    kb = stride_k(count, k)
+    return _call_tiles(0, m, start, start + count, k, trans_a=False, trans_b=False, alpha=1.0,
+                       beta=0.0, ldb_is_1=count == 1, ldc_is_1=p == 1, chunk=kb)
+
+
+def conv_tiles(*, batch, group, m, c, k, in_shape, kernel, strides, dilations, begins, ends,
+               threads=DEFAULT_THREADS):
+    """``(tiles, trans_b)`` of ONNX Runtime's Conv (MlasConvPrepare / MlasConv) for one
+    ``(image, group)`` product ``W_g (m, k) @ cols (k, P)``; ``c`` input channels per group.
+
+    * stride 1, no padding, 1x1 kernel (or a 2-D single-channel kernel spanning the input width,
+      or the input height with width 1): ``sgemm`` directly on the input (GemmDirect);
+    * else ``m > P``: im2col then a threaded ``sgemm`` (ExpandThenGemm);
+    * else im2col by blocks (ExpandThenGemmSegmented): per image and group when ``batch > 1`` or
+      ``group > 1``, else split over threads in 16-aligned column segments, each blocked on K
+      by its own length.
+    """
+    p = math.prod(int(v) for v in _out_shape(in_shape, kernel, strides, dilations, begins, ends))
+    if len(in_shape) == 1:      # MLAS promotes 1-D to 2-D (1, W)
+        in_shape, kernel = (1,) + tuple(in_shape), (1,) + tuple(kernel)
+    single = batch == 1 and group == 1
+    if all(s == 1 for s in strides) and not any(begins) and not any(ends):
+        direct = None
+        if k == c:
+            direct = (False, p)
+        elif len(in_shape) == 2 and all(d == 1 for d in dilations) and c == 1:
+            if kernel[1] == in_shape[1]:
+                direct = (True, in_shape[1])
+            elif kernel[0] == in_shape[0] and kernel[1] == 1:
+                direct = (False, in_shape[1])
+        if direct is not None:
+            trans_b, ldb = direct
+            if single:
+                return gemm_tiles(m, p, k, trans_b=trans_b, threads=threads, ldb=ldb, ldc=p), trans_b
+            return _call_tiles(0, m, 0, p, k, trans_a=False, trans_b=trans_b, alpha=1.0, beta=0.0,
+                               ldb_is_1=ldb == 1, ldc_is_1=p == 1), trans_b
+    if m > p:
+        return gemm_tiles(m, p, k, threads=threads, ldb=p, ldc=p), False
+    if not single:
+        return _conv_operation_tiles(m, 0, p, k, p), False
+    complexity = float(m) * float(p) * float(k)
+    if complexity < float(_THREAD_COMPLEXITY * _MAX_THREADS):
+        target = int(complexity / _THREAD_COMPLEXITY) + 1
+    else:
+        target = _MAX_THREADS
+    target = min(target, threads)
+    seg = -(-p // target)
+    if target > 1:
+        seg = -(-seg // _THREAD_ALIGN_N) * _THREAD_ALIGN_N
+    if seg >= p:
+        return _conv_operation_tiles(m, 0, p, k, p), False
+    tiles = []
+    for start in range(0, p, seg):
+        tiles += _conv_operation_tiles(m, start, min(seg, p - start), k, p)
+    return tiles, False
+
+
+def _out_shape(in_shape, kernel, strides, dilations, begins, ends):
+    return tuple((i + b + e - d * (kk - 1) - 1) // s + 1
+                 for i, kk, s, d, b, e in zip(in_shape, kernel, strides, dilations, begins, ends))
+
+
+def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
+         threads=DEFAULT_THREADS, use_numba=USE_NUMBA) -> np.ndarray:
+    """ONNX ``Conv`` (N-D, grouped) as ONNX Runtime computes it; ``begins`` / ``ends`` are the
+    resolved pads, the output ``(N, M, *out)`` is C-contiguous.
+
+    ``Y[n, m, o] = (Σ_k W_g[m, k] · cols[k, o]) + B[m]`` with ``k`` over (channel, kernel offsets)
+    in row-major order and the sum in MLAS's order (:func:`conv_tiles`); the bias is added last."""
+    x = np.asarray(x, dtype=np.float32)
+    w = np.asarray(w, dtype=np.float32)
+    n, channels = x.shape[:2]
+    spatial, kernel = tuple(x.shape[2:]), tuple(w.shape[2:])
+    m = w.shape[0]
+    mg, cg = m // group, channels // group
+    kg = cg * math.prod(kernel)
+    out = _out_shape(spatial, kernel, strides, dilations, begins, ends)
+    p = math.prod(out)
+    tiles, trans_b = conv_tiles(batch=n, group=group, m=mg, c=cg, k=kg, in_shape=spatial,
+                                kernel=kernel, strides=strides, dilations=dilations,
+                                begins=begins, ends=ends, threads=threads)
+    if math.prod(kernel) == 1 and all(s == 1 for s in strides) and not any(begins) \
+            and not any(ends):
+        cols = _f32c(x).reshape(n * group, kg, p)
+    else:
+        widths = [(0, 0), (0, 0)] + [(int(b), int(e)) for b, e in zip(begins, ends)]
+        xp = np.pad(x, widths) if any(begins) or any(ends) else x
+        sp = xp.strides[2:]
+        view = np.lib.stride_tricks.as_strided(
+            xp, shape=xp.shape[:2] + kernel + out,
+            strides=xp.strides[:2] + tuple(s * d for s, d in zip(sp, dilations))
+            + tuple(s * t for s, t in zip(sp, strides)), writeable=False)
+        cols = np.ascontiguousarray(view).reshape(n * group, kg, p)
+    a = _f32c(w.reshape(group, mg, kg))
+    y = np.empty((n * group, mg, p), dtype=np.float32)
+    if kg == 0:
+        y[...] = 0
+    else:
+        run_batch(a, cols, y, np.tile(np.arange(group), n), np.arange(n * group), tiles,
+                  use_numba=use_numba)
+    y = y.reshape((n, m) + out)
+    if bias is not None:
+        y += np.asarray(bias, dtype=np.float32).reshape((m,) + (1,) * len(out))
+    return y
+
+
+def conv_transpose_columns(x, w, *, group=1, threads=DEFAULT_THREADS,
+                           use_numba=USE_NUMBA) -> np.ndarray:
+    """The column matrix of ONNX Runtime's ConvTranspose, ``cols = W_gᵀ @ X_g`` per image and
+    group (``sgemm`` with A transposed), laid out ``(M, *kernel, N, *in)`` for the col2im
+    scatter (which ONNX Runtime sums in kernel-offset order, then adds the bias)."""
+    x = np.asarray(x, dtype=np.float32)
+    w = np.asarray(w, dtype=np.float32)
+    n, channels = x.shape[:2]
+    spatial, kernel = tuple(x.shape[2:]), tuple(w.shape[2:])
+    cg = channels // group
+    mk = w.shape[1] * math.prod(kernel)
+    hw = math.prod(spatial)
+    a = _f32c(w.reshape(group, cg, mk).transpose(0, 2, 1))          # (G, Mg·k, Cg)
+    b = _f32c(x).reshape(n * group, cg, hw)
+    c = np.empty((n * group, mk, hw), dtype=np.float32)
+    if cg == 0:
+        c[...] = 0
+    else:
+        tiles = gemm_tiles(mk, hw, cg, trans_a=True, threads=threads, ldb=hw, ldc=hw)
+        run_batch(a, b, c, np.tile(np.arange(group), n), np.arange(n * group), tiles,
+                  use_numba=use_numba)
+    m = w.shape[1] * group
+    c = c.reshape((n, m) + kernel + spatial)                       # (N, M, *k, *in)
+    return np.moveaxis(c, 0, 1 + len(kernel))                      # (M, *k, N, *in)
