@@ -402,7 +402,7 @@ class LoadReport:
     """What :func:`load_encodings_into` did: tensor names per outcome, and each problem found."""
 
     applied: tuple             # tensors whose quantizer got the file's encoding
-    ignored: tuple             # 2.0.0 int32 bias / derived entries (no enabled quantizer of their own)
+    implied: tuple             # 2.0.0 int32 bias / derived entries (checked, nothing to apply)
     disabled: tuple            # strict=False: enabled quantizers left without encoding, now disabled
     problems: tuple            # (tensor, message) for each missing, extra or mismatched entry
 
@@ -448,16 +448,32 @@ def _check_entry(sim, handle, tensor: str, entry: EncodingEntry) -> list[str]:
     return out
 
 
-def _is_v2_extra_ok(sim, entry: EncodingEntry) -> bool:
-    """A 2.0.0 entry without an enabled quantizer of its own is expected if it is an int32 bias
-    of a parameter or an activation reached through a grid-equivariant op (derived)."""
-    from .export import DERIVED_OPS
-    if entry.dtype == "int32":
-        return entry.name in sim.graph.params
-    producer = sim.graph.producers().get(entry.name)
-    readers = sim.graph.consumers().get(entry.name, [])
-    return (producer is not None and producer.op_type in DERIVED_OPS) or \
-        any(r.op_type in DERIVED_OPS for r in readers)
+def _v2_implied_problems(sim, f: EncodingsFile, encodings: Mapping, entries: list) -> list:
+    """2.0.0 entries without an enabled quantizer of their own must be the int32 biases or the
+    derived encodings that the file's quantizer entries imply (:func:`qsim.export.document_v2`);
+    scales are compared to float32 round-off (rtol 1e-6), types and zero points exactly."""
+    from .export import Exported, document_v2
+    handles = sim._handles
+    exported = [Exported(t, handles[qid].spec.is_param, encodings[qid])
+                for t, qid in sim.placement.quantizer_of.items() if qid in encodings]
+    implied = {e.name: e for e in _parse_v2(document_v2(sim.graph, exported),
+                                            _Problems("(implied)"))}
+    out = []
+    for entry in entries:
+        want = implied.get(entry.name)
+        if want is None:
+            out.append((entry.name, f"extra entry at {entry.path}: tensor '{entry.name}' has no "
+                                    f"enabled quantizer and is neither an int32 bias nor an "
+                                    f"encoding derived through a grid-preserving op in this sim"))
+        elif entry.dtype != want.dtype or entry.per_channel != want.per_channel \
+                or entry.num_channels != want.num_channels \
+                or not np.allclose(entry.scale, want.scale, rtol=1e-6, atol=0) \
+                or not np.array_equal(entry.offset, want.offset):
+            out.append((entry.name, f"{entry.path}: output_dtype {entry.dtype!r}, y_scale "
+                                    f"{entry.scale.tolist()}, offset {entry.offset.tolist()}; the "
+                                    f"file's other encodings imply {want.dtype!r}, "
+                                    f"{want.scale.tolist()}, {want.offset.tolist()}"))
+    return out
 
 
 def load_encodings_into(sim, path_or_file: "str | os.PathLike | EncodingsFile", *,
@@ -466,7 +482,8 @@ def load_encodings_into(sim, path_or_file: "str | os.PathLike | EncodingsFile", 
 
     Every enabled quantizer's tensors must have an entry (tie members: identical entries) with
     the quantizer's bitwidth, symmetry, granularity and channel count; an entry for a tensor
-    without an enabled quantizer is extra (2.0.0 int32 biases and derived entries excepted).
+    without an enabled quantizer is extra, except in 2.0.0 files the int32 biases and derived
+    encodings, which must equal what the other entries imply.
     ``strict=True``: any problem raises one :class:`~qsim.errors.EncodingError` listing them all
     (tensor, field, value) and nothing is changed. ``strict=False``: matching entries are
     applied, the rest skipped; enabled quantizers left without an encoding are disabled.
@@ -477,13 +494,13 @@ def load_encodings_into(sim, path_or_file: "str | os.PathLike | EncodingsFile", 
     f = path_or_file if isinstance(path_or_file, EncodingsFile) else read_encodings(path_or_file)
     placement, handles = sim.placement, sim._handles
     problems: list[tuple[str, str]] = []
-    ignored, chosen = [], {}
+    implied, chosen = [], {}
     for entry in f.entries:
         qid = placement.quantizer_of.get(entry.name)
         handle = None if qid is None else handles[qid]
         if handle is None or not handle.enabled:
-            if f.version == "2.0.0" and _is_v2_extra_ok(sim, entry):
-                ignored.append(entry.name)
+            if f.version == "2.0.0":
+                implied.append(entry)
                 continue
             why = "has no quantizer" if handle is None else "has a disabled quantizer"
             problems.append((entry.name, f"extra entry at {entry.path}: tensor '{entry.name}' "
@@ -517,6 +534,8 @@ def load_encodings_into(sim, path_or_file: "str | os.PathLike | EncodingsFile", 
                      for t in missing]
         if missing and qid in encodings and strict:
             del encodings[qid]
+    if implied:
+        problems += _v2_implied_problems(sim, f, encodings, implied)
     if strict and problems:
         lines = "\n".join(f"  {t}: {m}" for t, m in problems)
         raise EncodingError(f"encodings file {f.source} does not fit this sim "
@@ -532,7 +551,8 @@ def load_encodings_into(sim, path_or_file: "str | os.PathLike | EncodingsFile", 
             disabled += list(handle.spec.tensors)
     sim._calibrated = True
     sim._run_graph = None
-    return LoadReport(applied=tuple(applied), ignored=tuple(ignored), disabled=tuple(disabled),
+    return LoadReport(applied=tuple(applied), implied=tuple(e.name for e in implied),
+                      disabled=tuple(disabled),
                       problems=tuple(problems))
 
 

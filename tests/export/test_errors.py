@@ -260,3 +260,18 @@ def test_qdq_needs_an_onnx_integer_type():
     with pytest.raises(ExportError, match=r"tensor 'fc1.weight': a 6-bit encoding has no ONNX "
                                           r"QuantizeLinear type"):
         qdq_model(sim2)
+
+
+def test_2_0_0_bias_and_derived_entries_must_follow_from_the_others(tmp_path):
+    doc = golden_doc(CASE, "2.0.0")
+    by_name = {e["name"]: e for e in doc["encodings"]}
+    by_name["stem.bias"]["y_scale"] *= 1.01
+    by_name["branch_a.pool_out"]["y_zero_point"] = 3
+    doc["encodings"].append(dict(by_name["output"], name="se.fc1_out"))
+    msg = _load_error(tmp_path, doc)
+    assert "3 problem(s)" in msg
+    assert "stem.bias: encodings[1] ('stem.bias'): output_dtype 'int32', y_scale" in msg
+    assert "the file's other encodings imply 'int32'" in msg
+    assert "branch_a.pool_out" in msg and "offset [-3.0]" in msg
+    assert "tensor 'se.fc1_out' has no enabled quantizer and is neither an int32 bias nor an " \
+           "encoding derived" in msg
