@@ -627,7 +627,7 @@ def log_softmax(x, *, axis=-1):
 # ---------------------------------------------------------------------------------------------
 # resize
 # ---------------------------------------------------------------------------------------------
-RESIZE_MODES = ("nearest", "linear")
+RESIZE_MODES = ("nearest", "linear", "cubic")
 COORDINATE_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners",
                     "asymmetric", "tf_half_pixel_for_nn")
 NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil")
@@ -706,14 +706,24 @@ def _source_coordinates(n_out: int, n_in: int, scale, mode: str) -> np.ndarray:
 
 
 def _nearest_indices(coords: np.ndarray, n_in: int, nearest_mode: str) -> np.ndarray:
-    """round_prefer_floor ``ceil(c - 0.5)``, round_prefer_ceil ``floor(c + 0.5)``, floor, ceil;
-    then clamped to ``[0, n_in - 1]`` (exact in float64)."""
-    c = coords.astype(np.float64)
-    rounded = {"round_prefer_floor": lambda: np.ceil(c - 0.5),
-               "round_prefer_ceil": lambda: np.floor(c + 0.5),
-               "floor": lambda: np.floor(c),
-               "ceil": lambda: np.ceil(c)}[nearest_mode]()
-    return np.clip(rounded, 0, n_in - 1).astype(np.intp)
+    """Source index per output index, clamped to ``[0, n_in - 1]``.
+
+    floor / ceil of ``c``; round_prefer_floor / round_prefer_ceil round half away from zero,
+    except that a tie (``|frac(c) - 0.5| <= 1e-6``, as ONNX Runtime tests it so that float32
+    coordinates like 3.4999998 for 7/4·2 count as halves) goes to ``floor(c)`` / ``floor(c) + 1``.
+    """
+    c = coords.astype(np.float32)
+    base = np.floor(c)
+    if nearest_mode == "floor":
+        index = base
+    elif nearest_mode == "ceil":
+        index = np.ceil(c)
+    else:
+        tie = np.abs((c - base) - np.float32(0.5)) <= np.float32(1e-6)
+        half_away = np.where(c >= 0, np.floor(c.astype(np.float64) + 0.5),
+                             np.ceil(c.astype(np.float64) - 0.5))
+        index = np.where(tie, base + (nearest_mode == "round_prefer_ceil"), half_away)
+    return np.clip(index, 0, n_in - 1).astype(np.intp)
 
 
 def _linear_along(x: np.ndarray, axis: int, coords: np.ndarray) -> np.ndarray:
@@ -730,6 +740,40 @@ def _linear_along(x: np.ndarray, axis: int, coords: np.ndarray) -> np.ndarray:
     return np.take(x, i0, axis=axis) * (1 - w) + np.take(x, i1, axis=axis) * w
 
 
+def _cubic_weights(t: np.ndarray, a: np.float32) -> np.ndarray:
+    """Keys cubic convolution weights (float32) of the samples at offsets -1, 0, 1, 2 from
+    ``floor(c)``, for fractional parts ``t``: with ``u`` the distance to the sample,
+    ``w(u) = ((a+2)u - (a+3))u² + 1`` for ``u <= 1`` and ``((u - 5)u + 8)u·a - 4a`` for
+    ``1 < u < 2``."""
+    one, two = np.float32(1), np.float32(2)
+    near = lambda u: ((a + two) * u - (a + np.float32(3))) * u * u + one  # noqa: E731
+    far = lambda u: ((a * u - np.float32(5) * a) * u + np.float32(8) * a) * u \
+        - np.float32(4) * a  # noqa: E731
+    return np.stack([far(t + one), near(t), near(one - t), far(two - t)]).astype(np.float32)
+
+
+def _cubic_along(x: np.ndarray, axis: int, coords: np.ndarray, a: float,
+                 exclude_outside: bool) -> np.ndarray:
+    """``y = Σ_j w_j · x[clamp(floor(c) - 1 + j)]`` for ``j = 0..3`` along ``axis``; with
+    exclude_outside the weights of samples outside ``[0, n-1]`` are 0 and the rest renormalized."""
+    n = x.shape[axis]
+    base = np.floor(coords).astype(np.intp)
+    weights = _cubic_weights((coords - base.astype(np.float32)).astype(np.float32),
+                             np.float32(a))
+    index = base[None, :] + np.arange(-1, 3)[:, None]
+    if exclude_outside:
+        weights = np.where((index >= 0) & (index < n), weights, np.float32(0))
+        weights = weights / weights.sum(axis=0, keepdims=True)
+    index = np.clip(index, 0, n - 1)
+    shape = [1] * x.ndim
+    shape[axis] = coords.size
+    y = None
+    for j in range(4):
+        term = np.take(x, index[j], axis=axis) * weights[j].astype(x.dtype).reshape(shape)
+        y = term if y is None else y + term
+    return y
+
+
 @register("Resize")
 def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
            coordinate_transformation_mode="half_pixel", cubic_coeff_a=-0.75, exclude_outside=0,
@@ -738,13 +782,15 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
     """Resize each axis independently (separable): for output index ``x`` along an axis, the
     source coordinate ``c`` comes from ``coordinate_transformation_mode`` (see
     :func:`_source_coordinates`); ``nearest`` takes ``X[round(c)]`` (``nearest_mode``),
-    ``linear`` interpolates between ``X[floor(c)]`` and the next sample (N-D multilinear).
+    ``linear`` interpolates between ``X[floor(c)]`` and the next sample (N-D multilinear),
+    ``cubic`` weighs the 4 samples around ``c`` with Keys' kernel (``cubic_coeff_a``,
+    ``exclude_outside``), samples past the border repeating the edge.
 
     As in ONNX Runtime, ``Y = X`` when the output shape equals the input shape (even if a
     scale ≠ 1 rounds back to the same size), and an axis with scale 1 is copied unchanged.
 
-    Not supported (OpError): mode cubic, antialias, tf_crop_and_resize (the only mode using
-    ``roi``). ``roi`` is otherwise ignored, as ONNX specifies.
+    Not supported (OpError): antialias, tf_crop_and_resize (the only mode using ``roi``).
+    ``roi`` is otherwise ignored, as ONNX specifies.
     """
     if mode not in RESIZE_MODES:
         raise OpError(f"attribute mode='{mode}' is not supported (expected one of "
@@ -761,11 +807,11 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
                       f"one of {list(ASPECT_POLICIES)}")
     if antialias:
         raise OpError(f"attribute antialias={antialias} is not supported (expected 0)")
-    if exclude_outside:
-        raise OpError(f"attribute exclude_outside={exclude_outside} only applies to cubic mode, "
-                      f"which is not supported (expected 0)")
-    if mode == "linear" and x.dtype.kind != "f":
-        raise OpError(f"mode='linear' needs a floating-point X, got {x.dtype} (cast it first)")
+    if exclude_outside and mode != "cubic":
+        raise OpError(f"attribute exclude_outside={exclude_outside} only applies to mode 'cubic' "
+                      f"(mode is '{mode}')")
+    if mode != "nearest" and x.dtype.kind != "f":
+        raise OpError(f"mode='{mode}' needs a floating-point X, got {x.dtype} (cast it first)")
     scale, out = _resize_targets(x.shape, scales, sizes, axes, keep_aspect_ratio_policy)
     if tuple(out) == x.shape:
         return x.copy()
@@ -778,6 +824,8 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
         coords = _source_coordinates(n_out, n_in, s, coordinate_transformation_mode)
         if mode == "nearest":
             y = np.take(y, _nearest_indices(coords, n_in, nearest_mode), axis=axis)
-        else:
+        elif mode == "linear":
             y = _linear_along(y, axis, coords)
+        else:
+            y = _cubic_along(y, axis, coords, cubic_coeff_a, bool(exclude_outside))
     return y

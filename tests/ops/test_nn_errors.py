@@ -127,7 +127,9 @@ EMPTY = np.zeros(0, np.float32)
 
 
 @pytest.mark.parametrize("attrs,inputs,match", [
-    (dict(mode="cubic"), [EMPTY, np.ones(4, np.float32)], r"mode='cubic' is not supported"),
+    (dict(mode="area"), [EMPTY, np.ones(4, np.float32)], r"mode='area' is not supported"),
+    (dict(exclude_outside=1), [EMPTY, np.ones(4, np.float32)],
+     r"exclude_outside=1 only applies to mode 'cubic'"),
     (dict(coordinate_transformation_mode="tf_crop_and_resize"), [EMPTY, np.ones(4, np.float32)],
      r"coordinate_transformation_mode='tf_crop_and_resize' is not supported"),
     (dict(nearest_mode="round"), [EMPTY, np.ones(4, np.float32)], r"nearest_mode='round'"),

@@ -328,8 +328,24 @@ def test_resize_linear_matches_ort(h, w, sh, sw, ctm, by_sizes, seed):
     assert_op_matches_ort("Resize", inputs, attrs, opset=19, initializers=(1, 2, 3), atol=1e-6)
 
 
+@SETTINGS
+@given(st.integers(1, 9), st.integers(2, 9), st.sampled_from(SCALES), st.sampled_from(SCALES),
+       st.sampled_from(PYTORCH_MODES), st.sampled_from([-0.75, -0.5]), st.booleans(),
+       st.booleans(), st.integers(0, 2**31))
+def test_resize_cubic_matches_ort(h, w, sh, sw, ctm, coeff_a, exclude_outside, by_sizes, seed):
+    x = rand(seed, 2, 3, h, w)
+    attrs = dict(mode="cubic", coordinate_transformation_mode=ctm, cubic_coeff_a=coeff_a,
+                 exclude_outside=int(exclude_outside))
+    if by_sizes:
+        inputs = _resize_inputs(x, sizes=[2, 3, max(1, int(h * sh)), max(1, int(w * sw))])
+    else:
+        inputs = _resize_inputs(x, scales=[1, 1, sh, sw])
+        assume(int(np.float32(sh) * h) >= 1 and int(np.float32(sw) * w) >= 1)
+    assert_op_matches_ort("Resize", inputs, attrs, opset=19, initializers=(1, 2, 3), atol=1e-5)
+
+
 @pytest.mark.parametrize("policy", ["stretch", "not_larger", "not_smaller"])
-@pytest.mark.parametrize("mode", ["nearest", "linear"])
+@pytest.mark.parametrize("mode", ["nearest", "linear", "cubic"])
 def test_resize_axes_and_aspect_policy_match_ort(policy, mode):
     x = rand(0, 2, 3, 5, 7)
     inputs = [x, np.zeros(0, np.float32), np.zeros(0, np.float32), np.array([9, 4], np.int64)]
@@ -359,3 +375,14 @@ def test_resize_nearest_coordinates_are_float32_like_ort():
     assert_op_matches_ort("Resize", _resize_inputs(x, scales=[1, 1, 1, 0.6]),
                           dict(mode="nearest", coordinate_transformation_mode="asymmetric",
                                nearest_mode="floor"), opset=13, initializers=(1, 2, 3))
+
+
+@pytest.mark.parametrize("nearest_mode", ["round_prefer_ceil", "round_prefer_floor"])
+@pytest.mark.parametrize("n_in,n_out", [(7, 4), (13, 8), (15, 18), (14, 19), (20, 6)])
+def test_resize_nearest_near_half_ties_match_ort(nearest_mode, n_in, n_out):
+    """float32 coordinates a few ulp from .5 (2 / float32(4/7) = 3.4999998) are ties in ORT."""
+    x = np.arange(n_in, dtype=np.float32).reshape(1, 1, 1, n_in)
+    for ctm in ("asymmetric", "half_pixel"):
+        assert_op_matches_ort("Resize", _resize_inputs(x, sizes=[1, 1, 1, n_out]),
+                              dict(mode="nearest", coordinate_transformation_mode=ctm,
+                                   nearest_mode=nearest_mode), opset=13, initializers=(1, 2, 3))
