@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import EncodingError
-from .encoding import Encoding, check_bitwidth, from_min_max, round_half_away
+from .encoding import Encoding, check_bitwidth, from_min_max
 from .jit import USE_NUMBA, kernel
 from .stats import NUM_BINS, HistogramStats, MinMaxStats
 

@@ -11,7 +11,7 @@ Conversion to ONNX zero points lives in ONE place: :func:`onnx_zero_point` and
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 

@@ -21,8 +21,7 @@ import numpy as np
 from ..errors import EncodingError, NotCalibratedError
 from . import analyzers
 from .encoding import Encoding, check_bitwidth
-from .kernels import ROUNDING_MODES, check_channels, dequantize, params32, quantize, \
-    quantize_dequantize
+from .kernels import ROUNDING_MODES, dequantize, params32, quantize, quantize_dequantize
 from .stats import HistogramStats, MinMaxStats
 
 SCHEMES = ("tf", "tf_enhanced", "percentile", "mse", "entropy")
