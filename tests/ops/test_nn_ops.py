@@ -188,8 +188,8 @@ def pool_cases(draw, allow_dilation=True):
         attrs["pads"] = pads
     else:
         attrs["auto_pad"] = auto_pad
-        # ONNX Runtime computes SAME pads with the undilated kernel; keep the cases where the
-        # ONNX spec and ORT agree (and where SAME pads are non-negative)
+        # ONNX Runtime computes SAME pads with the undilated kernel, and rejects SAME pools
+        # whose padding would be negative (kernel < stride): keep the cases it runs as ONNX says
         assume(all(d == 1 and k >= s for k, s, d in zip(kernel, strides, dilations)))
     if auto_pad == "NOTSET":
         assume(all(out_len(spatial[i], kernel[i], strides[i], dilations[i],
