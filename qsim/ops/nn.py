@@ -4,6 +4,9 @@ ONNX semantics at opsets 13-21, float32. One function per op, registered with ``
 formula is in each docstring. Shared helpers (attribute checks, padding geometry, the strided
 window view) come first.
 
+Float32 Conv, ConvTranspose, Gemm and MatMul use :mod:`qsim.ops.gemm_exact`, which sums the
+products in ONNX Runtime's (MLAS's) order, bit for bit; the notes below describe the float64 path.
+
 Performance notes. Conv, ConvTranspose, Gemm and MatMul reduce to one BLAS matrix product
 (``np.matmul``): Conv builds its "im2col" matrix from a read-only strided window view (one copy),
 ConvTranspose multiplies first and scatters the columns back ("col2im", a loop over kernel
@@ -19,6 +22,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import OpError
+from . import gemm_exact
 from .registry import register
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -191,6 +195,9 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
                       f"kernel_shape={list(kernel)}, pads={list(begins + ends)}, "
                       f"dilations={list(dilations)}")
     dtype = _float_result(x, w, b)
+    if dtype == np.float32:     # ONNX Runtime's (MLAS's) summation order, bit for bit
+        return gemm_exact.conv(x, w, b, group=group, strides=strides, dilations=dilations,
+                               begins=begins, ends=ends)
     n, channels, m = x.shape[0], x.shape[1], w.shape[0]
     xp = _pad(x.astype(dtype, copy=False), begins, ends)
     cols = _windows(xp, kernel, strides, dilations, out)            # (N, C, *k, *o)
@@ -284,7 +291,10 @@ def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1,
     m = mg * group
     xg = np.moveaxis(x.astype(dtype, copy=False), 0, 1).reshape(group, channels // group, -1)
     wg = w.astype(dtype, copy=False).reshape(group, channels // group, -1).transpose(0, 2, 1)
-    cols = np.matmul(wg, xg).reshape((m,) + kernel + (n,) + spatial)     # (M, *k, N, *in)
+    if dtype == np.float32:     # ONNX Runtime's (MLAS's) summation order, bit for bit
+        cols = gemm_exact.conv_transpose_columns(x, w, group=group)     # (M, *k, N, *in)
+    else:
+        cols = np.matmul(wg, xg).reshape((m,) + kernel + (n,) + spatial)
     y = np.zeros((m, n) + tuple(out), dtype=dtype)
     everything = (slice(None),)
     for offset in np.ndindex(*kernel):
@@ -318,6 +328,8 @@ def matmul(a, b):
     except ValueError:
         raise OpError(f"batch dimensions {list(batch_a)} of A {list(a.shape)} and {list(batch_b)} "
                       f"of B {list(b.shape)} do not broadcast") from None
+    if _float_result(a, b) == np.float32:   # ONNX Runtime's (MLAS's) summation order
+        return gemm_exact.matmul(a, b)
     return np.matmul(a, b)
 
 
@@ -335,7 +347,10 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
             raise OpError(f"inner dimensions differ: A {list(a.shape)} and B' {list(b2.shape)} "
                           f"(B {list(b.shape)}, transB={transB})")
         dtype = _float_result(a, b, c)
-        y = np.matmul(a, b2).astype(dtype, copy=False)
+        if dtype == np.float32:
+            y = gemm_exact.matmul(a, b2)
+        else:
+            y = np.matmul(a, b2).astype(dtype, copy=False)
         if alpha != 1.0:
             y = y * dtype.type(alpha)
         if c is not None and beta != 0.0:
@@ -354,6 +369,9 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
         raise OpError(f"C has shape {list(c.shape)}, which does not broadcast to the output "
                       f"shape {list(shape)} (M from A', N from B')")
     dtype = _float_result(a, b, c)
+    if dtype == np.float32:     # ONNX Runtime's (MLAS's) summation order, bit for bit
+        return gemm_exact.gemm(a2, b2, c, alpha=alpha, beta=beta, trans_a=bool(transA),
+                               trans_b=bool(transB))
     y = np.matmul(a2, b2).astype(dtype, copy=False)
     if alpha != 1.0:
         y *= dtype.type(alpha)
