@@ -56,6 +56,7 @@ _SGEMM_STRIDE_K = 128            # MLAS_SGEMM_STRIDEK
 _THREAD_ALIGN_N = 16             # MLAS_SGEMM_STRIDEN_THREAD_ALIGN
 _THREAD_COMPLEXITY = 64 * 1024   # MLAS_SGEMM_THREAD_COMPLEXITY
 _MAX_THREADS = 16                # MLAS_MAXIMUM_THREAD_COUNT (convolution)
+_PACKED_STRIDE_K = 256           # MLAS_SGEMM_PACKED_STRIDEK
 
 
 def _compile(parallel: bool = False):
@@ -104,6 +105,13 @@ def _call_tiles(m0, m1, n0, n1, k, *, trans_a, trans_b, alpha, beta, ldb_is_1, l
         return [(m0, m1, n0, n1, GROUP4 if trans_a else LANE8_M, full)]
     sk = stride_k(nc, k, trans_a) if chunk is None else chunk
     return [(m0, m1, n0, n1, FMA, sk)]
+
+
+def packed_tiles(m, n, k):
+    """Tiles of a product whose B is a constant initializer: ONNX Runtime packs such a B once
+    (MatMul / Gemm pre-packing) and MLAS then always uses the general kernel with K blocks of
+    256 (MLAS_SGEMM_PACKED_STRIDEK), whatever the shape or thread count."""
+    return [(0, m, 0, n, FMA, _PACKED_STRIDE_K)]
 
 
 def gemm_tiles(m, n, k, *, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, batch=1,
@@ -409,13 +417,14 @@ def _f32c(x) -> np.ndarray:
 # ONNX ops
 # ---------------------------------------------------------------------------------------------
 def gemm(a2, b2, c=None, *, alpha=1.0, beta=1.0, trans_b=False, trans_a=False,
-         threads=DEFAULT_THREADS, use_numba=USE_NUMBA) -> np.ndarray:
+         packed_b=False, threads=DEFAULT_THREADS, use_numba=USE_NUMBA) -> np.ndarray:
     """ONNX ``Gemm`` as ONNX Runtime computes it: ``Y = alpha · A' @ B' + beta · C``.
 
     ``a2`` ``(M, K)`` and ``b2`` ``(K, N)`` are the already transposed operands, ``trans_a`` /
     ``trans_b`` the node's attributes (they select MLAS's kernels). ``Y`` starts as ``C``
     broadcast to ``(M, N)`` (or is not read when ``C`` is absent or ``beta == 0``), is scaled by
-    ``beta`` when ``beta ∉ {0, 1}``, and the product is merged in by :func:`run_batch`."""
+    ``beta`` when ``beta ∉ {0, 1}``, and the product is merged in by :func:`run_batch`.
+    ``packed_b``: B is a constant initializer (:func:`packed_tiles`)."""
     m, k = a2.shape
     n = b2.shape[1]
     eff_beta = float(beta) if c is not None and beta != 0.0 else 0.0
@@ -426,20 +435,22 @@ def gemm(a2, b2, c=None, *, alpha=1.0, beta=1.0, trans_b=False, trans_a=False,
             y[0] *= np.float32(eff_beta)
     if k == 0:
         return (y[0] if eff_beta else np.zeros((m, n), np.float32))
-    tiles = gemm_tiles(m, n, k, trans_a=bool(trans_a), trans_b=bool(trans_b), alpha=float(alpha),
-                       beta=eff_beta, threads=threads, ldb=k if trans_b else n, ldc=n)
+    tiles = packed_tiles(m, n, k) if packed_b else gemm_tiles(
+        m, n, k, trans_a=bool(trans_a), trans_b=bool(trans_b), alpha=float(alpha), beta=eff_beta,
+        threads=threads, ldb=k if trans_b else n, ldc=n)
     run_batch(_f32c(a2)[None], _f32c(b2)[None], y, [0], [0], tiles, alpha,
               eff_beta == 0.0, use_numba=use_numba)
     return y[0]
 
 
-def matmul(a, b, *, threads=DEFAULT_THREADS, use_numba=USE_NUMBA) -> np.ndarray:
+def matmul(a, b, *, packed_b=False, threads=DEFAULT_THREADS,
+           use_numba=USE_NUMBA) -> np.ndarray:
     """ONNX ``MatMul`` as ONNX Runtime computes it (``numpy.matmul`` shapes).
 
     A 1-D ``A`` is a row ``(1, K)``, a 1-D ``B`` a column ``(K, 1)``. When ``B`` is a matrix or a
     vector the leading axes of ``A`` are folded into M (one product; a vector ``B`` always takes
     the ``GROUP4`` kernel, found by experiment); otherwise one product per broadcast batch index,
-    all with the same tiles."""
+    all with the same tiles. ``packed_b``: B is a constant initializer (:func:`packed_tiles`)."""
     a = np.asarray(a, dtype=np.float32)
     b = np.asarray(b, dtype=np.float32)
     a_nd = a[None, :] if a.ndim == 1 else a
@@ -452,7 +463,9 @@ def matmul(a, b, *, threads=DEFAULT_THREADS, use_numba=USE_NUMBA) -> np.ndarray:
         b3 = _f32c(b_nd)[None]
         c = np.zeros((1, a3.shape[1], n), np.float32)
         if k and c.size:
-            if b.ndim == 1:     # ONNX Runtime runs a vector B through MLAS's M = 1 kernel
+            if packed_b:
+                tiles = packed_tiles(a3.shape[1], n, k)
+            elif b.ndim == 1:   # ONNX Runtime runs a vector B through MLAS's M = 1 kernel
                 tiles = [(0, a3.shape[1], 0, 1, GROUP4, k)]
             else:
                 tiles = gemm_tiles(a3.shape[1], n, k, threads=threads)
@@ -469,7 +482,8 @@ def matmul(a, b, *, threads=DEFAULT_THREADS, use_numba=USE_NUMBA) -> np.ndarray:
         b3 = _f32c(b_nd.reshape(-1, k, n))
         c = np.zeros((a_idx.size, m, n), np.float32)
         if k and c.size:
-            tiles = gemm_tiles(m, n, k, batch=a_idx.size, threads=threads)
+            tiles = (packed_tiles(m, n, k) if packed_b
+                     else gemm_tiles(m, n, k, batch=a_idx.size, threads=threads))
             run_batch(a3, b3, c, a_idx, b_idx, tiles, use_numba=use_numba)
         shape = batch + (m, n)
     y = c.reshape(shape)
