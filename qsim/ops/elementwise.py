@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from ..errors import OpError
+from . import math_exact
 from .registry import register
 
 # --------------------------------------------------------------------------------------------
@@ -150,16 +151,21 @@ def abs_(x):
 
 @register("Exp")
 def exp(x):
-    """Y = e ** X."""
+    """Y = e ** X (float32: ONNX Runtime's MLAS approximation, :func:`qsim.ops.math_exact.exp`)."""
     x = _float_input("Exp", x)
+    if x.dtype == np.float32:
+        return math_exact.exp(x)  # ORT's MLAS exp, bit for bit
     with np.errstate(over="ignore"):
         return _out(np.exp(x), x.dtype)
 
 
 @register("Log")
 def log(x):
-    """Y = ln(X) (-inf at 0, NaN below)."""
+    """Y = ln(X) (-inf at 0, NaN below; float32: ONNX Runtime's Eigen log,
+    :func:`qsim.ops.math_exact.log`)."""
     x = _float_input("Log", x)
+    if x.dtype == np.float32:
+        return math_exact.log(x)  # ORT's Eigen log, bit for bit
     with np.errstate(divide="ignore", invalid="ignore"):
         return _out(np.log(x), x.dtype)
 
@@ -254,9 +260,11 @@ def erf_float64(x: np.ndarray) -> np.ndarray:
 
 @register("Erf")
 def erf(x):
-    """Y = erf(X) = 2/sqrt(pi) * integral_0^X exp(-t^2) dt, evaluated in float64
-    (:func:`erf_float64`) and rounded to the input dtype."""
+    """Y = erf(X) = 2/sqrt(pi) * integral_0^X exp(-t^2) dt. float32: ONNX Runtime's MLAS
+    approximation (:func:`qsim.ops.math_exact.erf`); float64: :func:`erf_float64`."""
     x = _float_input("Erf", x)
+    if x.dtype == np.float32:
+        return math_exact.erf(x)  # ORT's MLAS erf, bit for bit
     return _out(erf_float64(x), x.dtype)
 
 
@@ -315,8 +323,11 @@ def clip(x, min=None, max=None):  # noqa: A002 - ONNX input names
 
 @register("Sigmoid")
 def sigmoid(x):
-    """Y = 1 / (1 + exp(-X)), computed as exp(X) / (1 + exp(X)) for X < 0 (no overflow)."""
+    """Y = 1 / (1 + exp(-X)). float32: ONNX Runtime's MLAS rational approximation
+    (:func:`qsim.ops.math_exact.logistic`); float64: exp(X) / (1 + exp(X)) for X < 0."""
     x = _float_input("Sigmoid", x)
+    if x.dtype == np.float32:
+        return math_exact.logistic(x)  # ORT's MLAS logistic, bit for bit
     e = np.exp(-np.abs(x))
     return _out(np.where(x >= 0, 1 / (1 + e), e / (1 + e)), x.dtype)
 
@@ -338,8 +349,10 @@ def hard_swish(x):
 
 @register("Tanh")
 def tanh(x):
-    """Y = tanh(X)."""
+    """Y = tanh(X) (float32: ONNX Runtime's MLAS approximation, :func:`qsim.ops.math_exact.tanh`)."""
     x = _float_input("Tanh", x)
+    if x.dtype == np.float32:
+        return math_exact.tanh(x)  # ORT's MLAS tanh, bit for bit
     return _out(np.tanh(x), x.dtype)
 
 
@@ -378,9 +391,14 @@ def gelu(x, *, approximate="none"):
     * approximate="none": Y = X/2 * (1 + erf(X / sqrt(2)))
     * approximate="tanh": Y = X/2 * (1 + tanh(sqrt(2/pi) * (X + 0.044715 X^3)))
 
-    Evaluated in float64, rounded to the input dtype.
+    float32: as ONNX Runtime computes it (:func:`qsim.ops.math_exact.gelu`); float64: evaluated
+    in float64.
     """
     x = _float_input("Gelu", x)
+    if approximate not in ("none", "tanh"):
+        raise OpError(f"Gelu: attribute approximate={approximate!r}, expected 'none' or 'tanh'")
+    if x.dtype == np.float32:
+        return math_exact.gelu(x, approximate)  # ORT's float32 Gelu kernel, bit for bit
     x64 = x.astype(np.float64)
     if approximate == "none":
         inner = erf_float64(x64 / math.sqrt(2.0))

@@ -1,0 +1,835 @@
+"""float32 math that reproduces ONNX Runtime's CPU kernels bit for bit (x86-64, AVX2 + FMA3).
+
+AIMET evaluates the float ops of its simulated model with ONNX Runtime (CPU execution provider,
+graph optimizations disabled). ORT's kernels are not libm: they are MLAS's vectorised
+polynomial / rational approximations and Eigen's packet math, with their own summation orders.
+Activation encodings are min/max of these outputs, so qsim must compute exactly the same bits.
+Every formula below restates, operation by operation, what ORT 1.32 computes on an AVX2/FMA3
+machine (facts read from the public MLAS / Eigen sources and confirmed by bitwise experiments
+against ``onnxruntime``):
+
+* ``fma(a, b, c)`` is one fused multiply-add (a single rounding), as ``vfmadd*ps`` computes it.
+* every other operation is one IEEE float32 operation (round to nearest even).
+
+Each kernel exists twice: a Numba loop (``_nb_*``, compiled by :func:`qsim.quant.jit.kernel`)
+and a vectorised NumPy twin (``_np_*``). The twin emulates a fused multiply-add in float64
+(:func:`_fma_np`, exact product, then a tie-corrected double rounding). Both give the same bits
+(tested); :data:`qsim.quant.jit.USE_NUMBA` chooses one. Public functions take and return float32
+arrays; they never mutate their input.
+
+Summary (ORT kernel -> function here):
+
+=====================  ===============================================  =======================
+ONNX op                ORT kernel                                       function
+=====================  ===============================================  =======================
+Sigmoid                MlasLogisticKernelFma3 (rational 9/10)           :func:`logistic`
+Tanh                   MlasTanhKernelFma3 (rational 13/6, clamp +-9)    :func:`tanh`
+Erf                    MlasErfKernelFma3 (two polynomials + exp)        :func:`erf`
+Gelu                   0.5x(1+erf(x/sqrt2)) with MLAS erf / tanh        :func:`gelu`
+Exp                    MlasComputeExpF32KernelFma3                      :func:`exp`
+Log                    Eigen plog (SSE packets of 4) + libm logf tail   :func:`log`
+Softmax, LogSoftmax    MlasComputeSoftmax (SumExp, 8 lanes)             :func:`softmax_rows`
+GlobalAveragePool      MlasPoolGlobalKernel (4 lanes)                   :func:`global_average`
+ReduceSum/Mean (KR)    Eigen redux (SSE, aligned start, 2x4 lanes)      :func:`eigen_row_sums`
+=====================  ===============================================  =======================
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import math
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from ..quant.jit import USE_NUMBA, kernel
+
+F32 = np.float32
+
+# --------------------------------------------------------------------------------------------
+# fused multiply-add
+
+
+@intrinsic
+def _fma32(typingctx, a, b, c):
+    """``llvm.fma.f32``: a*b + c with one rounding (compiles to vfmadd on FMA3 machines)."""
+    sig = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, signature, args):
+        fty = ir.FloatType()
+        fn = builder.module.declare_intrinsic("llvm.fma", [fty], ir.FunctionType(fty, [fty] * 3))
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+def _fma_np(a, b, c) -> np.ndarray:
+    """float32 fma(a, b, c) in NumPy: the product of two float32 is exact in float64; the sum is
+    rounded to float64 (``s``, error ``e`` by TwoSum) and then to float32. The second rounding is
+    wrong only when ``s`` lies exactly halfway between two float32 and ``e != 0``: then ``s`` is
+    nudged one float64 step towards the true value first. (Exact for normal float32 results.)"""
+    a64 = np.asarray(a, np.float64)
+    b64 = np.asarray(b, np.float64)
+    c64 = np.asarray(c, np.float64)
+    p = a64 * b64
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = p + c64
+        bv = s - p
+        e = (p - (s - bv)) + (c64 - bv)
+        bits = np.asarray(s).view(np.uint64)
+        tie = (bits & np.uint64((1 << 29) - 1)) == np.uint64(1 << 28)
+        fix = tie & (e != 0) & np.isfinite(e)
+        if np.any(fix):
+            s = np.where(fix, np.nextafter(s, np.where(e > 0, np.inf, -np.inf)), s)
+        return np.asarray(s).astype(F32)
+
+
+# --------------------------------------------------------------------------------------------
+# constants (MLAS compute.cpp / logistic.cpp / tanh.cpp / erf.cpp, Eigen plog_impl_float)
+
+# logistic: p(x)/q(x) + 1/2 on x clamped to [-18, 18]
+_LOG_LO, _LOG_HI = F32(-18.0), F32(18.0)
+_LA9, _LA7, _LA5, _LA3, _LA1 = (F32(4.37031012579801e-11), F32(1.15627324459942e-07),
+                                F32(6.08574864600143e-05), F32(8.51377133304701e-03),
+                                F32(2.48287947061529e-01))
+_LB10, _LB8, _LB6, _LB4, _LB2, _LB0 = (F32(6.10247389755681e-13), F32(5.76102136993427e-09),
+                                       F32(6.29106785017040e-06), F32(1.70198817374094e-03),
+                                       F32(1.16817656904453e-01), F32(9.93151921023180e-01))
+_HALF, _ZERO, _ONE = F32(0.5), F32(0.0), F32(1.0)
+
+# tanh: p(x)/q(x) on x clamped to [-9, 9]
+_TH_LO, _TH_HI = F32(-9.0), F32(9.0)
+_TA13, _TA11, _TA9, _TA7, _TA5, _TA3, _TA1 = (
+    F32(-2.76076847742355e-16), F32(2.00018790482477e-13), F32(-8.60467152213735e-11),
+    F32(5.12229709037114e-08), F32(1.48572235717979e-05), F32(6.37261928875436e-04),
+    F32(4.89352455891786e-03))
+_TB6, _TB4, _TB2, _TB0 = (F32(1.19825839466702e-06), F32(1.18534705686654e-04),
+                          F32(2.26843463243900e-03), F32(4.89352518554385e-03))
+
+# erf: |x| <= 0.921875 odd polynomial, above 1 - exp(-poly(|x|)); |x| capped at 3.925
+_ERF_UPPER, _ERF_SPLIT = F32(3.925), F32(0.921875)
+_ES0, _ES1, _ES2, _ES3, _ES4, _ES5 = (F32(-5.99104969e-4), F32(4.99339588e-3),
+                                      F32(-2.67667342e-2), F32(1.12818025e-1),
+                                      F32(-3.76124859e-1), F32(1.28379151e-1))
+_EB0, _EB1, _EB2, _EB3, _EB4, _EB5, _EB6 = (F32(1.72948930e-5), F32(-3.83208680e-4),
+                                            F32(3.88393435e-3), F32(-2.42545605e-2),
+                                            F32(1.06777847e-1), F32(6.34846687e-1),
+                                            F32(1.28717512e-1))
+_EX_LO, _EX_L2E = F32(-88.3762626647949), F32(1.44269504088896341)
+_EX_L2HI, _EX_L2LO = F32(-6.93145752e-1), F32(-1.42860677e-6)
+_EX_P0, _EX_P1, _EX_P2, _EX_P3, _EX_P4, _EX_P5, _EX_P6 = (
+    F32(1.38319808e-3), F32(8.37550033e-3), F32(4.16689515e-2), F32(1.66664466e-1),
+    F32(4.99999851e-1), F32(1.0), F32(1.0))
+_EX_C = F32(1.25829120e+7)
+
+# exp (MlasExpConstants)
+_X_LO, _X_HI, _X_LO_SUMEXP = F32(-103.9720840454), F32(88.7762626647950), F32(-88.3762626647949)
+_X_BIAS = F32(12582912.0)  # 1.5 * 2^23: adding it rounds to an integer
+_XP0, _XP1, _XP2, _XP3, _XP4, _XP56 = (F32(float.fromhex("0x1.694000p-10")),
+                                       F32(float.fromhex("0x1.125edcp-7")),
+                                       F32(float.fromhex("0x1.555b5ap-5")),
+                                       F32(float.fromhex("0x1.555450p-3")),
+                                       F32(float.fromhex("0x1.fffff6p-2")), F32(1.0))
+
+# log (Eigen plog_impl_float, rational (3,3) on [sqrt(1/2)-1, sqrt(2)-1])
+_SQRTHF = F32(0.707106781186547524)
+_LP1, _LP2, _LP3 = F32(1.0000000190281136), F32(1.0000000190281063), F32(0.18256296349849254)
+_LQ1, _LQ2, _LQ3 = F32(1.4999999999999927), F32(0.59923249590823520), F32(0.049616247954120038)
+_LN2 = F32(0.693147180559945309417)
+
+_SQRT1_2 = F32(0.70710678118654752440)
+_GELU_B, _GELU_C = F32(0.7978845608028654), F32(0.035677408136300125)
+
+# --------------------------------------------------------------------------------------------
+# libm logf (ORT calls std::log(float) for LogSoftmax's log(sum) and Eigen's scalar tail)
+
+_LIBM = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+_LIBM.logf.restype = ctypes.c_float
+_LIBM.logf.argtypes = [ctypes.c_float]
+
+
+def _logf_np(values: np.ndarray) -> np.ndarray:
+    """C's logf(v) for each float32 ``v`` (glibc's logf is not correctly rounded, so NumPy's
+    float32 log and a rounded float64 log both differ from it in some elements)."""
+    flat = np.asarray(values, F32).ravel()
+    return np.array([_LIBM.logf(float(v)) for v in flat], F32).reshape(np.shape(values))
+
+
+@kernel
+def _logf_nb(v):
+    """C's logf (Numba lowers ``math.log`` of a float32 to a call of libm's logf)."""
+    return math.log(v)
+
+
+# --------------------------------------------------------------------------------------------
+# logistic (Sigmoid)
+
+
+@kernel
+def _logistic1(x):
+    """MlasLogisticKernelFma3, one lane::
+
+        v = clamp(x, -18, 18); s = v*v
+        p = fma(fma(fma(fma(s, a9, a7), s, a5)..., s, a1); p = v*p       (fma(s, p, a))
+        q = fma(... fma(s, b10, b8) ..., s, b0)
+        y = max(p/q + 0.5, 0)                                            (NaN passes)
+    """
+    v = x
+    if v < _LOG_LO:
+        v = _LOG_LO
+    if v > _LOG_HI:
+        v = _LOG_HI
+    s = v * v
+    p = _fma32(s, _LA9, _LA7)
+    p = _fma32(s, p, _LA5)
+    p = _fma32(s, p, _LA3)
+    p = _fma32(s, p, _LA1)
+    q = _fma32(s, _LB10, _LB8)
+    q = _fma32(s, q, _LB6)
+    q = _fma32(s, q, _LB4)
+    q = _fma32(s, q, _LB2)
+    q = _fma32(s, q, _LB0)
+    p = v * p
+    y = p / q + _HALF
+    if y < _ZERO:
+        y = _ZERO
+    return y
+
+
+@kernel
+def _nb_logistic(x, out):
+    for i in range(x.size):
+        out[i] = _logistic1(x[i])
+
+
+def _np_logistic(x: np.ndarray) -> np.ndarray:
+    v = np.where(x < _LOG_LO, _LOG_LO, x)
+    v = np.where(v > _LOG_HI, _LOG_HI, v)
+    s = v * v
+    p = _fma_np(s, _LA9, _LA7)
+    for a in (_LA5, _LA3, _LA1):
+        p = _fma_np(s, p, a)
+    q = _fma_np(s, _LB10, _LB8)
+    for b in (_LB6, _LB4, _LB2, _LB0):
+        q = _fma_np(s, q, b)
+    with np.errstate(invalid="ignore"):
+        y = (v * p) / q + _HALF
+        return np.where(y < _ZERO, _ZERO, y).astype(F32)
+
+
+# --------------------------------------------------------------------------------------------
+# tanh
+
+
+@kernel
+def _tanh1(x):
+    """MlasTanhKernelFma3, one lane::
+
+        v = clamp(x, -9, 9); s = v*v
+        p = v * fma(s, ... fma(s, a13, a11) ..., a1)
+        q = fma(s, ... fma(s, b6, b4) ..., b0)
+        y = p / q
+    """
+    v = x
+    if v < _TH_LO:
+        v = _TH_LO
+    if v > _TH_HI:
+        v = _TH_HI
+    s = v * v
+    p = _fma32(s, _TA13, _TA11)
+    p = _fma32(s, p, _TA9)
+    p = _fma32(s, p, _TA7)
+    p = _fma32(s, p, _TA5)
+    p = _fma32(s, p, _TA3)
+    p = _fma32(s, p, _TA1)
+    p = v * p
+    q = _fma32(s, _TB6, _TB4)
+    q = _fma32(s, q, _TB2)
+    q = _fma32(s, q, _TB0)
+    return p / q
+
+
+@kernel
+def _nb_tanh(x, out):
+    for i in range(x.size):
+        out[i] = _tanh1(x[i])
+
+
+def _np_tanh(x: np.ndarray) -> np.ndarray:
+    v = np.where(x < _TH_LO, _TH_LO, x)
+    v = np.where(v > _TH_HI, _TH_HI, v)
+    s = v * v
+    p = _fma_np(s, _TA13, _TA11)
+    for a in (_TA9, _TA7, _TA5, _TA3, _TA1):
+        p = _fma_np(s, p, a)
+    q = _fma_np(s, _TB6, _TB4)
+    for b in (_TB2, _TB0):
+        q = _fma_np(s, q, b)
+    with np.errstate(invalid="ignore"):
+        return ((v * p) / q).astype(F32)
+
+
+# --------------------------------------------------------------------------------------------
+# erf
+
+
+@kernel
+def _erf1(x):
+    """MlasErfKernelFma3, one lane (a = min(|x|, 3.925), NaN passes)::
+
+        a < 0.921875:  y = fma(fma(... fma(s0, a², s1) ..., a², s5), a, a)
+        otherwise:     r = fma(fma(... fma(b0, a, b1) ..., a, b6), a, a)      (poly in a)
+                       t = max(-r, -88.376); m = fma(log2e, t, C) - C          (C = 1.5*2^23)
+                       f = fma(m, log2_lo, fma(m, log2_hi, t))
+                       e = fma(... fma(p0, f, p1) ..., f, p6)
+                       y = 1 - e * 2^m
+        result = copysign(y, x)
+    """
+    a = abs(x)
+    if a > _ERF_UPPER:
+        a = _ERF_UPPER
+    if a < _ERF_SPLIT or a != a:
+        s = a * a
+        r = _fma32(_ES0, s, _ES1)
+        r = _fma32(r, s, _ES2)
+        r = _fma32(r, s, _ES3)
+        r = _fma32(r, s, _ES4)
+        r = _fma32(r, s, _ES5)
+        y = _fma32(r, a, a)
+    else:
+        r = _fma32(_EB0, a, _EB1)
+        r = _fma32(r, a, _EB2)
+        r = _fma32(r, a, _EB3)
+        r = _fma32(r, a, _EB4)
+        r = _fma32(r, a, _EB5)
+        r = _fma32(r, a, _EB6)
+        r = _fma32(r, a, a)
+        t = -r
+        if t < _EX_LO:
+            t = _EX_LO
+        m = _fma32(_EX_L2E, t, _EX_C) - _EX_C
+        f = _fma32(_EX_L2HI, m, t)
+        f = _fma32(m, _EX_L2LO, f)
+        e = _fma32(_EX_P0, f, _EX_P1)
+        e = _fma32(e, f, _EX_P2)
+        e = _fma32(e, f, _EX_P3)
+        e = _fma32(e, f, _EX_P4)
+        e = _fma32(e, f, _EX_P5)
+        e = _fma32(e, f, _EX_P6)
+        y = _ONE - e * F32(math.ldexp(1.0, int(m)))
+    return np.float32(math.copysign(y, x))
+
+
+@kernel
+def _nb_erf(x, out):
+    for i in range(x.size):
+        out[i] = _erf1(x[i])
+
+
+def _np_erf(x: np.ndarray) -> np.ndarray:
+    a = np.abs(x)
+    a = np.where(a > _ERF_UPPER, _ERF_UPPER, a)
+    s = a * a
+    r = _fma_np(_ES0, s, _ES1)
+    for c in (_ES2, _ES3, _ES4, _ES5):
+        r = _fma_np(r, s, c)
+    small = _fma_np(r, a, a)
+    big = a >= _ERF_SPLIT
+    ab = np.where(big, a, _ZERO)
+    r = _fma_np(_EB0, ab, _EB1)
+    for c in (_EB2, _EB3, _EB4, _EB5, _EB6):
+        r = _fma_np(r, ab, c)
+    r = _fma_np(r, ab, ab)
+    t = np.maximum(-r, _EX_LO)
+    m = _fma_np(_EX_L2E, t, _EX_C) - _EX_C
+    f = _fma_np(_EX_L2HI, m, t)
+    f = _fma_np(m, _EX_L2LO, f)
+    e = _fma_np(_EX_P0, f, _EX_P1)
+    for c in (_EX_P2, _EX_P3, _EX_P4, _EX_P5, _EX_P6):
+        e = _fma_np(e, f, c)
+    y = _ONE - e * np.ldexp(_ONE, m.astype(np.int32)).astype(F32)
+    return np.copysign(np.where(big, y, small), x).astype(F32)
+
+
+# --------------------------------------------------------------------------------------------
+# exp
+
+
+@kernel
+def _exp1(x):
+    """MlasComputeExpF32KernelFma3, one lane::
+
+        v = clamp(x, -103.972, 88.776)
+        m = fma(v, log2e, B) - B                      (B = 1.5*2^23: round to integer)
+        r = fma(m, log2_lo, fma(m, log2_hi, v))
+        p = fma(... fma(p0, r, p1) ..., r, p56)       (degree 5)
+        k = clamp(m, -126, 127); s_hi = 2^k; s_lo = 2^(m-k)
+        y = fma(p, r*s_lo, s_lo) * s_hi
+    """
+    if x != x:
+        return x
+    v = x
+    if v < _X_LO:
+        v = _X_LO
+    if v > _X_HI:
+        v = _X_HI
+    m = _fma32(v, _EX_L2E, _X_BIAS) - _X_BIAS
+    r = _fma32(m, _EX_L2HI, v)
+    r = _fma32(m, _EX_L2LO, r)
+    p = _fma32(_XP0, r, _XP1)
+    p = _fma32(p, r, _XP2)
+    p = _fma32(p, r, _XP3)
+    p = _fma32(p, r, _XP4)
+    p = _fma32(p, r, _XP56)
+    mi = int(m)
+    k = mi
+    if k > 127:
+        k = 127
+    if k < -126:
+        k = -126
+    s_lo = F32(math.ldexp(1.0, mi - k))
+    s_hi = F32(math.ldexp(1.0, k))
+    r = r * s_lo
+    p = _fma32(p, r, s_lo)
+    return p * s_hi
+
+
+@kernel
+def _nb_exp(x, out):
+    for i in range(x.size):
+        out[i] = _exp1(x[i])
+
+
+def _np_exp(x: np.ndarray) -> np.ndarray:
+    nan = np.isnan(x)
+    v = np.clip(np.where(nan, _ZERO, x), _X_LO, _X_HI).astype(F32)
+    m = _fma_np(v, _EX_L2E, _X_BIAS) - _X_BIAS
+    r = _fma_np(m, _EX_L2HI, v)
+    r = _fma_np(m, _EX_L2LO, r)
+    p = _fma_np(_XP0, r, _XP1)
+    for c in (_XP2, _XP3, _XP4, _XP56):
+        p = _fma_np(p, r, c)
+    mi = m.astype(np.int32)
+    k = np.clip(mi, -126, 127)
+    s_lo = np.ldexp(_ONE, mi - k).astype(F32)
+    s_hi = np.ldexp(_ONE, k).astype(F32)
+    with np.errstate(over="ignore"):
+        y = _fma_np(p, r * s_lo, s_lo) * s_hi
+    return np.where(nan, x, y).astype(F32)
+
+
+# --------------------------------------------------------------------------------------------
+# log (Eigen packet path; the last n % 4 elements go through libm logf)
+
+
+@kernel
+def _log1(x):
+    """Eigen plog_impl_float (packet path, no FMA: pmadd = multiply then add), one lane::
+
+        x = m * 2^e, m in [0.5, 1)                     (frexp; denormals normalised)
+        if m < sqrt(1/2): e -= 1; t = (m - 1) + m  else t = m - 1
+        p = t * (t*(t*p3 + p2) + p1);  q = t*(t*(t*q3 + q2) + q1) + 1
+        y = e*ln2 + p/q
+        x == 0: -inf;  x < 0 or NaN: NaN;  x == +inf: +inf
+    """
+    if x == _ZERO:
+        return F32(-np.inf)
+    if not (x > _ZERO):
+        return F32(np.nan)
+    if x == F32(np.inf):
+        return x
+    mant, ex = math.frexp(x)
+    m = F32(mant)
+    e = F32(ex)
+    if m < _SQRTHF:
+        e = e - _ONE
+        t = (m - _ONE) + m
+    else:
+        t = m - _ONE
+    p = t * _LP3 + _LP2
+    p = t * p + _LP1
+    p = t * p
+    q = t * _LQ3 + _LQ2
+    q = t * q + _LQ1
+    q = t * q + _ONE
+    t = p / q
+    return e * _LN2 + t
+
+
+@kernel
+def _nb_log(x, out):
+    n = x.size
+    n4 = n - n % 4
+    for i in range(n4):
+        out[i] = _log1(x[i])
+    for i in range(n4, n):
+        out[i] = _logf_nb(x[i])
+
+
+def _np_log(x: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mant, ex = np.frexp(np.where(x > 0, x, _ONE))
+        m = mant.astype(F32)
+        e = ex.astype(F32)
+        low = m < _SQRTHF
+        e = np.where(low, e - _ONE, e)
+        t = np.where(low, (m - _ONE) + m, m - _ONE)
+        p = t * (t * (t * _LP3 + _LP2) + _LP1)
+        q = t * (t * (t * _LQ3 + _LQ2) + _LQ1) + _ONE
+        y = (e * _LN2 + p / q).astype(F32)
+        y = np.where(x == 0, F32(-np.inf), y)
+        y = np.where(np.isnan(x) | (x < 0), F32(np.nan), y)
+        y = np.where(x == np.inf, x, y).astype(F32)
+    n = x.size
+    tail = n % 4
+    if tail:
+        y[n - tail:] = _logf_np(x[n - tail:])
+    return y
+
+
+# --------------------------------------------------------------------------------------------
+# softmax (MlasComputeSoftmax with the FMA3 SumExp kernel and the AVX output kernels)
+
+
+@kernel
+def _sumexp1(x, negmax):
+    """One lane of MlasComputeSumExpF32KernelFma3: exp(x - max) on [-88.376, 0]::
+
+        v = max(x + negmax, -88.376)
+        m = fma(v, log2e, B) - B;  r = fma(m, log2_lo, fma(m, log2_hi, v))
+        p = fma(fma(... fma(p0, r, p1) ..., r, p56), r, p56)      (degree 6)
+        y = p * 2^m
+    """
+    v = x + negmax
+    if v < _X_LO_SUMEXP:
+        v = _X_LO_SUMEXP
+    if v != v:
+        return v
+    m = _fma32(v, _EX_L2E, _X_BIAS) - _X_BIAS
+    r = _fma32(m, _EX_L2HI, v)
+    r = _fma32(m, _EX_L2LO, r)
+    p = _fma32(_XP0, r, _XP1)
+    p = _fma32(p, r, _XP2)
+    p = _fma32(p, r, _XP3)
+    p = _fma32(p, r, _XP4)
+    p = _fma32(p, r, _XP56)
+    p = _fma32(p, r, _XP56)
+    return p * F32(math.ldexp(1.0, int(m)))
+
+
+@kernel
+def _nb_softmax_rows(x, out, log):
+    """Rows of ``x`` (2-D, C-contiguous): Softmax (log=False) or LogSoftmax (log=True)."""
+    rows, d = x.shape
+    lanes = np.zeros(8, np.float32)
+    for r in range(rows):
+        mx = F32(-3.4028234663852886e38)
+        for i in range(d):
+            if x[r, i] > mx:
+                mx = x[r, i]
+        negmax = -mx
+        for j in range(8):
+            lanes[j] = _ZERO
+        for i in range(d):
+            e = _sumexp1(x[r, i], negmax)
+            lanes[i % 8] += e
+            if not log:
+                out[r, i] = e
+        h0 = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3])
+        h1 = (lanes[4] + lanes[5]) + (lanes[6] + lanes[7])
+        total = h1 + h0
+        if log:
+            lg = _logf_nb(total)
+            for i in range(d):
+                out[r, i] = (x[r, i] + negmax) - lg
+        else:
+            scale = _ONE / total
+            for i in range(d):
+                out[r, i] = out[r, i] * scale
+
+
+def _np_sumexp(x: np.ndarray, negmax: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        v = (x + negmax).astype(F32)
+        v = np.where(v < _X_LO_SUMEXP, _X_LO_SUMEXP, v)
+        nan = np.isnan(v)
+        v0 = np.where(nan, _ZERO, v)
+        m = _fma_np(v0, _EX_L2E, _X_BIAS) - _X_BIAS
+        r = _fma_np(m, _EX_L2HI, v0)
+        r = _fma_np(m, _EX_L2LO, r)
+        p = _fma_np(_XP0, r, _XP1)
+        for c in (_XP2, _XP3, _XP4, _XP56, _XP56):
+            p = _fma_np(p, r, c)
+        y = p * np.ldexp(_ONE, m.astype(np.int32)).astype(F32)
+        return np.where(nan, v, y).astype(F32)
+
+
+def _lane_sums8(e: np.ndarray) -> np.ndarray:
+    """Rows of ``e`` summed as the AVX accumulator does: lane j = 0 + e[j] + e[j+8] + ... (in
+    order), then ((l0+l1)+(l2+l3)) and ((l4+l5)+(l6+l7)), then their sum."""
+    rows, d = e.shape
+    pad = (-d) % 8
+    ep = np.concatenate([e, np.zeros((rows, pad), F32)], axis=1).reshape(rows, -1, 8)
+    lanes = np.zeros((rows, 8), F32)
+    for k in range(ep.shape[1]):
+        lanes = (lanes + ep[:, k, :]).astype(F32)
+    h0 = ((lanes[:, 0] + lanes[:, 1]) + (lanes[:, 2] + lanes[:, 3])).astype(F32)
+    h1 = ((lanes[:, 4] + lanes[:, 5]) + (lanes[:, 6] + lanes[:, 7])).astype(F32)
+    return (h1 + h0).astype(F32)
+
+
+def _np_softmax_rows(x: np.ndarray, log: bool) -> np.ndarray:
+    negmax = -np.max(x, axis=1, keepdims=True) if x.shape[1] else np.zeros((x.shape[0], 1), F32)
+    e = _np_sumexp(x, negmax)
+    total = _lane_sums8(e)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if log:
+            return (((x + negmax).astype(F32)) - _logf_np(total)).astype(F32)
+        return (e * (_ONE / total)).astype(F32)
+
+
+# --------------------------------------------------------------------------------------------
+# sums: GlobalAveragePool (MLAS) and ReduceSum/ReduceMean over trailing axes (Eigen)
+
+
+@kernel
+def _nb_global_average(x, out):
+    """Rows of ``x``: MlasPoolGlobalKernel<AVERAGE>: 4 lanes from 0 over the first n - n%4
+    elements, (l0+l2)+(l1+l3), then the rest one by one, divided by float(n)."""
+    rows, n = x.shape
+    n4 = n - n % 4
+    for r in range(rows):
+        l0 = _ZERO
+        l1 = _ZERO
+        l2 = _ZERO
+        l3 = _ZERO
+        for i in range(0, n4, 4):
+            l0 += x[r, i]
+            l1 += x[r, i + 1]
+            l2 += x[r, i + 2]
+            l3 += x[r, i + 3]
+        s = (l0 + l2) + (l1 + l3)
+        for i in range(n4, n):
+            s += x[r, i]
+        out[r] = s / F32(n)
+
+
+def _np_global_average(x: np.ndarray) -> np.ndarray:
+    rows, n = x.shape
+    n4 = n - n % 4
+    lanes = np.zeros((rows, 4), F32)
+    for i in range(0, n4, 4):
+        lanes = (lanes + x[:, i:i + 4]).astype(F32)
+    s = ((lanes[:, 0] + lanes[:, 2]) + (lanes[:, 1] + lanes[:, 3])).astype(F32)
+    for i in range(n4, n):
+        s = (s + x[:, i]).astype(F32)
+    return (s / F32(n)).astype(F32)
+
+
+@kernel
+def _nb_eigen_row_sums(x, out):
+    """Rows of ``x`` (row r starts at element r*n of a 16-byte-aligned buffer): Eigen's
+    vectorised redux (packets of 4). ``a`` = elements before the first aligned one::
+
+        p0 = x[a:a+4]; p1 = x[a+4:a+8]; p0 += x[i:i+4], p1 += x[i+4:i+8] for each pair of packets
+        p0 += p1; p0 += the last whole packet (if odd); s = (p0[0]+p0[2]) + (p0[1]+p0[3])
+        s += x[0], ..., x[a-1]; s += the tail elements
+    Rows too short for one packet are summed left to right."""
+    rows, n = x.shape
+    for r in range(rows):
+        a = (-(r * n)) % 4
+        if a > n:
+            a = n
+        size4 = ((n - a) // 4) * 4
+        size8 = ((n - a) // 8) * 8
+        end4 = a + size4
+        end8 = a + size8
+        if size4 == 0:
+            s = x[r, 0]
+            for i in range(1, n):
+                s += x[r, i]
+            out[r] = s
+            continue
+        p00 = x[r, a]
+        p01 = x[r, a + 1]
+        p02 = x[r, a + 2]
+        p03 = x[r, a + 3]
+        if size4 > 4:
+            p10 = x[r, a + 4]
+            p11 = x[r, a + 5]
+            p12 = x[r, a + 6]
+            p13 = x[r, a + 7]
+            for i in range(a + 8, end8, 8):
+                p00 += x[r, i]
+                p01 += x[r, i + 1]
+                p02 += x[r, i + 2]
+                p03 += x[r, i + 3]
+                p10 += x[r, i + 4]
+                p11 += x[r, i + 5]
+                p12 += x[r, i + 6]
+                p13 += x[r, i + 7]
+            p00 += p10
+            p01 += p11
+            p02 += p12
+            p03 += p13
+            if end4 > end8:
+                p00 += x[r, end8]
+                p01 += x[r, end8 + 1]
+                p02 += x[r, end8 + 2]
+                p03 += x[r, end8 + 3]
+        s = (p00 + p02) + (p01 + p03)
+        for i in range(a):
+            s += x[r, i]
+        for i in range(end4, n):
+            s += x[r, i]
+        out[r] = s
+
+
+def _np_eigen_row_sums(x: np.ndarray) -> np.ndarray:
+    rows, n = x.shape
+    out = np.empty(rows, F32)
+    starts = (-(np.arange(rows) * n)) % 4
+    for a in np.unique(starts):
+        sel = np.nonzero(starts == a)[0]
+        xs = x[sel]
+        a = int(min(a, n))
+        size4 = ((n - a) // 4) * 4
+        size8 = ((n - a) // 8) * 8
+        end4, end8 = a + size4, a + size8
+        if size4 == 0:
+            s = xs[:, 0].copy()
+            for i in range(1, n):
+                s = (s + xs[:, i]).astype(F32)
+            out[sel] = s
+            continue
+        p0 = xs[:, a:a + 4].copy()
+        if size4 > 4:
+            p1 = xs[:, a + 4:a + 8].copy()
+            for i in range(a + 8, end8, 8):
+                p0 = (p0 + xs[:, i:i + 4]).astype(F32)
+                p1 = (p1 + xs[:, i + 4:i + 8]).astype(F32)
+            p0 = (p0 + p1).astype(F32)
+            if end4 > end8:
+                p0 = (p0 + xs[:, end8:end8 + 4]).astype(F32)
+        s = ((p0[:, 0] + p0[:, 2]) + (p0[:, 1] + p0[:, 3])).astype(F32)
+        for i in list(range(a)) + list(range(end4, n)):
+            s = (s + xs[:, i]).astype(F32)
+        out[sel] = s
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# public functions
+
+
+def _f32_flat(x) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=F32).ravel()
+
+
+def _elementwise(nb_fn, np_fn, x) -> np.ndarray:
+    x = np.asarray(x, F32)
+    flat = _f32_flat(x)
+    if USE_NUMBA:
+        out = np.empty_like(flat)
+        nb_fn(flat, out)
+    else:
+        out = np_fn(flat)
+    return out.reshape(x.shape)
+
+
+def logistic(x) -> np.ndarray:
+    """Sigmoid as ORT computes it (MLAS logistic kernel, FMA3)."""
+    return _elementwise(_nb_logistic, _np_logistic, x)
+
+
+def tanh(x) -> np.ndarray:
+    """Tanh as ORT computes it (MLAS tanh kernel, FMA3)."""
+    return _elementwise(_nb_tanh, _np_tanh, x)
+
+
+def erf(x) -> np.ndarray:
+    """Erf as ORT computes it (MLAS erf kernel, FMA3)."""
+    return _elementwise(_nb_erf, _np_erf, x)
+
+
+def exp(x) -> np.ndarray:
+    """Exp as ORT computes it (MLAS exp kernel, FMA3)."""
+    return _elementwise(_nb_exp, _np_exp, x)
+
+
+def log(x) -> np.ndarray:
+    """Log as ORT computes it: Eigen's packet log on the first n - n%4 elements of the flattened
+    tensor, C logf on the last n%4 (Eigen's scalar tail)."""
+    return _elementwise(_nb_log, _np_log, x)
+
+
+def gelu(x, approximate: str = "none") -> np.ndarray:
+    """Gelu (opset 20) as ORT's CPU kernel computes it, every step in float32::
+
+        none: y = (0.5*x) * (erf(x * f32(1/sqrt2)) + 1)               (MLAS erf)
+        tanh: y = (0.5*x) * (tanh(x * ((C*x)*x + B)) + 1)              (MLAS tanh)
+              B = sqrt(2/pi), C = 0.044715*sqrt(2/pi) as float32
+    """
+    x = np.asarray(x, F32)
+    if approximate == "none":
+        inner = erf((x * _SQRT1_2).astype(F32))
+    else:
+        inner = tanh((x * ((_GELU_C * x * x).astype(F32) + _GELU_B)).astype(F32))
+    with np.errstate(over="ignore", invalid="ignore"):
+        return ((_HALF * x).astype(F32) * (inner + _ONE).astype(F32)).astype(F32)
+
+
+def softmax_rows(x2d, *, log: bool = False) -> np.ndarray:
+    """Softmax (or LogSoftmax) of every row of a 2-D array, as MlasComputeSoftmax::
+
+        negmax = -max(row); e_i = sumexp(x_i, negmax)   (see _sumexp1)
+        S = 8-lane sum of e (see _lane_sums8)
+        softmax:    y_i = e_i * (1 / S)
+        logsoftmax: y_i = (x_i + negmax) - logf(S)
+    """
+    x = np.ascontiguousarray(x2d, dtype=F32)
+    if x.size == 0:
+        return x.copy()
+    if USE_NUMBA:
+        out = np.empty_like(x)
+        _nb_softmax_rows(x, out, log)
+        return out
+    return _np_softmax_rows(x, log)
+
+
+def global_average(x2d) -> np.ndarray:
+    """Mean of every row as MlasPoolGlobalKernel<AVERAGE> (GlobalAveragePool, one row per
+    (n, c) plane)."""
+    x = np.ascontiguousarray(x2d, dtype=F32)
+    if USE_NUMBA:
+        out = np.empty(x.shape[0], F32)
+        _nb_global_average(x, out)
+        return out
+    return _np_global_average(x)
+
+
+def eigen_row_sums(x2d) -> np.ndarray:
+    """Sum of every row of a C-contiguous 2-D array as Eigen's vectorised ``.sum()`` (ORT's
+    ReduceSum/ReduceMean when the reduced axes are the trailing ones). Row r starts r*n
+    elements after a 16-byte-aligned base, which decides where Eigen's aligned packets start."""
+    x = np.ascontiguousarray(x2d, dtype=F32)
+    if x.shape[1] == 0:
+        return np.zeros(x.shape[0], F32)
+    if USE_NUMBA:
+        out = np.empty(x.shape[0], F32)
+        _nb_eigen_row_sums(x, out)
+        return out
+    return _np_eigen_row_sums(x)
+
+
+def sequential_sums(x2d) -> np.ndarray:
+    """Sum of every row, left to right from the first element (ORT's generic reduction loop)."""
+    x = np.ascontiguousarray(x2d, dtype=F32)
+    if x.shape[1] == 0:
+        return np.zeros(x.shape[0], F32)
+    s = x[:, 0].copy()
+    for i in range(1, x.shape[1]):
+        s = (s + x[:, i]).astype(F32)
+    return s
