@@ -22,7 +22,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import OpError
-from . import gemm_exact
+from . import gemm_exact, math_exact
 from .registry import register
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -521,6 +521,9 @@ def global_average_pool(x):
     """``Y[n, c, 1, ...] = mean over the spatial axes of X[n, c, ...]``."""
     if x.ndim < 3:
         raise OpError(f"input X has shape {list(x.shape)}; expected rank >= 3 (N, C, spatial...)")
+    if x.dtype == np.float32 and x.size:  # ORT's MlasPoolGlobalKernel, bit for bit
+        planes = x.reshape(x.shape[0] * x.shape[1], -1)
+        return math_exact.global_average(planes).reshape(x.shape[:2] + (1,) * (x.ndim - 2))
     return np.mean(x, axis=tuple(range(2, x.ndim)), keepdims=True, dtype=x.dtype)
 
 
@@ -625,10 +628,22 @@ def _softmax_axis(x, axis) -> int:
     return axis % x.ndim
 
 
+def _exact_softmax(x, axis: int, *, log: bool) -> np.ndarray:
+    """float32 (Log)Softmax along ``axis`` as ONNX Runtime: the axis moved last, one row at a time
+    (:func:`qsim.ops.math_exact.softmax_rows`), moved back."""
+    if x.size == 0:
+        return x.copy()
+    moved = np.moveaxis(x, axis, -1)
+    rows = math_exact.softmax_rows(moved.reshape(-1, moved.shape[-1]), log=log)
+    return np.ascontiguousarray(np.moveaxis(rows.reshape(moved.shape), -1, axis))
+
+
 @register("Softmax")
 def softmax(x, *, axis=-1):
     """``Y = exp(X - max) / Σ exp(X - max)`` along ``axis`` (opset >= 13: one axis)."""
     axis = _softmax_axis(x, axis)
+    if x.dtype == np.float32:  # ORT's MlasComputeSoftmax, bit for bit
+        return _exact_softmax(x, axis, log=False)
     e = np.exp(x - np.max(x, axis=axis, keepdims=True))
     e /= np.sum(e, axis=axis, keepdims=True)
     return e
@@ -638,6 +653,8 @@ def softmax(x, *, axis=-1):
 def log_softmax(x, *, axis=-1):
     """``Y = (X - max) - log Σ exp(X - max)`` along ``axis`` (opset >= 13: one axis)."""
     axis = _softmax_axis(x, axis)
+    if x.dtype == np.float32:  # ORT's MlasComputeSoftmax, bit for bit
+        return _exact_softmax(x, axis, log=True)
     shifted = x - np.max(x, axis=axis, keepdims=True)
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 
