@@ -76,8 +76,8 @@ class EncodingEntry:
         ax = None
         if self.per_channel:
             ax = axis if axis is not None else (self.axis if self.axis is not None else 0)
-        shape = slice(None) if self.per_channel else 0
-        scale, offset = self.scale[shape], self.offset[shape]
+        values = slice(None) if self.per_channel else 0    # (C,) or a scalar
+        scale, offset = self.scale[values], self.offset[values]
         return Encoding(min=scale * offset, max=scale * (offset + steps), delta=scale,
                         offset=offset, bitwidth=self.bitwidth, symmetric=sym,
                         strict_symmetric=bool(strict_symmetric),
@@ -424,10 +424,10 @@ def _check_entry(sim, handle, tensor: str, entry: EncodingEntry) -> list[str]:
                    f"its quantizer is {'a parameter' if spec.is_param else 'an activation'} "
                    f"quantizer (move it to {want})")
     if entry.bitwidth != spec.bitwidth:
-        out.append(f"bitwidth {entry.bitwidth} (field '{'output_dtype' if entry.symmetric is None else 'bw'}' "
-                   f"= {entry.dtype!r}); the quantizer is {spec.bitwidth}-bit")
-    if entry.dtype.startswith("int") and entry.symmetric is None and entry.bitwidth == spec.bitwidth \
-            and not spec.symmetric:
+        out.append(f"bitwidth {entry.bitwidth} ({entry.dtype}); the quantizer is "
+                   f"{spec.bitwidth}-bit")
+    signed_v2 = entry.symmetric is None and entry.dtype.startswith("int")
+    if signed_v2 and entry.bitwidth == spec.bitwidth and not spec.symmetric:
         out.append(f"output_dtype {entry.dtype!r} is a signed type; the quantizer is asymmetric "
                    f"(use 'uint{spec.bitwidth}')")
     if entry.symmetric is not None and entry.symmetric != spec.symmetric:
@@ -454,7 +454,7 @@ def _v2_implied_problems(sim, f: EncodingsFile, encodings: Mapping, entries: lis
     scales are compared to float32 round-off (rtol 1e-6), types and zero points exactly."""
     from .export import Exported, document_v2
     handles = sim._handles
-    exported = [Exported(t, handles[qid].spec.is_param, encodings[qid])
+    exported = [Exported(name=t, is_param=handles[qid].spec.is_param, encoding=encodings[qid])
                 for t, qid in sim.placement.quantizer_of.items() if qid in encodings]
     implied = {e.name: e for e in _parse_v2(document_v2(sim.graph, exported),
                                             _Problems("(implied)"))}

@@ -44,8 +44,6 @@ GRID_PRESERVING = frozenset({
     "Squeeze", "Tile", "TopK", "Transpose", "Unsqueeze"})
 #: 2.0.0 (b): ops through which an encoding is copied (placement.md §6).
 DERIVED_OPS = GRID_PRESERVING | {"Clip", "Max", "Min", "Pad", "Where"}
-#: 2.0.0 (a): ops whose int32 bias scale is ``s_in·s_w`` (weight slot 1, bias slot 2).
-LINEAR_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 #: 2.0.0 (a): ops whose int32 bias scale is ``max|b|/2^31``: op type → (weight slot, bias slot).
 NORM_OPS = {"LayerNormalization": (1, 2), "BatchNormalization": (1, 2),
             "InstanceNormalization": (1, 2), "GroupNormalization": (1, 2),
@@ -54,7 +52,7 @@ NORM_OPS = {"LayerNormalization": (1, 2), "BatchNormalization": (1, 2),
 BIAS_SCALE_FLOOR = np.float32(2.33e-12)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Exported:
     """One tensor's entry: its name, whether it is a parameter, its encoding."""
 
@@ -176,7 +174,7 @@ def _float_cast(graph: Graph, node: Node) -> bool:
     return all(k is not None and (k.kind == "f" or k.name == "bfloat16") for k in kinds)
 
 
-def weight_and_bias(graph: Graph, node: Node, consumers) -> tuple | None:
+def weight_and_bias(graph: Graph, node: Node, producers, consumers) -> tuple | None:
     """``(weight, bias, kind)`` of an op that can take an int32 bias, or None.
 
     Conv/ConvTranspose/Gemm (fused MatMul+Add included): inputs 1 and 2, kind "linear".
@@ -199,7 +197,7 @@ def weight_and_bias(graph: Graph, node: Node, consumers) -> tuple | None:
         if w is None:
             return None
         if w not in graph.params:
-            prod = graph.producers().get(w)
+            prod = producers.get(w)
             if prod is None or prod.op_type != "Transpose" or prod.inputs[0] not in graph.params:
                 return None
             w = prod.inputs[0]
@@ -240,7 +238,7 @@ def bias_entries(graph: Graph, exported: Iterable[Exported]) -> dict[str, dict]:
 
     out: dict[str, dict] = {}
     for node in graph.nodes:
-        found = weight_and_bias(graph, node, consumers)
+        found = weight_and_bias(graph, node, producers, consumers)
         if found is None:
             continue
         w, b, kind = found
@@ -352,7 +350,8 @@ def exported_encodings(sim) -> Iterator[Exported]:
     for tensor, qid in sim.placement.quantizer_of.items():
         handle = sim._handles[qid]
         if handle.enabled and handle.quantizer.encoding is not None:
-            yield Exported(tensor, handle.spec.is_param, handle.quantizer.encoding)
+            yield Exported(name=tensor, is_param=handle.spec.is_param,
+                           encoding=handle.quantizer.encoding)
 
 
 def quantizer_args(sim) -> dict:

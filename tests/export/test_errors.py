@@ -142,8 +142,8 @@ def test_wrong_bitwidth_symmetry_and_kind_are_named(tmp_path):
     doc["param_encodings"].remove(moved)
     doc["activation_encodings"].append(moved)
     msg = _load_error(tmp_path, doc)
-    assert "se_out: activation_encodings[10] ('se_out'): bitwidth 16 (field 'bw' = 'int16'); " \
-           "the quantizer is 8-bit" in msg
+    assert "se_out: activation_encodings[10] ('se_out'): bitwidth 16 (int16); the quantizer " \
+           "is 8-bit" in msg
     assert "stem.weight: param_encodings[0] ('stem.weight'): is_sym = False; the quantizer is " \
            "symmetric" in msg
     assert "up.weight" in msg and "its quantizer is a parameter quantizer" in msg

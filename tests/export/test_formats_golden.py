@@ -18,7 +18,8 @@ from .golden import CASES, FILES, differences, folder, golden_doc
 def _exported(case_id: str, version: str, axes: dict | None = None) -> tuple:
     f = read_encodings(folder(case_id) / FILES[version])
     axes = axes or {}
-    ex = [Exported(e.name, e.is_param, e.to_encoding(axis=axes.get(e.name))) for e in f.entries]
+    ex = [Exported(name=e.name, is_param=e.is_param, encoding=e.to_encoding(axis=axes.get(e.name)))
+          for e in f.entries]
     return f, ex
 
 

@@ -5,9 +5,10 @@
 2. Teacher-forced: each quantized activation computed by ORT from qsim's quantized inputs is
    within 1 LSB of qsim's (float ops of ORT and qsim may differ by ulps, moving at most one
    rounding boundary per element).
-3. End to end: where (2) finds no difference at all the outputs are bit-identical; where it
-   does (the misc cases: qsim's Conv differs from ORT's by float32 ulps), those flips propagate
-   to a few output elements (≤ 2% of them, ≤ 2 LSB).
+3. End to end: where (2) finds no difference at all the outputs are bit-identical; everywhere
+   every output element is within 1 LSB. (The one case with flips, misc w8a16: its QDQ model
+   needs opset 21 for uint16, and ONNX Runtime's AveragePool kernel from opset 19 on sums in
+   another order than the opset-17 kernel qsim reproduces.)
 """
 from __future__ import annotations
 
@@ -113,7 +114,8 @@ def test_qdq_teacher_forced_within_one_lsb(case_id):
 
 @pytest.mark.parametrize("case_id", CASES)
 def test_qdq_model_end_to_end(case_id):
-    """Bit-identical outputs unless ORT's float ops moved a rounding boundary somewhere."""
+    """Bit-identical outputs unless ORT's float ops moved a rounding boundary somewhere; within
+    1 LSB of each output's scale on every element in any case."""
     sim = shared_calibrated_sim(case_id, "half_even")
     flips = sum(int((_lsb_steps(a, b, sim.quantizers[t].encoding) > 0).sum())
                 for t, (a, b) in _teacher_forced(sim, case_id).items())
@@ -125,10 +127,9 @@ def test_qdq_model_end_to_end(case_id):
         differ = int((got[name] != want[name]).sum())
         if flips == 0:
             assert differ == 0, (name, differ)
-        else:  # measured on the golden cases: ≤ 1.1% of the elements, ≤ 2 LSB
+        else:
             steps = _lsb_steps(got[name], want[name], sim.quantizers[name].encoding)
-            assert differ <= 0.02 * want[name].size and steps.max() <= 2, \
-                (name, differ, flips, steps.max())
+            assert steps.max() <= 1, (name, differ, flips, steps.max())
 
 
 @pytest.mark.parametrize("case_id", CASES)

@@ -72,22 +72,8 @@ def test_round_trip_gives_identical_outputs(case_id, version, tmp_path):
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
 
 
-#: qsim's FP32 Conv differs from ONNX Runtime's (which AIMET runs) by float32 ulps on many
-#: elements of this model (stem_out: ~12k of 16k elements of eval.npz, up to 7e-7); with 16-bit
-#: activations (LSB ~1e-4) some of those cross a rounding boundary of the next quantizer. Not an
-#: encodings problem: the same files give AIMET's outputs on every other case. Remove the mark
-#: when qsim's Conv matches ORT's bit for bit.
-CONV_ULP_CASES = {"misc_s32_htp_v75_tf_w8a16"}
-
-
-def _case_params():
-    return [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="qsim FP32 Conv != ORT "
-                                                    "by float32 ulps (see CONV_ULP_CASES)"))
-            if c in CONV_ULP_CASES else c for c in CASES]
-
-
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("case_id", _case_params())
+@pytest.mark.parametrize("case_id", CASES)
 def test_aimet_files_give_aimet_outputs(case_id, version):
     """Loading AIMET's own file (any format) into an uncalibrated sim reproduces AIMET's
     simulated outputs on eval.npz (to 1e-5 of an output LSB, as tests/test_sim_golden.py)."""
