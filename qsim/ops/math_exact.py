@@ -629,7 +629,7 @@ def _np_global_average(x: np.ndarray) -> np.ndarray:
 
 
 @kernel
-def _nb_eigen_row_sums(x, out):
+def _nb_eigen_row_sums(x, offsets, out):
     """Rows of ``x`` (row r starts at element r*n of a 16-byte-aligned buffer): Eigen's
     vectorised redux (packets of 4). ``a`` = elements before the first aligned one::
 
@@ -639,7 +639,7 @@ def _nb_eigen_row_sums(x, out):
     Rows too short for one packet are summed left to right."""
     rows, n = x.shape
     for r in range(rows):
-        a = (-(r * n)) % 4
+        a = (-offsets[r]) % 4
         if a > n:
             a = n
         size4 = ((n - a) // 4) * 4
@@ -687,10 +687,10 @@ def _nb_eigen_row_sums(x, out):
         out[r] = s
 
 
-def _np_eigen_row_sums(x: np.ndarray) -> np.ndarray:
+def _np_eigen_row_sums(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     rows, n = x.shape
     out = np.empty(rows, F32)
-    starts = (-(np.arange(rows) * n)) % 4
+    starts = (-offsets) % 4
     for a in np.unique(starts):
         sel = np.nonzero(starts == a)[0]
         xs = x[sel]
@@ -810,18 +810,22 @@ def global_average(x2d) -> np.ndarray:
     return _np_global_average(x)
 
 
-def eigen_row_sums(x2d) -> np.ndarray:
-    """Sum of every row of a C-contiguous 2-D array as Eigen's vectorised ``.sum()`` (ORT's
-    ReduceSum/ReduceMean when the reduced axes are the trailing ones). Row r starts r*n
-    elements after a 16-byte-aligned base, which decides where Eigen's aligned packets start."""
+def eigen_row_sums(x2d, offsets=None) -> np.ndarray:
+    """Sum of every row of a 2-D array as Eigen's vectorised ``.sum()`` (ORT's ReduceSum /
+    ReduceMean when the reduced axes are the trailing ones). Row r lies ``offsets[r]`` elements
+    (default ``r * n``) after a 16-byte-aligned base, which decides where Eigen's aligned packets
+    start."""
     x = np.ascontiguousarray(x2d, dtype=F32)
-    if x.shape[1] == 0:
-        return np.zeros(x.shape[0], F32)
+    rows, n = x.shape
+    if n == 0:
+        return np.zeros(rows, F32)
+    offsets = (np.arange(rows, dtype=np.int64) * n if offsets is None
+               else np.ascontiguousarray(offsets, dtype=np.int64))
     if USE_NUMBA:
-        out = np.empty(x.shape[0], F32)
-        _nb_eigen_row_sums(x, out)
+        out = np.empty(rows, F32)
+        _nb_eigen_row_sums(x, offsets, out)
         return out
-    return _np_eigen_row_sums(x)
+    return _np_eigen_row_sums(x, offsets)
 
 
 def sequential_sums(x2d) -> np.ndarray:
@@ -832,4 +836,68 @@ def sequential_sums(x2d) -> np.ndarray:
     s = x[:, 0].copy()
     for i in range(1, x.shape[1]):
         s = (s + x[:, i]).astype(F32)
+    return s
+
+
+# --------------------------------------------------------------------------------------------
+# ReduceSum / ReduceMean (onnxruntime/core/providers/cpu/reduction/reduction_ops.cc)
+
+
+def fast_reduce_shape(shape, axes) -> tuple[str, tuple[int, ...]]:
+    """ORT's view of a reduction: size-1 axes dropped, neighbouring axes of the same kind merged.
+    Returns the pattern (``"K"`` kept / ``"R"`` reduced per merged axis, e.g. ``"KR"``) and the
+    merged sizes."""
+    kinds, sizes = [], []
+    for i, n in enumerate(shape):
+        if n == 1 and i not in axes and not kinds:
+            continue  # leading kept axes of size 1 do not count
+        kind = "R" if i in axes else "K"
+        if kinds and kinds[-1] == kind:
+            sizes[-1] *= n
+        else:
+            kinds.append(kind)
+            sizes.append(n)
+    return "".join(kinds), tuple(sizes)
+
+
+def reduce_sum(x, axes, *, mean: bool = False) -> np.ndarray:
+    """float32 ReduceSum (or ReduceMean) over ``axes`` as ONNX Runtime, ``keepdims`` dropped::
+
+        "R", "KR"  rows summed by Eigen's vectorised sum (:func:`eigen_row_sums`)
+        "RK"       out = row 0; out += row 1; ... (one row of the kept block at a time)
+        "KRK"      per leading index, ones(1, R) @ X[i] through MLAS sgemm (qsim.ops.gemm_exact)
+        "RKR"      per kept index k: 0 + eigen_sum(X[0, k, :]) + eigen_sum(X[1, k, :]) + ...
+                   (with a single kept index: the generic loop)
+        others     left to right over the reduced positions (ORT's generic loop)
+    ReduceMean divides the sums by float(count)."""
+    x = np.require(np.asarray(x, F32), requirements="C")  # (keeps a 0-d input 0-d)
+    axes = tuple(sorted(set(axes)))
+    out_shape = tuple(n for i, n in enumerate(x.shape) if i not in axes)
+    count = math.prod(x.shape[a] for a in axes)
+    kind, sizes = fast_reduce_shape(x.shape, axes)
+    if x.size == 0 or count == 1 or kind in ("", "K"):
+        s = np.sum(x, axis=axes, dtype=F32)
+    elif kind in ("R", "KR"):
+        s = eigen_row_sums(x.reshape(-1, sizes[-1]))
+    elif kind == "RK":
+        s = sequential_sums(x.reshape(sizes).T)
+    elif kind == "KRK":
+        from . import gemm_exact  # late import: gemm_exact is large and owned elsewhere
+        d0, d1, d2 = sizes
+        ones = np.ones((1, 1, d1), F32)
+        s = gemm_exact.matmul(ones, x.reshape(d0, d1, d2), threads=1)
+    elif kind == "RKR" and sizes[1] > 1:
+        d0, d1, d2 = sizes
+        blocks = x.reshape(d0 * d1, d2)
+        block_sums = eigen_row_sums(blocks).reshape(d0, d1)
+        s = np.zeros(d1, F32)
+        for r in range(d0):
+            s = (s + block_sums[r]).astype(F32)
+    else:
+        keep = [i for i in range(x.ndim) if i not in axes]
+        moved = np.transpose(x, keep + list(axes)).reshape(math.prod(out_shape), count)
+        s = sequential_sums(moved)
+    s = np.asarray(s, F32).reshape(out_shape)
+    if mean:
+        s = (s / F32(count)).astype(F32)
     return s

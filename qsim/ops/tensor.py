@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from ..errors import OpError
+from . import math_exact
 from .registry import register
 
 # --------------------------------------------------------------------------------------------
@@ -421,10 +422,20 @@ def _reduce(op: str, fn, data, axes_input, axes, keepdims, noop_with_empty_axes)
     return np.asarray(fn(data, axis=axes, keepdims=bool(keepdims)), dtype=data.dtype)
 
 
+def _keep(y: np.ndarray, ndim: int, axes, keepdims: bool) -> np.ndarray:
+    """``y`` (the reduced axes dropped) with size-1 axes put back when ``keepdims``."""
+    if not keepdims:
+        return y
+    kept = iter(y.shape)
+    return y.reshape([1 if i in axes else next(kept) for i in range(ndim)])
+
+
 @register("ReduceMean")
 def reduce_mean(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_axes=0):
     """Y = mean of data over ``axes`` (sum / count, accumulated in the input dtype)."""
     def mean(x, axis, keepdims):
+        if x.dtype == np.float32:  # ONNX Runtime's summation order, bit for bit
+            return _keep(math_exact.reduce_sum(x, axis, mean=True), x.ndim, axis, keepdims)
         dtype = x.dtype if x.dtype.kind == "f" else np.float64
         return np.mean(x, axis=axis, keepdims=keepdims, dtype=dtype)
     return _reduce("ReduceMean", mean, data, axes_input, axes, keepdims, noop_with_empty_axes)
@@ -434,6 +445,8 @@ def reduce_mean(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty
 def reduce_sum(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_axes=0):
     """Y = sum of data over ``axes`` (in the input dtype)."""
     def total(x, axis, keepdims):
+        if x.dtype == np.float32:  # ONNX Runtime's summation order, bit for bit
+            return _keep(math_exact.reduce_sum(x, axis), x.ndim, axis, keepdims)
         return np.sum(x, axis=axis, keepdims=keepdims, dtype=x.dtype)
     return _reduce("ReduceSum", total, data, axes_input, axes, keepdims, noop_with_empty_axes)
 
