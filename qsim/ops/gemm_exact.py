@@ -59,8 +59,9 @@ _MAX_THREADS = 16                # MLAS_MAXIMUM_THREAD_COUNT (convolution)
 _PACKED_STRIDE_K = 256           # MLAS_SGEMM_PACKED_STRIDEK
 
 
-def _compile(parallel: bool = False):
-    return numba.njit(cache=True, nogil=True, fastmath=False, parallel=parallel)
+def _compile(parallel: bool = False, inline: bool = False):
+    return numba.njit(cache=True, nogil=True, fastmath=False, parallel=parallel,
+                      inline="always" if inline else "never")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,11 +194,24 @@ _PB = 64      # columns per register tile of the general kernel
 _MB = 4       # rows per register tile
 
 
+@_compile(inline=True)
+def _chain_rows(a, b, acc, mb, mr, k0, k1, p0, pw):
+    """``acc[r, j] = fma(a[mb + r, k], b[k, p0 + j], acc[r, j])`` for ``k`` ascending."""
+    for kk in range(k0, k1):
+        brow = b[kk, p0:p0 + pw]
+        for r in range(mr):
+            av = a[mb + r, kk]
+            ar = acc[r * _PB:r * _PB + pw]
+            for j in range(pw):
+                ar[j] = _fma32(av, brow[j], ar[j])
+
+
 @_compile()
 def _tile_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
+    """General kernel on a tile; loops ordered for speed (a ``_MB x _PB`` accumulator block, the
+    innermost loop over contiguous columns vectorizes), each element's chain unchanged."""
     k = a.shape[1]
-    acc = np.zeros((_MB, _PB), dtype=np.float32)
-    f0 = np.float32(0.0)
+    acc = np.zeros(_MB * _PB, dtype=np.float32)
     for p0 in range(n0, n1, _PB):
         pw = min(_PB, n1 - p0)
         first = zero_first
@@ -205,20 +219,20 @@ def _tile_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
             k1 = min(k, k0 + kb)
             for mb in range(m0, m1, _MB):
                 mr = min(_MB, m1 - mb)
+                acc[:] = 0.0
+                if mr == _MB:
+                    _chain_rows(a, b, acc, mb, _MB, k0, k1, p0, pw)
+                else:
+                    _chain_rows(a, b, acc, mb, mr, k0, k1, p0, pw)
                 for r in range(mr):
-                    for j in range(pw):
-                        acc[r, j] = f0
-                for kk in range(k0, k1):
-                    for r in range(mr):
-                        av = a[mb + r, kk]
+                    ar = acc[r * _PB:r * _PB + pw]
+                    crow = c[mb + r, p0:p0 + pw]
+                    if first:
                         for j in range(pw):
-                            acc[r, j] = _fma32(av, b[kk, p0 + j], acc[r, j])
-                for r in range(mr):
-                    for j in range(pw):
-                        if first:
-                            c[mb + r, p0 + j] = acc[r, j] * alpha
-                        else:
-                            c[mb + r, p0 + j] = _fma32(acc[r, j], alpha, c[mb + r, p0 + j])
+                            crow[j] = ar[j] * alpha
+                    else:
+                        for j in range(pw):
+                            crow[j] = _fma32(ar[j], alpha, crow[j])
             first = False
 
 
