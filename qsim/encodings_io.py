@@ -71,7 +71,8 @@ class EncodingEntry:
         """
         sym = bool(self.symmetric) if symmetric is None else bool(symmetric)
         if strict_symmetric is None:
-            strict_symmetric = sym and bool(np.all(self.offset == -(2.0 ** (self.bitwidth - 1) - 1)))
+            strict_offset = -(2.0 ** (self.bitwidth - 1) - 1)
+            strict_symmetric = sym and bool(np.all(self.offset == strict_offset))
         steps = 2.0 ** self.bitwidth - 1 - (1.0 if sym and strict_symmetric else 0.0)
         ax = None
         if self.per_channel:
@@ -403,7 +404,7 @@ class LoadReport:
 
     applied: tuple             # tensors whose quantizer got the file's encoding
     implied: tuple             # 2.0.0 int32 bias / derived entries (checked, nothing to apply)
-    disabled: tuple            # strict=False: enabled quantizers left without encoding, now disabled
+    disabled: tuple            # strict=False: enabled quantizers left without encoding (now off)
     problems: tuple            # (tensor, message) for each missing, extra or mismatched entry
 
 
@@ -434,9 +435,9 @@ def _check_entry(sim, handle, tensor: str, entry: EncodingEntry) -> list[str]:
         out.append(f"is_sym = {entry.symmetric}; the quantizer is "
                    f"{'symmetric' if spec.symmetric else 'asymmetric'}")
     if entry.per_channel != (spec.axis is not None):
+        granularity = "per-tensor" if spec.axis is None else f"per-channel along axis {spec.axis}"
         out.append(f"is {'per-channel' if entry.per_channel else 'per-tensor'} "
-                   f"({entry.num_channels} values); the quantizer is "
-                   f"{'per-channel along axis %d' % spec.axis if spec.axis is not None else 'per-tensor'}")
+                   f"({entry.num_channels} values); the quantizer is {granularity}")
     elif spec.axis is not None:
         shape = _shape_of(sim, tensor)
         axis = spec.axis % len(shape) if shape else spec.axis

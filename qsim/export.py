@@ -3,8 +3,9 @@
 The only place where qsim's internal :class:`~qsim.quant.Encoding` (AIMET sign convention) is
 turned into file formats (config-and-export.md, placement.md §6):
 
-* 1.0.0 — ``{"activation_encodings": [...], "param_encodings": [...], "producer", "quantizer_args",
-  "version"}``; each entry ``{bw, dtype: "INT", enc_type, is_sym, name, offset: [...], scale: [...]}``.
+* 1.0.0 — ``{"activation_encodings": [...], "param_encodings": [...], "producer",
+  "quantizer_args", "version"}``; each entry ``{bw, dtype: "INT", enc_type, is_sym, name,
+  offset: [...], scale: [...]}``.
 * 0.6.1 — dicts keyed by tensor name, each a list (one element per channel) of
   ``{bitwidth, dtype: "int", is_symmetric: "True"|"False", max, min, offset, scale}`` with
   ``min = scale·offset`` and ``max = scale·(2^bw - 1 + offset)`` recomputed in float64 (also for
@@ -64,7 +65,8 @@ class Exported:
 # ---- atomic files ------------------------------------------------------------------------------
 
 def write_atomic(path: "str | os.PathLike", data: bytes) -> Path:
-    """Write ``data`` to ``path`` all at once: temp file + fsync + rename; old file kept on error."""
+    """Write ``data`` to ``path`` all at once: temp file + fsync + rename (old file kept on
+    error, temp file removed; an OSError becomes ExportError naming the path or folder)."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -4,7 +4,7 @@ tensor, runnable by ONNX Runtime.
 For every enabled, calibrated quantizer, on each of its tensors ``T`` (params, graph inputs,
 constant inputs, activations, every tie member)::
 
-    T ──QuantizeLinear(T_scale, T_zero_point[, axis])──▶ T_q ──DequantizeLinear──▶ T_dq
+    T ─QuantizeLinear(T_scale, T_zero_point[, axis])─▶ T_q ─DequantizeLinear(same)─▶ T_dq
 
 and every reader of ``T`` reads ``T_dq`` (a graph output ``T`` stays named ``T``: its producer
 then writes ``T_float``). The integer type and zero point are those of the 2.0.0 file

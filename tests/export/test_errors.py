@@ -46,7 +46,8 @@ def test_missing_file_is_an_export_error(tmp_path):
 
 @pytest.mark.parametrize("doc, match", [
     ([1, 2], r"\$: must be a JSON object"),
-    ({"activation_encodings": []}, r"version: must be one of \['1.0.0', '0.6.1', '2.0.0'\], got None"),
+    ({"activation_encodings": []},
+     r"version: must be one of \['1.0.0', '0.6.1', '2.0.0'\], got None"),
     ({"version": "3.0"}, r"version: .* got '3.0'"),
 ])
 def test_top_level_problems(doc, match):
@@ -70,14 +71,16 @@ def test_every_bad_1_0_0_entry_is_reported_at_once():
         parse_encodings(doc, source="doc")
     msg = str(info.value)
     assert "9 problem(s)" in msg
-    for needle in ["activation_encodings[0] ('input').bw: bitwidth must be an integer in 2..32, got 40",
+    for needle in ["activation_encodings[0] ('input').bw: bitwidth must be an integer in 2..32, "
+                   "got 40",
                    "activation_encodings[1] ('stem_relu_out').enc_type: must be 'PER_TENSOR' or "
                    "'PER_CHANNEL'",
                    "activation_encodings[2] ('branch_a_out'): scale has 2 values but offset has 1",
                    "activation_encodings[3] ('branch_b.pool_out'): missing field(s) ['offset']",
                    "activation_encodings[4] ('branch_b_out').offset: must hold integral numbers, "
                    "got -1.5",
-                   "activation_encodings[5] ('concat_out').is_sym: must be true or false, got 'False'",
+                   "activation_encodings[5] ('concat_out').is_sym: must be true or false, "
+                   "got 'False'",
                    "param_encodings[0] ('stem.weight').dtype: only integer encodings ('INT') are "
                    "supported, got 'FLOAT'",
                    "param_encodings[1] ('branch_a.conv.weight').scale: scale must not be 0",
@@ -194,7 +197,8 @@ def test_non_strict_applies_what_matches(tmp_path):
     assert set(report.disabled) == {"se.gate", "output"}
     assert not sim.quantizers["se.gate"].enabled and not sim.quantizers["output"].enabled
     ref = shared_calibrated_sim(CASE)
-    assert sim.quantizers["stem.weight"].encoding.delta == ref.quantizers["stem.weight"].encoding.delta
+    weight = "stem.weight"
+    assert sim.quantizers[weight].encoding.delta == ref.quantizers[weight].encoding.delta
     out = sim.run(eval_feeds(CASE))["output"]
     assert out.shape == ref.run(eval_feeds(CASE))["output"].shape and np.isfinite(out).all()
 
