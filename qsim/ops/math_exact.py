@@ -773,11 +773,11 @@ def gelu(x, approximate: str = "none") -> np.ndarray:
               B = sqrt(2/pi), C = 0.044715*sqrt(2/pi) as float32
     """
     x = np.asarray(x, F32)
-    if approximate == "none":
-        inner = erf((x * _SQRT1_2).astype(F32))
-    else:
-        inner = tanh((x * ((_GELU_C * x * x).astype(F32) + _GELU_B)).astype(F32))
     with np.errstate(over="ignore", invalid="ignore"):
+        if approximate == "none":
+            inner = erf((x * _SQRT1_2).astype(F32))
+        else:
+            inner = tanh((x * ((_GELU_C * x * x).astype(F32) + _GELU_B)).astype(F32))
         return ((_HALF * x).astype(F32) * (inner + _ONE).astype(F32)).astype(F32)
 
 

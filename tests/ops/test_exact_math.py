@@ -1,0 +1,242 @@
+"""qsim's float32 transcendental, softmax, pooling and reduction ops give ONNX Runtime's bits.
+
+Every expected value comes from ONNX Runtime itself (CPU provider, graph optimizations disabled,
+1 or 2 intra-op threads, as AIMET runs it); elements are compared bit for bit (NaN equals NaN).
+The Numba kernels of :mod:`qsim.ops.math_exact` are also checked against their NumPy twins, and
+the NumPy fused multiply-add against exact rational arithmetic.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import helper
+
+from qsim.ops import OPS
+from qsim.ops import math_exact as me
+
+SETTINGS = settings(max_examples=25, deadline=None)
+seeds = st.integers(0, 2**32 - 1)
+threads = st.sampled_from([1, 2])
+#: shapes with odd and non-multiple-of-8 lengths (the vector kernels' tails)
+shapes = st.lists(st.integers(1, 11), min_size=1, max_size=4).map(tuple)
+
+SPECIAL = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e30, -1e30, 3.4e38, 1e-30, -1e-30,
+                    1e-40, -1e-40, 1.0, -1.0, 0.5, 2.0, 0.921875, -0.921875, 3.925, 4.0, 5.0,
+                    9.0, -9.0, 18.0, -18.5, 88.7, 88.8, 89.0, -88.4, -103.9, -104.0, -120.0],
+                   dtype=np.float32)
+
+
+def ort_run(op, inputs, attrs=None, *, opset=17, n_threads=1, initializers=()):
+    """Run one node in ONNX Runtime as AIMET does (ORT_DISABLE_ALL, CPU provider)."""
+    names, graph_inputs, inits, feeds = [], [], [], {}
+    for i, a in enumerate(inputs):
+        name = f"in{i}"
+        names.append(name)
+        if i in initializers:
+            inits.append(onnx.numpy_helper.from_array(a, name))
+        else:
+            graph_inputs.append(helper.make_tensor_value_info(
+                name, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape))
+            feeds[name] = a
+    node = helper.make_node(op, names, ["out"], **(attrs or {}))
+    graph = helper.make_graph([node], "g", graph_inputs,
+                              [helper.make_value_info("out", onnx.TypeProto())], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = min(model.ir_version, 9)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = n_threads
+    sess = ort.InferenceSession(model.SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)[0]
+
+
+def assert_same_bits(got, expected, what=""):
+    got = np.asarray(got)
+    assert got.shape == expected.shape, f"{what}: shape {got.shape} != ORT {expected.shape}"
+    assert got.dtype == expected.dtype, f"{what}: dtype {got.dtype} != ORT {expected.dtype}"
+    same = (got.view(np.uint32) == expected.view(np.uint32)) | (np.isnan(got) & np.isnan(expected))
+    bad = np.flatnonzero(~same)
+    assert bad.size == 0, (f"{what}: {bad.size} of {got.size} elements differ, first at flat "
+                           f"{bad[:5].tolist()}: qsim {got.ravel()[bad[:5]]} vs ORT "
+                           f"{expected.ravel()[bad[:5]]}")
+
+
+def data(seed, shape, scale=3.0, special=True):
+    """Normal values times ``scale``, with some special values sprinkled in."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(shape) * scale).astype(np.float32)
+    if special and x.size:
+        k = rng.integers(0, max(1, x.size // 4) + 1)
+        x.ravel()[rng.integers(0, x.size, k)] = rng.choice(SPECIAL, k)
+    return x
+
+
+# ------------------------------------------------------------------------------ elementwise
+
+UNARY = ["Sigmoid", "Tanh", "Erf", "Exp", "Log"]
+
+
+@pytest.mark.parametrize("op", UNARY)
+def test_unary_large_and_special_values_match_ort(op):
+    x = np.concatenate([data(1, 40001, 6.0, special=False), SPECIAL, -SPECIAL,
+                        np.linspace(-120, 120, 4003, dtype=np.float32)])
+    if op == "Log":
+        x = np.abs(x) * np.where(np.arange(x.size) % 7 == 0, -1, 1).astype(np.float32)
+    assert_same_bits(OPS[op](x), ort_run(op, [x]), op)
+
+
+@pytest.mark.parametrize("op", UNARY)
+@SETTINGS
+@given(shape=shapes, seed=seeds, n_threads=threads, scale=st.sampled_from([0.3, 3.0, 30.0]))
+def test_unary_matches_ort(op, shape, seed, n_threads, scale):
+    x = data(seed, shape, scale)
+    if op == "Log":
+        x = np.abs(x)
+    assert_same_bits(OPS[op](x), ort_run(op, [x], n_threads=n_threads), op)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@SETTINGS
+@given(shape=shapes, seed=seeds, n_threads=threads)
+def test_gelu_matches_ort(approximate, shape, seed, n_threads):
+    x = data(seed, shape, 4.0)
+    expected = ort_run("Gelu", [x], {"approximate": approximate}, opset=20, n_threads=n_threads)
+    assert_same_bits(OPS["Gelu"](x, approximate=approximate), expected, "Gelu")
+
+
+def test_log_tail_uses_libm_logf():
+    # Eigen's packets take the first n - n%4 elements, C logf the rest: a value where the two
+    # differ must follow ORT in every position of arrays of length 4..12
+    x = data(5, 20000, 10.0, special=False)
+    x = np.abs(x) + np.float32(1e-3)
+    packet = me._np_log(x[:19996])
+    libm = me._logf_np(x[:19996])
+    v = x[:19996][packet != libm][0]
+    for n in range(4, 13):
+        for k in range(n):
+            z = np.ones(n, np.float32)
+            z[k] = v
+            assert_same_bits(OPS["Log"](z), ort_run("Log", [z]), f"Log n={n} k={k}")
+
+
+# ------------------------------------------------------------------------------ softmax
+
+@st.composite
+def softmax_cases(draw):
+    shape = draw(st.lists(st.integers(1, 40), min_size=1, max_size=3).map(tuple))
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    return shape, axis
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@SETTINGS
+@given(case=softmax_cases(), seed=seeds, n_threads=threads, scale=st.sampled_from([1.0, 8.0]))
+def test_softmax_matches_ort(op, case, seed, n_threads, scale):
+    shape, axis = case
+    x = data(seed, shape, scale, special=False)
+    expected = ort_run(op, [x], {"axis": axis}, opset=13, n_threads=n_threads)
+    assert_same_bits(OPS[op](x, axis=axis), expected, op)
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@pytest.mark.parametrize("d", [1, 7, 8, 9, 23, 24, 25, 64, 1000])
+def test_softmax_row_lengths_match_ort(op, d):
+    x = data(d, (6, d), 5.0, special=False)
+    assert_same_bits(OPS[op](x, axis=-1), ort_run(op, [x], {"axis": -1}, opset=13), op)
+
+
+# ------------------------------------------------------------------------------ pooling
+
+@SETTINGS
+@given(shape=st.lists(st.integers(1, 13), min_size=3, max_size=5).map(tuple), seed=seeds,
+       n_threads=threads)
+def test_global_average_pool_matches_ort(shape, seed, n_threads):
+    x = data(seed, shape, 3.0, special=False)
+    expected = ort_run("GlobalAveragePool", [x], n_threads=n_threads)
+    assert_same_bits(OPS["GlobalAveragePool"](x), expected, "GlobalAveragePool")
+
+
+# ------------------------------------------------------------------------------ reductions
+
+@st.composite
+def reduce_cases(draw):
+    shape = draw(st.lists(st.integers(1, 12), min_size=1, max_size=4).map(tuple))
+    axes = draw(st.lists(st.integers(0, len(shape) - 1), min_size=1, max_size=len(shape),
+                         unique=True))
+    return shape, sorted(axes)
+
+
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceMean"])
+@SETTINGS
+@given(case=reduce_cases(), seed=seeds, keepdims=st.sampled_from([0, 1]), n_threads=threads)
+def test_reduce_matches_ort(op, case, seed, keepdims, n_threads):
+    shape, axes = case
+    x = data(seed, shape, 3.0, special=False)
+    axes_input = np.array(axes, np.int64)
+    expected = ort_run(op, [x, axes_input], {"keepdims": keepdims}, opset=18,
+                       n_threads=n_threads, initializers=(1,))
+    assert_same_bits(OPS[op](x, axes_input, keepdims=keepdims), expected, f"{op} {axes}")
+
+
+@pytest.mark.parametrize("shape, axes", [((2, 64, 8, 8), [1]), ((3, 300, 7), [1]),
+                                         ((2, 6, 40, 40), [0, 2, 3]), ((2, 8, 7, 7), [2, 3]),
+                                         ((3, 64, 1, 1), [1]), ((1, 8, 1, 8), [1, 3]),
+                                         ((4, 9, 10, 9), [0, 2]), ((5, 130), [0])])
+def test_reduce_mean_summation_patterns_match_ort(shape, axes):
+    x = data(11, shape, 3.0, special=False)
+    axes_input = np.array(axes, np.int64)
+    expected = ort_run("ReduceMean", [x, axes_input], {"keepdims": 0}, opset=18,
+                       initializers=(1,))
+    assert_same_bits(OPS["ReduceMean"](x, axes_input, keepdims=0), expected, f"{shape} {axes}")
+
+
+# ------------------------------------------------------------------------------ kernels vs twins
+
+@pytest.mark.parametrize("name", ["logistic", "tanh", "erf", "exp", "log"])
+@SETTINGS
+@given(n=st.integers(1, 300), seed=seeds, scale=st.sampled_from([0.5, 5.0, 50.0]))
+def test_numba_kernel_equals_numpy_twin(name, n, seed, scale):
+    x = data(seed, n, scale)
+    if name == "log":
+        x = np.abs(x)
+    out = np.empty_like(x)
+    getattr(me, f"_nb_{name}")(x, out)
+    assert_same_bits(out, getattr(me, f"_np_{name}")(x), name)
+
+
+@SETTINGS
+@given(rows=st.integers(1, 6), d=st.integers(1, 70), seed=seeds, log=st.booleans())
+def test_numba_softmax_and_sums_equal_numpy_twins(rows, d, seed, log):
+    x = data(seed, (rows, d), 4.0, special=False)
+    out = np.empty_like(x)
+    me._nb_softmax_rows(x, out, log)
+    assert_same_bits(out, me._np_softmax_rows(x, log), "softmax rows")
+    sums = np.empty(rows, np.float32)
+    me._nb_global_average(x, sums)
+    assert_same_bits(sums, me._np_global_average(x), "global average")
+    offsets = np.arange(rows, dtype=np.int64) * (d + seed % 3)
+    me._nb_eigen_row_sums(x, offsets, sums)
+    assert_same_bits(sums, me._np_eigen_row_sums(x, offsets), "eigen row sums")
+
+
+@SETTINGS
+@given(seed=seeds)
+def test_numpy_fma_rounds_once(seed):
+    rng = np.random.default_rng(seed)
+    a, b = rng.standard_normal((2, 200)).astype(np.float32)
+    c = (-(a.astype(np.float64) * b) * (1 + rng.standard_normal(200) * 1e-7)).astype(np.float32)
+    got = me._fma_np(a, b, c)
+    for ai, bi, ci, gi in zip(a, b, c, got):
+        exact = Fraction(float(ai)) * Fraction(float(bi)) + Fraction(float(ci))
+        lo = np.float32(float(exact))
+        cands = [lo, np.nextafter(lo, np.float32(np.inf)), np.nextafter(lo, np.float32(-np.inf))]
+        best = min(cands, key=lambda v: (abs(Fraction(float(v)) - exact),
+                                         int(np.float32(v).view(np.uint32)) & 1))
+        assert gi.view(np.uint32) == np.float32(best).view(np.uint32), (ai, bi, ci)
