@@ -172,3 +172,37 @@ def test_qdq_model_4_and_16_bit(case_id, param_type, activation_type):
                    _session(model).run(None, feeds)))
     for name, want in sim.run(feeds).items():
         np.testing.assert_array_equal(got[name], want, err_msg=name)
+
+
+@pytest.mark.parametrize("case_id", CASES)
+def test_qdq_model_is_valid_and_agrees_with_2_0_0_file(case_id):
+    """onnx.checker accepts the model; every Q/DQ pair and int32 bias carries exactly the type,
+    scale and zero point of the sim's 2.0.0 encodings entry of that tensor."""
+    from onnx import numpy_helper
+    from qsim.export import encodings_document
+    sim = shared_calibrated_sim(case_id, "half_even")
+    model = qdq_model(sim, quantize_bias=True)
+    onnx.checker.check_model(model, full_check=True)
+    inits = {i.name: i for i in model.graph.initializer}
+    entries = {e["name"]: e for e in encodings_document(sim, "2.0.0")["encodings"]}
+    dq_inputs = {n.input[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    checked = 0
+    for name, e in entries.items():
+        if e["output_dtype"] == "int32":
+            node = dq_inputs[f"{name}_int32"]
+            assert inits[node.input[0]].data_type == onnx.TensorProto.INT32
+        elif f"{name}_q" in dq_inputs:
+            node = dq_inputs[f"{name}_q"]
+            zp = inits[node.input[2]]
+            assert onnx.TensorProto.DataType.Name(zp.data_type).lower() == e["output_dtype"]
+            want_zp = np.asarray(e.get("y_zero_point", 0)).reshape(-1)
+            got_zp = np.asarray(onnx.numpy_helper.to_array(zp), dtype=np.int64).reshape(-1)
+            assert np.array_equal(np.broadcast_to(want_zp, got_zp.shape), got_zp), name
+        else:
+            continue  # a derived entry: no QDQ node (the sim does not quantize it)
+        scale = numpy_helper.to_array(inits[node.input[1]])
+        np.testing.assert_array_equal(scale, np.asarray(e["y_scale"], dtype=np.float32))
+        attrs = {a.name: a.i for a in node.attribute}
+        assert attrs.get("axis") == e.get("axis"), name
+        checked += 1
+    assert checked == len(dq_inputs)
