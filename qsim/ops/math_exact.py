@@ -901,3 +901,146 @@ def reduce_sum(x, axes, *, mean: bool = False) -> np.ndarray:
     if mean:
         s = (s / F32(count)).astype(F32)
     return s
+
+
+# --------------------------------------------------------------------------------------------
+# LayerNormalization (onnxruntime/core/providers/cpu/nn/layer_norm_impl.cc; rows of n >= 8 go
+# through MLAS's AVX2 kernel MlasLayerNormF32, shorter rows through the scalar Welford loop)
+
+
+@kernel
+def _nb_layer_norm(x, scale, bias, has_bias, eps, out, means, invs):
+    """Rows of ``x`` normalised as ONNX Runtime (read from the AVX2/FMA3 machine code)::
+
+        n >= 8 (MLAS):  mean = f32((4 double lanes of x, (d0+d2)+(d1+d3), + tail) / n)
+                        v = 8 float lanes of fma(x-mean, x-mean, .), ((l0+l4)+(l2+l6)) +
+                            ((l1+l5)+(l3+l7)); tail: 4 at a time as += (x-mean)*(x-mean),
+                            then fma one by one
+                        inv = 1 / sqrt(v/n + eps)
+                        y = fma((x - mean) * inv, scale, bias)    (no bias: ((x-mean)*inv)*scale)
+        n < 8 (Welford): for k = 1..n: d = x-mean; mean += d/k; m2 += (x-mean)*d
+                        std = sqrt(m2/n + eps); inv = 1/std
+                        y = (x - mean) / std * scale + bias
+    """
+    rows, n = x.shape
+    nf = F32(n)
+    for r in range(rows):
+        if n >= 8:
+            a0 = 0.0
+            a1 = 0.0
+            a2 = 0.0
+            a3 = 0.0
+            n4 = n - n % 4
+            for i in range(0, n4, 4):
+                a0 += np.float64(x[r, i])
+                a1 += np.float64(x[r, i + 1])
+                a2 += np.float64(x[r, i + 2])
+                a3 += np.float64(x[r, i + 3])
+            s = (a0 + a2) + (a1 + a3)
+            for i in range(n4, n):
+                s += np.float64(x[r, i])
+            mean = F32(s / np.float64(n))
+            lanes = np.zeros(8, np.float32)
+            n8 = n - n % 8
+            for i in range(0, n8, 8):
+                for j in range(8):
+                    d = x[r, i + j] - mean
+                    lanes[j] = _fma32(d, d, lanes[j])
+            v = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + \
+                ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
+            i = n8
+            if n - n8 >= 4:
+                for j in range(4):
+                    d = x[r, i + j] - mean
+                    v += d * d
+                i += 4
+            while i < n:
+                d = x[r, i] - mean
+                v = _fma32(d, d, v)
+                i += 1
+            std = F32(math.sqrt(v / nf + eps))
+            inv = _ONE / std
+            for i in range(n):
+                t = (x[r, i] - mean) * inv
+                if has_bias:
+                    out[r, i] = _fma32(t, scale[i], bias[i])
+                else:
+                    out[r, i] = t * scale[i]
+        else:
+            mean = _ZERO
+            m2 = _ZERO
+            for i in range(n):
+                d = x[r, i] - mean
+                mean = mean + d / F32(i + 1)
+                m2 = m2 + (x[r, i] - mean) * d
+            std = F32(math.sqrt(m2 / nf + eps))
+            inv = _ONE / std
+            for i in range(n):
+                t = (x[r, i] - mean) / std * scale[i]
+                out[r, i] = t + bias[i] if has_bias else t
+        means[r] = mean
+        invs[r] = inv
+
+
+def _np_layer_norm(x, scale, bias, eps):
+    rows, n = x.shape
+    eps = F32(eps)
+    if n >= 8:
+        n4, n8 = n - n % 4, n - n % 8
+        lanes4 = x[:, :n4].astype(np.float64).reshape(rows, -1, 4)
+        acc = np.zeros((rows, 4))
+        for k in range(lanes4.shape[1]):
+            acc = acc + lanes4[:, k]
+        s = (acc[:, 0] + acc[:, 2]) + (acc[:, 1] + acc[:, 3])
+        for i in range(n4, n):
+            s = s + x[:, i].astype(np.float64)
+        mean = (s / n).astype(F32)[:, None]
+        d = (x - mean).astype(F32)
+        lanes = np.zeros((rows, 8), F32)
+        for i in range(0, n8, 8):
+            lanes = _fma_np(d[:, i:i + 8], d[:, i:i + 8], lanes)
+        h = [(lanes[:, k] + lanes[:, k + 4]).astype(F32) for k in range(4)]
+        v = (((h[0] + h[2]).astype(F32)) + ((h[1] + h[3]).astype(F32))).astype(F32)
+        i = n8
+        if n - n8 >= 4:
+            for j in range(4):
+                v = (v + (d[:, i + j] * d[:, i + j]).astype(F32)).astype(F32)
+            i += 4
+        for j in range(i, n):
+            v = _fma_np(d[:, j], d[:, j], v)
+        std = np.sqrt((v / F32(n)).astype(F32) + eps).astype(F32)[:, None]
+        inv = (_ONE / std).astype(F32)
+        t = (d * inv).astype(F32)
+        y = _fma_np(t, scale, bias) if bias is not None else (t * scale).astype(F32)
+    else:
+        mean = np.zeros(rows, F32)
+        m2 = np.zeros(rows, F32)
+        for i in range(n):
+            dlt = (x[:, i] - mean).astype(F32)
+            mean = (mean + (dlt / F32(i + 1)).astype(F32)).astype(F32)
+            m2 = (m2 + ((x[:, i] - mean).astype(F32) * dlt).astype(F32)).astype(F32)
+        std = np.sqrt((m2 / F32(n)).astype(F32) + eps).astype(F32)[:, None]
+        inv = (_ONE / std).astype(F32)
+        mean = mean[:, None]
+        t = ((((x - mean).astype(F32)) / std).astype(F32) * scale).astype(F32)
+        y = (t + bias).astype(F32) if bias is not None else t
+    return y, mean.reshape(rows), inv.reshape(rows)
+
+
+def layer_norm_rows(x2d, scale, bias, epsilon):
+    """LayerNormalization of every row of a 2-D float32 array as ONNX Runtime computes it
+    (see :func:`_nb_layer_norm`). ``scale``/``bias``: one value per column (bias may be None).
+    Returns ``(y, mean, inv_std_dev)``, the last two one value per row."""
+    x = np.ascontiguousarray(x2d, dtype=F32)
+    scale = np.ascontiguousarray(scale, dtype=F32).ravel()
+    has_bias = bias is not None
+    b = np.ascontiguousarray(bias, dtype=F32).ravel() if has_bias else np.zeros_like(scale)
+    rows, n = x.shape
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if USE_NUMBA:
+            out = np.empty_like(x)
+            means = np.empty(rows, F32)
+            invs = np.empty(rows, F32)
+            _nb_layer_norm(x, scale, b, has_bias, F32(epsilon), out, means, invs)
+            return out, means, invs
+        return _np_layer_norm(x, scale, b if has_bias else None, epsilon)

@@ -591,7 +591,8 @@ def layer_normalization(x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_type=1
     ``Y = (X - μ) · r · Scale + B`` with ``μ = mean``, ``r = 1 / sqrt(mean((X - μ)²) + epsilon)``.
 
     ``Scale`` and ``B`` broadcast to the normalized shape. Optional outputs ``Mean`` (μ) and
-    ``InvStdDev`` (r), shaped like X with the normalized axes kept as size 1. Statistics in
+    ``InvStdDev`` (r), shaped like X with the normalized axes kept as size 1. float32: computed
+    as ONNX Runtime does (:func:`qsim.ops.math_exact.layer_norm_rows`); otherwise statistics in
     float64, results in X's dtype (stash_type=1: float32 statistics outputs)."""
     rank = x.ndim
     if not -rank <= axis < rank:
@@ -606,6 +607,14 @@ def layer_normalization(x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_type=1
             raise OpError(f"input {name} has shape {list(v.shape)}, which does not broadcast "
                           f"to the normalized shape {list(normalized_shape)}")
     axes = tuple(range(axis, rank))
+    if x.dtype == np.float32 and x.size:  # ONNX Runtime's kernel (MLAS AVX2 / Welford), bit for bit
+        n = math.prod(normalized_shape)
+        stats_shape = x.shape[:axis] + (1,) * (rank - axis)
+        y, mean, inv_std = math_exact.layer_norm_rows(
+            x.reshape(-1, n), np.broadcast_to(scale, normalized_shape),
+            None if b is None else np.broadcast_to(b, normalized_shape), np.float32(epsilon))
+        outputs = (y.reshape(x.shape), mean.reshape(stats_shape), inv_std.reshape(stats_shape))
+        return outputs[0] if noutputs == 1 else outputs[:noutputs]
     x64 = x.astype(np.float64)
     mean = x64.mean(axis=axes, keepdims=True)
     inv_std = 1.0 / np.sqrt(np.square(x64 - mean).mean(axis=axes, keepdims=True) + epsilon)

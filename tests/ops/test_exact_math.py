@@ -240,3 +240,72 @@ def test_numpy_fma_rounds_once(seed):
         best = min(cands, key=lambda v: (abs(Fraction(float(v)) - exact),
                                          int(np.float32(v).view(np.uint32)) & 1))
         assert gi.view(np.uint32) == np.float32(best).view(np.uint32), (ai, bi, ci)
+
+
+# ------------------------------------------------------------------------------ normalization
+
+def ort_run_outputs(op, inputs, attrs, n_outputs, *, opset=17, n_threads=1):
+    """Like :func:`ort_run` but returns ``n_outputs`` outputs."""
+    names = [f"in{i}" for i in range(len(inputs))]
+    graph_inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype),
+                                                  a.shape) for n, a in zip(names, inputs)]
+    outs = [f"out{i}" for i in range(n_outputs)]
+    node = helper.make_node(op, names, outs, **attrs)
+    graph = helper.make_graph([node], "g", graph_inputs,
+                              [helper.make_value_info(o, onnx.TypeProto()) for o in outs])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = min(model.ir_version, 9)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = n_threads
+    sess = ort.InferenceSession(model.SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+    return sess.run(None, dict(zip(names, inputs)))
+
+
+@st.composite
+def layer_norm_cases(draw):
+    shape = draw(st.lists(st.integers(1, 20), min_size=1, max_size=3).map(tuple))
+    axis = draw(st.integers(-len(shape), len(shape) - 1))
+    return shape, axis, draw(st.booleans()), draw(st.sampled_from([1e-5, 1e-6, 1e-12]))
+
+
+@SETTINGS
+@given(case=layer_norm_cases(), seed=seeds, n_threads=threads)
+def test_layer_norm_matches_ort(case, seed, n_threads):
+    shape, axis, with_bias, eps = case
+    x = data(seed, shape, 3.0, special=False) + np.float32(1.0)
+    normalized = shape[axis % len(shape):]
+    scale = data(seed + 1, normalized, 1.0, special=False)
+    inputs = [x, scale] + ([data(seed + 2, normalized, 1.0, special=False)] if with_bias else [])
+    attrs = {"axis": axis, "epsilon": eps}
+    expected = ort_run_outputs("LayerNormalization", inputs, attrs, 3, n_threads=n_threads)
+    got = OPS["LayerNormalization"](*inputs, **attrs, noutputs=3)
+    for name, g, e in zip(("Y", "Mean", "InvStdDev"), got, expected):
+        assert_same_bits(g, e, f"LayerNormalization {name}")
+
+
+@pytest.mark.parametrize("d", [1, 2, 7, 8, 9, 12, 15, 16, 17, 64, 768])
+def test_layer_norm_row_lengths_match_ort(d):
+    # rows of 8 or more go through MLAS's AVX2 kernel, shorter rows through the Welford loop
+    x = data(d, (10, d), 4.0, special=False)
+    scale = data(d + 1, d, 1.0, special=False)
+    bias = data(d + 2, d, 1.0, special=False)
+    for inputs in ([x, scale, bias], [x, scale]):
+        expected = ort_run_outputs("LayerNormalization", inputs, {"axis": -1}, 3)
+        got = OPS["LayerNormalization"](*inputs, axis=-1, noutputs=3)
+        for name, g, e in zip(("Y", "Mean", "InvStdDev"), got, expected):
+            assert_same_bits(g, e, f"LayerNormalization d={d} {name}")
+
+
+@SETTINGS
+@given(rows=st.integers(1, 5), d=st.integers(1, 40), seed=seeds, with_bias=st.booleans())
+def test_numba_layer_norm_equals_numpy_twin(rows, d, seed, with_bias):
+    x = data(seed, (rows, d), 3.0, special=False)
+    scale = data(seed + 1, d, 1.0, special=False)
+    bias = data(seed + 2, d, 1.0, special=False) if with_bias else None
+    out, means, invs = np.empty_like(x), np.empty(rows, np.float32), np.empty(rows, np.float32)
+    me._nb_layer_norm(x, scale, bias if with_bias else np.zeros_like(scale), with_bias,
+                      np.float32(1e-5), out, means, invs)
+    for g, t in zip((out, means, invs), me._np_layer_norm(x, scale, bias, 1e-5)):
+        assert_same_bits(g, t, "layer norm twin")
