@@ -121,16 +121,12 @@ def _qdq_plan(sim, quantize_bias: bool):
     return pairs, biases
 
 
-def qdq_model(sim, *, quantize_bias: bool = True, opset: int | None = None) -> Any:
-    """The QDQ ``onnx.ModelProto`` of a calibrated sim (see the module docstring)."""
-    import onnx
-    from onnx import helper, version_converter
+def _base_model(sim, need: int, opset: int | None) -> Any:
+    """The FP32 model (fused nodes unfused) at opset ``opset`` (default: ``need``)."""
+    from onnx import version_converter
     from .onnx_io import to_onnx
-
-    pairs, biases = _qdq_plan(sim, quantize_bias)
-    types = {t: qdq_type(enc, signed, t) for t, enc, signed in pairs}
     graph = unfuse(sim.graph)
-    need = max([graph.opset, 13] + [op for _, op in types.values()])
+    need = max(need, graph.opset, 13)
     target = need if opset is None else opset
     if target < need:
         raise ExportError(f"opset {opset} is too old for this model's QDQ types; use "
@@ -144,52 +140,65 @@ def qdq_model(sim, *, quantize_bias: bool = True, opset: int | None = None) -> A
                               f"for the QDQ types: {exc}") from None
     if target >= 21:
         model.ir_version = max(model.ir_version, 10)
+    return model
+
+
+def int32_bias(bias: str, values: np.ndarray, entry: dict) -> tuple:
+    """``(DequantizeLinear node, [int32 values, scale])`` of a 2.0.0 int32 bias entry:
+    ``q = clip(rint(b / scale), int32)`` (per channel along axis 0 if the entry has one)."""
+    import onnx
+    scale = np.asarray(entry["y_scale"], dtype=np.float32)
+    q = np.clip(np.rint(np.asarray(values, dtype=np.float64) / scale.astype(np.float64)),
+                -2.0 ** 31, 2.0 ** 31 - 1).astype(np.int32)
+    axis = {"axis": 0} if "axis" in entry else {}
+    node = onnx.helper.make_node("DequantizeLinear", [f"{bias}_int32", f"{bias}_scale"],
+                                 [f"{bias}_dq"], name=f"{bias}_dequantize", **axis)
+    return node, [_tensor(onnx, f"{bias}_int32", "INT32", q),
+                  _tensor(onnx, f"{bias}_scale", "FLOAT", scale)]
+
+
+def qdq_model(sim, *, quantize_bias: bool = True, opset: int | None = None) -> Any:
+    """The QDQ ``onnx.ModelProto`` of a calibrated sim (see the module docstring).
+
+    Each Q/DQ pair goes right after its tensor's producer (graph inputs' and initializers'
+    pairs and the int32 bias DequantizeLinear nodes first); readers are rewired to ``T_dq``.
+    """
+    pairs, biases = _qdq_plan(sim, quantize_bias)
+    need = max([qdq_type(enc, signed, t)[1] for t, enc, signed in pairs], default=13)
+    model = _base_model(sim, need, opset)
     g = model.graph
-    inits = {i.name for i in g.initializer}
-    inputs = {i.name for i in g.input}
+    sources = {i.name for i in g.initializer} | {i.name for i in g.input}
     outputs = {o.name for o in g.output}
     renamed: dict[str, str] = {}       # tensor → what its readers read now
     new_inits, head, after = [], [], {}
-
-    def place(src: str, nodes: list) -> None:
-        if src in inits or src in inputs:
-            head.extend(nodes)
-        else:
-            after.setdefault(src, []).extend(nodes)
-
     for t, enc, signed in pairs:
-        out_is_output = t in outputs and t not in inputs
-        src = f"{t}_float" if out_is_output else t
-        dq = t if out_is_output else f"{t}_dq"
-        nodes, pair_inits = qdq_pair(t, enc, signed, src=src, dst=dq)
+        is_output = t in outputs and t not in sources
+        src = f"{t}_float" if is_output else t      # a graph output keeps its name after DQ
+        nodes, pair_inits = qdq_pair(t, enc, signed, src=src, dst=t if is_output else f"{t}_dq")
         new_inits += pair_inits
-        if out_is_output:
+        if is_output:
             for n in g.node:
                 n.output[:] = [src if o == t else o for o in n.output]
         else:
-            renamed[t] = dq
-        place(src, nodes)
+            renamed[t] = f"{t}_dq"
+        if src in sources:
+            head += nodes
+        else:
+            after.setdefault(src, []).extend(nodes)
     for b, entry in biases.items():
-        values = np.asarray(sim.graph.params[b], dtype=np.float64)
-        scale = np.asarray(entry["y_scale"], dtype=np.float32)
-        q = np.clip(np.rint(values / scale.astype(np.float64)), -2.0 ** 31, 2.0 ** 31 - 1)
-        axis = {"axis": 0} if "axis" in entry else {}
-        new_inits += [_tensor(onnx, f"{b}_int32", "INT32", q.astype(np.int32)),
-                      _tensor(onnx, f"{b}_scale", "FLOAT", scale)]
-        head.append(helper.make_node("DequantizeLinear", [f"{b}_int32", f"{b}_scale"],
-                                     [f"{b}_dq"], name=f"{b}_dequantize", **axis))
+        node, bias_inits = int32_bias(b, sim.graph.params[b], entry)
+        head.append(node)
+        new_inits += bias_inits
         renamed[b] = f"{b}_dq"
-
     body = []
     for n in g.node:
         n.input[:] = [renamed.get(i, i) for i in n.input]
         body.append(n)
         for o in n.output:
             body.extend(after.pop(o, []))
-    leftover = sorted(after)
-    if leftover:
-        raise ExportError(f"QDQ export: tensors {leftover} have an encoding but no producer in "
-                          f"the model")
+    if after:
+        raise ExportError(f"QDQ export: tensors {sorted(after)} have an encoding but no "
+                          f"producer in the model")
     del g.node[:]
     g.node.extend(head + body)
     still_read = {i for n in g.node for i in n.input} | outputs
