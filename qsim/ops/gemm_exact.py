@@ -190,42 +190,41 @@ def fma_np(a, b, c) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Numba kernels
 # ---------------------------------------------------------------------------------------------
-_PB = 64      # columns per register tile of the general kernel
-_MB = 4       # rows per register tile
-
-
-@_compile(inline=True)
-def _chain_rows(a, b, acc, mb, mr, k0, k1, p0, pw):
-    """``acc[r, j] = fma(a[mb + r, k], b[k, p0 + j], acc[r, j])`` for ``k`` ascending."""
-    for kk in range(k0, k1):
-        brow = b[kk, p0:p0 + pw]
-        for r in range(mr):
-            av = a[mb + r, kk]
-            ar = acc[r * _PB:r * _PB + pw]
-            for j in range(pw):
-                ar[j] = _fma32(av, brow[j], ar[j])
+_PB = 256           # widest column block of the general kernel
+_ACC = 4096         # accumulator block (floats): 16 KiB, L1
+_PANEL = 64 * 1024  # B panel (floats): 256 KiB, L2
 
 
 @_compile()
 def _tile_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
-    """General kernel on a tile; loops ordered for speed (a ``_MB x _PB`` accumulator block, the
-    innermost loop over contiguous columns vectorizes), each element's chain unchanged."""
+    """General kernel on a tile. Loops ordered for speed, each element's chain unchanged: an
+    accumulator block of ``rows x width`` (16 KiB, in L1) is updated one ``k`` at a time with the
+    innermost loop over contiguous columns (vectorized); the ``kb x width`` panel of B it reads
+    stays in L2."""
     k = a.shape[1]
-    acc = np.zeros(_MB * _PB, dtype=np.float32)
-    for p0 in range(n0, n1, _PB):
-        pw = min(_PB, n1 - p0)
+    if (m1 - m0) * _PB <= _ACC:      # one row block: the panel is read once anyway
+        width = _PB
+    else:
+        width = min(_PB, max(16, (_PANEL // kb) // 16 * 16))
+    rows = _ACC // width
+    acc = np.zeros(_ACC, dtype=np.float32)
+    for p0 in range(n0, n1, width):
+        pw = min(width, n1 - p0)
         first = zero_first
         for k0 in range(0, k, kb):
             k1 = min(k, k0 + kb)
-            for mb in range(m0, m1, _MB):
-                mr = min(_MB, m1 - mb)
+            for mb in range(m0, m1, rows):
+                mr = min(rows, m1 - mb)
                 acc[:] = 0.0
-                if mr == _MB:
-                    _chain_rows(a, b, acc, mb, _MB, k0, k1, p0, pw)
-                else:
-                    _chain_rows(a, b, acc, mb, mr, k0, k1, p0, pw)
+                for kk in range(k0, k1):
+                    brow = b[kk, p0:p0 + pw]
+                    for r in range(mr):
+                        av = a[mb + r, kk]
+                        ar = acc[r * width:r * width + pw]
+                        for j in range(pw):
+                            ar[j] = _fma32(av, brow[j], ar[j])
                 for r in range(mr):
-                    ar = acc[r * _PB:r * _PB + pw]
+                    ar = acc[r * width:r * width + pw]
                     crow = c[mb + r, p0:p0 + pw]
                     if first:
                         for j in range(pw):
@@ -406,6 +405,12 @@ def _np_run_tiles(a, b, c, tiles, alpha, zero_first):
             _np_tile_lane8(a, b, c, m0, m1, n0, n1, kb, zero_first, kind == LANE8_N)
 
 
+def _narrow(tiles: np.ndarray) -> bool:
+    """True if every tile uses the general kernel on fewer than 64 columns and more rows."""
+    widths, heights = tiles[:, 3] - tiles[:, 2], tiles[:, 1] - tiles[:, 0]
+    return bool(np.all(tiles[:, 4] == FMA) and np.all(widths < 64) and np.all(heights > widths))
+
+
 def run_batch(a, b, c, a_index, b_index, tiles, alpha=1.0, zero_first=True, *,
               use_numba=USE_NUMBA):
     """``c[i] ← a[a_index[i]] @ b[b_index[i]]`` with the tiles' kernels, in place.
@@ -415,7 +420,15 @@ def run_batch(a, b, c, a_index, b_index, tiles, alpha=1.0, zero_first=True, *,
     tiles = _as_array(tiles)
     a_index = np.ascontiguousarray(a_index, dtype=np.int64)
     b_index = np.ascontiguousarray(b_index, dtype=np.int64)
-    if use_numba:
+    if use_numba and _narrow(tiles):
+        # few columns, many rows: vectorize over rows instead, computing Cᵀ = Bᵀ @ Aᵀ (the same
+        # products, a·b == b·a exactly, in the same chains)
+        ct = np.ascontiguousarray(c.transpose(0, 2, 1))
+        _run_batch(_f32c(b.transpose(0, 2, 1)), _f32c(a.transpose(0, 2, 1)), ct, b_index,
+                   a_index, np.ascontiguousarray(tiles[:, [2, 3, 0, 1, 4, 5]]), np.float32(alpha),
+                   bool(zero_first))
+        c[...] = ct.transpose(0, 2, 1)
+    elif use_numba:
         _run_batch(a, b, c, a_index, b_index, tiles, np.float32(alpha), bool(zero_first))
     else:
         for i in range(c.shape[0]):
