@@ -368,7 +368,7 @@ def _no_progress(items, desc):
 
 
 def analyze(sim, calib: Mapping[str, np.ndarray], *, eval_data: Mapping[str, np.ndarray] | None = None,
-            labels: Sequence[int] | np.ndarray | None = None, batch_size: int = 64,
+            labels: Sequence[int] | np.ndarray | None = None, batch_size: int = 256,
             model_name: str = "model",
             progress: Callable[[Sequence, str], Iterable] | None = None) -> Analysis:
     """Measure every enabled quantizer of the calibrated ``sim`` (see the module docstring).
@@ -628,8 +628,10 @@ class ReportFiles:
     plots: tuple
 
 
-def write_report(result: Analysis, out_dir) -> ReportFiles:
-    """Write ``analysis.html``, ``analysis.json`` and ``plots/*.png`` into ``out_dir``."""
+def write_report(result: Analysis, out_dir, *, per_quantizer_plots: bool = True) -> ReportFiles:
+    """Write ``analysis.html``, ``analysis.json`` and ``plots/*.png`` into ``out_dir``.
+
+    ``per_quantizer_plots=False`` draws only the two summary plots (faster on big models)."""
     out = Path(out_dir)
     plot_dir = out / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
@@ -638,7 +640,7 @@ def write_report(result: Analysis, out_dir) -> ReportFiles:
                          encoding="utf-8")
     plots = {"sweeps": plot_sweeps(result, plot_dir / "sweeps.png"),
              "sqnr": plot_sqnr(result, plot_dir / "sqnr.png")}
-    for q in result.quantizers:
+    for q in result.quantizers if per_quantizer_plots else ():
         stem = _file_stem(q)
         plots[f"hist:{q.qid}"] = plot_histogram(q, plot_dir / f"{stem}_hist.png")
         if q.axis is not None and np.size(q.enc_min) > 1:
