@@ -19,6 +19,8 @@ _LAZY = {
     "load_config": "config", "validate_config": "config",
     "fold_batch_norms": "transforms",
     "export": "export",
+    "read_encodings": "encodings_io", "load_encodings": "encodings_io",
+    "export_qdq": "qdq",
 }
 
 __all__ = [

@@ -360,3 +360,20 @@ class QuantizationSimModel:
             raise NotCalibratedError("export() needs encodings: call sim.compute_encodings first")
         from .export import export_sim
         return export_sim(self, path, filename_prefix, encoding_version=encoding_version)
+
+    def export_qdq(self, path: "str | os.PathLike", *, quantize_bias: bool = True,
+                   opset: int | None = None) -> Path:
+        """Write an ONNX model with QuantizeLinear/DequantizeLinear pairs that ONNX Runtime runs
+        (agrees with this sim in ``rounding_mode="half_even"``)."""
+        if not self._calibrated:
+            raise NotCalibratedError("export_qdq() needs encodings: call sim.compute_encodings first")
+        from .qdq import export_qdq
+        return export_qdq(self, path, quantize_bias=quantize_bias, opset=opset)
+
+    def load_encodings(self, path: "str | os.PathLike", strict: bool = True):
+        """Load an encodings file (1.0.0, 0.6.1 or 2.0.0; AIMET's or qsim's) into this sim.
+
+        ``strict`` reports every missing, extra or mistyped entry at once and changes nothing;
+        ``strict=False`` applies what matches."""
+        from .encodings_io import load_encodings_into
+        return load_encodings_into(self, path, strict=strict)
