@@ -164,6 +164,12 @@ def _fma32(typingctx, a, b, c):
     return sig, codegen
 
 
+@_compile()
+def _fma_scalar(a, b, c):
+    """``fma(a, b, c)`` on three float32 scalars (for tests)."""
+    return _fma32(np.float32(a), np.float32(b), np.float32(c))
+
+
 _HALF = np.int64(1) << 28          # float32 halfway point in the 29 dropped float64 mantissa bits
 _LOW = (np.int64(1) << 29) - 1
 
