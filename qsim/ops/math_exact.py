@@ -1044,3 +1044,27 @@ def layer_norm_rows(x2d, scale, bias, epsilon):
             _nb_layer_norm(x, scale, b, has_bias, F32(epsilon), out, means, invs)
             return out, means, invs
         return _np_layer_norm(x, scale, b if has_bias else None, epsilon)
+
+
+def instance_norm_planes(x2d, scale, bias, epsilon) -> np.ndarray:
+    """InstanceNormalization of every row (one (n, c) plane of W values, row i of channel
+    i % C) as ONNX Runtime's float kernel (Eigen, packets of 4, no FMA)::
+
+        mean = eigen_sum(x) / W  (packets aligned in memory);
+        q = eigen_sum((x - mean)^2)  (packets from element 0)
+        inv = 1 / sqrt(q / W + epsilon);  s = inv * scale[c];  t = B[c] - mean * s
+        y = x * s + t
+    """
+    x = np.ascontiguousarray(x2d, dtype=F32)
+    rows, w = x.shape
+    channels = np.arange(rows) % np.asarray(scale).size
+    wf = F32(w)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        mean = (eigen_row_sums(x) / wf).astype(F32)[:, None]
+        d = (x - mean).astype(F32)
+        # (x - mean)^2 is an expression, not memory: Eigen's packets start at element 0
+        q = eigen_row_sums((d * d).astype(F32), np.zeros(rows, np.int64))
+        inv = (_ONE / np.sqrt((q / wf).astype(F32) + F32(epsilon)).astype(F32)).astype(F32)
+        s = (inv * np.asarray(scale, F32).ravel()[channels]).astype(F32)[:, None]
+        t = (np.asarray(bias, F32).ravel()[channels][:, None] - (mean * s).astype(F32)).astype(F32)
+        return ((x * s).astype(F32) + t).astype(F32)

@@ -550,7 +550,8 @@ def _per_channel(v: np.ndarray, name: str, channels: int, ndim: int, dtype) -> n
 def batch_normalization(x, scale, b, input_mean, input_var, *, epsilon=1e-5, momentum=0.9,
                         training_mode=0):
     """Inference batch norm along axis 1:
-    ``Y = X · s + (B - mean · s)`` with ``s = scale / sqrt(var + epsilon)``.
+    ``Y = X · s + (B - mean · s)`` with ``s = (1 / sqrt(var + epsilon)) · scale``, each step
+    rounded in X's dtype as ONNX Runtime does.
 
     ``training_mode=1`` (batch statistics, running-stat outputs) is not supported."""
     if training_mode:
@@ -560,7 +561,9 @@ def batch_normalization(x, scale, b, input_mean, input_var, *, epsilon=1e-5, mom
         raise OpError(f"input X has shape {list(x.shape)}; expected rank >= 2 (N, C, ...)")
     c, dtype = x.shape[1], x.dtype
     var = _per_channel(input_var, "input_var", c, x.ndim, dtype)
-    s = _per_channel(scale, "scale", c, x.ndim, dtype) / np.sqrt(var + dtype.type(epsilon))
+    # as ONNX Runtime: s = (1 / sqrt(var + epsilon)) * scale, two roundings (bit for bit)
+    inv_std = dtype.type(1) / np.sqrt(var + dtype.type(epsilon))
+    s = inv_std * _per_channel(scale, "scale", c, x.ndim, dtype)
     shift = _per_channel(b, "B", c, x.ndim, dtype) - _per_channel(input_mean, "input_mean", c,
                                                                     x.ndim, dtype) * s
     y = x * s
@@ -571,10 +574,16 @@ def batch_normalization(x, scale, b, input_mean, input_var, *, epsilon=1e-5, mom
 @register("InstanceNormalization")
 def instance_normalization(x, scale, b, *, epsilon=1e-5):
     """``Y[n, c] = scale[c] · (X[n, c] - μ[n, c]) / sqrt(σ²[n, c] + epsilon) + B[c]`` with mean
-    and (biased) variance over the spatial axes; statistics in float64."""
+    and (biased) variance over the spatial axes. float32: as ONNX Runtime computes it
+    (:func:`qsim.ops.math_exact.instance_norm_planes`); otherwise statistics in float64."""
     if x.ndim < 3:
         raise OpError(f"input X has shape {list(x.shape)}; expected rank >= 3 (N, C, spatial...)")
     c = x.shape[1]
+    if x.dtype == np.float32 and x.size:  # ONNX Runtime's Eigen kernel, bit for bit
+        planes = math_exact.instance_norm_planes(
+            x.reshape(x.shape[0] * c, -1), _per_channel(scale, "scale", c, 2, x.dtype),
+            _per_channel(b, "B", c, 2, x.dtype), epsilon)
+        return planes.reshape(x.shape)
     axes = tuple(range(2, x.ndim))
     x64 = x.astype(np.float64)
     mean = x64.mean(axis=axes, keepdims=True)

@@ -309,3 +309,31 @@ def test_numba_layer_norm_equals_numpy_twin(rows, d, seed, with_bias):
                       np.float32(1e-5), out, means, invs)
     for g, t in zip((out, means, invs), me._np_layer_norm(x, scale, bias, 1e-5)):
         assert_same_bits(g, t, "layer norm twin")
+
+
+@SETTINGS
+@given(shape=st.lists(st.integers(1, 12), min_size=3, max_size=4).map(tuple), seed=seeds,
+       n_threads=threads, eps=st.sampled_from([1e-5, 1e-3]))
+def test_instance_norm_matches_ort(shape, seed, n_threads, eps):
+    x = data(seed, shape, 3.0, special=False)
+    c = shape[1]
+    scale, bias = data(seed + 1, c, 1.0, special=False), data(seed + 2, c, 1.0, special=False)
+    expected = ort_run("InstanceNormalization", [x, scale, bias], {"epsilon": eps},
+                       n_threads=n_threads)
+    assert_same_bits(OPS["InstanceNormalization"](x, scale, bias, epsilon=eps), expected,
+                     "InstanceNormalization")
+
+
+@SETTINGS
+@given(shape=st.lists(st.integers(1, 12), min_size=2, max_size=4).map(tuple), seed=seeds,
+       n_threads=threads)
+def test_batch_norm_matches_ort(shape, seed, n_threads):
+    x = data(seed, shape, 3.0, special=False)
+    c = shape[1]
+    rng = np.random.default_rng(seed)
+    scale, bias, mean = (rng.standard_normal((3, c)) * 2).astype(np.float32)
+    var = (rng.random(c) * 3 + 0.01).astype(np.float32)
+    expected = ort_run("BatchNormalization", [x, scale, bias, mean, var], {"epsilon": 1e-5},
+                       n_threads=n_threads)
+    assert_same_bits(OPS["BatchNormalization"](x, scale, bias, mean, var, epsilon=1e-5),
+                     expected, "BatchNormalization")
