@@ -49,34 +49,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=112)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
     graph, folds = qsim.fold_batch_norms(qsim.load_onnx(resnet18(args.batch, args.size)))
     rng = np.random.default_rng(1)
     batches = [{"input": rng.standard_normal((args.batch, 3, args.size, args.size),
-                                             dtype=np.float32)} for _ in range(args.repeats)]
+                                             dtype=np.float32)} for _ in range(max(args.repeats, 2))]
     feeds = batches[0]
     sim = qsim.QuantizationSimModel(graph, quant_scheme="tf_enhanced", config_file="default")
     qsim.run(graph, feeds)  # warm-up (BLAS threads, Numba cache)
 
-    t0 = time.perf_counter()
-    sim.compute_encodings(batches)
-    calib_per_batch = (time.perf_counter() - t0) / len(batches)
-    sim.run(feeds)
+    sim.compute_encodings(batches[:1])  # warm-up: Numba kernels, parameter encodings
+    t_one = _median_time(lambda: sim.compute_encodings(batches[:1]), 1)
+    t_all = _median_time(lambda: sim.compute_encodings(batches), 1)
+    # Parameter encodings (per-channel SQNR searches) are paid once per compute_encodings; the
+    # per-batch cost is the slope between calibrating 1 and len(batches) batches.
+    calib_per_batch = (t_all - t_one) / (len(batches) - 1)
+    param_once = t_one - calib_per_batch
     fp32 = _median_time(lambda: qsim.run(graph, feeds), args.repeats)
     simulated = _median_time(lambda: sim.run(feeds), args.repeats)
-    # calibration per batch again, with everything warm, over the same number of batches
-    t0 = time.perf_counter()
-    sim.compute_encodings(batches)
-    calib_warm = (time.perf_counter() - t0) / len(batches)
 
     print(f"ResNet-18 shape (BN folded: {len(folds)}), batch {args.batch}, 3x{args.size}x{args.size}, "
           f"{len(sim.enabled_quantizers())} enabled quantizers, tf_enhanced, default config")
     print(f"  FP32 forward (qsim.run):       {fp32 * 1e3:8.1f} ms")
     print(f"  simulated forward (sim.run):   {simulated * 1e3:8.1f} ms   ratio {simulated / fp32:5.2f}x  (goal <= 1.3x)")
-    print(f"  calibration per batch (cold):  {calib_per_batch * 1e3:8.1f} ms   ratio {calib_per_batch / fp32:5.2f}x")
-    print(f"  calibration per batch (warm):  {calib_warm * 1e3:8.1f} ms   ratio {calib_warm / fp32:5.2f}x  (goal <= 1.5x)")
+    print(f"  calibration per batch:         {calib_per_batch * 1e3:8.1f} ms   ratio {calib_per_batch / fp32:5.2f}x  (goal <= 1.5x)")
+    print(f"  parameter encodings (once):    {param_once * 1e3:8.1f} ms")
 
     small = np.ascontiguousarray(feeds["input"][:2, :, :56, :56])
     small_graph, _ = qsim.fold_batch_norms(qsim.load_onnx(resnet18(2, 56)))
