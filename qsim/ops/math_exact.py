@@ -1068,3 +1068,47 @@ def instance_norm_planes(x2d, scale, bias, epsilon) -> np.ndarray:
         s = (inv * np.asarray(scale, F32).ravel()[channels]).astype(F32)[:, None]
         t = (np.asarray(bias, F32).ravel()[channels][:, None] - (mean * s).astype(F32)).astype(F32)
         return ((x * s).astype(F32) + t).astype(F32)
+
+
+# --------------------------------------------------------------------------------------------
+# AveragePool window sums (MlasPool, onnxruntime/core/mlas/lib/pooling.cpp)
+
+
+def _window(offsets, strides, out):
+    return (slice(None), slice(None)) + tuple(
+        slice(k, k + (o - 1) * s + 1, s) for k, s, o in zip(offsets, strides, out))
+
+
+def pool_window_sums(xp, kernel, strides, out, *, vector: bool) -> np.ndarray:
+    """Sum of every pooling window of the zero-padded float32 input ``xp`` (N, C, spatial...):
+
+    * ``vector`` (MlasPool2DVectorKernel / 3D): first, per column, the sum over the window's
+      leading spatial positions in row-major order; then these column sums left to right along
+      the last axis, starting from the first column;
+    * otherwise (the generic MLAS kernels and ORT's own pooling loop): 0 + every window position
+      in row-major order.
+    Padding contributes +0.0 at its place in the order."""
+    xp = np.asarray(xp, F32)
+    if not vector:
+        total = None
+        for offsets in np.ndindex(*kernel):
+            part = xp[_window(offsets, strides, out)]
+            total = part.copy() if total is None else (total + part).astype(F32)
+        return total
+    columns = None
+    for offsets in np.ndindex(*kernel[:-1]):
+        part = xp[_window(offsets, strides[:-1], out[:-1]) + (slice(None),)]
+        columns = part.copy() if columns is None else (columns + part).astype(F32)
+    k, s, o = kernel[-1], strides[-1], out[-1]
+    total = None
+    for j in range(k):
+        part = columns[..., j:j + (o - 1) * s + 1:s]
+        total = part.copy() if total is None else (total + part).astype(F32)
+    return total
+
+
+def mlas_pool_is_vector(kernel, strides, width, pads_w) -> bool:
+    """MlasPool's choice of its vectorised 2D/3D kernel: stride along the last axis at most 2,
+    every kernel extent at most 32, and the padded row fits its 2048-float reduction buffer."""
+    return (len(kernel) >= 2 and strides[-1] <= 2 and max(kernel) <= 32
+            and width + pads_w <= 2048 - 3)

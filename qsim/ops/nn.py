@@ -510,8 +510,19 @@ def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
         inside = _pad(_pad(inside, begins, ends, 1.0), [0] * len(extra), extra, 0.0)
     else:
         inside = _pad(inside, begins, [e + m for e, m in zip(ends, extra)], 0.0)
-    total = _separable_pool(xp, kernel, strides, dilations, out, np.add)
     count = _separable_pool(inside, kernel, strides, dilations, out, np.add)
+    if x.dtype == np.float32 and all(d == 1 for d in dilations):
+        # ONNX Runtime's summation order (MlasPool; ceil_mode with count_include_pad runs ORT's
+        # own loop), bit for bit; the division by count is the same
+        spatial = x.shape[2:]
+        if tuple(kernel) == spatial and not any(begins + ends) and all(s == 1 for s in strides):
+            return global_average_pool(x)
+        vector = (not (ceil_mode and count_include_pad)
+                  and math_exact.mlas_pool_is_vector(kernel, strides, spatial[-1],
+                                                     begins[-1] + ends[-1]))
+        total = math_exact.pool_window_sums(xp, kernel, strides, out, vector=vector)
+    else:
+        total = _separable_pool(xp, kernel, strides, dilations, out, np.add)
     total /= count
     return total
 

@@ -337,3 +337,33 @@ def test_batch_norm_matches_ort(shape, seed, n_threads):
                        n_threads=n_threads)
     assert_same_bits(OPS["BatchNormalization"](x, scale, bias, mean, var, epsilon=1e-5),
                      expected, "BatchNormalization")
+
+
+@st.composite
+def average_pool_cases(draw):
+    nsp = draw(st.integers(1, 3))
+    spatial = [draw(st.integers(2, 12)) for _ in range(nsp)]
+    kernel = [draw(st.integers(1, min(4, s))) for s in spatial]
+    strides = [draw(st.integers(1, 4)) for _ in range(nsp)]
+    pads = [draw(st.integers(0, k - 1)) for k in kernel] * 2
+    attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads,
+             "ceil_mode": draw(st.sampled_from([0, 1])),
+             "count_include_pad": draw(st.sampled_from([0, 1]))}
+    return [draw(st.integers(1, 2)), draw(st.integers(1, 3))] + spatial, attrs
+
+
+@SETTINGS
+@given(case=average_pool_cases(), seed=seeds, n_threads=threads)
+def test_average_pool_matches_ort(case, seed, n_threads):
+    # opset 17: MlasPool (vector kernel, generic kernel, global kernel) and, for ceil_mode with
+    # count_include_pad, ONNX Runtime's own loop
+    shape, attrs = case
+    x = data(seed, shape, 3.0, special=False)
+    expected = ort_run("AveragePool", [x], attrs, n_threads=n_threads)
+    assert_same_bits(OPS["AveragePool"](x, **attrs), expected, f"AveragePool {attrs}")
+
+
+def test_average_pool_with_kernel_of_the_input_size_is_global_pooling():
+    x = data(3, (2, 3, 13, 11), 3.0, special=False)
+    expected = ort_run("AveragePool", [x], {"kernel_shape": [13, 11]})
+    assert_same_bits(OPS["AveragePool"](x, kernel_shape=[13, 11]), expected, "AveragePool")
