@@ -224,11 +224,27 @@ def _tile_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
                 acc[:] = 0.0
                 for kk in range(k0, k1):
                     brow = b[kk, p0:p0 + pw]
-                    for r in range(mr):
+                    r = 0
+                    while r + 4 <= mr:      # four rows share each load of B
+                        a0, a1 = a[mb + r, kk], a[mb + r + 1, kk]
+                        a2, a3 = a[mb + r + 2, kk], a[mb + r + 3, kk]
+                        r0 = acc[r * width:r * width + pw]
+                        r1 = acc[(r + 1) * width:(r + 1) * width + pw]
+                        r2 = acc[(r + 2) * width:(r + 2) * width + pw]
+                        r3 = acc[(r + 3) * width:(r + 3) * width + pw]
+                        for j in range(pw):
+                            bj = brow[j]
+                            r0[j] = _fma32(a0, bj, r0[j])
+                            r1[j] = _fma32(a1, bj, r1[j])
+                            r2[j] = _fma32(a2, bj, r2[j])
+                            r3[j] = _fma32(a3, bj, r3[j])
+                        r += 4
+                    while r < mr:
                         av = a[mb + r, kk]
                         ar = acc[r * width:r * width + pw]
                         for j in range(pw):
                             ar[j] = _fma32(av, brow[j], ar[j])
+                        r += 1
                 for r in range(mr):
                     ar = acc[r * width:r * width + pw]
                     crow = c[mb + r, p0:p0 + pw]
@@ -480,8 +496,8 @@ def matmul(a, b, *, packed_b=False, threads=DEFAULT_THREADS,
            use_numba=USE_NUMBA) -> np.ndarray:
     """ONNX ``MatMul`` as ONNX Runtime computes it (``numpy.matmul`` shapes).
 
-    A 1-D ``A`` is a row ``(1, K)``, a 1-D ``B`` a column ``(K, 1)``. When ``B`` is a matrix or a
-    vector the leading axes of ``A`` are folded into M (one product; a vector ``B`` always takes
+    A 1-D ``A`` is a row ``(1, K)``, a 1-D ``B`` a column ``(K, 1)``. When ``B`` is a matrix (or
+    has only leading axes of size 1) or a vector the leading axes of ``A`` are folded into M (one product; a vector ``B`` always takes
     the ``GROUP4`` kernel, found by experiment); otherwise one product per broadcast batch index,
     all with the same tiles. ``packed_b``: B is a constant initializer (:func:`packed_tiles`)."""
     a = np.asarray(a, dtype=np.float32)
@@ -489,8 +505,10 @@ def matmul(a, b, *, packed_b=False, threads=DEFAULT_THREADS,
     a_nd = a[None, :] if a.ndim == 1 else a
     b_nd = b[:, None] if b.ndim == 1 else b
     k = a_nd.shape[-1]
+    lead = np.broadcast_shapes(a_nd.shape[:-2], b_nd.shape[:-2])
+    if b_nd.ndim > 2 and math.prod(b_nd.shape[:-2]) == 1:   # ORT treats it as a matrix
+        b_nd = b_nd.reshape(b_nd.shape[-2:])
     if b_nd.ndim == 2:
-        lead = a_nd.shape[:-2]
         m, n = a_nd.shape[-2], b_nd.shape[1]
         a3 = _f32c(a_nd.reshape(1, -1, k))
         b3 = _f32c(b_nd)[None]
