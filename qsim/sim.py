@@ -187,7 +187,6 @@ class QuantizationSimModel:
         self._run_key: tuple = ()
         self._ties: set[int] = set()
         self._stash: list = []
-        self._qdq_params: dict[str, np.ndarray] = {}
 
     # ---- quantizers -------------------------------------------------------------------------
     def _make_quantizer(self, spec: QuantizerSpec, percentile: float | None = None) -> TensorQuantizer:
@@ -229,6 +228,21 @@ class QuantizationSimModel:
         each), or a callback ``fn(session, args)`` that calls ``session.run(None, feeds)``.
         Memory does not grow with the number of batches.
         """
+        before = {qid: h.quantizer.encoding for qid, h in self._handles.items()}
+        was_calibrated = self._calibrated
+        try:
+            self._calibrate(batches, forward_pass_callback_args)
+        except BaseException:
+            # Nothing half-done: a failed calibration leaves the encodings as they were.
+            for qid, h in self._handles.items():
+                h.quantizer.reset_stats()
+                h.quantizer.encoding = before[qid]
+            self._calibrated = was_calibrated
+            raise
+        self._calibrated = True
+        self._run_graph = None
+
+    def _calibrate(self, batches: Any, callback_args: Any) -> None:
         for h in self._handles.values():
             h.quantizer.reset_stats()
         self._compute_param_encodings()
@@ -239,7 +253,10 @@ class QuantizationSimModel:
 
         def forward(feeds: Mapping[str, np.ndarray]) -> dict:
             nonlocal count
-            feeds = check_feeds(self.graph, feeds)
+            try:
+                feeds = check_feeds(self.graph, feeds)
+            except FeedError as exc:
+                raise FeedError(f"calibration batch {count}: {exc}") from None
             self._stash = []
             outs = run_graph(calib_graph, feeds, ops={QDQ_OP: self._observe_op},
                              outputs=list(self._output_names().values()))
@@ -250,7 +267,7 @@ class QuantizationSimModel:
             return self._rename_outputs(outs)
 
         if callable(batches):
-            batches(_Session(forward), forward_pass_callback_args)
+            batches(_Session(forward), callback_args)
         else:
             if isinstance(batches, Mapping):
                 raise FeedError("compute_encodings takes an iterable of feed dicts (one per batch), "
@@ -262,8 +279,6 @@ class QuantizationSimModel:
                             "callback) ran no forward pass; give at least one {input: array} dict")
         self._compute_activation_encodings()
         self._adjust_weight_scales()
-        self._calibrated = True
-        self._run_graph = None
 
     def _observe_op(self, x, *, qid, tensor):
         """Calibration's QDQ op: collect statistics, pass the tensor through unchanged.

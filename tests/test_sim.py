@@ -157,3 +157,22 @@ def test_explain_lists_every_quantizer(model):
     text = _sim(model).explain()
     for name in ("conv1.weight", "conv1.bias", "input", "conv1_out", "relu1_out", "output"):
         assert name in text
+
+
+def test_failed_calibration_leaves_previous_encodings(model, batches, eval_feeds):
+    sim = _sim(model)
+    sim.compute_encodings(batches)
+    before = sim.run(eval_feeds)["output"]
+    bad = batches[:2] + [{"input": np.zeros((4, 3, 16, 16), np.float64)}]
+    with pytest.raises(FeedError, match="calibration batch 2"):
+        sim.compute_encodings(bad)
+    np.testing.assert_array_equal(sim.run(eval_feeds)["output"], before)
+
+
+def test_failed_first_calibration_leaves_sim_uncalibrated(model, batches, eval_feeds):
+    sim = _sim(model)
+    with pytest.raises(FeedError):
+        sim.compute_encodings(batches[:1] + [{"x": batches[0]["input"]}])
+    with pytest.raises(NotCalibratedError):
+        sim.run(eval_feeds)
+    assert all(h.encoding is None for h in sim.quantizers.values())
