@@ -298,7 +298,7 @@ def _histograms(sim, batches, handles, acc, progress) -> dict[int, Histogram]:
         if enc.axis is None:
             lo, hi = float(np.nanmin(a.lo)), float(np.nanmax(a.hi))
         else:
-            steps_lo, steps_hi = in_grid_steps(a.lo, enc), in_grid_steps(a.hi, enc)
+            steps_lo, steps_hi = a.lo / enc.delta, a.hi / enc.delta     # (C,) per channel
             lo, hi = float(np.nanmin(steps_lo)), float(np.nanmax(steps_hi))
         unit, r_lo, r_hi, b_lo, b_hi = _histogram_range(enc, lo, hi)
         layout[h.spec.qid] = (unit, r_lo, r_hi, np.linspace(b_lo, b_hi, HIST_BINS + 1))

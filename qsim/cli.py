@@ -335,8 +335,8 @@ def cmd_analyze(args) -> int:
     files = write_report(result, out_dir)
     lines = _describe_sim(sim, job)
     u = result.unit
-    lines.append(f"  {result.metric + ' FP32:':<22}{result.fp32:.2f} {u}")
-    lines.append(f"  {result.metric + ' quantized:':<22}{result.quantized:.2f} {u}")
+    lines.append(f"  {result.metric + ' FP32:':<21} {result.fp32:.2f} {u}")
+    lines.append(f"  {result.metric + ' quantized:':<21} {result.quantized:.2f} {u}")
     lines.append(f"  costliest quantizers (metric with only that one disabled):")
     for q in result.ranked()[:WORST]:
         lines.append(f"    {q.only_disabled:8.2f} {u}  {q.name}  (SQNR alone {q.sqnr_alone_db:.1f} dB, "

@@ -214,3 +214,25 @@ def test_json_holds_every_number_as_strict_json(report, result):
         assert len(entry["histogram"]["counts"]) + 1 == len(entry["histogram"]["edges"])
         assert len(entry["encoding"]["scale"]) == np.size(q.delta)
     assert doc["worst"][0] == result.ranked()[0].name
+
+
+def test_a_transformer_with_per_channel_matmul_weights():
+    """A golden AIMET case (post-LN transformer block, per-channel config): weights per channel on
+    axis 1 (MatMul), tie groups, no labels; every value is counted once in its histogram."""
+    case = BUNDLED_MODEL.parent.parent / "tests" / "data" / "golden" / "models" / \
+        "transformer_gelu_s31_per_channel_tfe_w8a8"
+    sim = qsim.QuantizationSimModel(case / "model.onnx", quant_scheme="tf_enhanced",
+                                    config_file=case / "config.json")
+    with np.load(case / "calib.npz") as d:
+        calib = {"input": d["input"]}
+    sim.compute_encodings([{"input": calib["input"][i:i + 4]} for i in range(0, 32, 4)])
+    result = analyze(sim, calib)
+    axes = {q.axis for q in result.quantizers}
+    assert 1 in axes and result.metric == "output SQNR"
+    fp32 = qsim.run(sim.graph, calib, outputs=[t for q in result.quantizers if q.role != "param"
+                                                for t in q.tensors])
+    for q in result.quantizers:
+        values = [sim.graph.params[t] if q.role == "param" else fp32[t] for t in q.tensors]
+        assert int(q.histogram.counts.sum()) == sum(v.size for v in values), q.name
+        if q.axis is not None:
+            assert q.histogram.unit == "steps" and np.shape(q.enc_min) == (values[0].shape[q.axis],)
