@@ -1112,3 +1112,45 @@ def mlas_pool_is_vector(kernel, strides, width, pads_w) -> bool:
     every kernel extent at most 32, and the padded row fits its 2048-float reduction buffer."""
     return (len(kernel) >= 2 and strides[-1] <= 2 and max(kernel) <= 32
             and width + pads_w <= 2048 - 3)
+
+
+# --------------------------------------------------------------------------------------------
+# Resize, mode="linear", 2-D (onnxruntime/core/providers/cpu/tensor/upsample.h, UpsampleBilinear)
+
+
+def _bilinear_axis(coords: np.ndarray, n_in: int):
+    """ORT's per-axis bilinear parameters from the float32 source coordinates ``coords``::
+
+        c = clamp(c, 0, n_in - 1); i1 = min(int(c), n_in - 1); i2 = min(i1 + 1, n_in - 1)
+        d1 = |c - i1|; d2 = |c - i2|; (d1, d2) = (0.5, 0.5) where i1 == i2
+    """
+    c = np.minimum(np.asarray(coords, F32), F32(n_in - 1))
+    c = np.maximum(F32(0), c)
+    i1 = np.minimum(c.astype(np.int64), n_in - 1)
+    i2 = np.minimum(i1 + 1, n_in - 1)
+    d1 = np.abs(c - i1.astype(F32)).astype(F32)
+    d2 = np.abs(c - i2.astype(F32)).astype(F32)
+    same = i1 == i2
+    d1 = np.where(same, _HALF, d1).astype(F32)
+    d2 = np.where(same, _HALF, d2).astype(F32)
+    return i1, i2, d1, d2
+
+
+def bilinear(x, y_coords, x_coords) -> np.ndarray:
+    """Bilinear resize of the last two axes of float32 ``x`` as UpsampleBilinear::
+
+        Y = (dx2·dy2)·X11 + (dx1·dy2)·X21 + (dx2·dy1)·X12 + (dx1·dy1)·X22     (left to right)
+    with X11 = X[y1, x1], X21 = X[y1, x2], X12 = X[y2, x1], X22 = X[y2, x2] (see
+    :func:`_bilinear_axis`); ``y_coords``/``x_coords`` are the float32 source coordinates."""
+    x = np.asarray(x, F32)
+    h, w = x.shape[-2:]
+    y1, y2, dy1, dy2 = _bilinear_axis(y_coords, h)
+    x1, x2, dx1, dx2 = _bilinear_axis(x_coords, w)
+    dy1, dy2 = dy1[:, None], dy2[:, None]
+    r1, r2 = y1[:, None], y2[:, None]
+    with np.errstate(invalid="ignore", over="ignore"):
+        total = ((dx2 * dy2).astype(F32) * x[..., r1, x1]).astype(F32)
+        total = (total + ((dx1 * dy2).astype(F32) * x[..., r1, x2]).astype(F32)).astype(F32)
+        total = (total + ((dx2 * dy1).astype(F32) * x[..., r2, x1]).astype(F32)).astype(F32)
+        total = (total + ((dx1 * dy1).astype(F32) * x[..., r2, x2]).astype(F32)).astype(F32)
+    return total

@@ -879,6 +879,13 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
     scale, out = _resize_targets(x.shape, scales, sizes, axes, keep_aspect_ratio_policy)
     if tuple(out) == x.shape:
         return x.copy()
+    if (mode == "linear" and x.dtype == np.float32 and x.ndim in (2, 4) and 0 not in out
+            and all(x.shape[i] == out[i] and scale[i] == 1 for i in range(x.ndim - 2))):
+        # ONNX Runtime's 2-D bilinear kernel, bit for bit (math_exact.bilinear)
+        coords = [np.arange(n_in, dtype=np.float32) if (n_in == n_out and s == 1) else
+                  _source_coordinates(n_out, n_in, s, coordinate_transformation_mode)
+                  for n_in, n_out, s in zip(x.shape[-2:], out[-2:], scale[-2:])]
+        return math_exact.bilinear(x, *coords)
     y = x
     for axis, (n_in, n_out, s) in enumerate(zip(x.shape, out, scale)):
         if n_in == n_out and s == 1:

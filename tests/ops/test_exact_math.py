@@ -367,3 +367,20 @@ def test_average_pool_with_kernel_of_the_input_size_is_global_pooling():
     x = data(3, (2, 3, 13, 11), 3.0, special=False)
     expected = ort_run("AveragePool", [x], {"kernel_shape": [13, 11]})
     assert_same_bits(OPS["AveragePool"](x, kernel_shape=[13, 11]), expected, "AveragePool")
+
+
+# ------------------------------------------------------------------------------ resize
+
+@pytest.mark.parametrize("mode", ["half_pixel", "align_corners", "asymmetric",
+                                  "pytorch_half_pixel", "half_pixel_symmetric"])
+@SETTINGS
+@given(shape=st.sampled_from([(2, 3, 7, 9), (5, 6), (1, 2, 4, 5)]), seed=seeds,
+       hs=st.sampled_from([0.6, 1.0, 1.7, 2.0, 2.5, 3.0]),
+       ws=st.sampled_from([0.5, 1.0, 1.3, 2.0, 4.0]))
+def test_resize_bilinear_matches_ort(mode, shape, seed, hs, ws):
+    x = data(seed, shape, 3.0, special=False)
+    scales = np.array([1.0] * (len(shape) - 2) + [hs, ws], np.float32)
+    attrs = {"mode": "linear", "coordinate_transformation_mode": mode}
+    expected = ort_run("Resize", [x, np.array([], np.float32), scales], attrs, opset=19,
+                       initializers=(1, 2))
+    assert_same_bits(OPS["Resize"](x, None, scales, **attrs), expected, f"Resize {scales}")
