@@ -606,16 +606,29 @@ def render_html(result: Analysis, plots: Mapping[str, str]) -> str:
 {s['activation_bitwidth']}-bit, config <code>{e(str(s['config']))}</code>, rounding
 {e(str(s['rounding']))}. Calibration: {result.calib_samples} samples; evaluation:
 {result.eval_samples} samples.</p>
-<table><tr><th>{e(result.metric)}</th><th>FP32</th><th>quantized</th></tr>
-<tr><td></td><td class=n>{_fmt(result.fp32, ' ' + u)}</td>
+<table><tr><th>model</th><th>{e(result.metric)}</th></tr>
+<tr><td>FP32</td><td class=n>{_fmt(result.fp32, ' ' + u)}</td></tr>
+<tr><td>quantized (every quantizer as configured)</td>
 <td class=n>{_fmt(result.quantized, ' ' + u)}</td></tr></table>
-<section><h2>Which quantizer costs the most?</h2><ol>{ranked}</ol>
+<section><h2>Which quantizer costs the most?</h2>
+<p><b>Only disabled</b>: the {e(result.metric)} with every other quantizer on and this one off —
+what keeping this tensor in higher precision buys back. <b>Only enabled</b>: the
+{e(result.metric)} with this quantizer alone on — what it costs by itself. Ranked by the first:</p>
+<ol>{ranked}</ol>
 <img src='{e(plots['sweeps'])}' alt='sweeps'></section>
-<section><h2>SQNR per quantizer</h2><img src='{e(plots['sqnr'])}' alt='sqnr'></section>
+<section><h2>SQNR per quantizer</h2>
+<p><b>Alone</b>: the quantizer applied to the FP32 tensor, its own noise. <b>In the
+simulation</b>: the tensor as the quantized model computes it against FP32, the noise accumulated
+from every quantizer upstream. Both on the calibration data; higher is better.</p>
+<img src='{e(plots['sqnr'])}' alt='sqnr'></section>
 <section><h2>All quantizers</h2><table><tr><th>tensor</th><th>role</th><th>bits</th>
 <th>grid</th><th>SQNR alone (dB)</th><th>SQNR in sim (dB)</th><th>clipped</th>
 <th>only enabled ({e(u)})</th><th>only disabled ({e(u)})</th></tr>{''.join(rows)}</table></section>
-<section><h2>Ranges and histograms</h2>{''.join(details)}</section>
+<section><h2>Ranges and histograms</h2>
+<p>FP32 values on the calibration data with the encoding range in red; shaded regions are
+clipped. Per-channel quantizers are drawn in grid steps (each value divided by its channel's
+scale), where every channel shares one range; their second plot compares each channel's encoding
+range with its observed range.</p>{''.join(details)}</section>
 <p>Every number is also in <code>analysis.json</code>.</p>
 </body></html>
 """
