@@ -399,25 +399,33 @@ def _add_sim_options(p: argparse.ArgumentParser, *, out_default: str) -> None:
     p.add_argument("--batch-size", type=positive_int, default=16,
                    help="calibration batch size (default 16)")
     p.add_argument("--config", default=None, help="config file or built-in name (default: default)")
-    p.add_argument("--scheme", default="tf_enhanced", choices=["tf", "tf_enhanced", "percentile"])
-    p.add_argument("--percentile", type=float, default=99.9)
-    p.add_argument("--param-bw", type=int, default=8)
-    p.add_argument("--act-bw", type=int, default=8)
-    p.add_argument("--rounding", default="nearest", choices=["nearest", "half_even"])
+    p.add_argument("--scheme", default="tf_enhanced", choices=["tf", "tf_enhanced", "percentile"],
+                   help="calibration scheme: min-max, AIMET's SQNR search (default) or percentile")
+    p.add_argument("--percentile", type=float, default=99.9,
+                   help="percentile for --scheme percentile, 50..100 (default 99.9)")
+    p.add_argument("--param-bw", type=int, default=8, help="weight bitwidth, 2..16 (default 8)")
+    p.add_argument("--act-bw", type=int, default=8, help="activation bitwidth, 2..16 (default 8)")
+    p.add_argument("--rounding", default="nearest", choices=["nearest", "half_even"],
+                   help="nearest = AIMET (ties away from zero, default); half_even = ONNX "
+                        "QuantizeLinear")
     p.add_argument("--out", default=out_default, help=f"output folder (default {out_default})")
     p.add_argument("--no-fold", action="store_true", help="do not fold batch norms first")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show tracebacks on errors")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="qsim", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="qsim", description="qsim: quantized-inference simulation of ONNX "
+                     "models, bit-exact with AIMET. Without MODEL, quantize and analyze run the "
+                     "bundled digits CNN example.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     q = sub.add_parser("quantize", help="calibrate, simulate and export a model")
     _add_sim_options(q, out_default="qsim_out")
-    q.add_argument("--encoding-version", default="1.0.0", choices=["1.0.0", "0.6.1", "2.0.0"])
+    q.add_argument("--encoding-version", default="1.0.0", choices=["1.0.0", "0.6.1", "2.0.0"],
+                   help="format of <stem>.encodings (default 1.0.0)")
     q.add_argument("--qdq", action="store_true", help="also write <stem>_qdq.onnx")
     q.set_defaults(func=cmd_quantize)
 
@@ -435,12 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--param-bw", type=int, default=8)
     i.add_argument("--act-bw", type=int, default=8)
     i.add_argument("--no-fold", action="store_true", help="do not fold batch norms first")
-    i.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show tracebacks on errors")
     i.set_defaults(func=cmd_inspect)
 
     v = sub.add_parser("validate-config", help="check a quantsim config file")
     v.add_argument("config")
-    v.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    v.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show tracebacks on errors")
     v.set_defaults(func=cmd_validate_config)
     return parser
 

@@ -235,3 +235,11 @@ def test_analyze_command_writes_report_and_numbers(capsys, files, tmp_path):
     assert doc["metric"] == "accuracy" and doc["evaluation_samples"] == 100
     assert (tmp_path / "analysis.html").is_file()
     assert str((tmp_path / "analysis.html").resolve()) in out
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_works_before_and_after_the_command(files, where):
+    argv = ["quantize", str(files / "nope.onnx"), "--calib", str(files / "calib.npz")]
+    argv = ["--debug", *argv] if where == "before" else [*argv, "--debug"]
+    with pytest.raises(Exception, match="does not exist"):
+        main(argv)
