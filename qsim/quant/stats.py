@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
-from .jit import USE_NUMBA, kernel
+from .jit import USE_NUMBA, kernel, parallel_kernel
 from .kernels import channel_view
 
 #: number of histogram bins of the tf-enhanced / percentile histogram
@@ -40,47 +41,79 @@ def _as_batch(x, axis):
 
 # Min/max are taken on integer keys: the float32 bits ``u`` (as int32) map to
 # ``k = u ^ ((u >> 31) & 0x7fffffff)``, which orders like the floats (-0.0 just below +0.0) and
-# puts NaN outside [-inf, +inf]. Integer min/max reductions vectorise without fast-math, float
-# ones do not; the result is the same NaN-ignoring min/max.
+# puts NaN outside [-inf, +inf] (positive NaN above key(+inf), negative NaN below key(-inf)).
+# Integer min/max reductions vectorise without fast-math (8 int32 lanes with AVX2), float ones
+# do not; the result is the same NaN-ignoring min/max. The map is its own inverse.
 _KEY_MASK = 0x7fffffff
 _INF_BITS = 0x7f800000
-
-
-def _float_keys(f: np.ndarray) -> np.ndarray:
-    """int64 order keys of a float32 array."""
-    u = np.ascontiguousarray(f, dtype=np.float32).view(np.int32).astype(np.int64)
-    return u ^ ((u >> 31) & _KEY_MASK)
-
-
-def _keys_to_float(k: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`_float_keys`."""
-    k = np.asarray(k, dtype=np.int64)
-    return (k ^ ((k >> 31) & _KEY_MASK)).astype(np.int32).view(np.float32)
+_KEY_POS_INF = 0x7f800000                 # key of +inf
+_KEY_NEG_INF = -0x7f800000 - 1            # key of -inf (bits 0xff800000 -> 0x807fffff)
 
 
 @kernel
-def _nb_min_max(bits3, mnk, mxk):
-    """NaN-ignoring running min/max keys of ``bits3`` (int32 view, (outer, C, inner)).
+def _nb_row_key_range(row):
+    """``(min k, max k)`` over the int32 float bits ``row`` with ``k = u ^ ((u >> 31) & 0x7fffffff)``.
 
-    ``mnk, mxk`` (int64, (C,)) hold the keys of the previous statistics (those of +inf / -inf
-    when there are none), so an empty or all-NaN slice leaves them unchanged. Returns #NaN.
+    NaN are not excluded: their keys lie outside ``[key(-inf), key(+inf)]``, so a result inside
+    that interval proves the row holds no NaN. All int32, so the loop vectorises 8 lanes wide.
+    """
+    lo = np.int32(_KEY_MASK)
+    hi = np.int32(-_KEY_MASK - 1)
+    for i in range(row.shape[0]):
+        u = row[i]
+        k = np.int32(u ^ ((u >> 31) & _KEY_MASK))
+        lo = min(lo, k)
+        hi = max(hi, k)
+    return lo, hi
+
+
+@kernel
+def _nb_row_key_range_nan(row):
+    """NaN-ignoring ``(min k, max k, #NaN)`` of ``row`` (the slow path of rows holding NaN).
+
+    An all-NaN row gives ``(key max, key min)``, which leaves a running min/max unchanged.
+    """
+    lo = np.int32(_KEY_MASK)
+    hi = np.int32(-_KEY_MASK - 1)
+    nans = 0
+    for i in range(row.shape[0]):
+        u = row[i]
+        k = np.int32(u ^ ((u >> 31) & _KEY_MASK))
+        if (u & _KEY_MASK) > _INF_BITS:
+            nans += 1
+        else:
+            lo = min(lo, k)
+            hi = max(hi, k)
+    return lo, hi, nans
+
+
+@kernel
+def _nb_min_max(bits3, mn_bits, mx_bits):
+    """NaN-ignoring running min/max of ``bits3`` (int32 view of float32, (outer, C, inner)).
+
+    ``mn_bits, mx_bits`` (int32 views of the float32 min/max, (C,)) hold the previous statistics
+    (+inf / -inf when there are none) and are updated in place, so an empty or all-NaN slice
+    leaves them unchanged. Per row, a vectorised key min/max runs first; only a row whose keys
+    leave ``[key(-inf), key(+inf)]`` (it holds NaN) is scanned again to drop and count the NaN.
+    Returns #NaN.
     """
     nans = 0
     n_outer, n_ch, n_inner = bits3.shape
     for c in range(n_ch):
-        lo = mnk[c]
-        hi = mxk[c]
+        u = mn_bits[c]
+        lo = np.int32(u ^ ((u >> 31) & _KEY_MASK))
+        u = mx_bits[c]
+        hi = np.int32(u ^ ((u >> 31) & _KEY_MASK))
         for o in range(n_outer):
             row = bits3[o, c, :]
-            for i in range(n_inner):
-                u = np.int64(row[i])
-                k = u ^ ((u >> 31) & _KEY_MASK)
-                is_nan = (u & _KEY_MASK) > _INF_BITS
-                lo = min(lo, _KEY_MASK if is_nan else k)
-                hi = max(hi, -_KEY_MASK - 1 if is_nan else k)
-                nans += np.int64(is_nan)
-        mnk[c] = lo
-        mxk[c] = hi
+            row_lo, row_hi = _nb_row_key_range(row)
+            if row_lo < _KEY_NEG_INF or row_hi > _KEY_POS_INF:
+                row_lo, row_hi, row_nans = _nb_row_key_range_nan(row)
+                nans += row_nans
+            lo = min(lo, row_lo)
+            hi = max(hi, row_hi)
+        mn_bits[c] = np.int32(lo ^ ((lo >> 31) & _KEY_MASK))
+        mx_bits[c] = np.int32(hi ^ ((hi >> 31) & _KEY_MASK))
     return nans
 
 
@@ -97,11 +130,7 @@ def _min_max_update(x3, mn, mx):
     """Fold the batch ``x3`` into float32 ``mn, mx`` (shape (C,), in place); returns #NaN."""
     if not USE_NUMBA:
         return _np_min_max(x3, mn, mx)
-    mnk, mxk = _float_keys(mn), _float_keys(mx)
-    nans = _nb_min_max(x3.view(np.int32), mnk, mxk)
-    mn[...] = _keys_to_float(mnk)
-    mx[...] = _keys_to_float(mxk)
-    return nans
+    return _nb_min_max(x3.view(np.int32), mn.view(np.int32), mx.view(np.int32))
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,6 +201,8 @@ def _nb_fix_bins(mn, mx):
 
 #: elements per block of the two-phase binning loop (indices first, then counts)
 _BLOCK = 1024
+#: a row of at least this many elements is binned in ``threads`` chunks in parallel
+PARALLEL_MIN_ELEMENTS = 1 << 18
 
 
 @kernel
@@ -180,7 +211,8 @@ def _nb_bin_row(row, r, k0f, counts, buf):
 
     ``s = f32(v·r)``, ``idx = f32(floor(s) - f32(k0))``; elements with ``|s| ≥ 2^31``, NaN, or
     ``idx`` outside ``[0, 1536)`` go to the extra slot ``counts[1536]`` (dropped). Per block, the
-    indices are computed first (a loop the compiler vectorises) and counted afterwards. NaN are
+    int32 indices are computed first into ``buf`` (a loop the compiler vectorises 8 lanes wide)
+    and counted afterwards (indices used as unsigned: no negative-index wrap-around code). NaN are
     counted (for the warning) only when something was dropped.
     """
     limit = np.float32(_INT32_RANGE)
@@ -193,9 +225,9 @@ def _nb_bin_row(row, r, k0f, counts, buf):
             s = row[start + j] * r
             idx = np.floor(s) - k0f
             ok = (np.abs(s) < limit) & (idx >= np.float32(0.0)) & (idx < top)
-            buf[j] = np.uint32(idx if ok else top)
+            buf[j] = np.int32(idx if ok else top)
         for j in range(m):
-            counts[buf[j]] += 1
+            counts[np.uintp(buf[j])] += 1
     nans = 0
     if counts[NUM_BINS] != dropped_before:
         for j in range(n):
@@ -204,9 +236,35 @@ def _nb_bin_row(row, r, k0f, counts, buf):
     return nans
 
 
+@parallel_kernel
+def _nb_bin_row_parallel(row, r, k0f, counts, chunks):
+    """:func:`_nb_bin_row` over ``chunks`` equal slices of ``row`` in parallel; returns #NaN.
+
+    Each slice counts into its own histogram; the integer counts are added at the end, so the
+    result equals the serial one exactly. Every NaN is dropped, so each slice holding a NaN
+    counts its NaN and the total is the row's.
+    """
+    n = row.shape[0]
+    size = (n + chunks - 1) // chunks
+    parts = np.zeros((chunks, NUM_BINS + 1), np.int64)
+    part_nans = np.zeros(chunks, np.int64)
+    for t in numba.prange(chunks):
+        buf = np.empty(_BLOCK, np.int32)
+        start = min(n, t * size)
+        stop = min(n, start + size)
+        part_nans[t] = _nb_bin_row(row[start:stop], r, k0f, parts[t], buf)
+    for t in range(chunks):
+        for b in range(NUM_BINS + 1):
+            counts[b] += parts[t, b]
+    return part_nans.sum()
+
+
 @kernel
-def _nb_histogram_update(x3, fixed, width, k0, batches, pdf):
+def _nb_histogram_update(x3, fixed, width, k0, batches, pdf, threads=1):
     """One batch into the per-channel histograms (in place, §4 steps 1–3).
+
+    Rows of at least ``PARALLEL_MIN_ELEMENTS`` are binned on ``threads`` threads when
+    ``threads > 1`` (same counts, see :func:`_nb_bin_row_parallel`).
 
     A channel whose bins are not fixed yet fixes them from this slice's NaN-ignoring min/max,
     unless both are 0 (then the slice is skipped and not counted). Each counted slice adds
@@ -215,7 +273,7 @@ def _nb_histogram_update(x3, fixed, width, k0, batches, pdf):
     n_outer, n_ch, n_inner = x3.shape
     numel = n_outer * n_inner
     counts = np.zeros(NUM_BINS + 1, np.int64)
-    buf = np.empty(_BLOCK, np.uint32)
+    buf = np.empty(_BLOCK, np.int32)
     nans = 0
     if numel == 0:
         return nans
@@ -241,7 +299,10 @@ def _nb_histogram_update(x3, fixed, width, k0, batches, pdf):
         k0f = np.float32(k0[c])
         counts[:] = 0
         for o in range(n_outer):
-            nans += _nb_bin_row(x3[o, c, :], r, k0f, counts, buf)
+            if threads > 1 and n_inner >= PARALLEL_MIN_ELEMENTS:
+                nans += _nb_bin_row_parallel(x3[o, c, :], r, k0f, counts, threads)
+            else:
+                nans += _nb_bin_row(x3[o, c, :], r, k0f, counts, buf)
         k = np.float64(batches[c])
         for b in range(NUM_BINS):
             p = np.float64(counts[b]) / np.float64(numel)
@@ -269,8 +330,8 @@ def _np_fix_bins(mn, mx):
     return w, k0
 
 
-def _np_histogram_update(x3, fixed, width, k0, batches, pdf):
-    """NumPy twin of :func:`_nb_histogram_update`."""
+def _np_histogram_update(x3, fixed, width, k0, batches, pdf, threads=1):
+    """NumPy twin of :func:`_nb_histogram_update` (``threads`` is accepted and ignored)."""
     n_outer, n_ch, n_inner = x3.shape
     numel = n_outer * n_inner
     nans = 0
@@ -331,13 +392,20 @@ class HistogramStats:
     def num_channels(self) -> int:
         return int(self.fixed.shape[0])
 
-    def update(self, x) -> "HistogramStats":
-        """The statistics after one more batch ``x`` (float32): a new value."""
+    def update(self, x, *, threads: int | None = None) -> "HistogramStats":
+        """The statistics after one more batch ``x`` (float32): a new value.
+
+        ``threads``: how many threads bin a long batch (rows of at least
+        ``PARALLEL_MIN_ELEMENTS``); None = Numba's thread count, 1 = serial. The result does not
+        depend on it.
+        """
         x3 = _as_batch(x, self.axis)
         fixed, width, k0 = self.fixed.copy(), self.width.copy(), self.k0.copy()
         batches, pdf = self.batches.copy(), self.pdf.copy()
+        if threads is None:
+            threads = numba.get_num_threads()
         nans = (_nb_histogram_update if USE_NUMBA else _np_histogram_update)(
-            x3, fixed, width, k0, batches, pdf)
+            x3, fixed, width, k0, batches, pdf, int(threads))
         return HistogramStats(fixed=_readonly(fixed), width=_readonly(width), k0=_readonly(k0),
                               batches=_readonly(batches), pdf=_readonly(pdf), axis=self.axis,
                               nan_count=self.nan_count + int(nans))

@@ -52,11 +52,10 @@ def test_min_max_numba_equals_twin_per_channel(x, axis):
     c = x3.shape[1]
     mn1, mx1 = np.full(c, np.inf, np.float32), np.full(c, -np.inf, np.float32)
     mn2, mx2 = mn1.copy(), mx1.copy()
-    k_lo, k_hi = S._float_keys(mn1), S._float_keys(mx1)
-    n1 = S._nb_min_max(x3.view(np.int32), k_lo, k_hi)
+    n1 = S._nb_min_max(x3.view(np.int32), mn1.view(np.int32), mx1.view(np.int32))
     n2 = S._np_min_max(x3, mn2, mx2)
-    np.testing.assert_array_equal(S._keys_to_float(k_lo), mn2)
-    np.testing.assert_array_equal(S._keys_to_float(k_hi), mx2)
+    np.testing.assert_array_equal(mn1, mn2)
+    np.testing.assert_array_equal(mx1, mx2)
     assert n1 == n2
     s = MinMaxStats.empty(axis=axis, channels=x.shape[axis]).update(x)
     for i in range(x.shape[axis]):
@@ -192,3 +191,102 @@ def test_constant_large_first_batch_gives_zero_width(value):
     s = HistogramStats.empty().update(np.full(10, value, np.float32))
     assert s.fixed[0] and s.width[0] == 0.0
     assert not s.pdf.any()
+
+
+# ------------------------------------------------------------------ fast paths (same bits)
+
+def _signed_zero_min_max(x):
+    """Independent NaN-ignoring min/max with -0.0 < +0.0 (the order of the float bits)."""
+    v = x[~np.isnan(x)]
+    if not v.size:
+        return np.float32(np.inf), np.float32(-np.inf)
+    lo, hi = v.min(), v.max()
+    zeros = v[v == 0]
+    if lo == 0:
+        lo = np.float32(-0.0) if np.signbit(zeros).any() else np.float32(0.0)
+    if hi == 0:
+        hi = np.float32(0.0) if (~np.signbit(zeros)).any() else np.float32(-0.0)
+    return np.float32(lo), np.float32(hi)
+
+
+@st.composite
+def long_rows(draw, max_size=3000):
+    """float32 rows long enough for the vectorised loops: random bits (every NaN payload and
+    sign), or normal data with a few or many NaN, infinities and signed zeros."""
+    n = draw(st.integers(0, max_size))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if draw(st.booleans()):
+        return rng.integers(-2**31, 2**31, n, dtype=np.int64).astype(np.int32).view(np.float32)
+    x = rng.normal(size=n).astype(np.float32)
+    special = rng.random(n) < draw(st.sampled_from([0.0, 0.001, 0.3, 1.0]))
+    pool = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0], np.float32)
+    x[special] = rng.choice(pool, int(special.sum()))
+    return x
+
+
+@SETTINGS
+@given(x=long_rows(), channels=st.sampled_from([1, 2, 3]))
+def test_min_max_kernel_bits_on_long_rows(x, channels):
+    """The vectorised key min/max plus the NaN re-scan give the exact bits (signed zeros too)
+    and the exact NaN count, per tensor and per channel."""
+    x = x[: x.size - x.size % channels].reshape(-1, channels)
+    x3 = channel_view(np.ascontiguousarray(x), 1)
+    mn, mx = np.full(channels, np.inf, np.float32), np.full(channels, -np.inf, np.float32)
+    nans = S._nb_min_max(x3.view(np.int32), mn.view(np.int32), mx.view(np.int32))
+    assert nans == int(np.isnan(x).sum())
+    for c in range(channels):
+        lo, hi = _signed_zero_min_max(x[:, c])
+        assert mn[c].tobytes() == lo.tobytes() and mx[c].tobytes() == hi.tobytes()
+
+
+def test_min_max_keeps_previous_statistics_bits():
+    """Folding into existing min/max: -0.0 beats +0.0 for the min, +0.0 beats -0.0 for the max."""
+    mn, mx = np.array([0.0], np.float32), np.array([-0.0], np.float32)
+    x3 = channel_view(np.array([-0.0, 0.0, np.nan], np.float32), None)
+    assert S._nb_min_max(x3.view(np.int32), mn.view(np.int32), mx.view(np.int32)) == 1
+    assert np.signbit(mn[0]) and not np.signbit(mx[0])
+
+
+def _hist_state(x, threads, axis=None):
+    x3 = channel_view(np.ascontiguousarray(x, np.float32), axis)
+    c = x3.shape[1]
+    fixed, width, k0 = np.zeros(c, bool), np.zeros(c), np.zeros(c)
+    batches, pdf = np.zeros(c, np.int64), np.zeros((c, S.NUM_BINS))
+    nans = S._nb_histogram_update(x3, fixed, width, k0, batches, pdf, threads)
+    nans += S._nb_histogram_update(x3 * np.float32(1.5), fixed, width, k0, batches, pdf, threads)
+    return fixed, width, k0, batches, pdf, nans
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NUMBA_DISABLE_JIT=1: scalar NumPy warns on inf/NaN
+@SETTINGS
+@given(x=long_rows(1500), chunks=st.integers(1, 7))
+def test_parallel_chunk_counts_equal_serial_counts(x, chunks):
+    """Chunked counting (one histogram per chunk, added at the end) gives the serial counts and
+    the serial NaN count."""
+    r, k0f = np.float32(40.0), np.float32(-100.0)
+    serial = np.zeros(S.NUM_BINS + 1, np.int64)
+    n1 = S._nb_bin_row(x, r, k0f, serial, np.empty(S._BLOCK, np.int32))
+    chunked = np.zeros(S.NUM_BINS + 1, np.int64)
+    n2 = S._nb_bin_row_parallel(x, r, k0f, chunked, chunks)
+    np.testing.assert_array_equal(chunked, serial)
+    assert n1 == n2
+    assert serial.sum() == x.size
+    if np.isnan(x).any():
+        assert n1 == int(np.isnan(x).sum())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("threads", [2, 3])
+def test_parallel_histogram_update_equals_serial_bits(threads):
+    """Rows above PARALLEL_MIN_ELEMENTS take the threaded path: same state, bit for bit."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=2 * (S.PARALLEL_MIN_ELEMENTS + 1001)).astype(np.float32)
+    x[rng.integers(0, x.size, 50)] = np.nan
+    per_channel = x.reshape(2, -1)
+    for arr, axis in ((x, None), (per_channel, 0)):
+        serial, threaded = _hist_state(arr, 1, axis), _hist_state(arr, threads, axis)
+        for a, b in zip(serial, threaded):
+            assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    public = HistogramStats.empty().update(x, threads=threads)
+    assert public.pdf.tobytes() == HistogramStats.empty().update(x, threads=1).pdf.tobytes()
+    assert public.nan_count == int(np.isnan(x).sum())
