@@ -349,7 +349,7 @@ def hard_swish(x):
 
 @register("Tanh")
 def tanh(x):
-    """Y = tanh(X) (float32: ONNX Runtime's MLAS approximation, :func:`qsim.ops.math_exact.tanh`)."""
+    """Y = tanh(X) (float32: ONNX Runtime's MLAS approximation, :func:`math_exact.tanh`)."""
     x = _float_input("Tanh", x)
     if x.dtype == np.float32:
         return math_exact.tanh(x)  # ORT's MLAS tanh, bit for bit

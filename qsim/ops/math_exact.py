@@ -27,11 +27,22 @@ Tanh                   MlasTanhKernelFma3 (rational 13/6, clamp +-9)    :func:`t
 Erf                    MlasErfKernelFma3 (two polynomials + exp)        :func:`erf`
 Gelu                   0.5x(1+erf(x/sqrt2)) with MLAS erf / tanh        :func:`gelu`
 Exp                    MlasComputeExpF32KernelFma3                      :func:`exp`
-Log                    Eigen plog (SSE packets of 4) + libm logf tail   :func:`log`
+Log                    Eigen plog (SSE packets of 4) + libm logf edges  :func:`log`
 Softmax, LogSoftmax    MlasComputeSoftmax (SumExp, 8 lanes)             :func:`softmax_rows`
 GlobalAveragePool      MlasPoolGlobalKernel (4 lanes)                   :func:`global_average`
-ReduceSum/Mean (KR)    Eigen redux (SSE, aligned start, 2x4 lanes)      :func:`eigen_row_sums`
+AveragePool            MlasPool vector / generic kernels                :func:`pool_window_sums`
+ReduceSum, ReduceMean  Eigen redux / row adds / sgemm with ones         :func:`reduce_sum`
+LayerNormalization     MlasLayerNormF32 (AVX2) or scalar Welford        :func:`layer_norm_rows`
+InstanceNormalization  Eigen mean, squared norm                         :func:`instance_norm_planes`
+Resize (linear, 2-D)   UpsampleBilinear                                 :func:`bilinear`
 =====================  ===============================================  =======================
+
+BatchNormalization needs no kernel here: ORT computes ``(1/sqrt(var+eps))*scale`` (two roundings),
+``B - mean*s`` and ``X*s + t`` (qsim.ops.nn.batch_normalization does the same).
+
+What ORT computes depends on its intra-op thread count only for Log (parallel blocks, see
+:func:`parallel_blocks`); :data:`DEFAULT_THREADS` follows ORT's default of one thread per core.
+AveragePool follows opset <= 18 (from opset 19 ORT sums every window in row-major order).
 """
 from __future__ import annotations
 
@@ -1200,7 +1211,7 @@ def _bilinear_axis(coords: np.ndarray, n_in: int):
 def bilinear(x, y_coords, x_coords) -> np.ndarray:
     """Bilinear resize of the last two axes of float32 ``x`` as UpsampleBilinear::
 
-        Y = (dx2·dy2)·X11 + (dx1·dy2)·X21 + (dx2·dy1)·X12 + (dx1·dy1)·X22     (left to right)
+        Y = (dx2·dy2)·X11 + (dx1·dy2)·X21 + (dx2·dy1)·X12 + (dx1·dy1)·X22   (left to right)
     with X11 = X[y1, x1], X21 = X[y1, x2], X12 = X[y2, x1], X22 = X[y2, x2] (see
     :func:`_bilinear_axis`); ``y_coords``/``x_coords`` are the float32 source coordinates."""
     x = np.asarray(x, F32)
