@@ -4,6 +4,7 @@ Prints, for 1M and 16M float32 elements (best of several repeats, milliseconds):
   min/max statistics          vs np.max(x)                            goal <= 1.5x
   tf-enhanced histogram update vs np.max(x)                           goal <= 4x
                               vs np.histogram(x, bins=same edges)     goal >= 5x faster
+    (serial, the default, and with threads = Numba's thread count; np.max is single-threaded)
   quantize-dequantize         vs np.clip(x, lo, hi, out=y)            goal <= 3x
 and the tf-enhanced search (1536 bins, 8-bit asymmetric, goal < 1 ms) and the first-call cost
 (compilation or on-disk cache load) of each kernel, measured in a fresh interpreter.
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 
+import numba
 import numpy as np
 
 FIRST_CALL = r"""
@@ -53,6 +55,7 @@ def best_ms(fn, repeats: int) -> float:
 def bench_size(n: int) -> None:
     from qsim.quant import HistogramStats, MinMaxStats, TensorQuantizer
 
+    threads = numba.get_num_threads()
     rng = np.random.default_rng(0)
     x = rng.normal(size=n).astype(np.float32)
     y = np.empty_like(x)
@@ -64,6 +67,7 @@ def bench_size(n: int) -> None:
 
     hist = HistogramStats.empty().update(x)          # bins fixed: later updates only bin
     t_hist = best_ms(lambda: hist.update(x), reps)
+    t_hist_mt = best_ms(lambda: hist.update(x, threads=threads), reps)
     edges = hist.edges(0)
     t_nphist = best_ms(lambda: np.histogram(x, bins=edges), max(2, reps // 3))
 
@@ -78,6 +82,7 @@ def bench_size(n: int) -> None:
     print(f"  np.max               {t_max:8.3f} ms")
     print(f"  min/max stats        {t_mm:8.3f} ms   {t_mm / t_max:5.2f}x np.max        (goal <= 1.5x)")
     print(f"  histogram update     {t_hist:8.3f} ms   {t_hist / t_max:5.2f}x np.max        (goal <= 4x)")
+    print(f"    threads={threads}          {t_hist_mt:8.3f} ms   {t_hist_mt / t_max:5.2f}x np.max")
     print(f"  np.histogram         {t_nphist:8.3f} ms   {t_nphist / t_hist:5.2f}x slower than ours (goal >= 5x)")
     print(f"  np.clip(out=y)       {t_clip:8.3f} ms")
     print(f"  quantize-dequantize  {t_qdq:8.3f} ms   {t_qdq / t_clip:5.2f}x np.clip       (goal <= 3x)")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
+from ..errors import ConfigError
 from .jit import USE_NUMBA, kernel, parallel_kernel
 from .kernels import channel_view
 
@@ -260,11 +261,47 @@ def _nb_bin_row_parallel(row, r, k0f, counts, chunks):
 
 
 @kernel
-def _nb_histogram_update(x3, fixed, width, k0, batches, pdf, threads=1):
-    """One batch into the per-channel histograms (in place, §4 steps 1–3).
+def _nb_fix_channel(x3, c, fixed, width, k0):
+    """Fix the bins of channel ``c`` from this slice if they are not fixed yet (§4 steps 1–2).
 
-    Rows of at least ``PARALLEL_MIN_ELEMENTS`` are binned on ``threads`` threads when
-    ``threads > 1`` (same counts, see :func:`_nb_bin_row_parallel`).
+    The slice's NaN-ignoring min/max give ``(width[c], k0[c])`` via :func:`_nb_fix_bins`;
+    returns False (slice to be skipped, bins still open) when both are 0.
+    """
+    if fixed[c]:
+        return True
+    n_outer, _, n_inner = x3.shape
+    lo = np.float32(np.inf)
+    hi = np.float32(-np.inf)
+    for o in range(n_outer):
+        for i in range(n_inner):
+            v = x3[o, c, i]
+            if v < lo:
+                lo = v
+            if v > hi:
+                hi = v
+    if lo > hi:            # no non-NaN element: min and max are NaN
+        lo = np.float32(np.nan)
+        hi = np.float32(np.nan)
+    if lo == 0.0 and hi == 0.0:
+        return False
+    width[c], k0[c] = _nb_fix_bins(lo, hi)
+    fixed[c] = True
+    return True
+
+
+@kernel
+def _nb_fold_counts(counts, numel, c, batches, pdf):
+    """``pdf[c] = (pdf[c]·k + count_i/numel)/(k + 1)`` with ``k = batches[c]``; then ``k += 1``."""
+    k = np.float64(batches[c])
+    for b in range(NUM_BINS):
+        p = np.float64(counts[b]) / np.float64(numel)
+        pdf[c, b] = (pdf[c, b] * k + p) / (k + 1.0)
+    batches[c] += 1
+
+
+@kernel
+def _nb_histogram_update(x3, fixed, width, k0, batches, pdf):
+    """One batch into the per-channel histograms (in place, §4 steps 1–3).
 
     A channel whose bins are not fixed yet fixes them from this slice's NaN-ignoring min/max,
     unless both are 0 (then the slice is skipped and not counted). Each counted slice adds
@@ -278,37 +315,47 @@ def _nb_histogram_update(x3, fixed, width, k0, batches, pdf, threads=1):
     if numel == 0:
         return nans
     for c in range(n_ch):
-        if not fixed[c]:
-            lo = np.float32(np.inf)
-            hi = np.float32(-np.inf)
-            for o in range(n_outer):
-                for i in range(n_inner):
-                    v = x3[o, c, i]
-                    if v < lo:
-                        lo = v
-                    if v > hi:
-                        hi = v
-            if lo > hi:            # no non-NaN element: min and max are NaN
-                lo = np.float32(np.nan)
-                hi = np.float32(np.nan)
-            if lo == 0.0 and hi == 0.0:
-                continue
-            width[c], k0[c] = _nb_fix_bins(lo, hi)
-            fixed[c] = True
+        if not _nb_fix_channel(x3, c, fixed, width, k0):
+            continue
         r = np.float32(1.0 / width[c])
         k0f = np.float32(k0[c])
         counts[:] = 0
         for o in range(n_outer):
-            if threads > 1 and n_inner >= PARALLEL_MIN_ELEMENTS:
-                nans += _nb_bin_row_parallel(x3[o, c, :], r, k0f, counts, threads)
-            else:
-                nans += _nb_bin_row(x3[o, c, :], r, k0f, counts, buf)
-        k = np.float64(batches[c])
-        for b in range(NUM_BINS):
-            p = np.float64(counts[b]) / np.float64(numel)
-            pdf[c, b] = (pdf[c, b] * k + p) / (k + 1.0)
-        batches[c] += 1
+            nans += _nb_bin_row(x3[o, c, :], r, k0f, counts, buf)
+        _nb_fold_counts(counts, numel, c, batches, pdf)
     return nans
+
+
+@kernel
+def _nb_histogram_update_threaded(x3, fixed, width, k0, batches, pdf, threads):
+    """:func:`_nb_histogram_update` with every row binned by :func:`_nb_bin_row_parallel` on
+    ``threads`` threads (same counts, so the same state). A separate kernel, so that the serial
+    one does not compile the parallel code."""
+    n_outer, n_ch, n_inner = x3.shape
+    numel = n_outer * n_inner
+    counts = np.zeros(NUM_BINS + 1, np.int64)
+    nans = 0
+    if numel == 0:
+        return nans
+    for c in range(n_ch):
+        if not _nb_fix_channel(x3, c, fixed, width, k0):
+            continue
+        r = np.float32(1.0 / width[c])
+        k0f = np.float32(k0[c])
+        counts[:] = 0
+        for o in range(n_outer):
+            nans += _nb_bin_row_parallel(x3[o, c, :], r, k0f, counts, threads)
+        _nb_fold_counts(counts, numel, c, batches, pdf)
+    return nans
+
+
+def _histogram_update(x3, fixed, width, k0, batches, pdf, threads):
+    """Dispatch: NumPy twin without Numba; threaded kernel for long rows and ``threads > 1``."""
+    if not USE_NUMBA:
+        return _np_histogram_update(x3, fixed, width, k0, batches, pdf)
+    if threads > 1 and x3.shape[2] >= PARALLEL_MIN_ELEMENTS:
+        return _nb_histogram_update_threaded(x3, fixed, width, k0, batches, pdf, threads)
+    return _nb_histogram_update(x3, fixed, width, k0, batches, pdf)
 
 
 def _np_fix_bins(mn, mx):
@@ -330,8 +377,8 @@ def _np_fix_bins(mn, mx):
     return w, k0
 
 
-def _np_histogram_update(x3, fixed, width, k0, batches, pdf, threads=1):
-    """NumPy twin of :func:`_nb_histogram_update` (``threads`` is accepted and ignored)."""
+def _np_histogram_update(x3, fixed, width, k0, batches, pdf):
+    """NumPy twin of :func:`_nb_histogram_update`."""
     n_outer, n_ch, n_inner = x3.shape
     numel = n_outer * n_inner
     nans = 0
@@ -392,20 +439,21 @@ class HistogramStats:
     def num_channels(self) -> int:
         return int(self.fixed.shape[0])
 
-    def update(self, x, *, threads: int | None = None) -> "HistogramStats":
+    def update(self, x, *, threads: int = 1) -> "HistogramStats":
         """The statistics after one more batch ``x`` (float32): a new value.
 
-        ``threads``: how many threads bin a long batch (rows of at least
-        ``PARALLEL_MIN_ELEMENTS``); None = Numba's thread count, 1 = serial. The result does not
-        depend on it.
+        ``threads > 1`` bins rows of at least ``PARALLEL_MIN_ELEMENTS`` elements in that many
+        chunks on Numba's thread pool; the result does not depend on it. Serial by default:
+        on a machine whose cores are busy, OpenMP's spinning barrier can make threaded calls
+        many times slower (set ``OMP_WAIT_POLICY=passive`` there).
         """
+        if not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ConfigError(f"HistogramStats.update: threads must be an integer >= 1, "
+                              f"got {threads!r}")
         x3 = _as_batch(x, self.axis)
         fixed, width, k0 = self.fixed.copy(), self.width.copy(), self.k0.copy()
         batches, pdf = self.batches.copy(), self.pdf.copy()
-        if threads is None:
-            threads = numba.get_num_threads()
-        nans = (_nb_histogram_update if USE_NUMBA else _np_histogram_update)(
-            x3, fixed, width, k0, batches, pdf, int(threads))
+        nans = _histogram_update(x3, fixed, width, k0, batches, pdf, threads)
         return HistogramStats(fixed=_readonly(fixed), width=_readonly(width), k0=_readonly(k0),
                               batches=_readonly(batches), pdf=_readonly(pdf), axis=self.axis,
                               nan_count=self.nan_count + int(nans))

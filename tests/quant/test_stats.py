@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from qsim.errors import ConfigError
 from qsim.quant import HistogramStats, MinMaxStats
 from qsim.quant import stats as S
 from qsim.quant.kernels import channel_view
@@ -252,8 +253,8 @@ def _hist_state(x, threads, axis=None):
     c = x3.shape[1]
     fixed, width, k0 = np.zeros(c, bool), np.zeros(c), np.zeros(c)
     batches, pdf = np.zeros(c, np.int64), np.zeros((c, S.NUM_BINS))
-    nans = S._nb_histogram_update(x3, fixed, width, k0, batches, pdf, threads)
-    nans += S._nb_histogram_update(x3 * np.float32(1.5), fixed, width, k0, batches, pdf, threads)
+    nans = S._histogram_update(x3, fixed, width, k0, batches, pdf, threads)
+    nans += S._histogram_update(x3 * np.float32(1.5), fixed, width, k0, batches, pdf, threads)
     return fixed, width, k0, batches, pdf, nans
 
 
@@ -290,3 +291,9 @@ def test_parallel_histogram_update_equals_serial_bits(threads):
     public = HistogramStats.empty().update(x, threads=threads)
     assert public.pdf.tobytes() == HistogramStats.empty().update(x, threads=1).pdf.tobytes()
     assert public.nan_count == int(np.isnan(x).sum())
+
+
+@pytest.mark.parametrize("threads", [0, -2, 1.5, "2"])
+def test_histogram_threads_must_be_a_positive_integer(threads):
+    with pytest.raises(ConfigError, match="threads must be an integer >= 1"):
+        HistogramStats.empty().update(np.ones(4, np.float32), threads=threads)
