@@ -368,20 +368,25 @@ def _no_progress(items, desc):
 
 
 def analyze(sim, calib: Mapping[str, np.ndarray], *, eval_data: Mapping[str, np.ndarray] | None = None,
-            labels: Sequence[int] | np.ndarray | None = None, batch_size: int = 256,
+            labels: Sequence[int] | np.ndarray | None = None, batch_size: int = 32,
+            eval_batch_size: int = 256,
             model_name: str = "model",
             progress: Callable[[Sequence, str], Iterable] | None = None) -> Analysis:
     """Measure every enabled quantizer of the calibrated ``sim`` (see the module docstring).
 
     ``calib`` and ``eval_data`` map each graph input to an array whose first axis is samples;
     ``labels`` (integer classes, one per evaluation sample) switch the metric to accuracy.
+    The tensor passes run ``batch_size`` samples at a time and keep every quantized tensor of a
+    batch alive at once; the sweeps only keep the live activations, in batches of
+    ``eval_batch_size`` (larger batches: fewer executor steps, more memory).
     ``progress(items, description)`` may wrap the loops (e.g. a progress bar).
     """
     if not getattr(sim, "_calibrated", False):
         raise NotCalibratedError("analyze() needs a calibrated simulation: call "
                                  "sim.compute_encodings(batches) first")
-    if batch_size < 1:
-        raise QsimError(f"batch_size must be ≥ 1, got {batch_size}")
+    for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        if value < 1:
+            raise QsimError(f"{name} must be ≥ 1, got {value}")
     progress = _no_progress if progress is None else progress
     _check_data(sim, calib, "the calibration data")
     evaluation = calib if eval_data is None else eval_data
@@ -393,7 +398,7 @@ def analyze(sim, calib: Mapping[str, np.ndarray], *, eval_data: Mapping[str, np.
             raise FeedError(f"{len(labels)} labels for {n_eval} evaluation samples; give one "
                             f"label per sample")
     calib_batches = split_batches(calib, batch_size)
-    eval_batches = split_batches(evaluation, batch_size)
+    eval_batches = split_batches(evaluation, eval_batch_size)
     handles = _unique_enabled(sim)
 
     acc = _tensor_pass(sim, calib_batches, handles, progress)

@@ -330,7 +330,8 @@ def cmd_analyze(args) -> int:
         return progress(items, quiet=args.quiet, desc=desc, unit="step")
 
     result = analyze(sim, job.calib, eval_data=job.eval_data, labels=job.labels,
-                     batch_size=max(args.batch_size, 256), model_name=job.model_path.name,
+                     batch_size=args.batch_size, eval_batch_size=max(args.batch_size, 256),
+                     model_name=job.model_path.name,
                      progress=bar)
     files = write_report(result, out_dir)
     lines = _describe_sim(sim, job)
