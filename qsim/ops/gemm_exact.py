@@ -35,12 +35,15 @@ halfway case are not corrected (never seen in practice).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
-from numba import prange, types
+from numba import types
 from numba.extending import intrinsic
 
 from .. quant.jit import USE_NUMBA
@@ -57,6 +60,21 @@ _THREAD_ALIGN_N = 16             # MLAS_SGEMM_STRIDEN_THREAD_ALIGN
 _THREAD_COMPLEXITY = 64 * 1024   # MLAS_SGEMM_THREAD_COMPLEXITY
 _MAX_THREADS = 16                # MLAS_MAXIMUM_THREAD_COUNT (convolution)
 _PACKED_STRIDE_K = 256           # MLAS_SGEMM_PACKED_STRIDEK
+
+
+@contextlib.contextmanager
+def _slp_vectorizer():
+    """Let LLVM's SLP vectorizer run while Numba compiles (lazily, on first call) the kernels
+    called inside this block: the micro-kernel needs it to keep its 64 accumulators in AVX
+    registers (4x faster). Numba reads ``config.SLP_VECTORIZE`` each time it builds a pass
+    pipeline; the previous value is restored on exit. SLP packs independent scalar operations
+    into vector ones without reassociating anything, so results are unchanged."""
+    saved = numba.config.SLP_VECTORIZE
+    numba.config.SLP_VECTORIZE = 1
+    try:
+        yield
+    finally:
+        numba.config.SLP_VECTORIZE = saved
 
 
 def _compile(parallel: bool = False, inline: bool = False):
@@ -199,62 +217,104 @@ def fma_np(a, b, c) -> np.ndarray:
 _PB = 256           # widest column block of the general kernel
 _ACC = 4096         # accumulator block (floats): 16 KiB, L1
 _PANEL = 64 * 1024  # B panel (floats): 256 KiB, L2
+_MR, _NR = 4, 16    # register block of the micro-kernel: 4 rows x 16 columns (8 AVX registers)
+
+
+def _micro_kernel_source() -> str:
+    """Source of ``_micro``: a ``_MR x _NR`` block of outputs, one K block.
+
+    Written out with one scalar variable per output (generated: 64 of them) so that LLVM keeps
+    the accumulators in registers and its SLP vectorizer packs the 16 columns of a row into two
+    AVX registers. Per output ``acc = fma(a[r, k], b[k, j], acc)`` for ``k`` ascending from
+    ``acc = 0``, then ``c = acc · alpha`` (first block with ``beta == 0``) or
+    ``c = fma(acc, alpha, c)``: exactly MLAS's arithmetic. ``a``, ``b``, ``c`` are flat (1-D)
+    views; unsigned indices spare Numba's negative-index checks, which would block the SLP pass.
+    """
+    acc = [[f"c{r}_{j}" for j in range(_NR)] for r in range(_MR)]
+    zero = ", ".join(["f0"] * _NR)
+    lines = ["def _micro(a, b, c, a0, lda, b0, ldb, c0, ldc, k0, k1, alpha, first):",
+             "    f0 = np.float32(0.0)"]
+    lines += [f"    {', '.join(row)} = {zero}" for row in acc]
+    lines += ["    for kk in range(k0, k1):",
+              "        bo = np.uint64(b0 + kk * ldb)"]
+    lines += [f"        v{j} = b[bo + np.uint64({j})]" for j in range(_NR)]
+    for r in range(_MR):
+        lines.append(f"        av = a[np.uint64(a0 + {r} * lda + kk)]")
+        lines += [f"        {acc[r][j]} = _fma32(av, v{j}, {acc[r][j]})" for j in range(_NR)]
+    for r in range(_MR):
+        lines.append(f"    co = np.uint64(c0 + {r} * ldc)")
+        lines.append("    if first:")
+        lines += [f"        c[co + np.uint64({j})] = {acc[r][j]} * alpha" for j in range(_NR)]
+        lines.append("    else:")
+        lines += [f"        c[co + np.uint64({j})] = _fma32({acc[r][j]}, alpha, "
+                  f"c[co + np.uint64({j})])" for j in range(_NR)]
+    return "\n".join(lines) + "\n"
+
+
+_namespace = {"np": np, "_fma32": _fma32}
+exec(compile(_micro_kernel_source(), "<qsim.ops.gemm_exact._micro>", "exec"), _namespace)
+_micro = numba.njit(nogil=True, fastmath=False)(_namespace["_micro"])
+
+
+@_compile()
+def _block_fma(a, b, c, m0, m1, n0, n1, k0, k1, alpha, first):
+    """The general kernel's arithmetic on a small edge block (rows or columns left over by the
+    micro-kernel); accumulators in memory, innermost loop over columns."""
+    pw = n1 - n0
+    acc = np.zeros(pw, dtype=np.float32)
+    for m in range(m0, m1):
+        acc[:] = 0.0
+        for kk in range(k0, k1):
+            av = a[m, kk]
+            brow = b[kk, n0:n1]
+            for j in range(pw):
+                acc[j] = _fma32(av, brow[j], acc[j])
+        crow = c[m, n0:n1]
+        for j in range(pw):
+            crow[j] = acc[j] * alpha if first else _fma32(acc[j], alpha, crow[j])
+
+
+@_compile()
+def _region_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
+    """General kernel on rows ``[m0, m1)`` and columns ``[n0, n1)``, ``n1 - n0`` a multiple of
+    ``_NR``: K blocks of ``kb``; within a block, ``_MR x _NR`` register blocks (:func:`_micro`)
+    over a column panel whose ``kb x width`` slice of B stays in cache; leftover rows by
+    :func:`_block_fma`."""
+    k, lda, ldb, ldc = a.shape[1], a.shape[1], b.shape[1], c.shape[1]
+    a1, b1, c1 = a.ravel(), b.ravel(), c.ravel()
+    width = min(_PB, max(_NR, (_PANEL // kb) // _NR * _NR))
+    m_full = m0 + (m1 - m0) // _MR * _MR
+    for p0 in range(n0, n1, width):
+        p1 = min(n1, p0 + width)
+        first = zero_first
+        for k0 in range(0, k, kb):
+            k1 = min(k, k0 + kb)
+            for j0 in range(p0, p1, _NR):
+                for mb in range(m0, m_full, _MR):
+                    _micro(a1, b1, c1, mb * lda, lda, j0, ldb, mb * ldc + j0, ldc, k0, k1,
+                           alpha, first)
+            if m_full < m1:
+                _block_fma(a, b, c, m_full, m1, p0, p1, k0, k1, alpha, first)
+            first = False
 
 
 @_compile()
 def _tile_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
-    """General kernel on a tile. Loops ordered for speed, each element's chain unchanged: an
-    accumulator block of ``rows x width`` (16 KiB, in L1) is updated one ``k`` at a time with the
-    innermost loop over contiguous columns (vectorized); the ``kb x width`` panel of B it reads
-    stays in L2."""
-    k = a.shape[1]
-    if (m1 - m0) * _PB <= _ACC:      # one row block: the panel is read once anyway
-        width = _PB
-    else:
-        width = min(_PB, max(16, (_PANEL // kb) // 16 * 16))
-    rows = _ACC // width
-    acc = np.zeros(_ACC, dtype=np.float32)
-    for p0 in range(n0, n1, width):
-        pw = min(width, n1 - p0)
-        first = zero_first
-        for k0 in range(0, k, kb):
-            k1 = min(k, k0 + kb)
-            for mb in range(m0, m1, rows):
-                mr = min(rows, m1 - mb)
-                acc[:] = 0.0
-                for kk in range(k0, k1):
-                    brow = b[kk, p0:p0 + pw]
-                    r = 0
-                    while r + 4 <= mr:      # four rows share each load of B
-                        a0, a1 = a[mb + r, kk], a[mb + r + 1, kk]
-                        a2, a3 = a[mb + r + 2, kk], a[mb + r + 3, kk]
-                        r0 = acc[r * width:r * width + pw]
-                        r1 = acc[(r + 1) * width:(r + 1) * width + pw]
-                        r2 = acc[(r + 2) * width:(r + 2) * width + pw]
-                        r3 = acc[(r + 3) * width:(r + 3) * width + pw]
-                        for j in range(pw):
-                            bj = brow[j]
-                            r0[j] = _fma32(a0, bj, r0[j])
-                            r1[j] = _fma32(a1, bj, r1[j])
-                            r2[j] = _fma32(a2, bj, r2[j])
-                            r3[j] = _fma32(a3, bj, r3[j])
-                        r += 4
-                    while r < mr:
-                        av = a[mb + r, kk]
-                        ar = acc[r * width:r * width + pw]
-                        for j in range(pw):
-                            ar[j] = _fma32(av, brow[j], ar[j])
-                        r += 1
-                for r in range(mr):
-                    ar = acc[r * width:r * width + pw]
-                    crow = c[mb + r, p0:p0 + pw]
-                    if first:
-                        for j in range(pw):
-                            crow[j] = ar[j] * alpha
-                    else:
-                        for j in range(pw):
-                            crow[j] = _fma32(ar[j], alpha, crow[j])
-            first = False
+    """General kernel on a tile: :func:`_region_fma` on the columns that fill whole register
+    blocks; the last ``< _NR`` columns are copied into a zero-padded ``_NR``-column strip and
+    computed the same way (the padding columns' outputs are dropped)."""
+    n_full = n0 + (n1 - n0) // _NR * _NR
+    if n_full > n0:
+        _region_fma(a, b, c, m0, m1, n0, n_full, kb, alpha, zero_first)
+    if n_full < n1:
+        edge = n1 - n_full
+        bpad = np.zeros((a.shape[1], _NR), dtype=np.float32)
+        bpad[:, :edge] = b[:, n_full:n1]
+        cpad = np.zeros((m1, _NR), dtype=np.float32)
+        if not zero_first:
+            cpad[m0:m1, :edge] = c[m0:m1, n_full:n1]
+        _region_fma(a, bpad, cpad, m0, m1, 0, _NR, kb, alpha, zero_first)
+        c[m0:m1, n_full:n1] = cpad[m0:m1, :edge]
 
 
 @_compile()
@@ -341,11 +401,28 @@ def _run_tiles(a, b, c, tiles, alpha, zero_first):
             _tile_lane8(a, b, c, m0, m1, n0, n1, kb, zero_first, kind == 2)
 
 
-@_compile(parallel=True)
-def _run_batch(a, b, c, a_index, b_index, tiles, alpha, zero_first):
-    """``c[i] = a[a_index[i]] @ b[b_index[i]]`` for every ``i``, in parallel over ``i``."""
-    for i in prange(c.shape[0]):
+@_compile()
+def _run_range(a, b, c, a_index, b_index, tiles, alpha, zero_first, i0, i1):
+    """``c[i] = a[a_index[i]] @ b[b_index[i]]`` for ``i0 <= i < i1``."""
+    for i in range(i0, i1):
         _run_tiles(a[a_index[i]], b[b_index[i]], c[i], tiles, alpha, zero_first)
+
+
+def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
+    """:func:`_run_range` over the batch, split in ``threads`` contiguous parts run by Python
+    threads (the kernels release the GIL). Numba's ``prange`` is not used: its compiled code
+    does not get the SLP-vectorized micro-kernel."""
+    count = c.shape[0]
+    workers = max(1, min(threads, count))
+    args = (a, b, c, a_index, b_index, tiles, np.float32(alpha), bool(zero_first))
+    with _slp_vectorizer():
+        if workers == 1:
+            _run_range(*args, 0, count)
+            return
+        _run_range(*args, 0, 0)     # compile (if needed) once, before the threads start
+    bounds = [partition(t, workers, count) for t in range(workers)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(lambda part: _run_range(*args, part[0], part[0] + part[1]), bounds))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -428,30 +505,37 @@ def _np_run_tiles(a, b, c, tiles, alpha, zero_first):
 
 
 def _narrow(tiles: np.ndarray) -> bool:
-    """True if every tile uses the general kernel on fewer than 64 columns and more rows."""
+    """True if computing ``Cᵀ`` wastes less of the micro-kernel than ``C``: every tile uses the
+    general kernel, and padding its columns to a multiple of ``_NR`` costs more than padding its
+    rows would."""
+    if not np.all(tiles[:, 4] == FMA):
+        return False
     widths, heights = tiles[:, 3] - tiles[:, 2], tiles[:, 1] - tiles[:, 0]
-    return bool(np.all(tiles[:, 4] == FMA) and np.all(widths < 64) and np.all(heights > widths))
+    pad_w = -(-widths // _NR) * _NR / widths
+    pad_h = -(-heights // _NR) * _NR / heights
+    return bool(np.all(pad_w > pad_h))
 
 
 def run_batch(a, b, c, a_index, b_index, tiles, alpha=1.0, zero_first=True, *,
-              use_numba=USE_NUMBA):
+              threads=DEFAULT_THREADS, use_numba=USE_NUMBA):
     """``c[i] ← a[a_index[i]] @ b[b_index[i]]`` with the tiles' kernels, in place.
 
     ``a`` ``(Ba, M, K)``, ``b`` ``(Bb, K, N)``, ``c`` ``(B, M, N)`` float32 C-contiguous; when
-    ``zero_first`` is false ``c`` holds the (already ``beta``-scaled) addend."""
+    ``zero_first`` is false ``c`` holds the (already ``beta``-scaled) addend. ``threads``: how
+    many threads share the batch (any count gives the same bits)."""
     tiles = _as_array(tiles)
     a_index = np.ascontiguousarray(a_index, dtype=np.int64)
     b_index = np.ascontiguousarray(b_index, dtype=np.int64)
     if use_numba and _narrow(tiles):
-        # few columns, many rows: vectorize over rows instead, computing Cᵀ = Bᵀ @ Aᵀ (the same
+        # columns that fill register blocks badly: compute Cᵀ = Bᵀ @ Aᵀ instead (the same
         # products, a·b == b·a exactly, in the same chains)
         ct = np.ascontiguousarray(c.transpose(0, 2, 1))
-        _run_batch(_f32c(b.transpose(0, 2, 1)), _f32c(a.transpose(0, 2, 1)), ct, b_index,
-                   a_index, np.ascontiguousarray(tiles[:, [2, 3, 0, 1, 4, 5]]), np.float32(alpha),
-                   bool(zero_first))
+        _run_parallel(_f32c(b.transpose(0, 2, 1)), _f32c(a.transpose(0, 2, 1)), ct, b_index,
+                      a_index, np.ascontiguousarray(tiles[:, [2, 3, 0, 1, 4, 5]]), alpha,
+                      zero_first, threads)
         c[...] = ct.transpose(0, 2, 1)
     elif use_numba:
-        _run_batch(a, b, c, a_index, b_index, tiles, np.float32(alpha), bool(zero_first))
+        _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads)
     else:
         for i in range(c.shape[0]):
             _np_run_tiles(a[a_index[i]], b[b_index[i]], c[i], tiles, alpha, zero_first)
