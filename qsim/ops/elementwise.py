@@ -365,9 +365,11 @@ def softplus(x):
 
 @register("Softsign")
 def softsign(x):
-    """Y = X / (1 + |X|)."""
+    """Y = X / (1 + |X|), computed as ONNX Runtime does: X · (1 / (1 + |X|)) (two roundings)."""
     x = _float_input("Softsign", x)
-    return _out(x / (1 + np.abs(x)), x.dtype)
+    one = x.dtype.type(1)
+    with np.errstate(invalid="ignore"):  # inf · 0 is NaN, as in ONNX Runtime
+        return _out(x * (one / (one + np.abs(x))), x.dtype)
 
 
 @register("Elu")
@@ -499,9 +501,11 @@ def sum_(*inputs):
 
 @register("Mean")
 def mean(*inputs):
-    """Elementwise mean of all inputs (broadcasting): their sum, added left to right, / count."""
+    """Elementwise mean of all inputs (broadcasting): their sum, added left to right, times
+    1 / count (ONNX Runtime multiplies by the rounded reciprocal)."""
     total = _variadic("Mean", np.add, inputs)
-    return _out(total / total.dtype.type(len(inputs)), total.dtype)
+    t = total.dtype.type
+    return _out(total * (t(1) / t(len(inputs))), total.dtype)
 
 
 def _logical(op: str, fn, a, b) -> np.ndarray:

@@ -932,6 +932,20 @@ def fast_reduce_shape(shape, axes) -> tuple[str, tuple[int, ...]]:
     return "".join(kinds), tuple(sizes)
 
 
+def sequential_reduce_sum(t, axes) -> np.ndarray:
+    """Sum of float32 ``t`` over ``axes``, left to right over the reduced positions in row-major
+    order (ORT's generic reduction loop: ReduceL1 and ReduceSumSquare take it on ``|x|`` and
+    ``x*x`` unless every axis is reduced: then Eigen's sum), the reduced axes dropped."""
+    t = np.asarray(t, F32)
+    axes = tuple(sorted(set(axes)))
+    keep = [i for i in range(t.ndim) if i not in axes]
+    out_shape = tuple(t.shape[i] for i in keep)
+    if len(axes) == t.ndim and t.size > 1:  # every axis reduced: Eigen's vectorised sum
+        return eigen_row_sums(t.reshape(1, -1)).reshape(out_shape)
+    moved = np.transpose(t, keep + list(axes)).reshape(math.prod(out_shape), -1)
+    return sequential_sums(moved).reshape(out_shape)
+
+
 def reduce_sum(x, axes, *, mean: bool = False) -> np.ndarray:
     """float32 ReduceSum (or ReduceMean) over ``axes`` as ONNX Runtime, ``keepdims`` dropped::
 

@@ -475,6 +475,8 @@ def reduce_prod(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty
 def reduce_l1(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_axes=0):
     """Y = sum of |data| over ``axes``."""
     def l1(x, axis, keepdims):
+        if x.dtype == np.float32:  # ONNX Runtime's order (left to right), bit for bit
+            return _keep(math_exact.sequential_reduce_sum(np.abs(x), axis), x.ndim, axis, keepdims)
         return np.sum(np.abs(x), axis=axis, keepdims=keepdims, dtype=x.dtype)
     return _reduce("ReduceL1", l1, data, axes_input, axes, keepdims, noop_with_empty_axes)
 
@@ -483,6 +485,9 @@ def reduce_l1(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_a
 def reduce_l2(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_axes=0):
     """Y = sqrt(sum of data^2 over ``axes``)."""
     def l2(x, axis, keepdims):
+        if x.dtype == np.float32:  # ONNX Runtime's order, bit for bit
+            total = math_exact.sequential_reduce_sum(x * x, axis)
+            return _keep(np.sqrt(total), x.ndim, axis, keepdims)
         return np.sqrt(np.sum(x * x, axis=axis, keepdims=keepdims, dtype=x.dtype))
     return _reduce("ReduceL2", l2, data, axes_input, axes, keepdims, noop_with_empty_axes)
 
@@ -491,6 +496,8 @@ def reduce_l2(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_a
 def reduce_sum_square(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_axes=0):
     """Y = sum of data^2 over ``axes``."""
     def sum_square(x, axis, keepdims):
+        if x.dtype == np.float32:  # ONNX Runtime's order (left to right), bit for bit
+            return _keep(math_exact.sequential_reduce_sum(x * x, axis), x.ndim, axis, keepdims)
         return np.sum(x * x, axis=axis, keepdims=keepdims, dtype=x.dtype)
     return _reduce("ReduceSumSquare", sum_square, data, axes_input, axes, keepdims,
                    noop_with_empty_axes)

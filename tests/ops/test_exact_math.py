@@ -80,7 +80,7 @@ def data(seed, shape, scale=3.0, special=True):
 
 # ------------------------------------------------------------------------------ elementwise
 
-UNARY = ["Sigmoid", "Tanh", "Erf", "Exp", "Log"]
+UNARY = ["Sigmoid", "Tanh", "Erf", "Exp", "Log", "Softsign"]
 
 
 @pytest.mark.parametrize("op", UNARY)
@@ -197,6 +197,25 @@ def test_reduce_matches_ort(op, case, seed, keepdims, n_threads):
     expected = ort_run(op, [x, axes_input], {"keepdims": keepdims}, opset=18,
                        n_threads=n_threads, initializers=(1,))
     assert_same_bits(OPS[op](x, axes_input, keepdims=keepdims), expected, f"{op} {axes}")
+
+
+@pytest.mark.parametrize("op", ["ReduceL1", "ReduceL2", "ReduceSumSquare"])
+@SETTINGS
+@given(case=reduce_cases(), seed=seeds, keepdims=st.sampled_from([0, 1]))
+def test_reduce_l1_l2_and_sum_square_match_ort(op, case, seed, keepdims):
+    shape, axes = case
+    x = data(seed, shape, 3.0, special=False)
+    axes_input = np.array(axes, np.int64)
+    expected = ort_run(op, [x, axes_input], {"keepdims": keepdims}, opset=18, initializers=(1,))
+    assert_same_bits(OPS[op](x, axes_input, keepdims=keepdims), expected, f"{op} {axes}")
+
+
+@SETTINGS
+@given(n=st.integers(1, 5), shape=st.lists(st.integers(1, 9), min_size=1, max_size=3).map(tuple),
+       seed=seeds)
+def test_mean_of_inputs_matches_ort(n, shape, seed):
+    inputs = [data(seed + i, shape, 3.0, special=False) for i in range(n)]
+    assert_same_bits(OPS["Mean"](*inputs), ort_run("Mean", inputs), "Mean")
 
 
 @pytest.mark.parametrize("shape, axes", [((2, 64, 8, 8), [1]), ((3, 300, 7), [1]),
