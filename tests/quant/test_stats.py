@@ -109,7 +109,9 @@ def test_histogram_per_channel_numba_equals_twin_and_slices(x, axis):
 
 
 @SETTINGS
-@given(x=arrays(moderate32, 300).filter(lambda a: a.size > 0 and np.ptp(a) > 0))
+# ptp > 1e-30: below about 1e-36 the bin width w is so small that f32(1/w) overflows to inf and
+# every element is dropped (as in AIMET), e.g. x = [1.1754944e-38, 0]
+@given(x=arrays(moderate32, 300).filter(lambda a: a.size > 0 and np.ptp(a) > 1e-30))
 def test_first_batch_lands_in_the_bins_and_sums_to_one(x):
     s = HistogramStats.empty().update(x)
     # the bins span 3x the data range around its centre: nothing of the first batch is dropped
@@ -253,8 +255,10 @@ def _hist_state(x, threads, axis=None):
     c = x3.shape[1]
     fixed, width, k0 = np.zeros(c, bool), np.zeros(c), np.zeros(c)
     batches, pdf = np.zeros(c, np.int64), np.zeros((c, S.NUM_BINS))
-    nans = S._histogram_update(x3, fixed, width, k0, batches, pdf, threads)
+    nans = S._histogram_update(np.zeros_like(x3), fixed, width, k0, batches, pdf, threads)
+    nans += S._histogram_update(x3, fixed, width, k0, batches, pdf, threads)
     nans += S._histogram_update(x3 * np.float32(1.5), fixed, width, k0, batches, pdf, threads)
+    assert batches.tolist() == [2] * c         # the all-zero batch came before any data
     return fixed, width, k0, batches, pdf, nans
 
 
@@ -297,3 +301,11 @@ def test_parallel_histogram_update_equals_serial_bits(threads):
 def test_histogram_threads_must_be_a_positive_integer(threads):
     with pytest.raises(ConfigError, match="threads must be an integer >= 1"):
         HistogramStats.empty().update(np.ones(4, np.float32), threads=threads)
+
+
+def test_tiny_first_range_drops_everything():
+    """Bins [-2^-126, 2^-125): w = 3·2^-126/1536 ≈ 2.3e-41, f32(1/w) = inf, so s is inf or NaN
+    and nothing is binned (numerics.md §4.3 rule: r = f32(1/w))."""
+    s = HistogramStats.empty().update(np.array([1.1754944e-38, 0.0], np.float32))
+    assert s.fixed[0] and 1.0 / s.width[0] > np.finfo(np.float32).max     # f32(1/w) = inf
+    assert not s.pdf.any()
