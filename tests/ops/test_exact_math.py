@@ -422,3 +422,14 @@ def test_resize_bilinear_matches_ort(mode, shape, seed, hs, ws):
     expected = ort_run("Resize", [x, np.array([], np.float32), scales], attrs, opset=19,
                        initializers=(1, 2))
     assert_same_bits(OPS["Resize"](x, None, scales, **attrs), expected, f"Resize {scales}")
+
+
+@pytest.mark.parametrize("exponent_shape", [(), (1,), (1, 1)])
+@SETTINGS
+@given(shape=shapes, seed=seeds)
+def test_pow_by_scalar_three_is_ort_cube(exponent_shape, shape, seed):
+    # ORT computes a size-1 exponent of 3 as x*x*x (a size-1 exponent of 2 as x*x)
+    x = data(seed, shape + (1,) * max(0, len(exponent_shape) - len(shape)), 3.0)
+    for value in (2.0, 3.0):
+        y = np.full(exponent_shape, value, np.float32)
+        assert_same_bits(OPS["Pow"](x, y), ort_run("Pow", [x, y]), f"Pow {value}")
