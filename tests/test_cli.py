@@ -3,6 +3,7 @@ status 2 (no traceback unless --debug); successful runs write what they say, che
 ONNX Runtime and the files themselves."""
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from qsim.cli import BUNDLED_DATA, BUNDLED_MODEL, main
+from qsim.cli import BUNDLED_DATA, BUNDLED_MODEL, main, progress
 
 MODEL = str(BUNDLED_MODEL)
 
@@ -243,3 +244,20 @@ def test_debug_works_before_and_after_the_command(files, where):
     argv = ["--debug", *argv] if where == "before" else [*argv, "--debug"]
     with pytest.raises(Exception, match="does not exist"):
         main(argv)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("quiet, terminal, shown", [(False, True, True), (True, True, False),
+                                                    (False, False, False)])
+def test_progress_bar_only_on_a_terminal_and_not_with_quiet(monkeypatch, quiet, terminal, shown):
+    stream = _Terminal() if terminal else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    items = [np.zeros(4), np.zeros(4)]
+    seen = list(progress(items, quiet=quiet, desc="calibrating", unit_of=len))
+    assert len(seen) == 2
+    text = stream.getvalue()
+    assert ("calibrating" in text and "/8 [" in text and "sample/s" in text) == shown, text
