@@ -12,6 +12,8 @@ from qsim.quant import HistogramStats, MinMaxStats
 from qsim.quant import stats as S
 from qsim.quant.kernels import channel_view
 
+from .conftest import JIT_DISABLED
+
 SETTINGS = settings(max_examples=40, deadline=None)
 any32 = st.floats(width=32)
 moderate32 = st.floats(-1e6, 1e6, width=32)
@@ -309,3 +311,25 @@ def test_tiny_first_range_drops_everything():
     s = HistogramStats.empty().update(np.array([1.1754944e-38, 0.0], np.float32))
     assert s.fixed[0] and 1.0 / s.width[0] > np.finfo(np.float32).max     # f32(1/w) = inf
     assert not s.pdf.any()
+
+
+@pytest.mark.parametrize("shape, axis", [((64, 32), None), ((64, 32), 1), ((4, 8, 16), 0)])
+def test_batch_view_does_not_copy_float32(shape, axis):
+    x = np.zeros(shape, np.float32)
+    assert np.shares_memory(S._as_batch(x, axis), x)
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="the NumPy twins (used without Numba) allocate O(n) temporaries")
+@pytest.mark.parametrize("make", [MinMaxStats.empty, HistogramStats.empty])
+def test_update_does_not_copy_a_float32_batch(make):
+    """A C-contiguous float32 batch is read in place: the update allocates O(bins), not O(n)."""
+    import tracemalloc
+    x = np.random.default_rng(3).normal(size=1 << 20).astype(np.float32)     # 4 MiB
+    s = make().update(x)
+    tracemalloc.start()
+    try:
+        s.update(x)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * 1024
