@@ -416,21 +416,48 @@ def _run_range(a, b, c, a_index, b_index, tiles, alpha, zero_first, i0, i1):
         _run_tiles(a[a_index[i]], b[b_index[i]], c[i], tiles, alpha, zero_first)
 
 
+def _split_columns(tiles: np.ndarray, parts: int) -> list[np.ndarray]:
+    """``tiles`` cut into ``parts`` sets covering disjoint columns: general-kernel tiles are cut
+    at multiples of ``_NR`` columns (each output keeps its chain; only the work is divided);
+    other tiles (whose arithmetic may depend on an output's position) stay whole in set 0."""
+    sets = [[] for _ in range(parts)]
+    for tile in tiles.tolist():
+        m0, m1, n0, n1, kind, kb = tile
+        blocks = -(-(n1 - n0) // _NR)
+        if kind != FMA or blocks < parts:
+            sets[0].append(tile)
+            continue
+        for t in range(parts):
+            start, size = partition(t, parts, blocks)
+            sets[t].append((m0, m1, n0 + start * _NR, min(n1, n0 + (start + size) * _NR), kind, kb))
+    return [_as_array(part) for part in sets if part]
+
+
 def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
-    """:func:`_run_range` over the batch, split in ``threads`` contiguous parts run by Python
-    threads (the kernels release the GIL). Numba's ``prange`` is not used: its compiled code
-    does not get the SLP-vectorized micro-kernel."""
+    """:func:`_run_range` split over ``threads`` Python threads (the kernels release the GIL):
+    contiguous parts of the batch, or for a single product, its columns (:func:`_split_columns`).
+    Numba's ``prange`` is not used: its compiled code does not get the SLP-vectorized
+    micro-kernel."""
     count = c.shape[0]
-    workers = max(1, min(threads, count))
-    args = (a, b, c, a_index, b_index, tiles, np.float32(alpha), bool(zero_first))
+    alpha, zero_first = np.float32(alpha), bool(zero_first)
+    if count == 1 and threads > 1:
+        jobs = [(part, 0, 1) for part in _split_columns(tiles, threads)]
+    else:
+        workers = max(1, min(threads, count))
+        jobs = [(tiles, start, start + size)
+                for start, size in (partition(t, workers, count) for t in range(workers))]
+
+    def job(spec):
+        part, i0, i1 = spec
+        _run_range(a, b, c, a_index, b_index, part, alpha, zero_first, i0, i1)
+
     with _slp_vectorizer():
-        if workers == 1:
-            _run_range(*args, 0, count)
+        if len(jobs) == 1:
+            job(jobs[0])
             return
-        _run_range(*args, 0, 0)     # compile (if needed) once, before the threads start
-    bounds = [partition(t, workers, count) for t in range(workers)]
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(lambda part: _run_range(*args, part[0], part[0] + part[1]), bounds))
+        _run_range(a, b, c, a_index, b_index, tiles, alpha, zero_first, 0, 0)   # compile once
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        list(pool.map(job, jobs))
 
 
 # ---------------------------------------------------------------------------------------------
