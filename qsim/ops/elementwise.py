@@ -104,11 +104,13 @@ def div(a, b):
 
 
 def _ort_long_spans(x: np.ndarray, y: np.ndarray) -> bool:
-    """For a size-1 exponent: True if ONNX Runtime walks X in spans of more than one element
-    (X has more than one element and its last axis > 1, or the exponent has rank >= 2); then an
-    exponent of 2 is X·X and of 3 is (X·X)·X. One-element spans call C pow() on every element.
-    Found by experiment against ONNX Runtime 1.32."""
-    return x.size > 1 and (x.shape[-1] > 1 or y.ndim >= 2)
+    """For a size-1 exponent: True if ONNX Runtime walks X in spans of more than one element:
+    X has more than one element, and either its last axis is not 1 or the exponent's rank
+    exceeds the number of trailing size-1 axes of X. Then an exponent of 2 is X·X and of 3 is
+    (X·X)·X; one-element spans call C pow() on every element. (Found by experiment against
+    ONNX Runtime 1.32.)"""
+    trailing_ones = len(x.shape) - len(np.trim_zeros(np.array(x.shape) != 1, "b"))
+    return x.size > 1 and (trailing_ones == 0 or y.ndim > trailing_ones)
 
 
 @register("Pow")

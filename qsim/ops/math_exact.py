@@ -563,7 +563,7 @@ def _sumexp1(x, negmax):
         v = max(x + negmax, -88.376)
         m = fma(v, log2e, B) - B;  r = fma(m, log2_lo, fma(m, log2_hi, v))
         p = fma(fma(... fma(p0, r, p1) ..., r, p56), r, p56)      (degree 6)
-        y = p * 2^m
+        y = p * 2^m          (2^m built from its exponent bits: 0.0 for m = -127)
     """
     v = x + negmax
     if v < _X_LO_SUMEXP:
@@ -579,7 +579,10 @@ def _sumexp1(x, negmax):
     p = _fma32(p, r, _XP4)
     p = _fma32(p, r, _XP56)
     p = _fma32(p, r, _XP56)
-    return p * F32(math.ldexp(1.0, int(m)))
+    mi = int(m)
+    if mi < -126:  # the scale's bits (m + 127) << 23 are those of +0.0 at m = -127
+        return p * _ZERO
+    return p * F32(math.ldexp(1.0, mi))
 
 
 @kernel
@@ -588,8 +591,8 @@ def _nb_softmax_rows(x, out, log):
     rows, d = x.shape
     lanes = np.zeros(8, np.float32)
     for r in range(rows):
-        mx = F32(-3.4028234663852886e38)
-        for i in range(d):
+        mx = x[r, 0]  # the AVX max kernel starts from the data (an all -inf row gives NaN)
+        for i in range(1, d):
             if x[r, i] > mx:
                 mx = x[r, i]
         negmax = -mx
@@ -625,7 +628,8 @@ def _np_sumexp(x: np.ndarray, negmax: np.ndarray) -> np.ndarray:
         p = _fma_np(_XP0, r, _XP1)
         for c in (_XP2, _XP3, _XP4, _XP56, _XP56):
             p = _fma_np(p, r, c)
-        y = p * np.ldexp(_ONE, m.astype(np.int32)).astype(F32)
+        mi = m.astype(np.int32)
+        y = p * np.where(mi < -126, _ZERO, np.ldexp(_ONE, mi)).astype(F32)
         return np.where(nan, v, y).astype(F32)
 
 

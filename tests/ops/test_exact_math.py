@@ -166,6 +166,21 @@ def test_softmax_row_lengths_match_ort(op, d):
     assert_same_bits(OPS[op](x, axis=-1), ort_run(op, [x], {"axis": -1}, opset=13), op)
 
 
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+def test_softmax_of_masked_rows_matches_ort(op):
+    # attention masks: -inf / -1e9 entries give exact zeros, an all -inf row gives NaN
+    x = data(4, (7, 37), 3.0, special=False)
+    x[0, 5:] = -np.inf
+    x[1, :] = -np.inf
+    x[2, 3] = np.inf
+    x[3, ::2] = -1e9
+    x[4, 7] = np.nan
+    x[5, :] = -3.4e38
+    x[6, 10:] = -100.0
+    with np.errstate(all="ignore"):
+        assert_same_bits(OPS[op](x, axis=-1), ort_run(op, [x], {"axis": -1}, opset=13), op)
+
+
 # ------------------------------------------------------------------------------ pooling
 
 @SETTINGS
@@ -424,7 +439,7 @@ def test_resize_bilinear_matches_ort(mode, shape, seed, hs, ws):
     assert_same_bits(OPS["Resize"](x, None, scales, **attrs), expected, f"Resize {scales}")
 
 
-@pytest.mark.parametrize("exponent_shape", [(), (1,), (1, 1)])
+@pytest.mark.parametrize("exponent_shape", [(), (1,), (1, 1), (1, 1, 1)])
 @SETTINGS
 @given(shape=shapes, seed=seeds)
 def test_pow_by_size1_exponent_two_and_three_matches_ort(exponent_shape, shape, seed):
