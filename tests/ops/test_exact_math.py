@@ -21,6 +21,11 @@ from qsim.ops import OPS
 from qsim.ops import math_exact as me
 
 SETTINGS = settings(max_examples=25, deadline=None)
+
+# The Numba-kernel-vs-NumPy-twin comparisons need compiled kernels (the fma intrinsic has no
+# pure-Python form); under NUMBA_DISABLE_JIT=1 qsim runs the twins, which the ORT tests check.
+needs_jit = pytest.mark.skipif(not me.USE_NUMBA, reason="compares compiled Numba kernels "
+                               "with their NumPy twins; NUMBA_DISABLE_JIT=1 runs the twins only")
 seeds = st.integers(0, 2**32 - 1)
 threads = st.sampled_from([1, 2])
 #: shapes with odd and non-multiple-of-8 lengths (the vector kernels' tails)
@@ -247,6 +252,7 @@ def test_reduce_mean_summation_patterns_match_ort(shape, axes):
 
 # ------------------------------------------------------------------------------ kernels vs twins
 
+@needs_jit
 @pytest.mark.parametrize("name", ["logistic", "tanh", "erf", "exp", "log"])
 @SETTINGS
 @given(n=st.integers(1, 300), seed=seeds, scale=st.sampled_from([0.5, 5.0, 50.0]))
@@ -264,6 +270,7 @@ def test_numba_kernel_equals_numpy_twin(name, n, seed, scale):
         assert_same_bits(out, getattr(me, f"_np_{name}")(x), name)
 
 
+@needs_jit
 @SETTINGS
 @given(rows=st.integers(1, 6), d=st.integers(1, 70), seed=seeds, log=st.booleans())
 def test_numba_softmax_and_sums_equal_numpy_twins(rows, d, seed, log):
@@ -351,6 +358,7 @@ def test_layer_norm_row_lengths_match_ort(d):
             assert_same_bits(g, e, f"LayerNormalization d={d} {name}")
 
 
+@needs_jit
 @SETTINGS
 @given(rows=st.integers(1, 5), d=st.integers(1, 40), seed=seeds, with_bias=st.booleans())
 def test_numba_layer_norm_equals_numpy_twin(rows, d, seed, with_bias):
