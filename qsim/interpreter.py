@@ -101,11 +101,13 @@ def _last_uses(graph: Graph, keep: Iterable[str]) -> dict[int, list[str]]:
     return by_node
 
 
-def call_op(node: Node, args: list, ops: Mapping[str, Callable] | None = None) -> tuple:
+def call_op(node: Node, args: list, ops: Mapping[str, Callable] | None = None,
+            constants: "set[str] | frozenset[str]" = frozenset()) -> tuple:
     """Run one node's op function; wrap any failure in an :class:`OpError` naming the node.
 
     ``ops`` may supply implementations for op types outside the library (e.g. the simulation's
-    quantize-dequantize nodes); they follow the same calling convention."""
+    quantize-dequantize nodes); they follow the same calling convention. ``constants`` names the
+    tensors that are initializers (for ops taking the ``constant_b`` keyword)."""
     fn = ops.get(node.op_type) if ops else None
     fn = fn if fn is not None else OPS.get(node.op_type)
     if fn is None:
@@ -113,8 +115,11 @@ def call_op(node: Node, args: list, ops: Mapping[str, Callable] | None = None) -
     while args and args[-1] is None:
         args.pop()
     kwargs = dict(node.attrs)
-    if _wants_noutputs(fn):
+    wanted = _internal_keywords(fn)
+    if "noutputs" in wanted:
         kwargs["noutputs"] = len(node.outputs)
+    if "constant_b" in wanted:
+        kwargs["constant_b"] = len(node.inputs) > 1 and node.inputs[1] in constants
     try:
         result = fn(*args, **kwargs)
     except QsimError as exc:
@@ -127,9 +132,9 @@ def call_op(node: Node, args: list, ops: Mapping[str, Callable] | None = None) -
 
 
 @functools.lru_cache(maxsize=None)
-def _wants_noutputs(fn) -> bool:
-    """True if ``fn`` (the function actually called) takes the ``noutputs`` keyword."""
-    return "noutputs" in inspect.signature(fn).parameters
+def _internal_keywords(fn) -> frozenset[str]:
+    """The registry's internal keywords (``noutputs``, ``constant_b``) that ``fn`` takes."""
+    return frozenset(inspect.signature(fn).parameters) & {"noutputs", "constant_b"}
 
 
 def _describe_array(a) -> str:
@@ -141,13 +146,16 @@ def _describe_array(a) -> str:
 
 def run(graph: Graph, feeds: Mapping[str, np.ndarray], *, observe: Observer | None = None,
         outputs: Iterable[str] | None = None,
-        ops: Mapping[str, Callable] | None = None) -> dict[str, np.ndarray]:
+        ops: Mapping[str, Callable] | None = None,
+        dynamic_params: Iterable[str] = ()) -> dict[str, np.ndarray]:
     """Execute ``graph`` on ``feeds`` and return ``{name: array}`` for ``outputs``.
 
     ``outputs`` defaults to the graph outputs and may name any tensor (input, parameter or
     intermediate). ``observe(name, array)`` is called on every graph input and node output as it
     is produced; if it returns an array, that array replaces the tensor downstream. ``ops`` adds
-    op implementations for custom op types (see :func:`call_op`).
+    op implementations for custom op types (see :func:`call_op`). ``dynamic_params`` names
+    parameters to treat as computed tensors rather than initializers (the simulation's
+    pre-quantized weights, which AIMET's session computes with QDQ nodes).
     """
     wanted = list(graph.output_names if outputs is None else outputs)
     env: dict[str, np.ndarray] = dict(graph.params)
@@ -158,13 +166,14 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], *, observe: Observer | No
             if replaced is not None:
                 env[name] = replaced
     drops = _last_uses(graph, wanted)
+    constants = set(graph.params).difference(dynamic_params)
     for i, node in enumerate(graph.nodes):
         try:
             args = [env[name] if name else None for name in node.inputs]
         except KeyError as exc:
             raise GraphError(f"{node.describe()}: input {exc} is not defined when the node "
                              f"runs (validate() the graph)") from None
-        results = call_op(node, args, ops)
+        results = call_op(node, args, ops, constants)
         if len(results) < sum(1 for o in node.outputs if o):
             raise OpError(f"{node.describe()}: produced {len(results)} output(s), the node "
                           f"declares {len(node.outputs)}")

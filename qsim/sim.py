@@ -259,7 +259,8 @@ class QuantizationSimModel:
                 raise FeedError(f"calibration batch {count}: {exc}") from None
             self._stash = []
             outs = run_graph(calib_graph, feeds, ops={QDQ_OP: self._observe_op},
-                             outputs=list(self._output_names().values()))
+                             outputs=list(self._output_names().values()),
+                             dynamic_params=calib_graph.params)
             for tensor, qid, x in sorted(self._stash, key=lambda e: order[e[0]]):
                 self._handles[qid].quantizer.update_stats(x)
             self._stash = []
@@ -364,8 +365,11 @@ class QuantizationSimModel:
 
         names = self._output_names()
         wanted = list(names.values()) if outputs is None else [names.get(o, o) for o in outputs]
+        # In AIMET's session every parameter reaches its op through a quantize node (enabled or
+        # not), so no MatMul/Gemm operand is a pre-packed initializer there.
         return self._rename_outputs(run_graph(self._run_graph, feeds, ops={QDQ_OP: self._qdq_op},
-                                              outputs=wanted))
+                                              outputs=wanted,
+                                              dynamic_params=self._run_graph.params))
 
     # ---- export -----------------------------------------------------------------------------
     def export(self, path: "str | os.PathLike", filename_prefix: str, *,

@@ -311,9 +311,10 @@ def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1,
 # matrix products
 # ---------------------------------------------------------------------------------------------
 @register("MatMul")
-def matmul(a, b):
+def matmul(a, b, *, constant_b=False):
     """``Y = A @ B`` with NumPy ``matmul`` semantics: batched, broadcasting leading axes, a 1-D
-    operand is promoted to a matrix and its added axis removed from the result."""
+    operand is promoted to a matrix and its added axis removed from the result.
+    ``constant_b`` (from the executor): B is an initializer, which ONNX Runtime pre-packs."""
     if a.ndim == 0 or b.ndim == 0:
         raise OpError(f"MatMul operands must have rank >= 1, got A {list(a.shape)} and "
                       f"B {list(b.shape)}")
@@ -329,18 +330,19 @@ def matmul(a, b):
         raise OpError(f"batch dimensions {list(batch_a)} of A {list(a.shape)} and {list(batch_b)} "
                       f"of B {list(b.shape)} do not broadcast") from None
     if _float_result(a, b) == np.float32:   # ONNX Runtime's (MLAS's) summation order
-        return gemm_exact.matmul(a, b)
+        return gemm_exact.matmul(a, b, packed_b=constant_b)
     return np.matmul(a, b)
 
 
 @register("Gemm")
-def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
+def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, constant_b=False):
     """``Y = alpha · A' @ B' + beta · C`` with ``A' = Aᵀ if transA``, ``B' = Bᵀ if transB``;
     ``C`` (optional) broadcasts unidirectionally to ``(M, N)``.
 
     Beyond ONNX: with ``transA = 0`` A may have more than 2 dimensions, ``Y = A @ B' + C`` over
     the last axis — the node AIMET's ``MatmulAdd`` pass fuses from ``MatMul(x, W)`` + ``Add(b)``
-    (placement.md §1.1), computed exactly like the MatMul and Add it replaces."""
+    (placement.md §1.1), computed exactly like the MatMul and Add it replaces.
+    ``constant_b`` (from the executor): B is an initializer, which ONNX Runtime pre-packs."""
     if a.ndim > 2 and not transA and b.ndim == 2:
         b2 = b.T if transB else b
         if a.shape[-1] != b2.shape[0]:
@@ -348,7 +350,7 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
                           f"(B {list(b.shape)}, transB={transB})")
         dtype = _float_result(a, b, c)
         if dtype == np.float32:
-            y = gemm_exact.matmul(a, b2)
+            y = gemm_exact.matmul(a, b2, packed_b=constant_b)
         else:
             y = np.matmul(a, b2).astype(dtype, copy=False)
         if alpha != 1.0:
@@ -371,7 +373,7 @@ def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
     dtype = _float_result(a, b, c)
     if dtype == np.float32:     # ONNX Runtime's (MLAS's) summation order, bit for bit
         return gemm_exact.gemm(a2, b2, c, alpha=alpha, beta=beta, trans_a=bool(transA),
-                               trans_b=bool(transB))
+                               trans_b=bool(transB), packed_b=constant_b)
     y = np.matmul(a2, b2).astype(dtype, copy=False)
     if alpha != 1.0:
         y *= dtype.type(alpha)

@@ -14,6 +14,9 @@ Calling convention (every op follows it)::
   names IS the set of supported attributes (anything else is reported at load time).
 * A keyword-only parameter named ``noutputs`` (not an ONNX attribute) receives the number of
   outputs the node declares (Split needs it).
+* A keyword-only parameter named ``constant_b`` (not an ONNX attribute) receives True when the
+  node's input 1 is a graph parameter (an initializer): ONNX Runtime pre-packs such a MatMul/Gemm
+  operand, which changes its summation blocks.
 * An op rejects a bad attribute value or input with :class:`qsim.errors.OpError` (without the node
   name: the executor adds it). Ops never mutate their inputs.
 """
@@ -28,7 +31,7 @@ OpFn = Callable[..., object]
 OPS: dict[str, OpFn] = {}
 
 #: keyword parameters that are not ONNX attributes
-_INTERNAL_KEYWORDS = frozenset({"noutputs"})
+_INTERNAL_KEYWORDS = frozenset({"noutputs", "constant_b"})
 
 
 def register(op_type: str) -> Callable[[OpFn], OpFn]:
