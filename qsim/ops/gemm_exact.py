@@ -433,6 +433,13 @@ def _split_columns(tiles: np.ndarray, parts: int) -> list[np.ndarray]:
     return [_as_array(part) for part in sets if part]
 
 
+def _readonly_view(x: np.ndarray) -> np.ndarray:
+    """A read-only view of ``x`` (no copy)."""
+    view = x.view()
+    view.flags.writeable = False
+    return view
+
+
 def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
     """:func:`_run_range` split over ``threads`` Python threads (the kernels release the GIL):
     contiguous parts of the batch, or for a single product, its columns (:func:`_split_columns`).
@@ -440,6 +447,9 @@ def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
     micro-kernel."""
     count = c.shape[0]
     alpha, zero_first = np.float32(alpha), bool(zero_first)
+    # One compiled signature whether the operands are parameters (read-only) or activations:
+    # each extra signature costs a full compile of the kernel chain on a cold cache.
+    a, b = _readonly_view(a), _readonly_view(b)
     if count == 1 and threads > 1:
         jobs = [(part, 0, 1) for part in _split_columns(tiles, threads)]
     else:
