@@ -224,6 +224,8 @@ def test_the_bundled_example_reports_accuracy_that_onnx_runtime_confirms(capsys,
     assert fp32 - 2.0 <= quantized <= 100.0
     assert (tmp_path / "qsim_out" / "digits_cnn.encodings").is_file()
     assert str((tmp_path / "qsim_out").resolve()) in out
+    n = len(y) * 10   # the executor reproduces ONNX Runtime's FP32 logits bit for bit
+    assert f"executor vs ONNX Runtime (FP32): {n} of {n} logits bit-identical" in out
 
 
 def test_analyze_command_writes_report_and_numbers(capsys, files, tmp_path):
