@@ -216,6 +216,11 @@ class QuantizationSimModel:
             h.quantizer = self._make_quantizer(h.spec, percentile=p)
         self._calibrated = False
 
+    @property
+    def is_calibrated(self) -> bool:
+        """True once encodings exist (``compute_encodings`` or ``load_encodings`` succeeded)."""
+        return self._calibrated
+
     def explain(self) -> str:
         """One line per quantizer: tensor, enabled, flags, axis, tie group and deciding rules."""
         return self.placement.explain()
