@@ -381,7 +381,7 @@ def analyze(sim, calib: Mapping[str, np.ndarray], *, eval_data: Mapping[str, np.
     ``eval_batch_size`` (larger batches: fewer executor steps, more memory).
     ``progress(items, description)`` may wrap the loops (e.g. a progress bar).
     """
-    if not getattr(sim, "_calibrated", False):
+    if not sim.is_calibrated:
         raise NotCalibratedError("analyze() needs a calibrated simulation: call "
                                  "sim.compute_encodings(batches) first")
     for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):

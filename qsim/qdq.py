@@ -212,7 +212,7 @@ def qdq_model(sim, *, quantize_bias: bool = True, opset: int | None = None) -> A
 def export_qdq(sim, path: "str | os.PathLike", *, quantize_bias: bool = True,
                opset: int | None = None) -> Path:
     """Write the QDQ model of a calibrated ``sim`` to ``path`` (atomically); returns the path."""
-    if not getattr(sim, "_calibrated", False):
+    if not sim.is_calibrated:
         from .errors import NotCalibratedError
         raise NotCalibratedError("export_qdq() needs encodings: call sim.compute_encodings(...) "
                                  "or sim.load_encodings(...) first")
