@@ -517,9 +517,11 @@ def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
         # ONNX Runtime's summation order (MlasPool; ceil_mode with count_include_pad runs ORT's
         # own loop), bit for bit; the division by count is the same
         spatial = x.shape[2:]
-        if tuple(kernel) == spatial and not any(begins + ends) and all(s == 1 for s in strides):
+        ort_loop = bool(ceil_mode and count_include_pad)   # ORT runs its own loop then
+        if (not ort_loop and tuple(kernel) == spatial and not any(begins + ends)
+                and all(s == 1 for s in strides)):
             return global_average_pool(x)
-        vector = (not (ceil_mode and count_include_pad)
+        vector = (not ort_loop
                   and math_exact.mlas_pool_is_vector(kernel, strides, spatial[-1],
                                                      begins[-1] + ends[-1]))
         total = math_exact.pool_window_sums(xp, kernel, strides, out, vector=vector)
