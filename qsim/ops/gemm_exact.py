@@ -225,31 +225,35 @@ def fma_np(a, b, c) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 _PB = 256           # widest column block of the general kernel
 _PANEL = 64 * 1024  # B panel (floats): 256 KiB, L2
-_MR, _NR = 4, 16    # register block of the micro-kernel: 4 rows x 16 columns (8 AVX registers)
+_NR = 16            # register block width: 16 columns (2 AVX registers per row)
+_MR = 6             # rows of the main register block: 6 x 16 = 12 AVX accumulators
+_MR_EDGE = (4, 2, 1)  # smaller blocks for the rows left over (at most one of each)
 
 
-def _micro_kernel_source() -> str:
-    """Source of ``_micro``: a ``_MR x _NR`` block of outputs, one K block.
+def _micro_kernel_source(name: str, rows: int) -> str:
+    """Source of a ``rows x _NR`` block of outputs over one K block (function ``name``).
 
-    Written out with one scalar variable per output (generated: 64 of them) so that LLVM keeps
-    the accumulators in registers and its SLP vectorizer packs the 16 columns of a row into two
-    AVX registers. Per output ``acc = fma(a[r, k], b[k, j], acc)`` for ``k`` ascending from
-    ``acc = 0``, then ``c = acc · alpha`` (first block with ``beta == 0``) or
-    ``c = fma(acc, alpha, c)``: exactly MLAS's arithmetic. ``a``, ``b``, ``c`` are flat (1-D)
-    views; unsigned indices spare Numba's negative-index checks, which would block the SLP pass.
+    Written out with one scalar variable per output (generated) so that LLVM keeps the
+    accumulators in registers and its SLP vectorizer packs the 16 columns of a row into two AVX
+    registers (6 rows: 12 accumulators + 2 for B + 1 broadcast of A = 15 of the 16 ymm
+    registers, as BLIS's Haswell kernel). Per output ``acc = fma(a[r, k], b[k, j], acc)`` for
+    ``k`` ascending from ``acc = 0``, then ``c = acc · alpha`` (first block with ``beta == 0``)
+    or ``c = fma(acc, alpha, c)``: exactly MLAS's arithmetic, whatever ``rows`` is. ``a``,
+    ``b``, ``c`` are flat (1-D) views; unsigned indices spare Numba's negative-index checks,
+    which would block the SLP pass.
     """
-    acc = [[f"c{r}_{j}" for j in range(_NR)] for r in range(_MR)]
+    acc = [[f"c{r}_{j}" for j in range(_NR)] for r in range(rows)]
     zero = ", ".join(["f0"] * _NR)
-    lines = ["def _micro(a, b, c, a0, lda, b0, ldb, c0, ldc, k0, k1, alpha, first):",
+    lines = [f"def {name}(a, b, c, a0, lda, b0, ldb, c0, ldc, k0, k1, alpha, first):",
              "    f0 = np.float32(0.0)"]
     lines += [f"    {', '.join(row)} = {zero}" for row in acc]
     lines += ["    for kk in range(k0, k1):",
               "        bo = np.uint64(b0 + kk * ldb)"]
     lines += [f"        v{j} = b[bo + np.uint64({j})]" for j in range(_NR)]
-    for r in range(_MR):
+    for r in range(rows):
         lines.append(f"        av = a[np.uint64(a0 + {r} * lda + kk)]")
         lines += [f"        {acc[r][j]} = _fma32(av, v{j}, {acc[r][j]})" for j in range(_NR)]
-    for r in range(_MR):
+    for r in range(rows):
         lines.append(f"    co = np.uint64(c0 + {r} * ldc)")
         lines.append("    if first:")
         lines += [f"        c[co + np.uint64({j})] = {acc[r][j]} * alpha" for j in range(_NR)]
@@ -259,50 +263,50 @@ def _micro_kernel_source() -> str:
     return "\n".join(lines) + "\n"
 
 
-_namespace = {"np": np, "_fma32": _fma32}
-exec(compile(_micro_kernel_source(), "<qsim.ops.gemm_exact._micro>", "exec"), _namespace)
-_micro = numba.njit(nogil=True, fastmath=False)(_namespace["_micro"])
+def _make_micro(rows: int):
+    """The compiled ``rows x _NR`` register-block kernel (:func:`_micro_kernel_source`)."""
+    name = f"_micro{rows}"
+    namespace = {"np": np, "_fma32": _fma32}
+    exec(compile(_micro_kernel_source(name, rows), f"<qsim.ops.gemm_exact.{name}>", "exec"),
+         namespace)
+    return numba.njit(nogil=True, fastmath=False)(namespace[name])
 
 
-@_compile()
-def _block_fma(a, b, c, m0, m1, n0, n1, k0, k1, alpha, first):
-    """The general kernel's arithmetic on a small edge block (rows or columns left over by the
-    micro-kernel); accumulators in memory, innermost loop over columns."""
-    pw = n1 - n0
-    acc = np.zeros(pw, dtype=np.float32)
-    for m in range(m0, m1):
-        acc[:] = 0.0
-        for kk in range(k0, k1):
-            av = a[m, kk]
-            brow = b[kk, n0:n1]
-            for j in range(pw):
-                acc[j] = _fma32(av, brow[j], acc[j])
-        crow = c[m, n0:n1]
-        for j in range(pw):
-            crow[j] = acc[j] * alpha if first else _fma32(acc[j], alpha, crow[j])
+_micro6, _micro4, _micro2, _micro1 = (_make_micro(r) for r in (_MR, *_MR_EDGE))
 
 
 @_compile()
 def _region_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
     """General kernel on rows ``[m0, m1)`` and columns ``[n0, n1)``, ``n1 - n0`` a multiple of
-    ``_NR``: K blocks of ``kb``; within a block, ``_MR x _NR`` register blocks (:func:`_micro`)
-    over a column panel whose ``kb x width`` slice of B stays in cache; leftover rows by
-    :func:`_block_fma`."""
+    ``_NR``: K blocks of ``kb``; within a block, ``6 x _NR`` register blocks (:func:`_micro6`)
+    over a column panel whose ``kb x width`` slice of B stays in cache; the rows left over by
+    one ``4 x _NR``, ``2 x _NR`` and ``1 x _NR`` block as needed (the same arithmetic per
+    output)."""
     k, lda, ldb, ldc = a.shape[1], a.shape[1], b.shape[1], c.shape[1]
     a1, b1, c1 = a.ravel(), b.ravel(), c.ravel()
     width = min(_PB, max(_NR, (_PANEL // kb) // _NR * _NR))
-    m_full = m0 + (m1 - m0) // _MR * _MR
+    m6 = m0 + (m1 - m0) // _MR * _MR
+    left = m1 - m6
+    m4 = m6 + (left & 4)
+    m2 = m4 + (left & 2)
     for p0 in range(n0, n1, width):
         p1 = min(n1, p0 + width)
         first = zero_first
         for k0 in range(0, k, kb):
             k1 = min(k, k0 + kb)
             for j0 in range(p0, p1, _NR):
-                for mb in range(m0, m_full, _MR):
-                    _micro(a1, b1, c1, mb * lda, lda, j0, ldb, mb * ldc + j0, ldc, k0, k1,
-                           alpha, first)
-            if m_full < m1:
-                _block_fma(a, b, c, m_full, m1, p0, p1, k0, k1, alpha, first)
+                for mb in range(m0, m6, _MR):
+                    _micro6(a1, b1, c1, mb * lda, lda, j0, ldb, mb * ldc + j0, ldc, k0, k1,
+                            alpha, first)
+                if m4 > m6:
+                    _micro4(a1, b1, c1, m6 * lda, lda, j0, ldb, m6 * ldc + j0, ldc, k0, k1,
+                            alpha, first)
+                if m2 > m4:
+                    _micro2(a1, b1, c1, m4 * lda, lda, j0, ldb, m4 * ldc + j0, ldc, k0, k1,
+                            alpha, first)
+                if m1 > m2:
+                    _micro1(a1, b1, c1, m2 * lda, lda, j0, ldb, m2 * ldc + j0, ldc, k0, k1,
+                            alpha, first)
             first = False
 
 
@@ -574,10 +578,11 @@ def run_batch(a, b, c, a_index, b_index, tiles, alpha=1.0, zero_first=True, *,
     if use_numba and _narrow(tiles):
         # columns that fill register blocks badly: compute Cᵀ = Bᵀ @ Aᵀ instead (the same
         # products, a·b == b·a exactly, in the same chains)
-        ct = np.ascontiguousarray(c.transpose(0, 2, 1))
+        shape_t = (c.shape[0], c.shape[2], c.shape[1])
+        ct = (np.empty(shape_t, np.float32) if zero_first       # not read: no need to copy
+              else np.ascontiguousarray(c.transpose(0, 2, 1)))
         _run_parallel(_f32c(b.transpose(0, 2, 1)), _f32c(a.transpose(0, 2, 1)), ct, b_index,
-                      a_index, np.ascontiguousarray(tiles[:, [2, 3, 0, 1, 4, 5]]), alpha,
-                      zero_first, threads)
+                      a_index, _transposed(tiles), alpha, zero_first, threads)
         c[...] = ct.transpose(0, 2, 1)
     elif use_numba:
         _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads)
@@ -585,6 +590,11 @@ def run_batch(a, b, c, a_index, b_index, tiles, alpha=1.0, zero_first=True, *,
         for i in range(c.shape[0]):
             _np_run_tiles(a[a_index[i]], b[b_index[i]], c[i], tiles, alpha, zero_first)
     return c
+
+
+def _transposed(tiles: np.ndarray) -> np.ndarray:
+    """The tiles of ``Cᵀ``: rows and columns swapped."""
+    return np.ascontiguousarray(tiles[:, [2, 3, 0, 1, 4, 5]])
 
 
 def _f32c(x) -> np.ndarray:
@@ -740,6 +750,104 @@ def _out_shape(in_shape, kernel, strides, dilations, begins, ends):
                  for i, kk, s, d, b, e in zip(in_shape, kernel, strides, dilations, begins, ends))
 
 
+@_compile()
+def _im2col_2d(x, i, out, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow, transposed):
+    """Columns of image ``i`` of ``x`` ``(images, C, H, W)`` into the 2-D ``out``:
+    ``cols[(c·kh + ky)·kw + kx, oy·ow + ox] = x[i, c, oy·sh + ky·dh - bh, ox·sw + kx·dw - bw]``
+    (``+0`` outside the image: zero padding), stored as ``out[k, p]`` or, ``transposed``,
+    ``out[p, k]``."""
+    channels, h, w = x.shape[1], x.shape[2], x.shape[3]
+    zero = np.float32(0.0)
+    if transposed:
+        for oy in range(oh):
+            for ox in range(ow):
+                row = out[oy * ow + ox]
+                for c in range(channels):
+                    for ky in range(kh):
+                        iy = oy * sh + ky * dh - bh
+                        inside_y = 0 <= iy < h
+                        for kx in range(kw):
+                            ix = ox * sw + kx * dw - bw
+                            k = (c * kh + ky) * kw + kx
+                            row[k] = x[i, c, iy, ix] if inside_y and 0 <= ix < w else zero
+    else:
+        for c in range(channels):
+            for ky in range(kh):
+                for kx in range(kw):
+                    row = out[(c * kh + ky) * kw + kx]
+                    for oy in range(oh):
+                        iy = oy * sh + ky * dh - bh
+                        if iy < 0 or iy >= h:
+                            row[oy * ow:(oy + 1) * ow] = zero
+                            continue
+                        for ox in range(ow):
+                            ix = ox * sw + kx * dw - bw
+                            row[oy * ow + ox] = x[i, c, iy, ix] if 0 <= ix < w else zero
+
+
+def _conv_2d_parallel(images, a, c, a_index, tiles, geometry, transposed, threads):
+    """A 2-D Conv's products image by image on ``threads`` threads, each expanding one image
+    at a time into its own im2col buffer (:func:`_im2col_2d`; small enough to stay in cache,
+    and no page faults of a fresh full-batch matrix) before multiplying it
+    (:func:`_run_range`, the same kernels and tiles as :func:`run_batch`).
+
+    Not ``transposed``: ``c[i] = a[a_index[i]] @ cols_i``; ``transposed``: ``c[i] =
+    colsᵀ_i @ a[a_index[i]]`` (``a`` holds ``Wᵀ``, ``tiles`` are those of ``Cᵀ``)."""
+    count = images.shape[0]
+    kg = images.shape[1] * geometry[0] * geometry[1]
+    p = geometry[-2] * geometry[-1]
+    shape = (1, p, kg) if transposed else (1, kg, p)
+    zeros = np.zeros(count, dtype=np.int64)
+    alpha = np.float32(1.0)
+    a = _readonly_view(a)
+
+    def job(part):
+        start, size = part
+        scratch = np.empty(shape, dtype=np.float32)
+        cols = _readonly_view(scratch)
+        for i in range(start, start + size):
+            _im2col_2d(images, i, scratch[0], *geometry, transposed)
+            if transposed:
+                _run_range(cols, a, c, zeros, a_index, tiles, alpha, True, i, i + 1)
+            else:
+                _run_range(a, cols, c, a_index, zeros, tiles, alpha, True, i, i + 1)
+
+    workers = max(1, min(threads, count))
+    parts = [partition(t, workers, count) for t in range(workers)]
+    with _slp_vectorizer():
+        cols = _readonly_view(np.empty(shape, dtype=np.float32))
+        if transposed:      # compile once, before the threads
+            _run_range(cols, a, c, zeros, a_index, tiles, alpha, True, 0, 0)
+        else:
+            _run_range(a, cols, c, a_index, zeros, tiles, alpha, True, 0, 0)
+        _im2col_2d(images, 0, np.empty(shape[1:], np.float32), *geometry, transposed)
+    if workers == 1:
+        job(parts[0])
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(job, parts))
+
+
+def _columns(x, group, kernel, out, strides, dilations, begins, ends) -> np.ndarray:
+    """The im2col matrices of a Conv, ``(N·group, Cg·prod(kernel), P)``, row ``k`` over
+    (channel, kernel offsets) in row-major order: the input itself for a 1x1 kernel with stride
+    1 and no padding, else a copy of a strided view of the zero-padded input."""
+    n, channels = x.shape[:2]
+    cg, p = channels // group, math.prod(out)
+    kg = cg * math.prod(kernel)
+    if math.prod(kernel) == 1 and all(s == 1 for s in strides) and not any(begins) \
+            and not any(ends):
+        return _f32c(x).reshape(n * group, kg, p)
+    widths = [(0, 0), (0, 0)] + [(int(b), int(e)) for b, e in zip(begins, ends)]
+    xp = np.pad(x, widths) if any(begins) or any(ends) else x
+    sp = xp.strides[2:]
+    view = np.lib.stride_tricks.as_strided(
+        xp, shape=xp.shape[:2] + kernel + out,
+        strides=xp.strides[:2] + tuple(s * d for s, d in zip(sp, dilations))
+        + tuple(s * t for s, t in zip(sp, strides)), writeable=False)
+    return np.ascontiguousarray(view).reshape(n * group, kg, p)
+
+
 def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
          threads=DEFAULT_THREADS, use_numba=USE_NUMBA) -> np.ndarray:
     """ONNX ``Conv`` (N-D, grouped) as ONNX Runtime computes it; ``begins`` / ``ends`` are the
@@ -759,25 +867,30 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
     tiles, trans_b = conv_tiles(batch=n, group=group, m=mg, c=cg, k=kg, in_shape=spatial,
                                 kernel=kernel, strides=strides, dilations=dilations,
                                 begins=begins, ends=ends, threads=threads)
-    if math.prod(kernel) == 1 and all(s == 1 for s in strides) and not any(begins) \
-            and not any(ends):
-        cols = _f32c(x).reshape(n * group, kg, p)
-    else:
-        widths = [(0, 0), (0, 0)] + [(int(b), int(e)) for b, e in zip(begins, ends)]
-        xp = np.pad(x, widths) if any(begins) or any(ends) else x
-        sp = xp.strides[2:]
-        view = np.lib.stride_tricks.as_strided(
-            xp, shape=xp.shape[:2] + kernel + out,
-            strides=xp.strides[:2] + tuple(s * d for s, d in zip(sp, dilations))
-            + tuple(s * t for s, t in zip(sp, strides)), writeable=False)
-        cols = np.ascontiguousarray(view).reshape(n * group, kg, p)
+    a_index, b_index = np.tile(np.arange(group), n), np.arange(n * group)
     a = _f32c(w.reshape(group, mg, kg))
-    y = np.empty((n * group, mg, p), dtype=np.float32)
+    direct = math.prod(kernel) == 1 and all(s == 1 for s in strides) and not any(begins) \
+        and not any(ends)
+    narrow = use_numba and kg > 0 and _narrow(_as_array(tiles))
     if kg == 0:
-        y[...] = 0
+        y = np.zeros((n * group, mg, p), dtype=np.float32)
+    elif use_numba and len(kernel) == 2 and not direct and n * group >= DEFAULT_THREADS:
+        # every thread expands and multiplies its own images (see _conv_2d_parallel)
+        images = _readonly_view(_f32c(x).reshape((n * group, cg) + spatial))
+        geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *out))
+        if narrow:      # Cᵀ = colsᵀ @ Wᵀ, as run_batch does for such shapes
+            ct = np.empty((n * group, p, mg), dtype=np.float32)
+            _conv_2d_parallel(images, _f32c(a.transpose(0, 2, 1)), ct, a_index,
+                              _transposed(_as_array(tiles)), geometry, True, DEFAULT_THREADS)
+            y = np.ascontiguousarray(ct.transpose(0, 2, 1))
+        else:
+            y = np.empty((n * group, mg, p), dtype=np.float32)
+            _conv_2d_parallel(images, a, y, a_index, _as_array(tiles), geometry, False,
+                              DEFAULT_THREADS)
     else:
-        run_batch(a, cols, y, np.tile(np.arange(group), n), np.arange(n * group), tiles,
-                  use_numba=use_numba)
+        cols = _columns(x, group, kernel, out, strides, dilations, begins, ends)
+        y = np.empty((n * group, mg, p), dtype=np.float32)
+        run_batch(a, cols, y, a_index, b_index, tiles, use_numba=use_numba)
     y = y.reshape((n, m) + out)
     if bias is not None:
         y += np.asarray(bias, dtype=np.float32).reshape((m,) + (1,) * len(out))
