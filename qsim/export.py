@@ -379,11 +379,15 @@ def export_sim(sim, path: "str | os.PathLike", prefix: str, *,
     """Write ``<path>/<prefix>.onnx`` (FP32, after graph passes) and ``<prefix>.encodings``."""
     from .onnx_io import to_onnx
     folder = Path(path)
-    if not folder.is_dir():
-        raise ExportError(f"export folder '{folder}' does not exist; create it first")
     if not prefix or os.sep in prefix:
         raise ExportError(f"filename prefix {prefix!r} must be a plain file name (no '{os.sep}')")
     doc = encodings_document(sim, encoding_version)  # before writing anything: may raise
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(f"export folder '{folder}' is a file; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create export folder '{folder}': {exc.strerror or exc}") from None
     # The FP32 model as given (fused MatMul+Add nodes are not valid ONNX Gemms); tensor names
     # are the same as those of the fused graph, which only drops the MatMul outputs.
     model_bytes = to_onnx(sim.model).SerializeToString()

@@ -146,11 +146,15 @@ def test_export_writes_model_and_encodings(model, batches, tmp_path):
                                rtol=1e-5, atol=1e-6)
 
 
-def test_export_into_missing_folder_fails_cleanly(model, batches, tmp_path):
+def test_export_creates_a_missing_folder_and_rejects_a_file(model, batches, tmp_path):
     sim = _sim(model)
     sim.compute_encodings(batches)
-    with pytest.raises(qsim.ExportError, match="does not exist"):
-        sim.export(tmp_path / "nope", "model")
+    onnx_path, enc_path = sim.export(tmp_path / "new" / "dir", "model")
+    assert onnx_path.is_file() and enc_path.is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(qsim.ExportError, match="is a file"):
+        sim.export(tmp_path / "file", "model")
+    assert (tmp_path / "file").read_text() == "x"
 
 
 def test_explain_lists_every_quantizer(model):
