@@ -4,16 +4,18 @@ Builds the model with ``onnx.helper`` (Conv / BatchNormalization / Relu / MaxPoo
 GlobalAveragePool / Flatten / Gemm, BN not folded), runs it in the same process with qsim's
 ``run`` and with an ONNX Runtime session (default session options), takes the median of a few
 repetitions of each (interleaved, so both see the same machine load), checks the outputs agree,
-and prints both times, the ratio, and qsim's time per op type. If ``threadpoolctl`` is installed,
-qsim is also timed with OpenBLAS limited to one thread: on a shared, oversubscribed machine
-OpenBLAS's spinning worker threads can make qsim several times slower.
+and prints both times, the ratio, and qsim's time per op type.
+
+qsim's float32 Conv / Gemm / MatMul run its own bit-exact kernels (``qsim.ops.gemm_exact``, two
+threads on two cores), not BLAS. ONNX Runtime's intra-op threads keep spinning for a while after
+``session.run`` returns (its default ``allow_spinning``); timing qsim right after ORT would charge
+qsim for that (~15% on 2 cores), so each qsim repetition starts after a short pause.
 
     python benchmarks/bench_executor.py [--batch 8] [--size 112] [--repeats 5]
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
 from collections import defaultdict
@@ -23,13 +25,11 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-try:  # optional: shows how much OpenBLAS's threading costs on a busy machine
-    from threadpoolctl import threadpool_limits
-except ImportError:  # pragma: no cover - depends on the environment
-    threadpool_limits = None
-
 from qsim.interpreter import run
 from qsim.onnx_io import load_onnx
+from qsim.ops.gemm_exact import DEFAULT_THREADS
+
+_SETTLE_SECONDS = 0.2    # pause after an ONNX Runtime run before timing qsim
 
 
 class _Builder:
@@ -134,32 +134,26 @@ def main() -> None:
     got = run(graph, feeds)[out_name]
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
 
-    configs = {"BLAS default threads": contextlib.nullcontext}
-    if threadpool_limits is not None:
-        configs["BLAS 1 thread"] = lambda: threadpool_limits(limits=1, user_api="blas")
-    times: dict[str, list[float]] = {"ort": [], **{name: [] for name in configs}}
+    times: dict[str, list[float]] = {"ort": [], "qsim": []}
     for _ in range(args.repeats):
         t0 = time.perf_counter()
         session.run(None, feeds)
         times["ort"].append(time.perf_counter() - t0)
-        for name, limit in configs.items():
-            with limit():
-                t0 = time.perf_counter()
-                run(graph, feeds)
-                times[name].append(time.perf_counter() - t0)
+        time.sleep(_SETTLE_SECONDS)      # let ONNX Runtime's spinning threads go idle
+        t0 = time.perf_counter()
+        run(graph, feeds)
+        times["qsim"].append(time.perf_counter() - t0)
     median = {name: statistics.median(ts) for name, ts in times.items()}
 
     print(f"ResNet-18 shape, batch {args.batch}, 3x{args.size}x{args.size}, "
           f"{len(graph.nodes)} nodes, median of {args.repeats} (interleaved)")
-    print(f"  onnxruntime {ort.__version__} (default session): {median['ort'] * 1e3:8.1f} ms")
-    for name in configs:
-        print(f"  qsim run(), {name:21s}: {median[name] * 1e3:8.1f} ms   "
-              f"ratio qsim / ORT {median[name] / median['ort']:5.2f}x")
-    fastest = min(configs, key=median.__getitem__)
-    with configs[fastest]():
-        profile = profile_by_op(graph, feeds)
+    print(f"  onnxruntime {ort.__version__} (default session):   {median['ort'] * 1e3:8.1f} ms")
+    print(f"  qsim run() (bit-exact float32 kernels, {DEFAULT_THREADS} threads): "
+          f"{median['qsim'] * 1e3:8.1f} ms   ratio qsim / ORT {median['qsim'] / median['ort']:5.2f}x")
+    time.sleep(_SETTLE_SECONDS)
+    profile = profile_by_op(graph, feeds)
     total = sum(profile.values())
-    print(f"  qsim time per op type (one run, {fastest}):")
+    print("  qsim time per op type (one run):")
     for op, seconds in sorted(profile.items(), key=lambda kv: -kv[1]):
         print(f"    {op:20s} {seconds * 1e3:8.1f} ms  {100 * seconds / total:5.1f}%")
 
