@@ -32,9 +32,11 @@ Threads: ONNX Runtime splits a product over threads along N (in multiples of 16 
 count (``threads``, ONNX Runtime's ``intra_op_num_threads``; its default is the number of cores).
 qsim's own worker threads (``run_batch``) never change a result.
 
-Speed: the general kernel runs a 4 x 16 register block (:func:`_micro`) whose loops are ordered
-for the cache but whose per-element chain is MLAS's; ResNet-18 (batch 8, 112 x 112) runs at about
-2x ONNX Runtime's time on 2 cores.
+Speed: the general kernel runs a 6 x 16 register block (:func:`_micro`; shorter blocks repeat
+their last row) whose loops are ordered for the cache but whose per-element chain is MLAS's; a
+batch of 2-D Convs is expanded (im2col) and multiplied image by image in each thread
+(:func:`_conv_2d_parallel`). ResNet-18 (batch 8, 112 x 112) runs at about 2.5-3x ONNX Runtime's
+time on 2 cores (``benchmarks/bench_executor.py``).
 
 Each kernel exists twice: a Numba kernel (``fma`` is LLVM's ``llvm.fma.f32``, a true single
 rounding) and a NumPy twin used when ``NUMBA_DISABLE_JIT=1``. The twin computes ``fma`` as the
@@ -226,87 +228,77 @@ def fma_np(a, b, c) -> np.ndarray:
 _PB = 256           # widest column block of the general kernel
 _PANEL = 64 * 1024  # B panel (floats): 256 KiB, L2
 _NR = 16            # register block width: 16 columns (2 AVX registers per row)
-_MR = 6             # rows of the main register block: 6 x 16 = 12 AVX accumulators
-_MR_EDGE = (4, 2, 1)  # smaller blocks for the rows left over (at most one of each)
+_MR = 6             # register block height: 6 x 16 = 12 AVX accumulators
 
 
-def _micro_kernel_source(name: str, rows: int) -> str:
-    """Source of a ``rows x _NR`` block of outputs over one K block (function ``name``).
+def _micro_kernel_source() -> str:
+    """Source of ``_micro``: a block of up to ``_MR`` rows x ``_NR`` columns of outputs over one
+    K block.
 
     Written out with one scalar variable per output (generated) so that LLVM keeps the
     accumulators in registers and its SLP vectorizer packs the 16 columns of a row into two AVX
-    registers (6 rows: 12 accumulators + 2 for B + 1 broadcast of A = 15 of the 16 ymm
-    registers, as BLIS's Haswell kernel). Per output ``acc = fma(a[r, k], b[k, j], acc)`` for
-    ``k`` ascending from ``acc = 0``, then ``c = acc · alpha`` (first block with ``beta == 0``)
-    or ``c = fma(acc, alpha, c)``: exactly MLAS's arithmetic, whatever ``rows`` is. ``a``,
-    ``b``, ``c`` are flat (1-D) views; unsigned indices spare Numba's negative-index checks,
-    which would block the SLP pass.
+    registers (12 accumulators + 2 for B + 1 broadcast of A = 15 of the 16 ymm registers, as
+    BLIS's Haswell kernel). Per output ``acc = fma(a[r, k], b[k, j], acc)`` for ``k`` ascending
+    from ``acc = 0``, then ``c = acc · alpha`` (first block with ``beta == 0``) or
+    ``c = fma(acc, alpha, c)``: exactly MLAS's arithmetic.
+
+    A block of ``rows < _MR`` rows (the last rows of a tile) repeats its last row in the missing
+    ones: they compute that row's chain again and store the same values to the same place (all
+    of C is read before any of it is written), so one compiled kernel serves every row count.
+    ``a``, ``b``, ``c`` are flat (1-D) views; unsigned indices spare Numba's negative-index
+    checks, which would block the SLP pass.
     """
-    acc = [[f"c{r}_{j}" for j in range(_NR)] for r in range(rows)]
+    acc = [[f"c{r}_{j}" for j in range(_NR)] for r in range(_MR)]
     zero = ", ".join(["f0"] * _NR)
-    lines = [f"def {name}(a, b, c, a0, lda, b0, ldb, c0, ldc, k0, k1, alpha, first):",
-             "    f0 = np.float32(0.0)"]
+    lines = ["def _micro(a, b, c, a0, lda, b0, ldb, c0, ldc, k0, k1, alpha, first, rows):",
+             "    f0 = np.float32(0.0)",
+             "    last = rows - 1"]
+    for r in range(_MR):
+        lines.append(f"    ar{r} = np.uint64(a0 + min({r}, last) * lda)")
+        lines.append(f"    cr{r} = np.uint64(c0 + min({r}, last) * ldc)")
     lines += [f"    {', '.join(row)} = {zero}" for row in acc]
     lines += ["    for kk in range(k0, k1):",
-              "        bo = np.uint64(b0 + kk * ldb)"]
+              "        bo = np.uint64(b0 + kk * ldb)",
+              "        ko = np.uint64(kk)"]
     lines += [f"        v{j} = b[bo + np.uint64({j})]" for j in range(_NR)]
-    for r in range(rows):
-        lines.append(f"        av = a[np.uint64(a0 + {r} * lda + kk)]")
+    for r in range(_MR):
+        lines.append(f"        av = a[ar{r} + ko]")
         lines += [f"        {acc[r][j]} = _fma32(av, v{j}, {acc[r][j]})" for j in range(_NR)]
-    for r in range(rows):
-        lines.append(f"    co = np.uint64(c0 + {r} * ldc)")
-        lines.append("    if first:")
-        lines += [f"        c[co + np.uint64({j})] = {acc[r][j]} * alpha" for j in range(_NR)]
-        lines.append("    else:")
-        lines += [f"        c[co + np.uint64({j})] = _fma32({acc[r][j]}, alpha, "
-                  f"c[co + np.uint64({j})])" for j in range(_NR)]
+    lines.append("    if first:")
+    for r in range(_MR):
+        lines += [f"        c[cr{r} + np.uint64({j})] = {acc[r][j]} * alpha" for j in range(_NR)]
+    lines.append("    else:")
+    for r in range(_MR):
+        lines += [f"        {acc[r][j]} = _fma32({acc[r][j]}, alpha, c[cr{r} + np.uint64({j})])"
+                  for j in range(_NR)]
+    for r in range(_MR):
+        lines += [f"        c[cr{r} + np.uint64({j})] = {acc[r][j]}" for j in range(_NR)]
     return "\n".join(lines) + "\n"
 
 
-def _make_micro(rows: int):
-    """The compiled ``rows x _NR`` register-block kernel (:func:`_micro_kernel_source`)."""
-    name = f"_micro{rows}"
-    namespace = {"np": np, "_fma32": _fma32}
-    exec(compile(_micro_kernel_source(name, rows), f"<qsim.ops.gemm_exact.{name}>", "exec"),
-         namespace)
-    return numba.njit(nogil=True, fastmath=False)(namespace[name])
-
-
-_micro6, _micro4, _micro2, _micro1 = (_make_micro(r) for r in (_MR, *_MR_EDGE))
+_namespace = {"np": np, "_fma32": _fma32}
+exec(compile(_micro_kernel_source(), "<qsim.ops.gemm_exact._micro>", "exec"), _namespace)
+_micro = numba.njit(nogil=True, fastmath=False)(_namespace["_micro"])
 
 
 @_compile()
 def _region_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
     """General kernel on rows ``[m0, m1)`` and columns ``[n0, n1)``, ``n1 - n0`` a multiple of
-    ``_NR``: K blocks of ``kb``; within a block, ``6 x _NR`` register blocks (:func:`_micro6`)
-    over a column panel whose ``kb x width`` slice of B stays in cache; the rows left over by
-    one ``4 x _NR``, ``2 x _NR`` and ``1 x _NR`` block as needed (the same arithmetic per
-    output)."""
+    ``_NR``: K blocks of ``kb``; within a block, ``_MR x _NR`` register blocks (:func:`_micro`,
+    the last one possibly shorter) over a column panel whose ``kb x width`` slice of B stays in
+    cache."""
     k, lda, ldb, ldc = a.shape[1], a.shape[1], b.shape[1], c.shape[1]
     a1, b1, c1 = a.ravel(), b.ravel(), c.ravel()
     width = min(_PB, max(_NR, (_PANEL // kb) // _NR * _NR))
-    m6 = m0 + (m1 - m0) // _MR * _MR
-    left = m1 - m6
-    m4 = m6 + (left & 4)
-    m2 = m4 + (left & 2)
     for p0 in range(n0, n1, width):
         p1 = min(n1, p0 + width)
         first = zero_first
         for k0 in range(0, k, kb):
             k1 = min(k, k0 + kb)
             for j0 in range(p0, p1, _NR):
-                for mb in range(m0, m6, _MR):
-                    _micro6(a1, b1, c1, mb * lda, lda, j0, ldb, mb * ldc + j0, ldc, k0, k1,
-                            alpha, first)
-                if m4 > m6:
-                    _micro4(a1, b1, c1, m6 * lda, lda, j0, ldb, m6 * ldc + j0, ldc, k0, k1,
-                            alpha, first)
-                if m2 > m4:
-                    _micro2(a1, b1, c1, m4 * lda, lda, j0, ldb, m4 * ldc + j0, ldc, k0, k1,
-                            alpha, first)
-                if m1 > m2:
-                    _micro1(a1, b1, c1, m2 * lda, lda, j0, ldb, m2 * ldc + j0, ldc, k0, k1,
-                            alpha, first)
+                for mb in range(m0, m1, _MR):
+                    _micro(a1, b1, c1, mb * lda, lda, j0, ldb, mb * ldc + j0, ldc, k0, k1,
+                           alpha, first, min(_MR, m1 - mb))
             first = False
 
 
@@ -314,18 +306,27 @@ def _region_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
 def _tile_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
     """General kernel on a tile: :func:`_region_fma` on the columns that fill whole register
     blocks; the last ``< _NR`` columns are copied into a zero-padded ``_NR``-column strip and
-    computed the same way (the padding columns' outputs are dropped)."""
+    computed the same way (the padding columns' outputs are dropped).
+
+    Both parts go through one call site of :func:`_region_fma` with operands of one type: LLVM
+    would otherwise optimize the inlined kernel chain once per call site (seconds each, on a
+    cold cache)."""
     n_full = n0 + (n1 - n0) // _NR * _NR
-    if n_full > n0:
-        _region_fma(a, b, c, m0, m1, n0, n_full, kb, alpha, zero_first)
-    if n_full < n1:
-        edge = n1 - n_full
-        bpad = np.zeros((a.shape[1], _NR), dtype=np.float32)
+    edge = n1 - n_full
+    bpad = np.zeros((a.shape[1] if edge else 0, _NR), dtype=np.float32)
+    cpad = np.zeros((m1 if edge else 0, _NR), dtype=np.float32)
+    if edge:
         bpad[:, :edge] = b[:, n_full:n1]
-        cpad = np.zeros((m1, _NR), dtype=np.float32)
         if not zero_first:
             cpad[m0:m1, :edge] = c[m0:m1, n_full:n1]
-        _region_fma(a, bpad, cpad, m0, m1, 0, _NR, kb, alpha, zero_first)
+    for part in range(2):
+        if part == 0:
+            bb, cc, lo, hi = b, c, n0, n_full
+        else:
+            bb, cc, lo, hi = bpad, cpad, n_full - n_full, _NR if edge else 0
+        if hi > lo:
+            _region_fma(a, bb, cc, m0, m1, lo, hi, kb, alpha, zero_first)
+    if edge:
         c[m0:m1, n_full:n1] = cpad[m0:m1, :edge]
 
 
@@ -444,6 +445,11 @@ def _readonly_view(x: np.ndarray) -> np.ndarray:
     return view
 
 
+def _writable(x: np.ndarray) -> np.ndarray:
+    """``x`` if it is writable, else a copy (the kernels never write B; see _run_parallel)."""
+    return x if x.flags.writeable else x.copy()
+
+
 def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
     """:func:`_run_range` split over ``threads`` Python threads (the kernels release the GIL):
     contiguous parts of the batch, or for a single product, its columns (:func:`_split_columns`).
@@ -451,9 +457,10 @@ def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
     micro-kernel."""
     count = c.shape[0]
     alpha, zero_first = np.float32(alpha), bool(zero_first)
-    # One compiled signature whether the operands are parameters (read-only) or activations:
-    # each extra signature costs a full compile of the kernel chain on a cold cache.
-    a, b = _readonly_view(a), _readonly_view(b)
+    # One compiled signature whether the operands are parameters (read-only) or activations,
+    # and the same B type as the zero-padded edge strip of _tile_fma: each extra signature
+    # costs a full compile of the kernel chain on a cold cache.
+    a, b = _readonly_view(a), _writable(b)
     if count == 1 and threads > 1:
         jobs = [(part, 0, 1) for part in _split_columns(tiles, threads)]
     else:
@@ -799,27 +806,27 @@ def _conv_2d_parallel(images, a, c, a_index, tiles, geometry, transposed, thread
     shape = (1, p, kg) if transposed else (1, kg, p)
     zeros = np.zeros(count, dtype=np.int64)
     alpha = np.float32(1.0)
-    a = _readonly_view(a)
+    # operand types as _run_parallel makes them: A read-only, B writable (one signature)
+    weights = _writable(a) if transposed else _readonly_view(a)
+
+    def multiply(scratch, i0, i1):
+        if transposed:
+            _run_range(_readonly_view(scratch), weights, c, zeros, a_index, tiles, alpha, True,
+                       i0, i1)
+        else:
+            _run_range(weights, scratch, c, a_index, zeros, tiles, alpha, True, i0, i1)
 
     def job(part):
         start, size = part
         scratch = np.empty(shape, dtype=np.float32)
-        cols = _readonly_view(scratch)
         for i in range(start, start + size):
             _im2col_2d(images, i, scratch[0], *geometry, transposed)
-            if transposed:
-                _run_range(cols, a, c, zeros, a_index, tiles, alpha, True, i, i + 1)
-            else:
-                _run_range(a, cols, c, a_index, zeros, tiles, alpha, True, i, i + 1)
+            multiply(scratch, i, i + 1)
 
     workers = max(1, min(threads, count))
     parts = [partition(t, workers, count) for t in range(workers)]
     with _slp_vectorizer():
-        cols = _readonly_view(np.empty(shape, dtype=np.float32))
-        if transposed:      # compile once, before the threads
-            _run_range(cols, a, c, zeros, a_index, tiles, alpha, True, 0, 0)
-        else:
-            _run_range(a, cols, c, a_index, zeros, tiles, alpha, True, 0, 0)
+        multiply(np.empty(shape, dtype=np.float32), 0, 0)      # compile once, before the threads
         _im2col_2d(images, 0, np.empty(shape[1:], np.float32), *geometry, transposed)
     if workers == 1:
         job(parts[0])
