@@ -135,10 +135,10 @@ SPECIAL_CONVS = {
                               strides=[2, 2], pads=[3, 3, 3, 3]),
     "batch, 7x7 output (Cᵀ computed, image by image)":
         dict(n=2, group=1, cg=32, mg=32, spatial=[7, 7], kernel=[3, 3], pads=[1, 1, 1, 1]),
-    "batch, 23 filters (6-, 4- and 1-row register blocks)":
+    "batch, 23 filters (last register block: 5 of 6 rows)":
         dict(n=3, group=1, cg=8, mg=23, spatial=[12, 12], kernel=[3, 3], strides=[2, 2],
              pads=[1, 1, 1, 1]),
-    "batch, 21 filters (6-, 2- and 1-row register blocks)":
+    "batch, 21 filters (last register block: 3 of 6 rows)":
         dict(n=2, group=1, cg=8, mg=21, spatial=[8, 8], kernel=[3, 3], pads=[1, 1, 1, 1]),
     "1-D": dict(n=2, group=1, cg=40, mg=16, spatial=[30], kernel=[5], strides=[2], pads=[2, 2]),
     "3-D": dict(n=1, group=1, cg=8, mg=12, spatial=[6, 7, 5], kernel=[3, 3, 3],
@@ -315,9 +315,9 @@ def test_numba_kernels_equal_numpy_twins(m, n, k, kind, kb, alpha, zero_first, s
 
 @pytest.mark.parametrize("m", range(1, 14))
 def test_general_kernel_every_row_remainder_equals_numpy_twin(m):
-    """Rows left over by the 6-row register block (0 to 5, then 6 to 11 plus one block of 6)
-    take the 4-, 2- and 1-row blocks; columns: three 16-column strips and a padded edge
-    (53 columns: not worth transposing for any of these m, see _narrow)."""
+    """Every count of rows in the last 6-row register block (it repeats its last row in the
+    missing ones); columns: three 16-column strips and a padded edge (53 columns: not worth
+    transposing for any of these m, see _narrow)."""
     rng = np.random.default_rng(m)
     a, b = _normal(rng, 1, m, 300), _normal(rng, 1, 300, 53)
     tiles = [(0, m, 0, 53, gx.FMA, 128)]
