@@ -758,43 +758,43 @@ def _out_shape(in_shape, kernel, strides, dilations, begins, ends):
 
 
 @_compile()
-def _im2col_2d(x, i, out, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow, transposed):
-    """Columns of image ``i`` of ``x`` ``(images, C, H, W)`` into the 2-D ``out``:
-    ``cols[(c·kh + ky)·kw + kx, oy·ow + ox] = x[i, c, oy·sh + ky·dh - bh, ox·sw + kx·dw - bw]``
-    (``+0`` outside the image: zero padding), stored as ``out[k, p]`` or, ``transposed``,
-    ``out[p, k]``."""
+def _im2col_2d(x, i, out, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow):
+    """Columns of image ``i`` of ``x`` ``(images, C, H, W)`` into ``out`` ``(C·kh·kw, oh·ow)``:
+    ``out[(c·kh + ky)·kw + kx, oy·ow + ox] = x[i, c, oy·sh + ky·dh - bh, ox·sw + kx·dw - bw]``,
+    ``+0`` outside the image (zero padding)."""
     channels, h, w = x.shape[1], x.shape[2], x.shape[3]
     zero = np.float32(0.0)
-    if transposed:
-        for oy in range(oh):
-            for ox in range(ow):
-                row = out[oy * ow + ox]
-                for c in range(channels):
-                    for ky in range(kh):
-                        iy = oy * sh + ky * dh - bh
-                        inside_y = 0 <= iy < h
-                        for kx in range(kw):
-                            ix = ox * sw + kx * dw - bw
-                            k = (c * kh + ky) * kw + kx
-                            row[k] = x[i, c, iy, ix] if inside_y and 0 <= ix < w else zero
-    else:
-        for c in range(channels):
-            for ky in range(kh):
-                for kx in range(kw):
-                    row = out[(c * kh + ky) * kw + kx]
-                    for oy in range(oh):
-                        iy = oy * sh + ky * dh - bh
-                        if iy < 0 or iy >= h:
-                            row[oy * ow:(oy + 1) * ow] = zero
-                            continue
-                        for ox in range(ow):
-                            ix = ox * sw + kx * dw - bw
-                            row[oy * ow + ox] = x[i, c, iy, ix] if 0 <= ix < w else zero
+    for c in range(channels):
+        for ky in range(kh):
+            for kx in range(kw):
+                row = out[(c * kh + ky) * kw + kx]
+                for oy in range(oh):
+                    iy = oy * sh + ky * dh - bh
+                    if iy < 0 or iy >= h:
+                        row[oy * ow:(oy + 1) * ow] = zero
+                        continue
+                    for ox in range(ow):
+                        ix = ox * sw + kx * dw - bw
+                        row[oy * ow + ox] = x[i, c, iy, ix] if 0 <= ix < w else zero
+
+
+@_compile()
+def _transpose_2d(src, dst):
+    """``dst[q, r] = src[r, q]``, by 32 x 32 blocks (a copy)."""
+    rows, cols = src.shape
+    for r0 in range(0, rows, 32):
+        r1 = min(rows, r0 + 32)
+        for q0 in range(0, cols, 32):
+            q1 = min(cols, q0 + 32)
+            for q in range(q0, q1):
+                for r in range(r0, r1):
+                    dst[q, r] = src[r, q]
 
 
 def _conv_2d_parallel(images, a, c, a_index, tiles, geometry, transposed, threads):
     """A 2-D Conv's products image by image on ``threads`` threads, each expanding one image
-    at a time into its own im2col buffer (:func:`_im2col_2d`; small enough to stay in cache,
+    at a time into its own im2col buffer (:func:`_im2col_2d`, then :func:`_transpose_2d` when
+    ``transposed``; small enough to stay in cache,
     and no page faults of a fresh full-batch matrix) before multiplying it
     (:func:`_run_range`, the same kernels and tiles as :func:`run_batch`).
 
@@ -819,15 +819,17 @@ def _conv_2d_parallel(images, a, c, a_index, tiles, geometry, transposed, thread
     def job(part):
         start, size = part
         scratch = np.empty(shape, dtype=np.float32)
+        expand = np.empty((kg, p), dtype=np.float32) if transposed else scratch[0]
         for i in range(start, start + size):
-            _im2col_2d(images, i, scratch[0], *geometry, transposed)
+            _im2col_2d(images, i, expand, *geometry)
+            if transposed:
+                _transpose_2d(expand, scratch[0])
             multiply(scratch, i, i + 1)
 
     workers = max(1, min(threads, count))
     parts = [partition(t, workers, count) for t in range(workers)]
     with _slp_vectorizer():
         multiply(np.empty(shape, dtype=np.float32), 0, 0)      # compile once, before the threads
-        _im2col_2d(images, 0, np.empty(shape[1:], np.float32), *geometry, transposed)
     if workers == 1:
         job(parts[0])
         return
