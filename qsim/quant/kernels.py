@@ -67,16 +67,7 @@ def _nb_qdq_nearest(x, mn, mx, delta, offset, out):
                     t = hi
                 if t < lo:
                     t = lo
-                t = t / d - off
-                a = np.abs(t)
-                r = np.floor(a)
-                if a - r >= np.float32(0.5):
-                    r = r + np.float32(1.0)
-                if t < np.float32(0.0):
-                    r = -r
-                if t != t:
-                    r = np.float32(0.0)
-                out[o, c, i] = d * (r + off)
+                out[o, c, i] = d * (_round_half_away32(t / d - off) + off)
 
 
 @kernel
