@@ -290,6 +290,17 @@ def _zeros_only(bitwidth: int, steps: int):
     return new_min, new_min + steps * delta, delta, offset
 
 
+def _encoding_of_rows(rows, axis, *, bitwidth, symmetric, strict_symmetric, unsigned_symmetric):
+    """One :class:`Encoding` from per-channel ``(min, max, delta, offset)`` rows (one row when
+    ``axis`` is None)."""
+    cols = np.array(rows, dtype=np.float64).T
+    if axis is None:
+        cols = cols[:, 0]
+    return Encoding(min=cols[0], max=cols[1], delta=cols[2], offset=cols[3], bitwidth=bitwidth,
+                    symmetric=symmetric, strict_symmetric=strict_symmetric,
+                    unsigned_symmetric=unsigned_symmetric, axis=axis)
+
+
 def _search_one(stats: HistogramStats, c: int, bw: int, symmetric, strict, unsigned, gamma):
     """(min, max, delta, offset) of channel ``c`` by the §4 candidate search."""
     n = 2 ** bw - 1
@@ -317,12 +328,8 @@ def _search(stats, *, bitwidth, symmetric, strict_symmetric, unsigned_symmetric,
     bw = check_bitwidth(bitwidth)
     rows = [_search_one(stats, c, bw, symmetric, strict_symmetric, unsigned_symmetric, gamma)
             for c in range(stats.num_channels)]
-    cols = np.array(rows, dtype=np.float64).T
-    if stats.axis is None:
-        cols = cols[:, 0]
-    return Encoding(min=cols[0], max=cols[1], delta=cols[2], offset=cols[3], bitwidth=bw,
-                    symmetric=symmetric, strict_symmetric=strict_symmetric,
-                    unsigned_symmetric=unsigned_symmetric, axis=stats.axis)
+    return _encoding_of_rows(rows, stats.axis, bitwidth=bw, symmetric=symmetric,
+                             strict_symmetric=strict_symmetric, unsigned_symmetric=unsigned_symmetric)
 
 
 def tf_enhanced(stats: HistogramStats, *, bitwidth, symmetric=False, strict_symmetric=False,
@@ -422,12 +429,8 @@ def percentile(stats: HistogramStats, *, bitwidth, percentile: float, symmetric=
                              strict_symmetric=strict_symmetric,
                              unsigned_symmetric=unsigned_symmetric)
             rows.append((float(e.min), float(e.max), float(e.delta), float(e.offset)))
-    cols = np.array(rows, dtype=np.float64).T
-    if stats.axis is None:
-        cols = cols[:, 0]
-    return Encoding(min=cols[0], max=cols[1], delta=cols[2], offset=cols[3], bitwidth=bw,
-                    symmetric=symmetric, strict_symmetric=strict_symmetric,
-                    unsigned_symmetric=unsigned_symmetric, axis=stats.axis)
+    return _encoding_of_rows(rows, stats.axis, bitwidth=bw, symmetric=symmetric,
+                             strict_symmetric=strict_symmetric, unsigned_symmetric=unsigned_symmetric)
 
 
 # ============================================================================ entropy
@@ -539,9 +542,5 @@ def entropy(stats: HistogramStats, *, bitwidth, symmetric=False, strict_symmetri
         e = from_min_max(lo, hi, bitwidth=bw, symmetric=symmetric,
                          strict_symmetric=strict_symmetric, unsigned_symmetric=unsigned_symmetric)
         rows.append((float(e.min), float(e.max), float(e.delta), float(e.offset)))
-    cols = np.array(rows, dtype=np.float64).T
-    if stats.axis is None:
-        cols = cols[:, 0]
-    return Encoding(min=cols[0], max=cols[1], delta=cols[2], offset=cols[3], bitwidth=bw,
-                    symmetric=symmetric, strict_symmetric=strict_symmetric,
-                    unsigned_symmetric=unsigned_symmetric, axis=stats.axis)
+    return _encoding_of_rows(rows, stats.axis, bitwidth=bw, symmetric=symmetric,
+                             strict_symmetric=strict_symmetric, unsigned_symmetric=unsigned_symmetric)
