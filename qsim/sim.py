@@ -251,7 +251,7 @@ class QuantizationSimModel:
         for h in self._handles.values():
             h.quantizer.reset_stats()
         self._compute_param_encodings()
-        calib_graph = self._executable_graph(params_quantized=True)
+        calib_graph = self._executable_graph()
         self._ties = {h.spec.qid for h in self._handles.values() if len(h.spec.tensors) > 1}
         order = {t: i for i, t in enumerate(self.placement.update_order())}
         count = 0
@@ -303,8 +303,8 @@ class QuantizationSimModel:
     def _compute_param_encodings(self) -> None:
         for h in self._handles.values():
             if h.spec.is_param and h.enabled:
-                (tensor,) = h.spec.tensors[:1]
-                h.quantizer.update_stats(np.asarray(self.graph.params[tensor], dtype=np.float32))
+                weight = self.graph.params[h.spec.tensors[0]]
+                h.quantizer.update_stats(np.asarray(weight, dtype=np.float32))
                 h.quantizer.compute_encodings()
 
     def _compute_activation_encodings(self) -> None:
@@ -336,12 +336,10 @@ class QuantizationSimModel:
                                if handle is not None and handle.enabled else v.name)
         return mapping
 
-    def _executable_graph(self, *, params_quantized: bool) -> Graph:
+    def _executable_graph(self) -> Graph:
         """The sim graph with only enabled quantizers; parameter QDQ done once, ahead of time."""
         enabled = [h.spec for h in self._handles.values() if h.enabled]
         graph = insert_qdq(self.graph, enabled)
-        if not params_quantized:
-            return graph
         params = dict(graph.params)
         keep = []
         for node in graph.nodes:
@@ -366,7 +364,7 @@ class QuantizationSimModel:
                                      "first (or load_encodings)")
         key = tuple((h.enabled, id(h.quantizer.encoding)) for h in self._handles.values())
         if self._run_graph is None or self._run_key != key:  # enabled flags or encodings changed
-            self._run_graph, self._run_key = self._executable_graph(params_quantized=True), key
+            self._run_graph, self._run_key = self._executable_graph(), key
 
         names = self._output_names()
         wanted = list(names.values()) if outputs is None else [names.get(o, o) for o in outputs]
