@@ -9,15 +9,13 @@ activations, not of the whole forward pass.
 """
 from __future__ import annotations
 
-import functools
-import inspect
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
 
 from .errors import FeedError, GraphError, OpError, QsimError, UnknownOpError
 from .ir import Graph, Node
-from .ops import OPS, supported_attributes
+from .ops import OPS, internal_keywords, supported_attributes
 
 Observer = Callable[[str, np.ndarray], "np.ndarray | None"]
 
@@ -115,7 +113,7 @@ def call_op(node: Node, args: list, ops: Mapping[str, Callable] | None = None,
     while args and args[-1] is None:
         args.pop()
     kwargs = dict(node.attrs)
-    wanted = _internal_keywords(fn)
+    wanted = internal_keywords(fn)
     if "noutputs" in wanted:
         kwargs["noutputs"] = len(node.outputs)
     if "constant_b" in wanted:
@@ -129,12 +127,6 @@ def call_op(node: Node, args: list, ops: Mapping[str, Callable] | None = None,
         raise OpError(f"{node.describe()} failed on inputs [{shapes}]: "
                       f"{type(exc).__name__}: {exc}") from exc
     return result if isinstance(result, tuple) else (result,)
-
-
-@functools.lru_cache(maxsize=None)
-def _internal_keywords(fn) -> frozenset[str]:
-    """The registry's internal keywords (``noutputs``, ``constant_b``) that ``fn`` takes."""
-    return frozenset(inspect.signature(fn).parameters) & {"noutputs", "constant_b"}
 
 
 def _describe_array(a) -> str:

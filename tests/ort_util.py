@@ -51,12 +51,12 @@ def ort_run_op(op_type: str, inputs: list, attrs: dict | None = None, *, noutput
 def qsim_run_op(op_type: str, inputs: list, attrs: dict | None = None, *,
                 noutputs: int = 1) -> list[np.ndarray]:
     """Call qsim's implementation directly, with the registry's calling convention."""
-    from qsim.ops.registry import wants_noutputs
+    from qsim.ops.registry import internal_keywords
     args = list(inputs)
     while args and args[-1] is None:
         args.pop()
     kwargs = dict(attrs or {})
-    if wants_noutputs(op_type):
+    if "noutputs" in internal_keywords(OPS[op_type]):
         kwargs["noutputs"] = noutputs
     result = OPS[op_type](*args, **kwargs)
     return list(result) if isinstance(result, tuple) else [result]

@@ -1,7 +1,7 @@
 """NumPy implementations of ONNX ops, one small function per op (see :mod:`qsim.ops.registry`)."""
-from .registry import OPS, register, supported_attributes, wants_noutputs
+from .registry import OPS, register, internal_keywords, supported_attributes
 
 # Importing the modules registers their ops.
 from . import nn, elementwise, tensor  # noqa: E402,F401
 
-__all__ = ["OPS", "register", "supported_attributes", "wants_noutputs"]
+__all__ = ["OPS", "register", "supported_attributes", "internal_keywords"]

@@ -22,6 +22,7 @@ Calling convention (every op follows it)::
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Callable
 
@@ -53,5 +54,7 @@ def supported_attributes(op_type: str) -> frozenset[str]:
                      if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in _INTERNAL_KEYWORDS)
 
 
-def wants_noutputs(op_type: str) -> bool:
-    return "noutputs" in inspect.signature(OPS[op_type]).parameters
+@functools.lru_cache(maxsize=None)
+def internal_keywords(fn: OpFn) -> frozenset[str]:
+    """The registry's internal keywords (``noutputs``, ``constant_b``) that ``fn`` takes."""
+    return frozenset(inspect.signature(fn).parameters) & _INTERNAL_KEYWORDS
