@@ -6,7 +6,7 @@ GlobalAveragePool / Flatten / Gemm, BN not folded), runs it in the same process 
 repetitions of each (interleaved, so both see the same machine load), checks the outputs agree,
 and prints both times, the ratio, and qsim's time per op type.
 
-qsim's float32 Conv / Gemm / MatMul run its own bit-exact kernels (``qsim.ops.gemm_exact``, two
+qsim's float32 Conv / Gemm / MatMul run its own bit-exact kernels (``qsim.kernels.gemm``, two
 threads on two cores), not BLAS. ONNX Runtime's intra-op threads keep spinning for a while after
 ``session.run`` returns (its default ``allow_spinning``); timing qsim right after ORT would charge
 qsim for that (~15% on 2 cores), so each qsim repetition starts after a short pause.
@@ -27,7 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qsim.interpreter import run
 from qsim.onnx_io import load_onnx
-from qsim.ops.gemm_exact import DEFAULT_THREADS
+from qsim.kernels.gemm import DEFAULT_THREADS
 
 _SETTLE_SECONDS = 0.2    # pause after an ONNX Runtime run before timing qsim
 

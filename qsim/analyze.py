@@ -255,7 +255,7 @@ def _tensor_pass(sim, batches, handles, progress) -> dict[int, _Accumulator]:
     names = [t for _, t in activations]
     sim_names = [updated_name(h.spec, t) for h, t in activations]
     for feeds in progress(batches, "tensors"):
-        fp32 = run_graph(sim.graph, feeds, outputs=names)
+        fp32 = run_graph(sim.graph, feeds, outputs=names, fp32_kernels=sim.fp32_kernels)
         simulated = sim.run(feeds, outputs=sim_names)
         for (h, t), s in zip(activations, sim_names):
             ref = fp32[t]
@@ -315,7 +315,8 @@ def _histograms(sim, batches, handles, acc, progress) -> dict[int, Histogram]:
     activations = [(h, t) for h in handles if not h.spec.is_param for t in h.spec.tensors]
     if activations:
         for feeds in progress(batches, "histograms"):
-            fp32 = run_graph(sim.graph, feeds, outputs=[t for _, t in activations])
+            fp32 = run_graph(sim.graph, feeds, outputs=[t for _, t in activations],
+                             fp32_kernels=sim.fp32_kernels)
             for h, t in activations:
                 add(h, fp32[t])
     return {qid: Histogram(edges=edges, counts=counts[qid], unit=unit, range_lo=r_lo, range_hi=r_hi)
@@ -331,7 +332,8 @@ def _metric_function(sim, batches, labels) -> tuple[str, str, Callable[[Callable
             return accuracy_percent(logits, labels)
         return "accuracy", "%", accuracy
 
-    reference = [run_graph(sim.graph, f, outputs=outputs) for f in batches]
+    reference = [run_graph(sim.graph, f, outputs=outputs, fp32_kernels=sim.fp32_kernels)
+                 for f in batches]
 
     def output_sqnr(run_batch):
         signal = noise = 0.0
@@ -404,7 +406,7 @@ def analyze(sim, calib: Mapping[str, np.ndarray], *, eval_data: Mapping[str, np.
     acc = _tensor_pass(sim, calib_batches, handles, progress)
     hists = _histograms(sim, calib_batches, handles, acc, progress)
     metric_name, unit, metric = _metric_function(sim, eval_batches, labels)
-    fp32 = metric(lambda feeds: run_graph(sim.graph, feeds))
+    fp32 = metric(lambda feeds: run_graph(sim.graph, feeds, fp32_kernels=sim.fp32_kernels))
     quantized = metric(sim.run)
     sweeps = _sweeps(sim, handles, metric, progress)
 

@@ -235,7 +235,8 @@ def build_sim(args, job: Job):
     sim = qsim.QuantizationSimModel(job.graph, quant_scheme=args.scheme,
                                     param_type=f"int{args.param_bw}",
                                     activation_type=f"int{args.act_bw}",
-                                    config_file=args.config, rounding_mode=args.rounding)
+                                    config_file=args.config, rounding_mode=args.rounding,
+                                    fp32_kernels=args.fp32_kernels)
     if args.scheme == "percentile":
         sim.set_percentile_value(args.percentile)
     batches = batches_of(job.calib, args.batch_size)
@@ -253,7 +254,15 @@ def _describe_sim(sim, job: Job) -> list[str]:
                  f"a{sim.activation_bitwidth}, config {sim.config.source}, rounding {sim.rounding_mode})")
     lines.append(f"  quantizers enabled:   {len(sim.enabled_quantizers())} of {len(sim.quantizers)} "
                  f"tensors ({sum(h.enabled for h in handles.values())} quantizer objects)")
+    lines.append(f"  fp32 kernels:         {_family_text(sim.fp32_kernels)}")
     return lines
+
+
+def _family_text(family: str) -> str:
+    """'avx512 (ONNX Runtime's AVX-512F kernels; this CPU's)' and the like."""
+    from .kernels.family import DESCRIPTION, host_family
+    mine = "this CPU's" if family == host_family() else f"this CPU runs {host_family()}"
+    return f"{family} (ONNX Runtime's {DESCRIPTION[family]}; {mine})"
 
 
 # ---- commands --------------------------------------------------------------------------------
@@ -277,7 +286,7 @@ def cmd_quantize(args) -> int:
     n = len(next(iter(job.calib.values())))
     lines.append(f"  calibration:          {n_batches} batches, {n} samples in {t_calib:.2f} s "
                  f"({n / max(t_calib, 1e-9):.0f} samples/s)")
-    fp32 = qsim.run(sim.graph, job.calib)
+    fp32 = qsim.run(sim.graph, job.calib, fp32_kernels=sim.fp32_kernels)
     simulated = sim.run(job.calib)
     for name in sim.graph.output_names:
         lines.append(f"  SQNR {name} vs FP32:  {sqnr_db(fp32[name], simulated[name]):.2f} dB "
@@ -295,7 +304,7 @@ def _bundled_accuracy(sim, job: Job) -> list[str]:
     from .analyze import accuracy_percent
     feeds = job.eval_data
     out = sim.graph.output_names[0]
-    fp32 = qsim.run(sim.graph, feeds)[out]
+    fp32 = qsim.run(sim.graph, feeds, fp32_kernels=sim.fp32_kernels)[out]
     quant = sim.run(feeds)[out]
     agree = np.mean(np.argmax(fp32, 1) == np.argmax(quant, 1)) * 100
     lines = [f"  accuracy FP32:        {accuracy_percent(fp32, job.labels):.2f} % on "
@@ -307,13 +316,13 @@ def _bundled_accuracy(sim, job: Job) -> list[str]:
     except ImportError:
         return lines
     # ONNX Runtime with graph optimizations off computes what AIMET's simulation session does;
-    # qsim's executor reproduces it bit for bit.
+    # qsim's executor reproduces it bit for bit with this CPU's kernel family ("auto").
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(qsim.to_onnx(job.graph).SerializeToString(), options,
                                 providers=["CPUExecutionProvider"])
     ref = sess.run(None, feeds)[0]
-    fp32_graph = qsim.run(job.graph, feeds)[out]
+    fp32_graph = qsim.run(job.graph, feeds, fp32_kernels="auto")[out]
     same = int(np.sum(ref == fp32_graph))
     lines.append(f"  executor vs ONNX Runtime (FP32): {same} of {ref.size} logits bit-identical, "
                  f"max |diff| {np.max(np.abs(ref - fp32_graph)):.2e}")
@@ -372,7 +381,8 @@ def cmd_inspect(args) -> int:
     for n in graph.nodes:
         print(f"  {n.name:<28} {n.op_type:<20} {', '.join(n.inputs)} -> {', '.join(n.outputs)}")
     sim = qsim.QuantizationSimModel(graph, quant_scheme="tf", param_type=f"int{args.param_bw}",
-                                    activation_type=f"int{args.act_bw}", config_file=args.config)
+                                    activation_type=f"int{args.act_bw}", config_file=args.config,
+                                    fp32_kernels=args.fp32_kernels)
     print()
     print(sim.explain())
     return 0
@@ -399,6 +409,12 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _add_family_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fp32-kernels", default="auto", choices=["auto", "avx2", "avx512"],
+                   help="whose float32 bits to reproduce: ONNX Runtime's AVX2 or AVX-512 kernels "
+                        "(default auto: the family ONNX Runtime picks on this CPU)")
+
+
 def _add_sim_options(p: argparse.ArgumentParser, *, out_default: str) -> None:
     p.add_argument("model", nargs="?", help="FP32 ONNX model (default: the bundled digits CNN)")
     p.add_argument("--calib", help=".npz with one array per graph input, first axis = samples")
@@ -414,6 +430,7 @@ def _add_sim_options(p: argparse.ArgumentParser, *, out_default: str) -> None:
     p.add_argument("--rounding", default="nearest", choices=["nearest", "half_even"],
                    help="nearest = AIMET (ties away from zero, default); half_even = ONNX "
                         "QuantizeLinear")
+    _add_family_option(p)
     p.add_argument("--out", default=out_default, help=f"output folder (default {out_default})")
     p.add_argument("--no-fold", action="store_true", help="do not fold batch norms first")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -449,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--param-bw", type=int, default=8)
     i.add_argument("--act-bw", type=int, default=8)
     i.add_argument("--no-fold", action="store_true", help="do not fold batch norms first")
+    _add_family_option(i)
     i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show tracebacks on errors")
     i.set_defaults(func=cmd_inspect)

@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import FeedError, GraphError, OpError, QsimError, UnknownOpError
 from .ir import Graph, Node
+from .kernels.family import resolve as resolve_family
 from .ops import OPS, internal_keywords, supported_attributes
 
 Observer = Callable[[str, np.ndarray], "np.ndarray | None"]
@@ -100,12 +101,14 @@ def _last_uses(graph: Graph, keep: Iterable[str]) -> dict[int, list[str]]:
 
 
 def call_op(node: Node, args: list, ops: Mapping[str, Callable] | None = None,
-            constants: "set[str] | frozenset[str]" = frozenset()) -> tuple:
+            constants: "set[str] | frozenset[str]" = frozenset(), *,
+            family: str = "avx2") -> tuple:
     """Run one node's op function; wrap any failure in an :class:`OpError` naming the node.
 
     ``ops`` may supply implementations for op types outside the library (e.g. the simulation's
     quantize-dequantize nodes); they follow the same calling convention. ``constants`` names the
-    tensors that are initializers (for ops taking the ``constant_b`` keyword)."""
+    tensors that are initializers (for ops taking the ``constant_b`` keyword); ``family`` is the
+    float32 kernel family (for ops taking the ``fp32_kernels`` keyword)."""
     fn = ops.get(node.op_type) if ops else None
     fn = fn if fn is not None else OPS.get(node.op_type)
     if fn is None:
@@ -118,6 +121,8 @@ def call_op(node: Node, args: list, ops: Mapping[str, Callable] | None = None,
         kwargs["noutputs"] = len(node.outputs)
     if "constant_b" in wanted:
         kwargs["constant_b"] = len(node.inputs) > 1 and node.inputs[1] in constants
+    if "fp32_kernels" in wanted:
+        kwargs["fp32_kernels"] = family
     try:
         result = fn(*args, **kwargs)
     except QsimError as exc:
@@ -139,7 +144,8 @@ def _describe_array(a) -> str:
 def run(graph: Graph, feeds: Mapping[str, np.ndarray], *, observe: Observer | None = None,
         outputs: Iterable[str] | None = None,
         ops: Mapping[str, Callable] | None = None,
-        dynamic_params: Iterable[str] = ()) -> dict[str, np.ndarray]:
+        dynamic_params: Iterable[str] = (),
+        fp32_kernels: str = "auto") -> dict[str, np.ndarray]:
     """Execute ``graph`` on ``feeds`` and return ``{name: array}`` for ``outputs``.
 
     ``outputs`` defaults to the graph outputs and may name any tensor (input, parameter or
@@ -147,8 +153,14 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], *, observe: Observer | No
     is produced; if it returns an array, that array replaces the tensor downstream. ``ops`` adds
     op implementations for custom op types (see :func:`call_op`). ``dynamic_params`` names
     parameters to treat as computed tensors rather than initializers (the simulation's
-    pre-quantized weights, which AIMET's session computes with QDQ nodes).
+    pre-quantized weights, which AIMET's session computes with QDQ nodes). ``fp32_kernels``
+    chooses whose float32 bits the ops reproduce: ``"auto"`` (ONNX Runtime's kernel family on this
+    CPU), ``"avx2"`` or ``"avx512"`` (the same bits on any machine; :mod:`qsim.kernels.family`).
     """
+    try:
+        family = resolve_family(fp32_kernels)
+    except ValueError as exc:
+        raise QsimError(str(exc)) from None
     wanted = list(graph.output_names if outputs is None else outputs)
     env: dict[str, np.ndarray] = dict(graph.params)
     env.update(check_feeds(graph, feeds))
@@ -165,7 +177,7 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], *, observe: Observer | No
         except KeyError as exc:
             raise GraphError(f"{node.describe()}: input {exc} is not defined when the node "
                              f"runs (validate() the graph)") from None
-        results = call_op(node, args, ops, constants)
+        results = call_op(node, args, ops, constants, family=family)
         if len(results) < sum(1 for o in node.outputs if o):
             raise OpError(f"{node.describe()}: produced {len(results)} output(s), the node "
                           f"declares {len(node.outputs)}")

@@ -28,6 +28,7 @@ import numpy as np
 from .config import load_config
 from .errors import ConfigError, EncodingError, FeedError, NotCalibratedError, QsimError
 from .interpreter import check_feeds, run as run_graph
+from .kernels.family import DESCRIPTION as _FAMILY_TEXT, resolve as resolve_family
 from .ir import Graph, Node
 from .placement import Placement, QuantizerSpec, place_quantizers
 from .quant import Encoding, TensorQuantizer
@@ -163,7 +164,8 @@ class QuantizationSimModel:
 
     def __init__(self, model: Any, quant_scheme: "str | QuantScheme" = "tf_enhanced",
                  param_type: "str | int" = "int8", activation_type: "str | int" = "int8",
-                 config_file: Any = None, *, rounding_mode: str = "nearest"):
+                 config_file: Any = None, *, rounding_mode: str = "nearest",
+                 fp32_kernels: str = "auto"):
         from .onnx_io import load_onnx
         self.model = model if isinstance(model, Graph) else load_onnx(model)
         self.quant_scheme = parse_scheme(quant_scheme)
@@ -173,6 +175,11 @@ class QuantizationSimModel:
             raise QsimError(f"rounding_mode {rounding_mode!r} is not supported; use 'nearest' "
                             f"(AIMET's) or 'half_even' (ONNX QuantizeLinear's)")
         self.rounding_mode = rounding_mode
+        try:
+            #: the float32 kernel family whose bits the ops reproduce (never "auto" here)
+            self.fp32_kernels = resolve_family(fp32_kernels)
+        except ValueError as exc:
+            raise QsimError(str(exc)) from None
         self.config = load_config(config_file)
         self.placement: Placement = place_quantizers(
             self.model, self.config, param_bitwidth=self.param_bitwidth,
@@ -222,8 +229,10 @@ class QuantizationSimModel:
         return self._calibrated
 
     def explain(self) -> str:
-        """One line per quantizer: tensor, enabled, flags, axis, tie group and deciding rules."""
-        return self.placement.explain()
+        """One line per quantizer: tensor, enabled, flags, axis, tie group and deciding rules;
+        the first line names the float32 kernel family."""
+        return (f"fp32 kernels: {self.fp32_kernels} (ONNX Runtime's {_FAMILY_TEXT[self.fp32_kernels]})\n"
+                + self.placement.explain())
 
     # ---- calibration ------------------------------------------------------------------------
     def compute_encodings(self, batches: Any, forward_pass_callback_args: Any = None) -> None:
@@ -265,7 +274,8 @@ class QuantizationSimModel:
             self._stash = []
             outs = run_graph(calib_graph, feeds, ops={QDQ_OP: self._observe_op},
                              outputs=list(self._output_names().values()),
-                             dynamic_params=calib_graph.params)
+                             dynamic_params=calib_graph.params,
+                             fp32_kernels=self.fp32_kernels)
             for tensor, qid, x in sorted(self._stash, key=lambda e: order[e[0]]):
                 self._handles[qid].quantizer.update_stats(x)
             self._stash = []
@@ -372,7 +382,8 @@ class QuantizationSimModel:
         # not), so no MatMul/Gemm operand is a pre-packed initializer there.
         return self._rename_outputs(run_graph(self._run_graph, feeds, ops={QDQ_OP: self._qdq_op},
                                               outputs=wanted,
-                                              dynamic_params=self._run_graph.params))
+                                              dynamic_params=self._run_graph.params,
+                                              fp32_kernels=self.fp32_kernels))
 
     # ---- export -----------------------------------------------------------------------------
     def export(self, path: "str | os.PathLike", filename_prefix: str, *,

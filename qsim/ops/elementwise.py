@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from ..errors import OpError
-from . import math_exact
+from ..kernels import mlas_math as math_exact
 from .registry import register
 
 # --------------------------------------------------------------------------------------------
@@ -167,7 +167,7 @@ def abs_(x):
 
 @register("Exp")
 def exp(x):
-    """Y = e ** X (float32: ONNX Runtime's MLAS approximation, :func:`qsim.ops.math_exact.exp`)."""
+    """Y = e ** X (float32: ONNX Runtime's MLAS approximation, :func:`qsim.kernels.mlas_math.exp`)."""
     x = _float_input("Exp", x)
     if x.dtype == np.float32:
         return math_exact.exp(x)  # ORT's MLAS exp, bit for bit
@@ -178,7 +178,7 @@ def exp(x):
 @register("Log")
 def log(x):
     """Y = ln(X) (-inf at 0, NaN below; float32: ONNX Runtime's Eigen log,
-    :func:`qsim.ops.math_exact.log`)."""
+    :func:`qsim.kernels.mlas_math.log`)."""
     x = _float_input("Log", x)
     if x.dtype == np.float32:
         return math_exact.log(x)  # ORT's Eigen log, bit for bit
@@ -277,7 +277,7 @@ def erf_float64(x: np.ndarray) -> np.ndarray:
 @register("Erf")
 def erf(x):
     """Y = erf(X) = 2/sqrt(pi) * integral_0^X exp(-t^2) dt. float32: ONNX Runtime's MLAS
-    approximation (:func:`qsim.ops.math_exact.erf`); float64: :func:`erf_float64`."""
+    approximation (:func:`qsim.kernels.mlas_math.erf`); float64: :func:`erf_float64`."""
     x = _float_input("Erf", x)
     if x.dtype == np.float32:
         return math_exact.erf(x)  # ORT's MLAS erf, bit for bit
@@ -340,7 +340,7 @@ def clip(x, min=None, max=None):  # noqa: A002 - ONNX input names
 @register("Sigmoid")
 def sigmoid(x):
     """Y = 1 / (1 + exp(-X)). float32: ONNX Runtime's MLAS rational approximation
-    (:func:`qsim.ops.math_exact.logistic`); float64: exp(X) / (1 + exp(X)) for X < 0."""
+    (:func:`qsim.kernels.mlas_math.logistic`); float64: exp(X) / (1 + exp(X)) for X < 0."""
     x = _float_input("Sigmoid", x)
     if x.dtype == np.float32:
         return math_exact.logistic(x)  # ORT's MLAS logistic, bit for bit
@@ -409,7 +409,7 @@ def gelu(x, *, approximate="none"):
     * approximate="none": Y = X/2 * (1 + erf(X / sqrt(2)))
     * approximate="tanh": Y = X/2 * (1 + tanh(sqrt(2/pi) * (X + 0.044715 X^3)))
 
-    float32: as ONNX Runtime computes it (:func:`qsim.ops.math_exact.gelu`); float64: evaluated
+    float32: as ONNX Runtime computes it (:func:`qsim.kernels.mlas_math.gelu`); float64: evaluated
     in float64.
     """
     x = _float_input("Gelu", x)

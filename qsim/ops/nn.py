@@ -4,7 +4,7 @@ ONNX semantics at opsets 13-21, float32. One function per op, registered with ``
 formula is in each docstring. Shared helpers (attribute checks, padding geometry, the strided
 window view) come first.
 
-Float32 Conv, ConvTranspose, Gemm and MatMul use :mod:`qsim.ops.gemm_exact`, which sums the
+Float32 Conv, ConvTranspose, Gemm and MatMul use :mod:`qsim.kernels.gemm`, which sums the
 products in ONNX Runtime's (MLAS's) order, bit for bit; the notes below describe the float64 path.
 
 Performance notes. Conv, ConvTranspose, Gemm and MatMul reduce to one BLAS matrix product
@@ -22,7 +22,8 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import OpError
-from . import gemm_exact, math_exact
+from ..kernels import gemm as gemm_exact
+from ..kernels import mlas_math as math_exact
 from .registry import register
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -590,7 +591,7 @@ def batch_normalization(x, scale, b, input_mean, input_var, *, epsilon=1e-5, mom
 def instance_normalization(x, scale, b, *, epsilon=1e-5):
     """``Y[n, c] = scale[c] · (X[n, c] - μ[n, c]) / sqrt(σ²[n, c] + epsilon) + B[c]`` with mean
     and (biased) variance over the spatial axes. float32: as ONNX Runtime computes it
-    (:func:`qsim.ops.math_exact.instance_norm_planes`); otherwise statistics in float64."""
+    (:func:`qsim.kernels.mlas_math.instance_norm_planes`); otherwise statistics in float64."""
     if x.ndim < 3:
         raise OpError(f"input X has shape {list(x.shape)}; expected rank >= 3 (N, C, spatial...)")
     c = x.shape[1]
@@ -616,7 +617,7 @@ def layer_normalization(x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_type=1
 
     ``Scale`` and ``B`` broadcast to the normalized shape. Optional outputs ``Mean`` (μ) and
     ``InvStdDev`` (r), shaped like X with the normalized axes kept as size 1. float32: computed
-    as ONNX Runtime does (:func:`qsim.ops.math_exact.layer_norm_rows`); otherwise statistics in
+    as ONNX Runtime does (:func:`qsim.kernels.mlas_math.layer_norm_rows`); otherwise statistics in
     float64, results in X's dtype (stash_type=1: float32 statistics outputs)."""
     rank = x.ndim
     if not -rank <= axis < rank:
@@ -663,7 +664,7 @@ def _softmax_axis(x, axis) -> int:
 
 def _exact_softmax(x, axis: int, *, log: bool) -> np.ndarray:
     """float32 (Log)Softmax along ``axis`` as ONNX Runtime: the axis moved last, one row at a time
-    (:func:`qsim.ops.math_exact.softmax_rows`), moved back."""
+    (:func:`qsim.kernels.mlas_math.softmax_rows`), moved back."""
     if x.size == 0:
         return x.copy()
     moved = np.moveaxis(x, axis, -1)

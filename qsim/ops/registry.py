@@ -17,6 +17,9 @@ Calling convention (every op follows it)::
 * A keyword-only parameter named ``constant_b`` (not an ONNX attribute) receives True when the
   node's input 1 is a graph parameter (an initializer): ONNX Runtime pre-packs such a MatMul/Gemm
   operand, which changes its summation blocks.
+* A keyword-only parameter named ``fp32_kernels`` (not an ONNX attribute) receives the kernel
+  family that runs (``"avx2"`` or ``"avx512"``, see :mod:`qsim.kernels.family`): ops whose float32
+  bits differ between ONNX Runtime's kernel families take it.
 * An op rejects a bad attribute value or input with :class:`qsim.errors.OpError` (without the node
   name: the executor adds it). Ops never mutate their inputs.
 """
@@ -32,7 +35,7 @@ OpFn = Callable[..., object]
 OPS: dict[str, OpFn] = {}
 
 #: keyword parameters that are not ONNX attributes
-_INTERNAL_KEYWORDS = frozenset({"noutputs", "constant_b"})
+_INTERNAL_KEYWORDS = frozenset({"noutputs", "constant_b", "fp32_kernels"})
 
 
 def register(op_type: str) -> Callable[[OpFn], OpFn]:
@@ -56,5 +59,6 @@ def supported_attributes(op_type: str) -> frozenset[str]:
 
 @functools.lru_cache(maxsize=None)
 def internal_keywords(fn: OpFn) -> frozenset[str]:
-    """The registry's internal keywords (``noutputs``, ``constant_b``) that ``fn`` takes."""
+    """The registry's internal keywords (``noutputs``, ``constant_b``, ``fp32_kernels``) that
+    ``fn`` takes."""
     return frozenset(inspect.signature(fn).parameters) & _INTERNAL_KEYWORDS

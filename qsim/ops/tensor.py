@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from ..errors import OpError
-from . import math_exact
+from ..kernels import mlas_math as math_exact
 from .registry import register
 
 # --------------------------------------------------------------------------------------------

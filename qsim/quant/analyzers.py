@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import EncodingError
 from .encoding import Encoding, check_bitwidth, from_min_max
-from .jit import USE_NUMBA, kernel
+from ..jit import USE_NUMBA, kernel
 from .stats import NUM_BINS, HistogramStats, MinMaxStats
 
 #: AIMET's tf-enhanced weight of the saturation (clipping) error

@@ -1,6 +1,6 @@
 """Quantize / dequantize kernels (numerics.md §3), float32 in and out.
 
-Each kernel exists twice: a Numba loop (``_nb_*``, compiled by :func:`qsim.quant.jit.kernel`)
+Each kernel exists twice: a Numba loop (``_nb_*``, compiled by :func:`qsim.jit.kernel`)
 and a vectorised NumPy twin (``_np_*``). They give the same bits (tested). The public functions
 take an :class:`~qsim.quant.encoding.Encoding` and work per tensor or per channel along
 ``enc.axis``; per channel, every slice is processed exactly like a whole tensor.
@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import EncodingError
 from .encoding import Encoding
-from .jit import USE_NUMBA, kernel
+from ..jit import USE_NUMBA, kernel
 
 ROUNDING_MODES = ("nearest", "half_even")
 

@@ -17,7 +17,7 @@ import numba
 import numpy as np
 
 from ..errors import ConfigError
-from .jit import USE_NUMBA, kernel, parallel_kernel
+from ..jit import USE_NUMBA, kernel, parallel_kernel
 from .kernels import channel_view
 
 #: number of histogram bins of the tf-enhanced / percentile histogram

@@ -1,4 +1,4 @@
-"""qsim.ops.gemm_exact against ONNX Runtime, bit for bit.
+"""qsim.kernels.gemm against ONNX Runtime, bit for bit.
 
 Reference: ONNX Runtime's CPU EP with graph optimizations disabled (how AIMET evaluates its
 simulated model), with 1 and 2 intra-op threads. Every comparison is ``np.array_equal`` on the
@@ -18,7 +18,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-from qsim.ops import gemm_exact as gx
+from qsim.kernels import gemm as gx
 from qsim.ops import nn
 
 SETTINGS = settings(max_examples=30, deadline=None)

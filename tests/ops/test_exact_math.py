@@ -2,7 +2,7 @@
 
 Every expected value comes from ONNX Runtime itself (CPU provider, graph optimizations disabled,
 1 or 2 intra-op threads, as AIMET runs it); elements are compared bit for bit (NaN equals NaN).
-The Numba kernels of :mod:`qsim.ops.math_exact` are also checked against their NumPy twins, and
+The Numba kernels of :mod:`qsim.kernels.mlas_math` are also checked against their NumPy twins, and
 the NumPy fused multiply-add against exact rational arithmetic.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from onnx import helper
 
 from qsim.ops import OPS
-from qsim.ops import math_exact as me
+from qsim.kernels import mlas_math as me
 
 SETTINGS = settings(max_examples=25, deadline=None)
 

@@ -57,7 +57,7 @@ import numpy as np
 from numba import types
 from numba.extending import intrinsic
 
-from ..quant.jit import USE_NUMBA
+from ..jit import USE_NUMBA
 
 #: kernel kinds of a tile (see the module docstring)
 FMA, GROUP4, LANE8_N, LANE8_M = 0, 1, 2, 3
@@ -277,7 +277,7 @@ def _micro_kernel_source() -> str:
 
 
 _namespace = {"np": np, "_fma32": _fma32}
-exec(compile(_micro_kernel_source(), "<qsim.ops.gemm_exact._micro>", "exec"), _namespace)
+exec(compile(_micro_kernel_source(), "<qsim.kernels.gemm._micro>", "exec"), _namespace)
 _micro = numba.njit(nogil=True, fastmath=False)(_namespace["_micro"])
 
 

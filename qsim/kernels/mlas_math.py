@@ -11,10 +11,10 @@ against ``onnxruntime``):
 * ``fma(a, b, c)`` is one fused multiply-add (a single rounding), as ``vfmadd*ps`` computes it.
 * every other operation is one IEEE float32 operation (round to nearest even).
 
-Each kernel exists twice: a Numba loop (``_nb_*``, compiled by :func:`qsim.quant.jit.kernel`)
+Each kernel exists twice: a Numba loop (``_nb_*``, compiled by :func:`qsim.jit.kernel`)
 and a vectorised NumPy twin (``_np_*``). The twin emulates a fused multiply-add in float64
 (:func:`_fma_np`, exact product, then a tie-corrected double rounding). Both give the same bits
-(tested); :data:`qsim.quant.jit.USE_NUMBA` chooses one. Public functions take and return float32
+(tested); :data:`qsim.jit.USE_NUMBA` chooses one. Public functions take and return float32
 arrays; they never mutate their input.
 
 Summary (ORT kernel -> function here):
@@ -56,7 +56,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from ..quant.jit import USE_NUMBA, kernel
+from ..jit import USE_NUMBA, kernel
 
 F32 = np.float32
 
@@ -955,7 +955,7 @@ def reduce_sum(x, axes, *, mean: bool = False) -> np.ndarray:
 
         "R", "KR"  rows summed by Eigen's vectorised sum (:func:`eigen_row_sums`)
         "RK"       out = row 0; out += row 1; ... (one row of the kept block at a time)
-        "KRK"      per leading index, ones(1, R) @ X[i] through MLAS sgemm (qsim.ops.gemm_exact)
+        "KRK"      per leading index, ones(1, R) @ X[i] through MLAS sgemm (qsim.kernels.gemm)
         "RKR"      per kept index k: 0 + eigen_sum(X[0, k, :]) + eigen_sum(X[1, k, :]) + ...
                    (with a single kept index: the generic loop)
         others     left to right over the reduced positions (ORT's generic loop)
@@ -972,7 +972,7 @@ def reduce_sum(x, axes, *, mean: bool = False) -> np.ndarray:
     elif kind == "RK":
         s = sequential_sums(x.reshape(sizes).T)
     elif kind == "KRK":
-        from . import gemm_exact  # late import: gemm_exact is large and owned elsewhere
+        from . import gemm as gemm_exact  # late import: the gemm module is large
         d0, d1, d2 = sizes
         ones = np.ones((1, 1, d1), F32)
         s = gemm_exact.matmul(ones, x.reshape(d0, d1, d2), threads=1)
