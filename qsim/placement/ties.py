@@ -9,39 +9,51 @@ from .state import Context, WorkQuantizer, is_float
 from .tables import BACKWARD_TIE_OPS, FORWARD_TIE_OPS, GRID_PRESERVING
 
 
-def _tie_sources(ctx: Context, op: Node, visited: set) -> list:
-    """Source tensors of a backward tie at ``op``, recursing into tie / grid-preserving producers."""
+def _tie_sources(ctx: Context, op: Node, visited: set) -> tuple[list, list]:
+    """Source tensors of a backward tie at ``op`` and the fixed ranges seen on the way,
+    recursing into tie / grid-preserving producers.
+
+    The fixed range of EVERY float input (``None`` when it has none, or no quantizer) is
+    collected before the "feeds more than one op: skip" check, as AIMET's
+    ``_propagate_output_encodings`` appends it first: a skipped input still counts when the
+    ranges are compared (placement.md §3, the ShuffleNetV2 example)."""
     visited.add(op.name)
     inputs = op.inputs[:1] if op.op_type in GRID_PRESERVING else op.inputs
-    sources = []
+    sources, ranges = [], []
     for tensor in dict.fromkeys(t for t in inputs if t):
         if not is_float(ctx.graph, tensor):
             continue
         source, path = ctx.effective_path(tensor)
         if source is None:
             source, path = tensor, [tensor]
-        if any(ctx.readers(t) > 1 for t in path) or source not in ctx.qmap \
-                or ctx.qmap[source].role == "param":
+        quantizer = ctx.qmap.get(source)
+        ranges.append(None if quantizer is None else quantizer.fixed)
+        if any(ctx.readers(t) > 1 for t in path) or quantizer is None \
+                or quantizer.role == "param":
             continue
         sources.append(source)
         producer = ctx.producers.get(source)
         if producer is not None and producer.name not in visited and (
                 producer.op_type in BACKWARD_TIE_OPS or producer.op_type in GRID_PRESERVING):
-            sources += _tie_sources(ctx, producer, visited)
-    return sources
+            more_sources, more_ranges = _tie_sources(ctx, producer, visited)
+            sources += more_sources
+            ranges += more_ranges
+    return sources, ranges
 
 
 def tie_backward(ctx: Context) -> None:
-    """§3: Concat/Scatter*: each source quantizer is replaced by the op's output quantizer."""
+    """§3: Concat/Scatter*: each source quantizer is replaced by the op's output quantizer.
+
+    If every collected range is the same, the output inherits it; otherwise sources with a fixed
+    range are left out of the tie."""
     for op in reversed(ctx.ops):
         if op.op_type not in BACKWARD_TIE_OPS or op.outputs[0] not in ctx.qmap:
             continue
         group = ctx.qmap[op.outputs[0]]
-        sources = [s for s in dict.fromkeys(_tie_sources(ctx, op, set()))
-                   if ctx.qmap[s] is not group]
-        ranges = {ctx.qmap[s].fixed for s in sources}
-        if len(ranges) == 1:
-            common = next(iter(ranges))
+        found, ranges = _tie_sources(ctx, op, set())
+        sources = [s for s in dict.fromkeys(found) if ctx.qmap[s] is not group]
+        if len(set(ranges)) == 1:
+            common = ranges[0]
             if common is not None:
                 group.set("fixed", common, f"backward tie at {op.name}: all sources fixed")
         else:

@@ -190,3 +190,24 @@ def test_supergroup_order_and_shared_ops(groups, disabled):
     cfg["supergroups"] = [{"op_list": g} for g in groups]
     p = place(_conv_relu_add(), cfg)
     assert {t for t in ("conv_out", "r", "y") if not p.spec(t).enabled} == disabled
+
+
+def test_skipped_concat_input_still_counts_in_the_range_comparison():
+    """placement.md §3, ShuffleNetV2 under htp_v75: Concat(slice of an earlier concat, relu_out).
+    The slice's source has several readers (skipped, range None); the Relu's range is (0, None).
+    AIMET collects both ranges before the skip, sees two different ones, leaves the fixed-range
+    Relu out, and so ties nothing (collecting from unskipped inputs only would tie the Relu and
+    fix the Concat's min at 0)."""
+    g = graph([node("Tanh", ["x1"], ["t"], "t"),
+               node("Concat", ["t", "x2"], ["cat0"], "cat0", axis=1),
+               node("Slice", ["cat0", "starts", "ends", "axes"], ["half"], "slice"),
+               node("Neg", ["cat0"], ["other"], "other"),
+               node("Relu", ["x3"], ["r"], "relu"),
+               node("Concat", ["half", "r"], ["cat1"], "cat1", axis=1)],
+              {"x1": [1, 2], "x2": [1, 2], "x3": [1, 2]}, {"cat1": [1, 4], "other": [1, 4]},
+              {"starts": np.array([0], np.int64), "ends": np.array([2], np.int64),
+               "axes": np.array([1], np.int64)})
+    p = place(g, HTP_V75, 8, 16)
+    assert p.spec("r").fixed_range == (0.0, None)
+    assert p.quantizer_of["r"] != p.quantizer_of["cat1"]
+    assert p.spec("cat1").fixed_range is None and p.spec("cat1").tensors == ("cat1",)
