@@ -226,7 +226,8 @@ def params32(enc: Encoding):
 
 
 def _prepare(x, enc: Encoding, dtype):
-    x = np.ascontiguousarray(x, dtype=dtype)
+    # np.asarray(order="C"), not np.ascontiguousarray, which turns a 0-d scalar into shape (1,)
+    x = np.asarray(x, dtype=dtype, order="C")
     check_channels(x.shape, enc)
     return x
 

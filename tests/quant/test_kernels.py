@@ -219,3 +219,15 @@ def test_output_is_float32_and_out_is_used():
     y = quantize_dequantize(x, enc, out=out)
     assert y is out and y.dtype == np.float32
     assert quantize_dequantize(np.zeros((0, 3), np.float32), enc).shape == (0, 3)
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "half_even"])
+def test_a_scalar_keeps_its_shape(rounding):
+    """A quantized scalar (a 0-d Constant output) stays 0-d, as AIMET's quantize node keeps it,
+    and equals the same value quantized as a 1-element vector."""
+    enc = from_min_max(-1.0, 3.0, bitwidth=8)
+    x = np.array(0.37, np.float32)
+    y = quantize_dequantize(x, enc, rounding=rounding)
+    q = quantize(x, enc, rounding=rounding)
+    assert y.shape == () and q.shape == () and dequantize(q, enc).shape == ()
+    assert y == quantize_dequantize(x.reshape(1), enc, rounding=rounding)[0]
