@@ -102,13 +102,14 @@ def _last_uses(graph: Graph, keep: Iterable[str]) -> dict[int, list[str]]:
 
 def call_op(node: Node, args: list, ops: Mapping[str, Callable] | None = None,
             constants: "set[str] | frozenset[str]" = frozenset(), *,
-            family: str = "avx2") -> tuple:
+            family: str = "avx2", opset: int = 17) -> tuple:
     """Run one node's op function; wrap any failure in an :class:`OpError` naming the node.
 
     ``ops`` may supply implementations for op types outside the library (e.g. the simulation's
     quantize-dequantize nodes); they follow the same calling convention. ``constants`` names the
     tensors that are initializers (for ops taking the ``constant_b`` keyword); ``family`` is the
-    float32 kernel family (for ops taking the ``fp32_kernels`` keyword)."""
+    float32 kernel family (for ops taking the ``fp32_kernels`` keyword); ``opset`` the graph's
+    default-domain opset version (for ops taking the ``opset`` keyword)."""
     fn = ops.get(node.op_type) if ops else None
     fn = fn if fn is not None else OPS.get(node.op_type)
     if fn is None:
@@ -123,6 +124,8 @@ def call_op(node: Node, args: list, ops: Mapping[str, Callable] | None = None,
         kwargs["constant_b"] = len(node.inputs) > 1 and node.inputs[1] in constants
     if "fp32_kernels" in wanted:
         kwargs["fp32_kernels"] = family
+    if "opset" in wanted:
+        kwargs["opset"] = opset
     try:
         result = fn(*args, **kwargs)
     except QsimError as exc:
@@ -177,7 +180,7 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], *, observe: Observer | No
         except KeyError as exc:
             raise GraphError(f"{node.describe()}: input {exc} is not defined when the node "
                              f"runs (validate() the graph)") from None
-        results = call_op(node, args, ops, constants, family=family)
+        results = call_op(node, args, ops, constants, family=family, opset=graph.opset)
         if len(results) < sum(1 for o in node.outputs if o):
             raise OpError(f"{node.describe()}: produced {len(results)} output(s), the node "
                           f"declares {len(node.outputs)}")

@@ -49,8 +49,9 @@ def ort_run_op(op_type: str, inputs: list, attrs: dict | None = None, *, noutput
 
 
 def qsim_run_op(op_type: str, inputs: list, attrs: dict | None = None, *,
-                noutputs: int = 1) -> list[np.ndarray]:
-    """Call qsim's implementation directly, with the registry's calling convention."""
+                noutputs: int = 1, opset: int = 17) -> list[np.ndarray]:
+    """Call qsim's implementation directly, with the registry's calling convention (``opset``
+    goes to ops that take the internal ``opset`` keyword)."""
     from qsim.ops.registry import internal_keywords
     args = list(inputs)
     while args and args[-1] is None:
@@ -58,6 +59,8 @@ def qsim_run_op(op_type: str, inputs: list, attrs: dict | None = None, *,
     kwargs = dict(attrs or {})
     if "noutputs" in internal_keywords(OPS[op_type]):
         kwargs["noutputs"] = noutputs
+    if "opset" in internal_keywords(OPS[op_type]):
+        kwargs["opset"] = opset
     result = OPS[op_type](*args, **kwargs)
     return list(result) if isinstance(result, tuple) else [result]
 
@@ -68,7 +71,7 @@ def assert_op_matches_ort(op_type: str, inputs: list, attrs: dict | None = None,
     """qsim's op equals ORT's on the same inputs: same dtype, shape, values to rtol/atol."""
     expected = ort_run_op(op_type, inputs, attrs, noutputs=noutputs, opset=opset,
                           initializers=initializers)
-    got = qsim_run_op(op_type, inputs, attrs, noutputs=noutputs)
+    got = qsim_run_op(op_type, inputs, attrs, noutputs=noutputs, opset=opset)
     assert len(got) >= len(expected)
     for i, (e, g) in enumerate(zip(expected, got)):
         g = np.asarray(g)

@@ -215,17 +215,27 @@ def sign(x):
 
 
 @register("Mod")
-def mod(a, b, *, fmod=0):
-    """C = A mod B (broadcasting). fmod=0 (integers only): the remainder takes the sign of B
-    (Python's %); fmod=1: the remainder takes the sign of A (C's fmod). Floats need fmod=1."""
+def mod(a, b, *, fmod=0, opset=17):
+    """C = A mod B (broadcasting). fmod=0: the remainder takes the sign of B (Python's %:
+    ``r = fmod(A, B)``, plus B where r != 0 and r, B differ in sign); fmod=1: the remainder
+    takes the sign of A (C's fmod). Floats with fmod=0 only from opset 28 (ONNX Runtime refuses
+    them before, as the older ONNX Mod forbids them).
+
+    >>> mod(np.array([-3.5], np.float32), np.array([2.0], np.float32), opset=28).tolist()
+    [0.5]
+    """
     dtype = _binary("Mod", a, b)
     if fmod not in (0, 1):
         raise OpError(f"Mod: attribute fmod={fmod!r}, expected 0 or 1")
     if dtype.kind == "f":
-        if fmod != 1:
-            raise OpError("Mod: attribute fmod=0 with float inputs, expected fmod=1")
+        if fmod != 1 and opset < 28:
+            raise OpError(f"Mod: attribute fmod=0 with float inputs needs opset >= 28 (the "
+                          f"model has opset {opset}), expected fmod=1")
         with np.errstate(invalid="ignore"):
-            return _out(np.fmod(a, b), dtype)
+            r = np.fmod(a, b)
+            if not fmod:
+                r = np.where((r != 0) & ((r < 0) != (np.asarray(b) < 0)), r + b, r)
+        return _out(r, dtype)
     if np.any(np.asarray(b) == 0):
         raise OpError("Mod: integer modulo by zero (input B contains 0)")
     return _out(np.fmod(a, b) if fmod else np.remainder(a, b), dtype)
@@ -317,17 +327,28 @@ def prelu(x, slope):
     return _out(np.where(x >= 0, x, x * slope), x.dtype)
 
 
+#: Clip's bounds before opset 11, when they were attributes with these defaults
+_CLIP6_LIMIT = float(np.finfo(np.float32).max)
+
+
 @register("Clip")
-def clip(x, min=None, max=None):  # noqa: A002 - ONNX input names
+def clip(x, min_input=None, max_input=None, *, min=None, max=None,  # noqa: A002 - ONNX names
+         opset=17):
     """Y = min(max(X, min), max); an absent bound does not clip. When min > max, every value
-    becomes max (ONNX). min and max are scalar inputs (opset >= 11).
+    becomes max (ONNX). min and max are scalar inputs from opset 11; before, float attributes
+    whose defaults are -FLT_MAX and FLT_MAX (so +-inf become +-FLT_MAX, as in ONNX Runtime).
 
     >>> clip(np.array([-2.0, 0.5, 9.0], np.float32), np.float32(0), np.float32(6)).tolist()
     [0.0, 0.5, 6.0]
     """
     x = np.asarray(x)
+    if opset < 11 or min is not None or max is not None:  # opsets 6-10: attributes
+        if min_input is not None or max_input is not None:
+            raise OpError("Clip: bounds given both as inputs and as attributes, expected one")
+        min_input = np.asarray(-_CLIP6_LIMIT if min is None else min, x.dtype)
+        max_input = np.asarray(_CLIP6_LIMIT if max is None else max, x.dtype)
     y = x
-    for name, bound, fn in (("min", min, np.maximum), ("max", max, np.minimum)):
+    for name, bound, fn in (("min", min_input, np.maximum), ("max", max_input, np.minimum)):
         if bound is None:
             continue
         bound = np.asarray(bound)
@@ -599,15 +620,24 @@ def identity(x):
 
 
 @register("Dropout")
-def dropout(data, ratio=None, training_mode=None, *, seed=None, noutputs=1):
-    """Inference Dropout: output = data; the optional mask output is all True.
+def dropout(data, ratio_input=None, training_mode=None, *, ratio=None, seed=None, is_test=None,
+            noutputs=1, opset=17):
+    """Inference Dropout: output = data; the optional mask output is, as ONNX Runtime gives it,
+    all True from opset 12, all False at opsets 10-11 and zeros of data's dtype before 10.
 
-    ``training_mode`` = true (random dropping) is not supported.
+    ``ratio`` is an input from opset 12 and an attribute before; it has no effect at inference.
+    ``is_test`` (opset 1-6) must not be 0, and ``training_mode`` = true (random dropping) is
+    refused: qsim simulates inference only.
     """
     if training_mode is not None and bool(np.asarray(training_mode).reshape(-1)[0]):
         raise OpError("Dropout: input training_mode is true, expected false "
                       "(qsim simulates inference only)")
+    if is_test is not None and not is_test:
+        raise OpError("Dropout: attribute is_test=0 (training) is not supported, expected 1 "
+                      "(qsim simulates inference only)")
     output = np.array(data, copy=True)
     if noutputs == 1:
         return output
-    return output, np.ones(np.shape(data), dtype=np.bool_)
+    if opset >= 12:
+        return output, np.ones(np.shape(data), dtype=np.bool_)
+    return output, np.zeros(np.shape(data), dtype=np.bool_ if opset >= 10 else output.dtype)

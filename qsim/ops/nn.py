@@ -16,6 +16,7 @@ transposed back to a C-contiguous NCHW array (about 1-2% of the Conv time).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -336,14 +337,16 @@ def matmul(a, b, *, constant_b=False):
 
 
 @register("Gemm")
-def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, constant_b=False):
+def gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast=None,
+         constant_b=False):
     """``Y = alpha · A' @ B' + beta · C`` with ``A' = Aᵀ if transA``, ``B' = Bᵀ if transB``;
     ``C`` (optional) broadcasts unidirectionally to ``(M, N)``.
 
     Beyond ONNX: with ``transA = 0`` A may have more than 2 dimensions, ``Y = A @ B' + C`` over
     the last axis — the node AIMET's ``MatmulAdd`` pass fuses from ``MatMul(x, W)`` + ``Add(b)``
     (placement.md §1.1), computed exactly like the MatMul and Add it replaces.
-    ``constant_b`` (from the executor): B is an initializer, which ONNX Runtime pre-packs."""
+    ``constant_b`` (from the executor): B is an initializer, which ONNX Runtime pre-packs.
+    ``broadcast`` (opsets 1-6) is accepted: C broadcasts whenever its shape allows."""
     if a.ndim > 2 and not transA and b.ndim == 2:
         b2 = b.T if transB else b
         if a.shape[-1] != b2.shape[0]:
@@ -495,17 +498,47 @@ def _max_pool_indices(shape, best, kernel, strides, dilations, begins, out, stor
     return base.reshape((n, c) + (1,) * len(spatial)) + inner
 
 
+def _average_pool_v19(x, kernel, strides, dilations, begins, ends, extra, out) -> np.ndarray:
+    """AveragePool as ONNX Runtime computes it from opset 19 (its own loop, not MLAS): for each
+    window a float32 sum from 0 over the positions inside X in row-major order, then divided by
+    the number of those positions (count_include_pad=0) or by
+    ``Π_i (1 + (end_i - start_i - 1) // d_i)`` with ``start_i = o·s - pad_begin_i`` and
+    ``end_i = min(start_i + k_i·d_i, size_i + pad_end_i)`` (count_include_pad=1; C's truncating
+    division); an empty window gives 0. Returns ``(sums, inside_counts, include_pad_counts)``."""
+    xp = _pad(x, begins, [e + m for e, m in zip(ends, extra)], 0.0)
+    total = np.zeros(x.shape[:2] + tuple(out), dtype=np.float32)
+    for _, where in _window_slices(kernel, strides, dilations, out):
+        np.add(total, xp[where], out=total)
+    inside, include = [], []
+    for i, (size, k, s, d, o) in enumerate(zip(x.shape[2:], kernel, strides, dilations, out)):
+        start = np.arange(o) * s - begins[i]
+        end = np.minimum(start + k * d, size + ends[i])
+        taps = start[:, None] + d * np.arange(k)[None, :]
+        inside.append((((taps >= 0) & (taps < size) & (taps < end[:, None])).sum(axis=1)))
+        include.append(1 + np.trunc((end - start - 1) / d).astype(np.int64))
+    grid = lambda counts: functools.reduce(np.multiply.outer, counts)  # noqa: E731
+    return total, grid(inside), grid(include)
+
+
 @register("AveragePool")
 def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dilations=None,
-                 kernel_shape=None, pads=None, strides=None):
+                 kernel_shape=None, pads=None, strides=None, opset=17):
     """``Y[n, c, o] = Σ_k X_pad[n, c, o·stride + k·dilation] / count[o]``.
 
     ``count[o]`` is the number of window positions inside ``X`` (count_include_pad=0) or inside
     ``X`` plus its explicit/auto padding (count_include_pad=1); positions that only ceil_mode
-    adds never count. Output size as for MaxPool.
+    adds never count. Output size as for MaxPool. From opset 19 float32 follows ONNX Runtime's
+    opset-19 kernel (:func:`_average_pool_v19`).
     """
     kernel, strides, dilations, begins, ends, extra, out = _pool_geometry(
         x, kernel_shape, strides, dilations, auto_pad, pads, ceil_mode)
+    if opset >= 19 and x.dtype == np.float32 and x.ndim <= 5:
+        total, inside, include = _average_pool_v19(x, kernel, strides, dilations, begins, ends,
+                                                   extra, out)
+        count = include if count_include_pad else inside
+        with np.errstate(invalid="ignore", divide="ignore"):
+            y = total / count.astype(np.float32)
+        return np.where(inside > 0, y, np.float32(0)).astype(np.float32)
     xp = _pad(x, begins, [e + m for e, m in zip(ends, extra)], 0.0)
     # 1 where a window position counts, on the same padded grid
     inside = np.ones((1, 1) + x.shape[2:], dtype=x.dtype)
@@ -564,17 +597,33 @@ def _per_channel(v: np.ndarray, name: str, channels: int, ndim: int, dtype) -> n
 
 @register("BatchNormalization")
 def batch_normalization(x, scale, b, input_mean, input_var, *, epsilon=1e-5, momentum=0.9,
-                        training_mode=0):
+                        training_mode=0, spatial=1, is_test=None, consumed_inputs=None,
+                        noutputs=1):
     """Inference batch norm along axis 1:
     ``Y = X · s + (B - mean · s)`` with ``s = (1 / sqrt(var + epsilon)) · scale``, each step
     rounded in X's dtype as ONNX Runtime does.
 
-    ``training_mode=1`` (batch statistics, running-stat outputs) is not supported."""
-    if training_mode:
-        raise OpError(f"attribute training_mode={training_mode} is not supported: qsim runs "
-                      f"inference only (expected 0)")
+    Opsets 7-8: ``spatial=0`` gives every element of a sample its own statistics (the
+    parameters have the shape ``X.shape[1:]``). Opsets 1-6: ``is_test`` must be 1 and
+    ``consumed_inputs`` is ignored. Training (``training_mode=1``, ``is_test=0``: batch
+    statistics, running-stat outputs) and the optional statistics outputs are refused."""
+    if training_mode or (is_test is not None and not is_test) or noutputs > 1:
+        raise OpError(f"training-mode batch normalization (training_mode={training_mode}, "
+                      f"is_test={is_test}, {noutputs} outputs) is not supported: qsim runs "
+                      f"inference only (expected training_mode=0 and one output)")
     if x.ndim < 2:
         raise OpError(f"input X has shape {list(x.shape)}; expected rank >= 2 (N, C, ...)")
+    if spatial not in (0, 1):
+        raise OpError(f"attribute spatial={spatial}, expected 0 or 1")
+    if not spatial:
+        params = [np.asarray(v) for v in (scale, b, input_mean, input_var)]
+        for name, v in zip(("scale", "B", "input_mean", "input_var"), params):
+            if v.shape != x.shape[1:]:
+                raise OpError(f"input {name} has shape {list(v.shape)}; with spatial=0 expected "
+                              f"{list(x.shape[1:])} (the shape of one sample of X)")
+        flat = [v.reshape(-1) for v in params]
+        y = batch_normalization(x.reshape(x.shape[0], -1, 1), *flat, epsilon=epsilon)
+        return y.reshape(x.shape)
     c, dtype = x.shape[1], x.dtype
     var = _per_channel(input_var, "input_var", c, x.ndim, dtype)
     # as ONNX Runtime: s = (1 / sqrt(var + epsilon)) * scale, two roundings (bit for bit)
@@ -672,10 +721,20 @@ def _exact_softmax(x, axis: int, *, log: bool) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(rows.reshape(moved.shape), -1, axis))
 
 
-@register("Softmax")
-def softmax(x, *, axis=-1):
-    """``Y = exp(X - max) / Σ exp(X - max)`` along ``axis`` (opset >= 13: one axis)."""
+def _flatten_2d(x: np.ndarray, axis: int) -> np.ndarray:
+    """Opsets 1-12 of Softmax/LogSoftmax/Hardmax: X as the matrix
+    ``(prod(shape[:axis]), prod(shape[axis:]))``, the op applied to each row."""
     axis = _softmax_axis(x, axis)
+    return x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))
+
+
+@register("Softmax")
+def softmax(x, *, axis=None, opset=17):
+    """``Y = exp(X - max) / Σ exp(X - max)`` along ``axis`` (opset >= 13: one axis, default -1;
+    opsets 1-12: over all axes from ``axis`` on, default 1, see :func:`_flatten_2d`)."""
+    if opset <= 12:
+        return softmax(_flatten_2d(x, 1 if axis is None else axis), axis=1).reshape(x.shape)
+    axis = _softmax_axis(x, -1 if axis is None else axis)
     if x.dtype == np.float32:  # ORT's MlasComputeSoftmax, bit for bit
         return _exact_softmax(x, axis, log=False)
     e = np.exp(x - np.max(x, axis=axis, keepdims=True))
@@ -684,13 +743,34 @@ def softmax(x, *, axis=-1):
 
 
 @register("LogSoftmax")
-def log_softmax(x, *, axis=-1):
-    """``Y = (X - max) - log Σ exp(X - max)`` along ``axis`` (opset >= 13: one axis)."""
-    axis = _softmax_axis(x, axis)
+def log_softmax(x, *, axis=None, opset=17):
+    """``Y = (X - max) - log Σ exp(X - max)`` along ``axis`` (opset >= 13: one axis, default -1;
+    opsets 1-12: over all axes from ``axis`` on, default 1, see :func:`_flatten_2d`)."""
+    if opset <= 12:
+        return log_softmax(_flatten_2d(x, 1 if axis is None else axis), axis=1).reshape(x.shape)
+    axis = _softmax_axis(x, -1 if axis is None else axis)
     if x.dtype == np.float32:  # ORT's MlasComputeSoftmax, bit for bit
         return _exact_softmax(x, axis, log=True)
     shifted = x - np.max(x, axis=axis, keepdims=True)
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+@register("Hardmax")
+def hardmax(x, *, axis=None, opset=17):
+    """``Y = 1`` at the first maximum along ``axis``, 0 elsewhere (opset >= 13: one axis,
+    default -1; opsets 1-12: over all axes from ``axis`` on, default 1).
+
+    >>> hardmax(np.array([[1.0, 3.0, 3.0]], np.float32)).tolist()
+    [[0.0, 1.0, 0.0]]
+    """
+    if opset <= 12:
+        return hardmax(_flatten_2d(x, 1 if axis is None else axis), axis=1).reshape(x.shape)
+    axis = _softmax_axis(x, -1 if axis is None else axis)
+    y = np.zeros_like(x)
+    if x.size:
+        first = np.expand_dims(np.argmax(x, axis=axis), axis)
+        np.put_along_axis(y, first, 1, axis=axis)
+    return y
 
 
 # ---------------------------------------------------------------------------------------------
@@ -847,7 +927,7 @@ def _cubic_along(x: np.ndarray, axis: int, coords: np.ndarray, a: float,
 def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
            coordinate_transformation_mode="half_pixel", cubic_coeff_a=-0.75, exclude_outside=0,
            extrapolation_value=0.0, keep_aspect_ratio_policy="stretch", mode="nearest",
-           nearest_mode="round_prefer_floor"):
+           nearest_mode="round_prefer_floor", opset=17):
     """Resize each axis independently (separable): for output index ``x`` along an axis, the
     source coordinate ``c`` comes from ``coordinate_transformation_mode`` (see
     :func:`_source_coordinates`); ``nearest`` takes ``X[round(c)]`` (``nearest_mode``),
@@ -860,7 +940,12 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
 
     Not supported (OpError): antialias, tf_crop_and_resize (the only mode using ``roi``).
     ``roi`` is otherwise ignored, as ONNX specifies.
+
+    Opset 10 (inputs X, scales; only ``mode``) is computed as ONNX Runtime does: asymmetric
+    coordinates, nearest index ``trunc(c)`` when an axis grows and ``ceil(c)`` when it shrinks.
     """
+    if opset < 11:
+        return _resize_v10(x, roi, mode=mode)
     if mode not in RESIZE_MODES:
         raise OpError(f"attribute mode='{mode}' is not supported (expected one of "
                       f"{list(RESIZE_MODES)})")
@@ -868,7 +953,7 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
         raise OpError(f"attribute coordinate_transformation_mode="
                       f"'{coordinate_transformation_mode}' is not supported (expected one of "
                       f"{list(COORDINATE_MODES)})")
-    if nearest_mode not in NEAREST_MODES:
+    if nearest_mode not in NEAREST_MODES and nearest_mode != "simple":
         raise OpError(f"attribute nearest_mode='{nearest_mode}' is not one of "
                       f"{list(NEAREST_MODES)}")
     if keep_aspect_ratio_policy not in ASPECT_POLICIES:
@@ -899,9 +984,44 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
             raise OpError(f"cannot resize axis {axis} from {n_in} to {n_out} elements")
         coords = _source_coordinates(n_out, n_in, s, coordinate_transformation_mode)
         if mode == "nearest":
-            y = np.take(y, _nearest_indices(coords, n_in, nearest_mode), axis=axis)
+            if nearest_mode == "simple":   # opsets 7-10 (Upsample, Resize-10)
+                axis_mode = "ceil" if s < 1 else "floor"
+            else:
+                axis_mode = nearest_mode
+            y = np.take(y, _nearest_indices(coords, n_in, axis_mode), axis=axis)
         elif mode == "linear":
             y = _linear_along(y, axis, coords)
         else:
             y = _cubic_along(y, axis, coords, cubic_coeff_a, bool(exclude_outside))
     return y
+
+
+def _resize_v10(x, scales, *, mode):
+    """Resize-10 / Upsample-7..9: ``out = floor(in · scale)`` per axis, asymmetric coordinates
+    ``c = o / scale``; nearest takes ``X[trunc(c)]`` (``X[ceil(c)]`` on a shrinking axis),
+    linear interpolates (ONNX Runtime's "simple" nearest mode and its bilinear kernel)."""
+    if mode not in ("nearest", "linear"):
+        raise OpError(f"attribute mode='{mode}' is not supported before opset 11 (expected "
+                      f"'nearest' or 'linear')")
+    if scales is None:
+        raise OpError("input 'scales' is required")
+    scales = np.asarray(scales, dtype=np.float32).reshape(-1)
+    if scales.size != x.ndim:
+        raise OpError(f"scales={scales.tolist()} has {scales.size} values, expected {x.ndim} "
+                      f"(one per axis of X {list(x.shape)})")
+    return resize(x, None, scales, coordinate_transformation_mode="asymmetric", mode=mode,
+                  nearest_mode="simple")
+
+
+@register("Upsample")
+def upsample(x, scales_input=None, *, mode="nearest", scales=None, opset=9):
+    """Upsample (opsets 7-9; deprecated in 10): Resize with ``out = floor(in · scale)`` and
+    asymmetric coordinates, see :func:`_resize_v10`. ``scales`` is an attribute at opsets 7-8
+    and an input from opset 9."""
+    if (scales_input is None) == (scales is None):
+        raise OpError("'scales' must be given once: as an input (opset 9) or an attribute "
+                      "(opsets 7-8)")
+    given = np.asarray(scales if scales_input is None else scales_input, dtype=np.float32)
+    if np.any(given < 1):
+        raise OpError(f"scales={given.tolist()} must be >= 1 (Upsample only enlarges)")
+    return _resize_v10(x, given, mode=mode)

@@ -20,6 +20,9 @@ Calling convention (every op follows it)::
 * A keyword-only parameter named ``fp32_kernels`` (not an ONNX attribute) receives the kernel
   family that runs (``"avx2"`` or ``"avx512"``, see :mod:`qsim.kernels.family`): ops whose float32
   bits differ between ONNX Runtime's kernel families take it.
+* A keyword-only parameter named ``opset`` (not an ONNX attribute) receives the opset version of
+  the default ONNX domain the graph imports: ops whose meaning changed between opsets (Softmax
+  before 13, AveragePool from 19, ...) take it.
 * An op rejects a bad attribute value or input with :class:`qsim.errors.OpError` (without the node
   name: the executor adds it). Ops never mutate their inputs.
 """
@@ -35,7 +38,7 @@ OpFn = Callable[..., object]
 OPS: dict[str, OpFn] = {}
 
 #: keyword parameters that are not ONNX attributes
-_INTERNAL_KEYWORDS = frozenset({"noutputs", "constant_b", "fp32_kernels"})
+_INTERNAL_KEYWORDS = frozenset({"noutputs", "constant_b", "fp32_kernels", "opset"})
 
 
 def register(op_type: str) -> Callable[[OpFn], OpFn]:
@@ -59,6 +62,7 @@ def supported_attributes(op_type: str) -> frozenset[str]:
 
 @functools.lru_cache(maxsize=None)
 def internal_keywords(fn: OpFn) -> frozenset[str]:
-    """The registry's internal keywords (``noutputs``, ``constant_b``, ``fp32_kernels``) that
+    """The registry's internal keywords (``noutputs``, ``constant_b``, ``fp32_kernels``,
+    ``opset``) that
     ``fn`` takes."""
     return frozenset(inspect.signature(fn).parameters) & _INTERNAL_KEYWORDS

@@ -232,17 +232,23 @@ def _slice_bounds(start: int, end: int, step: int, dim: int) -> slice:
 
 
 @register("Slice")
-def slice_(data, starts, ends, axes=None, steps=None):
+def slice_(data, starts_input=None, ends_input=None, axes_input=None, steps=None, *,
+           starts=None, ends=None, axes=None):
     """Y = data[starts[i]:ends[i]:steps[i] on axes[i]] with ONNX clamping (see _slice_bounds);
     axes default to 0..len(starts)-1 and steps to 1. Ends such as INT64_MAX mean "to the end".
+    ``starts``, ``ends``, ``axes`` are inputs from opset 10, attributes before (without steps).
 
     >>> slice_(np.arange(6), np.array([-1]), np.array([2**63 - 1]), None, np.array([-2])).tolist()
     [5, 3, 1]
     """
     data = np.asarray(data)
-    starts = _ints("Slice", "starts", starts)
-    ends = _ints("Slice", "ends", ends)
-    axes = list(range(len(starts))) if axes is None else _ints("Slice", "axes", axes)
+    starts = _input_or_attribute("Slice", "starts", starts_input, starts)
+    ends = _input_or_attribute("Slice", "ends", ends_input, ends)
+    if starts is None or ends is None:
+        raise OpError("Slice: 'starts' and 'ends' are required (inputs from opset 10, "
+                      "attributes before)")
+    axes = _input_or_attribute("Slice", "axes", axes_input, axes)
+    axes = list(range(len(starts))) if axes is None else axes
     steps = [1] * len(starts) if steps is None else _ints("Slice", "steps", steps)
     if not len(starts) == len(ends) == len(axes) == len(steps):
         raise OpError(f"Slice: starts={starts}, ends={ends}, axes={axes}, steps={steps} have "
@@ -323,12 +329,16 @@ _PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "edge", "wra
 
 
 @register("Pad")
-def pad(data, pads, constant_value=None, axes=None, *, mode="constant"):
+def pad(data, pads_input=None, constant_value=None, axes=None, *, mode="constant", pads=None,
+        value=None):
     """Y = data padded by pads = [begin_0, ..., begin_k, end_0, ..., end_k] on ``axes``
     (default: all). Negative pads crop first; the remaining positive pads then fill with
     ``constant_value`` (default 0), the mirror image without the border (reflect: at most n - 1
     of the cropped size n, as in ONNX Runtime), the border value (edge) or the other side,
     repeated as needed (wrap).
+
+    ``pads`` is an input from opset 11 and an attribute before, with the fill as the float
+    attribute ``value`` (default 0).
 
     >>> pad(np.array([1, 2, 3]), np.array([1, -1]), mode="reflect").tolist()
     [2, 1, 2]
@@ -336,7 +346,14 @@ def pad(data, pads, constant_value=None, axes=None, *, mode="constant"):
     data = np.asarray(data)
     if mode not in _PAD_MODES:
         raise OpError(f"Pad: attribute mode={mode!r}, expected one of {sorted(_PAD_MODES)}")
-    pads = _ints("Pad", "pads", pads)
+    if value is not None:
+        if constant_value is not None:
+            raise OpError("Pad: the fill given both as input constant_value and as attribute "
+                          "value, expected one")
+        constant_value = np.asarray(value, dtype=data.dtype)
+    pads = _input_or_attribute("Pad", "pads", pads_input, pads)
+    if pads is None:
+        raise OpError("Pad: 'pads' is required (an input from opset 11, an attribute before)")
     axes = list(range(data.ndim)) if axes is None else _axes("Pad", "axes",
                                                              _ints("Pad", "axes", axes), data.ndim)
     if len(pads) != 2 * len(axes):
@@ -417,9 +434,19 @@ def _reduce(op: str, fn, data, axes_input, axes, keepdims, noop_with_empty_axes)
     if not axes:
         axes = [] if noop_with_empty_axes else list(range(data.ndim))
     axes = tuple(_axes(op, "axes", axes, data.ndim))
-    if fn in (np.max, np.min) and any(data.shape[a] == 0 for a in axes):
-        raise OpError(f"{op}: cannot reduce the empty axes {axes} of shape {data.shape}")
+    if any(data.shape[a] == 0 for a in axes):  # an empty set: the reduction's identity
+        shape = tuple(1 if i in axes else d for i, d in enumerate(data.shape))
+        fill = _EMPTY_REDUCTION.get(op, 0)
+        if data.dtype.kind in "iu" and np.isinf(fill):  # the integer type's lowest/highest
+            fill = np.iinfo(data.dtype).min if fill < 0 else np.iinfo(data.dtype).max
+        y = np.full(shape, fill, dtype=data.dtype)
+        return y if keepdims else y.reshape([d for i, d in enumerate(shape) if i not in axes])
     return np.asarray(fn(data, axis=axes, keepdims=bool(keepdims)), dtype=data.dtype)
+
+
+#: the value of a reduction over an empty set, as ONNX Runtime gives it (ReduceMean: 0, not NaN)
+_EMPTY_REDUCTION = {"ReduceMax": -np.inf, "ReduceMin": np.inf, "ReduceProd": 1,
+                    "ReduceLogSumExp": -np.inf, "ReduceLogSum": -np.inf}
 
 
 def _keep(y: np.ndarray, ndim: int, axes, keepdims: bool) -> np.ndarray:
@@ -500,6 +527,30 @@ def reduce_sum_square(data, axes_input=None, *, axes=None, keepdims=1, noop_with
             return _keep(math_exact.sequential_reduce_sum(x * x, axis), x.ndim, axis, keepdims)
         return np.sum(x * x, axis=axis, keepdims=keepdims, dtype=x.dtype)
     return _reduce("ReduceSumSquare", sum_square, data, axes_input, axes, keepdims,
+                   noop_with_empty_axes)
+
+
+@register("ReduceLogSumExp")
+def reduce_log_sum_exp(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_axes=0):
+    """Y = log(Σ exp(X - m)) + m over ``axes``, with ``m`` the largest finite element (0 if
+    there is none). float32 as ONNX Runtime: exp and log of each float32 value rounded once,
+    the exponentials added left to right over the reduced positions in row-major order."""
+    def log_sum_exp(x, axis, keepdims):
+        keep = [i for i in range(x.ndim) if i not in axis]
+        rows = np.transpose(x, keep + list(axis)).reshape(
+            math.prod(x.shape[i] for i in keep), -1)
+        finite = np.where(np.isfinite(rows), rows, -np.inf)
+        m = np.max(finite, axis=1, keepdims=True) if rows.shape[1] else np.zeros((rows.shape[0], 1))
+        m = np.where(np.isfinite(m), m, 0).astype(x.dtype)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            terms = np.exp((rows - m).astype(np.float64)).astype(x.dtype)
+            if x.dtype == np.float32:
+                total = math_exact.sequential_sums(terms)
+            else:
+                total = np.sum(terms, axis=1)
+            y = (np.log(total.astype(np.float64)).astype(x.dtype) + m[:, 0]).astype(x.dtype)
+        return _keep(y.reshape([x.shape[i] for i in keep]), x.ndim, axis, keepdims)
+    return _reduce("ReduceLogSumExp", log_sum_exp, data, axes_input, axes, keepdims,
                    noop_with_empty_axes)
 
 
