@@ -641,3 +641,82 @@ def dropout(data, ratio_input=None, training_mode=None, *, ratio=None, seed=None
     if opset >= 12:
         return output, np.ones(np.shape(data), dtype=np.bool_)
     return output, np.zeros(np.shape(data), dtype=np.bool_ if opset >= 10 else output.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# more activations and tests (opsets 9-24)
+
+
+@register("Sin")
+def sin(x):
+    """Y = sin(X). Computed by NumPy; ONNX Runtime's Eigen sine agrees to within 1 ulp."""
+    x = _float_input("Sin", x)
+    with np.errstate(invalid="ignore"):
+        return _out(np.sin(x), x.dtype)
+
+
+@register("Cos")
+def cos(x):
+    """Y = cos(X). Computed by NumPy; ONNX Runtime's Eigen cosine agrees to within 1 ulp."""
+    x = _float_input("Cos", x)
+    with np.errstate(invalid="ignore"):
+        return _out(np.cos(x), x.dtype)
+
+
+@register("IsNaN")
+def is_nan(x):
+    """Y = X is NaN (bool)."""
+    x = _float_input("IsNaN", x)
+    return _out(np.isnan(x), np.bool_)
+
+
+@register("IsInf")
+def is_inf(x, *, detect_negative=1, detect_positive=1):
+    """Y = X is +inf (when detect_positive) or -inf (when detect_negative), bool."""
+    x = _float_input("IsInf", x)
+    return _out((np.isposinf(x) & bool(detect_positive)) | (np.isneginf(x) & bool(detect_negative)),
+                np.bool_)
+
+
+@register("ThresholdedRelu")
+def thresholded_relu(x, *, alpha=1.0):
+    """Y = X if X > alpha else 0."""
+    x = _float_input("ThresholdedRelu", x)
+    return _out(np.where(x > x.dtype.type(alpha), x, x.dtype.type(0)), x.dtype)
+
+
+@register("Shrink")
+def shrink(x, *, bias=0.0, lambd=0.5):
+    """Y = X + bias if X < -lambd, X - bias if X > lambd, else 0 (any numeric dtype; bias and
+    lambd are taken in X's dtype)."""
+    x = np.asarray(x)
+    t = x.dtype.type
+    with np.errstate(over="ignore"):
+        y = np.where(x < -np.float64(lambd), x + t(bias),
+                     np.where(x > np.float64(lambd), x - t(bias), t(0)))
+    return _out(y, x.dtype)
+
+
+@register("Celu")
+def celu(x, *, alpha=1.0):
+    """Y = max(0, X) + min(0, alpha · (exp(X / alpha) - 1)). Computed with NumPy's exp (ONNX
+    Runtime's Eigen exp agrees to within a few ulp)."""
+    x = _float_input("Celu", x)
+    a = x.dtype.type(alpha)
+    with np.errstate(over="ignore"):
+        neg = a * np.expm1(np.minimum(x, 0) / a)
+    return _out(np.maximum(x, 0) + np.minimum(neg, 0), x.dtype)
+
+
+@register("Mish")
+def mish(x):
+    """Y = X · tanh(Softplus(X)), computed as ONNX's function body (Softplus, Tanh, Mul)."""
+    x = _float_input("Mish", x)
+    return _out(x * tanh(softplus(x)), x.dtype)
+
+
+@register("Swish")
+def swish(x, *, alpha=1.0):
+    """Y = X · Sigmoid(alpha · X) (opset 24), computed as ONNX's function body."""
+    x = _float_input("Swish", x)
+    return _out(x * sigmoid(_out(x.dtype.type(alpha) * x, x.dtype)), x.dtype)

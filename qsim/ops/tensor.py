@@ -537,7 +537,7 @@ def reduce_log_sum_exp(data, axes_input=None, *, axes=None, keepdims=1, noop_wit
     the exponentials added left to right over the reduced positions in row-major order."""
     def log_sum_exp(x, axis, keepdims):
         keep = [i for i in range(x.ndim) if i not in axis]
-        rows = np.transpose(x, keep + list(axis)).reshape(
+        rows = np.transpose(x, keep + sorted(axis)).reshape(
             math.prod(x.shape[i] for i in keep), -1)
         finite = np.where(np.isfinite(rows), rows, -np.inf)
         m = np.max(finite, axis=1, keepdims=True) if rows.shape[1] else np.zeros((rows.shape[0], 1))

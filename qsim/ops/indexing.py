@@ -1,0 +1,227 @@
+"""Index-driven data movement (ONNX opsets 11-26): block rearrangements, TopK, Trilu, the
+Gather/Scatter ND and element forms, OneHot, NonZero, CumProd and Einsum.
+
+Calling convention as in :mod:`qsim.ops.registry`. Everything here only moves or selects values
+(exact in every dtype), except CumProd (products in order, as ONNX Runtime) and Einsum
+(float sums whose order is NumPy's: equal to ONNX Runtime's only within rounding).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import OpError
+from .registry import register
+from .tensor import _axis, _ints
+
+
+def _block(op: str, x: np.ndarray, blocksize) -> int:
+    if x.ndim != 4:
+        raise OpError(f"{op}: input has shape {list(x.shape)}, expected rank 4 (N, C, H, W)")
+    if blocksize is None or int(blocksize) < 1:
+        raise OpError(f"{op}: attribute blocksize={blocksize!r}, expected an integer >= 1")
+    return int(blocksize)
+
+
+@register("DepthToSpace")
+def depth_to_space(x, *, blocksize=None, mode="DCR"):
+    """Y[n, c, h·b + i, w·b + j] = X[n, channel, h, w] with b = blocksize and channel
+    ``(i·b + j)·C' + c`` (DCR) or ``c·b² + i·b + j`` (CRD), where ``C' = C / b²``."""
+    b = _block("DepthToSpace", x, blocksize)
+    n, c, h, w = x.shape
+    if c % (b * b):
+        raise OpError(f"DepthToSpace: {c} channels are not divisible by blocksize² = {b * b}")
+    if mode == "DCR":
+        y = x.reshape(n, b, b, c // (b * b), h, w).transpose(0, 3, 4, 1, 5, 2)
+    elif mode == "CRD":
+        y = x.reshape(n, c // (b * b), b, b, h, w).transpose(0, 1, 4, 2, 5, 3)
+    else:
+        raise OpError(f"DepthToSpace: attribute mode={mode!r}, expected 'DCR' or 'CRD'")
+    return np.ascontiguousarray(y.reshape(n, c // (b * b), h * b, w * b))
+
+
+@register("SpaceToDepth")
+def space_to_depth(x, *, blocksize=None):
+    """The inverse of DepthToSpace (DCR): Y[n, (i·b + j)·C + c, h, w] = X[n, c, h·b + i, w·b + j]."""
+    b = _block("SpaceToDepth", x, blocksize)
+    n, c, h, w = x.shape
+    if h % b or w % b:
+        raise OpError(f"SpaceToDepth: spatial shape {[h, w]} is not divisible by blocksize={b}")
+    y = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
+    return np.ascontiguousarray(y.reshape(n, c * b * b, h // b, w // b))
+
+
+@register("TopK")
+def top_k(x, k, *, axis=-1, largest=1, sorted=1):  # noqa: A002 - ONNX attribute name
+    """(Values, Indices) of the ``k`` largest (or smallest) elements along ``axis``, in order
+    from the largest (smallest); equal values keep their index order (the lower index first),
+    as ONNX Runtime orders them. ``sorted=0`` is answered in sorted order too (ONNX leaves the
+    order open; ONNX Runtime sorts as well)."""
+    x = np.asarray(x)
+    axis = _axis("TopK", "axis", axis, x.ndim)
+    kv = _ints("TopK", "K", k)
+    if len(kv) != 1 or not 0 <= kv[0] <= x.shape[axis]:
+        raise OpError(f"TopK: K={kv} must be one value in [0, {x.shape[axis]}] (the size of "
+                      f"axis {axis})")
+    key = -x if largest else x
+    if x.dtype.kind == "u" and largest:
+        key = np.iinfo(x.dtype).max - x
+    order = np.argsort(key, axis=axis, kind="stable")
+    index = np.take(order, np.arange(kv[0]), axis=axis).astype(np.int64)
+    return np.take_along_axis(x, index, axis=axis), index
+
+
+@register("Trilu")
+def trilu(x, k=None, *, upper=1):
+    """Y = the upper (j - i >= k) or lower (j - i <= k) triangle of each matrix in the last two
+    axes of X, zeros elsewhere; ``k`` (an int64 scalar input) defaults to 0."""
+    x = np.asarray(x)
+    if x.ndim < 2:
+        raise OpError(f"Trilu: input has shape {list(x.shape)}, expected rank >= 2")
+    offset = 0 if k is None else _ints("Trilu", "k", k)[0]
+    return np.triu(x, offset) if upper else np.tril(x, offset)
+
+
+def _reduce_into(op: str, reduction: str):
+    """The ufunc that combines an update with the existing value (None: replace)."""
+    table = {"none": None, "add": np.add, "mul": np.multiply, "max": np.maximum,
+             "min": np.minimum}
+    if reduction not in table:
+        raise OpError(f"{op}: attribute reduction={reduction!r}, expected one of {list(table)}")
+    return table[reduction]
+
+
+@register("ScatterND")
+def scatter_nd(data, indices, updates, *, reduction="none"):
+    """Y = a copy of data with ``Y[indices[j]] = updates[j]`` (or combined with add / mul / max /
+    min) for every index tuple ``j`` of the last axis of ``indices``, in order."""
+    data, indices, updates = np.asarray(data), np.asarray(indices), np.asarray(updates)
+    q = indices.shape[-1] if indices.ndim else 0
+    if indices.ndim < 1 or q > data.ndim:
+        raise OpError(f"ScatterND: indices shape {list(indices.shape)} must end in a length <= "
+                      f"{data.ndim} (the rank of data)")
+    expected = indices.shape[:-1] + data.shape[q:]
+    if updates.shape != expected:
+        raise OpError(f"ScatterND: updates shape {list(updates.shape)}, expected "
+                      f"{list(expected)}")
+    fn = _reduce_into("ScatterND", reduction)
+    y = data.copy()
+    flat_idx = indices.reshape(-1, q)
+    flat_upd = updates.reshape((-1,) + data.shape[q:])
+    for where, value in zip(flat_idx, flat_upd):
+        key = tuple(int(i) for i in where)
+        for axis, (i, dim) in enumerate(zip(key, data.shape)):
+            if not -dim <= i < dim:
+                raise OpError(f"ScatterND: index {i} out of range for axis {axis} of size {dim}")
+        y[key] = value if fn is None else fn(y[key], value)
+    return y
+
+
+@register("ScatterElements")
+def scatter_elements(data, indices, updates, *, axis=0, reduction="none"):
+    """Y = a copy of data with ``Y[..., indices[p], ...] = updates[p]`` (the index replacing
+    position ``axis`` of ``p``), or combined with add / mul / max / min, element by element in
+    row-major order of ``indices``; negative indices count from the end."""
+    data, indices, updates = np.asarray(data), np.asarray(indices), np.asarray(updates)
+    axis = _axis("ScatterElements", "axis", axis, data.ndim)
+    if indices.shape != updates.shape or indices.ndim != data.ndim:
+        raise OpError(f"ScatterElements: indices {list(indices.shape)} and updates "
+                      f"{list(updates.shape)} must have one shape of rank {data.ndim}")
+    dim = data.shape[axis]
+    if indices.size and (indices.min() < -dim or indices.max() >= dim):
+        raise OpError(f"ScatterElements: an index is out of range for axis {axis} of size {dim}")
+    fn = _reduce_into("ScatterElements", reduction)
+    y = data.copy()
+    positions = np.indices(indices.shape).reshape(indices.ndim, -1)
+    positions[axis] = np.where(indices < 0, indices + dim, indices).reshape(-1)
+    keys = tuple(positions)
+    if fn is None:
+        y[keys] = updates.reshape(-1)   # later duplicates win, as in the sequential loop
+    else:
+        fn.at(y, keys, updates.reshape(-1))
+    return y
+
+
+@register("GatherND")
+def gather_nd(data, indices, *, batch_dims=0):
+    """Y[b, j] = data[b][indices[b, j]] with ``b`` over the first ``batch_dims`` axes and each
+    index tuple the last axis of ``indices`` (length q); Y's shape is
+    ``indices.shape[:-1] + data.shape[batch_dims + q:]``."""
+    data, indices = np.asarray(data), np.asarray(indices)
+    b = int(batch_dims)
+    q = indices.shape[-1] if indices.ndim else 0
+    if indices.ndim < 1 or b + q > data.ndim or data.shape[:b] != indices.shape[:b]:
+        raise OpError(f"GatherND: indices {list(indices.shape)} with batch_dims={b} do not fit "
+                      f"data {list(data.shape)}")
+    lead = data.shape[:b]
+    flat_data = data.reshape((-1,) + data.shape[b:])
+    flat_idx = indices.reshape((flat_data.shape[0], -1, q))
+    dims = np.array(data.shape[b:b + q])
+    if flat_idx.size and (np.any(flat_idx < -dims) or np.any(flat_idx >= dims)):
+        raise OpError(f"GatherND: an index is out of range for the axes {list(dims)}")
+    flat_idx = np.where(flat_idx < 0, flat_idx + dims, flat_idx)
+    out = np.stack([batch[tuple(idx.T)] for batch, idx in zip(flat_data, flat_idx)]) \
+        if flat_data.shape[0] else np.zeros((0,) + flat_idx.shape[1:2] + data.shape[b + q:],
+                                            data.dtype)
+    return out.reshape(lead + indices.shape[b:-1] + data.shape[b + q:])
+
+
+@register("OneHot")
+def one_hot(indices, depth, values, *, axis=-1):
+    """Y has a new axis of size ``depth`` at ``axis``: ``values[1]`` where the position equals the
+    index (negative indices count from the end), ``values[0]`` elsewhere; indices outside
+    [-depth, depth - 1] give a row of ``values[0]``."""
+    indices = np.asarray(indices)
+    depth_value = np.asarray(depth).reshape(-1)
+    values = np.asarray(values).reshape(-1)
+    if depth_value.size != 1 or values.size != 2:
+        raise OpError(f"OneHot: depth {depth_value.tolist()} and values {values.tolist()} must be "
+                      f"a scalar and a pair [off, on]")
+    d = int(depth_value[0])
+    axis = _axis("OneHot", "axis", axis, indices.ndim + 1)
+    idx = indices.astype(np.int64)
+    idx = np.where(idx < 0, idx + d, idx)
+    hot = idx[..., None] == np.arange(d)
+    y = np.where(hot, values[1], values[0]).astype(values.dtype)
+    return np.moveaxis(y, -1, axis)
+
+
+@register("NonZero")
+def non_zero(x):
+    """Y = int64 (rank, count) matrix of the indices of the non-zero elements, row-major order."""
+    x = np.asarray(x)
+    if x.ndim == 0:
+        return np.zeros((1, int(x != 0)), dtype=np.int64)
+    return np.array(np.nonzero(x), dtype=np.int64).reshape(x.ndim, -1)
+
+
+@register("CumProd")
+def cum_prod(x, axis, *, exclusive=0, reverse=0):
+    """Y[i] = product of X[j] for j <= i along ``axis`` (a scalar input), multiplied in order;
+    exclusive=1 leaves out X[i] (j < i, starting from 1), reverse=1 runs from the end."""
+    x = np.asarray(x)
+    axis_value = _ints("CumProd", "axis", axis)
+    if len(axis_value) != 1:
+        raise OpError(f"CumProd: input 'axis' has {len(axis_value)} values, expected a scalar")
+    ax = _axis("CumProd", "axis", axis_value[0], x.ndim)
+    y = np.flip(x, axis=ax) if reverse else x
+    total = np.cumprod(y, axis=ax, dtype=x.dtype)
+    if exclusive:
+        ones = np.ones_like(np.take(total, [0], axis=ax))
+        total = np.concatenate([ones, np.delete(total, -1, axis=ax)], axis=ax)
+    return np.flip(total, axis=ax) if reverse else total
+
+
+@register("Einsum")
+def einsum(*inputs, equation=None):
+    """Y = the Einstein summation ``equation`` over the inputs (NumPy's ``einsum`` grammar:
+    ``ij,jk->ik``, ``...`` for broadcast axes). Float sums are NumPy's: equal to ONNX
+    Runtime's within rounding, not bit for bit."""
+    if not equation:
+        raise OpError("Einsum: attribute equation is required")
+    equation = equation.replace(" ", "")
+    try:
+        y = np.einsum(equation, *inputs)
+    except ValueError as exc:
+        raise OpError(f"Einsum: equation {equation!r} does not fit the inputs "
+                      f"{[list(np.shape(a)) for a in inputs]}: {exc}") from None
+    return np.asarray(y, dtype=np.result_type(*inputs))

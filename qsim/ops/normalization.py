@@ -1,0 +1,88 @@
+"""Normalizations beyond Batch/Instance/Layer (in :mod:`qsim.ops.nn`): LRN, GroupNormalization,
+LpNormalization, MeanVarianceNormalization.
+
+GroupNormalization is ONNX's function body made of qsim's exact ops (as ONNX Runtime runs it:
+bit for bit). The others compute their statistics in float64 and round the result to X's dtype:
+equal to ONNX Runtime's float32 kernels within rounding (a few ulp); the tests say the
+tolerance."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import OpError
+from .registry import register
+from .elementwise import add, div, mul, sqrt, sub
+from .tensor import _axes, _axis, reduce_mean
+
+@register("LRN")
+def lrn(x, *, alpha=1e-4, beta=0.75, bias=1.0, size=None):
+    """Local response normalization across channels:
+    ``Y[n, c] = X[n, c] / (bias + alpha / size · Σ_{c'} X[n, c']²) ** beta`` with ``c'`` from
+    ``c - floor((size - 1) / 2)`` to ``c + ceil((size - 1) / 2)`` (clipped to the channels)."""
+    if x.ndim < 3:
+        raise OpError(f"input X has shape {list(x.shape)}; expected rank >= 3 (N, C, ...)")
+    if size is None or int(size) < 1:
+        raise OpError(f"attribute size={size!r}, expected an integer >= 1")
+    size = int(size)
+    lo, hi = (size - 1) // 2, -(-(size - 1) // 2)
+    sq = np.square(x.astype(np.float64))
+    padded = np.pad(sq, [(0, 0), (lo, hi)] + [(0, 0)] * (x.ndim - 2))
+    csum = np.cumsum(padded, axis=1)
+    csum = np.concatenate([np.zeros_like(csum[:, :1]), csum], axis=1)
+    window = csum[:, size:] - csum[:, :-size]
+    y = x / (bias + alpha / size * window) ** beta
+    return y.astype(x.dtype)
+
+@register("GroupNormalization")
+def group_normalization(x, scale, b, *, epsilon=1e-5, num_groups=None, stash_type=1, opset=21):
+    """``Y = (X - μ_g) / sqrt(σ²_g + epsilon) · scale + bias`` over each group of
+    ``C / num_groups`` channels (with the spatial axes) of a sample, computed as ONNX's function
+    body, which ONNX Runtime runs: with ``X3 = X`` reshaped to ``(N, G, -1)``,
+    ``μ = ReduceMean(X3)``, ``σ² = ReduceMean(X3·X3) - μ·μ``, ``Y = (X3 - μ) / sqrt(σ² + eps)``,
+    then ``scale · Y + bias`` with ``scale``/``bias`` per channel (opset 21, Y reshaped to
+    ``(N, C, -1)``) or per group (opset 18)."""
+    if x.ndim < 3:
+        raise OpError(f"input X has shape {list(x.shape)}; expected rank >= 3 (N, C, ...)")
+    n, c = x.shape[:2]
+    g = int(num_groups) if num_groups is not None else 0
+    if g < 1 or c % g:
+        raise OpError(f"attribute num_groups={num_groups!r} must divide the {c} channels")
+    per = c if opset >= 21 else g
+    for name, v in (("scale", scale), ("bias", b)):
+        if np.shape(v) != (per,):
+            raise OpError(f"input {name} has shape {list(np.shape(v))}, expected [{per}] at "
+                          f"opset {opset}")
+    x3 = x.reshape(n, g, -1)
+    axes = np.array([2], np.int64)
+    mean = reduce_mean(x3, axes)
+    var = sub(reduce_mean(mul(x3, x3), axes), mul(mean, mean))
+    eps = np.asarray(np.float32(epsilon)).astype(x.dtype).reshape(1)
+    normalized = div(sub(x3, mean), sqrt(add(var, eps)))
+    normalized = normalized.reshape(n, per, -1)
+    y = add(mul(scale.reshape(1, -1, 1), normalized), b.reshape(1, -1, 1))
+    return y.reshape(x.shape)
+
+
+@register("LpNormalization")
+def lp_normalization(x, *, axis=-1, p=2):
+    """``Y = X / ||X||_p`` along ``axis`` (p = 1: sum of |X|, p = 2: Euclidean norm); a zero
+    norm gives 0."""
+    if p not in (1, 2):
+        raise OpError(f"attribute p={p!r}, expected 1 or 2")
+    axis = _axis("LpNormalization", "axis", axis, x.ndim)
+    x64 = x.astype(np.float64)
+    norm = (np.abs(x64).sum(axis=axis, keepdims=True) if p == 1
+            else np.sqrt(np.square(x64).sum(axis=axis, keepdims=True)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = np.where(norm == 0, 0.0, x64 / norm)
+    return y.astype(x.dtype)
+
+@register("MeanVarianceNormalization")
+def mean_variance_normalization(x, *, axes=(0, 2, 3)):
+    """``Y = (X - E[X]) / (sqrt(E[X²] - E[X]²) + 1e-9)`` with the means over ``axes`` (ONNX's
+    function body)."""
+    axes = tuple(_axes("MeanVarianceNormalization", "axes", axes, x.ndim))
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=axes, keepdims=True)
+    var = np.square(x64).mean(axis=axes, keepdims=True) - np.square(mean)
+    return ((x64 - mean) / (np.sqrt(np.maximum(var, 0)) + 1e-9)).astype(x.dtype)
