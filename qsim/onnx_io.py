@@ -1,8 +1,11 @@
 """ONNX ModelProto ⇄ :class:`~qsim.ir.Graph`. ``onnx`` is imported lazily (an optional extra).
 
 ``load_onnx(path | ModelProto)`` turns initializers into parameters, keeps ``Constant`` nodes as
-nodes, infers tensor types with ONNX shape inference where it can, sorts nodes topologically and
-reports every unsupported op or attribute at once (:class:`UnknownOpError`) before anything runs.
+nodes, expands ONNX ops that qsim has no kernel for but that ONNX defines as a function
+(RMSNormalization, RotaryEmbedding, Attention, ...) into their function bodies, infers tensor
+types with ONNX shape inference where it can, sorts nodes topologically and reports every
+unsupported op or attribute at once (:class:`UnknownOpError`) before anything runs. Sequence,
+optional and map tensors are refused with an error naming the tensor.
 ``to_onnx(graph)`` writes a graph back (export uses it).
 """
 from __future__ import annotations
@@ -36,7 +39,8 @@ def load_onnx(model: Any, *, check: bool = True) -> Graph:
     proto = _read_model(model) if isinstance(model, (str, os.PathLike)) else model
     if not isinstance(proto, onnx.ModelProto):
         raise GraphError(f"load_onnx expects a file path or an onnx.ModelProto, got {type(model).__name__}")
-    graph = _graph_from_proto(proto)
+    _refuse_non_tensors(proto)
+    graph = _graph_from_proto(_expand_functions(proto))
     graph.validate()
     # Attribute kinds qsim cannot represent (sub-graphs, ...) are reported even without
     # ``check``, in the same error as unsupported ops so the user sees every problem at once.
@@ -45,6 +49,107 @@ def load_onnx(model: Any, *, check: bool = True) -> Graph:
         raise UnknownOpError(f"graph '{graph.name}' has {len(problems)} unsupported "
                              f"op(s)/attribute(s):\n  " + "\n  ".join(problems))
     return graph
+
+
+#: domain of the model-local functions through which ONNX function bodies are inlined
+_EXPAND_DOMAIN = "qsim.expand"
+#: function bodies may call other function ops: expand at most this deep
+_EXPAND_DEPTH = 4
+
+
+def _function_body(node, schema, types: dict):
+    """The FunctionProto ONNX defines for ``node`` (None if it defines none or the
+    context-dependent body needs input types that shape inference did not give)."""
+    onnx = _onnx()
+    if schema.has_function:
+        return schema.function_body
+    if schema.has_context_dependent_function:
+        if any(i and i not in types for i in node.input):
+            return None
+        try:
+            body = schema.get_context_dependent_function(
+                node.SerializeToString(),
+                [types[i].SerializeToString() if i else onnx.TypeProto().SerializeToString()
+                 for i in node.input])
+        except Exception:  # the schema rejects this node: leave it to the support check
+            return None
+        f = onnx.FunctionProto()
+        f.ParseFromString(body)
+        return f
+    return None
+
+
+def _expand_functions(proto):
+    """Inline ONNX's function body for every default-domain node whose op qsim has no kernel
+    for (and ONNX defines as a function at the model's opset), as ONNX Runtime does. The body
+    becomes a model-local function that ``onnx.inliner`` inlines (renaming its tensors and
+    binding its attribute references); bodies that call other function ops expand again."""
+    from .ops import OPS
+    onnx = _onnx()
+    from onnx import inliner
+    opset = _opset(proto)
+    for depth in range(_EXPAND_DEPTH):
+        todo = [i for i, n in enumerate(proto.graph.node)
+                if n.domain in ("", "ai.onnx") and n.op_type not in OPS]
+        if not todo:
+            return proto
+        inferred = _infer_types(proto)
+        types = {v.name: v.type for v in (*inferred.graph.input, *inferred.graph.value_info,
+                                           *inferred.graph.output)}
+        model = onnx.ModelProto()
+        model.CopyFrom(proto)
+        expanded = 0
+        for i in todo:
+            node = model.graph.node[i]
+            try:
+                schema = onnx.defs.get_schema(node.op_type, opset, "")
+            except Exception:  # not an ONNX op at this opset: the support check reports it
+                continue
+            body = _function_body(node, schema, types)
+            if body is None:
+                continue
+            f = onnx.FunctionProto()
+            f.CopyFrom(body)
+            f.domain, f.name = _EXPAND_DOMAIN, f"{node.op_type}_{depth}_{i}"
+            node.domain, node.op_type = _EXPAND_DOMAIN, f.name
+            model.functions.append(f)
+            expanded += 1
+        if not expanded:
+            return proto
+        model.opset_import.append(onnx.helper.make_opsetid(_EXPAND_DOMAIN, 1))
+        try:
+            proto = inliner.inline_local_functions(model)
+        except Exception as exc:
+            raise GraphError(f"expanding the ONNX function bodies of "
+                             f"{sorted({proto.graph.node[i].op_type for i in todo})} failed: "
+                             f"{type(exc).__name__}: {exc}") from None
+        del proto.opset_import[:]
+        proto.opset_import.extend(i for i in model.opset_import if i.domain != _EXPAND_DOMAIN)
+    return proto
+
+
+def _refuse_non_tensors(proto) -> None:
+    """Sequence, optional and map values cannot be run: refuse a graph input or output of such
+    a type, or any node reading or writing one (as inferred), naming the tensor."""
+    def kind(t) -> str | None:
+        for k in ("sequence_type", "optional_type", "map_type", "sparse_tensor_type"):
+            if t.HasField(k):
+                return k.replace("_type", "")
+        return None
+
+    g = proto.graph
+    for where, values in (("graph input", g.input), ("graph output", g.output)):
+        for v in values:
+            if kind(v.type):
+                raise GraphError(f"{where} '{v.name}' is a {kind(v.type)}; qsim runs tensors only "
+                                 f"(make it a tensor input/output)")
+    inferred = _infer_types(proto)
+    non_tensor = {v.name: kind(v.type) for v in inferred.graph.value_info if kind(v.type)}
+    for n in g.node:
+        for name in (*n.input, *n.output):
+            if name in non_tensor:
+                raise GraphError(f"node '{n.name or n.op_type}' ({n.op_type}): tensor '{name}' is a "
+                                 f"{non_tensor[name]}; qsim runs tensors only")
 
 
 def _unsupported_attribute_kinds(graph: Graph) -> list[str]:
