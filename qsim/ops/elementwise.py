@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from ..errors import OpError
+from ..kernels import eigen_math
 from ..kernels import mlas_math as math_exact
 from .registry import register
 
@@ -395,8 +396,11 @@ def tanh(x):
 
 @register("Softplus")
 def softplus(x):
-    """Y = ln(1 + exp(X)), computed as max(X, 0) + ln(1 + exp(-|X|)) (no overflow)."""
+    """Y = ln(1 + exp(X)), computed as max(X, 0) + ln(1 + exp(-|X|)) (no overflow); float32
+    as ONNX Runtime's Eigen expression (:func:`qsim.kernels.eigen_math.softplus`)."""
     x = _float_input("Softplus", x)
+    if x.dtype == np.float32:
+        return eigen_math.softplus(x)  # ORT's Eigen expression, bit for bit
     return _out(np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x))), x.dtype)
 
 
@@ -411,15 +415,22 @@ def softsign(x):
 
 @register("Elu")
 def elu(x, *, alpha=1.0):
-    """Y = X if X > 0 else alpha * (exp(X) - 1)."""
+    """Y = X if X >= 0 else alpha * (exp(X) - 1); float32 as ONNX Runtime's Eigen expression
+    (:func:`qsim.kernels.eigen_math.elu`)."""
     x = _float_input("Elu", x)
+    if x.dtype == np.float32:
+        return eigen_math.elu(x, alpha)  # ORT's Eigen expression, bit for bit
     return _out(np.where(x > 0, x, x.dtype.type(alpha) * np.expm1(np.minimum(x, 0))), x.dtype)
 
 
 @register("Selu")
 def selu(x, *, alpha=1.67326319217681884765625, gamma=1.05070102214813232421875):
-    """Y = gamma * (X if X > 0 else alpha * (exp(X) - 1)) (defaults: ONNX's float32 constants)."""
+    """Y = gamma * X if X > 0 else (gamma * alpha) * (exp(X) - 1) (defaults: ONNX's float32
+    constants); float32 as ONNX Runtime's Eigen expression
+    (:func:`qsim.kernels.eigen_math.selu`)."""
     x = _float_input("Selu", x)
+    if x.dtype == np.float32:
+        return eigen_math.selu(x, alpha, gamma)  # ORT's Eigen expression, bit for bit
     return _out(x.dtype.type(gamma) * elu(x, alpha=alpha), x.dtype)
 
 
@@ -699,9 +710,11 @@ def shrink(x, *, bias=0.0, lambd=0.5):
 
 @register("Celu")
 def celu(x, *, alpha=1.0):
-    """Y = max(0, X) + min(0, alpha · (exp(X / alpha) - 1)). Computed with NumPy's exp (ONNX
-    Runtime's Eigen exp agrees to within a few ulp)."""
+    """Y = max(0, X) + min(0, alpha · (exp(X / alpha) - 1)); float32 as ONNX Runtime's Eigen
+    expression (:func:`qsim.kernels.eigen_math.celu`)."""
     x = _float_input("Celu", x)
+    if x.dtype == np.float32:
+        return eigen_math.celu(x, alpha)  # ORT's Eigen expression, bit for bit
     a = x.dtype.type(alpha)
     with np.errstate(over="ignore"):
         neg = a * np.expm1(np.minimum(x, 0) / a)

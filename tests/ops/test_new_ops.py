@@ -2,7 +2,7 @@
 
 ``exact`` cases are bit-identical (selection and data movement, and the function-body
 compositions of exact ops); ``close`` cases compare to a stated tolerance because qsim does not
-reproduce ORT's Eigen/float64 arithmetic there (Sin, Cos, Celu, Einsum, the normalizations)."""
+reproduce ORT's Eigen/float64 arithmetic there (Sin, Cos, Einsum, the normalizations)."""
 from __future__ import annotations
 
 import warnings
@@ -173,6 +173,8 @@ def test_is_nan_is_inf():
     ("ThresholdedRelu", {"alpha": 0.7}, 22),
     ("Shrink", {"bias": 0.25, "lambd": 1.5}, 9),
     ("Swish", {"alpha": 0.8}, 24),
+    ("Mish", {}, 22),
+    ("Celu", {"alpha": 1.3}, 12),
 ])
 @SETTINGS
 @given(seed=seeds, shape=shapes)
@@ -187,12 +189,11 @@ def test_shrink_on_integers(seed, shape):
     exact("Shrink", [x], {"bias": 2.0, "lambd": 3.0}, opset=9)
 
 
-@pytest.mark.parametrize("op,attrs,opset", [("Sin", {}, 7), ("Cos", {}, 7),
-                                            ("Celu", {"alpha": 1.3}, 12), ("Mish", {}, 22)])
+@pytest.mark.parametrize("op,attrs,opset", [("Sin", {}, 7), ("Cos", {}, 7)])
 @SETTINGS
 @given(seed=seeds, shape=shapes)
 def test_transcendental_activations_to_one_ulp(op, attrs, opset, seed, shape):
-    # Eigen's vectorised sin/cos/exp in ORT versus NumPy's: within 2 ulp, not bit-exact
+    # Eigen's vectorised sin/cos in ORT versus NumPy's: within 2 ulp, not bit-exact
     close(op, [rand(seed, shape, -8, 8)], attrs, opset=opset, rtol=3e-7, atol=1e-7)
 
 
