@@ -17,21 +17,36 @@ from .tensor import _axes, _axis, reduce_mean
 @register("LRN")
 def lrn(x, *, alpha=1e-4, beta=0.75, bias=1.0, size=None):
     """Local response normalization across channels:
-    ``Y[n, c] = X[n, c] / (bias + alpha / size · Σ_{c'} X[n, c']²) ** beta`` with ``c'`` from
-    ``c - floor((size - 1) / 2)`` to ``c + ceil((size - 1) / 2)`` (clipped to the channels)."""
+    ``Y[n, c] = X[n, c] · (bias + alpha / size · Σ_{c'} X[n, c']²) ** -beta`` with ``c'`` from
+    ``c - floor((size - 1) / 2)`` to ``c + ceil((size - 1) / 2)`` (clipped to the channels).
+
+    float32: the window sums as ONNX Runtime runs them — ``s_0 = bias + Σ_{k<size} a·sq[k]``
+    added one plane at a time, then ``s_c = (s_{c-1} + a·sq[c + size - 1]) + (-a)·sq[c - 1]``
+    over the zero-padded squares (``a = float32(alpha / size)``); the power is ``x ** -beta``
+    rounded from float64 (ORT's Eigen pow differs by up to 1 ulp)."""
     if x.ndim < 3:
         raise OpError(f"input X has shape {list(x.shape)}; expected rank >= 3 (N, C, ...)")
     if size is None or int(size) < 1:
         raise OpError(f"attribute size={size!r}, expected an integer >= 1")
     size = int(size)
-    lo, hi = (size - 1) // 2, -(-(size - 1) // 2)
-    sq = np.square(x.astype(np.float64))
-    padded = np.pad(sq, [(0, 0), (lo, hi)] + [(0, 0)] * (x.ndim - 2))
-    csum = np.cumsum(padded, axis=1)
-    csum = np.concatenate([np.zeros_like(csum[:, :1]), csum], axis=1)
-    window = csum[:, size:] - csum[:, :-size]
-    y = x / (bias + alpha / size * window) ** beta
-    return y.astype(x.dtype)
+    t = x.dtype.type
+    n, c = x.shape[:2]
+    a = t(t(alpha) / t(size))
+    squares = np.zeros((n, c + size - 1) + x.shape[2:], x.dtype)
+    squares[:, (size - 1) // 2:(size - 1) // 2 + c] = x * x
+    scale = np.empty_like(x)
+    running = np.full((n,) + x.shape[2:], t(bias), x.dtype)
+    for k in range(size):
+        running = running + a * squares[:, k]
+    scale[:, 0] = running
+    for ch in range(1, c):
+        running = running + a * squares[:, ch + size - 1]
+        running = running + (-a) * squares[:, ch - 1]
+        scale[:, ch] = running
+    with np.errstate(invalid="ignore", divide="ignore"):
+        power = np.power(scale.astype(np.float64), -float(t(beta))).astype(x.dtype)
+    return x * power
+
 
 @register("GroupNormalization")
 def group_normalization(x, scale, b, *, epsilon=1e-5, num_groups=None, stash_type=1, opset=21):

@@ -224,8 +224,9 @@ def test_einsum(equation, shapes):
 @given(seed=seeds, c=st.integers(1, 6), size=st.sampled_from([1, 3, 5]))
 def test_lrn(seed, c, size):  # ORT takes odd sizes only
     x = rand(seed, (2, c, 3, 2))
+    # ORT's running channel sums are reproduced, its Eigen pow is not: to 2 ulp
     close("LRN", [x], {"size": size, "alpha": 1e-2, "beta": 0.75, "bias": 1.5}, opset=13,
-          rtol=2e-6, atol=1e-7)
+          rtol=2.5e-7, atol=1e-7)
 
 
 @pytest.mark.parametrize("opset", [18, 21])
