@@ -1,5 +1,5 @@
-"""float32 Eigen expressions of ONNX Runtime's activation functors (Elu, Selu, Celu, Softplus),
-bit for bit.
+"""float32 Eigen expressions of ONNX Runtime's activation functors (Elu, Selu, Celu, Softplus)
+and of its Sin and Cos, bit for bit.
 
 ORT evaluates ``ym = <Eigen array expression of xm>`` over each parallel block of the flattened
 tensor (:func:`qsim.kernels.mlas_math.parallel_blocks` with the functor's cost). Eigen runs the
@@ -152,3 +152,110 @@ def softplus(x, threads: int = DEFAULT_THREADS) -> np.ndarray:
         pos = (flat + _log1p_parts(_exp_parts(-flat, scalar), scalar)).astype(F32)
     neg = _log1p_parts(_exp_parts(flat, scalar), scalar)
     return np.where(flat > 0, pos, neg).astype(F32).reshape(x.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# sin / cos (Eigen's psincos_float without FMA; ORT's Sin/Cos apply it to the whole tensor)
+
+_TWO_OVER_PI_F = F32(0.636619746685028076171875)
+_ROUNDING_MAGIC = F32(12582912.0)  # 1.5 · 2^23: adding it rounds to an integer in the low bits
+_PIO2_PARTS = (F32(-1.5703125), F32(-0.000483989715576171875),
+               F32(1.62865035235881805419921875e-07),
+               F32(5.5644315544167710640977020375430583953857421875e-11))
+_COS_POLY = (F32(2.4372266125283204019069671630859375e-05), F32(-0.00138865201734006404876708984375),
+             F32(0.041666619479656219482421875), F32(-0.5), F32(1.0))
+_SIN_POLY = (F32(-0.0001959234114083702898469196984621021329076029360294342041015625),
+             F32(0.0083326873655616851693794799871284340042620897293090820312500000),
+             F32(-0.1666666203982298255503735617821803316473960876464843750000000000))
+#: from this |x| on Eigen reduces the argument with Payne-Hanek (:func:`_reduce_huge`)
+_HUGE = {True: F32(25966.0), False: F32(18838.0)}
+#: 2/pi in binary, 32-bit words taken at every byte offset (the table Eigen reads aligned)
+_TWO_OVER_PI = (
+    0x00000028, 0x000028be, 0x0028be60, 0x28be60db, 0xbe60db93, 0x60db9391, 0xdb939105,
+    0x9391054a, 0x91054a7f, 0x054a7f09, 0x4a7f09d5, 0x7f09d5f4, 0x09d5f47d, 0xd5f47d4d,
+    0xf47d4d37, 0x7d4d3770, 0x4d377036, 0x377036d8, 0x7036d8a5, 0x36d8a566, 0xd8a5664f,
+    0xa5664f10, 0x664f10e4, 0x4f10e410, 0x10e41000, 0xe4100000)
+_M32, _M64 = (1 << 32) - 1, (1 << 64) - 1
+
+
+def _reduce_huge(value: float) -> tuple[float, int]:
+    """Eigen's trig_reduce_huge for a finite float32 ``value`` >= the huge threshold: the
+    24-bit mantissa times 96 bits of 2/pi in 2.62 fixed point, ``q`` = that rounded to an
+    integer (the quadrant), ``r = float32(double(p - q) · pi/2 · 2^-62)``."""
+    xi = int(np.float32(value).view(np.uint32))
+    e = (xi >> 23) - 118
+    xi = (((xi & 0x007FFFFF) | 0x00800000) << (e & 7)) & _M32
+    i = e >> 3
+    p = xi * _TWO_OVER_PI[i + 7]
+    p = (xi * _TWO_OVER_PI[i + 3] + (p >> 32)) & _M64
+    p = ((((xi * _TWO_OVER_PI[i - 1]) & _M32) << 32) + p) & _M64
+    q = ((p + (1 << 61)) & _M64) >> 62
+    p = (p - (q << 62)) & _M64
+    signed = p - (1 << 64) if p >= 1 << 63 else p
+    return float(np.float32(float(signed) * 3.4061215800865545e-19)), int(q)
+
+
+def _psincos(x: np.ndarray, sine: bool) -> np.ndarray:
+    """Eigen's packet sin (``sine``) or cos of float32 ``x``::
+
+        y = round(|x| · 2/pi) (via + 1.5·2^23), q = its integer bits
+        r = |x| + y·P1 + y·P2 + y·P3 + y·P4      (each product and sum rounded; Cody-Waite;
+                                                 Payne-Hanek for huge |x|: :func:`_reduce_huge`)
+        cos poly c(r) = (((c4·r² + c3)·r² + c2)·r² - 1/2)·r² + 1
+        sin poly s(r) = ((s3·r² + s2)·r² + s1)·r² · r + r
+        sin: (q even ? s : c) with sign bit(x) xor bit 1 of q;  cos: (q even ? c : s) with
+        sign = bit 1 of q + 1
+    """
+    x = np.asarray(x, F32)
+    ax = np.abs(x)
+    with np.errstate(invalid="ignore", over="ignore"):
+        y_round = ((ax * _TWO_OVER_PI_F).astype(F32) + _ROUNDING_MAGIC).astype(F32)
+        q = y_round.view(np.int32).copy()
+        y = (y_round - _ROUNDING_MAGIC).astype(F32)
+        r = ax
+        for part in _PIO2_PARTS:
+            r = (r + (y * part).astype(F32)).astype(F32)
+        for k in np.flatnonzero((ax >= _HUGE[sine]) & np.isfinite(ax)):
+            r[k], q[k] = _reduce_huge(float(ax[k]))
+        r2 = (r * r).astype(F32)
+        c = _COS_POLY[0]
+        for coef in _COS_POLY[1:]:
+            c = ((c * r2).astype(F32) + coef).astype(F32)
+        s = _SIN_POLY[0]
+        for coef in _SIN_POLY[1:]:
+            s = ((s * r2).astype(F32) + coef).astype(F32)
+        s = (s * r2).astype(F32)
+        s = ((s * r).astype(F32) + r).astype(F32)
+    even = (q & 1) == 0
+    if sine:
+        out = np.where(even, s, c)
+        sign = (x.view(np.int32) ^ (q << 30)) & np.int32(-2**31)
+    else:
+        out = np.where(even, c, s)
+        sign = ((q + 1) << 30) & np.int32(-2**31)
+    return (out.astype(F32).view(np.int32) ^ sign).view(F32)
+
+
+def _sin_or_cos(x, sine: bool) -> np.ndarray:
+    x = np.asarray(x, F32)
+    flat = x.ravel()
+    out = _psincos(flat, sine)
+    tail = flat.size % 4
+    if tail:
+        fn = _LIBM.sinf if sine else _LIBM.cosf
+        out[flat.size - tail:] = _libm(fn, flat[flat.size - tail:])
+    return out.reshape(x.shape)
+
+
+_LIBM.sinf.restype = _LIBM.cosf.restype = ctypes.c_float
+_LIBM.sinf.argtypes = _LIBM.cosf.argtypes = [ctypes.c_float]
+
+
+def sin(x) -> np.ndarray:
+    """ORT's Sin: Eigen's packet sine over the tensor, libm sinf for the n % 4 tail."""
+    return _sin_or_cos(x, True)
+
+
+def cos(x) -> np.ndarray:
+    """ORT's Cos: Eigen's packet cosine over the tensor, libm cosf for the n % 4 tail."""
+    return _sin_or_cos(x, False)
