@@ -58,39 +58,67 @@ def _out(value, dtype) -> np.ndarray:
     return np.asarray(value, dtype=dtype)
 
 
+def _legacy_broadcast(op: str, a, b, broadcast, axis):
+    """Opsets 1-6: B broadcasts to A only with ``broadcast=1``, its axes matched from ``axis``
+    of A (default: the trailing axes); returns B reshaped for NumPy broadcasting."""
+    b = np.asarray(b)
+    if not broadcast:
+        if np.shape(a) != b.shape:
+            raise OpError(f"{op}: input shapes {np.shape(a)} and {b.shape} differ and attribute "
+                          f"broadcast=0 (opsets 1-6), expected equal shapes")
+        return b
+    rank = np.ndim(a)
+    start = rank - b.ndim if axis is None else (axis + rank if axis < 0 else axis)
+    if not 0 <= start <= rank - b.ndim:
+        raise OpError(f"{op}: attribute axis={axis} does not place B {b.shape} inside A "
+                      f"{np.shape(a)}")
+    return b.reshape(b.shape + (1,) * (rank - start - b.ndim))
+
+
+def _old_form(op, a, b, broadcast, axis):
+    """B as opsets 1-6 broadcast it when their attributes are present, else unchanged."""
+    if broadcast is None and axis is None:
+        return b
+    return _legacy_broadcast(op, a, b, broadcast or 0, axis)
+
+
 # --------------------------------------------------------------------------------------------
 # arithmetic
 
 
 @register("Add")
-def add(a, b):
-    """C = A + B (broadcasting)."""
+def add(a, b, *, broadcast=None, axis=None):
+    """C = A + B (broadcasting; opsets 1-6: ``broadcast``/``axis``, see _legacy_broadcast)."""
+    b = _old_form("Add", a, b, broadcast, axis)
     dtype = _binary("Add", a, b)
     return _out(np.add(a, b), dtype)
 
 
 @register("Sub")
-def sub(a, b):
-    """C = A - B (broadcasting)."""
+def sub(a, b, *, broadcast=None, axis=None):
+    """C = A - B (broadcasting; opsets 1-6: ``broadcast``/``axis``, see _legacy_broadcast)."""
+    b = _old_form("Sub", a, b, broadcast, axis)
     dtype = _binary("Sub", a, b)
     return _out(np.subtract(a, b), dtype)
 
 
 @register("Mul")
-def mul(a, b):
-    """C = A * B (broadcasting)."""
+def mul(a, b, *, broadcast=None, axis=None):
+    """C = A * B (broadcasting; opsets 1-6: ``broadcast``/``axis``, see _legacy_broadcast)."""
+    b = _old_form("Mul", a, b, broadcast, axis)
     dtype = _binary("Mul", a, b)
     return _out(np.multiply(a, b), dtype)
 
 
 @register("Div")
-def div(a, b):
-    """C = A / B (broadcasting). Integer types truncate toward zero like C (ONNX Runtime):
+def div(a, b, *, broadcast=None, axis=None):
+    """C = A / B (broadcasting; opsets 1-6 see _legacy_broadcast). Integer types truncate toward zero like C (ONNX Runtime):
     Div(-7, 2) = -3, not NumPy's floor -4. Integer division by zero is an error.
 
     >>> div(np.array([-7, 7], np.int64), np.array([2, 2], np.int64)).tolist()
     [-3, 3]
     """
+    b = _old_form("Div", a, b, broadcast, axis)
     dtype = _binary("Div", a, b)
     if dtype.kind == "f":
         return _out(np.divide(a, b), dtype)
@@ -314,9 +342,12 @@ def leaky_relu(x, *, alpha=0.01):
 
 
 @register("PRelu")
-def prelu(x, slope):
-    """Y = X if X >= 0 else slope * X; slope broadcasts to X (e.g. (C,1,1) per channel)."""
+def prelu(x, slope, *, opset=17):
+    """Y = X if X >= 0 else slope * X; slope broadcasts to X (e.g. (C,1,1) per channel). Before
+    opset 7 a 1-D slope of C values is per channel (axis 1)."""
     x, slope = np.asarray(x), np.asarray(slope)
+    if opset < 7 and slope.ndim == 1 and x.ndim >= 2 and slope.size == x.shape[1] > 1:
+        slope = slope.reshape((-1,) + (1,) * (x.ndim - 2))
     _same_dtype("PRelu", x, slope)
     try:
         fits = np.broadcast_shapes(x.shape, slope.shape) == x.shape

@@ -264,3 +264,19 @@ def test_upsample(mode, opset, scales):
     else:
         assert_exact("Upsample", [x, np.array(scales, np.float32)], {"mode": mode},
                      opset=opset, initializers=(1,))
+
+
+# ------------------------------------------------------------------ opsets 1-6 broadcasting
+
+@pytest.mark.parametrize("op,fn", [("Add", np.add), ("Sub", np.subtract), ("Mul", np.multiply),
+                                   ("Div", np.divide)])
+def test_legacy_broadcast_with_axis(op, fn):
+    """ONNX Runtime does not run opsets < 7; the spec's rule: B's axes match A's from ``axis``
+    (the shipped pytorch-operator models check the trailing form against PyTorch's outputs)."""
+    a, b = rand(1, (2, 3, 4)), rand(2, (3,), 0.5, 2)
+    np.testing.assert_array_equal(qsim_run_op(op, [a, b], {"broadcast": 1, "axis": 1}, opset=6)[0],
+                                  fn(a, b[:, None]))
+    np.testing.assert_array_equal(qsim_run_op(op, [a, b[:1]], {"broadcast": 1}, opset=6)[0],
+                                  fn(a, b[:1]))
+    with pytest.raises(OpError, match="broadcast=0"):
+        qsim_run_op(op, [a, b], {"broadcast": 0}, opset=6)
