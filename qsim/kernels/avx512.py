@@ -355,7 +355,7 @@ def _np_depthwise_m2(x: np.ndarray, w: np.ndarray, contract: bool) -> np.ndarray
     return out
 
 
-def depthwise_m2_7x7s2(x, w) -> np.ndarray:
+def depthwise_m2_7x7s2(x, w, *, use_numba: bool = USE_NUMBA) -> np.ndarray:
     """Depthwise Conv with channel multiplier 2 (``group = C``, ``W`` of shape ``(2C, 1, 7, 7)``),
     stride 2, pads 3, dilation 1, without bias, as MLAS's AVX512F kernel: output ``(N, 2C, OH,
     OW)``, ``OH = (H - 1)//2 + 1``; output channel ``2c + k`` convolves input channel ``c`` with
@@ -371,7 +371,7 @@ def depthwise_m2_7x7s2(x, w) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=F32)
     w = np.ascontiguousarray(w, dtype=F32)
     n, c, h, wd = x.shape
-    if USE_NUMBA:
+    if use_numba:
         out = np.empty((n, 2 * c, (h - 1) // 2 + 1, (wd - 1) // 2 + 1), F32)
         _nb_depthwise_m2(x, w, out, True)
         return out

@@ -46,11 +46,12 @@ def c_pow(x, y) -> np.ndarray:
     ``x``'s dtype."""
     x, y = np.asarray(x), np.asarray(y)
     work = np.float32 if x.dtype == np.float32 and y.dtype == np.float32 else np.float64
-    xb, yb = np.broadcast_arrays(x.astype(work, copy=False), y.astype(work, copy=False))
-    xf, yf = np.ascontiguousarray(xb).ravel(), np.ascontiguousarray(yb).ravel()
+    shape = np.broadcast_shapes(x.shape, y.shape)
+    xf = np.ascontiguousarray(np.broadcast_to(x.astype(work, copy=False), shape)).ravel()
+    yf = np.ascontiguousarray(np.broadcast_to(y.astype(work, copy=False), shape)).ravel()
     if USE_NUMBA:
-        out = np.empty_like(xf)
+        out = np.empty(xf.shape, work)
         _nb_pow(xf, yf, out)
     else:
         out = _np_pow(xf, yf)
-    return out.reshape(xb.shape).astype(x.dtype, copy=False)
+    return out.reshape(shape).astype(x.dtype, copy=False)

@@ -183,9 +183,8 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     ``Y[n, m, o] = B[m] + Σ_{c ∈ group(m), k} X_pad[n, c, o·stride + k·dilation] · W[m, c', k]``
     with ``X`` zero-padded by ``pads`` (or ``auto_pad``), ``o`` over
     ``floor((size + pads - dilation·(kernel-1) - 1) / stride) + 1`` positions per axis.
-    Computed as one batched matrix product per group: ``W_g (M/g, C/g·K) @ cols_g (C/g·K, N·O)``;
-    float32 with the ``"avx512"`` family: the depthwise multiplier-2 7x7/2 case has its own
-    kernel (:func:`qsim.kernels.avx512.depthwise_m2_7x7s2`).
+    Computed as one batched matrix product per group: ``W_g (M/g, C/g·K) @ cols_g (C/g·K, N·O)``
+    (float32: in ONNX Runtime's order for the kernel family, :func:`qsim.kernels.gemm.conv`).
     """
     nsp, group = _check_conv_operands(x, w, b, group, kernel_shape, transposed=False)
     auto_pad = _check_auto_pad(auto_pad)
@@ -200,16 +199,9 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
                       f"kernel_shape={list(kernel)}, pads={list(begins + ends)}, "
                       f"dilations={list(dilations)}")
     dtype = _float_result(x, w, b)
-    if dtype == np.float32 and resolve_family(fp32_kernels) == "avx512" and avx512.uses_depthwise_m2(
-            group=group, channels=x.shape[1], filters=w.shape[0], kernel=kernel, strides=strides,
-            dilations=dilations, begins=begins, ends=ends, out=out):
-        y = avx512.depthwise_m2_7x7s2(x, w)
-        if b is not None:
-            y += np.asarray(b, dtype=np.float32).reshape(-1, 1, 1)
-        return y
     if dtype == np.float32:     # ONNX Runtime's (MLAS's) summation order, bit for bit
         return gemm_exact.conv(x, w, b, group=group, strides=strides, dilations=dilations,
-                               begins=begins, ends=ends)
+                               begins=begins, ends=ends, family=resolve_family(fp32_kernels))
     n, channels, m = x.shape[0], x.shape[1], w.shape[0]
     xp = _pad(x.astype(dtype, copy=False), begins, ends)
     cols = _windows(xp, kernel, strides, dilations, out)            # (N, C, *k, *o)
