@@ -125,6 +125,10 @@ def _np_max_avx512(x: np.ndarray) -> np.ndarray:
 # softmax: sum of exponentials (MlasComputeSumExpF32KernelAvx512F)
 
 
+#: 2^k as float64 for k = -160 .. 130 (index k + 160): VSCALEFPS's scale, exact
+_POW2 = np.ldexp(1.0, np.arange(-160, 131)).astype(np.float64)
+
+
 @kernel
 def _sumexp1(x, negmax):
     """One lane of MlasComputeSumExpF32KernelAvx512F::
@@ -150,8 +154,8 @@ def _sumexp1(x, negmax):
     p = _fma32(p, r, _XP4)
     p = _fma32(p, r, _XP56)
     p = _fma32(p, r, _XP56)
-    # p * 2^m is exact in float64 (|m| <= 151); one rounding to float32
-    return F32(float(p) * math.ldexp(1.0, int(m)))
+    # p * 2^m is exact in float64 (-151 <= m <= 0 here); one rounding to float32
+    return F32(float(p) * _POW2[int(m) + 160])
 
 
 def _np_sumexp(x: np.ndarray, negmax: np.ndarray) -> np.ndarray:
@@ -205,14 +209,20 @@ def _nb_softmax_rows(x, out, log):
     """Rows of ``x`` (2-D, C-contiguous): Softmax (log=False) or LogSoftmax (log=True)."""
     rows, d = x.shape
     scratch = np.empty(32, np.float32)
-    lanes = np.zeros(16, np.float32)
+    lanes = np.empty(16, np.float32)
     for r in range(rows):
+        lanes[:] = _ZERO
         negmax = -_max_avx512(x[r], scratch)
-        for j in range(16):
-            lanes[j] = _ZERO
-        for i in range(d):   # a padded element's lane is masked: only real elements add
+        full = d - d % 16
+        for i0 in range(0, full, 16):
+            for j in range(16):
+                e = _sumexp1(x[r, i0 + j], negmax)
+                lanes[j] += e
+                if not log:
+                    out[r, i0 + j] = e
+        for i in range(full, d):   # the masked tail: only real elements add to their lanes
             e = _sumexp1(x[r, i], negmax)
-            lanes[i % 16] += e
+            lanes[i - full] += e
             if not log:
                 out[r, i] = e
         total = _fold16(lanes)
