@@ -17,6 +17,7 @@ quantizer, enabled or not) is available as :attr:`QuantizationSimModel.sim_graph
 """
 from __future__ import annotations
 
+import copy
 import enum
 import os
 from dataclasses import dataclass, replace
@@ -153,6 +154,71 @@ class _Session:
         return [outputs[n] for n in names]
 
 
+def _without_stats(q: TensorQuantizer) -> TensorQuantizer:
+    """A copy of the quantizer's settings and encoding, without statistics."""
+    q = copy.copy(q)
+    q.reset_stats()
+    return q
+
+
+@dataclass(frozen=True, eq=False)
+class CalibrationPass:
+    """One calibration forward pass, apart from the sim's state (picklable: a cluster's
+    workers receive it once and run it on their batches).
+
+    Weights are already quantize-dequantized in ``calib_graph``; each activation quantizer only
+    observes: ``observe(qid, x)`` is called with the tensor, in the order the single-process
+    calibration updates its statistics: untied quantizers while the graph runs, tie groups
+    after the forward in ONNX Runtime's order (``order``: tensor → rank, placement.md §3).
+    """
+
+    graph: Graph                               # the model graph (feeds are checked against it)
+    calib_graph: Graph                         # enabled quantizers only, parameters QDQ'd
+    quantizers: Mapping[int, TensorQuantizer]  # qid → quantizer (settings; read only here)
+    ties: frozenset                            # qids of quantizers shared by several tensors
+    order: Mapping[str, int]
+    outputs: tuple
+    fp32_kernels: str
+
+    def forward(self, feeds: Mapping[str, np.ndarray],
+                observe: Callable[[int, np.ndarray], None]) -> dict:
+        """Run one batch (feeds already checked); returns the sim graph's outputs."""
+        stash: list = []
+
+        def op(x, *, qid, tensor):
+            if qid in self.ties:
+                stash.append((tensor, qid, x))
+            else:
+                observe(qid, x)
+            return x
+
+        outs = run_graph(self.calib_graph, feeds, ops={QDQ_OP: op}, outputs=list(self.outputs),
+                         dynamic_params=self.calib_graph.params, fp32_kernels=self.fp32_kernels)
+        for tensor, qid, x in sorted(stash, key=lambda e: self.order[e[0]]):
+            observe(qid, x)
+        return outs
+
+    def observe_batch(self, feeds: Mapping[str, np.ndarray], stats: Mapping[int, Any]) -> list:
+        """The statistics pieces of one batch: ``[(qid, piece), …]`` in update order.
+
+        ``stats`` (qid → statistics or None) are what the observer knows before this batch
+        (only histogram bins matter); pieces of the same quantizer within the batch (tie groups)
+        are observed after the earlier ones, as the streaming update does. Folding the pieces
+        in order into the statistics (``TensorQuantizer.fold_stats``) equals ``update_stats``
+        on each tensor, unless a piece is stale (``HistogramStats.stale``)."""
+        from .quant.stats import fold
+        local = dict(stats)
+        pieces: list = []
+
+        def observe(qid: int, x: np.ndarray) -> None:
+            piece = self.quantizers[qid].observe(x, local.get(qid))
+            local[qid] = fold(local.get(qid), piece)
+            pieces.append((qid, piece))
+
+        self.forward(check_feeds(self.graph, feeds), observe)
+        return pieces
+
+
 class QuantizationSimModel:
     """A quantization-simulation of an FP32 model, configured by an AIMET config file.
 
@@ -192,8 +258,6 @@ class QuantizationSimModel:
         self._calibrated = False
         self._run_graph: Graph | None = None
         self._run_key: tuple = ()
-        self._ties: set[int] = set()
-        self._stash: list = []
 
     # ---- quantizers -------------------------------------------------------------------------
     def _make_quantizer(self, spec: QuantizerSpec, percentile: float | None = None) -> TensorQuantizer:
@@ -256,14 +320,36 @@ class QuantizationSimModel:
         self._calibrated = True
         self._run_graph = None
 
-    def _calibrate(self, batches: Any, callback_args: Any) -> None:
+    def _begin_calibration(self) -> "CalibrationPass":
+        """Forget the statistics, compute the parameter encodings, and return the forward pass
+        that observes the activations (the same object runs on cluster workers)."""
         for h in self._handles.values():
             h.quantizer.reset_stats()
         self._compute_param_encodings()
+        return self.calibration_pass()
+
+    def calibration_pass(self) -> "CalibrationPass":
+        """The calibration forward with the current parameter encodings (see CalibrationPass)."""
         calib_graph = self._executable_graph()
-        self._ties = {h.spec.qid for h in self._handles.values() if len(h.spec.tensors) > 1}
-        order = {t: i for i, t in enumerate(self.placement.update_order())}
+        observed = {n.attrs["qid"] for n in calib_graph.nodes if n.op_type == QDQ_OP}
+        return CalibrationPass(
+            graph=self.graph, calib_graph=calib_graph,
+            quantizers={qid: _without_stats(self._handles[qid].quantizer) for qid in observed},
+            ties=frozenset(h.spec.qid for h in self._handles.values() if len(h.spec.tensors) > 1),
+            order={t: i for i, t in enumerate(self.placement.update_order())},
+            outputs=tuple(self._output_names().values()), fp32_kernels=self.fp32_kernels)
+
+    def _finish_calibration(self) -> None:
+        """Activation encodings from the statistics, fixed ranges, weight-scale adjustment."""
+        self._compute_activation_encodings()
+        self._adjust_weight_scales()
+
+    def _calibrate(self, batches: Any, callback_args: Any) -> None:
+        cpass = self._begin_calibration()
         count = 0
+
+        def observe(qid: int, x: np.ndarray) -> None:
+            self._handles[qid].quantizer.update_stats(x)
 
         def forward(feeds: Mapping[str, np.ndarray]) -> dict:
             nonlocal count
@@ -271,14 +357,7 @@ class QuantizationSimModel:
                 feeds = check_feeds(self.graph, feeds)
             except FeedError as exc:
                 raise FeedError(f"calibration batch {count}: {exc}") from None
-            self._stash = []
-            outs = run_graph(calib_graph, feeds, ops={QDQ_OP: self._observe_op},
-                             outputs=list(self._output_names().values()),
-                             dynamic_params=calib_graph.params,
-                             fp32_kernels=self.fp32_kernels)
-            for tensor, qid, x in sorted(self._stash, key=lambda e: order[e[0]]):
-                self._handles[qid].quantizer.update_stats(x)
-            self._stash = []
+            outs = cpass.forward(feeds, observe)
             count += 1
             return self._rename_outputs(outs)
 
@@ -293,18 +372,7 @@ class QuantizationSimModel:
         if count == 0:
             raise FeedError("compute_encodings got no calibration batch: the iterable (or the "
                             "callback) ran no forward pass; give at least one {input: array} dict")
-        self._compute_activation_encodings()
-        self._adjust_weight_scales()
-
-    def _observe_op(self, x, *, qid, tensor):
-        """Calibration's QDQ op: collect statistics, pass the tensor through unchanged.
-
-        Tied quantizers are updated after the forward, in ONNX Runtime's order."""
-        if qid in self._ties:
-            self._stash.append((tensor, qid, x))
-        else:
-            self._handles[qid].quantizer.update_stats(x)
-        return x
+        self._finish_calibration()
 
     def _qdq_op(self, x, *, qid, tensor):
         """Simulation's QDQ op: quantize-dequantize with the quantizer's encoding."""
