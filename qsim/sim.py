@@ -219,6 +219,40 @@ class CalibrationPass:
         return pieces
 
 
+@dataclass(frozen=True, eq=False)
+class SimulationPass:
+    """The simulated model, apart from the sim (picklable: a cluster's workers receive it once).
+
+    ``run_graph`` holds only enabled quantizers, parameters quantize-dequantized ahead of time;
+    ``output_names`` maps each FP32 graph output to the sim tensor holding it."""
+
+    graph: Graph
+    run_graph: Graph
+    quantizers: Mapping[int, TensorQuantizer]
+    output_names: Mapping[str, str]
+    fp32_kernels: str
+
+    def _qdq_op(self, x, *, qid, tensor):
+        return self.quantizers[qid].quantize_dequantize(x)
+
+    def run(self, feeds: Mapping[str, np.ndarray], *, outputs: Iterable[str] | None = None
+            ) -> dict[str, np.ndarray]:
+        """``{output name: array}`` of the simulated model (names as in the FP32 model)."""
+        names = self.output_names
+        wanted = list(names.values()) if outputs is None else [names.get(o, o) for o in outputs]
+        # In AIMET's session every parameter reaches its op through a quantize node (enabled or
+        # not), so no MatMul/Gemm operand is a pre-packed initializer there.
+        outs = run_graph(self.run_graph, feeds, ops={QDQ_OP: self._qdq_op}, outputs=wanted,
+                         dynamic_params=self.run_graph.params, fp32_kernels=self.fp32_kernels)
+        back = {sim_name: name for name, sim_name in names.items()}
+        return {back.get(k, k): v for k, v in outs.items()}
+
+    def run_fp32(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The FP32 model's outputs (no quantizer), for SQNR against the simulation."""
+        return run_graph(self.graph, feeds, outputs=list(self.graph.output_names),
+                         fp32_kernels=self.fp32_kernels)
+
+
 class QuantizationSimModel:
     """A quantization-simulation of an FP32 model, configured by an AIMET config file.
 
@@ -256,7 +290,7 @@ class QuantizationSimModel:
             for s in self.placement.quantizers}
         self.sim_graph = insert_qdq(self.graph, self.placement.quantizers)
         self._calibrated = False
-        self._run_graph: Graph | None = None
+        self._run_graph: SimulationPass | None = None
         self._run_key: tuple = ()
 
     # ---- quantizers -------------------------------------------------------------------------
@@ -306,10 +340,14 @@ class QuantizationSimModel:
         each), or a callback ``fn(session, args)`` that calls ``session.run(None, feeds)``.
         Memory does not grow with the number of batches.
         """
+        self._transaction(lambda: self._calibrate(batches, forward_pass_callback_args))
+
+    def _transaction(self, calibrate: Callable[[], None]) -> None:
+        """Run ``calibrate()``; if it fails, the encodings are left as they were."""
         before = {qid: h.quantizer.encoding for qid, h in self._handles.items()}
         was_calibrated = self._calibrated
         try:
-            self._calibrate(batches, forward_pass_callback_args)
+            calibrate()
         except BaseException:
             # Nothing half-done: a failed calibration leaves the encodings as they were.
             for qid, h in self._handles.items():
@@ -374,10 +412,6 @@ class QuantizationSimModel:
                             "callback) ran no forward pass; give at least one {input: array} dict")
         self._finish_calibration()
 
-    def _qdq_op(self, x, *, qid, tensor):
-        """Simulation's QDQ op: quantize-dequantize with the quantizer's encoding."""
-        return self._handles[qid].quantizer.quantize_dequantize(x)
-
     def _compute_param_encodings(self) -> None:
         for h in self._handles.values():
             if h.spec.is_param and h.enabled:
@@ -434,24 +468,26 @@ class QuantizationSimModel:
         back = {sim_name: name for name, sim_name in self._output_names().items()}
         return {back.get(k, k): v for k, v in outs.items()}
 
-    def run(self, feeds: Mapping[str, np.ndarray], *, outputs: Iterable[str] | None = None
-            ) -> dict[str, np.ndarray]:
-        """Run the simulated model: ``{output name: array}`` (names as in the FP32 model)."""
+    def simulation_pass(self) -> "SimulationPass":
+        """The simulated model with the current encodings and enabled flags (picklable)."""
         if not self._calibrated:
             raise NotCalibratedError("run() needs encodings: call sim.compute_encodings(batches) "
                                      "first (or load_encodings)")
         key = tuple((h.enabled, id(h.quantizer.encoding)) for h in self._handles.values())
         if self._run_graph is None or self._run_key != key:  # enabled flags or encodings changed
-            self._run_graph, self._run_key = self._executable_graph(), key
+            run_graph_ = self._executable_graph()
+            used = {n.attrs["qid"] for n in run_graph_.nodes if n.op_type == QDQ_OP}
+            self._run_graph = SimulationPass(
+                graph=self.graph, run_graph=run_graph_,
+                quantizers={qid: _without_stats(self._handles[qid].quantizer) for qid in used},
+                output_names=dict(self._output_names()), fp32_kernels=self.fp32_kernels)
+            self._run_key = key
+        return self._run_graph
 
-        names = self._output_names()
-        wanted = list(names.values()) if outputs is None else [names.get(o, o) for o in outputs]
-        # In AIMET's session every parameter reaches its op through a quantize node (enabled or
-        # not), so no MatMul/Gemm operand is a pre-packed initializer there.
-        return self._rename_outputs(run_graph(self._run_graph, feeds, ops={QDQ_OP: self._qdq_op},
-                                              outputs=wanted,
-                                              dynamic_params=self._run_graph.params,
-                                              fp32_kernels=self.fp32_kernels))
+    def run(self, feeds: Mapping[str, np.ndarray], *, outputs: Iterable[str] | None = None
+            ) -> dict[str, np.ndarray]:
+        """Run the simulated model: ``{output name: array}`` (names as in the FP32 model)."""
+        return self.simulation_pass().run(feeds, outputs=outputs)
 
     # ---- export -----------------------------------------------------------------------------
     def export(self, path: "str | os.PathLike", filename_prefix: str, *,
