@@ -81,6 +81,19 @@ class Batch:
     source: Any
 
 
+def _array_header(f) -> tuple[tuple, bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of the ``.npy`` stream ``f`` (left at the data)."""
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = fmt.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = fmt.read_array_header_2_0(f)
+    else:
+        raise ValueError(f".npy format version {version} is not supported")
+    return tuple(shape), bool(fortran), np.dtype(dtype)
+
+
 def _npz_header(path: Path) -> dict[str, tuple[tuple, np.dtype]]:
     """``{array name: (shape, dtype)}`` of an ``.npz`` from its headers (no data read)."""
     out = {}
@@ -90,9 +103,8 @@ def _npz_header(path: Path) -> dict[str, tuple[tuple, np.dtype]]:
                 if not member.endswith(".npy"):
                     continue
                 with z.open(member) as f:
-                    version = np.lib.format.read_magic(f)
-                    shape, _, dtype = np.lib.format._read_array_header(f, version)
-                out[member[:-4]] = (tuple(shape), np.dtype(dtype))
+                    shape, _, dtype = _array_header(f)
+                out[member[:-4]] = (shape, dtype)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise FeedError(f"shard '{path}' is not a readable .npz file ({exc}); rewrite it with "
                         f"numpy.savez") from None
@@ -107,9 +119,7 @@ def _read_rows(path: str, names: Sequence[str], start: int, stop: int) -> dict[s
         with zipfile.ZipFile(path) as z:
             for name in names:
                 with z.open(name + ".npy") as f:
-                    version = np.lib.format.read_magic(f)
-                    shape, fortran, dtype = np.lib.format._read_array_header(f, version)
-                    dtype = np.dtype(dtype)
+                    shape, fortran, dtype = _array_header(f)
                     if fortran or dtype.hasobject:
                         f.seek(0)
                         out[name] = np.lib.format.read_array(f, allow_pickle=False)[start:stop]
@@ -370,7 +380,7 @@ def compute_encodings(sim, data: Any, client: Any = None, *, batch_size: int,
 def _calibrate(sim, client, batches: list[Batch], progress: Progress | None) -> None:
     distributed = _dask()
     cpass = sim._begin_calibration()
-    [cpass_f] = client.scatter([cpass], broadcast=True)
+    [cpass_f] = client.scatter([cpass], broadcast=True, hash=False)
     histogram = any(q.scheme != "tf" for q in cpass.quantizers.values())
     total = len(batches)
     futures: dict[Any, int] = {}
@@ -382,7 +392,7 @@ def _calibrate(sim, client, batches: list[Batch], progress: Progress | None) -> 
         known = _known_bins(sim)                 # the bins the batches folded so far fixed
         key = {qid: b.fixed.tobytes() for qid, b in known.items()}
         if key != bins_key:
-            [bins_f], bins_key = client.scatter([known], broadcast=True), key
+            [bins_f], bins_key = client.scatter([known], broadcast=True, hash=False), key
         fut = _submit(client, _calibration_task, cpass_f, bins_f, batch=batches[i], name="calib")
         futures[fut] = i
         queue.add(fut)
@@ -404,7 +414,10 @@ def _calibrate(sim, client, batches: list[Batch], progress: Progress | None) -> 
             while nxt in ready:
                 pieces = ready.pop(nxt)
                 if histogram and _stale(sim, pieces):
-                    submit(nxt)
+                    # rerun it, and every waiting batch that is stale already, at once
+                    for j in [nxt] + [j for j in ready if _stale(sim, ready[j])]:
+                        ready.pop(j, None)
+                        submit(j)
                     break
                 for qid, piece in pieces:
                     sim._handles[qid].quantizer.fold_stats(piece)
@@ -473,7 +486,7 @@ def evaluate(sim, data: Any, client: Any = None, *, batch_size: int,
 def _run_all(client, spass, kind: str | None, batches: list[Batch],
              progress: Progress | None) -> list:
     distributed = _dask()
-    [spass_f] = client.scatter([spass], broadcast=True)
+    [spass_f] = client.scatter([spass], broadcast=True, hash=False)
     futures = {_submit(client, _evaluation_task, spass_f, kind, batch=b, name="eval"): b.index
                for b in batches}
     results: list = [None] * len(batches)
