@@ -288,3 +288,19 @@ def test_bad_arguments(digits, tmp_path):
         qd.compute_encodings(sim, tmp_path, None, batch_size=4)
     with pytest.raises(qsim.NotCalibratedError):
         qd.evaluate(sim, tmp_path, None, batch_size=4)
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+
+def test_cli_quantize_on_the_cluster_writes_the_same_encodings(client, tmp_path, capsys):
+    from qsim.cli import build_parser, main
+    assert main(["quantize", "--quiet", "--out", str(tmp_path / "one")]) == 0
+    assert main(["quantize", "--quiet", "--scheduler", client.scheduler.address,
+                 "--out", str(tmp_path / "dask")]) == 0
+    one = (tmp_path / "one" / "digits_cnn.encodings").read_bytes()
+    assert (tmp_path / "dask" / "digits_cnn.encodings").read_bytes() == one
+    args = build_parser().parse_args(["analyze", "--workers", "2"])
+    assert args.workers == 2 and args.scheduler is None
+    assert main(["quantize", "--quiet", "--scheduler", "tcp://127.0.0.1:9", "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'" in capsys.readouterr().err
