@@ -30,6 +30,10 @@ Histogram bins are fixed by the first non-zero batch: batch 0 runs first, then t
 its bins; a piece counted under bins that an earlier batch turns out to have fixed (a channel
 all zero in batch 0) is *stale* and its batch runs again under the bins now known.
 
+Workers must have as many cores as the client: ONNX Runtime's float32 bits depend on its
+intra-op thread count (its default: the cores) for some GEMM shapes, and qsim reproduces them;
+a worker with another count is a :class:`~qsim.errors.ClusterError` rather than other bits.
+
 Faults: a worker that dies has its batches recomputed by Dask (the model is on every worker); a
 shard that cannot be read is a :class:`~qsim.errors.FeedError` naming it; a scheduler that cannot
 be reached is a :class:`~qsim.errors.ClusterError` after ``timeout`` seconds.
@@ -231,8 +235,27 @@ def _feeds(batch: Batch, names: Sequence[str], arrays) -> dict[str, np.ndarray]:
         raise FeedError(f"{_where(batch)}: {type(exc).__name__}: {exc}") from None
 
 
+def _intra_op_threads() -> int:
+    """The thread count whose float32 bits the kernels reproduce (ONNX Runtime's default
+    ``intra_op_num_threads``: this machine's cores; a few GEMM shapes depend on it)."""
+    from .kernels import gemm
+    return gemm.DEFAULT_THREADS
+
+
+def _check_threads(expected: int) -> None:
+    mine = _intra_op_threads()
+    if mine != expected:
+        import socket
+        raise ClusterError(f"worker {socket.gethostname()} has {mine} cores but the client has "
+                           f"{expected}: ONNX Runtime's float32 bits (and qsim's) depend on the "
+                           f"core count for some GEMM shapes, so the results would not equal one "
+                           f"process on the client; use workers with {expected} cores")
+
+
 def _calibration_task(cpass, bins: Mapping[int, Any], batch: Batch, arrays=None) -> list:
     """Worker: the statistics pieces of one batch, observed under the known bins."""
+    cpass, threads = cpass
+    _check_threads(threads)
     feeds = _feeds(batch, cpass.graph.input_names, arrays)
     stats = {qid: b.as_stats() for qid, b in bins.items()}
     try:
@@ -245,6 +268,8 @@ def _calibration_task(cpass, bins: Mapping[int, Any], batch: Batch, arrays=None)
 
 def _evaluation_task(spass, metric: str | None, batch: Batch, arrays=None):
     """Worker: one batch's outputs, or its metric pieces."""
+    spass, threads = spass
+    _check_threads(threads)
     names = list(spass.graph.input_names)
     arrays = _feeds(batch, names + ([LABELS] if metric == "accuracy" else []), arrays)
     feeds = {n: arrays[n] for n in names}
@@ -380,7 +405,7 @@ def compute_encodings(sim, data: Any, client: Any = None, *, batch_size: int,
 def _calibrate(sim, client, batches: list[Batch], progress: Progress | None) -> None:
     distributed = _dask()
     cpass = sim._begin_calibration()
-    [cpass_f] = client.scatter([cpass], broadcast=True, hash=False)
+    [cpass_f] = client.scatter([(cpass, _intra_op_threads())], broadcast=True, hash=False)
     histogram = any(q.scheme != "tf" for q in cpass.quantizers.values())
     total = len(batches)
     futures: dict[Any, int] = {}
@@ -486,7 +511,7 @@ def evaluate(sim, data: Any, client: Any = None, *, batch_size: int,
 def _run_all(client, spass, kind: str | None, batches: list[Batch],
              progress: Progress | None) -> list:
     distributed = _dask()
-    [spass_f] = client.scatter([spass], broadcast=True, hash=False)
+    [spass_f] = client.scatter([(spass, _intra_op_threads())], broadcast=True, hash=False)
     futures = {_submit(client, _evaluation_task, spass_f, kind, batch=b, name="eval"): b.index
                for b in batches}
     results: list = [None] * len(batches)

@@ -154,6 +154,13 @@ class _Session:
         return [outputs[n] for n in names]
 
 
+def _used_params_only(graph: Graph) -> Graph:
+    """The graph without the parameters no node reads (the FP32 weights that only fed a
+    parameter quantizer, now folded into ``<param>_qdq``): half the bytes sent to workers."""
+    used = {i for n in graph.nodes for i in n.inputs} | set(graph.output_names)
+    return replace(graph, params={k: v for k, v in graph.params.items() if k in used})
+
+
 def _without_stats(q: TensorQuantizer) -> TensorQuantizer:
     """A copy of the quantizer's settings and encoding, without statistics."""
     q = copy.copy(q)
@@ -172,7 +179,7 @@ class CalibrationPass:
     after the forward in ONNX Runtime's order (``order``: tensor → rank, placement.md §3).
     """
 
-    graph: Graph                               # the model graph (feeds are checked against it)
+    graph: Graph                               # the model's inputs and outputs (to check feeds)
     calib_graph: Graph                         # enabled quantizers only, parameters QDQ'd
     quantizers: Mapping[int, TensorQuantizer]  # qid → quantizer (settings; read only here)
     ties: frozenset                            # qids of quantizers shared by several tensors
@@ -368,10 +375,10 @@ class QuantizationSimModel:
 
     def calibration_pass(self) -> "CalibrationPass":
         """The calibration forward with the current parameter encodings (see CalibrationPass)."""
-        calib_graph = self._executable_graph()
+        calib_graph = _used_params_only(self._executable_graph())
         observed = {n.attrs["qid"] for n in calib_graph.nodes if n.op_type == QDQ_OP}
         return CalibrationPass(
-            graph=self.graph, calib_graph=calib_graph,
+            graph=replace(self.graph, nodes=(), params={}), calib_graph=calib_graph,
             quantizers={qid: _without_stats(self._handles[qid].quantizer) for qid in observed},
             ties=frozenset(h.spec.qid for h in self._handles.values() if len(h.spec.tensors) > 1),
             order={t: i for i, t in enumerate(self.placement.update_order())},
@@ -475,7 +482,7 @@ class QuantizationSimModel:
                                      "first (or load_encodings)")
         key = tuple((h.enabled, id(h.quantizer.encoding)) for h in self._handles.values())
         if self._run_graph is None or self._run_key != key:  # enabled flags or encodings changed
-            run_graph_ = self._executable_graph()
+            run_graph_ = _used_params_only(self._executable_graph())
             used = {n.attrs["qid"] for n in run_graph_.nodes if n.op_type == QDQ_OP}
             self._run_graph = SimulationPass(
                 graph=self.graph, run_graph=run_graph_,

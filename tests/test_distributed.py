@@ -304,3 +304,12 @@ def test_cli_quantize_on_the_cluster_writes_the_same_encodings(client, tmp_path,
     assert main(["quantize", "--quiet", "--scheduler", "tcp://127.0.0.1:9", "--out",
                  str(tmp_path / "x")]) == 2
     assert "cannot reach the Dask scheduler at 'tcp://127.0.0.1:9'" in capsys.readouterr().err
+
+
+def test_a_worker_with_another_core_count_is_refused():
+    # ONNX Runtime's (and qsim's) float32 bits depend on the intra-op thread count for some
+    # GEMM shapes: a worker that would compute other bits says so instead
+    mine = qd._intra_op_threads()
+    qd._check_threads(mine)
+    with pytest.raises(ClusterError, match=f"has {mine} cores but the client has {mine + 1}"):
+        qd._check_threads(mine + 1)
