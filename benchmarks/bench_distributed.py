@@ -18,6 +18,7 @@ import argparse
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,8 @@ def main() -> None:
         task_bytes = _size((qd.Batch(1, str(paths[0]), 8, 16, str(paths[0])),))
         piece_bytes = _size(pieces)
         cpass_bytes = _size(cpass)
-        spass_bytes = _size(one.simulation_pass())
+        spass = one.simulation_pass()
+        spass_bytes = _size(replace(spass, graph=replace(spass.graph, nodes=(), params={})))
         out_bytes = _size(local_out[0])
         fold_sim = make()
         fold_sim._begin_calibration()
@@ -151,7 +153,7 @@ def main() -> None:
           f"{t_eval_one / t_eval_cluster:4.2f}x  outputs identical: {same_out}")
     mib = 2 ** 20
     print(f"  bytes moved: CalibrationPass {cpass_bytes / mib:.1f} MiB and SimulationPass "
-          f"{spass_bytes / mib:.1f} MiB once per worker; per batch: task {task_bytes} B out, "
+          f"{spass_bytes / mib:.1f} MiB (without metric; +FP32 weights for SQNR) once per worker; per batch: task {task_bytes} B out, "
           f"statistics pieces {piece_bytes / 1024:.0f} KiB back (evaluation: outputs "
           f"{out_bytes / 1024:.0f} KiB back); the batch itself {b * 3 * args.size ** 2 * 4 / mib:.2f} "
           f"MiB read by the worker from its shard")
