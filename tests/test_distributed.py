@@ -313,3 +313,13 @@ def test_a_worker_with_another_core_count_is_refused():
     qd._check_threads(mine)
     with pytest.raises(ClusterError, match=f"has {mine} cores but the client has {mine + 1}"):
         qd._check_threads(mine + 1)
+
+
+def test_client_none_runs_on_a_local_cluster_for_the_call(digits, tmp_path):
+    sim = _digits_sim(digits, "tf")
+    batches = [{"input": digits["calib"][i:i + 16]} for i in range(0, 48, 16)]
+    sim.compute_encodings(batches)
+    paths = _write_shards(tmp_path, batches)
+    out = qd.evaluate(sim, paths, None, batch_size=16)
+    np.testing.assert_array_equal(out["logits"],
+                                  np.concatenate([sim.run(b)["logits"] for b in batches]))
