@@ -524,9 +524,17 @@ class HistogramStats:
                                 f"the batch again under the current bins")
         counted = piece.batches > 0
         take = counted & ~self.fixed
-        k = self.batches.astype(np.float64)[counted][:, None]
-        pdf = self.pdf.copy()
-        pdf[counted] = (pdf[counted] * k + piece.pdf[counted]) / (k + 1.0)
+        if counted.all() and not self.batches.any():
+            pdf = piece.pdf     # first batch: (0·0 + p)/(0 + 1) = p exactly; both read-only
+        elif counted.all():     # the usual case: whole arrays, no gather/scatter copies
+            k = self.batches.astype(np.float64)[:, None]
+            pdf = self.pdf * k
+            pdf += piece.pdf
+            pdf /= k + 1.0
+        else:
+            k = self.batches.astype(np.float64)[counted][:, None]
+            pdf = self.pdf.copy()
+            pdf[counted] = (pdf[counted] * k + piece.pdf[counted]) / (k + 1.0)
         return HistogramStats(fixed=_readonly(self.fixed | take),
                               width=_readonly(np.where(take, piece.width, self.width)),
                               k0=_readonly(np.where(take, piece.k0, self.k0)),
