@@ -104,12 +104,25 @@ def _nb_min_max(bits3, mn_bits, mx_bits):
     return nans
 
 
+def _np_keys(a: np.ndarray) -> np.ndarray:
+    """The integer keys of float32 ``a`` (int32 ``u ^ ((u >> 31) & 0x7fffffff)``, an involution)."""
+    u = np.ascontiguousarray(a, np.float32).view(np.int32)
+    return u ^ ((u >> 31) & np.int32(_KEY_MASK))
+
+
 def _np_min_max(x3, mn, mx):
-    """NumPy twin of :func:`_nb_min_max`, on the float32 batch (updates ``mn, mx`` in place)."""
+    """NumPy twin of :func:`_nb_min_max`, on the float32 batch (updates ``mn, mx`` in place).
+
+    Min/max of the integer keys as the kernel takes them, so -0.0 sorts below +0.0 here too."""
     nan = np.isnan(x3)
     if x3.size:
-        np.minimum(mn, np.where(nan, np.float32(np.inf), x3).min(axis=(0, 2)), out=mn)
-        np.maximum(mx, np.where(nan, np.float32(-np.inf), x3).max(axis=(0, 2)), out=mx)
+        k = _np_keys(x3)
+        lo = np.where(nan, np.int32(_KEY_MASK), k).min(axis=(0, 2))
+        hi = np.where(nan, np.int32(-_KEY_MASK - 1), k).max(axis=(0, 2))
+        lo = np.minimum(lo, _np_keys(mn)).astype(np.int32)
+        hi = np.maximum(hi, _np_keys(mx)).astype(np.int32)
+        mn[...] = _np_keys(lo.view(np.float32)).view(np.float32)
+        mx[...] = _np_keys(hi.view(np.float32)).view(np.float32)
     return int(nan.sum())
 
 
@@ -503,12 +516,16 @@ class HistogramStats:
                               nan_count=int(nans))
 
     def stale(self, piece: "HistogramStats") -> np.ndarray:
-        """Channels (bool, (C,)) that ``piece`` counted into other bins than this histogram's:
-        the piece was observed before an earlier batch fixed them. It cannot be folded there;
-        the batch has to be observed again under :attr:`fixed`/:attr:`width`/:attr:`k0`."""
+        """Channels (bool, (C,)) where ``piece`` was not observed under this histogram's bins:
+        the channel has bins here, but the piece counted into other bins (it fixed its own) or
+        did not count at all (its observer had no bins and the batch was all zero there). Such
+        a piece was observed before an earlier batch fixed the bins; it cannot be folded, the
+        batch has to be observed again under :attr:`fixed`/:attr:`width`/:attr:`k0`.
+
+        ``stale = fixed & ~(piece.fixed & same bits of width and k0)``."""
         same = ((self.width.view(np.int64) == piece.width.view(np.int64))
                 & (self.k0.view(np.int64) == piece.k0.view(np.int64)))
-        return (piece.batches > 0) & self.fixed & ~same
+        return self.fixed & ~(piece.fixed & same)
 
     def fold(self, piece: "HistogramStats") -> "HistogramStats":
         """One more batch, given as its piece (:meth:`observe`): a new value.
@@ -520,8 +537,8 @@ class HistogramStats:
         stale = self.stale(piece)
         if stale.any():
             raise EncodingError(f"histogram channels {np.flatnonzero(stale).tolist()} of the piece "
-                                f"were counted into other bins than the statistics' own; observe "
-                                f"the batch again under the current bins")
+                                f"were not observed under the statistics' bins; observe the "
+                                f"batch again under the current bins")
         counted = piece.batches > 0
         take = counted & ~self.fixed
         if counted.all() and not self.batches.any():

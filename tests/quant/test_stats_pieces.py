@@ -79,6 +79,11 @@ def test_a_stale_piece_is_refused():
     assert state.stale(stale).tolist() == [True, False]
     with pytest.raises(EncodingError, match=r"channels \[0\]"):
         state.fold(stale)
+    # all zero where the state has bins: the observer without bins skipped it, the stream counts it
+    zeros = np.zeros((1, 2), np.float32)
+    skipped = HistogramStats.empty(axis=1, channels=2).observe(zeros)
+    assert skipped.batches.tolist() == [0, 0]
+    assert state.stale(skipped).tolist() == [True, True]
 
 
 @SETTINGS
