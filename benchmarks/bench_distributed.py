@@ -103,7 +103,7 @@ def main() -> None:
 
         w = args.workers
         with LocalCluster(n_workers=w, threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+                          dashboard_address=":0") as cluster, Client(cluster) as client:
             warm = make()
             qd.compute_encodings(warm, paths, client, batch_size=b)   # warm-up: imports, Numba
             sim = make()

@@ -370,7 +370,7 @@ def cluster(client: Any = None, *, workers: int | None = None,
                            f"None, got {type(client).__name__}")
     n = workers or os.cpu_count() or 1
     with distributed.LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as lc, distributed.Client(lc) as c:
+                                  dashboard_address=":0") as lc, distributed.Client(lc) as c:
         yield c
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import qsim  # noqa: E402
 import qsim.distributed as qd  # noqa: E402
 from qsim.errors import ClusterError, FeedError  # noqa: E402
 
-from .test_sim_golden import CASES, GOLDEN  # noqa: E402
+from .test_sim_golden import CASES  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -29,7 +28,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 @pytest.fixture(scope="module")
 def client():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
+                                  dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as c:
         yield c
 
