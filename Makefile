@@ -21,7 +21,8 @@ test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 	# The same numerics with Numba off: the NumPy twins must give the same bits (AIMET's included).
 	NUMBA_DISABLE_JIT=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" \
-		tests/quant tests/ops/test_exact_math.py tests/ops/test_exact_gemm.py tests/test_sim_golden.py
+		tests/quant tests/ops/test_exact_math.py tests/ops/test_exact_gemm.py tests/test_sim_golden.py \
+		tests/test_fp32_families.py
 
 bench: setup
 	for f in benchmarks/bench_*.py; do $(BIN)/python $$f || exit 1; done

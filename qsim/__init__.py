@@ -7,7 +7,7 @@
     outputs = sim.run(feeds)                # the simulated model
     sim.export("out", "model")              # model.onnx (FP32) + model.encodings (AIMET 1.0.0)
 """
-from .errors import (ConfigError, EncodingError, ExportError, FeedError, GraphError,
+from .errors import (ClusterError, ConfigError, EncodingError, ExportError, FeedError, GraphError,
                      NotCalibratedError, OpError, QsimError, UnknownOpError)
 from .interpreter import run
 from .ir import Graph, Node, ValueInfo
@@ -26,7 +26,7 @@ _LAZY = {
 __all__ = [
     "Graph", "Node", "ValueInfo", "run", "load_onnx", "to_onnx", *_LAZY,
     "QsimError", "GraphError", "UnknownOpError", "OpError", "FeedError", "ConfigError",
-    "EncodingError", "NotCalibratedError", "ExportError",
+    "EncodingError", "NotCalibratedError", "ExportError", "ClusterError",
 ]
 
 

@@ -240,9 +240,29 @@ def build_sim(args, job: Job):
     if args.scheme == "percentile":
         sim.set_percentile_value(args.percentile)
     batches = batches_of(job.calib, args.batch_size)
+    if getattr(args, "workers", None) or getattr(args, "scheduler", None):
+        _calibrate_on_cluster(args, sim, job.calib, len(batches))
+        return sim, len(batches)
     sim.compute_encodings(progress(batches, quiet=args.quiet, desc="calibrating",
                                    unit_of=lambda b: len(next(iter(b.values())))))
     return sim, len(batches)
+
+
+def _calibrate_on_cluster(args, sim, calib: dict[str, np.ndarray], n_batches: int) -> None:
+    """--workers N (a LocalCluster) or --scheduler ADDRESS: the same batches on Dask, one chunk
+    per batch; the progress bar advances as the batches' futures complete."""
+    try:
+        import dask.array as da
+        from . import distributed as qd
+    except ImportError:
+        raise UserError("--workers/--scheduler need Dask: pip install 'qsim-ref[distributed]'") from None
+    data = {k: da.from_array(v, chunks=(args.batch_size,) + v.shape[1:]) for k, v in calib.items()}
+    bar = progress(range(n_batches), quiet=args.quiet, desc="calibrating", unit="batch")
+    with qd.cluster(args.scheduler, workers=args.workers, timeout=5) as client:
+        qd.compute_encodings(sim, data, client, batch_size=args.batch_size,
+                             progress=lambda done, total: next(bar, None))
+    for _ in bar:
+        pass
 
 
 def _describe_sim(sim, job: Job) -> list[str]:
@@ -434,6 +454,12 @@ def _add_sim_options(p: argparse.ArgumentParser, *, out_default: str) -> None:
     p.add_argument("--out", default=out_default, help=f"output folder (default {out_default})")
     p.add_argument("--no-fold", action="store_true", help="do not fold batch norms first")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                       help="calibrate on a local Dask cluster of N worker processes "
+                            "(needs qsim-ref[distributed])")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="calibrate on an existing Dask cluster, e.g. tcp://host:8786")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show tracebacks on errors")
 

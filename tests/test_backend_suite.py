@@ -27,11 +27,7 @@ TOLERANCE_CASES = {
     "cubic": "cubic Resize: ORT's weight rounding is not reproduced (to ~3 ulp)",
     "reduce_log_sum_exp": "float64 ReduceLogSumExp body: NumPy's float64 exp/log (to 1e-15)",
     "mvn_expanded": "MeanVarianceNormalization body on float32 (Pow/Sqrt chain to 1 ulp)",
-    "attention": "attention bodies: Softmax rows longer than 16 take other bits in ORT's "
-                 "AVX-512 kernel (the kernel-family change covers them)",
     "flexattention_double": "float64 softmax body (NumPy's float64 exp)",
-    "pytorch-converted/test_Softmax": "Softmax rows longer than 16 on an AVX-512 CPU",
-    "pytorch-converted/test_softmax_lastdim": "Softmax rows longer than 16 on an AVX-512 CPU",
 }
 
 #: cases qsim refuses on purpose, with the reason (ORT runs them)

@@ -22,7 +22,7 @@ from ..errors import EncodingError, NotCalibratedError
 from . import analyzers
 from .encoding import Encoding, check_bitwidth
 from .kernels import ROUNDING_MODES, dequantize, params32, quantize, quantize_dequantize
-from .stats import HistogramStats, MinMaxStats
+from .stats import HistogramStats, MinMaxStats, fold
 
 SCHEMES = ("tf", "tf_enhanced", "percentile", "mse", "entropy")
 SCHEME_ALIASES = {"min_max": "tf"}
@@ -103,23 +103,34 @@ class TensorQuantizer:
         return kind.empty(axis=axis, channels=channels)
 
     def update_stats(self, x) -> None:
-        """Fold one float32 batch into the statistics (the batch itself is not kept)."""
+        """Fold one float32 batch into the statistics (the batch itself is not kept):
+        ``fold_stats(observe(x, stats))``, the path a cluster takes too (qsim.distributed)."""
+        self.fold_stats(self.observe(x, self._stats))
+
+    def observe(self, x, stats):
+        """The statistics piece of the float32 batch ``x`` alone, observed after ``stats``
+        (this quantizer's kind of statistics or None); nothing changes. Only the histogram bins
+        of ``stats`` matter (numerics.md §4: the first non-zero batch fixes them)."""
         x = np.asarray(x, dtype=np.float32)
-        if self._stats is None:
-            self._stats = self._new_stats(x.shape)
-        elif self._stats.axis is not None:
+        if stats is None:
+            return self._new_stats(x.shape).observe(x)
+        if stats.axis is not None:
             axis = self._resolve_axis(x.shape)
-            expected = np.atleast_1d(self._stats.min if isinstance(self._stats, MinMaxStats)
-                                     else self._stats.fixed).shape[0]
-            if axis != self._stats.axis or x.shape[axis] != expected:
+            expected = np.atleast_1d(stats.min if isinstance(stats, MinMaxStats)
+                                     else stats.fixed).shape[0]
+            if axis != stats.axis or x.shape[axis] != expected:
                 raise EncodingError(f"{self.name}: batch of shape {x.shape} does not match the "
-                                    f"{expected} channels along axis {self._stats.axis} seen before")
-        before = self._stats.nan_count
-        self._stats = self._stats.update(x)
-        if self._stats.nan_count > before and not self._warned_nan:
+                                    f"{expected} channels along axis {stats.axis} seen before")
+        return stats.observe(x)
+
+    def fold_stats(self, piece) -> None:
+        """Fold one batch's statistics piece (:meth:`observe`) into the statistics; warns once
+        per quantizer when the calibration data held NaN."""
+        self._stats = fold(self._stats, piece)
+        if piece.nan_count and not self._warned_nan:
             self._warned_nan = True
             warnings.warn(f"{self.name}: calibration data contains NaN; NaN values are ignored "
-                          f"(as AIMET does)", RuntimeWarning, stacklevel=2)
+                          f"(as AIMET does)", RuntimeWarning, stacklevel=3)
 
     @property
     def stats(self):
