@@ -39,8 +39,11 @@ def load_onnx(model: Any, *, check: bool = True) -> Graph:
     proto = _read_model(model) if isinstance(model, (str, os.PathLike)) else model
     if not isinstance(proto, onnx.ModelProto):
         raise GraphError(f"load_onnx expects a file path or an onnx.ModelProto, got {type(model).__name__}")
-    _refuse_non_tensors(proto)
-    graph = _graph_from_proto(_expand_functions(proto))
+    _refuse_non_tensors(proto, None)
+    proto = _expand_functions(proto)
+    inferred = _infer_types(proto)
+    _refuse_non_tensors(proto, inferred)
+    graph = _graph_from_proto(proto, inferred)
     graph.validate()
     # Attribute kinds qsim cannot represent (sub-graphs, ...) are reported even without
     # ``check``, in the same error as unsupported ops so the user sees every problem at once.
@@ -128,9 +131,10 @@ def _expand_functions(proto):
     return proto
 
 
-def _refuse_non_tensors(proto) -> None:
+def _refuse_non_tensors(proto, inferred) -> None:
     """Sequence, optional and map values cannot be run: refuse a graph input or output of such
-    a type, or any node reading or writing one (as inferred), naming the tensor."""
+    a type, or (given the ``inferred`` model) any node reading or writing one, naming the
+    tensor."""
     def kind(t) -> str | None:
         for k in ("sequence_type", "optional_type", "map_type", "sparse_tensor_type"):
             if t.HasField(k):
@@ -143,7 +147,8 @@ def _refuse_non_tensors(proto) -> None:
             if kind(v.type):
                 raise GraphError(f"{where} '{v.name}' is a {kind(v.type)}; qsim runs tensors only "
                                  f"(make it a tensor input/output)")
-    inferred = _infer_types(proto)
+    if inferred is None:
+        return
     non_tensor = {v.name: kind(v.type) for v in inferred.graph.value_info if kind(v.type)}
     for n in g.node:
         for name in (*n.input, *n.output):
@@ -250,9 +255,9 @@ def _topological(nodes: list[Node], available: set[str]) -> list[Node]:
     return ordered
 
 
-def _graph_from_proto(proto) -> Graph:
+def _graph_from_proto(proto, inferred=None) -> Graph:
     onnx = _onnx()
-    inferred = _infer_types(proto)
+    inferred = _infer_types(proto) if inferred is None else inferred
     g = proto.graph
     params = {}
     for init in g.initializer:
