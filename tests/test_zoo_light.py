@@ -36,3 +36,25 @@ def test_light_zoo_model_equals_onnxruntime(name):
     assert got.dtype == expected.dtype and got.shape == expected.shape
     np.testing.assert_array_equal(got, expected)
     assert expected.std() > 0  # not a saturated or constant output
+
+
+@pytest.mark.parametrize("opset", [10, 11, 12, 13, 18, 21])
+@pytest.mark.parametrize("name", ["light_squeezenet.onnx", "light_inception_v1.onnx",
+                                  "light_shufflenet.onnx"])
+def test_light_zoo_model_at_other_opsets_equals_onnxruntime(name, opset):
+    """The same models upgraded by onnx's version converter (Softmax before and after 13,
+    Dropout/Clip/Pad/Squeeze/Reduce forms of each opset) still equal ORT bit for bit."""
+    from onnx import version_converter
+    model = version_converter.convert_version(onnx.load(str(LIGHT / name)), opset)
+    assert {i.version for i in model.opset_import if i.domain in ("", "ai.onnx")} == {opset}
+    params = {i.name for i in model.graph.initializer}
+    rng = np.random.default_rng(opset)
+    feeds = {i.name: rng.uniform(0, 1, [d.dim_value or 1 for d in i.type.tensor_type.shape.dim])
+             .astype(np.float32) for i in model.graph.input if i.name not in params}
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    expected = ort.InferenceSession(model.SerializeToString(), options,
+                                    providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = qsim.run(qsim.load_onnx(model), feeds)[model.graph.output[0].name]
+    np.testing.assert_array_equal(got, expected)
