@@ -32,8 +32,6 @@ TOLERANCE_CASES = {
 
 #: cases qsim refuses on purpose, with the reason (ORT runs them)
 REFUSALS = {
-    "test_batchnorm_example_training_mode": "training-mode BatchNormalization (qsim: inference)",
-    "test_batchnorm_epsilon_training_mode": "training-mode BatchNormalization (qsim: inference)",
     "test_resize_tf_crop_and_resize": "Resize tf_crop_and_resize (roi) not implemented",
     "test_resize_tf_crop_and_resize_extrapolation_value": "Resize tf_crop_and_resize",
     "test_resize_tf_crop_and_resize_axes_2_3": "Resize tf_crop_and_resize",

@@ -602,23 +602,29 @@ def _per_channel(v: np.ndarray, name: str, channels: int, ndim: int, dtype) -> n
 def batch_normalization(x, scale, b, input_mean, input_var, *, epsilon=1e-5, momentum=0.9,
                         training_mode=0, spatial=1, is_test=None, consumed_inputs=None,
                         noutputs=1):
-    """Inference batch norm along axis 1:
+    """Batch norm along axis 1:
     ``Y = X · s + (B - mean · s)`` with ``s = (1 / sqrt(var + epsilon)) · scale``, each step
     rounded in X's dtype as ONNX Runtime does.
 
-    Opsets 7-8: ``spatial=0`` gives every element of a sample its own statistics (the
-    parameters have the shape ``X.shape[1:]``). Opsets 1-6: ``is_test`` must be 1 and
-    ``consumed_inputs`` is ignored. Training (``training_mode=1``, ``is_test=0``: batch
-    statistics, running-stat outputs) and the optional statistics outputs are refused."""
-    if training_mode or (is_test is not None and not is_test) or noutputs > 1:
-        raise OpError(f"training-mode batch normalization (training_mode={training_mode}, "
-                      f"is_test={is_test}, {noutputs} outputs) is not supported: qsim runs "
-                      f"inference only (expected training_mode=0 and one output)")
+    Inference uses ``input_mean``/``input_var``. As in ONNX Runtime, the node trains exactly when
+    it declares more than one output (``training_mode=1`` must come with the 3 outputs), see
+    :func:`_batch_statistics`. Opsets 7-8: ``spatial=0`` gives every element of a sample its own
+    statistics (the parameters have the shape ``X.shape[1:]``; inference only). Opsets 1-6:
+    ``is_test`` must be 1 and ``consumed_inputs`` is ignored."""
+    if is_test is not None and not is_test:
+        raise OpError("attribute is_test=0 (training, opsets 1-6) is not supported, expected 1")
+    if training_mode and noutputs != 3:
+        raise OpError(f"attribute training_mode=1 with {noutputs} output(s): training needs the "
+                      f"3 outputs Y, running_mean, running_var (ONNX and ONNX Runtime refuse it "
+                      f"too)")
     if x.ndim < 2:
         raise OpError(f"input X has shape {list(x.shape)}; expected rank >= 2 (N, C, ...)")
     if spatial not in (0, 1):
         raise OpError(f"attribute spatial={spatial}, expected 0 or 1")
     if not spatial:
+        if noutputs > 1:
+            raise OpError("training (several outputs) with spatial=0 is not supported, as in "
+                          "ONNX Runtime")
         params = [np.asarray(v) for v in (scale, b, input_mean, input_var)]
         for name, v in zip(("scale", "B", "input_mean", "input_var"), params):
             if v.shape != x.shape[1:]:
@@ -628,15 +634,53 @@ def batch_normalization(x, scale, b, input_mean, input_var, *, epsilon=1e-5, mom
         y = batch_normalization(x.reshape(x.shape[0], -1, 1), *flat, epsilon=epsilon)
         return y.reshape(x.shape)
     c, dtype = x.shape[1], x.dtype
+    mean_in = _per_channel(input_mean, "input_mean", c, x.ndim, dtype)
     var = _per_channel(input_var, "input_var", c, x.ndim, dtype)
+    if noutputs > 1:
+        if dtype != np.float32:
+            raise OpError(f"training batch normalization needs float32 X, got {dtype}")
+        batch_mean, batch_var = _batch_statistics(x)
+        m = dtype.type(momentum)
+        keep = dtype.type(1.0 - float(m))
+        running_mean = input_mean.astype(dtype) * m + batch_mean * keep
+        running_var = input_var.astype(dtype) * m + batch_var * keep
+        # as ORT: s = sqrt(1 / (var + epsilon)) * scale
+        inv_std = np.sqrt(dtype.type(1) / (batch_var + dtype.type(epsilon)))
+        s = (inv_std * scale.astype(dtype)).reshape((c,) + (1,) * (x.ndim - 2))
+        shift = _per_channel(b, "B", c, x.ndim, dtype) - batch_mean.reshape(s.shape) * s
+        y = x * s
+        y += shift
+        return (y, running_mean, running_var, batch_mean, inv_std)[:noutputs]
     # as ONNX Runtime: s = (1 / sqrt(var + epsilon)) * scale, two roundings (bit for bit)
     inv_std = dtype.type(1) / np.sqrt(var + dtype.type(epsilon))
     s = inv_std * _per_channel(scale, "scale", c, x.ndim, dtype)
-    shift = _per_channel(b, "B", c, x.ndim, dtype) - _per_channel(input_mean, "input_mean", c,
-                                                                    x.ndim, dtype) * s
+    shift = _per_channel(b, "B", c, x.ndim, dtype) - mean_in * s
     y = x * s
     y += shift
     return y
+
+
+def _batch_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and biased variance of float32 X (N, C, ...) as ONNX Runtime's training
+    BatchNormalization: every (n, c) plane summed by Eigen's vectorised redux
+    (:func:`qsim.kernels.mlas_math.eigen_row_sums`, planes at offsets ``(n·C + c)·S``), the plane
+    sums added over n in order from 0, divided by ``float(N·S)``; the variance the same over
+    ``(x - mean)²`` with the packets starting at each plane's first element."""
+    n, c = x.shape[:2]
+    planes = np.ascontiguousarray(x, dtype=np.float32).reshape(n * c, -1)
+    count = np.float32(planes.shape[1] * n)
+
+    def per_channel(sums):
+        total = np.zeros(c, np.float32)
+        for i in range(n):
+            total = total + sums[i * c:(i + 1) * c]
+        return total / count
+
+    mean = per_channel(math_exact.eigen_row_sums(planes))
+    d = planes - np.tile(mean, n)[:, None]
+    # (x - mean).squaredNorm() is an expression without a data pointer: Eigen starts its
+    # packets at its first element (offset 0), not at the plane's first aligned one
+    return mean, per_channel(math_exact.eigen_row_sums(d * d, np.zeros(n * c, np.int64)))
 
 
 @register("InstanceNormalization")

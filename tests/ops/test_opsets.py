@@ -137,17 +137,20 @@ def test_batch_norm_spatial_attribute_at_opset_7(spatial, seed, shape):
                                                                   "epsilon": 1e-3}, opset=7)
 
 
-def test_training_modes_are_refused():
+def test_training_modes_are_refused_or_computed_as_ort():
     x = rand(0, (2, 3, 2))
     c = np.ones(3, np.float32)
-    with pytest.raises(OpError, match="training"):
-        qsim_run_op("BatchNormalization", [x, c, c, c, c], {"training_mode": 1}, opset=15)
-    with pytest.raises(OpError, match="training"):
+    with pytest.raises(OpError, match="is_test=0"):
         qsim_run_op("BatchNormalization", [x, c, c, c, c], {"is_test": 0}, opset=6)
-    with pytest.raises(OpError, match="training"):
-        qsim_run_op("BatchNormalization", [x, c, c, c, c], {}, noutputs=3, opset=15)
     with pytest.raises(OpError, match="is_test=0"):
         qsim_run_op("Dropout", [x], {"is_test": 0}, opset=6)
+    with pytest.raises(OpError, match="training_mode is true"):
+        qsim_run_op("Dropout", [x, None, np.array(True)], opset=13)
+    # training_mode=1 without its 3 outputs: ORT refuses the node, and so does qsim
+    with pytest.raises(Exception, match="should be 3 when Training_mode"):
+        ort_run_op("BatchNormalization", [x, c, c, c, c], {"training_mode": 1}, opset=15)
+    with pytest.raises(OpError, match="training_mode=1 with 1 output"):
+        qsim_run_op("BatchNormalization", [x, c, c, c, c], {"training_mode": 1}, opset=15)
 
 
 @pytest.mark.parametrize("op,opset,attrs,inputs", [
@@ -272,3 +275,23 @@ def test_legacy_broadcast_with_axis(op, fn):
                                   fn(a, b[:1]))
     with pytest.raises(OpError, match="broadcast=0"):
         qsim_run_op(op, [a, b], {"broadcast": 0}, opset=6)
+
+
+# ------------------------------------------------------------------ training BatchNormalization
+
+@pytest.mark.parametrize("opset,noutputs", [(15, 3), (14, 3), (9, 5), (12, 5)])
+@SETTINGS
+@given(seed=seeds, shape=st.lists(st.integers(1, 6), min_size=2, max_size=4),
+       momentum=st.sampled_from([0.9, 0.1, 0.37]))
+def test_batch_norm_training_outputs_as_ort(opset, noutputs, seed, shape, momentum):
+    """ORT trains exactly when the node has more than one output: batch statistics, running
+    mean/var (and at opsets < 14 the saved mean and inverse std), bit for bit."""
+    x = rand(seed, shape, -3, 5)
+    c = shape[1]
+    scale, b, mean = (rand(seed + i, (c,)) for i in (1, 2, 3))
+    var = rand(seed + 4, (c,), 0.1, 2.0)
+    attrs = {"epsilon": 1e-3, "momentum": momentum}
+    if opset >= 14:
+        attrs["training_mode"] = 1
+    assert_exact("BatchNormalization", [x, scale, b, mean, var], attrs, opset=opset,
+                 noutputs=noutputs)
