@@ -2,7 +2,7 @@
 LpNormalization, MeanVarianceNormalization.
 
 GroupNormalization is ONNX's function body made of qsim's exact ops (as ONNX Runtime runs it:
-bit for bit). The others compute their statistics in float64 and round the result to X's dtype:
+bit for bit) and LpNormalization follows ORT's kernel bit for bit. The others compute their statistics in float64 and round the result to X's dtype:
 equal to ONNX Runtime's float32 kernels within rounding (a few ulp); the tests say the
 tolerance."""
 from __future__ import annotations
@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import OpError
 from .registry import register
+from ..kernels import mlas_math as math_exact
 from .elementwise import add, div, mul, sqrt, sub
 from .tensor import _axes, _axis, reduce_mean
 
@@ -80,17 +81,28 @@ def group_normalization(x, scale, b, *, epsilon=1e-5, num_groups=None, stash_typ
 
 @register("LpNormalization")
 def lp_normalization(x, *, axis=-1, p=2):
-    """``Y = X / ||X||_p`` along ``axis`` (p = 1: sum of |X|, p = 2: Euclidean norm); a zero
-    norm gives 0."""
+    """``Y = X / ||X||_p`` along ``axis`` (p = 1: sum of |X|, p = 2: Euclidean norm). float32 as
+    ONNX Runtime: the norm's sum runs left to right in float32 (``sqrt`` of the sum of ``x·x``
+    for p = 2) and a zero vector stays zero; other dtypes in float64."""
     if p not in (1, 2):
         raise OpError(f"attribute p={p!r}, expected 1 or 2")
     axis = _axis("LpNormalization", "axis", axis, x.ndim)
+    if x.dtype == np.float32 and x.size:
+        rows = np.moveaxis(x, axis, -1)
+        flat = rows.reshape(-1, rows.shape[-1])
+        terms = np.abs(flat) if p == 1 else flat * flat
+        norm = math_exact.sequential_sums(terms)
+        if p == 2:
+            norm = np.sqrt(norm)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            y = np.where(norm[:, None] == 0, np.float32(0), flat / norm[:, None])
+        return np.ascontiguousarray(np.moveaxis(y.reshape(rows.shape), -1, axis))
     x64 = x.astype(np.float64)
     norm = (np.abs(x64).sum(axis=axis, keepdims=True) if p == 1
             else np.sqrt(np.square(x64).sum(axis=axis, keepdims=True)))
     with np.errstate(invalid="ignore", divide="ignore"):
-        y = np.where(norm == 0, 0.0, x64 / norm)
-    return y.astype(x.dtype)
+        return np.where(norm == 0, 0.0, x64 / norm).astype(x.dtype)
+
 
 @register("MeanVarianceNormalization")
 def mean_variance_normalization(x, *, axes=(0, 2, 3)):
