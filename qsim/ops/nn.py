@@ -1004,7 +1004,7 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
         raise OpError(f"attribute coordinate_transformation_mode="
                       f"'{coordinate_transformation_mode}' is not supported (expected one of "
                       f"{list(COORDINATE_MODES)})")
-    if nearest_mode not in NEAREST_MODES and nearest_mode != "simple":
+    if nearest_mode is not _SIMPLE_NEAREST and nearest_mode not in NEAREST_MODES:
         raise OpError(f"attribute nearest_mode='{nearest_mode}' is not one of "
                       f"{list(NEAREST_MODES)}")
     if keep_aspect_ratio_policy not in ASPECT_POLICIES:
@@ -1035,7 +1035,7 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
             raise OpError(f"cannot resize axis {axis} from {n_in} to {n_out} elements")
         coords = _source_coordinates(n_out, n_in, s, coordinate_transformation_mode)
         if mode == "nearest":
-            if nearest_mode == "simple":   # opsets 7-10 (Upsample, Resize-10)
+            if nearest_mode is _SIMPLE_NEAREST:   # opsets 7-10 (Upsample, Resize-10)
                 axis_mode = "ceil" if s < 1 else "floor"
             else:
                 axis_mode = nearest_mode
@@ -1045,6 +1045,10 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
         else:
             y = _cubic_along(y, axis, coords, cubic_coeff_a, bool(exclude_outside))
     return y
+
+
+#: ONNX Runtime's nearest rounding before opset 11 (not an attribute value a model can give)
+_SIMPLE_NEAREST = object()
 
 
 def _resize_v10(x, scales, *, mode):
@@ -1061,7 +1065,7 @@ def _resize_v10(x, scales, *, mode):
         raise OpError(f"scales={scales.tolist()} has {scales.size} values, expected {x.ndim} "
                       f"(one per axis of X {list(x.shape)})")
     return resize(x, None, scales, coordinate_transformation_mode="asymmetric", mode=mode,
-                  nearest_mode="simple")
+                  nearest_mode=_SIMPLE_NEAREST)
 
 
 @register("Upsample")
