@@ -119,7 +119,8 @@ def elu(x, alpha: float, threads: int = DEFAULT_THREADS) -> np.ndarray:
     x = np.asarray(x, F32)
     flat = x.ravel()
     e = _exp_parts(flat, scalar_positions(flat.size, COSTS["Elu"], threads))
-    neg = (F32(alpha) * (e - _ONE).astype(F32)).astype(F32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        neg = (F32(alpha) * (e - _ONE).astype(F32)).astype(F32)
     return np.where(flat >= 0, flat, neg).astype(F32).reshape(x.shape)
 
 
@@ -129,8 +130,10 @@ def selu(x, alpha: float, gamma: float, threads: int = DEFAULT_THREADS) -> np.nd
     flat = x.ravel()
     e = _exp_parts(flat, scalar_positions(flat.size, COSTS["Selu"], threads))
     ga = F32(F32(gamma) * F32(alpha))
-    neg = (ga * (e - _ONE).astype(F32)).astype(F32)
-    return np.where(flat > 0, (F32(gamma) * flat).astype(F32), neg).astype(F32).reshape(x.shape)
+    with np.errstate(over="ignore", invalid="ignore"):  # inf inputs: inf / NaN, as in ORT
+        neg = (ga * (e - _ONE).astype(F32)).astype(F32)
+        pos = (F32(gamma) * flat).astype(F32)
+    return np.where(flat > 0, pos, neg).astype(F32).reshape(x.shape)
 
 
 def celu(x, alpha: float, threads: int = DEFAULT_THREADS) -> np.ndarray:
@@ -138,8 +141,10 @@ def celu(x, alpha: float, threads: int = DEFAULT_THREADS) -> np.ndarray:
     x = np.asarray(x, F32)
     flat = x.ravel()
     a = F32(alpha)
-    e = _exp_parts((flat / a).astype(F32), scalar_positions(flat.size, COSTS["Celu"], threads))
-    neg = np.minimum((a * (e - _ONE).astype(F32)).astype(F32), F32(0))
+    with np.errstate(over="ignore", invalid="ignore"):
+        e = _exp_parts((flat / a).astype(F32), scalar_positions(flat.size, COSTS["Celu"],
+                                                                threads))
+        neg = np.minimum((a * (e - _ONE).astype(F32)).astype(F32), F32(0))
     return (np.maximum(flat, F32(0)) + neg).astype(F32).reshape(x.shape)
 
 
