@@ -987,7 +987,9 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
     ``exclude_outside``), samples past the border repeating the edge.
 
     As in ONNX Runtime, ``Y = X`` when the output shape equals the input shape (even if a
-    scale ≠ 1 rounds back to the same size), and an axis with scale 1 is copied unchanged.
+    scale ≠ 1 rounds back to the same size), and an axis with scale 1 is copied unchanged;
+    cubic interpolates along the last axis first (ORT's order: bit for bit without
+    exclude_outside).
 
     Not supported (OpError): antialias, tf_crop_and_resize (the only mode using ``roi``).
     ``roi`` is otherwise ignored, as ONNX specifies.
@@ -1028,7 +1030,10 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
                   for n_in, n_out, s in zip(x.shape[-2:], out[-2:], scale[-2:])]
         return math_exact.bilinear(x, *coords)
     y = x
-    for axis, (n_in, n_out, s) in enumerate(zip(x.shape, out, scale)):
+    order = list(enumerate(zip(x.shape, out, scale)))
+    if mode == "cubic":   # ORT's bicubic interpolates along the last axis first
+        order.reverse()
+    for axis, (n_in, n_out, s) in order:
         if n_in == n_out and s == 1:
             continue
         if n_in == 0 or n_out == 0:

@@ -295,3 +295,19 @@ def test_batch_norm_training_outputs_as_ort(opset, noutputs, seed, shape, moment
         attrs["training_mode"] = 1
     assert_exact("BatchNormalization", [x, scale, b, mean, var], attrs, opset=opset,
                  noutputs=noutputs)
+
+
+# ------------------------------------------------------------------ cubic Resize
+
+@pytest.mark.parametrize("mode", ["half_pixel", "align_corners", "asymmetric",
+                                  "pytorch_half_pixel"])
+@SETTINGS
+@given(seed=seeds, hw=st.tuples(st.integers(2, 6), st.integers(2, 6)),
+       scales=st.tuples(st.sampled_from([0.5, 0.8, 1.5, 2.0, 3.0]),
+                        st.sampled_from([0.6, 1.0, 1.7, 2.0])))
+def test_cubic_resize_bit_exact(mode, seed, hw, scales):
+    """ORT's bicubic interpolates along W first, then H: the same order gives its bits."""
+    x = rand(seed, (1, 2) + hw)
+    assert_exact("Resize", [x, np.zeros(0, np.float32), np.array((1, 1) + scales, np.float32)],
+                 {"mode": "cubic", "coordinate_transformation_mode": mode}, opset=13,
+                 initializers=(1, 2))
