@@ -33,10 +33,6 @@ TOLERANCE_CASES = {
 
 #: cases qsim refuses on purpose, with the reason (ORT runs them)
 REFUSALS = {
-    "test_resize_tf_crop_and_resize": "Resize tf_crop_and_resize (roi) not implemented",
-    "test_resize_tf_crop_and_resize_extrapolation_value": "Resize tf_crop_and_resize",
-    "test_resize_tf_crop_and_resize_axes_2_3": "Resize tf_crop_and_resize",
-    "test_resize_tf_crop_and_resize_axes_3_2": "Resize tf_crop_and_resize",
     "test_resize_downsample_scales_linear_antialias": "Resize antialias not implemented",
     "test_resize_downsample_sizes_linear_antialias": "Resize antialias not implemented",
     "test_resize_downsample_scales_cubic_antialias": "Resize antialias not implemented",

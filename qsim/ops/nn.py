@@ -991,8 +991,8 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
     cubic interpolates along the last axis first (ORT's order: bit for bit without
     exclude_outside).
 
-    Not supported (OpError): antialias, tf_crop_and_resize (the only mode using ``roi``).
-    ``roi`` is otherwise ignored, as ONNX specifies.
+    tf_crop_and_resize (the only mode using ``roi``): see :func:`_tf_crop_and_resize`; ``roi``
+    is otherwise ignored, as ONNX specifies. Not supported (OpError): antialias.
 
     Opset 10 (inputs X, scales; only ``mode``) is computed as ONNX Runtime does: asymmetric
     coordinates, nearest index ``trunc(c)`` when an axis grows and ``ceil(c)`` when it shrinks.
@@ -1002,6 +1002,10 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
     if mode not in RESIZE_MODES:
         raise OpError(f"attribute mode='{mode}' is not supported (expected one of "
                       f"{list(RESIZE_MODES)})")
+    if coordinate_transformation_mode == "tf_crop_and_resize":
+        return _tf_crop_and_resize(x, roi, scales, sizes, axes=axes, mode=mode,
+                                   extrapolation_value=extrapolation_value,
+                                   nearest_mode=nearest_mode, policy=keep_aspect_ratio_policy)
     if coordinate_transformation_mode not in COORDINATE_MODES:
         raise OpError(f"attribute coordinate_transformation_mode="
                       f"'{coordinate_transformation_mode}' is not supported (expected one of "
@@ -1085,3 +1089,62 @@ def upsample(x, scales_input=None, *, mode="nearest", scales=None, opset=9):
     if np.any(given < 1):
         raise OpError(f"scales={given.tolist()} must be >= 1 (Upsample only enlarges)")
     return _resize_v10(x, given, mode=mode)
+
+
+def _tf_crop_and_resize(x, roi, scales, sizes, *, axes, mode, extrapolation_value, nearest_mode,
+                        policy):
+    """Resize with coordinate_transformation_mode='tf_crop_and_resize' (nearest or linear), as
+    ONNX Runtime computes it: on an axis with ``roi = (start, end)`` the source coordinate of
+    output ``o`` is ``start·(n_in - 1) + (o·(end - start))·(n_in - 1) / (n_out - 1)`` in float32
+    (``0.5·float32(start + end)·(n_in - 1)`` in float64 when ``n_out == 1``); outputs whose coordinate falls outside
+    ``[0, n_in - 1]`` on any resized axis take ``extrapolation_value``. An axis whose scale is 1
+    is copied unchanged (its roi unused), as in ORT. Linear 2-D/4-D uses ORT's bilinear kernel
+    on the clamped coordinates."""
+    if mode not in ("nearest", "linear"):
+        raise OpError(f"coordinate_transformation_mode='tf_crop_and_resize' with mode='{mode}' "
+                      f"is not supported (expected 'nearest' or 'linear')")
+    if x.dtype.kind != "f":
+        raise OpError(f"tf_crop_and_resize needs a floating-point X, got {x.dtype}")
+    scale, out = _resize_targets(x.shape, scales, sizes, axes, policy)
+    rank = x.ndim
+    axes_list = list(range(rank)) if axes is None else [int(a) % rank for a in axes]
+    bounds = np.asarray(roi, dtype=np.float32).reshape(-1) if roi is not None else None
+    if bounds is None or bounds.size != 2 * len(axes_list):
+        raise OpError(f"tf_crop_and_resize needs input roi with {2 * len(axes_list)} values "
+                      f"(starts then ends of the axes {axes_list}), got "
+                      f"{None if bounds is None else bounds.tolist()}")
+    f = np.float32
+    starts = {a: bounds[i] for i, a in enumerate(axes_list)}
+    ends = {a: bounds[i + len(axes_list)] for i, a in enumerate(axes_list)}
+    coords, outside = [], np.zeros(tuple(out), dtype=bool)
+    for a, (n_in, n_out) in enumerate(zip(x.shape, out)):
+        if a not in starts or scale[a] == 1:   # ORT copies an axis of scale 1 (roi unused)
+            coords.append(np.arange(n_out, dtype=np.float32))
+            continue
+        lo, hi = starts[a], ends[a]
+        o = np.arange(n_out, dtype=np.float32)
+        if n_out > 1:
+            c = lo * f(n_in - 1) + (o * (hi - lo) * f(n_in - 1)) / f(n_out - 1)
+        else:
+            c = np.full(n_out, 0.5 * float(f(lo + hi)) * (n_in - 1), dtype=np.float32)
+        c = c.astype(np.float32)
+        bad = (c < 0) | (c > f(n_in - 1))
+        shape = [1] * rank
+        shape[a] = n_out
+        outside |= bad.reshape(shape)
+        coords.append(c)
+    if mode == "linear" and rank in (2, 4) and all(
+            x.shape[i] == out[i] and np.array_equal(coords[i], np.arange(out[i]))
+            for i in range(rank - 2)):
+        clamped = [np.clip(c, f(0), f(n - 1)) for c, n in zip(coords[-2:], x.shape[-2:])]
+        y = math_exact.bilinear(x, *clamped)
+    else:
+        y = x
+        for a, (c, n_in) in enumerate(zip(coords, x.shape)):
+            if a not in starts or scale[a] == 1:
+                continue
+            if mode == "nearest":
+                y = np.take(y, _nearest_indices(c, n_in, nearest_mode), axis=a)
+            else:
+                y = _linear_along(y, a, c)
+    return np.where(outside, x.dtype.type(extrapolation_value), y).astype(x.dtype)

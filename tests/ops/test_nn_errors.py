@@ -131,7 +131,7 @@ EMPTY = np.zeros(0, np.float32)
     (dict(exclude_outside=1), [EMPTY, np.ones(4, np.float32)],
      r"exclude_outside=1 only applies to mode 'cubic'"),
     (dict(coordinate_transformation_mode="tf_crop_and_resize"), [EMPTY, np.ones(4, np.float32)],
-     r"coordinate_transformation_mode='tf_crop_and_resize' is not supported"),
+     r"tf_crop_and_resize needs input roi with 8 values"),
     (dict(nearest_mode="round"), [EMPTY, np.ones(4, np.float32)], r"nearest_mode='round'"),
     (dict(antialias=1, mode="linear"), [EMPTY, np.ones(4, np.float32)], r"antialias=1"),
     (dict(), [EMPTY, EMPTY], r"exactly one of the inputs 'scales' and 'sizes'"),

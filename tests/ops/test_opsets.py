@@ -311,3 +311,17 @@ def test_cubic_resize_bit_exact(mode, seed, hw, scales):
     assert_exact("Resize", [x, np.zeros(0, np.float32), np.array((1, 1) + scales, np.float32)],
                  {"mode": "cubic", "coordinate_transformation_mode": mode}, opset=13,
                  initializers=(1, 2))
+
+
+@pytest.mark.parametrize("mode", ["nearest", "linear"])
+@SETTINGS
+@given(seed=seeds, hw=st.tuples(st.integers(2, 6), st.integers(2, 6)),
+       out=st.tuples(st.integers(1, 7), st.integers(1, 7)),
+       roi=st.lists(st.floats(-0.25, 1.25, width=32), min_size=4, max_size=4))
+def test_tf_crop_and_resize_bit_exact(mode, seed, hw, out, roi):
+    x = rand(seed, (1, 2) + hw)
+    roi_all = np.array([0, 0, roi[0], roi[1], 1, 1, roi[2], roi[3]], np.float32)
+    sizes = np.array((1, 2) + out, np.int64)
+    assert_exact("Resize", [x, roi_all, np.zeros(0, np.float32), sizes],
+                 {"mode": mode, "coordinate_transformation_mode": "tf_crop_and_resize",
+                  "extrapolation_value": -7.5}, opset=13, initializers=(1, 2, 3))
