@@ -11,6 +11,8 @@ Hierarchy::
     ├── EncodingError       invalid bitwidth / axis / encoding values
     ├── NotCalibratedError  run/export before compute_encodings
     └── ExportError         encodings files that cannot be written or read
+
+    NonFiniteWarning        (a RuntimeWarning) a quantizer's calibration data held ±Inf or only NaN
 """
 from __future__ import annotations
 
@@ -56,3 +58,8 @@ class NotCalibratedError(QsimError):
 
 class ExportError(QsimError):
     """An encodings file or model could not be written or read."""
+
+
+class NonFiniteWarning(RuntimeWarning):
+    """A quantizer's calibration data held ±Inf, or only NaN: its encoding is not meaningful
+    (the message names the quantizer's tensor); such an encoding is never exported."""

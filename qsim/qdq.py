@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ExportError
-from .export import bias_entries, exported_encodings, v2_signed, write_atomic
+from .export import bias_entries, check_scales, exported_encodings, v2_signed, write_atomic
 from .ir import Graph, Node
 from .quant import Encoding, onnx_zero_point
 
@@ -164,6 +164,8 @@ def qdq_model(sim, *, quantize_bias: bool = True, opset: int | None = None) -> A
     pairs and the int32 bias DequantizeLinear nodes first); readers are rewired to ``T_dq``.
     """
     pairs, biases = _qdq_plan(sim, quantize_bias)
+    check_scales({"encodings": [{"name": t, "y_scale": np.ravel(enc.delta).tolist()} for t, enc, _ in pairs]
+                  + list(biases.values())})
     need = max([qdq_type(enc, signed, t)[1] for t, enc, signed in pairs], default=13)
     model = _base_model(sim, need, opset)
     g = model.graph
