@@ -399,7 +399,10 @@ def document_v2(graph: Graph, exported: list[Exported], producer: Mapping | None
 
 def document(exported: list[Exported], version: str, *, quantizer_args: Mapping | None = None,
              producer: Mapping | None = None, graph: Graph | None = None) -> dict:
-    """The encodings document of ``exported`` in format ``version`` (2.0.0 needs ``graph``)."""
+    """The encodings document of ``exported`` in format ``version`` (2.0.0 needs ``graph``);
+    ExportError first if a scale is NaN, infinite or ≤ 0 (:func:`check_scales`)."""
+    check_scales({"encodings": [{"name": e.name, "y_scale": _values(e.encoding.delta)}
+                                for e in exported]})
     head = {"producer": dict(producer or PRODUCER)}
     if version == "1.0.0":
         return {"activation_encodings": [entry_v1(e.name, e.encoding) for e in exported

@@ -115,9 +115,13 @@ def _qdq_plan(sim, quantize_bias: bool):
     """``[(tensor, encoding, signed)]`` for QDQ pairs and ``{bias: 2.0.0 int32 entry}``."""
     exported = list(exported_encodings(sim))
     pairs = [(e.name, e.encoding, v2_signed(e.encoding, e.is_param)) for e in exported]
+    # no Q/DQ pair with a NaN, infinite or non-positive scale (README "Non-finite data")
+    check_scales({"encodings": [{"name": t, "y_scale": np.ravel(enc.delta).tolist()}
+                                for t, enc, _ in pairs]})
     biases = {}
     if quantize_bias:
         biases = {b["name"]: b for b in bias_entries(sim.graph, exported).values()}
+        check_scales({"encodings": list(biases.values())})
     return pairs, biases
 
 
@@ -164,8 +168,6 @@ def qdq_model(sim, *, quantize_bias: bool = True, opset: int | None = None) -> A
     pairs and the int32 bias DequantizeLinear nodes first); readers are rewired to ``T_dq``.
     """
     pairs, biases = _qdq_plan(sim, quantize_bias)
-    check_scales({"encodings": [{"name": t, "y_scale": np.ravel(enc.delta).tolist()} for t, enc, _ in pairs]
-                  + list(biases.values())})
     need = max([qdq_type(enc, signed, t)[1] for t, enc, signed in pairs], default=13)
     model = _base_model(sim, need, opset)
     g = model.graph
