@@ -324,7 +324,7 @@ def load_model(path: Path):
     return graph
 
 
-def _check_options(args, *, with_eval: bool) -> None:
+def _check_options(args) -> None:
     """Options that only make sense together: one-line UserErrors before any work."""
     if args.model is None:
         given = [opt for opt, value in (("--calib", args.calib),
@@ -356,7 +356,7 @@ def load_job(args, *, with_eval: bool, note: Callable[[str], None]) -> Job:
     """Check the files of the command line and load model, calibration (and evaluation) data."""
     from .transforms import fold_batch_norms
 
-    _check_options(args, with_eval=with_eval)
+    _check_options(args)
     bundled = args.model is None
     eval_data = labels = None
     if bundled:

@@ -260,6 +260,24 @@ def test_static_batch_model_is_calibrated_in_batches_of_its_size(capsys, tmp_pat
     assert written["activation_encodings"] == encodings_document(sim)["activation_encodings"]
 
 
+def test_static_batch_model_in_analyze_with_labels(capsys, tmp_path):
+    gemm_model(tmp_path / "s.onnx", 4)
+    x = data(26)
+    labels = np.arange(26) % 5
+    np.savez(tmp_path / "calib.npz", x=x)
+    np.save(tmp_path / "labels.npy", labels)
+    code, out, err = run_cli(capsys, "analyze", tmp_path / "s.onnx", "--calib",
+                             tmp_path / "calib.npz", "--labels", tmp_path / "labels.npy",
+                             "--out", tmp_path / "rep", "--quiet")
+    assert code == 0, err
+    doc = json.loads((tmp_path / "rep" / "analysis.json").read_text())
+    # FP32 accuracy on the 24 samples that fit, from ONNX Runtime
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(tmp_path / "s.onnx"), providers=["CPUExecutionProvider"])
+    logits = np.concatenate([sess.run(None, {"x": x[i:i + 4]})[0] for i in range(0, 24, 4)])
+    assert doc["fp32"] == pytest.approx(100 * np.mean(logits.argmax(1) == labels[:24]))
+
+
 def test_static_batch_larger_than_the_data(capsys, tmp_path):
     gemm_model(tmp_path / "s.onnx", 40)
     np.savez(tmp_path / "calib.npz", x=data(26))
