@@ -429,11 +429,12 @@ def nonfinite_error(sim, allow: bool, note: Callable[[str], None]) -> None:
                     f"non-positive scales)")
 
 
-def build_sim(args, job: Job):
+def build_sim(args, job: Job, note: Callable[[str], None]):
     """The QuantizationSimModel of the command-line options, calibrated with a progress bar.
 
-    Warnings of the calibration (NaN ignored, non-finite data) are collected: the caller
-    reports them through :func:`nonfinite_error`, once."""
+    Warnings of the calibration are collected: quantizers whose data mixed NaN with finite
+    values (ignored, as AIMET does) get one note here; ±Inf and only-NaN ones are the caller's
+    (:func:`nonfinite_error`)."""
     import qsim
     sim = qsim.QuantizationSimModel(job.graph, quant_scheme=args.scheme,
                                     param_type=f"int{args.param_bw}",
@@ -443,10 +444,15 @@ def build_sim(args, job: Job):
     if args.scheme == "percentile":
         sim.set_percentile_value(99.9 if args.percentile is None else args.percentile)
     batches = batches_of(job.calib, job.batch)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
         sim.compute_encodings(progress(batches, quiet=args.quiet, desc="calibrating",
                                        unit_of=lambda b: len(next(iter(b.values())))))
+    ignored = [str(w.message).split(":")[0].removeprefix("quantizer of ") for w in caught
+               if w.category is RuntimeWarning and "NaN values are ignored" in str(w.message)]
+    if ignored:
+        note(f"the calibration data of {len(ignored)} quantizer(s) held NaN, ignored as AIMET "
+             f"does: {', '.join(ignored[:8])}{' …' if len(ignored) > 8 else ''}")
     return sim, len(batches)
 
 
@@ -500,7 +506,7 @@ def cmd_quantize(args) -> int:
     check_not_inputs(targets, _input_files(args, job))
     _check_out_dir(out_dir)
     t0 = time.perf_counter()
-    sim, n_batches = build_sim(args, job)
+    sim, n_batches = build_sim(args, job, note)
     t_calib = time.perf_counter() - t0
     nonfinite_error(sim, args.allow_nonfinite, note)
     # everything that can refuse (bad scales, QDQ types), before the first file is written
@@ -573,7 +579,7 @@ def cmd_analyze(args) -> int:
     out_dir = Path(args.out)
     check_not_inside(out_dir, _input_files(args, job))
     check_report_folder(out_dir)
-    sim, _ = build_sim(args, job)
+    sim, _ = build_sim(args, job, note)
     nonfinite_error(sim, args.allow_nonfinite, note)
 
     def bar(items, desc):

@@ -176,6 +176,19 @@ def test_strict_json_never_holds_a_nan_token():
 
 # ---------------------------------------------------------------- 1. non-finite data (CLI)
 
+def test_cli_notes_nan_mixed_with_finite_data_and_goes_on(capsys, work):
+    x = data()
+    x[::5, 1] = np.nan
+    np.savez(work / "somenan.npz", x=x)
+    code, out, err = run_cli(capsys, "quantize", work / "m.onnx", "--calib", work / "somenan.npz",
+                             "--out", work / "out", "--quiet")
+    assert code == 0, err
+    assert err.strip().splitlines() == ["qsim quantize: note: the calibration data of 2 "
+                                        "quantizer(s) held NaN, ignored as AIMET does: 'x', 'y'"]
+    scales = all_scales(json.loads((work / "out" / "m.encodings").read_text()))
+    assert all(np.isfinite(s) and s > 0 for s in scales)
+
+
 def test_cli_refuses_inf_data_naming_the_quantizers(capsys, work):
     line = user_error(capsys, "quantize", work / "m.onnx", "--calib", work / "inf.npz", "--out",
                       work / "out", "--quiet", match="non-finite calibration data")
