@@ -86,7 +86,14 @@ def clipped_count(x: np.ndarray, enc) -> int:
 
 
 def accuracy_percent(logits: np.ndarray, labels: np.ndarray) -> float:
-    """``100 · mean(argmax(logits, axis=1) == labels)``."""
+    """``100 · mean(argmax(logits, axis=1) == labels)``; FeedError if a label is not a class
+    index ``0 ≤ label < logits.shape[1]`` (it could never match)."""
+    labels = np.asarray(labels)
+    classes = logits.shape[1] if np.ndim(logits) >= 2 else 0
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        bad = labels.min() if labels.min() < 0 else labels.max()
+        raise FeedError(f"label {bad} is not a class of the model's output (shape "
+                        f"{list(np.shape(logits))}: classes 0..{classes - 1} along axis 1)")
     return float(np.mean(np.argmax(logits, axis=1) == labels) * 100.0)
 
 

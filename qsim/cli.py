@@ -340,11 +340,12 @@ def _check_options(args) -> None:
 
 
 def _check_labels(graph, labels: np.ndarray, path: str) -> None:
-    """Labels must be class indices of the first output: 0 ≤ label < its (fixed) last
-    dimension."""
+    """Labels must be class indices of the first output: 0 ≤ label < its dimension 1 (the axis
+    accuracy takes the argmax over) when that is fixed; :func:`qsim.analyze.accuracy_percent`
+    checks again on the logits."""
     lo, hi = int(labels.min(initial=0)), int(labels.max(initial=0))
     shape = graph.outputs[0].shape if graph.outputs else None
-    classes = shape[-1] if shape and isinstance(shape[-1], int) else None
+    classes = shape[1] if shape and len(shape) >= 2 and isinstance(shape[1], int) else None
     if lo < 0 or (classes is not None and hi >= classes):
         bad = lo if lo < 0 else hi
         top = f"{classes - 1}" if classes is not None else "the number of classes - 1"

@@ -397,6 +397,19 @@ def test_out_of_range_labels(capsys, work, bad):
                match=f"holds label {bad}, but the model's output 'y' has classes 0..4")
 
 
+def test_out_of_range_labels_with_a_dynamic_class_axis(capsys, tmp_path):
+    gemm_model(tmp_path / "m.onnx", "N")
+    model = onnx.load(str(tmp_path / "m.onnx"))           # output [N, C]: C not fixed
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "C"
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    np.savez(tmp_path / "calib.npz", x=data())
+    np.save(tmp_path / "labels.npy", np.full(26, 7))
+    user_error(capsys, "analyze", tmp_path / "m.onnx", "--calib", tmp_path / "calib.npz",
+               "--labels", tmp_path / "labels.npy", "--out", tmp_path / "rep", "--quiet",
+               match="label 7 is not a class of the model's output (shape [26, 5]: classes 0..4 along axis 1)")
+    assert not (tmp_path / "rep").exists()
+
+
 # ---------------------------------------------------------------- 9. the smaller ones
 
 @pytest.mark.parametrize("option", ["--calib", "--eval", "--labels"])
