@@ -30,6 +30,8 @@ from .errors import QsimError
 EXAMPLES = Path(__file__).resolve().parent / "data"   # package data: also in an installed wheel
 BUNDLED_MODEL = EXAMPLES / "digits_cnn.onnx"
 BUNDLED_DATA = EXAMPLES / "digits.npz"
+#: the oldest default-domain opset ONNX Runtime runs (its compatibility notes: ONNX 1.2.1, opset 7)
+OLDEST_OPSET = 7
 #: bitwidths the command line accepts (--param-bw, --act-bw)
 MIN_BW, MAX_BW = 2, 16
 
@@ -304,8 +306,8 @@ class Job:
 def load_model(path: Path):
     """The ONNX model at ``path`` as a Graph, or a UserError naming what is wrong with it.
 
-    Refused: a folder, an empty file, a file without a graph, an opset newer than the installed
-    ONNX package defines."""
+    Refused: a folder, an empty file, a file without a graph, an opset older than ONNX Runtime
+    supports or newer than the installed ONNX package defines."""
     import qsim
     _check_file(path, "model file")
     graph = qsim.load_onnx(path)
@@ -317,6 +319,10 @@ def load_model(path: Path):
         newest = onnx.defs.onnx_opset_version()
     except ImportError:  # pragma: no cover - load_onnx needs onnx
         newest = None
+    if graph.opset < OLDEST_OPSET:
+        raise UserError(f"model file '{path}' declares ONNX opset {graph.opset}; ONNX Runtime, "
+                        f"which AIMET runs, supports opset {OLDEST_OPSET} and newer: convert it "
+                        f"with onnx.version_converter")
     if newest is not None and graph.opset > newest:
         raise UserError(f"model file '{path}' declares ONNX opset {graph.opset}, but the newest "
                         f"opset ONNX defines (onnx {onnx.__version__}) is {newest}; give a model "

@@ -496,6 +496,13 @@ def test_inspect_into_a_closed_pipe_is_quiet():
     assert err == "", err
 
 
+def test_an_opset_older_than_onnx_runtime_runs(capsys, work):
+    gemm_model(work / "op6.onnx", "N", opset=6)
+    user_error(capsys, "inspect", work / "op6.onnx",
+               match="declares ONNX opset 6; ONNX Runtime, which AIMET runs, supports opset 7 "
+                     "and newer")
+
+
 def test_an_opset_onnx_does_not_define(capsys, work):
     gemm_model(work / "op99.onnx", "N", opset=99)
     newest = onnx.defs.onnx_opset_version()
