@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings, strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import qsim
@@ -172,6 +173,33 @@ def test_strict_json_never_holds_a_nan_token():
         dumps_encodings({"encodings": [{"name": "t", "y_scale": float("nan")}], "version": "2.0.0"})
     with pytest.raises(ExportError, match="JSON"):
         dumps_encodings({"version": "1.0.0", "producer": {"x": float("inf")}})
+
+
+@given(st.lists(st.lists(st.sampled_from([0.5, -3.0, 0.0, np.inf, -np.inf, np.nan]),
+                         min_size=0, max_size=6), min_size=1, max_size=4),
+       st.sampled_from(["tf", "tf_enhanced", "percentile"]))
+@settings(deadline=None, max_examples=60)      # the first call compiles kernels
+def test_nonfinite_flag_against_numpy(batches, scheme):
+    """``nonfinite`` over several batches: "±Inf" iff some element is infinite, "only NaN" iff
+    NaN was seen and nothing finite, else None (NumPy decides on the concatenated data)."""
+    from qsim.quant import TensorQuantizer
+    q = TensorQuantizer(scheme=scheme, name="t")
+    for b in batches:
+        q.update_stats(np.array(b, np.float32))
+    every = np.array([v for b in batches for v in b], np.float32)
+    if np.isinf(every).any():
+        want = "±Inf"
+    elif np.isnan(every).any() and not np.isfinite(every).any():
+        want = "only NaN"
+    else:
+        want = None
+    assert q.nonfinite == want
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        q.compute_encodings()
+    flagged = [w for w in caught if w.category is NonFiniteWarning]
+    assert len(flagged) == (want is not None)
+    assert all(str(w.message).startswith("t: ") for w in flagged)
 
 
 # ---------------------------------------------------------------- 1. non-finite data (CLI)
@@ -538,7 +566,7 @@ def test_a_saved_hypothesis_failure_does_not_grow_the_failure_count(tmp_path):
     not used: the same failures each run, and nothing is saved to be replayed later."""
     (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
     (tmp_path / "test_prop.py").write_text(
-        "from hypothesis import given, strategies as st\n"
+        "from hypothesis import given, settings, strategies as st\n"
         "@given(st.integers())\n"
         "def test_small(n):\n"
         "    assert n < 1000\n"

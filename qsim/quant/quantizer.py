@@ -119,12 +119,19 @@ class TensorQuantizer:
             if axis != self._stats.axis or x.shape[axis] != expected:
                 raise EncodingError(f"{self.name}: batch of shape {x.shape} does not match the "
                                     f"{expected} channels along axis {self._stats.axis} seen before")
-        if not (self._saw_inf and self._saw_finite):
-            finite = np.isfinite(x)
-            self._saw_finite = self._saw_finite or bool(finite.any())
-            if not self._saw_inf and not finite.all():
-                self._saw_inf = bool(np.isinf(x).any())
+        if x.size and not (self._saw_inf and self._saw_finite):
+            self._note_nonfinite(x)
         self._stats = self._stats.update(x)
+
+    def _note_nonfinite(self, x: np.ndarray) -> None:
+        """Record whether ``x`` holds ±Inf and whether it holds a finite value. Fast path: a
+        finite min and max (NaN propagates through both) mean all of ``x`` is finite."""
+        if np.isfinite(x.min()) and np.isfinite(x.max()):
+            self._saw_finite = True
+            return
+        finite = np.isfinite(x)
+        self._saw_finite = self._saw_finite or bool(finite.any())
+        self._saw_inf = self._saw_inf or bool(np.isinf(x).any())
 
     @property
     def stats(self):
