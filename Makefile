@@ -28,6 +28,7 @@ test: setup
 	echo "# The same numerics with Numba off: the NumPy twins must give the same bits (AIMET's included)."; \
 	NUMBA_DISABLE_JIT=1 $(PYTEST) -m "not slow" \
 		tests/quant tests/ops/test_exact_math.py tests/ops/test_exact_gemm.py tests/test_sim_golden.py \
+		tests/test_fp32_families.py \
 		|| nojit=$$?; \
 	echo "make test: whole suite (Numba): $$( [ $$jit = 0 ] && echo passed || echo "FAILED (pytest exit $$jit)")"; \
 	echo "make test: NumPy twins (NUMBA_DISABLE_JIT=1): $$( [ $$nojit = 0 ] && echo passed || echo "FAILED (pytest exit $$nojit)")"; \

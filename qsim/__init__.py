@@ -7,7 +7,7 @@
     outputs = sim.run(feeds)                # the simulated model
     sim.export("out", "model")              # model.onnx (FP32) + model.encodings (AIMET 1.0.0)
 """
-from .errors import (ConfigError, EncodingError, ExportError, FeedError, GraphError,
+from .errors import (ClusterError, ConfigError, EncodingError, ExportError, FeedError, GraphError,
                      NonFiniteWarning, NotCalibratedError, OpError, QsimError, UnknownOpError)
 from .interpreter import run
 from .ir import Graph, Node, ValueInfo
@@ -38,7 +38,8 @@ _LAZY = {
 __all__ = [
     "Graph", "Node", "ValueInfo", "run", "load_onnx", "to_onnx", *_LAZY,
     "QsimError", "GraphError", "UnknownOpError", "OpError", "FeedError", "ConfigError",
-    "EncodingError", "NotCalibratedError", "ExportError", "NonFiniteWarning", "__version__",
+    "EncodingError", "NotCalibratedError", "ExportError", "ClusterError", "NonFiniteWarning",
+    "__version__",
 ]
 
 

@@ -453,14 +453,36 @@ def build_sim(args, job: Job, note: Callable[[str], None]):
     batches = batches_of(job.calib, job.batch)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
-        sim.compute_encodings(progress(batches, quiet=args.quiet, desc="calibrating",
-                                       unit_of=lambda b: len(next(iter(b.values())))))
+        if getattr(args, "workers", None) or getattr(args, "scheduler", None):
+            _calibrate_on_cluster(args, sim, job.calib, job.batch, len(batches))
+        else:
+            sim.compute_encodings(progress(batches, quiet=args.quiet, desc="calibrating",
+                                           unit_of=lambda b: len(next(iter(b.values())))))
     ignored = [str(w.message).split(":")[0].removeprefix("quantizer of ") for w in caught
                if w.category is RuntimeWarning and "NaN values are ignored" in str(w.message)]
     if ignored:
         note(f"the calibration data of {len(ignored)} quantizer(s) held NaN, ignored as AIMET "
              f"does: {', '.join(ignored[:8])}{' …' if len(ignored) > 8 else ''}")
     return sim, len(batches)
+
+
+def _calibrate_on_cluster(args, sim, calib: dict[str, np.ndarray], batch: int,
+                          n_batches: int) -> None:
+    """--workers N (a LocalCluster) or --scheduler ADDRESS: the same batches on Dask, one chunk
+    per batch of ``batch`` samples; the progress bar advances as the batches' futures
+    complete."""
+    try:
+        import dask.array as da
+        from . import distributed as qd
+    except ImportError:
+        raise UserError("--workers/--scheduler need Dask: pip install 'qsim-ref[distributed]'") from None
+    data = {k: da.from_array(v, chunks=(batch,) + v.shape[1:]) for k, v in calib.items()}
+    bar = progress(range(n_batches), quiet=args.quiet, desc="calibrating", unit="batch")
+    with qd.cluster(args.scheduler, workers=args.workers, timeout=5) as client:
+        qd.compute_encodings(sim, data, client, batch_size=batch,
+                             progress=lambda done, total: next(bar, None))
+    for _ in bar:
+        pass
 
 
 def _describe_sim(sim, job: Job) -> list[str]:
@@ -725,6 +747,12 @@ def _add_sim_options(p: argparse.ArgumentParser, *, out_default: str) -> None:
                    help="go on when a quantizer's calibration data held ±Inf or only NaN "
                         "(default: exit 2 naming them); exports still refuse non-finite scales")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                       help="calibrate on a local Dask cluster of N worker processes "
+                            "(needs qsim-ref[distributed])")
+    where.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="calibrate on an existing Dask cluster, e.g. tcp://host:8786")
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show tracebacks on errors")
 

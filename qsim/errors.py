@@ -10,7 +10,8 @@ Hierarchy::
     ├── ConfigError         an invalid quantsim configuration (lists every problem with its JSON path)
     ├── EncodingError       invalid bitwidth / axis / encoding values
     ├── NotCalibratedError  run/export before compute_encodings
-    └── ExportError         encodings files that cannot be written or read
+    ├── ExportError         encodings files that cannot be written or read
+    └── ClusterError        a Dask scheduler that cannot be reached (qsim.distributed)
 
     NonFiniteWarning        (a RuntimeWarning) a quantizer's calibration data held ±Inf or only NaN
 """
@@ -58,6 +59,10 @@ class NotCalibratedError(QsimError):
 
 class ExportError(QsimError):
     """An encodings file or model could not be written or read."""
+
+
+class ClusterError(QsimError):
+    """A Dask cluster could not be reached or used (qsim.distributed); names the address."""
 
 
 class NonFiniteWarning(RuntimeWarning):

@@ -17,6 +17,7 @@ quantizer, enabled or not) is available as :attr:`QuantizationSimModel.sim_graph
 """
 from __future__ import annotations
 
+import copy
 import enum
 import os
 from dataclasses import dataclass, replace
@@ -153,6 +154,112 @@ class _Session:
         return [outputs[n] for n in names]
 
 
+def _used_params_only(graph: Graph) -> Graph:
+    """The graph without the parameters no node reads (the FP32 weights that only fed a
+    parameter quantizer, now folded into ``<param>_qdq``): half the bytes sent to workers."""
+    used = {i for n in graph.nodes for i in n.inputs} | set(graph.output_names)
+    return replace(graph, params={k: v for k, v in graph.params.items() if k in used})
+
+
+def _without_stats(q: TensorQuantizer) -> TensorQuantizer:
+    """A copy of the quantizer's settings and encoding, without statistics."""
+    q = copy.copy(q)
+    q.reset_stats()
+    return q
+
+
+@dataclass(frozen=True, eq=False)
+class CalibrationPass:
+    """One calibration forward pass, apart from the sim's state (picklable: a cluster's
+    workers receive it once and run it on their batches).
+
+    Weights are already quantize-dequantized in ``calib_graph``; each activation quantizer only
+    observes: ``observe(qid, x)`` is called with the tensor, in the order the single-process
+    calibration updates its statistics: untied quantizers while the graph runs, tie groups
+    after the forward in ONNX Runtime's order (``order``: tensor → rank, placement.md §3).
+    """
+
+    graph: Graph                               # the model's inputs and outputs (to check feeds)
+    calib_graph: Graph                         # enabled quantizers only, parameters QDQ'd
+    quantizers: Mapping[int, TensorQuantizer]  # qid → quantizer (settings; read only here)
+    ties: frozenset                            # qids of quantizers shared by several tensors
+    order: Mapping[str, int]
+    outputs: tuple
+    fp32_kernels: str
+
+    def forward(self, feeds: Mapping[str, np.ndarray],
+                observe: Callable[[int, np.ndarray], None]) -> dict:
+        """Run one batch (feeds already checked); returns the sim graph's outputs."""
+        stash: list = []
+
+        def op(x, *, qid, tensor):
+            if qid in self.ties:
+                stash.append((tensor, qid, x))
+            else:
+                observe(qid, x)
+            return x
+
+        outs = run_graph(self.calib_graph, feeds, ops={QDQ_OP: op}, outputs=list(self.outputs),
+                         dynamic_params=self.calib_graph.params, fp32_kernels=self.fp32_kernels)
+        for tensor, qid, x in sorted(stash, key=lambda e: self.order[e[0]]):
+            observe(qid, x)
+        return outs
+
+    def observe_batch(self, feeds: Mapping[str, np.ndarray], stats: Mapping[int, Any]) -> list:
+        """The statistics pieces of one batch: ``[(qid, piece), …]`` in update order.
+
+        ``stats`` (qid → statistics or None) are what the observer knows before this batch
+        (only histogram bins matter); pieces of the same quantizer within the batch (tie groups)
+        are observed after the earlier ones, as the streaming update does. Folding the pieces
+        in order into the statistics (``TensorQuantizer.fold_stats``) equals ``update_stats``
+        on each tensor, unless a piece is stale (``HistogramStats.stale``)."""
+        from .quant.stats import fold
+        local = dict(stats)
+        pieces: list = []
+
+        def observe(qid: int, x: np.ndarray) -> None:
+            piece = self.quantizers[qid].observe(x, local.get(qid))
+            local[qid] = fold(local.get(qid), piece)
+            pieces.append((qid, piece))
+
+        self.forward(check_feeds(self.graph, feeds), observe)
+        return pieces
+
+
+@dataclass(frozen=True, eq=False)
+class SimulationPass:
+    """The simulated model, apart from the sim (picklable: a cluster's workers receive it once).
+
+    ``run_graph`` holds only enabled quantizers, parameters quantize-dequantized ahead of time;
+    ``output_names`` maps each FP32 graph output to the sim tensor holding it."""
+
+    graph: Graph
+    run_graph: Graph
+    quantizers: Mapping[int, TensorQuantizer]
+    output_names: Mapping[str, str]
+    fp32_kernels: str
+
+    def _qdq_op(self, x, *, qid, tensor):
+        return self.quantizers[qid].quantize_dequantize(x)
+
+    def run(self, feeds: Mapping[str, np.ndarray], *, outputs: Iterable[str] | None = None
+            ) -> dict[str, np.ndarray]:
+        """``{output name: array}`` of the simulated model (names as in the FP32 model)."""
+        names = self.output_names
+        wanted = list(names.values()) if outputs is None else [names.get(o, o) for o in outputs]
+        # In AIMET's session every parameter reaches its op through a quantize node (enabled or
+        # not), so no MatMul/Gemm operand is a pre-packed initializer there.
+        outs = run_graph(self.run_graph, feeds, ops={QDQ_OP: self._qdq_op}, outputs=wanted,
+                         dynamic_params=self.run_graph.params, fp32_kernels=self.fp32_kernels)
+        back = {sim_name: name for name, sim_name in names.items()}
+        return {back.get(k, k): v for k, v in outs.items()}
+
+    def run_fp32(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The FP32 model's outputs (no quantizer), for SQNR against the simulation."""
+        return run_graph(self.graph, feeds, outputs=list(self.graph.output_names),
+                         fp32_kernels=self.fp32_kernels)
+
+
 class QuantizationSimModel:
     """A quantization-simulation of an FP32 model, configured by an AIMET config file.
 
@@ -190,10 +297,8 @@ class QuantizationSimModel:
             for s in self.placement.quantizers}
         self.sim_graph = insert_qdq(self.graph, self.placement.quantizers)
         self._calibrated = False
-        self._run_graph: Graph | None = None
+        self._run_graph: SimulationPass | None = None
         self._run_key: tuple = ()
-        self._ties: set[int] = set()
-        self._stash: list = []
 
     # ---- quantizers -------------------------------------------------------------------------
     def _make_quantizer(self, spec: QuantizerSpec, percentile: float | None = None) -> TensorQuantizer:
@@ -243,10 +348,14 @@ class QuantizationSimModel:
         each), or a callback ``fn(session, args)`` that calls ``session.run(None, feeds)``.
         Memory does not grow with the number of batches.
         """
+        self._transaction(lambda: self._calibrate(batches, forward_pass_callback_args))
+
+    def _transaction(self, calibrate: Callable[[], None]) -> None:
+        """Run ``calibrate()``; if it fails, the encodings are left as they were."""
         before = {qid: h.quantizer.encoding for qid, h in self._handles.items()}
         was_calibrated = self._calibrated
         try:
-            self._calibrate(batches, forward_pass_callback_args)
+            calibrate()
         except BaseException:
             # Nothing half-done: a failed calibration leaves the encodings as they were.
             for qid, h in self._handles.items():
@@ -264,14 +373,36 @@ class QuantizationSimModel:
         return {t: h.quantizer.nonfinite for h in self._handles.values()
                 if h.enabled and h.quantizer.nonfinite is not None for t in h.spec.tensors}
 
-    def _calibrate(self, batches: Any, callback_args: Any) -> None:
+    def _begin_calibration(self) -> "CalibrationPass":
+        """Forget the statistics, compute the parameter encodings, and return the forward pass
+        that observes the activations (the same object runs on cluster workers)."""
         for h in self._handles.values():
             h.quantizer.reset_stats()
         self._compute_param_encodings()
-        calib_graph = self._executable_graph()
-        self._ties = {h.spec.qid for h in self._handles.values() if len(h.spec.tensors) > 1}
-        order = {t: i for i, t in enumerate(self.placement.update_order())}
+        return self.calibration_pass()
+
+    def calibration_pass(self) -> "CalibrationPass":
+        """The calibration forward with the current parameter encodings (see CalibrationPass)."""
+        calib_graph = _used_params_only(self._executable_graph())
+        observed = {n.attrs["qid"] for n in calib_graph.nodes if n.op_type == QDQ_OP}
+        return CalibrationPass(
+            graph=replace(self.graph, nodes=(), params={}), calib_graph=calib_graph,
+            quantizers={qid: _without_stats(self._handles[qid].quantizer) for qid in observed},
+            ties=frozenset(h.spec.qid for h in self._handles.values() if len(h.spec.tensors) > 1),
+            order={t: i for i, t in enumerate(self.placement.update_order())},
+            outputs=tuple(self._output_names().values()), fp32_kernels=self.fp32_kernels)
+
+    def _finish_calibration(self) -> None:
+        """Activation encodings from the statistics, fixed ranges, weight-scale adjustment."""
+        self._compute_activation_encodings()
+        self._adjust_weight_scales()
+
+    def _calibrate(self, batches: Any, callback_args: Any) -> None:
+        cpass = self._begin_calibration()
         count = 0
+
+        def observe(qid: int, x: np.ndarray) -> None:
+            self._handles[qid].quantizer.update_stats(x)
 
         def forward(feeds: Mapping[str, np.ndarray]) -> dict:
             nonlocal count
@@ -284,14 +415,7 @@ class QuantizationSimModel:
                 raise FeedError(f"calibration batch {count}: input '{empty[0]}' has no elements "
                                 f"(shape {feeds[empty[0]].shape}); every batch needs at least "
                                 f"one sample")
-            self._stash = []
-            outs = run_graph(calib_graph, feeds, ops={QDQ_OP: self._observe_op},
-                             outputs=list(self._output_names().values()),
-                             dynamic_params=calib_graph.params,
-                             fp32_kernels=self.fp32_kernels)
-            for tensor, qid, x in sorted(self._stash, key=lambda e: order[e[0]]):
-                self._handles[qid].quantizer.update_stats(x)
-            self._stash = []
+            outs = cpass.forward(feeds, observe)
             count += 1
             return self._rename_outputs(outs)
 
@@ -306,22 +430,7 @@ class QuantizationSimModel:
         if count == 0:
             raise FeedError("compute_encodings got no calibration batch: the iterable (or the "
                             "callback) ran no forward pass; give at least one {input: array} dict")
-        self._compute_activation_encodings()
-        self._adjust_weight_scales()
-
-    def _observe_op(self, x, *, qid, tensor):
-        """Calibration's QDQ op: collect statistics, pass the tensor through unchanged.
-
-        Tied quantizers are updated after the forward, in ONNX Runtime's order."""
-        if qid in self._ties:
-            self._stash.append((tensor, qid, x))
-        else:
-            self._handles[qid].quantizer.update_stats(x)
-        return x
-
-    def _qdq_op(self, x, *, qid, tensor):
-        """Simulation's QDQ op: quantize-dequantize with the quantizer's encoding."""
-        return self._handles[qid].quantizer.quantize_dequantize(x)
+        self._finish_calibration()
 
     def _compute_param_encodings(self) -> None:
         for h in self._handles.values():
@@ -379,24 +488,26 @@ class QuantizationSimModel:
         back = {sim_name: name for name, sim_name in self._output_names().items()}
         return {back.get(k, k): v for k, v in outs.items()}
 
-    def run(self, feeds: Mapping[str, np.ndarray], *, outputs: Iterable[str] | None = None
-            ) -> dict[str, np.ndarray]:
-        """Run the simulated model: ``{output name: array}`` (names as in the FP32 model)."""
+    def simulation_pass(self) -> "SimulationPass":
+        """The simulated model with the current encodings and enabled flags (picklable)."""
         if not self._calibrated:
             raise NotCalibratedError("run() needs encodings: call sim.compute_encodings(batches) "
                                      "first (or load_encodings)")
         key = tuple((h.enabled, id(h.quantizer.encoding)) for h in self._handles.values())
         if self._run_graph is None or self._run_key != key:  # enabled flags or encodings changed
-            self._run_graph, self._run_key = self._executable_graph(), key
+            run_graph_ = _used_params_only(self._executable_graph())
+            used = {n.attrs["qid"] for n in run_graph_.nodes if n.op_type == QDQ_OP}
+            self._run_graph = SimulationPass(
+                graph=self.graph, run_graph=run_graph_,
+                quantizers={qid: _without_stats(self._handles[qid].quantizer) for qid in used},
+                output_names=dict(self._output_names()), fp32_kernels=self.fp32_kernels)
+            self._run_key = key
+        return self._run_graph
 
-        names = self._output_names()
-        wanted = list(names.values()) if outputs is None else [names.get(o, o) for o in outputs]
-        # In AIMET's session every parameter reaches its op through a quantize node (enabled or
-        # not), so no MatMul/Gemm operand is a pre-packed initializer there.
-        return self._rename_outputs(run_graph(self._run_graph, feeds, ops={QDQ_OP: self._qdq_op},
-                                              outputs=wanted,
-                                              dynamic_params=self._run_graph.params,
-                                              fp32_kernels=self.fp32_kernels))
+    def run(self, feeds: Mapping[str, np.ndarray], *, outputs: Iterable[str] | None = None
+            ) -> dict[str, np.ndarray]:
+        """Run the simulated model: ``{output name: array}`` (names as in the FP32 model)."""
+        return self.simulation_pass().run(feeds, outputs=outputs)
 
     # ---- export -----------------------------------------------------------------------------
     def export(self, path: "str | os.PathLike", filename_prefix: str, *,

@@ -9,5 +9,8 @@ each op; the arithmetic that must equal ONNX Runtime's lives here:
                        picks the one ONNX Runtime picks on this CPU;
 * :mod:`.gemm`        MLAS SGEMM / Conv summation orders (the same on both families);
 * :mod:`.mlas_math`   exp, logistic, tanh, erf, softmax, layer norm, pools, reductions (AVX2/FMA3
-                       kernels, and the AVX-512 variants where MLAS dispatches other ones).
+                       kernels; the same bits on AVX-512 CPUs except softmax);
+* :mod:`.avx512`      the AVX-512F kernels whose bits differ: softmax, and the depthwise
+                       multiplier-2 7x7/2 Conv;
+* :mod:`.libm`        the C library's pow, which ONNX Runtime's Pow calls per element.
 """

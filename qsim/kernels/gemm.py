@@ -58,6 +58,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from ..jit import USE_NUMBA
+from . import avx512
 
 #: kernel kinds of a tile (see the module docstring)
 FMA, GROUP4, LANE8_N, LANE8_M = 0, 1, 2, 3
@@ -858,12 +859,15 @@ def _columns(x, group, kernel, out, strides, dilations, begins, ends) -> np.ndar
 
 
 def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
-         threads=DEFAULT_THREADS, use_numba=USE_NUMBA) -> np.ndarray:
-    """ONNX ``Conv`` (N-D, grouped) as ONNX Runtime computes it; ``begins`` / ``ends`` are the
-    resolved pads, the output ``(N, M, *out)`` is C-contiguous.
+         threads=DEFAULT_THREADS, use_numba=USE_NUMBA, family="avx2") -> np.ndarray:
+    """ONNX ``Conv`` (N-D, grouped) as ONNX Runtime computes it with the kernel ``family``;
+    ``begins`` / ``ends`` are the resolved pads, the output ``(N, M, *out)`` is C-contiguous.
 
     ``Y[n, m, o] = (Σ_k W_g[m, k] · cols[k, o]) + B[m]`` with ``k`` over (channel, kernel offsets)
-    in row-major order and the sum in MLAS's order (:func:`conv_tiles`); the bias is added last."""
+    in row-major order and the sum in MLAS's order (:func:`conv_tiles`); the bias is added last.
+    ``family="avx512"``: the depthwise multiplier-2 7x7/2 Convs MLAS gives its own AVX512F kernel
+    (:func:`qsim.kernels.avx512.uses_depthwise_m2`) are computed by
+    :func:`qsim.kernels.avx512.depthwise_m2_7x7s2`, then the bias is added."""
     x = np.asarray(x, dtype=np.float32)
     w = np.asarray(w, dtype=np.float32)
     n, channels = x.shape[:2]
@@ -872,6 +876,13 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
     mg, cg = m // group, channels // group
     kg = cg * math.prod(kernel)
     out = _out_shape(spatial, kernel, strides, dilations, begins, ends)
+    if family == "avx512" and avx512.uses_depthwise_m2(
+            group=group, channels=channels, filters=m, kernel=kernel, strides=strides,
+            dilations=dilations, begins=begins, ends=ends, out=out):
+        y = avx512.depthwise_m2_7x7s2(x, w, use_numba=use_numba)
+        if bias is not None:
+            y += np.asarray(bias, dtype=np.float32).reshape(-1, 1, 1)
+        return y
     p = math.prod(out)
     tiles, trans_b = conv_tiles(batch=n, group=group, m=mg, c=cg, k=kg, in_shape=spatial,
                                 kernel=kernel, strides=strides, dilations=dilations,

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from ..errors import OpError
+from ..kernels import libm
 from ..kernels import mlas_math as math_exact
 from .registry import register
 
@@ -115,17 +116,22 @@ def _ort_long_spans(x: np.ndarray, y: np.ndarray) -> bool:
 
 @register("Pow")
 def pow_(x, y):
-    """Z = X ** Y (broadcasting); Z has the dtype of X (Y may have another numeric dtype)."""
+    """Z = X ** Y (broadcasting); Z has the dtype of X (Y may have another numeric dtype).
+
+    float32/float64 X as ONNX Runtime: ``X·X`` / ``(X·X)·X`` for a size-1 exponent 2 / 3 walked
+    in long spans (:func:`_ort_long_spans`), else the C library's pow element by element
+    (:func:`qsim.kernels.libm.c_pow`: powf for a float32 exponent, pow of doubles otherwise)."""
     x, y = np.asarray(x), np.asarray(y)
     _broadcast("Pow", x, y)
-    if x.dtype.kind == "f":
+    if x.dtype in (np.float32, np.float64):
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             if y.size == 1 and y.ndim <= x.ndim:  # ONNX Runtime's scalar-exponent paths
                 value = x.dtype.type(y.reshape(()))
                 if _ort_long_spans(x, y) and value in (2.0, 3.0):
                     return _out(x * x if value == 2.0 else (x * x) * x, x.dtype)
-                if not _ort_long_spans(x, y):  # one element at a time: C pow()
-                    return _out(np.power(x, np.full(x.shape, value)), x.dtype)
+            return _out(libm.c_pow(x, y), x.dtype)
+    if x.dtype.kind == "f":
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             return _out(np.power(x, y.astype(x.dtype)), x.dtype)
     if x.dtype.kind in "iu" and y.dtype.kind in "iu":
         if np.any(y < 0):

@@ -22,8 +22,10 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import OpError
+from ..kernels import avx512
 from ..kernels import gemm as gemm_exact
 from ..kernels import mlas_math as math_exact
+from ..kernels.family import resolve as resolve_family
 from .registry import register
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -175,13 +177,14 @@ def _batch_major(y: np.ndarray) -> np.ndarray:
 
 @register("Conv")
 def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
-         pads=None, strides=None):
+         pads=None, strides=None, fp32_kernels="auto"):
     """N-D convolution (cross-correlation), grouped.
 
     ``Y[n, m, o] = B[m] + Σ_{c ∈ group(m), k} X_pad[n, c, o·stride + k·dilation] · W[m, c', k]``
     with ``X`` zero-padded by ``pads`` (or ``auto_pad``), ``o`` over
     ``floor((size + pads - dilation·(kernel-1) - 1) / stride) + 1`` positions per axis.
-    Computed as one batched matrix product per group: ``W_g (M/g, C/g·K) @ cols_g (C/g·K, N·O)``.
+    Computed as one batched matrix product per group: ``W_g (M/g, C/g·K) @ cols_g (C/g·K, N·O)``
+    (float32: in ONNX Runtime's order for the kernel family, :func:`qsim.kernels.gemm.conv`).
     """
     nsp, group = _check_conv_operands(x, w, b, group, kernel_shape, transposed=False)
     auto_pad = _check_auto_pad(auto_pad)
@@ -198,7 +201,7 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     dtype = _float_result(x, w, b)
     if dtype == np.float32:     # ONNX Runtime's (MLAS's) summation order, bit for bit
         return gemm_exact.conv(x, w, b, group=group, strides=strides, dilations=dilations,
-                               begins=begins, ends=ends)
+                               begins=begins, ends=ends, family=resolve_family(fp32_kernels))
     n, channels, m = x.shape[0], x.shape[1], w.shape[0]
     xp = _pad(x.astype(dtype, copy=False), begins, ends)
     cols = _windows(xp, kernel, strides, dilations, out)            # (N, C, *k, *o)
@@ -662,33 +665,35 @@ def _softmax_axis(x, axis) -> int:
     return axis % x.ndim
 
 
-def _exact_softmax(x, axis: int, *, log: bool) -> np.ndarray:
+def _exact_softmax(x, axis: int, *, log: bool, family: str) -> np.ndarray:
     """float32 (Log)Softmax along ``axis`` as ONNX Runtime: the axis moved last, one row at a time
-    (:func:`qsim.kernels.mlas_math.softmax_rows`), moved back."""
+    (:func:`qsim.kernels.mlas_math.softmax_rows`, or :func:`qsim.kernels.avx512.softmax_rows`
+    for the ``"avx512"`` family), moved back."""
     if x.size == 0:
         return x.copy()
     moved = np.moveaxis(x, axis, -1)
-    rows = math_exact.softmax_rows(moved.reshape(-1, moved.shape[-1]), log=log)
+    rows_fn = avx512.softmax_rows if family == "avx512" else math_exact.softmax_rows
+    rows = rows_fn(moved.reshape(-1, moved.shape[-1]), log=log)
     return np.ascontiguousarray(np.moveaxis(rows.reshape(moved.shape), -1, axis))
 
 
 @register("Softmax")
-def softmax(x, *, axis=-1):
+def softmax(x, *, axis=-1, fp32_kernels="auto"):
     """``Y = exp(X - max) / Σ exp(X - max)`` along ``axis`` (opset >= 13: one axis)."""
     axis = _softmax_axis(x, axis)
     if x.dtype == np.float32:  # ORT's MlasComputeSoftmax, bit for bit
-        return _exact_softmax(x, axis, log=False)
+        return _exact_softmax(x, axis, log=False, family=resolve_family(fp32_kernels))
     e = np.exp(x - np.max(x, axis=axis, keepdims=True))
     e /= np.sum(e, axis=axis, keepdims=True)
     return e
 
 
 @register("LogSoftmax")
-def log_softmax(x, *, axis=-1):
+def log_softmax(x, *, axis=-1, fp32_kernels="auto"):
     """``Y = (X - max) - log Σ exp(X - max)`` along ``axis`` (opset >= 13: one axis)."""
     axis = _softmax_axis(x, axis)
     if x.dtype == np.float32:  # ORT's MlasComputeSoftmax, bit for bit
-        return _exact_softmax(x, axis, log=True)
+        return _exact_softmax(x, axis, log=True, family=resolve_family(fp32_kernels))
     shifted = x - np.max(x, axis=axis, keepdims=True)
     return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
 

@@ -26,7 +26,7 @@ from ..errors import EncodingError, NonFiniteWarning, NotCalibratedError
 from . import analyzers
 from .encoding import Encoding, check_bitwidth
 from .kernels import ROUNDING_MODES, dequantize, params32, quantize, quantize_dequantize
-from .stats import HistogramStats, MinMaxStats
+from .stats import HistogramStats, MinMaxStats, fold
 
 SCHEMES = ("tf", "tf_enhanced", "percentile", "mse", "entropy")
 SCHEME_ALIASES = {"min_max": "tf"}
@@ -72,8 +72,6 @@ class TensorQuantizer:
         self._stats = None
         self._encoding: Encoding | None = None
         self._params = None
-        self._saw_inf = False       # a batch held +Inf or -Inf
-        self._saw_finite = False    # a batch held at least one finite value
 
     @property
     def percentile(self) -> float:
@@ -108,30 +106,30 @@ class TensorQuantizer:
         return kind.empty(axis=axis, channels=channels)
 
     def update_stats(self, x) -> None:
-        """Fold one float32 batch into the statistics (the batch itself is not kept)."""
-        x = np.asarray(x, dtype=np.float32)
-        if self._stats is None:
-            self._stats = self._new_stats(x.shape)
-        elif self._stats.axis is not None:
-            axis = self._resolve_axis(x.shape)
-            expected = np.atleast_1d(self._stats.min if isinstance(self._stats, MinMaxStats)
-                                     else self._stats.fixed).shape[0]
-            if axis != self._stats.axis or x.shape[axis] != expected:
-                raise EncodingError(f"{self.name}: batch of shape {x.shape} does not match the "
-                                    f"{expected} channels along axis {self._stats.axis} seen before")
-        if x.size and not (self._saw_inf and self._saw_finite):
-            self._note_nonfinite(x)
-        self._stats = self._stats.update(x)
+        """Fold one float32 batch into the statistics (the batch itself is not kept):
+        ``fold_stats(observe(x, stats))``, the path a cluster takes too (qsim.distributed)."""
+        self.fold_stats(self.observe(x, self._stats))
 
-    def _note_nonfinite(self, x: np.ndarray) -> None:
-        """Record whether ``x`` holds ±Inf and whether it holds a finite value. Fast path: a
-        finite min and max (NaN propagates through both) mean all of ``x`` is finite."""
-        if np.isfinite(x.min()) and np.isfinite(x.max()):
-            self._saw_finite = True
-            return
-        finite = np.isfinite(x)
-        self._saw_finite = self._saw_finite or bool(finite.any())
-        self._saw_inf = self._saw_inf or bool(np.isinf(x).any())
+    def observe(self, x, stats):
+        """The statistics piece of the float32 batch ``x`` alone, observed after ``stats``
+        (this quantizer's kind of statistics or None); nothing changes. Only the histogram bins
+        of ``stats`` matter (numerics.md §4: the first non-zero batch fixes them)."""
+        x = np.asarray(x, dtype=np.float32)
+        if stats is None:
+            return self._new_stats(x.shape).observe(x)
+        if stats.axis is not None:
+            axis = self._resolve_axis(x.shape)
+            expected = np.atleast_1d(stats.min if isinstance(stats, MinMaxStats)
+                                     else stats.fixed).shape[0]
+            if axis != stats.axis or x.shape[axis] != expected:
+                raise EncodingError(f"{self.name}: batch of shape {x.shape} does not match the "
+                                    f"{expected} channels along axis {stats.axis} seen before")
+        return stats.observe(x)
+
+    def fold_stats(self, piece) -> None:
+        """Fold one batch's statistics piece (:meth:`observe`) into the statistics (its NaN
+        count and ±Inf / finite flags too: :attr:`nonfinite`)."""
+        self._stats = fold(self._stats, piece)
 
     @property
     def stats(self):
@@ -141,8 +139,6 @@ class TensorQuantizer:
     def reset_stats(self) -> None:
         """Forget the statistics (the encoding, if any, is kept)."""
         self._stats = None
-        self._saw_inf = False
-        self._saw_finite = False
 
     @property
     def nonfinite(self) -> str | None:
@@ -153,9 +149,12 @@ class TensorQuantizer:
         seen and no finite value (NaN is ignored, so the range rests on nothing). Mixed finite
         and NaN data is not flagged: AIMET ignores NaN and so does qsim.
         """
-        if self._saw_inf:
+        st = self._stats
+        if st is None:
+            return None
+        if st.inf_seen:
             return "±Inf"
-        if self._stats is not None and self._stats.nan_count > 0 and not self._saw_finite:
+        if st.nan_count > 0 and not st.finite_seen:
             return "only NaN"
         return None
 
@@ -164,8 +163,7 @@ class TensorQuantizer:
         why = self.nonfinite
         if why is not None:
             warnings.warn(f"{self.name}: calibration data held {why}; this quantizer's encoding "
-                          f"is not meaningful", NonFiniteWarning,
-                          stacklevel=3)
+                          f"is not meaningful", NonFiniteWarning, stacklevel=3)
         elif self._stats is not None and self._stats.nan_count > 0:
             warnings.warn(f"{self.name}: calibration data contains NaN; NaN values are ignored "
                           f"(as AIMET does)", RuntimeWarning, stacklevel=3)

@@ -7,7 +7,9 @@ histogram per slice along axis ``k``; the batch is seen as ``(outer, C, inner)``
 
 NaN policy (as AIMET): NaN elements are ignored by min/max and dropped by the histogram (they
 still count in the histogram's batch size). ``nan_count`` records how many were seen so that the
-quantizer can warn.
+quantizer can warn; ``inf_seen`` / ``finite_seen`` record whether a batch held ±Inf (clamped to
+±0.99·FLT_MAX, which makes the range useless) and whether any finite value was seen (README
+"Non-finite data"; :func:`finiteness`).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ConfigError, EncodingError
 from ..jit import USE_NUMBA, kernel, parallel_kernel
 from .kernels import channel_view
 
@@ -32,10 +34,28 @@ def _readonly(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _check_channels(mine: int, theirs: int) -> None:
+    if mine != theirs:
+        raise EncodingError(f"statistics of {theirs} channels cannot be folded into statistics "
+                            f"of {mine} channels")
+
+
 def _as_batch(x, axis):
     """The batch as a C-contiguous float32 array seen as (outer, C, inner)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     return channel_view(x, axis)
+
+
+def finiteness(x: np.ndarray) -> tuple[bool, bool]:
+    """``(any element is ±Inf, any element is finite)`` of a float32 batch.
+
+    Fast path: a finite min and max (NaN propagates through both) mean every element is finite
+    (two vectorised reductions, no boolean copy of the batch)."""
+    if x.size == 0:
+        return False, False
+    if np.isfinite(x.min()) and np.isfinite(x.max()):
+        return False, True
+    return bool(np.isinf(x).any()), bool(np.isfinite(x).any())
 
 
 # ======================================================================== min / max
@@ -98,12 +118,25 @@ def _nb_min_max(bits3, mn_bits, mx_bits):
     return nans
 
 
+def _np_keys(a: np.ndarray) -> np.ndarray:
+    """The integer keys of float32 ``a`` (int32 ``u ^ ((u >> 31) & 0x7fffffff)``, an involution)."""
+    u = np.ascontiguousarray(a, np.float32).view(np.int32)
+    return u ^ ((u >> 31) & np.int32(_KEY_MASK))
+
+
 def _np_min_max(x3, mn, mx):
-    """NumPy twin of :func:`_nb_min_max`, on the float32 batch (updates ``mn, mx`` in place)."""
+    """NumPy twin of :func:`_nb_min_max`, on the float32 batch (updates ``mn, mx`` in place).
+
+    Min/max of the integer keys as the kernel takes them, so -0.0 sorts below +0.0 here too."""
     nan = np.isnan(x3)
     if x3.size:
-        np.minimum(mn, np.where(nan, np.float32(np.inf), x3).min(axis=(0, 2)), out=mn)
-        np.maximum(mx, np.where(nan, np.float32(-np.inf), x3).max(axis=(0, 2)), out=mx)
+        k = _np_keys(x3)
+        lo = np.where(nan, np.int32(_KEY_MASK), k).min(axis=(0, 2))
+        hi = np.where(nan, np.int32(-_KEY_MASK - 1), k).max(axis=(0, 2))
+        lo = np.minimum(lo, _np_keys(mn)).astype(np.int32)
+        hi = np.maximum(hi, _np_keys(mx)).astype(np.int32)
+        mn[...] = _np_keys(lo.view(np.float32)).view(np.float32)
+        mx[...] = _np_keys(hi.view(np.float32)).view(np.float32)
     return int(nan.sum())
 
 
@@ -125,6 +158,8 @@ class MinMaxStats:
     max: np.ndarray
     axis: int | None = None
     nan_count: int = 0
+    inf_seen: bool = False      # a batch held +Inf or -Inf
+    finite_seen: bool = False   # a batch held a finite value
 
     @staticmethod
     def empty(*, axis: int | None = None, channels: int | None = None) -> "MinMaxStats":
@@ -132,21 +167,49 @@ class MinMaxStats:
         return MinMaxStats(min=_readonly(np.full(shape, np.inf, np.float32)),
                            max=_readonly(np.full(shape, -np.inf, np.float32)), axis=axis)
 
-    def update(self, x) -> "MinMaxStats":
-        """``min = min(min, min(x))``, ``max = max(max, max(x))`` (NaN ignored): a new value."""
+    def observe(self, x) -> "MinMaxStats":
+        """The statistics of the batch ``x`` alone (a piece for :meth:`fold`): its NaN-ignoring
+        min/max per tensor or per channel, and its NaN count."""
         x3 = _as_batch(x, self.axis)
-        mn = np.atleast_1d(self.min).copy()
-        mx = np.atleast_1d(self.max).copy()
+        mn = np.full(x3.shape[1], np.inf, np.float32)
+        mx = np.full(x3.shape[1], -np.inf, np.float32)
         nans = _min_max_update(x3, mn, mx)
         shape = self.min.shape
+        inf, finite = finiteness(x3)
         return MinMaxStats(min=_readonly(mn.reshape(shape)), max=_readonly(mx.reshape(shape)),
-                           axis=self.axis, nan_count=self.nan_count + int(nans))
+                           axis=self.axis, nan_count=int(nans), inf_seen=inf, finite_seen=finite)
+
+    def fold(self, piece: "MinMaxStats") -> "MinMaxStats":
+        """``min = min(min, piece.min)``, ``max = max(max, piece.max)``: a new value.
+
+        The piece's min and max go through the same kernel as a batch (a two-element batch per
+        channel), so ``fold(observe(x)) == update(x)`` bit for bit, -0.0 against +0.0 included:
+        min and max over a union are the min and max of the parts. A channel the piece saw no
+        number in (min = +inf > max = -inf) goes in as NaN, which the kernel ignores."""
+        _check_channels(np.atleast_1d(self.min).shape[0], np.atleast_1d(piece.min).shape[0])
+        pair = np.stack([np.atleast_1d(piece.min), np.atleast_1d(piece.max)], axis=1)
+        pair[~(pair[:, 0] <= pair[:, 1])] = np.nan
+        mn = np.atleast_1d(self.min).copy()
+        mx = np.atleast_1d(self.max).copy()
+        _min_max_update(np.ascontiguousarray(pair, np.float32)[None], mn, mx)
+        shape = self.min.shape
+        return MinMaxStats(min=_readonly(mn.reshape(shape)), max=_readonly(mx.reshape(shape)),
+                           axis=self.axis, nan_count=self.nan_count + piece.nan_count,
+                           inf_seen=self.inf_seen or piece.inf_seen,
+                           finite_seen=self.finite_seen or piece.finite_seen)
+
+    def update(self, x) -> "MinMaxStats":
+        """``min = min(min, min(x))``, ``max = max(max, max(x))`` (NaN ignored): a new value,
+        ``fold(observe(x))`` (the path a cluster takes too, see :mod:`qsim.distributed`)."""
+        return self.fold(self.observe(x))
 
     def merge(self, other: "MinMaxStats") -> "MinMaxStats":
         """Statistics of both streams: ``merge(stats(a), stats(b)) == stats(a ++ b)``."""
         return MinMaxStats(min=_readonly(np.fmin(self.min, other.min)),
                            max=_readonly(np.fmax(self.max, other.max)), axis=self.axis,
-                           nan_count=self.nan_count + other.nan_count)
+                           nan_count=self.nan_count + other.nan_count,
+                           inf_seen=self.inf_seen or other.inf_seen,
+                           finite_seen=self.finite_seen or other.finite_seen)
 
     @property
     def seen_data(self) -> bool:
@@ -426,6 +489,8 @@ class HistogramStats:
     pdf: np.ndarray         # (C, NUM_BINS) float64
     axis: int | None = None
     nan_count: int = 0
+    inf_seen: bool = False      # a batch held +Inf or -Inf
+    finite_seen: bool = False   # a batch held a finite value
 
     @staticmethod
     def empty(*, axis: int | None = None, channels: int | None = None) -> "HistogramStats":
@@ -451,14 +516,87 @@ class HistogramStats:
         if not isinstance(threads, (int, np.integer)) or threads < 1:
             raise ConfigError(f"HistogramStats.update: threads must be an integer >= 1, "
                               f"got {threads!r}")
+        return self.fold(self.observe(x, threads=threads))
+
+    def observe(self, x, *, threads: int = 1) -> "HistogramStats":
+        """The batch ``x`` alone under this histogram's bins (a piece for :meth:`fold`).
+
+        A channel with bins counts into them; a channel without bins fixes them from this
+        batch (§4 steps 1–2) unless the batch is all zero there (then it is not counted).
+        ``batches[c]`` is 1 where the batch counted, and there ``pdf[c] = count_i/numel``
+        (exactly: ``(0·0 + p)/(0 + 1) = p``). Only ``fixed, width, k0`` of ``self`` are read,
+        so a worker that knows the bins needs nothing else."""
+        if not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ConfigError(f"HistogramStats.observe: threads must be an integer >= 1, "
+                              f"got {threads!r}")
         x3 = _as_batch(x, self.axis)
         fixed, width, k0 = self.fixed.copy(), self.width.copy(), self.k0.copy()
-        batches, pdf = self.batches.copy(), self.pdf.copy()
+        batches = np.zeros_like(self.batches)
+        pdf = np.zeros_like(self.pdf)
         nans = _histogram_update(x3, fixed, width, k0, batches, pdf, threads)
+        inf, finite = finiteness(x3)
         return HistogramStats(fixed=_readonly(fixed), width=_readonly(width), k0=_readonly(k0),
                               batches=_readonly(batches), pdf=_readonly(pdf), axis=self.axis,
-                              nan_count=self.nan_count + int(nans))
+                              nan_count=int(nans), inf_seen=inf, finite_seen=finite)
+
+    def stale(self, piece: "HistogramStats") -> np.ndarray:
+        """Channels (bool, (C,)) where ``piece`` was not observed under this histogram's bins:
+        the channel has bins here, but the piece counted into other bins (it fixed its own) or
+        did not count at all (its observer had no bins and the batch was all zero there). Such
+        a piece was observed before an earlier batch fixed the bins; it cannot be folded, the
+        batch has to be observed again under :attr:`fixed`/:attr:`width`/:attr:`k0`.
+
+        ``stale = fixed & ~(piece.fixed & same bits of width and k0)``."""
+        same = ((self.width.view(np.int64) == piece.width.view(np.int64))
+                & (self.k0.view(np.int64) == piece.k0.view(np.int64)))
+        return self.fixed & ~(piece.fixed & same)
+
+    def fold(self, piece: "HistogramStats") -> "HistogramStats":
+        """One more batch, given as its piece (:meth:`observe`): a new value.
+
+        Where the piece counted: a channel without bins takes the piece's; then
+        ``pdf = (pdf·k + p)/(k + 1)``, ``k += 1`` (float64, as the streaming kernel;
+        ``update(x) == fold(observe(x))`` by definition)."""
+        _check_channels(self.num_channels, piece.num_channels)
+        stale = self.stale(piece)
+        if stale.any():
+            raise EncodingError(f"histogram channels {np.flatnonzero(stale).tolist()} of the piece "
+                                f"were not observed under the statistics' bins; observe the "
+                                f"batch again under the current bins")
+        counted = piece.batches > 0
+        take = counted & ~self.fixed
+        if counted.all() and not self.batches.any():
+            pdf = piece.pdf     # first batch: (0·0 + p)/(0 + 1) = p exactly; both read-only
+        elif counted.all():     # the usual case: whole arrays, no gather/scatter copies
+            k = self.batches.astype(np.float64)[:, None]
+            pdf = self.pdf * k
+            pdf += piece.pdf
+            pdf /= k + 1.0
+        else:
+            k = self.batches.astype(np.float64)[counted][:, None]
+            pdf = self.pdf.copy()
+            pdf[counted] = (pdf[counted] * k + piece.pdf[counted]) / (k + 1.0)
+        return HistogramStats(fixed=_readonly(self.fixed | take),
+                              width=_readonly(np.where(take, piece.width, self.width)),
+                              k0=_readonly(np.where(take, piece.k0, self.k0)),
+                              batches=_readonly(self.batches + counted),
+                              pdf=_readonly(pdf), axis=self.axis,
+                              nan_count=self.nan_count + piece.nan_count,
+                              inf_seen=self.inf_seen or piece.inf_seen,
+                              finite_seen=self.finite_seen or piece.finite_seen)
 
     def edges(self, c: int = 0) -> np.ndarray:
         """Float64 bin edges ``e_i = (k0 + i)·w``, i = 0..1536, of channel ``c``."""
         return (self.k0[c] + np.arange(NUM_BINS + 1, dtype=np.float64)) * self.width[c]
+
+
+def empty_like(piece: "MinMaxStats | HistogramStats") -> "MinMaxStats | HistogramStats":
+    """Statistics of no batch, of the piece's kind, axis and channel count."""
+    if isinstance(piece, MinMaxStats):
+        return MinMaxStats.empty(axis=piece.axis, channels=np.atleast_1d(piece.min).shape[0])
+    return HistogramStats.empty(axis=piece.axis, channels=piece.num_channels)
+
+
+def fold(stats, piece):
+    """``stats`` (None: no batch yet) after one more batch given as its piece."""
+    return (empty_like(piece) if stats is None else stats).fold(piece)

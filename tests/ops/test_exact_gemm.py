@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from qsim.kernels import gemm as gx
+from qsim.kernels.family import host_family
 from qsim.ops import nn
 
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -96,7 +97,7 @@ def _conv_check(case, threads):
     expected = _ort(node, feeds, threads=threads)
     got = gx.conv(x, w, feeds.get("b"), group=group, strides=case["strides"],
                   dilations=case["dilations"], begins=case["pads"][:nsp],
-                  ends=case["pads"][nsp:], threads=threads)
+                  ends=case["pads"][nsp:], threads=threads, family=host_family())
     _assert_bitwise(got, expected)
 
 
@@ -155,6 +156,24 @@ def test_conv_algorithms_are_bitwise_ort(name, threads):
     spec.setdefault("dilations", [1] * nsp)
     spec.setdefault("pads", [0] * (2 * nsp))
     _conv_check(dict(spec, bias=True, seed=len(name)), threads)
+
+
+@SETTINGS
+@given(n=st.integers(1, 2), c=st.integers(1, 5), h=st.integers(2, 30), w=st.integers(2, 30),
+       pads=st.sampled_from([[3, 3, 3, 3], [3, 3, 2, 2]]), threads=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**16))
+def test_depthwise_multiplier2_7x7_stride2_is_bitwise_ort(n, c, h, w, pads, threads, seed):
+    """The depthwise shape MLAS gives its own AVX512F kernel (and its near misses), through the
+    registered op with this CPU's family against this CPU's ONNX Runtime."""
+    rng = np.random.default_rng(seed)
+    x, wt, b = _normal(rng, n, c, h, w), _normal(rng, 2 * c, 1, 7, 7), _normal(rng, 2 * c)
+    attrs = dict(group=c, kernel_shape=[7, 7], strides=[2, 2], pads=pads)
+    expected = _ort(helper.make_node("Conv", ["x", "w", "b"], ["y"], **attrs), {"x": x},
+                    constants={"w": wt, "b": b}, threads=threads)
+    got = gx.conv(x, wt, b, group=c, strides=[2, 2], dilations=[1, 1], begins=pads[:2],
+                  ends=pads[2:], threads=threads, family=host_family())
+    _assert_bitwise(got, expected)
+    _assert_bitwise(nn.conv(x, wt, b, fp32_kernels="auto", **attrs), expected)
 
 
 def test_nn_conv_is_bitwise_ort_with_default_threads():
