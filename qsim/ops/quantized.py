@@ -289,6 +289,10 @@ def dynamic_quantize_linear(x):
     ``zp = rne(clamp(0 - lo / s, 0, 255))``;
     ``y = QuantizeLinear(x, s, zp)``. Returns ``(y, s, zp)`` with ``s``, ``zp`` scalars.
 
+    NaN inputs are left out of the range. ONNX Runtime's min/max (``minps``/``maxps`` over SIMD
+    lanes and thread blocks, then a scalar tail) lets a NaN through or not depending on its
+    position, so with NaN in ``x`` the two can differ (finite inputs agree bit for bit).
+
     >>> y, s, zp = dynamic_quantize_linear(np.array([-1.0, 0.0, 2.0], np.float32))
     >>> y.tolist(), float(s), int(zp)
     ([0, 85, 255], 0.0117647061124444, 85)
@@ -297,8 +301,9 @@ def dynamic_quantize_linear(x):
     x = np.asarray(x)
     if x.dtype != np.float32:
         raise OpError(f"{op}: input x has dtype {x.dtype}, expected float32")
-    lo = np.float32(min(float(x.min()), 0.0)) if x.size else np.float32(0.0)
-    hi = np.float32(max(float(x.max()), 0.0)) if x.size else np.float32(0.0)
+    values = x[~np.isnan(x)]            # MLAS's min/max (minps/maxps) skip NaN
+    lo = np.float32(min(float(values.min()), 0.0)) if values.size else np.float32(0.0)
+    hi = np.float32(max(float(values.max()), 0.0)) if values.size else np.float32(0.0)
     scale = np.float32(1.0) if hi == lo else np.float32((hi - lo) / np.float32(255.0))
     initial = np.float32(np.float32(0.0) - np.float32(lo / scale))
     zp = np.uint8(np.rint(min(max(initial, np.float32(0.0)), np.float32(255.0))))
