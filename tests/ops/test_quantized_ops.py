@@ -183,10 +183,11 @@ def q_cases(draw, *, dequantize):
 
 
 def _opset(tname: str, attrs: dict, draw_old: bool) -> int:
-    """8-bit per-tensor/per-axis also at opsets 13 and 19; the rest needs 21."""
+    """8-bit types also at opsets 10 (per tensor only: no axis before 13) and 13; 16- and 4-bit,
+    blocked and output_dtype need 21."""
     if tname in ("uint8", "int8") and "block_size" not in attrs and "output_dtype" not in attrs \
             and draw_old:
-        return 13
+        return 13 if "axis" in attrs or np.ndim(attrs.get("_scale", 0)) else 10
     return 21
 
 
@@ -197,7 +198,7 @@ def _opset(tname: str, attrs: dict, draw_old: bool) -> int:
 @given(q_cases(dequantize=False), st.booleans(), st.sampled_from([21, 23, 25]))
 def test_quantize_linear_matches_ort(case, old, new_opset):
     tname, x, s, zp, attrs, _ = case
-    opset = _opset(tname, attrs, old)
+    opset = _opset(tname, dict(attrs, _scale=s), old)
     opset = new_opset if opset == 21 else opset
     expected = ort_run("QuantizeLinear", [x, s, zp], attrs, opset=opset,
                        int4_outputs=(0,) if tname in ("int4", "uint4") else ())[0]
@@ -210,7 +211,7 @@ def test_quantize_linear_matches_ort(case, old, new_opset):
 @given(q_cases(dequantize=True), st.booleans(), st.booleans())
 def test_dequantize_linear_matches_ort(case, old, half):
     tname, x, s, zp, attrs, _ = case
-    opset = _opset(tname, attrs, old)
+    opset = _opset(tname, dict(attrs, _scale=s), old)
     if half and opset >= 19:
         s = s.astype(np.float16)
         s[s == 0] = np.float16(2.0**-14)
