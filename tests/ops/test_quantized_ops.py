@@ -531,10 +531,12 @@ def test_qlinear_conv_network_shapes_match_ort(tx, tw, x_shape, w_shape, attrs, 
     s_w = np.exp(rng.uniform(-7, -3, size=(m,) if per_channel else ())).astype(np.float32)
     w_zp = np.zeros((m,) if per_channel else (), tw) if tw == np.int8 else ints(rng, tw, ())
     b = rng.integers(-2**12, 2**12, size=m).astype(np.int32)
-    inputs = [x, np.float32(0.02), ints(rng, tx, ()), w, s_w, w_zp, np.float32(0.05),
-              ints(rng, tx, ()), b]
-    expected = ort_run("QLinearConv", inputs, attrs, opset=10, initializers=(3, 4, 5, 8))
-    assert_bits(OPS["QLinearConv"](*inputs, **attrs), expected[0])
+    # y_scale 1e-9: acc·M far beyond int32, where a kernel converting before clamping would
+    # wrap (MLAS clamps in float first; its symmetric-conv kernels saturate the same way)
+    for s_y in (np.float32(0.05), np.float32(1e-9)):
+        inputs = [x, np.float32(0.02), ints(rng, tx, ()), w, s_w, w_zp, s_y, ints(rng, tx, ()), b]
+        expected = ort_run("QLinearConv", inputs, attrs, opset=10, initializers=(3, 4, 5, 8))
+        assert_bits(OPS["QLinearConv"](*inputs, **attrs), expected[0], f"y_scale {s_y}")
 
 
 @pytest.mark.parametrize("ta, tb", PAIRINGS)
