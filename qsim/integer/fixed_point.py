@@ -24,6 +24,12 @@ Requantization of one output (int32 bias, 8- or 16-bit output)::
 
     y = clamp(MBQM(acc + bias, q[c], shift[c]) + zp_y, qmin, qmax)
 
+TFLite's 16x8 kernels (int16 activations, int8 weights) accumulate in int64 with an int64 bias
+and use a 16-bit reduced multiplier, one rounding (ties towards +∞)::
+
+    r = (q + 2^15) >> 16  if q < 0x7FFF0000  else 0x7FFF              (q / 2^16 rounded, <= 2^15-1)
+    MBQM64(x, q, shift) = int32((x·r + 2^(14 - shift)) >> (15 - shift))   (|x| < 2^47, shift <= 7)
+
 with ``acc + bias`` wrapping in int32 and ``c`` the output channel. The two-step result can
 differ from a single rounding of ``x · M_q`` (it can round twice upwards near a tie); the
 properties in ``tests/integer/test_fixed_point.py`` pin both down with exact fractions.
@@ -45,7 +51,8 @@ INT32_MAX = 2**31 - 1
 #: output type name → (qmin, qmax)
 OUTPUT_RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767),
                  "uint16": (0, 65535)}
-ROUNDINGS = ("double", "single")
+#: "double": TFLite's default MBQM; "single": TFLITE_SINGLE_ROUNDING; "int64": the 16x8 kernels
+ROUNDINGS = ("double", "single", "int64")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,13 +160,28 @@ def mbqm_single(x, q, shift):
 
 
 @kernel
-def _nb_requantize(acc, bias, q, shift, zp, lo, hi, single, out):
-    """Rows of ``acc`` (n, C): ``clamp(MBQM(wrap32(acc + bias[c]), q[c], shift[c]) + zp, lo, hi)``."""
+def mbqm64(x, q, shift):
+    """TFLite ``MultiplyByQuantizedMultiplier(int64 x, ...)`` of the 16x8 kernels:
+    ``r = (q + 2^15) >> 16`` (``0x7FFF`` when ``q >= 0x7FFF0000``),
+    ``int32((x·r + 2^(14 - shift)) >> (15 - shift))`` (the int32 cast wraps)."""
+    r = (np.int64(q) + (1 << 15)) >> 16 if q < 0x7FFF0000 else np.int64(0x7FFF)
+    total = 15 - shift
+    return _wrap32((np.int64(x) * r + (np.int64(1) << (total - 1))) >> total)
+
+
+@kernel
+def _nb_requantize(acc, bias, q, shift, zp, lo, hi, mode, out):
+    """Rows of ``acc`` (n, C): ``clamp(MBQM(x, q[c], shift[c]) + zp, lo, hi)`` with
+    ``x = wrap32(acc + bias[c])`` (modes 0 double, 1 single rounding) or ``x = acc + bias[c]`` in
+    int64 (mode 2, :func:`mbqm64`)."""
     n, channels = acc.shape
     for i in range(n):
         for c in range(channels):
-            x = _wrap32(np.int64(acc[i, c]) + bias[c])
-            y = mbqm_single(x, q[c], shift[c]) if single else mbqm(x, q[c], shift[c])
+            if mode == 2:
+                y = mbqm64(np.int64(acc[i, c]) + bias[c], q[c], shift[c])
+            else:
+                x = _wrap32(np.int64(acc[i, c]) + bias[c])
+                y = mbqm_single(x, q[c], shift[c]) if mode == 1 else mbqm(x, q[c], shift[c])
             y += zp
             out[i, c] = lo if y < lo else (hi if y > hi else y)
 
@@ -202,10 +224,21 @@ def np_mbqm_single(x, q, shift) -> np.ndarray:
         >> total
 
 
-def _np_requantize(acc, bias, q, shift, zp, lo, hi, single, out):
-    x = _np_wrap32(acc.astype(np.int64) + bias)
-    y = (np_mbqm_single if single else np_mbqm)(x, q, shift) + zp
-    out[...] = np.clip(y, lo, hi)
+def np_mbqm64(x, q, shift) -> np.ndarray:
+    """Vectorised :func:`mbqm64`."""
+    q = np.asarray(q, np.int64)
+    r = np.where(q < 0x7FFF0000, (q + (1 << 15)) >> 16, 0x7FFF)
+    total = 15 - np.asarray(shift, np.int64)
+    return _np_wrap32((np.asarray(x, np.int64) * r + (np.int64(1) << (total - 1))) >> total)
+
+
+def _np_requantize(acc, bias, q, shift, zp, lo, hi, mode, out):
+    if mode == 2:
+        y = np_mbqm64(acc.astype(np.int64) + bias, q, shift)
+    else:
+        x = _np_wrap32(acc.astype(np.int64) + bias)
+        y = (np_mbqm_single if mode == 1 else np_mbqm)(x, q, shift)
+    out[...] = np.clip(y + zp, lo, hi)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +251,9 @@ def requantize(acc, q, shift, *, zero_point: int = 0, bias=None, output: str = "
     ``acc``: int32 accumulators; ``q``, ``shift``: one pair (per tensor) or one per channel
     along ``axis`` (from :func:`quantize_multipliers`); ``bias``: int32, one per channel (or a
     scalar); ``output``: ``int8``, ``uint8``, ``int16`` or ``uint16``; ``rounding``: ``double``
-    (TFLite's default, :func:`mbqm`) or ``single`` (``TFLITE_SINGLE_ROUNDING``).
+    (TFLite's default, :func:`mbqm`), ``single`` (``TFLITE_SINGLE_ROUNDING``) or ``int64``
+    (TFLite's 16x8 kernels: int64 accumulators and bias, ``|acc + bias| < 2^47``, shift <= 7,
+    :func:`mbqm64`).
 
     >>> requantize(np.array([1000, -1000, 5], np.int32), *quantize_multiplier(0.05)).tolist()
     [50, -50, 0]
@@ -228,8 +263,10 @@ def requantize(acc, q, shift, *, zero_point: int = 0, bias=None, output: str = "
     if rounding not in ROUNDINGS:
         raise EncodingError(f"rounding {rounding!r} is not one of {list(ROUNDINGS)}")
     acc = np.asarray(acc)
-    if acc.dtype != np.int32:
-        raise EncodingError(f"accumulators have dtype {acc.dtype}, expected int32")
+    wide = rounding == "int64"
+    if acc.dtype not in ((np.int32, np.int64) if wide else (np.int32,)):
+        raise EncodingError(f"accumulators have dtype {acc.dtype}, expected "
+                            f"{'int32 or int64' if wide else 'int32'}")
     lo, hi = OUTPUT_RANGES[output]
     if not lo <= int(zero_point) <= hi:
         raise EncodingError(f"zero point {zero_point} is outside the {output} range [{lo}, {hi}]")
@@ -244,11 +281,15 @@ def requantize(acc, q, shift, *, zero_point: int = 0, bias=None, output: str = "
                                 f"(channels of acc {list(acc.shape)} along axis {axis})")
         params.append(np.ascontiguousarray(np.broadcast_to(v.ravel(), (channels,))))
     q64, shift64, bias64 = params
-    if np.any((q64 < 0) | (q64 > INT32_MAX)) or np.any((shift64 < -31) | (shift64 > 30)):
-        raise EncodingError("multipliers must be in [0, 2^31) with shifts in [-31, 30] "
-                            "(use quantize_multiplier)")
+    max_shift = 7 if wide else 30
+    if np.any((q64 < 0) | (q64 > INT32_MAX)) or np.any((shift64 < -31) | (shift64 > max_shift)):
+        raise EncodingError(f"multipliers must be in [0, 2^31) with shifts in [-31, {max_shift}] "
+                            f"for rounding {rounding!r} (use quantize_multiplier)")
+    if wide and rows.size and np.max(np.abs(rows.astype(np.int64) + bias64)) >= 2**47:
+        raise EncodingError("int64 accumulators plus bias must stay below 2^47 in magnitude "
+                            "(TFLite's 16x8 range)")
     out = np.empty(rows.shape, np.int64)
     (_nb_requantize if USE_NUMBA else _np_requantize)(
-        rows, bias64, q64, shift64, int(zero_point), lo, hi, rounding == "single", out)
+        rows, bias64, q64, shift64, int(zero_point), lo, hi, ROUNDINGS.index(rounding), out)
     out = out.astype(output).reshape(moved.shape)
     return out.reshape(acc.shape) if axis is None else np.moveaxis(out, -1, axis)

@@ -155,15 +155,38 @@ def test_single_rounding_is_x_times_m_q_rounded_half_up(x, qs):
     assert fp.np_mbqm_single(x, q, shift) == expected
 
 
+def reduced_multiplier(q: int) -> int:
+    """The 16-bit multiplier of TFLite's 16x8 kernels: q / 2^16 rounded half up, at most
+    2^15 - 1."""
+    return min(floor_half_up(Fraction(q, 2**16)), 2**15 - 1)
+
+
+@SETTINGS
+@given(st.integers(-2**47, 2**47 - 1), st.integers(0, 2**31 - 1), st.integers(-31, 7))
+def test_mbqm64_is_x_times_the_reduced_multiplier_rounded_half_up(x, q, shift):
+    r = reduced_multiplier(q)
+    expected = wrap32(floor_half_up(Fraction(x * r, 2**(15 - shift))))
+    assert fp.mbqm64(x, q, shift) == expected
+    assert fp.np_mbqm64(x, q, shift) == expected
+    assert abs(Fraction(r, 2**15) - Fraction(q, 2**31)) <= Fraction(1, 2**16) or r == 2**15 - 1
+
+
 @SETTINGS
 @given(st.lists(st.integers(-2**31, 2**31 - 1), min_size=2, max_size=40), q_shift(),
        st.sampled_from(fp.ROUNDINGS))
 def test_mbqm_is_monotonic(xs, qs, rounding):
     q, shift = qs
-    left = max(shift, 0)
-    xs = sorted(x for x in xs if -2**31 <= x * 2**left < 2**31)
-    f = fp.mbqm if rounding == "double" else fp.mbqm_single
-    ys = [f(x, q, shift) for x in xs]
+    if rounding == "int64":
+        shift = min(shift, 7)
+        xs = sorted(x * 2**15 for x in xs)                        # int64 accumulators
+        ys = [fp.mbqm64(x, q, shift) for x in xs]
+        exact = [x * reduced_multiplier(q) * Fraction(2) ** (shift - 15) for x in xs]
+        ys = [y for y, e in zip(ys, exact) if -2**31 <= e < 2**31 - 1]   # no int32 wrap
+    else:
+        left = max(shift, 0)
+        xs = sorted(x for x in xs if -2**31 <= x * 2**left < 2**31)
+        f = fp.mbqm if rounding == "double" else fp.mbqm_single
+        ys = [f(x, q, shift) for x in xs]
     assert ys == sorted(ys)
 
 
@@ -176,8 +199,13 @@ def requant_cases(draw):
     channels = draw(st.integers(1, 6))
     shape = (draw(st.integers(1, 4)), channels, draw(st.integers(1, 5)))
     extreme = draw(st.booleans())
-    acc = (rng.integers(-2**31, 2**31, size=shape) if extreme
-           else rng.integers(-2**20, 2**20, size=shape)).astype(np.int32)
+    rounding = draw(st.sampled_from(fp.ROUNDINGS))
+    if rounding == "int64":
+        acc = rng.integers(-2**46 if extreme else -2**36, 2**46 if extreme else 2**36,
+                           size=shape).astype(np.int64)
+    else:
+        acc = (rng.integers(-2**31, 2**31, size=shape) if extreme
+               else rng.integers(-2**20, 2**20, size=shape)).astype(np.int32)
     scales = np.exp(rng.uniform(-14, 1, size=channels))
     q, shift = fp.quantize_multipliers(scales)
     bias = rng.integers(-2**31 if extreme else -2**16, 2**31 if extreme else 2**16,
@@ -185,7 +213,7 @@ def requant_cases(draw):
     output = draw(st.sampled_from(list(fp.OUTPUT_RANGES)))
     lo, hi = fp.OUTPUT_RANGES[output]
     zp = int(rng.integers(lo, hi + 1))
-    return acc, q, shift, bias, output, zp, draw(st.sampled_from(fp.ROUNDINGS))
+    return acc, q, shift, bias, output, zp, rounding
 
 
 @SETTINGS
@@ -200,7 +228,11 @@ def test_requantize_matches_the_exact_formula(case):
         c = idx[1]
         x = wrap32(int(acc[idx]) + int(bias[c]))
         m_q = fp.multiplier_value(int(q[c]), int(shift[c]))
-        if rounding == "single":
+        if rounding == "int64":
+            x = int(acc[idx]) + int(bias[c])                       # no wrap: int64
+            y = wrap32(floor_half_up(Fraction(x * reduced_multiplier(int(q[c])),
+                                              2**(15 - int(shift[c])))))
+        elif rounding == "single":
             y = floor_half_up(x * m_q)
         else:
             left, right = max(int(shift[c]), 0), max(-int(shift[c]), 0)
@@ -216,7 +248,7 @@ def test_numba_kernel_equals_numpy_twin(case):
     lo, hi = fp.OUTPUT_RANGES[output]
     rows = np.ascontiguousarray(np.moveaxis(acc, 1, -1)).reshape(-1, acc.shape[1])
     args = (rows, bias.astype(np.int64), q.astype(np.int64), shift.astype(np.int64), zp, lo, hi,
-            rounding == "single")
+            fp.ROUNDINGS.index(rounding))
     a, b = np.empty(rows.shape, np.int64), np.empty(rows.shape, np.int64)
     fp._nb_requantize(*args, a)
     fp._np_requantize(*args, b)
@@ -248,10 +280,13 @@ def test_requantize_saturates_at_the_output_range():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(output="int4"), "output type 'int4'"),
     (dict(rounding="nearest"), "rounding 'nearest'"),
+    (dict(rounding="int64", acc=np.array([2**47, 0], np.int64)), "below 2^47"),
+    (dict(acc=np.zeros(2, np.int64)), "expected int32"),
     (dict(zero_point=300), "zero point 300 is outside the int8 range"),
     (dict(axis=0, bias=np.zeros(3, np.int32)), "bias has 3 values, expected 1 or 2"),
 ])
 def test_requantize_rejects_bad_arguments(kwargs, message):
+    acc = kwargs.pop("acc", np.zeros(2, np.int32))
     with pytest.raises(EncodingError) as info:
-        fp.requantize(np.zeros(2, np.int32), 2**30, 0, **kwargs)
+        fp.requantize(acc, 2**30, 0, **kwargs)
     assert message in str(info.value)
