@@ -578,3 +578,31 @@ def test_quantize_linear_large_tensors_match_ort():
     y, s, z = ort_run("DynamicQuantizeLinear", [x[~np.isnan(x)]], opset=11, noutputs=3)
     for g, e in zip(OPS["DynamicQuantizeLinear"](x[~np.isnan(x)]), (y, s, z)):
         assert_bits(g, e)
+
+
+@pytest.mark.parametrize("tname", list(QTYPES))
+@pytest.mark.parametrize("axis, block", [(1, 32), (0, 16), (1, 0), (0, 0)])
+def test_quantize_dequantize_large_layouts_match_ort(tname, axis, block):
+    """A (64, 256) tensor with ties, NaN and ±inf, blocked and per-axis (ONNX Runtime's block
+    loops run over whole rows here, unlike the tiny Hypothesis shapes)."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((64, 256)) * 20).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[::7] = ((rng.integers(-50, 50, flat[::7].size) + 0.5) * 0.25).astype(np.float32)
+    flat[::101], flat[::103], flat[::107] = np.nan, np.inf, -np.inf
+    n = x.shape[axis]
+    if block:
+        pshape = (64, 256 // block) if axis == 1 else (64 // block, 256)
+    else:
+        pshape = (n,)
+    s = np.exp(rng.uniform(-3, 0, pshape)).astype(np.float32)
+    s.reshape(-1)[::3] = 0.25
+    lo, hi = RANGES[tname]
+    zp = rng.integers(lo, hi + 1, pshape).astype(QTYPES[tname])
+    attrs = dict(axis=axis, **({"block_size": block} if block else {}))
+    int4 = (0,) if tname in ("int4", "uint4") else ()
+    expected = ort_run("QuantizeLinear", [x, s, zp], attrs, opset=21, int4_outputs=int4)[0]
+    q = OPS["QuantizeLinear"](x, s, zp, **attrs)
+    assert_bits(q, expected, f"QuantizeLinear {tname}")
+    expected = ort_run("DequantizeLinear", [q, s, zp], attrs, opset=21)[0]
+    assert_bits(OPS["DequantizeLinear"](q, s, zp, **attrs), expected, f"DequantizeLinear {tname}")
