@@ -1,7 +1,7 @@
 """Quantized ONNX ops, bit-exact with ONNX Runtime's CPU kernels (MLAS).
 
-QuantizeLinear / DequantizeLinear (opsets 10-25: per tensor, per axis, blocked), DynamicQuantizeLinear,
-MatMulInteger, ConvInteger, QLinearMatMul and QLinearConv. Every function follows the calling
+QuantizeLinear / DequantizeLinear (opsets 10-25: per tensor, per axis, blocked),
+DynamicQuantizeLinear, MatMulInteger, ConvInteger, QLinearMatMul and QLinearConv. Every function follows the calling
 convention of :mod:`qsim.ops.registry`. Integer types: int8, uint8, int16, uint16, int32 (as
 NumPy dtypes) and int4 / uint4 (as ``ml_dtypes`` dtypes, what ``onnx.numpy_helper`` returns).
 
@@ -101,7 +101,8 @@ def _quantize(v: np.ndarray, zp: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return _rne(_mlas_clamp(v, low, high)) + zp
 
 
-def _broadcast_param(op: str, what: str, p: np.ndarray, shape: tuple, axis, block_size) -> np.ndarray:
+def _broadcast_param(op: str, what: str, p: np.ndarray, shape: tuple, axis,
+                     block_size) -> np.ndarray:
     """Broadcast a scale / zero point to ``shape``: per tensor (scalar or 1 element), per axis
     (1-D of length ``shape[axis]``) or blocked (same rank; ``ceil(D_axis / block_size)`` along
     ``axis``, every other dimension equal)."""
