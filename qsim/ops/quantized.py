@@ -1,8 +1,8 @@
 """Quantized ONNX ops, bit-exact with ONNX Runtime's CPU kernels (MLAS).
 
 QuantizeLinear / DequantizeLinear (opsets 10-25: per tensor, per axis, blocked),
-DynamicQuantizeLinear, MatMulInteger, ConvInteger, QLinearMatMul and QLinearConv. Every function follows the calling
-convention of :mod:`qsim.ops.registry`. Integer types: int8, uint8, int16, uint16, int32 (as
+DynamicQuantizeLinear, MatMulInteger, ConvInteger, QLinearMatMul and QLinearConv. Every function
+follows the calling convention of :mod:`qsim.ops.registry`. Integer types: int8, uint8, int16, uint16, int32 (as
 NumPy dtypes) and int4 / uint4 (as ``ml_dtypes`` dtypes, what ``onnx.numpy_helper`` returns).
 
 The arithmetic, as ONNX Runtime 1.32 computes it on x86 (checked against it in
@@ -15,9 +15,10 @@ The arithmetic, as ONNX Runtime 1.32 computes it on x86 (checked against it in
 * **dequantize** ``y = float32(int32(q) - zp) ⊗ s``: one exact integer subtraction, one
   conversion, one float32 product.
 * **integer products** (MatMulInteger, ConvInteger and the core of QLinear*) are exact:
-  ``acc = Σ (a - a_zp)(b - b_zp)`` in int32 (wrapping). On CPUs without VNNI, ONNX Runtime's
-  uint8 × int8 kernels (``vpmaddubsw``) saturate pairs of products at ±32767; qsim computes the
-  exact sum, which is what VNNI CPUs (and every other operand pairing) return.
+  ``acc = Σ (a - a_zp)(b - b_zp)`` in int32 (wrapping). On x86 CPUs without VNNI, ONNX
+  Runtime's uint8 × int8 kernels (``vpmaddubsw``) saturate pairs of products at ±32767; qsim
+  computes the exact sum, which is what VNNI CPUs return (int8 weights in [-64, 63], ONNX
+  Runtime's ``reduce_range``, never saturate).
 * **requantize** (QLinearMatMul, QLinearConv; MLAS ``MlasRequantizeOutput``)
   ``M = float32(float32(s_a · s_b) / s_y)`` per output column/channel, then
   ``y = clamp(rne(float32(acc + bias) ⊗ M), qmin - zp_y, qmax - zp_y) + zp_y`` (bias added in
