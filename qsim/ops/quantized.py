@@ -2,8 +2,9 @@
 
 QuantizeLinear / DequantizeLinear (opsets 10-25: per tensor, per axis, blocked),
 DynamicQuantizeLinear, MatMulInteger, ConvInteger, QLinearMatMul and QLinearConv. Every function
-follows the calling convention of :mod:`qsim.ops.registry`. Integer types: int8, uint8, int16, uint16, int32 (as
-NumPy dtypes) and int4 / uint4 (as ``ml_dtypes`` dtypes, what ``onnx.numpy_helper`` returns).
+follows the calling convention of :mod:`qsim.ops.registry`. Integer types: int8, uint8, int16,
+uint16, int32 (NumPy dtypes) and int4 / uint4 (``ml_dtypes`` dtypes, what ``onnx.numpy_helper``
+returns).
 
 The arithmetic, as ONNX Runtime 1.32 computes it on x86 (checked against it in
 ``tests/ops/test_quantized_ops.py``):
