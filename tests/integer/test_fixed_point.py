@@ -290,3 +290,27 @@ def test_requantize_rejects_bad_arguments(kwargs, message):
     with pytest.raises(EncodingError) as info:
         fp.requantize(acc, 2**30, 0, **kwargs)
     assert message in str(info.value)
+
+
+@SETTINGS
+@given(st.integers(-2**24, 2**24), st.floats(min_value=2.0**-20, max_value=0.99,
+                                             allow_nan=False), st.sampled_from(fp.ROUNDINGS))
+def test_fixed_point_is_close_to_the_float_requantization(acc, m, rounding):
+    """MLAS's float requantization rne(f32(acc) ⊗ M) and the fixed-point one of the same float32
+    M: at most one step apart while |acc·M| < 2^22 (the float32 product then errs by <= 1/4;
+    each fixed-point result is within 1/2 + 1/2 of x·M_q, and M_q is within 2^-31 of M). The
+    int64 (16x8) path's 16-bit multiplier adds |acc|·|M_r - M| to that bound."""
+    m32 = np.float32(m)
+    exact_m = Fraction(float(m32))
+    if abs(acc * exact_m) >= 2**22:
+        return
+    y_float = int(np.rint(np.float32(acc) * m32))
+    q, shift = fp.quantize_multiplier(float(m32))
+    if rounding == "int64":
+        y_fixed = fp.mbqm64(acc, q, shift)
+        m_r = Fraction(reduced_multiplier(q)) * Fraction(2) ** (shift - 15)
+        assert abs(y_float - y_fixed) < Fraction(7, 4) + abs(acc) * abs(m_r - exact_m) + \
+            Fraction(1, 2**8)
+    else:
+        f = fp.mbqm if rounding == "double" else fp.mbqm_single
+        assert abs(y_float - f(acc, q, shift)) <= 1
