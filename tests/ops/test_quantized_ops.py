@@ -315,8 +315,9 @@ def test_matmul_integer_matches_ort(case):
 
 
 @SETTINGS
-@given(matmul_cases(), st.sampled_from([10, 21]))
-def test_qlinear_matmul_matches_ort(case, opset):
+@given(matmul_cases(), st.sampled_from([10, 21]), st.booleans())
+def test_qlinear_matmul_matches_ort(case, opset, half_scales):
+    """(Opset 21 also allows float16 scales: widened to float32 before the arithmetic.)"""
     ta, tb, a, b, a_zp, b_zp, rng, const_b = case
     if (ta, tb) == (np.int8, np.uint8):
         return   # not implemented by ONNX Runtime; qsim's rejection is tested below
@@ -325,6 +326,8 @@ def test_qlinear_matmul_matches_ort(case, opset):
     s_b = np.exp(rng.uniform(-6, 0, size=b_zp.shape)).astype(np.float32)
     s_y = np.float32(np.exp(rng.uniform(-4, 2)))
     y_zp = ints(rng, ta, ())
+    if half_scales and opset == 21:
+        s_a, s_b, s_y = (np.asarray(v, np.float16) for v in (s_a, s_b, s_y))
     inputs = [a, s_a, a_zp, b, s_b, b_zp, s_y, y_zp]
     expected = ort_run("QLinearMatMul", inputs, opset=opset,
                        initializers=(3, 4, 5) if const_b else ())
