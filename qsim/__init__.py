@@ -8,10 +8,22 @@
     sim.export("out", "model")              # model.onnx (FP32) + model.encodings (AIMET 1.0.0)
 """
 from .errors import (ClusterError, ConfigError, EncodingError, ExportError, FeedError, GraphError,
-                     NotCalibratedError, OpError, QsimError, UnknownOpError)
+                     NonFiniteWarning, NotCalibratedError, OpError, QsimError, UnknownOpError)
 from .interpreter import run
 from .ir import Graph, Node, ValueInfo
 from .onnx_io import load_onnx, to_onnx
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml), also from a plain checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("qsim-ref")
+    except PackageNotFoundError:
+        return "0.1.0+unknown"
+
+
+__version__ = _version()
 
 # Imported on first use: they pull in Numba kernels and the config schema.
 _LAZY = {
@@ -26,7 +38,8 @@ _LAZY = {
 __all__ = [
     "Graph", "Node", "ValueInfo", "run", "load_onnx", "to_onnx", *_LAZY,
     "QsimError", "GraphError", "UnknownOpError", "OpError", "FeedError", "ConfigError",
-    "EncodingError", "NotCalibratedError", "ExportError", "ClusterError",
+    "EncodingError", "NotCalibratedError", "ExportError", "ClusterError", "NonFiniteWarning",
+    "__version__",
 ]
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +86,14 @@ def clipped_count(x: np.ndarray, enc) -> int:
 
 
 def accuracy_percent(logits: np.ndarray, labels: np.ndarray) -> float:
-    """``100 · mean(argmax(logits, axis=1) == labels)``."""
+    """``100 · mean(argmax(logits, axis=1) == labels)``; FeedError if a label is not a class
+    index ``0 ≤ label < logits.shape[1]`` (it could never match)."""
+    labels = np.asarray(labels)
+    classes = logits.shape[1] if np.ndim(logits) >= 2 else 0
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        bad = labels.min() if labels.min() < 0 else labels.max()
+        raise FeedError(f"label {bad} is not a class of the model's output (shape "
+                        f"{list(np.shape(logits))}: classes 0..{classes - 1} along axis 1)")
     return float(np.mean(np.argmax(logits, axis=1) == labels) * 100.0)
 
 
@@ -284,7 +292,10 @@ def _histogram_range(enc, lo: float, hi: float) -> tuple[str, float, float, floa
         unit = "steps"
         r_lo = float(np.max(enc.offset))
         r_hi = float(np.min(np.asarray(enc.max) / np.asarray(enc.delta)))
-    b_lo, b_hi = min(lo, r_lo), max(hi, r_hi)
+    # Non-finite data or encodings (README "Non-finite data") do not get bins: the bins span
+    # what is finite of the data and the encoding range, else [-1, 1].
+    ends = [v for v in (lo, hi, r_lo, r_hi) if np.isfinite(v)] or [-1.0, 1.0]
+    b_lo, b_hi = min(ends), max(ends)
     if not b_hi > b_lo:
         b_lo, b_hi = b_lo - 0.5, b_hi + 0.5
     return unit, r_lo, r_hi, b_lo, b_hi
@@ -530,10 +541,11 @@ def plot_histogram(q: QuantizerAnalysis, path: Path) -> Path:
     e, c = hist.edges, hist.counts
     ax.stairs(c, e, fill=True, alpha=0.6, label="FP32 values")
     lo, hi = hist.range_lo, hist.range_hi
-    ax.axvline(lo, color="r", label=f"encoding range [{lo:.4g}, {hi:.4g}]")
-    ax.axvline(hi, color="r")
-    ax.axvspan(e[0], lo, color="r", alpha=0.08)
-    ax.axvspan(hi, e[-1], color="r", alpha=0.08)
+    if np.isfinite(lo) and np.isfinite(hi):      # not so after non-finite calibration data
+        ax.axvline(lo, color="r", label=f"encoding range [{lo:.4g}, {hi:.4g}]")
+        ax.axvline(hi, color="r")
+        ax.axvspan(e[0], lo, color="r", alpha=0.08)
+        ax.axvspan(hi, e[-1], color="r", alpha=0.08)
     ax.set_yscale("log" if c.max() > 0 else "linear")
     ax.set_xlim(e[0], e[-1])
     ax.set_xlabel("value" if hist.unit == "value" else f"value / scale of its channel (axis {q.axis})")
@@ -550,10 +562,15 @@ def plot_channels(q: QuantizerAnalysis, path: Path) -> Path:
     fig = Figure(figsize=(6, 3))
     fig.subplots_adjust(left=0.1, right=0.97, bottom=0.16, top=0.9)
     ax = fig.add_subplot()
-    ax.bar(c, np.asarray(q.enc_max) - np.asarray(q.enc_min), bottom=q.enc_min, width=0.8,
+    def finite(a):   # non-finite calibration data: those channels are left out
+        a = np.asarray(a, np.float64)
+        return np.where(np.isfinite(a), a, np.nan)
+
+    enc_min, enc_max = finite(q.enc_min), finite(q.enc_max)
+    ax.bar(c, np.nan_to_num(enc_max - enc_min), bottom=np.nan_to_num(enc_min), width=0.8,
            alpha=0.5, label="encoding [min, max]")
-    ax.scatter(c, q.data_min, marker="_", color="k", label="observed min / max")
-    ax.scatter(c, q.data_max, marker="_", color="k")
+    ax.scatter(c, finite(q.data_min), marker="_", color="k", label="observed min / max")
+    ax.scatter(c, finite(q.data_max), marker="_", color="k")
     ax.set_xlabel(f"channel (axis {q.axis})")
     ax.set_title(f"{_short(q.name, 60)}: per-channel ranges", fontsize=9)
     ax.legend(fontsize=7)
@@ -646,6 +663,66 @@ class ReportFiles:
     html: Path
     json: Path
     plots: tuple
+
+
+#: what a report folder holds; :func:`replace_report` replaces only folders made of these
+REPORT_ENTRIES = frozenset({"analysis.html", "analysis.json", "plots"})
+
+
+def check_report_folder(out_dir) -> None:
+    """QsimError unless ``out_dir`` may be replaced by a new report: it does not exist, is an
+    empty folder, or holds only a previous report (:data:`REPORT_ENTRIES`)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise QsimError(f"output folder '{out}' is a file; choose another --out")
+    if out.is_dir():
+        other = sorted(p.name for p in out.iterdir() if p.name not in REPORT_ENTRIES)
+        if other:
+            raise QsimError(f"output folder '{out}' holds files that are not a qsim report "
+                            f"({', '.join(repr(n) for n in other[:3])}); the report replaces the "
+                            f"whole folder: choose a new or empty --out")
+
+
+def replace_report(result: Analysis, out_dir, *, per_quantizer_plots: bool = True) -> ReportFiles:
+    """:func:`write_report` into a new folder beside ``out_dir``, then swapped in for it at the
+    end: an error or Ctrl-C leaves the previous report (or nothing) as it was, never a mix.
+
+    ``out_dir`` must pass :func:`check_report_folder`. Swap: old → ``.<name>.old-*``, new →
+    ``out_dir``, old removed (if the second rename fails the old one is put back)."""
+    import shutil
+    import tempfile
+    from .export import current_umask
+    out = Path(out_dir)
+    check_report_folder(out)
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fresh = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=parent))
+    except OSError as exc:
+        raise QsimError(f"cannot create the report folder in '{parent}': "
+                        f"{exc.strerror or exc}") from None
+    old = None
+    try:
+        fresh.chmod(0o777 & ~current_umask())   # mkdtemp gives 0o700
+        write_report(result, fresh, per_quantizer_plots=per_quantizer_plots)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
+            os.replace(out, old / out.name)
+        try:
+            os.replace(fresh, out)
+        except BaseException:
+            if old is not None:
+                os.replace(old / out.name, out)
+            raise
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        if old is not None and not (old / out.name).exists():
+            shutil.rmtree(old, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    plots = tuple(out / "plots" / p.name for p in sorted((out / "plots").iterdir()))
+    return ReportFiles(html=out / "analysis.html", json=out / "analysis.json", plots=plots)
 
 
 def write_report(result: Analysis, out_dir, *, per_quantizer_plots: bool = True) -> ReportFiles:

@@ -6,15 +6,19 @@
     qsim inspect MODEL.onnx [--config CFG]                   graph + quantizer placement, with rules
     qsim validate-config CFG                                 every problem, with JSON paths
 
-``qsim quantize`` and ``qsim analyze`` without a model run on the bundled example (the digits CNN
-under ``examples/``) and also report FP32 and quantized accuracy on its held-out split.
-Exit status: 0 on success, 2 on a user error (one line on stderr, no traceback unless ``--debug``).
+``qsim quantize`` and ``qsim analyze`` without a model run on the bundled example (the digits CNN,
+package data under ``qsim/data/``) and also report FP32 and quantized accuracy on its held-out split.
+Exit status: 0 on success, 2 on a user error (one line on stderr, no traceback unless ``--debug``),
+also when a quantizer's calibration data held ±Inf or only NaN (unless ``--allow-nonfinite``).
+No command writes over one of its inputs; every file is written whole or not at all.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -23,9 +27,13 @@ import numpy as np
 
 from .errors import QsimError
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parent / "data"   # package data: also in an installed wheel
 BUNDLED_MODEL = EXAMPLES / "digits_cnn.onnx"
 BUNDLED_DATA = EXAMPLES / "digits.npz"
+#: the oldest default-domain opset ONNX Runtime runs (its compatibility notes: ONNX 1.2.1, opset 7)
+OLDEST_OPSET = 7
+#: bitwidths the command line accepts (--param-bw, --act-bw)
+MIN_BW, MAX_BW = 2, 16
 
 
 class UserError(QsimError):
@@ -40,15 +48,25 @@ def sqnr_db(reference: np.ndarray, test: np.ndarray) -> float:
     return tensor_sqnr_db(reference, test)
 
 
-def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
-    """All arrays of an .npz file, or a UserError naming the file."""
+def _check_file(path: Path, what: str) -> None:
+    """UserError unless ``path`` is an existing, non-empty file."""
+    if path.is_dir():
+        raise UserError(f"{what} '{path}' is a folder; give a file")
     if not path.is_file():
         raise UserError(f"{what} '{path}' does not exist")
+    if path.stat().st_size == 0:
+        raise UserError(f"{what} '{path}' is empty (0 bytes)")
+
+
+def _read_npz(path: Path, what: str) -> dict[str, np.ndarray]:
+    """All arrays of an .npz file, or a UserError naming the file."""
+    _check_file(path, what)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise UserError(f"{what} '{path}' holds a single array; give an .npz archive "
-                                f"(numpy.savez) with one array per graph input")
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise UserError(f"{what} '{path}' holds a single array (.npy); give an .npz archive "
+                            f"(numpy.savez) with one array per graph input")
+        with data:
             return {k: data[k] for k in data.files}
     except UserError:
         raise
@@ -74,8 +92,7 @@ def load_npz(path: Path, input_names: Sequence[str], what: str = "calibration fi
 
 def load_labels(path: Path) -> np.ndarray:
     """Integer labels from a .npy file, or an .npz with one array (or an array named 'labels')."""
-    if not path.is_file():
-        raise UserError(f"labels file '{path}' does not exist")
+    _check_file(path, "labels file")
     if path.suffix == ".npz":
         arrays = _read_npz(path, "labels file")
         if "labels" in arrays:
@@ -135,13 +152,60 @@ def _cast_feeds(graph, data: dict[str, np.ndarray], source: str) -> dict[str, np
     return out
 
 
-def _check_shapes(graph, data: dict[str, np.ndarray], source: str) -> None:
-    """The first sample batch must fit the graph inputs (rank and fixed dimensions)."""
+def _check_shapes(graph, data: dict[str, np.ndarray], batch: int, source: str) -> None:
+    """The first batch of ``batch`` samples must fit the graph inputs (rank and fixed
+    dimensions)."""
     from .interpreter import check_feeds
     try:
-        check_feeds(graph, data)
+        check_feeds(graph, {k: v[:batch] for k, v in data.items()})
     except QsimError as exc:
         raise UserError(f"{source} does not fit the model: {exc}") from None
+
+
+def static_batch(graph) -> int | None:
+    """The fixed first dimension of the graph inputs (a model exported without a dynamic batch
+    axis), or None when it is dynamic; UserError if inputs disagree."""
+    fixed = {v.name: v.shape[0] for v in graph.inputs
+             if v.shape and isinstance(v.shape[0], int) and v.shape[0] > 0}
+    if len(set(fixed.values())) > 1:
+        raise UserError(f"the model's inputs have different fixed batch dimensions {fixed}; "
+                        f"qsim cannot cut one calibration set into batches for both")
+    return next(iter(fixed.values()), None)
+
+
+def fit_batches(data: dict[str, np.ndarray], batch: int, source: str, note: Callable[[str], None]
+                ) -> dict[str, np.ndarray]:
+    """``data`` cut to a whole number of ``batch``-sample batches (a fixed batch dimension);
+    the dropped samples are reported through ``note``."""
+    n = len(next(iter(data.values())))
+    if n < batch:
+        raise UserError(f"{source} has {n} samples but the model's batch dimension is fixed at "
+                        f"{batch}; give at least {batch} samples (or export the model with a "
+                        f"dynamic batch axis)")
+    keep = n - n % batch
+    if keep != n:
+        note(f"{source}: {n} samples is not a multiple of the model's fixed batch size {batch}; "
+             f"the last {n - keep} are not used")
+    return {k: v[:keep] for k, v in data.items()}
+
+
+def run_batched(run: Callable[[dict], dict], data: dict[str, np.ndarray], batch: int
+                ) -> Iterator[dict[str, np.ndarray]]:
+    """``run(feeds)`` on consecutive batches of ``data`` (one output dict per batch)."""
+    for feeds in batches_of(data, batch):
+        yield run(feeds)
+
+
+def bitwidth(text: str) -> int:
+    """argparse type: an integer bitwidth in 2..16."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of bits {MIN_BW}..{MAX_BW}, "
+                                         f"got {text!r}") from None
+    if not MIN_BW <= value <= MAX_BW:
+        raise argparse.ArgumentTypeError(f"must be {MIN_BW}..{MAX_BW} bits, got {value}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -153,6 +217,60 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be ≥ 1, got {value}")
     return value
+
+
+def _note(command: str) -> Callable[[str], None]:
+    """A printer of one-line notes on stderr: ``qsim quantize: note: …``."""
+    return lambda text: print(f"qsim {command}: note: {text}", file=sys.stderr)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """True if ``a`` and ``b`` name the same file (through links, relative paths, case)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_not_inputs(written: Sequence[Path], inputs: dict[str, Path]) -> None:
+    """UserError, before anything is written, if a file to write is one of the inputs."""
+    for out in written:
+        for what, path in inputs.items():
+            if path is not None and Path(path).exists() and _same_file(out, Path(path)):
+                raise UserError(f"the export '{out}' would overwrite the {what} '{path}'; "
+                                f"choose another --out folder")
+
+
+def check_not_inside(folder: Path, inputs: dict[str, Path]) -> None:
+    """UserError if an input lies inside ``folder`` (which will be replaced as a whole)."""
+    top = os.path.realpath(folder)
+    for what, path in inputs.items():
+        if path is not None and Path(path).exists():
+            real = os.path.realpath(path)
+            if real == top or real.startswith(top.rstrip(os.sep) + os.sep):
+                raise UserError(f"the {what} '{path}' is inside the output folder '{folder}', "
+                                f"which the report replaces; choose another --out folder")
+
+
+def _input_files(args, job) -> dict[str, Path]:
+    """The files a command reads: model, calibration/evaluation data, labels, config."""
+    config = getattr(args, "config", None)
+    return {"model": job.model_path,
+            "calibration file": Path(args.calib) if args.calib else BUNDLED_DATA,
+            "evaluation file": Path(args.eval) if getattr(args, "eval", None) else None,
+            "labels file": Path(args.labels) if getattr(args, "labels", None) else None,
+            "config file": Path(config) if config and Path(config).is_file() else None}
+
+
+def _check_out_dir(path: Path) -> None:
+    """UserError, before any work, if ``path`` cannot become the output folder (it or the
+    nearest existing part of it is a file)."""
+    part = path
+    while not part.exists() and part != part.parent:
+        part = part.parent
+    if part.exists() and not part.is_dir():
+        where = "is a file" if part == path else f"has a file '{part}' in its path"
+        raise UserError(f"output folder '{path}' {where}; choose another --out")
 
 
 def _make_out_dir(path: Path) -> Path:
@@ -181,13 +299,71 @@ class Job:
     eval_data: dict | None
     labels: np.ndarray | None
     bundled: bool
+    batch: int               # calibration batch size: --batch-size, or the model's fixed one
+    fixed_batch: int | None  # the model's fixed batch dimension (None: dynamic)
 
 
-def load_job(args, *, with_eval: bool) -> Job:
-    """Check the files of the command line and load model, calibration (and evaluation) data."""
+def load_model(path: Path):
+    """The ONNX model at ``path`` as a Graph, or a UserError naming what is wrong with it.
+
+    Refused: a folder, an empty file, a file without a graph, an opset older than ONNX Runtime
+    supports or newer than the installed ONNX package defines."""
     import qsim
+    _check_file(path, "model file")
+    graph = qsim.load_onnx(path)
+    if not graph.nodes and not graph.outputs:
+        raise UserError(f"model file '{path}' holds no graph (0 nodes, no outputs); give an "
+                        f"ONNX model file")
+    try:
+        import onnx.defs
+        newest = onnx.defs.onnx_opset_version()
+    except ImportError:  # pragma: no cover - load_onnx needs onnx
+        newest = None
+    if graph.opset < OLDEST_OPSET:
+        raise UserError(f"model file '{path}' declares ONNX opset {graph.opset}; ONNX Runtime, "
+                        f"which AIMET runs, supports opset {OLDEST_OPSET} and newer: convert it "
+                        f"with onnx.version_converter")
+    if newest is not None and graph.opset > newest:
+        raise UserError(f"model file '{path}' declares ONNX opset {graph.opset}, but the newest "
+                        f"opset ONNX defines (onnx {onnx.__version__}) is {newest}; give a model "
+                        f"with a real opset")
+    return graph
+
+
+def _check_options(args) -> None:
+    """Options that only make sense together: one-line UserErrors before any work."""
+    if args.model is None:
+        given = [opt for opt, value in (("--calib", args.calib),
+                                        ("--eval", getattr(args, "eval", None)),
+                                        ("--labels", getattr(args, "labels", None)))
+                 if value is not None]
+        if given:
+            raise UserError(f"{given[0]} needs MODEL.onnx (without a model qsim runs the bundled "
+                            f"example on its own data): give the model before the options")
+    if args.percentile is not None and args.scheme != "percentile":
+        raise UserError(f"--percentile {args.percentile:g} needs --scheme percentile (the scheme "
+                        f"is {args.scheme})")
+
+
+def _check_labels(graph, labels: np.ndarray, path: str) -> None:
+    """Labels must be class indices of the first output: 0 ≤ label < its dimension 1 (the axis
+    accuracy takes the argmax over) when that is fixed; :func:`qsim.analyze.accuracy_percent`
+    checks again on the logits."""
+    lo, hi = int(labels.min(initial=0)), int(labels.max(initial=0))
+    shape = graph.outputs[0].shape if graph.outputs else None
+    classes = shape[1] if shape and len(shape) >= 2 and isinstance(shape[1], int) else None
+    if lo < 0 or (classes is not None and hi >= classes):
+        bad = lo if lo < 0 else hi
+        top = f"{classes - 1}" if classes is not None else "the number of classes - 1"
+        raise UserError(f"labels file '{path}' holds label {bad}, but the model's output "
+                        f"'{graph.outputs[0].name}' has classes 0..{top}")
+
+
+def load_job(args, *, with_eval: bool, note: Callable[[str], None]) -> Job:
+    """Check the files of the command line and load model, calibration (and evaluation) data."""
     from .transforms import fold_batch_norms
 
+    _check_options(args)
     bundled = args.model is None
     eval_data = labels = None
     if bundled:
@@ -199,38 +375,73 @@ def load_job(args, *, with_eval: bool) -> Job:
             eval_data, labels = {"input": d["test_x"]}, d["test_y"]
     else:
         model_path = Path(args.model)
-        if not model_path.is_file():
-            raise UserError(f"model file '{model_path}' does not exist")
+        _check_file(model_path, "model file")
         if args.calib is None:
             raise UserError("--calib calib.npz is required with a model (one array per graph input)")
-        if not Path(args.calib).is_file():
-            raise UserError(f"calibration file '{args.calib}' does not exist")
-    graph = qsim.load_onnx(model_path)
+        _check_file(Path(args.calib), "calibration file")
+    graph = load_model(model_path)
     folds = []
     if not args.no_fold:
         graph, folds = fold_batch_norms(graph)
     if not bundled:
         calib_raw = load_npz(Path(args.calib), graph.input_names)
+    source = f"calibration file '{args.calib or BUNDLED_DATA}'"
     calib = _cast_feeds(graph, calib_raw, f"'{args.calib or BUNDLED_DATA}'")
-    _check_shapes(graph, calib, f"calibration file '{args.calib or BUNDLED_DATA}'")
+    fixed = static_batch(graph)
+    batch = args.batch_size if fixed is None else fixed
+    if fixed is not None:
+        if args.batch_size != fixed and args.batch_size_given:
+            note(f"the model's batch dimension is fixed at {fixed}: calibrating in batches of "
+                 f"{fixed}, not --batch-size {args.batch_size}")
+        calib = fit_batches(calib, fixed, source, note)
+    _check_shapes(graph, calib, batch, source)
     if with_eval and not bundled:
         if args.eval is not None:
             raw = load_npz(Path(args.eval), graph.input_names, "evaluation file")
             eval_data = _cast_feeds(graph, raw, f"'{args.eval}'")
-            _check_shapes(graph, eval_data, f"evaluation file '{args.eval}'")
+            _check_shapes(graph, eval_data, batch, f"evaluation file '{args.eval}'")
         if args.labels is not None:
             labels = load_labels(Path(args.labels))
             n = len(next(iter((eval_data or calib).values())))
+            if eval_data is None and fixed is not None:
+                n = len(next(iter(calib_raw.values())))  # the labels match the file, not the cut
             if len(labels) != n:
                 which = "--eval" if eval_data is not None else "--calib (no --eval given)"
                 raise UserError(f"'{args.labels}' has {len(labels)} labels but {which} has {n} "
                                 f"samples; give one label per sample")
+            _check_labels(graph, labels, args.labels)
+        if fixed is not None and eval_data is not None:
+            eval_data = fit_batches(eval_data, fixed, f"evaluation file '{args.eval}'", note)
+        if labels is not None and fixed is not None:
+            labels = labels[:len(next(iter((eval_data or calib).values())))]
     return Job(model_path=model_path, graph=graph, folds=folds, calib=calib,
-               eval_data=eval_data, labels=labels, bundled=bundled)
+               eval_data=eval_data, labels=labels, bundled=bundled, batch=batch,
+               fixed_batch=fixed)
 
 
-def build_sim(args, job: Job):
-    """The QuantizationSimModel of the command-line options, calibrated with a progress bar."""
+def nonfinite_error(sim, allow: bool, note: Callable[[str], None]) -> None:
+    """The CLI's non-finite policy: a UserError naming every quantizer whose calibration data
+    held ±Inf or only NaN, or (``--allow-nonfinite``) one note saying the same."""
+    bad = sim.nonfinite_quantizers()
+    if not bad:
+        return
+    listed = ", ".join(f"'{t}' ({why})" for t, why in list(bad.items())[:8])
+    more = f" and {len(bad) - 8} more" if len(bad) > 8 else ""
+    text = f"{len(bad)} quantizer(s) saw non-finite calibration data: {listed}{more}"
+    if allow:
+        note(f"{text}; their encodings are not meaningful (--allow-nonfinite)")
+        return
+    raise UserError(f"{text}; their encodings would not be meaningful: give finite data, or "
+                    f"--allow-nonfinite to go on (an export still refuses NaN, infinite or "
+                    f"non-positive scales)")
+
+
+def build_sim(args, job: Job, note: Callable[[str], None]):
+    """The QuantizationSimModel of the command-line options, calibrated with a progress bar.
+
+    Warnings of the calibration are collected: quantizers whose data mixed NaN with finite
+    values (ignored, as AIMET does) get one note here; ±Inf and only-NaN ones are the caller's
+    (:func:`nonfinite_error`)."""
     import qsim
     sim = qsim.QuantizationSimModel(job.graph, quant_scheme=args.scheme,
                                     param_type=f"int{args.param_bw}",
@@ -238,28 +449,37 @@ def build_sim(args, job: Job):
                                     config_file=args.config, rounding_mode=args.rounding,
                                     fp32_kernels=args.fp32_kernels)
     if args.scheme == "percentile":
-        sim.set_percentile_value(args.percentile)
-    batches = batches_of(job.calib, args.batch_size)
-    if getattr(args, "workers", None) or getattr(args, "scheduler", None):
-        _calibrate_on_cluster(args, sim, job.calib, len(batches))
-        return sim, len(batches)
-    sim.compute_encodings(progress(batches, quiet=args.quiet, desc="calibrating",
-                                   unit_of=lambda b: len(next(iter(b.values())))))
+        sim.set_percentile_value(99.9 if args.percentile is None else args.percentile)
+    batches = batches_of(job.calib, job.batch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        if getattr(args, "workers", None) or getattr(args, "scheduler", None):
+            _calibrate_on_cluster(args, sim, job.calib, job.batch, len(batches))
+        else:
+            sim.compute_encodings(progress(batches, quiet=args.quiet, desc="calibrating",
+                                           unit_of=lambda b: len(next(iter(b.values())))))
+    ignored = [str(w.message).split(":")[0].removeprefix("quantizer of ") for w in caught
+               if w.category is RuntimeWarning and "NaN values are ignored" in str(w.message)]
+    if ignored:
+        note(f"the calibration data of {len(ignored)} quantizer(s) held NaN, ignored as AIMET "
+             f"does: {', '.join(ignored[:8])}{' …' if len(ignored) > 8 else ''}")
     return sim, len(batches)
 
 
-def _calibrate_on_cluster(args, sim, calib: dict[str, np.ndarray], n_batches: int) -> None:
+def _calibrate_on_cluster(args, sim, calib: dict[str, np.ndarray], batch: int,
+                          n_batches: int) -> None:
     """--workers N (a LocalCluster) or --scheduler ADDRESS: the same batches on Dask, one chunk
-    per batch; the progress bar advances as the batches' futures complete."""
+    per batch of ``batch`` samples; the progress bar advances as the batches' futures
+    complete."""
     try:
         import dask.array as da
         from . import distributed as qd
     except ImportError:
         raise UserError("--workers/--scheduler need Dask: pip install 'qsim-ref[distributed]'") from None
-    data = {k: da.from_array(v, chunks=(args.batch_size,) + v.shape[1:]) for k, v in calib.items()}
+    data = {k: da.from_array(v, chunks=(batch,) + v.shape[1:]) for k, v in calib.items()}
     bar = progress(range(n_batches), quiet=args.quiet, desc="calibrating", unit="batch")
     with qd.cluster(args.scheduler, workers=args.workers, timeout=5) as client:
-        qd.compute_encodings(sim, data, client, batch_size=args.batch_size,
+        qd.compute_encodings(sim, data, client, batch_size=batch,
                              progress=lambda done, total: next(bar, None))
     for _ in bar:
         pass
@@ -287,30 +507,57 @@ def _family_text(family: str) -> str:
 
 # ---- commands --------------------------------------------------------------------------------
 
-def cmd_quantize(args) -> int:
+def _output_sqnr(sim, data: dict[str, np.ndarray], batch: int) -> dict[str, float]:
+    """SQNR in dB of every output of the simulated model against FP32, batch by batch:
+    ``10·log10(Σ ref² / Σ (ref - sim)²)`` over all samples."""
     import qsim
+    from .analyze import sqnr_db as sqnr_of_powers
+    signal = dict.fromkeys(sim.graph.output_names, 0.0)
+    noise = dict.fromkeys(sim.graph.output_names, 0.0)
+    for feeds in batches_of(data, batch):
+        fp32 = qsim.run(sim.graph, feeds, fp32_kernels=sim.fp32_kernels)
+        simulated = sim.run(feeds)
+        for name in signal:
+            ref = np.asarray(fp32[name], np.float64)
+            signal[name] += float(np.sum(ref ** 2))
+            noise[name] += float(np.sum((ref - np.asarray(simulated[name], np.float64)) ** 2))
+    return {name: sqnr_of_powers(signal[name], noise[name]) for name in signal}
 
-    job = load_job(args, with_eval=False)
-    out_dir = _make_out_dir(Path(args.out))
-    t0 = time.perf_counter()
-    sim, n_batches = build_sim(args, job)
-    t_calib = time.perf_counter() - t0
+
+def cmd_quantize(args) -> int:
+    note = _note("quantize")
+    job = load_job(args, with_eval=False, note=note)
+    out_dir = Path(args.out)
     stem = job.model_path.stem
+    targets = [out_dir / f"{stem}.onnx", out_dir / f"{stem}.encodings"]
+    if args.qdq:
+        targets.append(out_dir / f"{stem}_qdq.onnx")
+    check_not_inputs(targets, _input_files(args, job))
+    _check_out_dir(out_dir)
+    t0 = time.perf_counter()
+    sim, n_batches = build_sim(args, job, note)
+    t_calib = time.perf_counter() - t0
+    nonfinite_error(sim, args.allow_nonfinite, note)
+    # everything that can refuse (bad scales, QDQ types), before the first file is written
+    from .export import dumps_encodings, encodings_document
+    dumps_encodings(encodings_document(sim, args.encoding_version))
+    if args.qdq:
+        from .qdq import qdq_model
+        qdq_bytes = qdq_model(sim).SerializeToString()
+    _make_out_dir(out_dir)
     onnx_path, enc_path = sim.export(out_dir, stem, encoding_version=args.encoding_version)
     written = [onnx_path.name, enc_path.name]
     if args.qdq:
-        from .qdq import export_qdq
-        written.append(Path(export_qdq(sim, out_dir / f"{stem}_qdq.onnx")).name)
+        from .export import write_atomic
+        written.append(write_atomic(targets[2], qdq_bytes).name)
 
     lines = _describe_sim(sim, job)
     n = len(next(iter(job.calib.values())))
-    lines.append(f"  calibration:          {n_batches} batches, {n} samples in {t_calib:.2f} s "
-                 f"({n / max(t_calib, 1e-9):.0f} samples/s)")
-    fp32 = qsim.run(sim.graph, job.calib, fp32_kernels=sim.fp32_kernels)
-    simulated = sim.run(job.calib)
-    for name in sim.graph.output_names:
-        lines.append(f"  SQNR {name} vs FP32:  {sqnr_db(fp32[name], simulated[name]):.2f} dB "
-                     f"(calibration data)")
+    fixed = f" of {job.fixed_batch} (the model's fixed batch size)" if job.fixed_batch else ""
+    lines.append(f"  calibration:          {n_batches} batches{fixed}, {n} samples in "
+                 f"{t_calib:.2f} s ({n / max(t_calib, 1e-9):.0f} samples/s)")
+    for name, db in _output_sqnr(sim, job.calib, job.batch).items():
+        lines.append(f"  SQNR {name} vs FP32:  {db:.2f} dB (calibration data)")
     if job.bundled:
         lines += _bundled_accuracy(sim, job)
     lines.append(f"  export:               {out_dir.resolve()}/ ({', '.join(written)})")
@@ -350,24 +597,31 @@ def _bundled_accuracy(sim, job: Job) -> list[str]:
 
 
 def cmd_analyze(args) -> int:
-    from .analyze import WORST, analyze, write_report
+    from .analyze import WORST, analyze, check_report_folder, replace_report
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise UserError("qsim analyze draws its plots with matplotlib: "
                         "pip install 'qsim-ref[analyze]'") from None
-    job = load_job(args, with_eval=True)
-    out_dir = _make_out_dir(Path(args.out))
-    sim, _ = build_sim(args, job)
+    note = _note("analyze")
+    job = load_job(args, with_eval=True, note=note)
+    out_dir = Path(args.out)
+    check_not_inside(out_dir, _input_files(args, job))
+    check_report_folder(out_dir)
+    sim, _ = build_sim(args, job, note)
+    nonfinite_error(sim, args.allow_nonfinite, note)
 
     def bar(items, desc):
         return progress(items, quiet=args.quiet, desc=desc, unit="step")
 
-    result = analyze(sim, job.calib, eval_data=job.eval_data, labels=job.labels,
-                     batch_size=args.batch_size, eval_batch_size=max(args.batch_size, 256),
-                     model_name=job.model_path.name,
-                     progress=bar)
-    files = write_report(result, out_dir)
+    eval_batch = job.fixed_batch or max(job.batch, 256)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # inf - inf in SQNRs of non-finite data
+        result = analyze(sim, job.calib, eval_data=job.eval_data, labels=job.labels,
+                         batch_size=job.batch, eval_batch_size=eval_batch,
+                         model_name=job.model_path.name,
+                         progress=bar)
+        files = replace_report(result, out_dir)
     lines = _describe_sim(sim, job)
     u = result.unit
     lines.append(f"  {result.metric + ' FP32:':<21} {result.fp32:.2f} {u}")
@@ -385,10 +639,7 @@ def cmd_analyze(args) -> int:
 def cmd_inspect(args) -> int:
     import qsim
     from .transforms import fold_batch_norms
-    path = Path(args.model)
-    if not path.is_file():
-        raise UserError(f"model file '{path}' does not exist")
-    graph = qsim.load_onnx(path)
+    graph = load_model(Path(args.model))
     folds = []
     if not args.no_fold:
         graph, folds = fold_batch_norms(graph)
@@ -408,9 +659,47 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _op_type_keys(doc) -> list[str]:
+    op_types = doc.get("op_type") if isinstance(doc, dict) else None
+    return list(op_types) if isinstance(op_types, dict) else []
+
+
+def unknown_op_types(config) -> list[tuple[str, str]]:
+    """``(json path, message)`` for each ``op_type`` key that is neither an ONNX operator (of the
+    installed ``onnx`` package's default domain) nor one AIMET's own configs name (the built-in
+    ones: ``ChannelShuffle`` in htp_v75); case mistakes name the right spelling."""
+    import json
+    from .config.load import _builtin_text, available_configs
+    try:
+        import onnx.defs
+    except ImportError:  # without onnx there is no list to check against
+        return []
+    path = Path(config)
+    if not path.is_file():
+        return []
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []                   # validate_config reports unreadable files
+    known = {s.name for s in onnx.defs.get_all_schemas() if s.domain in ("", "ai.onnx")}
+    for name in available_configs():
+        known.update(_op_type_keys(json.loads(_builtin_text(name))))
+    by_lower = {k.lower(): k for k in known}
+    out = []
+    for name in _op_type_keys(doc):
+        if name in known:
+            continue
+        hint = (f"did you mean '{by_lower[name.lower()]}'? (op types are case-sensitive)"
+                if name.lower() in by_lower else "not an ONNX operator type")
+        out.append((f"op_type.{name}", f"'{name}': {hint}"))
+    return out
+
+
 def cmd_validate_config(args) -> int:
     from .config import validate_config
     problems = validate_config(args.config)
+    if not problems:
+        problems = unknown_op_types(args.config)
     if not problems:
         print(f"{args.config}: valid")
         return 0
@@ -438,21 +727,25 @@ def _add_family_option(p: argparse.ArgumentParser) -> None:
 def _add_sim_options(p: argparse.ArgumentParser, *, out_default: str) -> None:
     p.add_argument("model", nargs="?", help="FP32 ONNX model (default: the bundled digits CNN)")
     p.add_argument("--calib", help=".npz with one array per graph input, first axis = samples")
-    p.add_argument("--batch-size", type=positive_int, default=16,
-                   help="calibration batch size (default 16)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="calibration batch size (default 16; a model with a fixed batch "
+                        "dimension is calibrated in batches of that size)")
     p.add_argument("--config", default=None, help="config file or built-in name (default: default)")
     p.add_argument("--scheme", default="tf_enhanced", choices=["tf", "tf_enhanced", "percentile"],
                    help="calibration scheme: min-max, AIMET's SQNR search (default) or percentile")
-    p.add_argument("--percentile", type=float, default=99.9,
+    p.add_argument("--percentile", type=float, default=None,
                    help="percentile for --scheme percentile, 50..100 (default 99.9)")
-    p.add_argument("--param-bw", type=int, default=8, help="weight bitwidth, 2..16 (default 8)")
-    p.add_argument("--act-bw", type=int, default=8, help="activation bitwidth, 2..16 (default 8)")
+    p.add_argument("--param-bw", type=bitwidth, default=8, help="weight bitwidth, 2..16 (default 8)")
+    p.add_argument("--act-bw", type=bitwidth, default=8, help="activation bitwidth, 2..16 (default 8)")
     p.add_argument("--rounding", default="nearest", choices=["nearest", "half_even"],
                    help="nearest = AIMET (ties away from zero, default); half_even = ONNX "
                         "QuantizeLinear")
     _add_family_option(p)
     p.add_argument("--out", default=out_default, help=f"output folder (default {out_default})")
     p.add_argument("--no-fold", action="store_true", help="do not fold batch norms first")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="go on when a quantizer's calibration data held ±Inf or only NaN "
+                        "(default: exit 2 naming them); exports still refuse non-finite scales")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--workers", type=positive_int, default=None, metavar="N",
@@ -469,6 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "models, bit-exact with AIMET. Without MODEL, quantize and analyze run the "
                      "bundled digits CNN example.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--version", action="version", version=f"qsim {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     q = sub.add_parser("quantize", help="calibrate, simulate and export a model")
@@ -489,8 +783,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="show the graph and where quantizers go, and why")
     i.add_argument("model")
     i.add_argument("--config", default=None)
-    i.add_argument("--param-bw", type=int, default=8)
-    i.add_argument("--act-bw", type=int, default=8)
+    i.add_argument("--param-bw", type=bitwidth, default=8)
+    i.add_argument("--act-bw", type=bitwidth, default=8)
     i.add_argument("--no-fold", action="store_true", help="do not fold batch norms first")
     _add_family_option(i)
     i.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -505,10 +799,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from . import __version__
+    return f"{__version__} (qsim-ref)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "batch_size"):
+        args.batch_size_given = args.batch_size is not None
+        if args.batch_size is None:
+            args.batch_size = 16
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()          # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`qsim inspect m.onnx | head -1`): stop quietly, and keep Python
+        # from reporting the pipe again when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except (QsimError, OSError, ImportError) as exc:
         if args.debug:
             raise

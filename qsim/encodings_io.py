@@ -151,10 +151,11 @@ def _numbers(value, path: str, probs: _Problems, *, integral: bool = False) -> l
 
 
 def _check_grid(scale, offset, bw, path, probs) -> bool:
-    """scale ≠ 0 and offset in [-(2^bw - 1), 2^bw - 1] (AIMET writes offset ≤ 0)."""
+    """scale > 0 and offset in [-(2^bw - 1), 2^bw - 1] (AIMET writes offset ≤ 0)."""
     ok = True
-    if any(s == 0.0 for s in scale):
-        probs.add(f"{path}.scale", "scale must not be 0")
+    bad = [s for s in scale if not s > 0.0]
+    if bad:
+        probs.add(f"{path}.scale", f"scale must be > 0 (the grid step), got {bad[0]!r}")
         ok = False
     n = 2 ** bw - 1
     if any(not -n <= o <= n for o in offset):
@@ -388,6 +389,9 @@ def read_encodings(path: "str | os.PathLike") -> EncodingsFile:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ExportError(f"cannot read encodings file '{path}': {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ExportError(f"encodings file '{path}' is not UTF-8 text (byte {exc.object[exc.start]:#04x} "
+                          f"at offset {exc.start}); give an AIMET .encodings JSON file") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -12,6 +12,8 @@ Hierarchy::
     ├── NotCalibratedError  run/export before compute_encodings
     ├── ExportError         encodings files that cannot be written or read
     └── ClusterError        a Dask scheduler that cannot be reached (qsim.distributed)
+
+    NonFiniteWarning        (a RuntimeWarning) a quantizer's calibration data held ±Inf or only NaN
 """
 from __future__ import annotations
 
@@ -61,3 +63,8 @@ class ExportError(QsimError):
 
 class ClusterError(QsimError):
     """A Dask cluster could not be reached or used (qsim.distributed); names the address."""
+
+
+class NonFiniteWarning(RuntimeWarning):
+    """A quantizer's calibration data held ±Inf, or only NaN: its encoding is not meaningful
+    (the message names the quantizer's tensor); such an encoding is never exported."""

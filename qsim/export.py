@@ -17,7 +17,12 @@ turned into file formats (config-and-export.md, placement.md §6):
   parameter (each int32 bias right after its op's weight), then activations, then derived ones.
 
 Files are written atomically (a temporary file in the same folder, then ``os.replace``): a failure
-leaves no half-written file and keeps what was there.
+leaves no half-written file and keeps what was there; a new file gets the permissions of the
+user's umask (``0o666 & ~umask``), a replaced one keeps its mode.
+
+No file ever holds a NaN, infinite or non-positive scale (:func:`check_scales`): such an encoding
+comes from non-finite calibration data (or AIMET's "no finite cost" sentinel ``delta = -1``), and
+export refuses it with one :class:`~qsim.errors.ExportError` naming every such quantizer.
 """
 from __future__ import annotations
 
@@ -64,9 +69,33 @@ class Exported:
 
 # ---- atomic files ------------------------------------------------------------------------------
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux tells it (/proc), else the
+    classic set-and-restore."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode(path: Path) -> int:
+    """Mode for a file written at ``path``: the existing file's, else ``0o666 & ~umask``
+    (what ``open(path, "w")`` gives; mkstemp alone would give 0o600)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
 def write_atomic(path: "str | os.PathLike", data: bytes) -> Path:
     """Write ``data`` to ``path`` all at once: temp file + fsync + rename (old file kept on
-    error, temp file removed; an OSError becomes ExportError naming the path or folder)."""
+    error, temp file removed; an OSError becomes ExportError naming the path or folder).
+    The file gets :func:`file_mode`."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -76,6 +105,7 @@ def write_atomic(path: "str | os.PathLike", data: bytes) -> Path:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), file_mode(path))
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
@@ -90,8 +120,52 @@ def write_atomic(path: "str | os.PathLike", data: bytes) -> Path:
 
 
 def dumps_encodings(doc: dict) -> bytes:
-    """JSON with sorted keys and 4-space indentation, as AIMET writes it."""
-    return (json.dumps(doc, sort_keys=True, indent=4) + "\n").encode("utf-8")
+    """JSON with sorted keys and 4-space indentation, as AIMET writes it; strict JSON (a NaN or
+    infinite number anywhere is an ExportError, never a bare ``NaN`` token)."""
+    check_scales(doc)
+    try:
+        return (json.dumps(doc, sort_keys=True, indent=4, allow_nan=False) + "\n").encode("utf-8")
+    except ValueError as exc:
+        raise ExportError(f"cannot write the encodings as JSON: {exc}") from None
+
+
+def _doc_scales(doc: Mapping) -> Iterator[tuple[str, list]]:
+    """``(tensor name, [scale, ...])`` of every entry of a 1.0.0, 0.6.1 or 2.0.0 document."""
+    for key in ("param_encodings", "activation_encodings"):
+        entries = doc.get(key, [])
+        if isinstance(entries, Mapping):                       # 0.6.1: {name: [per channel]}
+            for name, channels in entries.items():
+                yield name, [c.get("scale") for c in channels]
+        else:                                                  # 1.0.0
+            for e in entries:
+                yield e["name"], list(e["scale"])
+    for e in doc.get("encodings", []):                         # 2.0.0
+        scale = e["y_scale"]
+        yield e["name"], list(scale) if isinstance(scale, list) else [scale]
+
+
+def bad_scale(values) -> "float | None":
+    """The first scale that is not a finite number > 0, else None."""
+    for v in values:
+        if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
+            return v
+    return None
+
+
+def check_scales(doc: Mapping) -> None:
+    """ExportError naming every tensor whose scale is NaN, infinite or ≤ 0 (all of them at once).
+
+    Such scales come from calibration data that held ±Inf or only NaN (README "Non-finite
+    data"); no encodings file, nor a QDQ model, is written with one."""
+    bad = [(name, v) for name, scales in _doc_scales(doc)
+           if (v := bad_scale(scales)) is not None]
+    if bad:
+        listed = ", ".join(f"'{n}' (scale {v})" for n, v in bad[:10])
+        more = f" and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise ExportError(f"cannot export: {len(bad)} quantizer(s) have a NaN, infinite or "
+                          f"non-positive scale: {listed}{more}; their calibration data held "
+                          f"±Inf or only NaN (or nothing binnable): calibrate with finite data, "
+                          f"or disable those quantizers")
 
 
 # ---- one encoding in each format ---------------------------------------------------------------
@@ -325,7 +399,10 @@ def document_v2(graph: Graph, exported: list[Exported], producer: Mapping | None
 
 def document(exported: list[Exported], version: str, *, quantizer_args: Mapping | None = None,
              producer: Mapping | None = None, graph: Graph | None = None) -> dict:
-    """The encodings document of ``exported`` in format ``version`` (2.0.0 needs ``graph``)."""
+    """The encodings document of ``exported`` in format ``version`` (2.0.0 needs ``graph``);
+    ExportError first if a scale is NaN, infinite or ≤ 0 (:func:`check_scales`)."""
+    check_scales({"encodings": [{"name": e.name, "y_scale": _values(e.encoding.delta)}
+                                for e in exported]})
     head = {"producer": dict(producer or PRODUCER)}
     if version == "1.0.0":
         return {"activation_encodings": [entry_v1(e.name, e.encoding) for e in exported
@@ -381,7 +458,8 @@ def export_sim(sim, path: "str | os.PathLike", prefix: str, *,
     folder = Path(path)
     if not prefix or os.sep in prefix:
         raise ExportError(f"filename prefix {prefix!r} must be a plain file name (no '{os.sep}')")
-    doc = encodings_document(sim, encoding_version)  # before writing anything: may raise
+    # before writing anything: an unknown version or a bad scale raises here
+    enc_bytes = dumps_encodings(encodings_document(sim, encoding_version))
     if folder.exists() and not folder.is_dir():
         raise ExportError(f"export folder '{folder}' is a file; give a folder")
     try:
@@ -391,7 +469,7 @@ def export_sim(sim, path: "str | os.PathLike", prefix: str, *,
     # The FP32 model as given (fused MatMul+Add nodes are not valid ONNX Gemms); tensor names
     # are the same as those of the fused graph, which only drops the MatMul outputs.
     model_bytes = to_onnx(sim.model).SerializeToString()
-    enc_path = write_atomic(folder / f"{prefix}.encodings", dumps_encodings(doc))
+    enc_path = write_atomic(folder / f"{prefix}.encodings", enc_bytes)
     onnx_path = write_atomic(folder / f"{prefix}.onnx", model_bytes)
     return onnx_path, enc_path
 

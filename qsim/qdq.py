@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ExportError
-from .export import bias_entries, exported_encodings, v2_signed, write_atomic
+from .export import bias_entries, check_scales, exported_encodings, v2_signed, write_atomic
 from .ir import Graph, Node
 from .quant import Encoding, onnx_zero_point
 
@@ -115,9 +115,13 @@ def _qdq_plan(sim, quantize_bias: bool):
     """``[(tensor, encoding, signed)]`` for QDQ pairs and ``{bias: 2.0.0 int32 entry}``."""
     exported = list(exported_encodings(sim))
     pairs = [(e.name, e.encoding, v2_signed(e.encoding, e.is_param)) for e in exported]
+    # no Q/DQ pair with a NaN, infinite or non-positive scale (README "Non-finite data")
+    check_scales({"encodings": [{"name": t, "y_scale": np.ravel(enc.delta).tolist()}
+                                for t, enc, _ in pairs]})
     biases = {}
     if quantize_bias:
         biases = {b["name"]: b for b in bias_entries(sim.graph, exported).values()}
+        check_scales({"encodings": list(biases.values())})
     return pairs, biases
 
 

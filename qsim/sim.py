@@ -305,7 +305,8 @@ class QuantizationSimModel:
         return TensorQuantizer(scheme=self.quant_scheme.analyzer, bitwidth=spec.bitwidth,
                                symmetric=spec.symmetric, strict_symmetric=spec.strict_symmetric,
                                unsigned_symmetric=spec.unsigned_symmetric,
-                               percentile=percentile, axis=spec.axis, rounding=self.rounding_mode)
+                               percentile=percentile, axis=spec.axis, rounding=self.rounding_mode,
+                               name="quantizer of " + ", ".join(f"'{t}'" for t in spec.tensors))
 
     @property
     def quantizers(self) -> dict[str, QuantizerHandle]:
@@ -365,6 +366,13 @@ class QuantizationSimModel:
         self._calibrated = True
         self._run_graph = None
 
+    def nonfinite_quantizers(self) -> dict[str, str]:
+        """Enabled quantizers whose last calibration saw ±Inf or only NaN: ``{tensor: "±Inf" |
+        "only NaN"}`` (tie members each listed). Each also gave one
+        :class:`~qsim.errors.NonFiniteWarning` naming it; see README "Non-finite data"."""
+        return {t: h.quantizer.nonfinite for h in self._handles.values()
+                if h.enabled and h.quantizer.nonfinite is not None for t in h.spec.tensors}
+
     def _begin_calibration(self) -> "CalibrationPass":
         """Forget the statistics, compute the parameter encodings, and return the forward pass
         that observes the activations (the same object runs on cluster workers)."""
@@ -402,6 +410,11 @@ class QuantizationSimModel:
                 feeds = check_feeds(self.graph, feeds)
             except FeedError as exc:
                 raise FeedError(f"calibration batch {count}: {exc}") from None
+            empty = [n for n, a in feeds.items() if a.size == 0]
+            if empty:
+                raise FeedError(f"calibration batch {count}: input '{empty[0]}' has no elements "
+                                f"(shape {feeds[empty[0]].shape}); every batch needs at least "
+                                f"one sample")
             outs = cpass.forward(feeds, observe)
             count += 1
             return self._rename_outputs(outs)

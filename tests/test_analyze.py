@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -219,7 +220,7 @@ def test_json_holds_every_number_as_strict_json(report, result):
 def test_a_transformer_with_per_channel_matmul_weights():
     """A golden AIMET case (post-LN transformer block, per-channel config): weights per channel on
     axis 1 (MatMul), tie groups, no labels; every value is counted once in its histogram."""
-    case = BUNDLED_MODEL.parent.parent / "tests" / "data" / "golden" / "models" / \
+    case = Path(__file__).parent / "data" / "golden" / "models" / \
         "transformer_gelu_s31_per_channel_tfe_w8a8"
     sim = qsim.QuantizationSimModel(case / "model.onnx", quant_scheme="tf_enhanced",
                                     config_file=case / "config.json")

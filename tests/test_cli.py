@@ -122,7 +122,7 @@ def test_bad_batch_size(capsys, files, value, match):
 
 @pytest.mark.parametrize("argv, match", [
     (["quantize", "--scheme", "minmax"], "invalid choice: 'minmax'"),
-    (["quantize", "--param-bw", "40"], "int40"),
+    (["quantize", "--param-bw", "40"], "--param-bw: must be 2..16 bits, got 40"),
     (["quantize", "--scheme", "percentile", "--percentile", "20"], "percentile"),
     (["frobnicate"], "invalid choice"),
     ([], "required"),

@@ -221,6 +221,28 @@ def test_corner_cases_zero_first_batches_and_nan(scheme, config, client, tmp_pat
         assert sorted(submitted) == list(range(len(batches)))
 
 
+def test_nonfinite_data_is_named_as_in_one_process(client, tmp_path):
+    """README "Non-finite data": the ±Inf / only-NaN flags ride on the statistics pieces, so the
+    cluster names the same quantizers, with the same one warning each, as one process."""
+    from qsim.errors import NonFiniteWarning
+    x = np.random.default_rng(6).normal(size=(24, 4)).astype(np.float32)
+    x[13, 2] = np.inf
+    model = _relu_model(tmp_path)
+    caught = []
+    for where in ("one", "cluster"):
+        sim = qsim.QuantizationSimModel(qsim.load_onnx(model), quant_scheme="tf_enhanced")
+        with pytest.warns(NonFiniteWarning) as record:
+            if where == "one":
+                sim.compute_encodings([{"x": x[i:i + 6]} for i in range(0, 24, 6)])
+            else:
+                qd.compute_encodings(sim, {"x": da.from_array(x, chunks=(6, 4))}, client,
+                                     batch_size=6)
+        caught.append((sorted(str(w.message) for w in record
+                              if w.category is NonFiniteWarning), sim.nonfinite_quantizers()))
+    assert caught[0] == caught[1]
+    assert caught[0][1] == {"x": "±Inf", "r": "±Inf", "y": "±Inf"}
+
+
 # ---- faults ------------------------------------------------------------------------------------
 
 def test_worker_killed_mid_calibration_gives_identical_encodings(digits, client, tmp_path):

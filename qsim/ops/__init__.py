@@ -5,3 +5,5 @@ from .registry import OPS, register, internal_keywords, supported_attributes
 from . import nn, elementwise, tensor, indexing, normalization  # noqa: E402,F401
 
 __all__ = ["OPS", "register", "supported_attributes", "internal_keywords"]
+
+from . import quantized  # noqa: E402,F401  (Q/DQ, QLinear*, *Integer: registers on import)

@@ -9,8 +9,12 @@
     y = q.quantize_dequantize(x)       # numerics.md §3
 
 Schemes: ``tf`` (alias ``min_max``), ``tf_enhanced``, ``percentile``, ``mse``, ``entropy``.
-NaN in calibration data is ignored as AIMET does, with one ``RuntimeWarning`` per quantizer
-that names it.
+Non-finite calibration data (the policy of README "Non-finite data"): NaN is ignored in the
+statistics as AIMET does; ±Inf is clamped to ±0.99·FLT_MAX as AIMET does, which makes the range
+useless. :attr:`TensorQuantizer.nonfinite` says whether the statistics saw ±Inf or only NaN, and
+:meth:`TensorQuantizer.compute_encodings` issues at most one warning per quantizer, naming it: a
+:class:`~qsim.errors.NonFiniteWarning` for ±Inf or only-NaN data, else a ``RuntimeWarning`` when
+some NaN were ignored.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import EncodingError, NotCalibratedError
+from ..errors import EncodingError, NonFiniteWarning, NotCalibratedError
 from . import analyzers
 from .encoding import Encoding, check_bitwidth
 from .kernels import ROUNDING_MODES, dequantize, params32, quantize, quantize_dequantize
@@ -68,7 +72,6 @@ class TensorQuantizer:
         self._stats = None
         self._encoding: Encoding | None = None
         self._params = None
-        self._warned_nan = False
 
     @property
     def percentile(self) -> float:
@@ -124,13 +127,9 @@ class TensorQuantizer:
         return stats.observe(x)
 
     def fold_stats(self, piece) -> None:
-        """Fold one batch's statistics piece (:meth:`observe`) into the statistics; warns once
-        per quantizer when the calibration data held NaN."""
+        """Fold one batch's statistics piece (:meth:`observe`) into the statistics (its NaN
+        count and ±Inf / finite flags too: :attr:`nonfinite`)."""
         self._stats = fold(self._stats, piece)
-        if piece.nan_count and not self._warned_nan:
-            self._warned_nan = True
-            warnings.warn(f"{self.name}: calibration data contains NaN; NaN values are ignored "
-                          f"(as AIMET does)", RuntimeWarning, stacklevel=3)
 
     @property
     def stats(self):
@@ -140,7 +139,34 @@ class TensorQuantizer:
     def reset_stats(self) -> None:
         """Forget the statistics (the encoding, if any, is kept)."""
         self._stats = None
-        self._warned_nan = False
+
+    @property
+    def nonfinite(self) -> str | None:
+        """Why the statistics cannot give a meaningful range, or None.
+
+        ``"±Inf"``: a batch held +Inf or -Inf (clamped to ±0.99·FLT_MAX, numerics.md §2, so the
+        range is astronomically wide or, under tf-enhanced, collapses); ``"only NaN"``: NaN was
+        seen and no finite value (NaN is ignored, so the range rests on nothing). Mixed finite
+        and NaN data is not flagged: AIMET ignores NaN and so does qsim.
+        """
+        st = self._stats
+        if st is None:
+            return None
+        if st.inf_seen:
+            return "±Inf"
+        if st.nan_count > 0 and not st.finite_seen:
+            return "only NaN"
+        return None
+
+    def _warn_nonfinite(self) -> None:
+        """The one warning of a calibration (see the module docstring)."""
+        why = self.nonfinite
+        if why is not None:
+            warnings.warn(f"{self.name}: calibration data held {why}; this quantizer's encoding "
+                          f"is not meaningful", NonFiniteWarning, stacklevel=3)
+        elif self._stats is not None and self._stats.nan_count > 0:
+            warnings.warn(f"{self.name}: calibration data contains NaN; NaN values are ignored "
+                          f"(as AIMET does)", RuntimeWarning, stacklevel=3)
 
     def compute_encodings(self) -> Encoding:
         """Compute, store and return the encoding from the statistics collected so far."""
@@ -159,6 +185,7 @@ class TensorQuantizer:
         else:
             enc = analyzers.entropy(self._stats, **flags)
         self.encoding = enc
+        self._warn_nonfinite()
         return enc
 
     # ------------------------------------------------------------------ encoding

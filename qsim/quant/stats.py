@@ -7,7 +7,9 @@ histogram per slice along axis ``k``; the batch is seen as ``(outer, C, inner)``
 
 NaN policy (as AIMET): NaN elements are ignored by min/max and dropped by the histogram (they
 still count in the histogram's batch size). ``nan_count`` records how many were seen so that the
-quantizer can warn.
+quantizer can warn; ``inf_seen`` / ``finite_seen`` record whether a batch held ±Inf (clamped to
+±0.99·FLT_MAX, which makes the range useless) and whether any finite value was seen (README
+"Non-finite data"; :func:`finiteness`).
 """
 from __future__ import annotations
 
@@ -42,6 +44,18 @@ def _as_batch(x, axis):
     """The batch as a C-contiguous float32 array seen as (outer, C, inner)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     return channel_view(x, axis)
+
+
+def finiteness(x: np.ndarray) -> tuple[bool, bool]:
+    """``(any element is ±Inf, any element is finite)`` of a float32 batch.
+
+    Fast path: a finite min and max (NaN propagates through both) mean every element is finite
+    (two vectorised reductions, no boolean copy of the batch)."""
+    if x.size == 0:
+        return False, False
+    if np.isfinite(x.min()) and np.isfinite(x.max()):
+        return False, True
+    return bool(np.isinf(x).any()), bool(np.isfinite(x).any())
 
 
 # ======================================================================== min / max
@@ -144,6 +158,8 @@ class MinMaxStats:
     max: np.ndarray
     axis: int | None = None
     nan_count: int = 0
+    inf_seen: bool = False      # a batch held +Inf or -Inf
+    finite_seen: bool = False   # a batch held a finite value
 
     @staticmethod
     def empty(*, axis: int | None = None, channels: int | None = None) -> "MinMaxStats":
@@ -159,8 +175,9 @@ class MinMaxStats:
         mx = np.full(x3.shape[1], -np.inf, np.float32)
         nans = _min_max_update(x3, mn, mx)
         shape = self.min.shape
+        inf, finite = finiteness(x3)
         return MinMaxStats(min=_readonly(mn.reshape(shape)), max=_readonly(mx.reshape(shape)),
-                           axis=self.axis, nan_count=int(nans))
+                           axis=self.axis, nan_count=int(nans), inf_seen=inf, finite_seen=finite)
 
     def fold(self, piece: "MinMaxStats") -> "MinMaxStats":
         """``min = min(min, piece.min)``, ``max = max(max, piece.max)``: a new value.
@@ -177,7 +194,9 @@ class MinMaxStats:
         _min_max_update(np.ascontiguousarray(pair, np.float32)[None], mn, mx)
         shape = self.min.shape
         return MinMaxStats(min=_readonly(mn.reshape(shape)), max=_readonly(mx.reshape(shape)),
-                           axis=self.axis, nan_count=self.nan_count + piece.nan_count)
+                           axis=self.axis, nan_count=self.nan_count + piece.nan_count,
+                           inf_seen=self.inf_seen or piece.inf_seen,
+                           finite_seen=self.finite_seen or piece.finite_seen)
 
     def update(self, x) -> "MinMaxStats":
         """``min = min(min, min(x))``, ``max = max(max, max(x))`` (NaN ignored): a new value,
@@ -188,7 +207,9 @@ class MinMaxStats:
         """Statistics of both streams: ``merge(stats(a), stats(b)) == stats(a ++ b)``."""
         return MinMaxStats(min=_readonly(np.fmin(self.min, other.min)),
                            max=_readonly(np.fmax(self.max, other.max)), axis=self.axis,
-                           nan_count=self.nan_count + other.nan_count)
+                           nan_count=self.nan_count + other.nan_count,
+                           inf_seen=self.inf_seen or other.inf_seen,
+                           finite_seen=self.finite_seen or other.finite_seen)
 
     @property
     def seen_data(self) -> bool:
@@ -468,6 +489,8 @@ class HistogramStats:
     pdf: np.ndarray         # (C, NUM_BINS) float64
     axis: int | None = None
     nan_count: int = 0
+    inf_seen: bool = False      # a batch held +Inf or -Inf
+    finite_seen: bool = False   # a batch held a finite value
 
     @staticmethod
     def empty(*, axis: int | None = None, channels: int | None = None) -> "HistogramStats":
@@ -511,9 +534,10 @@ class HistogramStats:
         batches = np.zeros_like(self.batches)
         pdf = np.zeros_like(self.pdf)
         nans = _histogram_update(x3, fixed, width, k0, batches, pdf, threads)
+        inf, finite = finiteness(x3)
         return HistogramStats(fixed=_readonly(fixed), width=_readonly(width), k0=_readonly(k0),
                               batches=_readonly(batches), pdf=_readonly(pdf), axis=self.axis,
-                              nan_count=int(nans))
+                              nan_count=int(nans), inf_seen=inf, finite_seen=finite)
 
     def stale(self, piece: "HistogramStats") -> np.ndarray:
         """Channels (bool, (C,)) where ``piece`` was not observed under this histogram's bins:
@@ -557,7 +581,9 @@ class HistogramStats:
                               k0=_readonly(np.where(take, piece.k0, self.k0)),
                               batches=_readonly(self.batches + counted),
                               pdf=_readonly(pdf), axis=self.axis,
-                              nan_count=self.nan_count + piece.nan_count)
+                              nan_count=self.nan_count + piece.nan_count,
+                              inf_seen=self.inf_seen or piece.inf_seen,
+                              finite_seen=self.finite_seen or piece.finite_seen)
 
     def edges(self, c: int = 0) -> np.ndarray:
         """Float64 bin edges ``e_i = (k0 + i)·w``, i = 0..1536, of channel ``c``."""

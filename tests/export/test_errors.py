@@ -83,7 +83,7 @@ def test_every_bad_1_0_0_entry_is_reported_at_once():
                    "got 'False'",
                    "param_encodings[0] ('stem.weight').dtype: only integer encodings ('INT') are "
                    "supported, got 'FLOAT'",
-                   "param_encodings[1] ('branch_a.conv.weight').scale: scale must not be 0",
+                   "param_encodings[1] ('branch_a.conv.weight').scale: scale must be > 0 (the grid step), got 0.0",
                    "param_encodings[6] ('branch_b.conv.weight'): tensor 'branch_b.conv.weight' "
                    "already has an encoding at param_encodings[2]"]:
         assert needle in msg

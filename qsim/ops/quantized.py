@@ -1,0 +1,478 @@
+"""Quantized ONNX ops, bit-exact with ONNX Runtime's CPU kernels (MLAS).
+
+QuantizeLinear / DequantizeLinear (opsets 10-25: per tensor, per axis, blocked),
+DynamicQuantizeLinear, MatMulInteger, ConvInteger, QLinearMatMul and QLinearConv. Every function
+follows the calling convention of :mod:`qsim.ops.registry`. Integer types: int8, uint8, int16,
+uint16, int32 (NumPy dtypes) and int4 / uint4 (``ml_dtypes`` dtypes, what ``onnx.numpy_helper``
+returns).
+
+The arithmetic, as ONNX Runtime 1.32 computes it on x86 (checked against it in
+``tests/ops/test_quantized_ops.py``):
+
+* **quantize** ``q = clamp(rne(x ⊘ s), qmin - zp, qmax - zp) + zp`` where ``⊘`` is a float32
+  *division* (MLAS divides, it does not multiply by ``1/s``), ``rne`` rounds half to even
+  (``cvtps2dq``), and the clamp is taken in float32 before rounding with SSE ``maxps``/``minps``
+  semantics, so NaN becomes ``qmin``.
+* **dequantize** ``y = float32(int32(q) - zp) ⊗ s``: one exact integer subtraction, one
+  conversion, one float32 product.
+* **integer products** (MatMulInteger, ConvInteger and the core of QLinear*) are exact:
+  ``acc = Σ (a - a_zp)(b - b_zp)`` in int32 (wrapping). On x86 CPUs without VNNI, ONNX
+  Runtime's uint8 × int8 kernels (``vpmaddubsw``) saturate pairs of products at ±32767; qsim
+  computes the exact sum, which is what VNNI CPUs return (int8 weights in [-64, 63], ONNX
+  Runtime's ``reduce_range``, never saturate).
+* **requantize** (QLinearMatMul, QLinearConv; MLAS ``MlasRequantizeOutput``)
+  ``M = float32(float32(s_a · s_b) / s_y)`` per output column/channel, then
+  ``y = clamp(rne(float32(acc + bias) ⊗ M), qmin - zp_y, qmax - zp_y) + zp_y`` (bias added in
+  int32, the sum converted to float32 with round-to-nearest-even).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import OpError
+from .nn import _check_auto_pad, _check_conv_operands, _ints, _out_size, _pad, _window_pads, \
+    _windows
+from .registry import register
+
+#: integer type name → (qmin, qmax)
+_RANGES = {"int4": (-8, 7), "uint4": (0, 15), "int8": (-128, 127), "uint8": (0, 255),
+           "int16": (-32768, 32767), "uint16": (0, 65535), "int32": (-2**31, 2**31 - 1)}
+#: ONNX TensorProto data type code → integer type name (QuantizeLinear's output_dtype)
+_ONNX_INT_CODES = {2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 21: "uint4", 22: "int4"}
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def _int_dtype(name: str) -> np.dtype:
+    """The NumPy dtype of an integer type name; int4/uint4 come from ``ml_dtypes`` (installed
+    with ``onnx``, which is how such tensors reach qsim)."""
+    if name in ("int4", "uint4"):
+        try:
+            import ml_dtypes
+        except ImportError:  # pragma: no cover - onnx installs ml_dtypes
+            raise OpError(f"{name} tensors need the ml_dtypes package (pip install ml_dtypes)") \
+                from None
+        return np.dtype(getattr(ml_dtypes, name))
+    return np.dtype(name)
+
+
+def _int_range(op: str, what: str, dtype: np.dtype, allowed=tuple(_RANGES)) -> tuple[int, int]:
+    """``(qmin, qmax)`` of ``dtype``, or :class:`OpError` if it is not an allowed integer type."""
+    name = np.dtype(dtype).name
+    if name not in allowed:
+        raise OpError(f"{op}: {what} has type {name}, expected one of {list(allowed)}")
+    return _RANGES[name]
+
+
+def _float32(op: str, what: str, v) -> np.ndarray:
+    v = np.asarray(v)
+    if v.dtype not in (np.float32, np.float16):
+        raise OpError(f"{op}: {what} has dtype {v.dtype}, expected float32 or float16")
+    return v.astype(np.float32)
+
+
+def _scalar(op: str, what: str, v) -> np.ndarray:
+    """A per-tensor parameter: a scalar or a 1-element 1-D tensor (as a 0-d array)."""
+    v = np.asarray(v)
+    if v.size != 1 or v.ndim > 1:
+        raise OpError(f"{op}: {what} has shape {list(v.shape)}; ONNX Runtime supports only a "
+                      f"scalar or a 1-element 1-D tensor here (per-tensor)")
+    return v.reshape(())
+
+
+def _mlas_clamp(v: np.ndarray, lo, hi) -> np.ndarray:
+    """``minps(maxps(v, lo), hi)``: ``maxps(a, b) = a > b ? a : b``, so NaN becomes ``lo``."""
+    v = np.where(v > lo, v, np.float32(lo))
+    return np.where(v < hi, v, np.float32(hi)).astype(np.float32)
+
+
+def _rne(v: np.ndarray) -> np.ndarray:
+    """Round half to even (``cvtps2dq``) of finite float32 values, as int64."""
+    return np.rint(v).astype(np.int64)
+
+
+def _quantize(v: np.ndarray, zp: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """``clamp(rne(v), lo - zp, hi - zp) + zp`` as int64, with ``v`` float32 and MLAS's float
+    clamp (NaN → ``lo``)."""
+    zp = zp.astype(np.int64)
+    low = (lo - zp).astype(np.float32)
+    high = (hi - zp).astype(np.float32)
+    return _rne(_mlas_clamp(v, low, high)) + zp
+
+
+def _broadcast_param(op: str, what: str, p: np.ndarray, shape: tuple, axis,
+                     block_size) -> np.ndarray:
+    """Broadcast a scale / zero point to ``shape``: per tensor (scalar or 1 element), per axis
+    (1-D of length ``shape[axis]``) or blocked (same rank; ``ceil(D_axis / block_size)`` along
+    ``axis``, every other dimension equal)."""
+    p = np.asarray(p)
+    block_size = int(block_size)
+    if block_size < 0:
+        raise OpError(f"{op}: attribute block_size={block_size} must be >= 0")
+    if p.size == 1 and p.ndim <= 1:
+        if block_size:
+            raise OpError(f"{op}: block_size={block_size} needs a blocked {what}, got one value "
+                          f"(block_size must be 0 for per-tensor quantization)")
+        return p.reshape(())
+    rank = len(shape)
+    if not -rank <= int(axis) < rank:
+        raise OpError(f"{op}: attribute axis={axis} is out of range for an input of rank {rank}")
+    ax = int(axis) % rank
+    if not block_size:
+        if p.shape != (shape[ax],):
+            raise OpError(f"{op}: per-axis {what} has shape {list(p.shape)}, expected "
+                          f"[{shape[ax]}] (input dimension {ax} of {list(shape)})")
+        return p.reshape((shape[ax],) + (1,) * (rank - ax - 1))
+    blocks = -(-shape[ax] // block_size)
+    expected = shape[:ax] + (blocks,) + shape[ax + 1:]
+    if p.shape != expected:
+        raise OpError(f"{op}: blocked {what} has shape {list(p.shape)}, expected "
+                      f"{list(expected)} (block_size={block_size} along axis {ax} of "
+                      f"{list(shape)})")
+    return np.repeat(p, block_size, axis=ax).take(np.arange(shape[ax]), axis=ax)
+
+
+def _exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact integer ``a @ b`` (NumPy matmul semantics) wrapped to int32.
+
+    The operands are differences of 8-bit values (|v| <= 510), so every product is below 2^18
+    and float64 sums stay exact up to 2^35 terms: one BLAS product, then an exact conversion."""
+    y = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    return y.astype(np.int64).astype(np.int32)
+
+
+def _exact_conv(x: np.ndarray, w: np.ndarray, *, group, strides, dilations, begins, ends, out):
+    """Exact integer N-D convolution of zero-point-free operands (zero padding), int32."""
+    nsp = x.ndim - 2
+    kernel = w.shape[2:]
+    n, channels, m = x.shape[0], x.shape[1], w.shape[0]
+    xp = _pad(x.astype(np.float64), begins, ends)
+    cols = _windows(xp, kernel, strides, dilations, out)              # (N, C, *k, *o)
+    cols = np.moveaxis(cols, 0, 1 + nsp)                              # (C, *k, N, *o)
+    cols = cols.reshape(group, channels // group * math.prod(kernel), n * math.prod(out))
+    wg = w.astype(np.float64).reshape(group, m // group, -1)
+    y = np.matmul(wg, cols).reshape((m, n) + tuple(out))
+    y = np.ascontiguousarray(np.moveaxis(y, 0, 1))
+    return y.astype(np.int64).astype(np.int32)
+
+
+def _conv_geometry(x, w, auto_pad, dilations, strides, pads):
+    nsp = x.ndim - 2
+    kernel = tuple(w.shape[2:])
+    strides = _ints("strides", strides, 1, nsp, minimum=1)
+    dilations = _ints("dilations", dilations, 1, nsp, minimum=1)
+    begins, ends = _window_pads(x.shape[2:], kernel, strides, dilations,
+                                _check_auto_pad(auto_pad), pads)
+    out = tuple(_out_size(*a, False) for a in zip(x.shape[2:], kernel, strides, dilations,
+                                                   begins, ends))
+    if min(out) < 1:
+        raise OpError(f"output spatial shape {list(out)} is empty: input {list(x.shape[2:])} "
+                      f"with kernel_shape={list(kernel)}, pads={list(begins + ends)}")
+    return dict(strides=strides, dilations=dilations, begins=begins, ends=ends, out=out)
+
+
+def _centered(op: str, what: str, v: np.ndarray, zp, allowed) -> np.ndarray:
+    """``v - zp`` as int64 (``zp`` already shaped to broadcast against ``v``)."""
+    _int_range(op, what, v.dtype, allowed)
+    if zp is None:
+        return v.astype(np.int64)
+    zp = np.asarray(zp)
+    if zp.dtype != v.dtype:
+        raise OpError(f"{op}: zero point of {what} has dtype {zp.dtype}, expected {v.dtype} "
+                      f"(the dtype of {what})")
+    return v.astype(np.int64) - zp.astype(np.int64)
+
+
+def _requantize(acc: np.ndarray, multiplier: np.ndarray, y_zero_point: np.ndarray) -> np.ndarray:
+    """MLAS ``MlasRequantizeOutput``: ``clamp(rne(float32(acc) ⊗ M), qmin - zp, qmax - zp) + zp``
+    in the zero point's type."""
+    lo, hi = _RANGES[y_zero_point.dtype.name]
+    v = acc.astype(np.float32) * multiplier
+    return _quantize(v, y_zero_point, lo, hi).astype(y_zero_point.dtype)
+
+
+def _multiplier(op: str, s_in, s_w, s_y) -> np.ndarray:
+    """``float32(float32(s_in · s_w) / s_y)``, the order ONNX Runtime evaluates it in."""
+    return (s_in * s_w) / s_y
+
+
+_EIGHT_BIT = ("int8", "uint8")
+
+
+# ---------------------------------------------------------------------------------------------
+# QuantizeLinear / DequantizeLinear / DynamicQuantizeLinear
+# ---------------------------------------------------------------------------------------------
+@register("QuantizeLinear")
+def quantize_linear(x, y_scale, y_zero_point=None, *, axis=1, block_size=0, output_dtype=0,
+                    precision=0, saturate=1):
+    """``y = clamp(rne(x ⊘ s), qmin - zp, qmax - zp) + zp`` (float32 division, half to even,
+    float clamp with NaN → qmin), per tensor, per axis or blocked.
+
+    The output type is the zero point's type, else ``output_dtype``, else uint8. ``saturate``
+    only concerns float8 outputs, which qsim does not support.
+
+    >>> quantize_linear(np.array([0.5, 1.5, -7.0, 300.0], np.float32), np.float32(1.0)).tolist()
+    [0, 2, 0, 255]
+    """
+    op = "QuantizeLinear"
+    if int(precision) != 0:
+        raise OpError(f"{op}: attribute precision={precision} is not supported (only 0, the "
+                      f"default precision of y_scale)")
+    xf = _float32(op, "input x", x)
+    scale = _float32(op, "y_scale", y_scale)
+    if y_zero_point is not None:
+        out = np.asarray(y_zero_point).dtype
+        if int(output_dtype) and _ONNX_INT_CODES.get(int(output_dtype)) != out.name:
+            raise OpError(f"{op}: attribute output_dtype={output_dtype} disagrees with "
+                          f"y_zero_point of type {out.name}")
+    elif int(output_dtype):
+        if int(output_dtype) not in _ONNX_INT_CODES:
+            raise OpError(f"{op}: attribute output_dtype={output_dtype} is not an integer type "
+                          f"qsim supports; expected one of {sorted(_ONNX_INT_CODES)} "
+                          f"({', '.join(_ONNX_INT_CODES.values())})")
+        out = _int_dtype(_ONNX_INT_CODES[int(output_dtype)])
+    else:
+        out = np.dtype(np.uint8)
+    lo, hi = _int_range(op, "y_zero_point", out, tuple(_ONNX_INT_CODES.values()))
+    s = _broadcast_param(op, "y_scale", scale, xf.shape, axis, block_size)
+    zp = np.zeros((), np.int64) if y_zero_point is None else \
+        _broadcast_param(op, "y_zero_point", np.asarray(y_zero_point), xf.shape, axis,
+                         block_size).astype(np.int64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        v = (xf / s).astype(np.float32)
+    return _quantize(v, zp, lo, hi).astype(out).reshape(xf.shape)
+
+
+@register("DequantizeLinear")
+def dequantize_linear(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, output_dtype=0):
+    """``y = float32(int32(x) - zp) ⊗ s`` per tensor, per axis or blocked; the output has the
+    scale's type (float32, or float16 rounded from the float32 product).
+
+    int32 inputs must have no (or an all-zero) zero point, as ONNX Runtime enforces.
+
+    >>> dequantize_linear(np.array([0, 3, 255], np.uint8), np.float32(0.5), np.uint8(1)).tolist()
+    [-0.5, 1.0, 127.0]
+    """
+    op = "DequantizeLinear"
+    x = np.asarray(x)
+    _int_range(op, "input x", x.dtype)
+    scale = np.asarray(x_scale)
+    out = scale.dtype
+    if out not in (np.float32, np.float16):
+        raise OpError(f"{op}: x_scale has dtype {out}, expected float32 or float16")
+    if int(output_dtype) not in (0, {np.dtype(np.float32): 1, np.dtype(np.float16): 10}[out]):
+        raise OpError(f"{op}: attribute output_dtype={output_dtype} differs from x_scale's type "
+                      f"{out.name}; ONNX requires them equal")
+    s = _broadcast_param(op, "x_scale", scale.astype(np.float32), x.shape, axis, block_size)
+    q = x.astype(np.int64)
+    if x_zero_point is not None:
+        zp = np.asarray(x_zero_point)
+        if zp.dtype != x.dtype:
+            raise OpError(f"{op}: x_zero_point has dtype {zp.dtype}, expected {x.dtype} "
+                          f"(the dtype of x)")
+        if x.dtype == np.int32 and np.any(zp != 0):
+            raise OpError(f"{op}: int32 input with a nonzero x_zero_point; ONNX Runtime "
+                          f"requires no zero point or all zeros for int32")
+        q = q - _broadcast_param(op, "x_zero_point", zp, x.shape, axis,
+                                 block_size).astype(np.int64)
+    y = q.astype(np.int32).astype(np.float32) * s
+    with np.errstate(over="ignore"):          # float16 overflows to ±inf, as in ONNX Runtime
+        return y.astype(out).reshape(x.shape)
+
+
+@register("DynamicQuantizeLinear")
+def dynamic_quantize_linear(x):
+    """uint8 quantization with a range computed from ``x`` (ONNX Runtime's formulas, float32):
+
+    ``lo = min(min(x), 0)``, ``hi = max(max(x), 0)``;
+    ``s = 1 if hi == lo else (hi - lo) / 255``;
+    ``zp = rne(clamp(0 - lo / s, 0, 255))``;
+    ``y = QuantizeLinear(x, s, zp)``. Returns ``(y, s, zp)`` with ``s``, ``zp`` scalars.
+
+    NaN inputs are left out of the range. ONNX Runtime's min/max (``minps``/``maxps`` over SIMD
+    lanes and thread blocks, then a scalar tail) lets a NaN through or not depending on its
+    position, so with NaN in ``x`` the two can differ (finite inputs agree bit for bit).
+
+    >>> y, s, zp = dynamic_quantize_linear(np.array([-1.0, 0.0, 2.0], np.float32))
+    >>> y.tolist(), float(s), int(zp)
+    ([0, 85, 255], 0.0117647061124444, 85)
+    """
+    op = "DynamicQuantizeLinear"
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        raise OpError(f"{op}: input x has dtype {x.dtype}, expected float32")
+    values = x[~np.isnan(x)]            # MLAS's min/max (minps/maxps) skip NaN
+    lo = np.float32(min(float(values.min()), 0.0)) if values.size else np.float32(0.0)
+    hi = np.float32(max(float(values.max()), 0.0)) if values.size else np.float32(0.0)
+    scale = np.float32(1.0) if hi == lo else np.float32((hi - lo) / np.float32(255.0))
+    initial = np.float32(np.float32(0.0) - np.float32(lo / scale))
+    zp = np.uint8(np.rint(min(max(initial, np.float32(0.0)), np.float32(255.0))))
+    y = quantize_linear(x, scale, zp)
+    return y, np.array(scale, np.float32), np.array(zp, np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# integer products
+# ---------------------------------------------------------------------------------------------
+def _check_matmul_shapes(op: str, a: np.ndarray, b: np.ndarray) -> None:
+    if a.ndim < 1 or b.ndim < 1:
+        raise OpError(f"{op}: operands must have rank >= 1, got A {list(a.shape)} and "
+                      f"B {list(b.shape)}")
+    inner_b = b.shape[0] if b.ndim == 1 else b.shape[-2]
+    if a.shape[-1] != inner_b:
+        raise OpError(f"{op}: inner dimensions differ: A {list(a.shape)} has {a.shape[-1]} "
+                      f"columns, B {list(b.shape)} has {inner_b} rows")
+    try:
+        np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise OpError(f"{op}: batch dimensions of A {list(a.shape)} and B {list(b.shape)} do "
+                      f"not broadcast") from None
+
+
+def _b_column_param(op: str, what: str, p, b: np.ndarray) -> np.ndarray:
+    """A per-tensor or per-column (last axis of B) parameter, as ONNX Runtime accepts it: shape
+    ``[]`` or ``[1]``; ``[N]`` for a 2-D B; ``B.shape[:-2] + [1, N]`` for a batched B."""
+    p = np.asarray(p)
+    if p.size == 1 and p.ndim <= 1:
+        return p.reshape(())
+    n = b.shape[-1]
+    expected = (n,) if b.ndim <= 2 else b.shape[:-2] + (1, n)
+    if p.shape != expected:
+        raise OpError(f"{op}: {what} has shape {list(p.shape)}; expected a scalar or "
+                      f"{list(expected)} (per column of B {list(b.shape)})")
+    return p
+
+
+@register("MatMulInteger")
+def matmul_integer(a, b, a_zero_point=None, b_zero_point=None):
+    """``Y = (A - a_zp) @ (B - b_zp)`` exactly, int32 (NumPy matmul semantics). ``a_zp`` is
+    per tensor; ``b_zp`` per tensor or per column of B.
+
+    >>> matmul_integer(np.array([[3, 4]], np.uint8), np.array([[1], [2]], np.uint8),
+    ...                np.uint8(1)).tolist()
+    [[8]]
+    """
+    op = "MatMulInteger"
+    a, b = np.asarray(a), np.asarray(b)
+    _check_matmul_shapes(op, a, b)
+    a_zp = None if a_zero_point is None else _scalar(op, "a_zero_point", a_zero_point)
+    b_zp = None if b_zero_point is None else _b_column_param(op, "b_zero_point", b_zero_point, b)
+    return _exact_matmul(_centered(op, "A", a, a_zp, _EIGHT_BIT),
+                         _centered(op, "B", b, b_zp, _EIGHT_BIT))
+
+
+@register("ConvInteger")
+def conv_integer(x, w, x_zero_point=None, w_zero_point=None, *, auto_pad="NOTSET",
+                 dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
+    """``Y = conv(X - x_zp, W - w_zp[m])`` exactly, int32; padding adds ``x_zp`` (a real zero).
+    ``x_zp`` is per tensor; ``w_zp`` per tensor or per output channel ``m`` (ONNX allows it;
+    ONNX Runtime 1.32 rejects a per-channel ``w_zp`` here, though its QLinearConv accepts one).
+
+    >>> conv_integer(np.full((1, 1, 2, 2), 3, np.uint8), np.ones((1, 1, 2, 2), np.uint8),
+    ...              np.uint8(1)).tolist()
+    [[[[8]]]]
+    """
+    op = "ConvInteger"
+    x, w = np.asarray(x), np.asarray(w)
+    _check_conv_operands(x, w, None, group, kernel_shape, transposed=False)
+    x_zp = None if x_zero_point is None else _scalar(op, "x_zero_point", x_zero_point)
+    if w_zero_point is not None:
+        w_zp = _per_channel(op, "w_zero_point", np.asarray(w_zero_point), w.shape[0])
+        w_zp = w_zp.reshape(w_zp.shape + (1,) * (w.ndim - 1))
+    else:
+        w_zp = None
+    geometry = _conv_geometry(x, w, auto_pad, dilations, strides, pads)
+    return _exact_conv(_centered(op, "X", x, x_zp, _EIGHT_BIT),
+                       _centered(op, "W", w, w_zp, _EIGHT_BIT), group=int(group), **geometry)
+
+
+def _check_pairing(op: str, x: np.ndarray, w: np.ndarray) -> None:
+    """ONNX Runtime has uint8 × {uint8, int8} and int8 × int8 kernels, nothing else."""
+    _int_range(op, "input", x.dtype, _EIGHT_BIT)
+    _int_range(op, "weight", w.dtype, _EIGHT_BIT)
+    if x.dtype == np.int8 and w.dtype != np.int8:
+        raise OpError(f"{op}: int8 input with {w.dtype} weight; ONNX Runtime implements "
+                      f"uint8 x uint8, uint8 x int8 and int8 x int8 only")
+
+
+def _output_zero_point(op: str, y_zero_point, x: np.ndarray) -> np.ndarray:
+    zp = _scalar(op, "y_zero_point", y_zero_point)
+    if zp.dtype != x.dtype:
+        raise OpError(f"{op}: y_zero_point has dtype {zp.dtype}, expected {x.dtype} (ONNX "
+                      f"Runtime's kernels output the input's type)")
+    return zp
+
+
+@register("QLinearMatMul")
+def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point):
+    """``acc = (A - a_zp) @ (B - b_zp)`` (exact, int32), ``M = float32(s_a · s_b) / s_y``
+    (per column of B when ``s_b`` is), ``Y = clamp(rne(float32(acc) ⊗ M), qmin - y_zp,
+    qmax - y_zp) + y_zp``.
+
+    >>> qlinear_matmul(np.array([[10, 20]], np.uint8), np.float32(0.1), np.uint8(0),
+    ...                np.array([[1], [1]], np.uint8), np.float32(1.0), np.uint8(0),
+    ...                np.float32(0.5), np.uint8(0)).tolist()
+    [[6]]
+    """
+    op = "QLinearMatMul"
+    a, b = np.asarray(a), np.asarray(b)
+    _check_matmul_shapes(op, a, b)
+    _check_pairing(op, a, b)
+    s_a = _scalar(op, "a_scale", _float32(op, "a_scale", a_scale))
+    s_y = _scalar(op, "y_scale", _float32(op, "y_scale", y_scale))
+    s_b = _b_column_param(op, "b_scale", _float32(op, "b_scale", b_scale), b)
+    acc = _exact_matmul(_centered(op, "a", a, _scalar(op, "a_zero_point", a_zero_point),
+                                  _EIGHT_BIT),
+                        _centered(op, "b", b, _b_column_param(op, "b_zero_point", b_zero_point,
+                                                              b), _EIGHT_BIT))
+    return _requantize(acc, _multiplier(op, s_a, s_b, s_y),
+                       _output_zero_point(op, y_zero_point, a))
+
+
+@register("QLinearConv")
+def qlinear_conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point,
+                 B=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+                 pads=None, strides=None):
+    """``acc = conv(X - x_zp, W - w_zp) + B`` (exact, int32, padding = ``x_zp``),
+    ``M[m] = float32(s_x · s_w[m]) / s_y`` per output channel,
+    ``Y = clamp(rne(float32(acc) ⊗ M), qmin - y_zp, qmax - y_zp) + y_zp``.
+
+    >>> qlinear_conv(np.full((1, 1, 2, 2), 12, np.uint8), np.float32(0.5), np.uint8(2),
+    ...              np.ones((1, 1, 2, 2), np.int8), np.float32(1.0), np.int8(0),
+    ...              np.float32(2.0), np.uint8(0)).tolist()
+    [[[[10]]]]
+    """
+    op = "QLinearConv"
+    x, w = np.asarray(x), np.asarray(w)
+    b = None if B is None else np.asarray(B)
+    if b is not None and b.dtype != np.int32:
+        raise OpError(f"{op}: bias B has dtype {b.dtype}, expected int32")
+    _check_conv_operands(x, w, b, group, kernel_shape, transposed=False)
+    _check_pairing(op, x, w)
+    m = w.shape[0]
+    s_x = _scalar(op, "x_scale", _float32(op, "x_scale", x_scale))
+    s_y = _scalar(op, "y_scale", _float32(op, "y_scale", y_scale))
+    s_w = _per_channel(op, "w_scale", _float32(op, "w_scale", w_scale), m)
+    w_zp = _per_channel(op, "w_zero_point", np.asarray(w_zero_point), m)
+    geometry = _conv_geometry(x, w, auto_pad, dilations, strides, pads)
+    nsp = x.ndim - 2
+    acc = _exact_conv(_centered(op, "x", x, _scalar(op, "x_zero_point", x_zero_point), _EIGHT_BIT),
+                      _centered(op, "w", w, w_zp.reshape(w_zp.shape + (1,) * (nsp + 1)),
+                                _EIGHT_BIT), group=int(group), **geometry)
+    if b is not None:
+        acc = (acc.astype(np.int64) + b.reshape((m,) + (1,) * nsp)).astype(np.int32)
+    multiplier = _multiplier(op, s_x, s_w, s_y).reshape(s_w.shape + (1,) * nsp)
+    return _requantize(acc, multiplier, _output_zero_point(op, y_zero_point, x))
+
+
+def _per_channel(op: str, what: str, p: np.ndarray, m: int) -> np.ndarray:
+    """A per-tensor or per-output-channel parameter: shape ``[]``, ``[1]`` or ``[M]``."""
+    if p.size == 1 and p.ndim <= 1:
+        return p.reshape(())
+    if p.shape != (m,):
+        raise OpError(f"{op}: {what} has shape {list(p.shape)}; expected a scalar or [{m}] "
+                      f"(one per output channel)")
+    return p
