@@ -920,13 +920,12 @@ def sequential_sums(x2d) -> np.ndarray:
 
 
 def fast_reduce_shape(shape, axes) -> tuple[str, tuple[int, ...]]:
-    """ORT's view of a reduction: size-1 axes dropped, neighbouring axes of the same kind merged.
-    Returns the pattern (``"K"`` kept / ``"R"`` reduced per merged axis, e.g. ``"KR"``) and the
-    merged sizes."""
+    """ORT's view of a reduction (``OptimizeShapeForFastReduce``): neighbouring axes of the same
+    kind merged, size-1 axes included. Returns the pattern (``"K"`` kept / ``"R"`` reduced per
+    merged axis, e.g. ``"KR"``) and the merged sizes: ``(1, 1, 2, 4)`` over axes 1, 3 is
+    ``"KRKR"`` (ORT's generic loop), over axes 0, 3 it is ``"RKR"`` ``(1, 2, 4)``."""
     kinds, sizes = [], []
     for i, n in enumerate(shape):
-        if n == 1 and i not in axes and not kinds:
-            continue  # leading kept axes of size 1 do not count
         kind = "R" if i in axes else "K"
         if kinds and kinds[-1] == kind:
             sizes[-1] *= n
@@ -956,9 +955,12 @@ def reduce_sum(x, axes, *, mean: bool = False) -> np.ndarray:
         "R", "KR"  rows summed by Eigen's vectorised sum (:func:`eigen_row_sums`)
         "RK"       out = row 0; out += row 1; ... (one row of the kept block at a time)
         "KRK"      per leading index, ones(1, R) @ X[i] through MLAS sgemm (qsim.kernels.gemm)
+                   (with a single leading index: the generic loop)
         "RKR"      per kept index k: 0 + eigen_sum(X[0, k, :]) + eigen_sum(X[1, k, :]) + ...
                    (with a single kept index: the generic loop)
         others     left to right over the reduced positions (ORT's generic loop)
+    (ORT's thresholds for its thread pool's degree of parallelism, at most 2 here: KRK needs
+    2 leading indices, RKR 2 kept ones; its RK kernel and the generic loop give the same sums.)
     ReduceMean divides the sums by float(count)."""
     x = np.require(np.asarray(x, F32), requirements="C")  # (keeps a 0-d input 0-d)
     axes = tuple(sorted(set(axes)))
@@ -971,7 +973,7 @@ def reduce_sum(x, axes, *, mean: bool = False) -> np.ndarray:
         s = eigen_row_sums(x.reshape(-1, sizes[-1]))
     elif kind == "RK":
         s = sequential_sums(x.reshape(sizes).T)
-    elif kind == "KRK":
+    elif kind == "KRK" and sizes[0] > 1:
         from . import gemm as gemm_exact  # late import: the gemm module is large
         d0, d1, d2 = sizes
         ones = np.ones((1, 1, d1), F32)

@@ -241,7 +241,11 @@ def test_mean_of_inputs_matches_ort(n, shape, seed):
 @pytest.mark.parametrize("shape, axes", [((2, 64, 8, 8), [1]), ((3, 300, 7), [1]),
                                          ((2, 6, 40, 40), [0, 2, 3]), ((2, 8, 7, 7), [2, 3]),
                                          ((3, 64, 1, 1), [1]), ((1, 8, 1, 8), [1, 3]),
-                                         ((4, 9, 10, 9), [0, 2]), ((5, 130), [0])])
+                                         ((4, 9, 10, 9), [0, 2]), ((5, 130), [0]),
+                                         # size-1 axes count in ORT's merged shape: KRKR is
+                                         # its generic loop, RKR (1, 2, 4) its Eigen row sums
+                                         ((1, 1, 2, 4), [1, 3]), ((1, 1, 2, 4), [0, 3]),
+                                         ((1, 3, 4), [1])])
 def test_reduce_mean_summation_patterns_match_ort(shape, axes):
     x = data(11, shape, 3.0, special=False)
     axes_input = np.array(axes, np.int64)
