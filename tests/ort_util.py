@@ -8,17 +8,22 @@ from onnx import helper, numpy_helper
 
 from qsim.ops import OPS
 
-_SESSION_OPTIONS = ort.SessionOptions()
-_SESSION_OPTIONS.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-_SESSION_OPTIONS.intra_op_num_threads = 1
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    """AIMET's simulation session: graph optimizations off, ``threads`` intra-op threads."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = threads
+    return options
 
 
 def ort_run_op(op_type: str, inputs: list, attrs: dict | None = None, *, noutputs: int = 1,
-               opset: int = 17, initializers: tuple[int, ...] = ()) -> list[np.ndarray]:
+               opset: int = 17, initializers: "tuple[int, ...] | list[int]" = (),
+               threads: int = 1) -> list[np.ndarray]:
     """Run ``op_type`` on ``inputs`` (arrays, or None for an absent optional input) in ORT.
 
     Inputs whose index is in ``initializers`` are stored as initializers (some ops require
-    constant shape/axes inputs to be initializers to type-check)."""
+    constant shape/axes inputs to be initializers to type-check; ORT pre-packs a MatMul/Gemm B
+    stored so)."""
     attrs = dict(attrs or {})
     names, graph_inputs, inits, feeds = [], [], [], {}
     for i, a in enumerate(inputs):
@@ -43,7 +48,7 @@ def ort_run_op(op_type: str, inputs: list, attrs: dict | None = None, *, noutput
                               initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = min(model.ir_version, 9)
-    sess = ort.InferenceSession(model.SerializeToString(), _SESSION_OPTIONS,
+    sess = ort.InferenceSession(model.SerializeToString(), session_options(threads),
                                 providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
 

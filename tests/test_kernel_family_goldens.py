@@ -16,13 +16,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import helper, numpy_helper
 
 import qsim
 from qsim.kernels.family import FAMILIES, host_family
 from qsim.kernels.gemm import DEFAULT_THREADS
 from qsim.ops import OPS
 from qsim.ops.registry import internal_keywords
+from tests.ort_util import ort_run_op
 
 DATA = Path(__file__).parent / "data" / "ort_fp32"
 GOLDEN = Path(__file__).parent / "data" / "golden"
@@ -112,14 +112,6 @@ def test_whole_models_equal_onnxruntime_of_each_family(family):
     assert not wrong, f"{family}:\n" + "\n".join(wrong)
 
 
-def _ort_session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
-
-
 def test_this_machines_onnxruntime_equals_its_familys_golden_files():
     """The live ONNX Runtime reproduces the committed files of this CPU's family (1 and 2
     threads), so the files are what the pinned ONNX Runtime computes, not stale numbers."""
@@ -128,19 +120,9 @@ def test_this_machines_onnxruntime_equals_its_familys_golden_files():
     wrong = []
     for case in cases:
         inputs = _inputs(arrays, case)
-        names = [f"in{j}" for j in range(len(inputs))]
-        graph_inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-                        for j, (n, a) in enumerate(zip(names, inputs)) if j not in case["initializers"]]
-        inits = [numpy_helper.from_array(a, n) for j, (n, a) in enumerate(zip(names, inputs))
-                 if j in case["initializers"]]
-        feeds = {n: a for j, (n, a) in enumerate(zip(names, inputs)) if j not in case["initializers"]}
-        graph = helper.make_graph([helper.make_node(case["op"], names, ["out0"], **case["attrs"])],
-                                  "g", graph_inputs, [helper.make_value_info("out0", onnx.TypeProto())],
-                                  initializer=inits)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", case["opset"])])
-        model.ir_version = 9
         for t in (1, 2):
-            live = _ort_session(model, t).run(None, feeds)[0]
+            live = ort_run_op(case["op"], inputs, case["attrs"], opset=case["opset"],
+                              initializers=case["initializers"], threads=t)[0]
             if _bits_differ(live.ravel(), arrays[f"c{case['id']}_out_t{t}"].ravel()).size:
                 wrong.append(f"{case['op']} {case['tag']} t{t}")
     assert not wrong, f"live ONNX Runtime {ort.__version__} ({family}) differs from the golden files: {wrong}"

@@ -26,40 +26,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper, numpy_helper
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 from qsim.kernels.family import host_family  # noqa: E402
+from tests.ort_util import ort_run_op, session_options  # noqa: E402
 
 THREADS = (1, 2)
 
 
 def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(model.SerializeToString(), options,
+    return ort.InferenceSession(model.SerializeToString(), session_options(threads),
                                 providers=["CPUExecutionProvider"])
-
-
-def single_op_model(op: str, inputs: list, attrs: dict, initializers: tuple, opset: int):
-    names, graph_inputs, inits, feeds = [], [], [], {}
-    for i, a in enumerate(inputs):
-        name = f"in{i}"
-        names.append(name)
-        if i in initializers:
-            inits.append(numpy_helper.from_array(a, name))
-        else:
-            graph_inputs.append(helper.make_tensor_value_info(
-                name, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape))
-            feeds[name] = a
-    node = helper.make_node(op, names, ["out0"], **attrs)
-    graph = helper.make_graph([node], op, graph_inputs,
-                              [helper.make_value_info("out0", onnx.TypeProto())], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
-    model.ir_version = 9
-    return model, feeds
 
 
 def op_cases() -> list[dict]:
@@ -157,12 +135,12 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     records, arrays = [], {}
     for i, case in enumerate(op_cases()):
-        model, feeds = single_op_model(case["op"], case["inputs"], case["attrs"],
-                                       case["initializers"], case["opset"])
         for j, a in enumerate(case["inputs"]):
             arrays[f"c{i}_in{j}"] = a
         for t in THREADS:
-            arrays[f"c{i}_out_t{t}"] = session(model, t).run(None, feeds)[0]
+            arrays[f"c{i}_out_t{t}"] = ort_run_op(case["op"], case["inputs"], case["attrs"],
+                                                 opset=case["opset"],
+                                                 initializers=case["initializers"], threads=t)[0]
         records.append(dict(id=i, op=case["op"], tag=case["tag"], attrs=case["attrs"],
                             initializers=list(case["initializers"]), opset=case["opset"]))
         print(f"{family} op case {i}: {case['op']} {case['tag']}", flush=True)
