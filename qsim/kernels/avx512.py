@@ -31,8 +31,8 @@ import math
 import numpy as np
 
 from ..jit import USE_NUMBA, kernel
-from .mlas_math import (_EX_L2E, _EX_L2HI, _EX_L2LO, _X_BIAS, _X_LO, _XP0, _XP1, _XP2, _XP3,
-                        _XP4, _XP56, _fma32, _fma_np, _logf_nb, _logf_np)
+from .mlas_math import (_X_LO, _fma32, _fma_np, _logf_nb, _logf_np, np_sumexp_poly,
+                        sumexp_poly1)
 
 F32 = np.float32
 _ZERO, _ONE = F32(0.0), F32(1.0)
@@ -145,15 +145,7 @@ def _sumexp1(x, negmax):
         v = _X_LO
     if v != v:
         return v
-    m = _fma32(v, _EX_L2E, _X_BIAS) - _X_BIAS
-    r = _fma32(m, _EX_L2HI, v)
-    r = _fma32(m, _EX_L2LO, r)
-    p = _fma32(_XP0, r, _XP1)
-    p = _fma32(p, r, _XP2)
-    p = _fma32(p, r, _XP3)
-    p = _fma32(p, r, _XP4)
-    p = _fma32(p, r, _XP56)
-    p = _fma32(p, r, _XP56)
+    m, p = sumexp_poly1(v)
     # p * 2^m is exact in float64 (-151 <= m <= 0 here); one rounding to float32
     return F32(float(p) * _POW2[int(m) + 160])
 
@@ -163,13 +155,7 @@ def _np_sumexp(x: np.ndarray, negmax: np.ndarray) -> np.ndarray:
         v = (x + negmax).astype(F32)
         v = np.where(_X_LO > v, _X_LO, v).astype(F32)
         nan = np.isnan(v)
-        v0 = np.where(nan, _ZERO, v)
-        m = _fma_np(v0, _EX_L2E, _X_BIAS) - _X_BIAS
-        r = _fma_np(m, _EX_L2HI, v0)
-        r = _fma_np(m, _EX_L2LO, r)
-        p = _fma_np(_XP0, r, _XP1)
-        for c in (_XP2, _XP3, _XP4, _XP56, _XP56):
-            p = _fma_np(p, r, c)
+        m, p = np_sumexp_poly(np.where(nan, _ZERO, v))
         e = (p.astype(np.float64) * np.ldexp(1.0, m.astype(np.int32))).astype(F32)
         return np.where(nan, v, e).astype(F32)
 

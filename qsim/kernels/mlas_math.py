@@ -557,6 +557,38 @@ def log_scalar_positions(n: int, threads: int) -> np.ndarray:
 
 
 @kernel
+def sumexp_poly1(v):
+    """The part of MLAS's SumExp kernels both families share, on a clamped, non-NaN ``v``::
+
+        m = fma(v, log2e, B) - B                      (B = 1.5*2^23: round to integer)
+        r = fma(m, log2_lo, fma(m, log2_hi, v))
+        p = fma(fma(... fma(p0, r, p1) ..., r, p56), r, p56)      (degree 6)
+
+    Returns ``(m, p)``; exp(v) = p * 2^m, each family scaling in its own way."""
+    m = _fma32(v, _EX_L2E, _X_BIAS) - _X_BIAS
+    r = _fma32(m, _EX_L2HI, v)
+    r = _fma32(m, _EX_L2LO, r)
+    p = _fma32(_XP0, r, _XP1)
+    p = _fma32(p, r, _XP2)
+    p = _fma32(p, r, _XP3)
+    p = _fma32(p, r, _XP4)
+    p = _fma32(p, r, _XP56)
+    p = _fma32(p, r, _XP56)
+    return m, p
+
+
+def np_sumexp_poly(v0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy twin of :func:`sumexp_poly1` on an array without NaN."""
+    m = _fma_np(v0, _EX_L2E, _X_BIAS) - _X_BIAS
+    r = _fma_np(m, _EX_L2HI, v0)
+    r = _fma_np(m, _EX_L2LO, r)
+    p = _fma_np(_XP0, r, _XP1)
+    for c in (_XP2, _XP3, _XP4, _XP56, _XP56):
+        p = _fma_np(p, r, c)
+    return m, p
+
+
+@kernel
 def _sumexp1(x, negmax):
     """One lane of MlasComputeSumExpF32KernelFma3: exp(x - max) on [-88.376, 0]::
 
@@ -570,15 +602,7 @@ def _sumexp1(x, negmax):
         v = _X_LO_SUMEXP
     if v != v:
         return v
-    m = _fma32(v, _EX_L2E, _X_BIAS) - _X_BIAS
-    r = _fma32(m, _EX_L2HI, v)
-    r = _fma32(m, _EX_L2LO, r)
-    p = _fma32(_XP0, r, _XP1)
-    p = _fma32(p, r, _XP2)
-    p = _fma32(p, r, _XP3)
-    p = _fma32(p, r, _XP4)
-    p = _fma32(p, r, _XP56)
-    p = _fma32(p, r, _XP56)
+    m, p = sumexp_poly1(v)
     mi = int(m)
     if mi < -126:  # the scale's bits (m + 127) << 23 are those of +0.0 at m = -127
         return p * _ZERO
@@ -621,13 +645,7 @@ def _np_sumexp(x: np.ndarray, negmax: np.ndarray) -> np.ndarray:
         v = (x + negmax).astype(F32)
         v = np.where(v < _X_LO_SUMEXP, _X_LO_SUMEXP, v)
         nan = np.isnan(v)
-        v0 = np.where(nan, _ZERO, v)
-        m = _fma_np(v0, _EX_L2E, _X_BIAS) - _X_BIAS
-        r = _fma_np(m, _EX_L2HI, v0)
-        r = _fma_np(m, _EX_L2LO, r)
-        p = _fma_np(_XP0, r, _XP1)
-        for c in (_XP2, _XP3, _XP4, _XP56, _XP56):
-            p = _fma_np(p, r, c)
+        m, p = np_sumexp_poly(np.where(nan, _ZERO, v))
         mi = m.astype(np.int32)
         y = p * np.where(mi < -126, _ZERO, np.ldexp(_ONE, mi)).astype(F32)
         return np.where(nan, v, y).astype(F32)
