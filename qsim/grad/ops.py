@@ -1,0 +1,313 @@
+"""One VJP per ONNX op (see :mod:`qsim.grad.registry` for the calling convention), float32.
+
+Each docstring gives the derivative; ``gy`` is ∂L/∂Y.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import OpError
+from .registry import register_vjp, unbroadcast
+
+F32 = np.float32
+
+
+def _f32(a):
+    return np.array(a, dtype=F32)
+
+
+# ---------------------------------------------------------------- elementwise, one input
+
+@register_vjp("Relu", saves=("outputs",))
+def relu(gy, *, inputs, outputs):
+    """dx = gy · [y > 0]."""
+    return (_f32(np.where(outputs[0] > 0, gy, F32(0))),)
+
+
+@register_vjp("LeakyRelu", saves=("inputs",))
+def leaky_relu(gy, *, inputs, outputs, alpha=0.01):
+    """dx = gy · (x > 0 ? 1 : alpha)."""
+    return (_f32(np.where(inputs[0] > 0, gy, gy * F32(alpha))),)
+
+
+@register_vjp("Clip", saves=("inputs",))
+def clip(gy, *, inputs, outputs, min=None, max=None):  # noqa: A002 - ONNX names
+    """dx = gy · [lo <= x <= hi] (bounds from inputs 1, 2 or the attributes); bounds get none."""
+    x = inputs[0]
+    lo = inputs[1] if len(inputs) > 1 and inputs[1] is not None else min
+    hi = inputs[2] if len(inputs) > 2 and inputs[2] is not None else max
+    inside = np.ones(x.shape, bool)
+    if lo is not None:
+        inside &= x >= lo
+    if hi is not None:
+        inside &= x <= hi
+    return (_f32(np.where(inside, gy, F32(0))),) + (None,) * (len(inputs) - 1)
+
+
+@register_vjp("Sigmoid", saves=("outputs",))
+def sigmoid(gy, *, inputs, outputs):
+    """dx = gy · y · (1 - y)."""
+    y = outputs[0]
+    return (_f32(gy * y * (F32(1) - y)),)
+
+
+@register_vjp("Tanh", saves=("outputs",))
+def tanh(gy, *, inputs, outputs):
+    """dx = gy · (1 - y²)."""
+    y = outputs[0]
+    return (_f32(gy * (F32(1) - y * y)),)
+
+
+@register_vjp("HardSigmoid", saves=("inputs",))
+def hard_sigmoid(gy, *, inputs, outputs, alpha=0.2, beta=0.5):
+    """dx = gy · alpha where 0 < alpha·x + beta < 1, else 0."""
+    t = F32(alpha) * inputs[0] + F32(beta)
+    return (_f32(np.where((t > 0) & (t < 1), gy * F32(alpha), F32(0))),)
+
+
+@register_vjp("HardSwish", saves=("inputs",))
+def hard_swish(gy, *, inputs, outputs):
+    """y = x·clamp(x/6 + 1/2, 0, 1): dx = gy · (x < -3 ? 0 : x > 3 ? 1 : x/3 + 1/2)."""
+    x = inputs[0]
+    d = np.where(x < -3, F32(0), np.where(x > 3, F32(1), x / F32(3) + F32(0.5)))
+    return (_f32(gy * d),)
+
+
+@register_vjp("Erf", saves=("inputs",))
+def erf(gy, *, inputs, outputs):
+    """dx = gy · 2/√π · exp(-x²)."""
+    x = inputs[0]
+    return (_f32(gy * F32(2 / np.sqrt(np.pi)) * np.exp(-x * x)),)
+
+
+@register_vjp("Sqrt", saves=("outputs",))
+def sqrt(gy, *, inputs, outputs):
+    """dx = gy / (2·y)."""
+    return (_f32(gy / (F32(2) * outputs[0])),)
+
+
+# ---------------------------------------------------------------- elementwise, broadcasting
+
+@register_vjp("Add", saves=("inputs",))
+def add(gy, *, inputs, outputs):
+    """da = gy, db = gy, each summed back to its input's shape."""
+    return unbroadcast(gy, inputs[0].shape), unbroadcast(gy, inputs[1].shape)
+
+
+@register_vjp("Sub", saves=("inputs",))
+def sub(gy, *, inputs, outputs):
+    """da = gy, db = -gy (summed back to each input's shape)."""
+    return unbroadcast(gy, inputs[0].shape), unbroadcast(-gy, inputs[1].shape)
+
+
+@register_vjp("Mul", saves=("inputs",))
+def mul(gy, *, inputs, outputs):
+    """da = gy·b, db = gy·a."""
+    a, b = inputs
+    return unbroadcast(gy * b, a.shape), unbroadcast(gy * a, b.shape)
+
+
+@register_vjp("Div", saves=("inputs",))
+def div(gy, *, inputs, outputs):
+    """da = gy/b, db = -gy·a/b²."""
+    a, b = inputs
+    return unbroadcast(gy / b, a.shape), unbroadcast(-gy * a / (b * b), b.shape)
+
+
+@register_vjp("Pow", saves=("inputs", "outputs"))
+def pow_(gy, *, inputs, outputs):
+    """y = a^b: da = gy·b·a^(b-1), db = gy·y·ln a (0 where a <= 0)."""
+    a, b = inputs
+    y = outputs[0]
+    with np.errstate(all="ignore"):
+        da = gy * b * np.power(a, b - F32(1))
+        db = np.where(a > 0, gy * y * np.log(np.where(a > 0, a, F32(1))), F32(0))
+    return unbroadcast(_f32(da), a.shape), unbroadcast(_f32(db), b.shape)
+
+
+@register_vjp("Where", saves=("inputs",))
+def where(gy, *, inputs, outputs):
+    """dx = gy·[cond], dy = gy·[not cond]; the condition gets none."""
+    c, x, y = inputs
+    return (None, unbroadcast(np.where(c, gy, F32(0)), x.shape),
+            unbroadcast(np.where(c, F32(0), gy), y.shape))
+
+
+# ---------------------------------------------------------------- linear algebra
+
+@register_vjp("MatMul", saves=("inputs",))
+def matmul(gy, *, inputs, outputs):
+    """Y = A @ B (numpy.matmul semantics): dA = gy @ Bᵀ, dB = Aᵀ @ gy (batch axes summed back)."""
+    a, b = inputs
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    g2 = gy
+    if a.ndim == 1:
+        g2 = np.expand_dims(g2, -2)
+    if b.ndim == 1:
+        g2 = np.expand_dims(g2, -1)
+    da = np.matmul(g2, np.swapaxes(b2, -1, -2))
+    db = np.matmul(np.swapaxes(a2, -1, -2), g2)
+    da = da[..., 0, :] if a.ndim == 1 else da
+    db = db[..., 0] if b.ndim == 1 else db
+    return unbroadcast(_f32(da), a.shape), unbroadcast(_f32(db), b.shape)
+
+
+@register_vjp("Gemm", saves=("inputs",))
+def gemm(gy, *, inputs, outputs, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast=None):
+    """Y = alpha·A'B' + beta·C (A' = Aᵀ if transA ...): dA' = alpha·gy B'ᵀ, dB' = alpha·A'ᵀ gy,
+    dC = beta·gy summed back to C's shape."""
+    a, b = inputs[0], inputs[1]
+    a2 = a.T if transA else a
+    b2 = b.T if transB else b
+    da2 = F32(alpha) * (gy @ b2.T)
+    db2 = F32(alpha) * (a2.T @ gy)
+    out = [_f32(da2.T if transA else da2), _f32(db2.T if transB else db2)]
+    if len(inputs) > 2 and inputs[2] is not None:
+        out.append(unbroadcast(_f32(F32(beta) * gy), inputs[2].shape))
+    return tuple(out)
+
+
+def _conv_geometry(x, w, pads, strides, dilations, auto_pad):
+    if w.ndim != 4:
+        raise OpError(f"the backward of Conv supports 2-D convolutions only, got a weight of "
+                      f"shape {w.shape}")
+    if auto_pad not in ("NOTSET", "VALID"):
+        raise OpError(f"the backward of Conv supports auto_pad NOTSET or VALID, got {auto_pad!r}")
+    pads = (0, 0, 0, 0) if pads is None or auto_pad == "VALID" else tuple(pads)
+    strides = (1, 1) if strides is None else tuple(strides)
+    dilations = (1, 1) if dilations is None else tuple(dilations)
+    return pads, strides, dilations
+
+
+def _windows(xp, kh, kw, strides, dilations, oh, ow):
+    """View (N, C, oh, ow, kh, kw) of the padded input's receptive fields."""
+    sh, sw = strides
+    dh, dw = dilations
+    v = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1),
+                                                 axis=(2, 3))
+    return v[:, :, ::sh, ::sw, ::dh, ::dw][:, :, :oh, :ow]
+
+
+@register_vjp("Conv", saves=("inputs",))
+def conv(gy, *, inputs, outputs, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+         pads=None, strides=None):
+    """Y[n,o,i,j] = Σ_{c,u,v} X̃[n,c,i·sh+u·dh, j·sw+v·dw]·W[o,c,u,v] + B[o] (X̃ zero-padded):
+    dW[o,c,u,v] = Σ_{n,i,j} gy[n,o,i,j]·X̃[...], dX̃[...] += gy·W, dB = Σ_{n,i,j} gy."""
+    x, w = inputs[0], inputs[1]
+    pads, strides, dilations = _conv_geometry(x, w, pads, strides, dilations, auto_pad)
+    n, c, h, wd = x.shape
+    m, cg, kh, kw = w.shape
+    oh, ow = gy.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    win = _windows(xp, kh, kw, strides, dilations, oh, ow)
+    mg = m // group
+    dw_ = np.empty(w.shape, F32)
+    dxp = np.zeros(xp.shape, F32)
+    sh, sw = strides
+    dh, dwl = dilations
+    for gi in range(group):
+        gyg = gy[:, gi * mg:(gi + 1) * mg]
+        wg = w[gi * mg:(gi + 1) * mg]
+        dw_[gi * mg:(gi + 1) * mg] = np.einsum("nohw,nchwij->ocij", gyg,
+                                               win[:, gi * cg:(gi + 1) * cg], optimize=True)
+        for u in range(kh):
+            for v in range(kw):
+                contrib = np.einsum("nohw,oc->nchw", gyg, wg[:, :, u, v], optimize=True)
+                dxp[:, gi * cg:(gi + 1) * cg,
+                    u * dh:u * dh + sh * (oh - 1) + 1:sh,
+                    v * dwl:v * dwl + sw * (ow - 1) + 1:sw] += contrib
+    dx = dxp[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + wd]
+    out = [_f32(dx), _f32(dw_)]
+    if len(inputs) > 2 and inputs[2] is not None:
+        out.append(_f32(gy.sum(axis=(0, 2, 3), dtype=F32)))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- pooling and reductions
+
+@register_vjp("GlobalAveragePool", saves=("inputs",))
+def global_average_pool(gy, *, inputs, outputs):
+    """Y = mean over the spatial axes: dx = gy / (number of spatial elements), broadcast."""
+    x = inputs[0]
+    k = int(np.prod(x.shape[2:]))
+    return (_f32(np.broadcast_to(gy / F32(k), x.shape)),)
+
+
+def _reduce_axes(x, axes_input, axes, noop):
+    ax = axes_input if axes_input is not None else axes
+    if ax is None or len(ax) == 0:
+        return () if noop else tuple(range(x.ndim))
+    return tuple(int(a) % x.ndim for a in np.asarray(ax).reshape(-1))
+
+
+@register_vjp("ReduceSum", saves=("inputs",))
+def reduce_sum(gy, *, inputs, outputs, axes=None, keepdims=1, noop_with_empty_axes=0):
+    """dx = gy broadcast back over the reduced axes."""
+    x = inputs[0]
+    ax = _reduce_axes(x, inputs[1] if len(inputs) > 1 else None, axes, noop_with_empty_axes)
+    g = gy if keepdims else np.expand_dims(gy, ax)
+    return (_f32(np.broadcast_to(g, x.shape)),) + (None,) * (len(inputs) - 1)
+
+
+@register_vjp("ReduceMean", saves=("inputs",))
+def reduce_mean(gy, *, inputs, outputs, axes=None, keepdims=1, noop_with_empty_axes=0):
+    """dx = gy / (number of reduced elements), broadcast back."""
+    x = inputs[0]
+    ax = _reduce_axes(x, inputs[1] if len(inputs) > 1 else None, axes, noop_with_empty_axes)
+    k = int(np.prod([x.shape[a] for a in ax])) if ax else 1
+    g = gy if keepdims else np.expand_dims(gy, ax)
+    return (_f32(np.broadcast_to(g / F32(k), x.shape)),) + (None,) * (len(inputs) - 1)
+
+
+@register_vjp("Softmax", saves=("outputs",))
+def softmax(gy, *, inputs, outputs, axis=-1):
+    """dx = y · (gy - Σ_axis gy·y)."""
+    y = outputs[0]
+    ax = -1 if axis is None else axis
+    return (_f32(y * (gy - np.sum(gy * y, axis=ax, keepdims=True))),)
+
+
+@register_vjp("LogSoftmax", saves=("outputs",))
+def log_softmax(gy, *, inputs, outputs, axis=-1):
+    """dx = gy - exp(y) · Σ_axis gy."""
+    y = outputs[0]
+    ax = -1 if axis is None else axis
+    return (_f32(gy - np.exp(y) * np.sum(gy, axis=ax, keepdims=True)),)
+
+
+# ---------------------------------------------------------------- shape ops
+
+def _reshape_back(gy, inputs):
+    return (_f32(np.reshape(gy, inputs[0].shape)),) + (None,) * (len(inputs) - 1)
+
+
+for _op in ("Flatten", "Reshape", "Squeeze", "Unsqueeze"):
+    register_vjp(_op, saves=("inputs",))(
+        lambda gy, *, inputs, outputs, **_: _reshape_back(gy, inputs))
+
+
+@register_vjp("Transpose")
+def transpose(gy, *, inputs, outputs, perm=None):
+    """dx = gyᵀ with the inverse permutation."""
+    perm = tuple(range(gy.ndim))[::-1] if perm is None else tuple(perm)
+    return (_f32(np.transpose(gy, np.argsort(perm))),)
+
+
+@register_vjp("Concat", saves=("inputs",))
+def concat(gy, *, inputs, outputs, axis=None):
+    """dx_k = the slice of gy that input k filled."""
+    ends = np.cumsum([a.shape[axis] for a in inputs])[:-1]
+    return tuple(_f32(p) for p in np.split(gy, ends, axis=axis))
+
+
+@register_vjp("Gather", saves=("inputs",))
+def gather(gy, *, inputs, outputs, axis=0):
+    """dx = zeros with gy added at the gathered positions (repeats accumulate); indices: none."""
+    data, idx = inputs
+    ax = axis % data.ndim
+    idx = np.where(idx < 0, idx + data.shape[ax], idx).astype(np.int64)
+    dx = np.zeros(data.shape, F32)
+    g = np.moveaxis(gy.reshape(data.shape[:ax] + (idx.size,) + data.shape[ax + 1:]), ax, 0)
+    np.add.at(np.moveaxis(dx, ax, 0), idx.reshape(-1), g)
+    return dx, None

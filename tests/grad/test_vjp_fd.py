@@ -1,0 +1,245 @@
+"""Every VJP of qsim.grad against central finite differences of an independent float64 forward.
+
+For random inputs and a random upstream gradient gy, ∂<gy, f(x)>/∂x_k is estimated by
+(F(x + h e_k) - F(x - h e_k)) / 2h on float64 copies (h = 1e-6, error ~1e-9); the float32 VJP
+must agree within 2e-4·(1 + max|fd|) — float32 rounding of short sums, far above FD noise, far
+below any wrong formula. Non-smooth ops draw inputs away from their kinks.
+"""
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from qsim.grad import VJPS
+from qsim.ops.registry import OPS
+
+H = 1e-6
+ERF = np.vectorize(math.erf)
+
+
+def _fd(f64, args64, k):
+    """Central differences of F = <gy, f(args)> w.r.t. argument k (float64)."""
+    base = [a.copy() for a in args64]
+    g = np.zeros_like(base[k])
+    flat = base[k].reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + H
+        up = f64(*base)
+        flat[i] = old - H
+        down = f64(*base)
+        flat[i] = old
+        g.reshape(-1)[i] = (up - down) / (2 * H)
+    return g
+
+
+def check(op, f64, args, diff, attrs=None, rng=None):
+    """VJP of ``op`` on float32 ``args`` vs FD of ``f64`` for the argument indices ``diff``."""
+    attrs = attrs or {}
+    args32 = [np.asarray(a, np.float32) if np.asarray(a).dtype.kind == "f" else np.asarray(a)
+              for a in args]
+    y = OPS[op](*args32, **attrs)
+    y = y[0] if isinstance(y, tuple) else y
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    args64 = [a.astype(np.float64) if a.dtype.kind == "f" else a for a in args32]
+    vjp = VJPS[op]
+    res = vjp.fn(gy, inputs=tuple(args32), outputs=(y,), **attrs)
+    for k in diff:
+        fd = _fd(lambda *a: float(np.sum(gy.astype(np.float64) * f64(*a))), args64, k)
+        got = res[k]
+        assert got.dtype == np.float32 and got.shape == args32[k].shape, (op, k)
+        tol = 2e-4 * (1 + np.max(np.abs(fd)))
+        assert np.max(np.abs(got - fd)) <= tol, (op, k, np.max(np.abs(got - fd)), tol)
+
+
+seeds = st.integers(0, 2**32 - 1)
+FAST = settings(max_examples=15, deadline=None)
+
+
+def _away(rng, shape, kinks, gap=1e-2):
+    """Standard-normal values at least ``gap`` from every kink."""
+    x = rng.standard_normal(shape) * 2
+    for k in kinks:
+        near = np.abs(x - k) < gap
+        x[near] = k + np.where(x[near] >= k, gap, -gap) * 2
+    return x
+
+
+UNARY = {
+    "Relu": (lambda x: np.maximum(x, 0), [0.0], {}),
+    "LeakyRelu": (lambda x: np.where(x > 0, x, 0.1 * x), [0.0], {"alpha": 0.1}),
+    "Sigmoid": (lambda x: 1 / (1 + np.exp(-x)), [], {}),
+    "Tanh": (np.tanh, [], {}),
+    "HardSigmoid": (lambda x: np.clip(0.2 * x + 0.5, 0, 1), [-2.5, 2.5], {}),
+    "HardSwish": (lambda x: x * np.clip(x / 6 + 0.5, 0, 1), [-3.0, 3.0], {}),
+    "Erf": (ERF, [], {}),
+}
+
+
+@pytest.mark.parametrize("op", sorted(UNARY))
+@FAST
+@given(seed=seeds)
+def test_unary(op, seed):
+    rng = np.random.default_rng(seed)
+    f, kinks, attrs = UNARY[op]
+    check(op, f, [_away(rng, (3, 4), kinks)], [0], attrs, rng)
+
+
+@FAST
+@given(seed=seeds)
+def test_sqrt(seed):
+    rng = np.random.default_rng(seed)
+    check("Sqrt", np.sqrt, [rng.uniform(0.2, 3, (2, 5))], [0], rng=rng)
+
+
+@FAST
+@given(seed=seeds)
+def test_clip(seed):
+    rng = np.random.default_rng(seed)
+    x = _away(rng, (3, 4), [-1.0, 1.5])
+    check("Clip", lambda x, lo, hi: np.clip(x, lo, hi),
+          [x, np.float32(-1.0), np.float32(1.5)], [0], rng=rng)
+
+
+BINARY = {
+    "Add": lambda a, b: a + b,
+    "Sub": lambda a, b: a - b,
+    "Mul": lambda a, b: a * b,
+    "Div": lambda a, b: a / b,
+    "Pow": lambda a, b: a ** b,
+}
+
+
+@pytest.mark.parametrize("op", sorted(BINARY))
+@FAST
+@given(seed=seeds, bshape=st.sampled_from([(2, 3, 4), (3, 1), (4,), (1, 1, 1), ()]))
+def test_binary_broadcasting(op, seed, bshape):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((2, 3, 4))
+    b = rng.standard_normal(bshape)
+    if op in ("Div", "Pow"):
+        b = rng.uniform(0.5, 2.0, bshape)
+    if op == "Pow":
+        a = rng.uniform(0.5, 2.0, (2, 3, 4))
+    check(op, BINARY[op], [a, np.asarray(b)], [0, 1], rng=rng)
+
+
+@FAST
+@given(seed=seeds)
+def test_where(seed):
+    rng = np.random.default_rng(seed)
+    c = rng.random((3, 4)) > 0.5
+    check("Where", lambda c, x, y: np.where(c, x, y),
+          [c, rng.standard_normal((3, 4)), rng.standard_normal((4,))], [1, 2], rng=rng)
+
+
+@FAST
+@given(seed=seeds, shapes=st.sampled_from([((3, 4), (4, 5)), ((2, 3, 4), (4, 2)),
+                                           ((4,), (4, 3)), ((2, 3, 4), (2, 4, 2))]))
+def test_matmul(seed, shapes):
+    rng = np.random.default_rng(seed)
+    a, b = rng.standard_normal(shapes[0]), rng.standard_normal(shapes[1])
+    check("MatMul", np.matmul, [a, b], [0, 1], rng=rng)
+
+
+@FAST
+@given(seed=seeds, ta=st.integers(0, 1), tb=st.integers(0, 1), cshape=st.sampled_from([(5,), (3, 5), (1, 5)]))
+def test_gemm(seed, ta, tb, cshape):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((4, 3) if ta else (3, 4))
+    b = rng.standard_normal((5, 4) if tb else (4, 5))
+    c = rng.standard_normal(cshape)
+    attrs = {"alpha": 0.7, "beta": 1.3, "transA": ta, "transB": tb}
+    f = lambda a, b, c: 0.7 * ((a.T if ta else a) @ (b.T if tb else b)) + 1.3 * c
+    check("Gemm", f, [a, b, c], [0, 1, 2], attrs, rng)
+
+
+def _conv64(x, w, b, pads, strides, dil, group):
+    """Direct float64 2-D convolution (independent of qsim.grad's im2col view)."""
+    n, c, h, wd = x.shape
+    m, cg, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    oh = (xp.shape[2] - (kh - 1) * dil[0] - 1) // strides[0] + 1
+    ow = (xp.shape[3] - (kw - 1) * dil[1] - 1) // strides[1] + 1
+    y = np.zeros((n, m, oh, ow))
+    mg = m // group
+    for o in range(m):
+        g = o // mg
+        for i in range(oh):
+            for j in range(ow):
+                patch = xp[:, g * cg:(g + 1) * cg,
+                           i * strides[0]:i * strides[0] + (kh - 1) * dil[0] + 1:dil[0],
+                           j * strides[1]:j * strides[1] + (kw - 1) * dil[1] + 1:dil[1]]
+                y[:, o, i, j] = np.sum(patch * w[o], axis=(1, 2, 3)) + b[o]
+    return y
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=seeds, pads=st.sampled_from([(0, 0, 0, 0), (1, 1, 1, 1), (1, 0, 2, 1)]),
+       strides=st.sampled_from([(1, 1), (2, 1), (2, 2)]), dil=st.sampled_from([(1, 1), (2, 1)]),
+       group=st.sampled_from([1, 2]))
+def test_conv(seed, pads, strides, dil, group):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 4, 6, 5))
+    w = rng.standard_normal((4, 4 // group, 3, 2))
+    b = rng.standard_normal(4)
+    attrs = {"pads": pads, "strides": strides, "dilations": dil, "group": group,
+             "kernel_shape": (3, 2)}
+    check("Conv", lambda x, w, b: _conv64(x, w, b, pads, strides, dil, group), [x, w, b],
+          [0, 1, 2], attrs, rng)
+
+
+@FAST
+@given(seed=seeds)
+def test_global_average_pool(seed):
+    rng = np.random.default_rng(seed)
+    check("GlobalAveragePool", lambda x: x.mean(axis=(2, 3), keepdims=True),
+          [rng.standard_normal((2, 3, 4, 5))], [0], rng=rng)
+
+
+@pytest.mark.parametrize("op", ["ReduceSum", "ReduceMean"])
+@FAST
+@given(seed=seeds, axes=st.sampled_from([(1,), (0, 2), (-1,)]), keep=st.integers(0, 1))
+def test_reductions(op, seed, axes, keep):
+    rng = np.random.default_rng(seed)
+    red = np.sum if op == "ReduceSum" else np.mean
+    check(op, lambda x: red(x, axis=axes, keepdims=bool(keep)),
+          [rng.standard_normal((2, 3, 4))], [0], {"axes": axes, "keepdims": keep}, rng)
+
+
+@pytest.mark.parametrize("op", ["Softmax", "LogSoftmax"])
+@FAST
+@given(seed=seeds, axis=st.sampled_from([-1, 1]))
+def test_softmax(op, seed, axis):
+    rng = np.random.default_rng(seed)
+
+    def f(x):
+        z = x - x.max(axis=axis, keepdims=True)
+        lse = np.log(np.exp(z).sum(axis=axis, keepdims=True))
+        return np.exp(z - lse) if op == "Softmax" else z - lse
+
+    check(op, f, [rng.standard_normal((2, 3, 4))], [0], {"axis": axis}, rng)
+
+
+@FAST
+@given(seed=seeds)
+def test_shape_ops(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 3, 4))
+    check("Flatten", lambda x: x.reshape(2, 12), [x], [0], {"axis": 1}, rng)
+    check("Reshape", lambda x, s: x.reshape(4, 6), [x, np.array([4, 6])], [0], {}, rng)
+    check("Transpose", lambda x: x.transpose(1, 2, 0), [x], [0], {"perm": (1, 2, 0)}, rng)
+    check("Unsqueeze", lambda x, a: x[:, None], [x, np.array([1])], [0], {}, rng)
+    check("Squeeze", lambda x, a: x[:, 0], [x[:, :1], np.array([1])], [0], {}, rng)
+    check("Concat", lambda a, b: np.concatenate([a, b], axis=1),
+          [x, rng.standard_normal((2, 2, 4))], [0, 1], {"axis": 1}, rng)
+
+
+@FAST
+@given(seed=seeds, axis=st.sampled_from([0, 1, -1]))
+def test_gather(seed, axis):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((3, 4, 2))
+    idx = rng.integers(-2, 2, (2, 3))
+    check("Gather", lambda x, i: np.take(x, i, axis=axis), [x, idx], [0], {"axis": axis}, rng)
