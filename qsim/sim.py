@@ -59,6 +59,9 @@ _SCHEME_NAMES = {
     "post_training_tf_enhanced": QuantScheme.post_training_tf_enhanced,
     "percentile": QuantScheme.post_training_percentile,
     "post_training_percentile": QuantScheme.post_training_percentile,
+    # QAT with range learning: calibrated like their post-training twins (qat.md §1)
+    "training_range_learning_with_tf_init": QuantScheme.min_max,
+    "training_range_learning_with_tf_enhanced_init": QuantScheme.post_training_tf_enhanced,
 }
 
 
@@ -276,6 +279,9 @@ class QuantizationSimModel:
         from .onnx_io import load_onnx
         self.model = model if isinstance(model, Graph) else load_onnx(model)
         self.quant_scheme = parse_scheme(quant_scheme)
+        #: QAT learns ranges by default (qsim.train); post-training schemes do not
+        self.range_learning_scheme = str(getattr(quant_scheme, "name", quant_scheme)
+                                         ).startswith("training_range_learning")
         self.param_bitwidth = parse_int_type(param_type, "param_type")
         self.activation_bitwidth = parse_int_type(activation_type, "activation_type")
         if rounding_mode not in ("nearest", "half_even"):
@@ -508,6 +514,37 @@ class QuantizationSimModel:
             ) -> dict[str, np.ndarray]:
         """Run the simulated model: ``{output name: array}`` (names as in the FP32 model)."""
         return self.simulation_pass().run(feeds, outputs=outputs)
+
+    # ---- quantization-aware training (qsim.train.sim_api) ------------------------------------
+    def parameters(self) -> dict:
+        """``{name: copy}``: FP32 weights/biases and every quantizer's ``"<tensor>.min"/".max"``."""
+        from .train import sim_api
+        return sim_api.parameters(self)
+
+    def set_parameters(self, values: Mapping[str, np.ndarray]) -> None:
+        """Set any of :meth:`parameters` (unknown name or wrong shape: error, nothing changed)."""
+        from .train import sim_api
+        sim_api.set_parameters(self, values)
+
+    def value_and_grad(self, feeds: Mapping[str, np.ndarray], loss_fn) -> tuple:
+        """``(loss, grads)`` of one training forward and backward (qsim.train)."""
+        from .train import sim_api
+        return sim_api.value_and_grad(self, feeds, loss_fn)
+
+    def freeze_ranges(self) -> None:
+        """Keep every quantizer range fixed during training (frozen path, qat.md §3)."""
+        from .train import sim_api
+        sim_api._state(self).frozen = True
+
+    def unfreeze_ranges(self) -> None:
+        """Learn every quantizer range during training (aimet-torch 2.42's behaviour)."""
+        from .train import sim_api
+        sim_api._state(self).frozen = False
+
+    def fit(self, batches, loss_fn, optimizer, epochs: int = 1) -> list:
+        """Train on ``(feeds, target)`` batches; ``loss_fn(target)`` gives the loss (qsim.train)."""
+        from .train import sim_api
+        return sim_api.fit(self, batches, loss_fn, optimizer, epochs)
 
     # ---- export -----------------------------------------------------------------------------
     def export(self, path: "str | os.PathLike", filename_prefix: str, *,

@@ -27,6 +27,11 @@ class Slot:
 
     tensor: str
     grid: tr.Grid
+    key: str = ""   # the range's parameter name base (tied tensors share one); default: tensor
+
+    @property
+    def range_base(self) -> str:
+        return self.key or self.tensor
 
 
 def _qat_quantize(x, tmin, tmax, *, qmin, qmax, symmetric):
@@ -85,7 +90,7 @@ def training_graph(graph: Graph, slots: tuple[Slot, ...], ranges: Mapping[str, n
 
     def qnode(t):
         s = by_tensor[t]
-        mn, mx = range_names(t)
+        mn, mx = range_names(s.range_base)
         return Node(f"{t}.quantizer", op, (raw[t], mn, mx), (qname[t],),
                     {"qmin": s.grid.qmin, "qmax": s.grid.qmax, "symmetric": int(s.grid.symmetric)})
 
@@ -96,8 +101,8 @@ def training_graph(graph: Graph, slots: tuple[Slot, ...], ranges: Mapping[str, n
         nodes.append(dataclasses.replace(n, inputs=ins, outputs=outs_n))
         nodes.extend(qnode(o) for o in n.outputs if o in by_tensor)
     params = dict(graph.params)
-    for t in by_tensor:
-        for name in range_names(t):
+    for s in slots:
+        for name in range_names(s.range_base):
             params[name] = np.asarray(ranges[name], np.float32)
     return dataclasses.replace(graph, nodes=tuple(nodes), params=params)
 

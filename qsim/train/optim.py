@@ -16,6 +16,10 @@ class SGD:
     weight_decay: float = 0.0
     state_: dict = field(default_factory=dict)
 
+    def step(self, sim, grads: dict) -> None:
+        """Update ``sim``'s parameters in place of the sim: ``sim.set_parameters(update(...))``."""
+        sim.set_parameters(self.update(sim.parameters(), grads))
+
     def update(self, params: dict, grads: dict) -> dict:
         lr = np.float64(np.float32(self.lr))
         new = {}
@@ -43,6 +47,10 @@ class Adam:
     eps: float = 1e-8
     weight_decay: float = 0.0
     state_: dict = field(default_factory=dict)
+
+    def step(self, sim, grads: dict) -> None:
+        """Update ``sim``'s parameters in place of the sim: ``sim.set_parameters(update(...))``."""
+        sim.set_parameters(self.update(sim.parameters(), grads))
 
     def update(self, params: dict, grads: dict) -> dict:
         b1, b2 = self.betas
