@@ -311,3 +311,144 @@ def gather(gy, *, inputs, outputs, axis=0):
     g = np.moveaxis(gy.reshape(data.shape[:ax] + (idx.size,) + data.shape[ax + 1:]), ax, 0)
     np.add.at(np.moveaxis(dx, ax, 0), idx.reshape(-1), g)
     return dx, None
+
+
+# ---------------------------------------------------------------- more activations, normalization
+
+@register_vjp("Gelu", saves=("inputs",))
+def gelu(gy, *, inputs, outputs, approximate="none"):
+    """exact: dx = gy·(Φ(x) + x·φ(x)); tanh: u = √(2/π)(x + 0.044715x³),
+    dx = gy·(½(1 + tanh u) + ½x(1 - tanh²u)·√(2/π)(1 + 3·0.044715x²))."""
+    from ..ops.registry import OPS
+    x = inputs[0]
+    if approximate == "tanh":
+        c = F32(np.sqrt(2 / np.pi))
+        t = np.tanh(c * (x + F32(0.044715) * x ** 3))
+        d = F32(0.5) * (F32(1) + t) + F32(0.5) * x * (F32(1) - t * t) * c * (
+            F32(1) + F32(3 * 0.044715) * x * x)
+    else:
+        cdf = F32(0.5) * (F32(1) + OPS["Erf"](_f32(x / F32(np.sqrt(2)))))
+        d = cdf + x * np.exp(F32(-0.5) * x * x) / F32(np.sqrt(2 * np.pi))
+    return (_f32(gy * d),)
+
+
+@register_vjp("BatchNormalization", saves=("inputs",))
+def batch_normalization(gy, *, inputs, outputs, epsilon=1e-5, momentum=0.9, training_mode=0,
+                        spatial=1):
+    """Inference form y = (x - μ)/√(σ² + ε)·γ + β (channel axis 1; statistics are constants):
+    dx = gy·γ/√(σ² + ε), dγ = Σ gy·(x - μ)/√(σ² + ε), dβ = Σ gy; μ, σ² get none."""
+    if training_mode:
+        raise OpError("the backward of BatchNormalization needs training_mode=0 (fold or use "
+                      "running statistics first)")
+    x, gamma, _, mean, var = inputs
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    inv = (F32(1) / np.sqrt(var.astype(F32) + F32(epsilon))).reshape(shape)
+    axes = (0,) + tuple(range(2, x.ndim))
+    xhat = (x - mean.reshape(shape)) * inv
+    return (_f32(gy * gamma.reshape(shape) * inv), _f32(np.sum(gy * xhat, axis=axes)),
+            _f32(np.sum(gy, axis=axes)), None, None)
+
+
+@register_vjp("LayerNormalization", saves=("inputs",))
+def layer_normalization(gy, *, inputs, outputs, axis=-1, epsilon=1e-5, stash_type=1):
+    """x̂ = (x - mean)/√(var + ε) over axes ≥ axis, y = x̂·γ + β:
+    ĝ = gy·γ, dx = (ĝ - mean(ĝ) - x̂·mean(ĝ·x̂))/√(var + ε), dγ = Σ gy·x̂, dβ = Σ gy (leading axes)."""
+    x, gamma = inputs[0], inputs[1]
+    ax = axis % x.ndim
+    red = tuple(range(ax, x.ndim))
+    lead = tuple(range(ax))
+    mu = x.mean(axis=red, keepdims=True, dtype=F32)
+    var = ((x - mu) ** 2).mean(axis=red, keepdims=True, dtype=F32)
+    inv = F32(1) / np.sqrt(var + F32(epsilon))
+    xhat = (x - mu) * inv
+    gh = gy * gamma
+    dx = inv * (gh - gh.mean(axis=red, keepdims=True) - xhat * (gh * xhat).mean(axis=red, keepdims=True))
+    out = [_f32(dx), unbroadcast(_f32(np.sum(gy * xhat, axis=lead)), gamma.shape)]
+    if len(inputs) > 2 and inputs[2] is not None:
+        out.append(unbroadcast(_f32(np.sum(gy, axis=lead)), inputs[2].shape))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- pooling (2-D)
+
+def _pool_geometry(x, kernel_shape, pads, strides, dilations, auto_pad, ceil_mode, op):
+    if x.ndim != 4 or auto_pad not in ("NOTSET", "VALID") or ceil_mode:
+        raise OpError(f"the backward of {op} supports 2-D pooling with auto_pad NOTSET/VALID and "
+                      f"ceil_mode=0, got input rank {x.ndim}, auto_pad={auto_pad!r}, "
+                      f"ceil_mode={ceil_mode}")
+    pads = (0, 0, 0, 0) if pads is None or auto_pad == "VALID" else tuple(pads)
+    return (tuple(kernel_shape), pads, (1, 1) if strides is None else tuple(strides),
+            (1, 1) if dilations is None else tuple(dilations))
+
+
+def _scatter_taps(gy_taps, xshape, k, pads, strides, dilations, oh, ow):
+    """Σ over kernel taps (u, v) of ``gy_taps(u, v)`` placed where tap (u, v) read the padded
+    input; cropped to the unpadded input."""
+    n, c, h, w = xshape
+    dxp = np.zeros((n, c, h + pads[0] + pads[2], w + pads[1] + pads[3]), F32)
+    for u in range(k[0]):
+        for v in range(k[1]):
+            dxp[:, :, u * dilations[0]:u * dilations[0] + strides[0] * (oh - 1) + 1:strides[0],
+                v * dilations[1]:v * dilations[1] + strides[1] * (ow - 1) + 1:strides[1]] += gy_taps(u, v)
+    return dxp[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + w]
+
+
+@register_vjp("MaxPool", saves=("inputs", "outputs"))
+def max_pool(gy, *, inputs, outputs, auto_pad="NOTSET", ceil_mode=0, dilations=None,
+             kernel_shape=None, pads=None, storage_order=0, strides=None):
+    """dx[argmax of each window] += gy (the first maximal tap in row-major order)."""
+    x, y = inputs[0], outputs[0]
+    k, pads, strides, dilations = _pool_geometry(x, kernel_shape, pads, strides, dilations,
+                                                 auto_pad, ceil_mode, "MaxPool")
+    oh, ow = y.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])),
+                constant_values=-np.inf)
+    win = _windows(xp, k[0], k[1], strides, dilations, oh, ow)
+    taken = np.zeros(y.shape, bool)
+    masks = {}
+    for u in range(k[0]):
+        for v in range(k[1]):
+            m = (win[..., u, v] == y) & ~taken
+            taken |= m
+            masks[u, v] = m
+    return (_f32(_scatter_taps(lambda u, v: np.where(masks[u, v], gy, F32(0)), x.shape, k, pads,
+                               strides, dilations, oh, ow)),)
+
+
+@register_vjp("AveragePool", saves=("inputs",))
+def average_pool(gy, *, inputs, outputs, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0,
+                 dilations=None, kernel_shape=None, pads=None, strides=None):
+    """dx[every tap of a window] += gy / (window size, padding counted if count_include_pad)."""
+    x = inputs[0]
+    k, pads, strides, dilations = _pool_geometry(x, kernel_shape, pads, strides, dilations,
+                                                 auto_pad, ceil_mode, "AveragePool")
+    oh, ow = gy.shape[2:]
+    if count_include_pad:
+        div = np.full((1, 1, oh, ow), F32(k[0] * k[1]))
+    else:
+        ones = np.pad(np.ones((1, 1) + x.shape[2:], F32), ((0, 0), (0, 0), (pads[0], pads[2]),
+                                                         (pads[1], pads[3])))
+        div = _windows(ones, k[0], k[1], strides, dilations, oh, ow).sum(axis=(-2, -1))
+    g = gy / div
+    return (_f32(_scatter_taps(lambda u, v: g, x.shape, k, pads, strides, dilations, oh, ow)),)
+
+
+# ---------------------------------------------------------------- data movement
+
+@register_vjp("Split", saves=("outputs",), multi=True)
+def split(gys, *, inputs, outputs, axis=0, split=None, num_outputs=None):
+    """dx = the output gradients concatenated along ``axis`` (zeros for outputs without one)."""
+    parts = [g if g is not None else np.zeros(y.shape, F32) for g, y in zip(gys, outputs)]
+    return (_f32(np.concatenate(parts, axis=axis)), None)
+
+
+@register_vjp("Slice", saves=("inputs",))
+def slice_(gy, *, inputs, outputs, **attrs):
+    """dx = zeros with gy added at the selected positions, found by running the forward Slice
+    on the element indices of x; starts/ends/axes/steps get none."""
+    from ..ops.registry import OPS
+    x = inputs[0]
+    where_ = OPS["Slice"](np.arange(x.size, dtype=np.int64).reshape(x.shape), *inputs[1:], **attrs)
+    dx = np.zeros(x.size, F32)
+    np.add.at(dx, np.asarray(where_).reshape(-1), gy.reshape(-1))
+    return (dx.reshape(x.shape),) + (None,) * (len(inputs) - 1)

@@ -243,3 +243,89 @@ def test_gather(seed, axis):
     x = rng.standard_normal((3, 4, 2))
     idx = rng.integers(-2, 2, (2, 3))
     check("Gather", lambda x, i: np.take(x, i, axis=axis), [x, idx], [0], {"axis": axis}, rng)
+
+
+@FAST
+@given(seed=seeds, approx=st.sampled_from(["none", "tanh"]))
+def test_gelu(seed, approx):
+    rng = np.random.default_rng(seed)
+    if approx == "tanh":
+        f = lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    else:
+        f = lambda x: 0.5 * x * (1 + ERF(x / np.sqrt(2)))
+    check("Gelu", f, [rng.standard_normal((3, 4)) * 2], [0], {"approximate": approx}, rng)
+
+
+@FAST
+@given(seed=seeds)
+def test_batch_normalization(seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 3, 4, 2))
+    gam, beta, mean = rng.standard_normal(3), rng.standard_normal(3), rng.standard_normal(3)
+    var = rng.uniform(0.5, 2, 3)
+    sh = (1, 3, 1, 1)
+    f = lambda x, g, b, m, v: (x - m.reshape(sh)) / np.sqrt(v.reshape(sh) + 1e-5) * g.reshape(sh) \
+        + b.reshape(sh)
+    check("BatchNormalization", f, [x, gam, beta, mean, var], [0, 1, 2], {"epsilon": 1e-5}, rng)
+
+
+@FAST
+@given(seed=seeds, axis=st.sampled_from([-1, 1]))
+def test_layer_normalization(seed, axis):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 3, 4))
+    pshape = (4,) if axis == -1 else (3, 4)
+    gam, beta = rng.standard_normal(pshape), rng.standard_normal(pshape)
+    red = tuple(range(axis % 3, 3))
+
+    def f(x, g, b):
+        mu = x.mean(axis=red, keepdims=True)
+        var = ((x - mu) ** 2).mean(axis=red, keepdims=True)
+        return (x - mu) / np.sqrt(var + 1e-5) * g + b
+
+    check("LayerNormalization", f, [x, gam, beta], [0, 1, 2], {"axis": axis, "epsilon": 1e-5}, rng)
+
+
+def _pool64(x, k, pads, strides, reduce, pad_value, include_pad):
+    n, c, h, w = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])), constant_values=pad_value)
+    ones = np.pad(np.ones((h, w)), ((pads[0], pads[2]), (pads[1], pads[3])))
+    oh = (xp.shape[2] - k[0]) // strides[0] + 1
+    ow = (xp.shape[3] - k[1]) // strides[1] + 1
+    y = np.zeros((n, c, oh, ow))
+    for i in range(oh):
+        for j in range(ow):
+            sl = (slice(i * strides[0], i * strides[0] + k[0]), slice(j * strides[1], j * strides[1] + k[1]))
+            win = xp[:, :, sl[0], sl[1]]
+            if reduce == "max":
+                y[:, :, i, j] = win.max(axis=(2, 3))
+            else:
+                cnt = k[0] * k[1] if include_pad else ones[sl].sum()
+                y[:, :, i, j] = win.sum(axis=(2, 3)) / cnt
+    return y
+
+
+@FAST
+@given(seed=seeds, pads=st.sampled_from([(0, 0, 0, 0), (1, 1, 1, 1), (0, 1, 1, 0)]),
+       strides=st.sampled_from([(1, 1), (2, 2), (2, 1)]), include=st.integers(0, 1))
+def test_pools(seed, pads, strides, include):
+    rng = np.random.default_rng(seed)
+    x = rng.permutation(np.arange(2 * 2 * 5 * 6)).reshape(2, 2, 5, 6) * 0.05 + rng.uniform(0, 0.01)
+    attrs = {"kernel_shape": (2, 3), "pads": pads, "strides": strides}
+    check("MaxPool", lambda x: _pool64(x, (2, 3), pads, strides, "max", -np.inf, 0), [x], [0],
+          attrs, rng)   # distinct values 0.05 apart: no ties, no argmax change within h
+    check("AveragePool", lambda x: _pool64(x, (2, 3), pads, strides, "avg", 0.0, include), [x], [0],
+          {**attrs, "count_include_pad": include}, rng)
+
+
+@FAST
+@given(seed=seeds, sizes=st.sampled_from([(1, 3), (2, 2), (3, 1)]))
+def test_split_and_slice(seed, sizes):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 4, 3))
+    gys = tuple(rng.standard_normal((2, n, 3)).astype(np.float32) for n in sizes)
+    (dx, _) = VJPS["Split"].fn(gys, inputs=None, outputs=OPS["Split"](
+        x.astype(np.float32), np.array(sizes), axis=1, noutputs=2), axis=1)
+    assert np.array_equal(dx, np.concatenate(gys, axis=1))   # Split is linear: VJP = adjoint
+    starts, ends, axes, steps = np.array([1, 0]), np.array([4, 3]), np.array([1, 2]), np.array([2, 2])
+    check("Slice", lambda x, *_: x[:, 1:4:2, 0:3:2], [x, starts, ends, axes, steps], [0], {}, rng)
