@@ -99,3 +99,31 @@ def test_post_training_scheme_keeps_activation_ranges_and_follows_weights():
     assert np.allclose(after["fc.weight.max"].reshape(-1),
                        127 * np.maximum(np.abs(w.max(1)) / 127, np.abs(w.min(1)) / 128), rtol=1e-6)
     assert loss2 < loss
+
+
+def test_adam_first_step_moves_every_parameter_by_lr_against_its_gradient():
+    """Adam's bias-corrected first step is lr·g/(|g| + eps) ≈ lr·sign(g) (torch.optim.Adam)."""
+    from qsim.train import Adam
+    p = {"w": np.array([1.0, -2.0, 3.0], np.float32)}
+    g = {"w": np.array([0.5, -3.0, 1e-3], np.float32)}
+    new = Adam(lr=0.01).update(p, g)["w"]
+    np.testing.assert_allclose(new, p["w"] - 0.01 * np.sign(g["w"]), rtol=0, atol=1e-6)
+
+
+def test_fit_lowers_the_loss_and_run_uses_the_learned_encodings(capsys):
+    from qsim.train import Adam
+    sim, data = _sim("training_range_learning_with_tf_init")
+    before_out = sim.run({"input": data["eval_x"]})["output"]
+    enc_before = sim.quantizers["output"].encoding
+    batches = [({"input": x}, y) for x, y in zip(data["train_x"], data["train_y"])]
+    losses = sim.fit(batches, cross_entropy, Adam(lr=3e-3), epochs=4)
+    assert len(losses) == 20
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert "20/20" in capsys.readouterr().err            # the progress bar
+    enc_after = sim.quantizers["output"].encoding
+    assert enc_after is not enc_before and float(enc_after.delta) != float(enc_before.delta)
+    p = sim.parameters()
+    from qsim.quant import training as tr
+    s = tr.training_encoding(p["output.min"], p["output.max"], tr.Grid(0, 255, False)).scale
+    assert float(enc_after.delta) == float(s)
+    assert not np.array_equal(sim.run({"input": data["eval_x"]})["output"], before_out)
