@@ -85,12 +85,13 @@ def _tensor_shape(sim, t, handle):
     return (1,) * (enc.axis or 0) + (n,) if enc.axis is not None else ()
 
 
-def parameters(sim) -> dict:
-    """``{name: copy}``: float32 initializers and every enabled quantizer's θmin/θmax."""
+def parameters(sim, *, copy: bool = True) -> dict:
+    """``{name: copy}``: float32 initializers and every enabled quantizer's θmin/θmax
+    (``copy=False``: the sim's own read-only arrays, for internal use)."""
     if not sim.is_calibrated:
         raise NotCalibratedError("training needs encodings: call sim.compute_encodings first")
-    out = {k: np.array(v, F32) for k, v in sim.graph.params.items()
-           if np.asarray(v).dtype == np.float32}
+    take = (lambda v: np.array(v, F32)) if copy else (lambda v: np.asarray(v, F32))
+    out = {k: take(v) for k, v in sim.graph.params.items() if np.asarray(v).dtype == np.float32}
     for h, s in _slots(sim):
         mn, mx = range_names(s.range_base)
         if mn in out:
@@ -102,14 +103,14 @@ def parameters(sim) -> dict:
             shape = _param_shape(h.spec, _tensor_shape(sim, s.tensor, h))
             enc = h.encoding
             theta = (np.asarray(enc.min, F32).reshape(shape), np.asarray(enc.max, F32).reshape(shape))
-        out[mn], out[mx] = np.array(theta[0], F32), np.array(theta[1], F32)
+        out[mn], out[mx] = take(theta[0]), take(theta[1])
     return out
 
 
 def set_parameters(sim, values) -> None:
     """Set any of :func:`parameters` (all checked first: unknown name or wrong shape → QsimError,
     nothing changed); then write the learned encodings and weights into the sim."""
-    current = parameters(sim)
+    current = parameters(sim, copy=False)
     unknown = sorted(set(values) - set(current))
     if unknown:
         raise QsimError(f"unknown parameter(s) {unknown}; sim.parameters() has "
@@ -170,7 +171,7 @@ def minmax_range(w, grid: tr.Grid, axis):
 
 def value_and_grad(sim, feeds, loss_fn):
     """``(loss, grads)`` of one training forward/backward; ``grads`` has the trainable names."""
-    params = parameters(sim)
+    params = parameters(sim, copy=False)
     learn = range_learning(sim)
     slots = _slots(sim)
     if _state(sim).frozen is None and not learn:   # post-training: param ranges follow weights
