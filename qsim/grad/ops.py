@@ -158,11 +158,17 @@ def gemm(gy, *, inputs, outputs, alpha=1.0, beta=1.0, transA=0, transB=0, broadc
     """Y = alpha·A'B' + beta·C (A' = Aᵀ if transA ...): dA' = alpha·gy B'ᵀ, dB' = alpha·A'ᵀ gy,
     dC = beta·gy summed back to C's shape."""
     a, b = inputs[0], inputs[1]
+    # qsim's Gemm also runs with an N-D A (transA = 0, the MatMul-then-Add form the sim builds):
+    # its leading axes are rows, so flatten them for the products and restore A's shape after.
+    g2 = gy
+    if a.ndim > 2 and not transA:
+        a, g2 = a.reshape(-1, a.shape[-1]), gy.reshape(-1, gy.shape[-1])
     a2 = a.T if transA else a
     b2 = b.T if transB else b
-    da2 = F32(alpha) * (gy @ b2.T)
-    db2 = F32(alpha) * (a2.T @ gy)
-    out = [_f32(da2.T if transA else da2), _f32(db2.T if transB else db2)]
+    da2 = F32(alpha) * (g2 @ b2.T)
+    db2 = F32(alpha) * (a2.T @ g2)
+    out = [_f32(np.reshape(da2.T if transA else da2, inputs[0].shape)),
+           _f32(db2.T if transB else db2)]
     if len(inputs) > 2 and inputs[2] is not None:
         out.append(unbroadcast(_f32(F32(beta) * gy), inputs[2].shape))
     return tuple(out)

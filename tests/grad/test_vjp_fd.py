@@ -329,3 +329,21 @@ def test_split_and_slice(seed, sizes):
     assert np.array_equal(dx, np.concatenate(gys, axis=1))   # Split is linear: VJP = adjoint
     starts, ends, axes, steps = np.array([1, 0]), np.array([4, 3]), np.array([1, 2]), np.array([2, 2])
     check("Slice", lambda x, *_: x[:, 1:4:2, 0:3:2], [x, starts, ends, axes, steps], [0], {}, rng)
+
+
+@FAST
+@given(seed=seeds, tb=st.integers(0, 1))
+def test_gemm_with_nd_a(seed, tb):
+    """The sim's Gemm may take an N-D A (rows = every leading axis); its VJP restores A's shape."""
+    rng = np.random.default_rng(seed)
+    a, c = rng.standard_normal((2, 3, 4)), rng.standard_normal((5,))
+    b = rng.standard_normal((5, 4) if tb else (4, 5))
+    f = lambda a, b, c: 0.7 * (a @ (b.T if tb else b)) + 1.3 * c
+    args32 = [x.astype(np.float32) for x in (a, b, c)]
+    gy = rng.standard_normal((2, 3, 5)).astype(np.float32)
+    res = VJPS["Gemm"].fn(gy, inputs=tuple(args32), outputs=None, alpha=0.7, beta=1.3, transB=tb)
+    for k in range(3):
+        fd = _fd(lambda *x: float(np.sum(gy.astype(np.float64) * f(*x))),
+                 [x.astype(np.float64) for x in args32], k)
+        assert res[k].dtype == np.float32 and res[k].shape == args32[k].shape
+        assert np.max(np.abs(res[k] - fd)) <= 2e-4 * (1 + np.max(np.abs(fd))), k
