@@ -230,6 +230,35 @@ def conv(gy, *, inputs, outputs, auto_pad="NOTSET", dilations=None, group=1, ker
     return tuple(out)
 
 
+@register_vjp("ConvTranspose", saves=("inputs",))
+def conv_transpose(gy, *, inputs, outputs, auto_pad="NOTSET", dilations=None, group=1,
+                   kernel_shape=None, output_padding=None, output_shape=None, pads=None,
+                   strides=None):
+    """Y = C_Wᵀ X (+ B), where C_W is the Conv with the same W (read as (C_in, C_out/group, k)),
+    pads, strides, dilations and group, mapping C_out channels to C_in. Hence
+    dX = C_W(gy) (a Conv forward of gy), dW = ∂<X, C_W(G)>/∂W at G = gy (Conv's weight VJP with
+    input gy and output gradient X), dB = Σ_{n,i,j} gy. Output padding only adds rows that C_W
+    never reads back, so it needs nothing here; an explicit output_shape is not supported."""
+    from ..ops.registry import OPS
+    x, w = inputs[0], inputs[1]
+    if output_shape is not None:
+        raise OpError("the backward of ConvTranspose does not support output_shape; give pads "
+                      "and output_padding instead")
+    geom = {"auto_pad": auto_pad, "dilations": dilations, "group": group, "pads": pads,
+            "strides": strides}
+    pads_, strides_, dil_ = _conv_geometry(gy, w, pads, strides, dilations, auto_pad)
+    geom.update(pads=tuple(pads_), strides=tuple(strides_), dilations=tuple(dil_),
+                auto_pad="NOTSET")
+    dx = OPS["Conv"](_f32(gy), _f32(w), **geom)
+    dx = dx[0] if isinstance(dx, tuple) else dx
+    dx = dx[:, :, :x.shape[2], :x.shape[3]]
+    dw = conv(_f32(x), inputs=(_f32(gy), w), outputs=None, **geom)[1]
+    out = [_f32(dx), _f32(dw)]
+    if len(inputs) > 2 and inputs[2] is not None:
+        out.append(_f32(gy.sum(axis=(0, 2, 3), dtype=F32)))
+    return tuple(out)
+
+
 # ---------------------------------------------------------------- pooling and reductions
 
 @register_vjp("GlobalAveragePool", saves=("inputs",))

@@ -347,3 +347,42 @@ def test_gemm_with_nd_a(seed, tb):
                  [x.astype(np.float64) for x in args32], k)
         assert res[k].dtype == np.float32 and res[k].shape == args32[k].shape
         assert np.max(np.abs(res[k] - fd)) <= 2e-4 * (1 + np.max(np.abs(fd))), k
+
+
+def _conv_transpose64(x, w, b, pads, strides, dil, group, outpad):
+    """Direct float64 2-D transposed convolution by scattering (independent of the VJP's
+    adjoint-of-Conv reading): Y[n, g·mo+o, i·s+u·d-pb, ...] += X[n, g·cg+c, i, ...]·W[g·cg+c, o, u, ...]."""
+    n, c, h, wd = x.shape
+    _, mo, kh, kw = w.shape
+    cg = c // group
+    full_h = strides[0] * (h - 1) + outpad[0] + (kh - 1) * dil[0] + 1
+    full_w = strides[1] * (wd - 1) + outpad[1] + (kw - 1) * dil[1] + 1
+    y = np.zeros((n, mo * group, full_h, full_w))
+    for ci in range(c):
+        g = ci // cg
+        for i in range(h):
+            for j in range(wd):
+                for u in range(kh):
+                    for v in range(kw):
+                        y[:, g * mo:(g + 1) * mo, i * strides[0] + u * dil[0],
+                          j * strides[1] + v * dil[1]] += x[:, ci, i, j][:, None] * w[ci, :, u, v]
+    y = y[:, :, pads[0]:full_h - pads[2], pads[1]:full_w - pads[3]]
+    return y + b[None, :, None, None]
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=seeds, pads=st.sampled_from([(0, 0, 0, 0), (1, 1, 1, 1), (1, 0, 0, 1)]),
+       strides=st.sampled_from([(1, 1), (2, 1), (2, 2)]), dil=st.sampled_from([(1, 1), (2, 1)]),
+       group=st.sampled_from([1, 2]), outpad=st.sampled_from([(0, 0), (1, 0)]))
+def test_conv_transpose(seed, pads, strides, dil, group, outpad):
+    if outpad[0] >= max(strides[0], dil[0]):
+        outpad = (0, 0)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, 4, 4, 3))
+    w = rng.standard_normal((4, 6 // group, 3, 2))
+    b = rng.standard_normal(6)
+    attrs = {"pads": pads, "strides": strides, "dilations": dil, "group": group,
+             "kernel_shape": (3, 2), "output_padding": outpad}
+    check("ConvTranspose", lambda x, w, b: _conv_transpose64(x, w, b, pads, strides, dil, group,
+                                                             outpad),
+          [x, w, b], [0, 1, 2], attrs, rng)
