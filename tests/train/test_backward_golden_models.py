@@ -1,4 +1,5 @@
-"""A training step runs through the golden MobileNetV2 blocks (Clip6, depthwise Conv, Add) and the
+"""A training step runs through the golden MobileNetV2 blocks (Clip6, depthwise Conv, Add), the misc
+model (ConvTranspose) and the
 transformer encoder block (MatMul attention, Softmax, LayerNormalization): every parameter of
 ``sim.parameters()`` gets a finite gradient of its own shape, and a small SGD step against it lowers
 the loss on the same batch."""
@@ -13,7 +14,8 @@ from qsim.train import SGD, mse
 MODELS = Path(__file__).resolve().parents[1] / "data" / "golden" / "models"
 
 
-@pytest.mark.parametrize("case", ["mbv2_s30_default_tf_w8a8", "transformer_s31_default_tf_w8a8"])
+@pytest.mark.parametrize("case", ["mbv2_s30_default_tf_w8a8", "transformer_s31_default_tf_w8a8",
+                                  "misc_s32_default_tf_w8a8"])
 def test_training_step_through_golden_model(case):
     d = MODELS / case
     sim = QuantizationSimModel(str(d / "model.onnx"), quant_scheme="training_range_learning_with_tf_init",
