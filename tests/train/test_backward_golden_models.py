@@ -1,8 +1,7 @@
 """A training step runs through the golden MobileNetV2 blocks (Clip6, depthwise Conv, Add), the misc
-model (ConvTranspose) and the
-transformer encoder block (MatMul attention, Softmax, LayerNormalization): every parameter of
-``sim.parameters()`` gets a finite gradient of its own shape, and a small SGD step against it lowers
-the loss on the same batch."""
+model (ConvTranspose) and the transformer encoder block (MatMul attention, Softmax,
+LayerNormalization): every parameter of ``sim.parameters()`` gets a finite gradient of its own
+shape, and a small SGD step against it lowers the loss on the same batch."""
 from pathlib import Path
 
 import numpy as np
