@@ -37,13 +37,14 @@ def _batches(case_id: str) -> list[dict]:
     return [{k: v[a:b] for k, v in calib.items()} for a, b in zip(starts[:-1], starts[1:])]
 
 
-def _calibrated(case_id: str) -> qsim.QuantizationSimModel:
+def _calibrated(case_id: str, fp32_kernels: str | None = None) -> qsim.QuantizationSimModel:
+    """The case's sim, calibrated as AIMET was; ``fp32_kernels`` defaults to the case's family."""
     info, folder = _info(case_id), REAL / case_id
     sim = qsim.QuantizationSimModel(qsim.load_onnx(folder / "model.onnx"),
                                     quant_scheme=info["scheme"], param_type=info["param_type"],
                                     activation_type=info["activation_type"],
                                     config_file=str(folder / "config.json"),
-                                    fp32_kernels=info["fp32_kernels"])
+                                    fp32_kernels=fp32_kernels or info["fp32_kernels"])
     if info["percentile"] is not None:
         sim.set_percentile_value(info["percentile"])
     sim.compute_encodings(_batches(case_id))
@@ -96,3 +97,26 @@ def test_sim_outputs_bit_identical(real):
         assert got.dtype == expected.dtype and got.shape == expected.shape, name
         np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32),
                                       err_msg=name)
+
+
+@pytest.mark.parametrize("case_id", CASES)
+def test_fp32_outputs_bit_identical(case_id):
+    """The FP32 model on eval.npz equals ONNX Runtime's outputs stored with the case."""
+    info, folder = _info(case_id), REAL / case_id
+    got = qsim.run(qsim.load_onnx(folder / "model.onnx"), dict(np.load(folder / "eval.npz")),
+                   fp32_kernels=info["fp32_kernels"])
+    for name, expected in np.load(folder / "fp32_outputs.npz").items():
+        np.testing.assert_array_equal(got[name].view(np.uint32), expected.view(np.uint32),
+                                      err_msg=name)
+
+
+def test_vit_case_depends_on_the_kernel_family():
+    """The ViT's attention Softmax rows (17 long) come out of the AVX2 and AVX-512 kernels with
+    different bits, and AIMET's results follow its own family: with the other family, 39 of the
+    40 simulated outputs of this case differ. So the corpus checks the family-specific kernels,
+    not only the arithmetic the families share."""
+    case_id = "vit_tiny_s44_per_channel_tfe_w8a16"
+    other = {"avx512": "avx2", "avx2": "avx512"}[_info(case_id)["fp32_kernels"]]
+    got = _calibrated(case_id, other).run(dict(np.load(REAL / case_id / "eval.npz")))["output"]
+    expected = np.load(REAL / case_id / "aimet_sim_outputs.npz")["output"]
+    assert np.count_nonzero(got != expected) > expected.size // 2
