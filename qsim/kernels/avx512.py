@@ -31,7 +31,7 @@ import math
 import numpy as np
 
 from ..jit import USE_NUMBA, kernel
-from .mlas_math import (_X_LO, _fma32, _fma_np, _logf_nb, _logf_np, np_sumexp_poly,
+from .mlas_math import (_X_LO, _fma32, _fma_np, _logf_nb, _logf_np, np_sumexp_poly, rows_of,
                         sumexp_poly1)
 
 F32 = np.float32
@@ -242,14 +242,7 @@ def softmax_rows(x2d, *, log: bool = False) -> np.ndarray:
         softmax:    y_i = e_i * (1 / S)
         logsoftmax: y_i = (x_i + negmax) - logf(S)
     """
-    x = np.ascontiguousarray(x2d, dtype=F32)
-    if x.size == 0:
-        return x.copy()
-    if USE_NUMBA:
-        out = np.empty_like(x)
-        _nb_softmax_rows(x, out, log)
-        return out
-    return _np_softmax_rows(x, log)
+    return rows_of(_nb_softmax_rows, _np_softmax_rows, x2d, log)
 
 
 # --------------------------------------------------------------------------------------------

@@ -883,14 +883,20 @@ def softmax_rows(x2d, *, log: bool = False) -> np.ndarray:
         softmax:    y_i = e_i * (1 / S)
         logsoftmax: y_i = (x_i + negmax) - logf(S)
     """
+    return rows_of(_nb_softmax_rows, _np_softmax_rows, x2d, log)
+
+
+def rows_of(nb_fn, np_fn, x2d, log: bool) -> np.ndarray:
+    """Run a Softmax-style row kernel: ``nb_fn(x, out, log)`` (Numba) or ``np_fn(x, log)``
+    (NumPy twin) on ``x2d`` as a C-contiguous float32 array; an empty input is returned as is."""
     x = np.ascontiguousarray(x2d, dtype=F32)
     if x.size == 0:
         return x.copy()
     if USE_NUMBA:
         out = np.empty_like(x)
-        _nb_softmax_rows(x, out, log)
+        nb_fn(x, out, log)
         return out
-    return _np_softmax_rows(x, log)
+    return np_fn(x, log)
 
 
 def global_average(x2d) -> np.ndarray:
