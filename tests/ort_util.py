@@ -86,3 +86,21 @@ def assert_op_matches_ort(op_type: str, inputs: list, attrs: dict | None = None,
             np.testing.assert_allclose(g, e, rtol=rtol, atol=atol, err_msg=f"{op_type} output {i}")
         else:
             np.testing.assert_array_equal(g, e, err_msg=f"{op_type} output {i}")
+
+
+def ort_and_qsim(op_type: str, inputs: list, attrs: dict | None = None, *, opset: int,
+                 noutputs: int = 1, initializers: tuple[int, ...] = ()
+                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``(ORT's outputs, qsim's outputs)`` of one op at ``opset``, after checking qsim gives at
+    least ORT's outputs, each with ORT's dtype and shape (ORT's warnings silenced)."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = ort_run_op(op_type, inputs, attrs, noutputs=noutputs, opset=opset,
+                              initializers=initializers)
+    got = [np.asarray(g) for g in
+           qsim_run_op(op_type, inputs, attrs, noutputs=noutputs, opset=opset)]
+    assert len(got) >= len(expected), f"{op_type}-{opset}: {len(got)} outputs, ORT {len(expected)}"
+    for i, (e, g) in enumerate(zip(expected, got)):
+        assert (g.dtype, g.shape) == (e.dtype, e.shape), f"{op_type}-{opset} output {i}"
+    return expected, got

@@ -5,7 +5,6 @@ compositions of exact ops); ``close`` cases compare to a stated tolerance becaus
 reproduce ORT's arithmetic there (Einsum, LRN's pow)."""
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qsim.errors import OpError
-from tests.ort_util import ort_run_op, qsim_run_op
+from tests.ort_util import ort_and_qsim, qsim_run_op
 
 SETTINGS = settings(max_examples=20, deadline=None)
 seeds = st.integers(0, 2**32 - 1)
@@ -25,16 +24,8 @@ def rand(seed, shape, lo=-4.0, hi=4.0):
 
 
 def both(op, inputs, attrs=None, *, opset, noutputs=1, initializers=()):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        expected = ort_run_op(op, inputs, attrs, noutputs=noutputs, opset=opset,
-                              initializers=initializers)
-    got = qsim_run_op(op, inputs, attrs, noutputs=noutputs, opset=opset)
-    assert len(got) >= len(expected)
-    for e, g in zip(expected, got):
-        g = np.asarray(g)
-        assert (g.dtype, g.shape) == (e.dtype, e.shape), op
-    return expected, got
+    return ort_and_qsim(op, inputs, attrs, opset=opset, noutputs=noutputs,
+                        initializers=initializers)
 
 
 def exact(op, inputs, attrs=None, **kw):
