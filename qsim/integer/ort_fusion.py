@@ -227,13 +227,23 @@ def _constant_dq(w: _Work, name: str) -> float | None:
 # ---------------------------------------------------------------------------------------------
 # level 1: constant folding, unique DQ, Relu/Clip → Q, propagation
 # ---------------------------------------------------------------------------------------------
-def fold_constants(w: _Work, opset: int) -> None:
+def fold_constants(w: _Work, opset: int, shapes=None) -> None:
     """Compute every non-DQ node whose inputs are all initializers (and whose outputs are not
-    graph outputs) once; its outputs become initializers."""
+    graph outputs) once; its outputs become initializers. ``Shape`` of a tensor whose shape is
+    fully known (``shapes(name)``: ints only) folds too."""
     changed = True
     while changed:
         changed = False
         for n in list(w.nodes):
+            if n.op_type == "Shape" and shapes is not None and n.outputs[0] not in w.outputs:
+                known = shapes(n.inputs[0])
+                if known is not None and all(isinstance(d, (int, np.integer)) for d in known):
+                    dims = np.array([int(d) for d in known], np.int64)
+                    start, end = n.attrs.get("start", 0), n.attrs.get("end", None)
+                    w.params[n.outputs[0]] = dims[int(start):None if end is None else int(end)]
+                    w.nodes.remove(n)
+                    changed = True
+                    continue
             if n.op_type == DQ or n.domain not in ("", "ai.onnx"):
                 continue
             if not n.inputs and n.op_type != "Constant":
@@ -249,6 +259,72 @@ def fold_constants(w: _Work, opset: int) -> None:
                     w.params[name] = np.asarray(value)
             w.nodes.remove(n)
             changed = True
+
+
+def _value_key(w: _Work, name: str):
+    """Inputs compare equal when they are the same tensor or equal one-element initializers
+    (``ConstantSharing``)."""
+    v = w.params.get(name)
+    if v is not None and v.size == 1:
+        return ("const", v.dtype.str, v.shape, v.tobytes())
+    return name
+
+
+def eliminate_common(w: _Work, dtype_of) -> None:
+    """Level-1 rules that change no bit: ``CastElimination`` (a Cast to its input's type),
+    ``NoopElimination`` (``x + 0``, ``x - 0``, ``x · 1``, ``x / 1`` with a one-element constant,
+    on integers) and ``CommonSubexpressionElimination`` (nodes with equal op, attributes and
+    inputs, except Q/DQ, computed once)."""
+    def bypass(node: Node, keep: str) -> bool:
+        out = node.outputs[0]
+        if out in w.outputs:
+            return False
+        for i, n in enumerate(w.nodes):
+            if out in n.inputs:
+                w.nodes[i] = _with(n, inputs=tuple(keep if x == out else x for x in n.inputs))
+        w.nodes = [x for x in w.nodes if x.name != node.name]
+        return True
+
+    changed = True
+    while changed:
+        changed = False
+        for name in [n.name for n in w.nodes]:
+            n = next((x for x in w.nodes if x.name == name), None)
+            if n is None or n.domain not in ("", "ai.onnx"):
+                continue
+            if n.op_type == "Cast" and n.inputs[0] not in w.params:
+                src = dtype_of(n.inputs[0])
+                if src is not None and _onnx_code(src) == int(n.attrs.get("to", 0)):
+                    changed |= bypass(n, n.inputs[0])
+            elif n.op_type in ("Add", "Sub", "Mul", "Div") and len(n.inputs) == 2:
+                a, b = n.inputs
+                neutral = 0 if n.op_type in ("Add", "Sub") else 1
+                for x, c in ((a, b), (b, a)) if n.op_type in ("Add", "Mul") else ((a, b),):
+                    v = w.params.get(c)
+                    t = dtype_of(x)
+                    if v is not None and x not in w.params and v.size == 1 and v.ndim <= 1 \
+                            and t is not None and np.dtype(t).kind in "iu" \
+                            and v.reshape(-1)[0] == neutral:
+                        changed |= bypass(n, x)
+                        break
+        seen: dict = {}
+        for name in [n.name for n in w.nodes]:
+            n = next((x for x in w.nodes if x.name == name), None)
+            if n is None or n.op_type in (Q, DQ, "Constant") or not n.outputs or len(n.outputs) != 1:
+                continue
+            key = (n.op_type, n.domain, repr(sorted((k, repr(v)) for k, v in n.attrs.items())),
+                   tuple(_value_key(w, i) for i in n.inputs))
+            if key in seen and n.outputs[0] not in w.outputs:
+                changed |= bypass(n, seen[key].outputs[0])
+            else:
+                seen.setdefault(key, n)
+
+
+def _onnx_code(dtype) -> int:
+    """The ONNX TensorProto type code of a NumPy dtype (0 if none)."""
+    codes = {"float32": 1, "uint8": 2, "int8": 3, "uint16": 4, "int16": 5, "int32": 6,
+             "int64": 7, "bool": 9, "float16": 10, "float64": 11, "uint32": 12, "uint64": 13}
+    return codes.get(np.dtype(dtype).name, 0)
 
 
 def inline_functions(w: _Work) -> None:
@@ -853,8 +929,14 @@ def ort_graph(graph: Graph, *, with_grids: bool = False):
     w = _Work(nodes=list(graph.nodes), params=dict(graph.params),
               outputs=frozenset(graph.output_names))
     w.opset = graph.opset
-    fold_constants(w, graph.opset)
+
+    def dtype_of(name):
+        return w.params[name].dtype if name in w.params else graph.dtype_of(name)
+
+    fold_constants(w, graph.opset, graph.shape_of)
     unique_dq(w)
+    eliminate_common(w, dtype_of)
+    fold_constants(w, graph.opset, graph.shape_of)
     drop_redundant_clips(w)
     remove_double_qdq(w)
     propagate(w)
