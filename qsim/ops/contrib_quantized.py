@@ -14,9 +14,8 @@ nearest even).
 * **QLinearAdd** (int8/uint8: MLAS's AVX2 kernel, which AVX-512 CPUs run too)
   ``r_a = s_a ⊘ s_y``, ``r_b = s_b ⊘ s_y``, ``f = float(z_y) - fma(r_a, z_a, r_b ⊗ z_b)``;
   per element ``y = sat(rne(fma(a, r_a, fma(b, r_b, f))))`` where ``a, b`` are the raw integers.
-  Which operand is inner depends on ONNX Runtime's broadcasting (:func:`_add_roles`).
-  uint16/int16 (MLAS's scalar loop): ``y = sat(rne(clamp(((s_a ⊗ float(a - z_a)) ⊕
-  (s_b ⊗ float(b - z_b))) ⊘ s_y) ⊕ z_y))``.
+  Which operand is inner depends on ONNX Runtime's broadcasting (:func:`_add_roles`). (MLAS
+  also has a 16-bit QLinearAdd, but ONNX Runtime 1.32's schema admits only int8/uint8.)
 * **QLinearMul** ``M = (s_a ⊗ s_b) ⊘ s_y``, ``y = sat(rne(float((a - z_a)(b - z_b)) ⊗ M ⊕ z_y))``.
 * **Lookup-table ops** (QLinearSigmoid, QLinearLeakyRelu, QLinearConcat): a 256-entry table over
   every input byte ``q``: ``x = s_x ⊗ float(q - z_x)``, ``t = f(x)`` in float32 (MLAS's logistic;
@@ -160,16 +159,9 @@ def qlinear_add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_z
     op = "QLinearAdd"
     a, b, shape, (s_a, s_b, s_c), (z_a, z_b, z_c) = _binary_operands(
         op, a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_zero_point,
-        ("int8", "uint8", "int16", "uint16"))
+        _EIGHT_BIT)
     lo, hi = _RANGES[a.dtype.name]
     with np.errstate(all="ignore"):
-        if a.dtype.itemsize == 2:
-            va = s_a * (a.astype(np.int64) - z_a).astype(F32)
-            vb = s_b * (b.astype(np.int64) - z_b).astype(F32)
-            v = ((va + vb) / s_c).astype(F32)
-            v = np.minimum(np.maximum(v, F32(lo - z_c)), F32(hi - z_c))
-            y = _cvtps(v + F32(z_c), lo, hi)
-            return np.broadcast_to(y, shape).astype(a.dtype)
         r_a, r_b = F32(s_a / s_c), F32(s_b / s_c)
         fa, fb = np.broadcast_to(a.astype(F32), shape), np.broadcast_to(b.astype(F32), shape)
         if _add_roles(a.shape, b.shape) == "a":      # the kernel runs with B as its span
