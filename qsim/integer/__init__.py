@@ -1,2 +1,12 @@
-"""Integer arithmetic of quantized targets: :mod:`qsim.integer.fixed_point` (the int32
-multiplier-and-shift requantization of gemmlowp / TensorFlow Lite, as DSPs and NPUs run it)."""
+"""Integer arithmetic of quantized targets.
+
+* :mod:`qsim.integer.fixed_point` — the int32 multiplier-and-shift requantization of gemmlowp /
+  TensorFlow Lite, as DSPs and NPUs run it.
+* :mod:`qsim.integer.ort_fusion` — the graph rewrites ONNX Runtime's default CPU session applies
+  to a QDQ model (QDQ groups → QLinearConv, QLinearMatMul, QGemm, ...).
+* :mod:`qsim.integer.model` — :func:`to_integer`: the integer model of a sim, whose ``run``
+  returns what ONNX Runtime returns for the sim's QDQ export, bit for bit.
+"""
+from .model import IntegerModel, QuantizedTensor, integer_model, to_integer
+
+__all__ = ["IntegerModel", "QuantizedTensor", "integer_model", "to_integer"]

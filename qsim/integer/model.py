@@ -139,9 +139,15 @@ def check_target(target: str) -> str:
 def integer_model(graph: Graph, target: str = "onnxruntime", *,
                   fp32_kernels: str = "auto") -> IntegerModel:
     """The :class:`IntegerModel` of a QDQ graph (read with ``qsim.load_onnx(path, check=False)``)."""
+    from ..interpreter import unsupported
+    from ..errors import UnknownOpError
     from .ort_fusion import ort_graph
     check_target(target)
     rewritten, grids = ort_graph(graph, with_grids=True)
+    problems = [p for p in unsupported(rewritten) if "'FusedConv'" not in p]
+    if problems:
+        raise UnknownOpError(f"the {target} integer model needs kernels qsim does not have "
+                             f"({len(problems)} node(s)):\n  " + "\n  ".join(problems))
     return IntegerModel(graph=rewritten, target=target, grids=grids, fp32_kernels=fp32_kernels)
 
 

@@ -93,8 +93,15 @@ class _Work:
     outputs: frozenset
     counter: list = field(default_factory=lambda: [0])
 
-    def fresh(self, base: str) -> str:
+    def fresh(self, base: str, exact: bool = False) -> str:
+        """A new tensor/node name: ``base`` itself when ``exact`` and unused (ONNX Runtime's
+        name for it), else ``base__ortN``."""
+        taken = {x for n in self.nodes for x in (n.name, *n.outputs)} | set(self.params)
+        if exact and base not in taken:
+            return base
         self.counter[0] += 1
+        while f"{base}__ort{self.counter[0]}" in taken:
+            self.counter[0] += 1
         return f"{base}__ort{self.counter[0]}"
 
     def producer(self, tensor: str):
@@ -456,15 +463,16 @@ def _merged_grid(w: _Work, a: Node, b: Node, zt: np.dtype):
 def _insert_qdq(w: _Work, tensor: str, like: Node, readers: list, after: Node | None) -> None:
     """Insert ``Q → DQ`` (scale and zero point of ``like``) on ``tensor`` for ``readers``."""
     params = like.inputs[1:]
-    pre = w.fresh(tensor + "_pre_q") if after is not None else tensor
-    mid = w.fresh(tensor + "_q_to_dq")
+    pre = w.fresh(tensor + "_pre_q", True) if after is not None else tensor
+    mid = w.fresh(tensor + "_q_to_dq", True)
     if after is not None:                  # the producer now writes `pre`
         i = w.index(after)
         w.nodes[i] = _with(after, outputs=tuple(pre if o == tensor else o for o in after.outputs))
     q = Node(name=w.fresh(tensor + "_q"), op_type=Q, inputs=(pre,) + params, outputs=(mid,))
     new = [q]
     for k, reader in enumerate(readers):
-        out = tensor if reader is None else w.fresh(tensor + "_post_dq")
+        out = tensor if reader is None else w.fresh(tensor + "_post_dq" + (str(k) if k else ""),
+                                                    True)
         new.append(Node(name=w.fresh(tensor + "_dq"), op_type=DQ, inputs=(mid,) + params,
                         outputs=(out,)))
         if reader is not None:
