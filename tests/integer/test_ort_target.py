@@ -143,3 +143,27 @@ def test_bad_target_and_uncalibrated_sim():
     fresh = qsim.QuantizationSimModel(sim.graph, quant_scheme="tf", config_file="default")
     with pytest.raises(NotCalibratedError, match="compute_encodings"):
         fresh.to_integer()
+
+
+def test_gap_of_the_outputs_matches_ort_directly(tmp_path):
+    """``qsim.integer.gap``: the row of a graph output equals the LSB distance between the
+    sim's output and ONNX Runtime's default session on the export, counted here directly; the
+    first tensor that differs is the earliest row with a nonzero maximum."""
+    from qsim.integer import gap
+    sim, feeds = case("models/transformer_s31_default_tf_w8a8_a8")
+    report = gap(sim, sim.to_integer(), feeds)
+    path = sim.export_qdq(tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out_name = session.get_outputs()[0].name
+    want_target = session.run(None, feeds)[0].astype(np.float64)
+    got_sim = sim.run(feeds)[out_name].astype(np.float64)
+    delta = float(np.asarray(sim.quantizers[out_name].encoding.delta))
+    d = np.rint(np.abs(got_sim - want_target) / delta)
+    row = next(t for t in report.tensors if t.tensor == out_name)
+    assert row.counts == (int((d == 0).sum()), int((d == 1).sum()), int((d == 2).sum()),
+                          int((d > 2).sum()))
+    assert row.max_lsb == int(d.max()) and row.max_lsb > 0
+    firsts = [t.tensor for t in report.tensors if t.max_lsb > 0]
+    assert report.first == firsts[0]
+    assert all(t.max_lsb == 0 for t in report.tensors if t.tensor.endswith(".weight"))
+    assert out_name in report.table() and "first tensor that differs" in report.table()
