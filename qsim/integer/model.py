@@ -28,7 +28,7 @@ from ..ir import Graph
 from ..ops import OPS
 
 #: the targets :func:`to_integer` knows
-TARGETS = ("onnxruntime",)
+TARGETS = ("onnxruntime", "fixed_point")
 _INTEGER_KINDS = "iu"
 
 
@@ -75,8 +75,10 @@ def _fused_conv(x, w, b=None, *, activation="", activation_params=None, auto_pad
     raise GraphError(f"FusedConv activation '{activation}' is not supported")
 
 
-#: op implementations the rewritten graph needs beyond the op library
-EXTRA_OPS = {"FusedConv": _fused_conv}
+def _extra_ops() -> dict:
+    """Op implementations the rewritten graphs need beyond the op library."""
+    from .fixed_target import FIXED_POINT_OPS
+    return {"FusedConv": _fused_conv, **FIXED_POINT_OPS}
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class IntegerModel:
         each quantized tensor as a :class:`QuantizedTensor`."""
         names = self._names(outputs)
         raw = run_graph(self.graph, feeds, outputs=list(dict.fromkeys(names.values())),
-                        ops=EXTRA_OPS, fp32_kernels=self.fp32_kernels)
+                        ops=_extra_ops(), fp32_kernels=self.fp32_kernels)
         result = {}
         for name, tensor in names.items():
             value = raw[tensor]
@@ -143,8 +145,9 @@ def integer_model(graph: Graph, target: str = "onnxruntime", *,
     from ..errors import UnknownOpError
     from .ort_fusion import ort_graph
     check_target(target)
-    rewritten, grids = ort_graph(graph, with_grids=True)
-    problems = [p for p in unsupported(rewritten) if "'FusedConv'" not in p]
+    rewritten, grids = ort_graph(graph, with_grids=True, fixed_point=target == "fixed_point")
+    extra = _extra_ops()
+    problems = [p for p in unsupported(rewritten) if not any(f"'{op}'" in p for op in extra)]
     if problems:
         raise UnknownOpError(f"the {target} integer model needs kernels qsim does not have "
                              f"({len(problems)} node(s)):\n  " + "\n  ".join(problems))

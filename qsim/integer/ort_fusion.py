@@ -821,8 +821,9 @@ def _nbits(w: _Work, node: Node) -> bool:
     return True
 
 
-def select_and_fuse(w: _Work) -> None:
-    """Walk the nodes in order; fuse each target whose group passes its selector."""
+def select_and_fuse(w: _Work, nbits: bool = True) -> None:
+    """Walk the nodes in order; fuse each target whose group passes its selector (without the
+    MatMulNBits rewrite when ``nbits`` is False)."""
     i = 0
     while i < len(w.nodes):
         node = w.nodes[i]
@@ -843,9 +844,9 @@ def select_and_fuse(w: _Work) -> None:
             elif op == "Conv":
                 done = _conv(w, g)
             elif op == "MatMul":
-                done = _matmul(w, g) or _nbits(w, node)
+                done = _matmul(w, g) or (nbits and _nbits(w, node))
             elif op == "Gemm":
-                done = _gemm(w, g) or _nbits(w, node)
+                done = _gemm(w, g) or (nbits and _nbits(w, node))
         i = 0 if done else i + 1
 
 
@@ -930,10 +931,11 @@ def grids_of(w: _Work) -> dict:
     return grids
 
 
-def ort_graph(graph: Graph, *, with_grids: bool = False):
+def ort_graph(graph: Graph, *, with_grids: bool = False, fixed_point: bool = False):
     """The graph ONNX Runtime's default CPU session runs for the QDQ graph ``graph`` (see the
     module docstring for the rewrites, in order); with ``with_grids`` also
-    ``{integer tensor: (scale name, zero point name, axis)}`` (:func:`grids_of`)."""
+    ``{integer tensor: (scale name, zero point name, axis)}`` (:func:`grids_of`). With
+    ``fixed_point``: the graph of the fixed-point target (:mod:`qsim.integer.fixed_target`)."""
     w = _Work(nodes=list(graph.nodes), params=dict(graph.params),
               outputs=frozenset(graph.output_names))
     w.opset = graph.opset
@@ -950,7 +952,10 @@ def ort_graph(graph: Graph, *, with_grids: bool = False):
     propagate(w)
     inline_functions(w)
     grids = grids_of(w)
-    select_and_fuse(w)
+    select_and_fuse(w, nbits=not fixed_point)
+    if fixed_point:
+        from .fixed_target import fixed_point_graph
+        fixed_point_graph(w)
 
     def shape(name):
         if name in w.params:
