@@ -1,0 +1,89 @@
+"""``sim.to_integer("onnxruntime").run`` vs ONNX Runtime's default session on the QDQ export.
+
+Two models: the bundled digits CNN (default W8A8 config, tf_enhanced, 597 test digits in one
+batch) and the ResNet-18-shaped model of ``bench_executor.py`` (BN folded, W8A8 default config,
+calibrated on 4 random batches). For each, the export is run by an ONNX Runtime CPU session with
+default options and by qsim's integer model, interleaved, median of a few repetitions; the
+outputs are checked bit for bit and the ratio printed (the issue's target: ResNet-18 shape at
+most 3x ONNX Runtime).
+
+    python benchmarks/bench_integer.py [--batch 8] [--size 112] [--repeats 5]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+import qsim
+from qsim.transforms import fold_batch_norms
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_executor import resnet18  # noqa: E402
+
+_SETTLE_SECONDS = 0.2
+
+
+def _digits():
+    data_dir = Path(qsim.__file__).parent / "data"
+    graph, _ = fold_batch_norms(qsim.load_onnx(data_dir / "digits_cnn.onnx"))
+    data = np.load(data_dir / "digits.npz")
+    sim = qsim.QuantizationSimModel(graph, quant_scheme="tf_enhanced", param_type="int8",
+                                    activation_type="int8", config_file="default")
+    x = data["calib_x"]
+    sim.compute_encodings([{"input": x[i:i + 32]} for i in range(0, len(x), 32)])
+    return sim, {"input": data["test_x"]}
+
+
+def _resnet(batch: int, size: int):
+    graph, _ = fold_batch_norms(qsim.load_onnx(resnet18(batch, size)))
+    rng = np.random.default_rng(1)
+    sim = qsim.QuantizationSimModel(graph, quant_scheme="tf", param_type="int8",
+                                    activation_type="int8", config_file="default")
+    sim.compute_encodings([{"input": rng.standard_normal((batch, 3, size, size), np.float32)}
+                           for _ in range(4)])
+    return sim, {"input": rng.standard_normal((batch, 3, size, size), np.float32)}
+
+
+def bench(name: str, sim, feeds, repeats: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = sim.export_qdq(Path(tmp) / "model.onnx")
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        model = sim.to_integer("onnxruntime")
+        want = session.run(None, feeds)
+        got = model.run(feeds)
+        exact = all(np.array_equal(g.view(np.uint8), w.view(np.uint8))
+                    for g, w in zip(got.values(), want))
+        t_ort, t_qsim = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            session.run(None, feeds)
+            t_ort.append(time.perf_counter() - t0)
+            time.sleep(_SETTLE_SECONDS)
+            t0 = time.perf_counter()
+            model.run(feeds)
+            t_qsim.append(time.perf_counter() - t0)
+    o, q = statistics.median(t_ort), statistics.median(t_qsim)
+    print(f"{name}: ONNX Runtime {o * 1e3:8.1f} ms   qsim integer model {q * 1e3:8.1f} ms   "
+          f"ratio {q / o:5.1f}x   bit-exact: {exact}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--size", type=int, default=112)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    bench("digits CNN, 597 x 1x8x8", *_digits(), args.repeats)
+    bench(f"ResNet-18 shape, {args.batch} x 3x{args.size}x{args.size}",
+          *_resnet(args.batch, args.size), args.repeats)
+
+
+if __name__ == "__main__":
+    main()
