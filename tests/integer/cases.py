@@ -1,5 +1,6 @@
 """The models the integer target is checked on: the bundled digits CNN (default W8A8 config) and
-the golden AIMET cases (cnn-seed0, models/*, real/*), each at 8- and 16-bit activations, with
+the golden AIMET cases: cnn-seed0 and models/* each at 8- and 16-bit activations, real/* at the
+case's own activation bitwidth (8 or 16; the real architectures are the slow ones to run), with
 their calibration data. ``case(name)`` is cached: each sim is calibrated once per session."""
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ CASES = {"digits_a8": (None, "int8")}
 CASES.update({"cnn-seed0_a8": (ROOT / "cnn-seed0", "int8"),
               "cnn-seed0_a16": (ROOT / "cnn-seed0", "int16")})
 for _f in _golden_folders():
-    for _act in ("int8", "int16"):
+    _own = json.loads((_f / "case.json").read_text())["activation_type"]
+    for _act in ("int8", "int16") if _f.parent.name == "models" else (_own,):
         CASES[f"{_f.parent.name}/{_f.name}_a{_act[3:]}"] = (_f, _act)
 
 

@@ -5,7 +5,7 @@
    adds no node to these models and changes no output bit, checked in (3)).
 2. ``to_integer().run(feeds)`` equals an ONNX Runtime CPU session with default options on
    ``sim.export_qdq(path)``: same output names, dtypes and bits — on the digits CNN and every
-   golden case at 8- and 16-bit activations.
+   golden case (cnn-seed0 and models/* at 8- and 16-bit activations, real/* at their own).
 3. ORT_ENABLE_EXTENDED and ORT_ENABLE_ALL give the same bits on these models (so comparing the
    multiset with the extended dump in (1) is comparing with what runs).
 4. Intermediates: every integer tensor of the rewritten digits CNN, asked for with
