@@ -52,7 +52,7 @@ Level-3 layout rewrites (NCHWc) do not change any bit of the tested models (chec
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -83,51 +83,93 @@ NBITS_BLOCK = 32
 NBITS_ACCURACY = 4
 
 
-@dataclass
+class _Nodes(list):
+    """A node list that counts its changes (so that :class:`_Work` can cache its indices)."""
+
+    version = 0
+
+    def _changed(self):
+        self.version += 1
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self._changed()
+
+    def __delitem__(self, key):
+        super().__delitem__(key)
+        self._changed()
+
+    def insert(self, index, value):
+        super().insert(index, value)
+        self._changed()
+
+    def remove(self, value):
+        super().remove(value)
+        self._changed()
+
+
 class _Work:
     """The graph being rewritten (private, mutable): nodes in topological order, initializers,
-    graph output names, and a counter for fresh names."""
+    graph output names, the default-domain opset, and a counter for fresh names. Producer,
+    reader and position lookups are cached until the node list changes."""
 
-    nodes: list
-    params: dict
-    outputs: frozenset
-    counter: list = field(default_factory=lambda: [0])
+    def __init__(self, *, nodes, params: dict, outputs: frozenset, opset: int = 17):
+        self.nodes = nodes
+        self.params = params
+        self.outputs = outputs
+        self.opset = opset
+        self.counter = 0
+        self._cache_version = None
+
+    @property
+    def nodes(self) -> list:
+        return self._nodes
+
+    @nodes.setter
+    def nodes(self, value) -> None:
+        self._nodes = _Nodes(value)
+        self._cache_version = None
+
+    def _maps(self):
+        if self._cache_version != (id(self._nodes), self._nodes.version):
+            producers, readers, where = {}, {}, {}
+            for i, n in enumerate(self._nodes):
+                where[n.name] = i
+                for o in n.outputs:
+                    if o:
+                        producers.setdefault(o, n)
+                for x in n.inputs:
+                    if x:
+                        readers.setdefault(x, []).append(n)
+            self._maps_cached = (producers, readers, where)
+            self._cache_version = (id(self._nodes), self._nodes.version)
+        return self._maps_cached
 
     def fresh(self, base: str, exact: bool = False) -> str:
         """A new tensor/node name: ``base`` itself when ``exact`` and unused (ONNX Runtime's
         name for it), else ``base__ortN``."""
-        taken = {x for n in self.nodes for x in (n.name, *n.outputs)} | set(self.params)
+        producers, _, where = self._maps()
+        taken = set(producers) | set(where) | set(self.params)
         if exact and base not in taken:
             return base
-        self.counter[0] += 1
-        while f"{base}__ort{self.counter[0]}" in taken:
-            self.counter[0] += 1
-        return f"{base}__ort{self.counter[0]}"
+        self.counter += 1
+        while f"{base}__ort{self.counter}" in taken:
+            self.counter += 1
+        return f"{base}__ort{self.counter}"
 
     def producer(self, tensor: str):
-        for n in self.nodes:
-            if tensor in n.outputs:
-                return n
-        return None
+        return self._maps()[0].get(tensor)
 
     def index(self, node: Node) -> int:
         """Where the node named like ``node`` is now (nodes are replaced, names stay)."""
-        for i, n in enumerate(self.nodes):
-            if n.name == node.name:
-                return i
-        raise GraphError(f"internal: node '{node.name}' is gone")
+        where = self._maps()[2]
+        if node.name not in where:
+            raise GraphError(f"internal: node '{node.name}' is gone")
+        return where[node.name]
 
     def readers(self, tensor: str) -> list:
         """One entry per input edge that reads ``tensor`` (a node reading it twice: twice)."""
-        return [n for n in self.nodes for i in n.inputs if i == tensor]
-
-    def replace(self, old: list, new: list, at=None) -> None:
-        """Remove the nodes ``old`` and put ``new`` where the first of them was (or ``at``)."""
-        ids = {id(n) for n in old}
-        index = min(i for i, n in enumerate(self.nodes) if id(n) in ids) if at is None else at
-        kept = [n for i, n in enumerate(self.nodes) if id(n) not in ids]
-        before = sum(1 for i, n in enumerate(self.nodes[:index]) if id(n) not in ids)
-        self.nodes = kept[:before] + list(new) + kept[before:]
+        return list(self._maps()[1].get(tensor, ()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -515,7 +557,7 @@ def propagate(w: _Work) -> None:
         while pending:
             op = pending.pop()
             op = w.nodes[w.index(op)]
-            if op.op_type not in PROPAGATE or op.inputs[0] != _first_dq_fed(op, w):
+            if op.op_type not in PROPAGATE:
                 continue
             out = op.outputs[0]
             readers = w.readers(out)
@@ -529,10 +571,6 @@ def propagate(w: _Work) -> None:
                 continue
             _insert_qdq(w, out, dq, targets, op)
             pending.extend(t for t in targets if t is not None)
-
-
-def _first_dq_fed(op: Node, w: _Work) -> str:
-    return op.inputs[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -633,7 +671,8 @@ def _unary(w: _Work, g: _Group) -> bool:
     q = g.qs[0]
     attrs = dict(g.target.attrs)
     if g.target.op_type == "Softmax":
-        attrs["opset"] = int(w_opset(w))
+        # the Softmax schema version the node resolves to (ORT: SinceVersion()): 1, 11 or 13
+        attrs["opset"] = 13 if w.opset >= 13 else 11 if w.opset >= 11 else 1
     if g.target.op_type == "GlobalAveragePool":
         attrs["channels_last"] = 0
     new = Node(name=g.target.name, op_type="QLinear" + g.target.op_type,
@@ -641,10 +680,6 @@ def _unary(w: _Work, g: _Group) -> bool:
                attrs=attrs, domain=MS)
     _apply(w, g, new)
     return True
-
-
-def w_opset(w: _Work) -> int:
-    return getattr(w, "opset", 17)
 
 
 def _binary(w: _Work, g: _Group) -> bool:
@@ -847,8 +882,7 @@ def select_and_fuse(w: _Work, nbits: bool = True) -> None:
                 done = _matmul(w, g) or (nbits and _nbits(w, node))
             elif op == "Gemm":
                 done = _gemm(w, g) or (nbits and _nbits(w, node))
-        i = 0 if done else i + 1
-
+        i = w.index(node) + 1 if done else i + 1     # one pass in order, as ONNX Runtime
 
 # ---------------------------------------------------------------------------------------------
 # float fusions
@@ -937,8 +971,7 @@ def ort_graph(graph: Graph, *, with_grids: bool = False, fixed_point: bool = Fal
     ``{integer tensor: (scale name, zero point name, axis)}`` (:func:`grids_of`). With
     ``fixed_point``: the graph of the fixed-point target (:mod:`qsim.integer.fixed_target`)."""
     w = _Work(nodes=list(graph.nodes), params=dict(graph.params),
-              outputs=frozenset(graph.output_names))
-    w.opset = graph.opset
+              outputs=frozenset(graph.output_names), opset=graph.opset)
 
     def dtype_of(name):
         return w.params[name].dtype if name in w.params else graph.dtype_of(name)
