@@ -43,6 +43,7 @@ import numpy as np
 
 from ..errors import OpError
 from ..kernels import mlas_math
+from ..kernels import gemm as gemm_exact
 from ..kernels.gemm import fma_np
 from .nn import _pool_geometry, _window_slices
 from .quantized import _EIGHT_BIT, _RANGES, _exact_matmul, _float32, _int_range, _requantize, \
@@ -613,3 +614,105 @@ def dynamic_quantize_matmul(a, b, b_scale, b_zero_point=None, bias=None):
     a_q, s_a, z_a = dynamic_quantize_linear(a)
     multiplier = (F32(s_a) * s_b).astype(F32)
     return _integer_to_float(op, a_q, int(z_a), b, z_b, multiplier, bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# MatMulNBits
+# ---------------------------------------------------------------------------------------------
+def _unpack_nbits(op: str, b: np.ndarray, bits: int, n: int, k: int, block_size: int):
+    """MatMulNBits's B ``uint8[N, ⌈K/block⌉, block·bits/8]`` as integers ``[N, K]`` (4-bit: the
+    low nibble is the even element)."""
+    blocks = -(-k // block_size)
+    expected = (n, blocks, block_size * bits // 8)
+    if b.dtype != np.uint8 or b.shape != expected:
+        raise OpError(f"{op}: B has {b.dtype}{list(b.shape)}, expected uint8{list(expected)} "
+                      f"(N={n}, K={k}, bits={bits}, block_size={block_size})")
+    if bits == 4:
+        q = np.stack([b & 0x0F, b >> 4], axis=-1).reshape(n, blocks * block_size)
+    else:
+        q = b.reshape(n, blocks * block_size)
+    return q[:, :k].astype(np.int32)
+
+
+def _nbits_zero_points(op: str, zp, bits: int, n: int, blocks: int) -> np.ndarray:
+    """Zero points ``[N, blocks]``: absent → ``2^(bits-1)``; uint8 packed like B (4-bit: two
+    per byte, each row padded to whole bytes)."""
+    if zp is None:
+        return np.full((n, blocks), 1 << (bits - 1), np.int32)
+    zp = np.asarray(zp)
+    per_row = -(-blocks * bits // 8)
+    if zp.dtype != np.uint8 or zp.size != n * per_row:
+        raise OpError(f"{op}: zero_points has {zp.dtype}{list(zp.shape)}; qsim supports uint8 "
+                      f"zero points packed like B ({n * per_row} bytes)")
+    zp = zp.reshape(n, per_row)
+    if bits == 4:
+        zp = np.stack([zp & 0x0F, zp >> 4], axis=-1).reshape(n, per_row * 2)
+    return zp[:, :blocks].astype(np.int32)
+
+
+@register("MatMulNBits")
+def matmul_nbits(a, b, scales, zero_points=None, g_idx=None, bias=None, *, K=None, N=None,
+                 accuracy_level=0, bits=4, block_size=None):
+    """``Y = A @ W^T [+ bias]`` with blockwise-quantized ``W[n, k] = s[n, k // block] ⊗
+    float(q[n, k] - z[n, k // block])`` (float32 A), as ONNX Runtime's CPU kernel computes it
+    with ``accuracy_level`` 0-3 (float compute, ``CompFp32``):
+
+    * 8-bit: W is dequantized and multiplied by MLAS's SGEMM (``A @ W^T`` with B transposed,
+      the bias preloaded into C: :func:`qsim.kernels.gemm.gemm`);
+    * 4-bit, more than one row: MLAS's float kernel over 32-column slices of the dequantized W,
+      one fused multiply-add chain over the whole of K per output from 0, then ``⊕ bias``.
+
+    Not reproduced (OpError): accuracy_level 4 (``CompInt8``: A quantized to int8 per block,
+    family-dependent kernels; the level ONNX Runtime's DQ→MatMulNBits fusion uses by default),
+    4-bit with a single row of A (MLAS's GEMV kernel), 2-bit, ``g_idx`` and float zero points.
+
+    >>> matmul_nbits(np.ones((2, 16), np.float32), np.full((1, 1, 8), 0x21, np.uint8),
+    ...              np.array([0.5], np.float32), K=16, N=1, bits=4, block_size=16).tolist()
+    [[-52.0], [-52.0]]
+    """
+    op = "MatMulNBits"
+    for name, v in (("K", K), ("N", N), ("block_size", block_size)):
+        if v is None or int(v) < 1:
+            raise OpError(f"{op}: attribute {name}={v} is required and must be >= 1")
+    k, n, blk, bits = int(K), int(N), int(block_size), int(bits)
+    if bits not in (4, 8):
+        raise OpError(f"{op}: attribute bits={bits}; qsim reproduces 4 and 8")
+    if blk < 16 or blk & (blk - 1):
+        raise OpError(f"{op}: attribute block_size={blk} must be a power of 2 >= 16")
+    if int(accuracy_level) == 4:
+        raise OpError(f"{op}: accuracy_level=4 (int8 compute) is not reproduced bit for bit; "
+                      f"qsim computes accuracy_level 0-3 (float compute)")
+    if not 0 <= int(accuracy_level) <= 4:
+        raise OpError(f"{op}: attribute accuracy_level={accuracy_level} must be in 0..4")
+    if g_idx is not None:
+        raise OpError(f"{op}: input g_idx (act-order) is not supported")
+    a = np.asarray(a)
+    if a.dtype != np.float32 or a.ndim < 1 or a.shape[-1] != k:
+        raise OpError(f"{op}: A has {a.dtype}{list(a.shape)}, expected float32[..., {k}]")
+    blocks = -(-k // blk)
+    s = np.asarray(scales)
+    if s.dtype != np.float32 or s.size != n * blocks:
+        raise OpError(f"{op}: scales has {s.dtype}{list(s.shape)}, expected float32 "
+                      f"[{n * blocks}] (N × ⌈K/block_size⌉)")
+    q = _unpack_nbits(op, np.asarray(b), bits, n, k, blk)
+    z = _nbits_zero_points(op, zero_points, bits, n, blocks)
+    w = (np.repeat(s.reshape(n, blocks), blk, axis=1)[:, :k]
+         * (q - np.repeat(z, blk, axis=1)[:, :k]).astype(F32)).astype(F32)      # [N, K]
+    if bias is not None:
+        bias = np.asarray(bias)
+        if bias.dtype != np.float32 or bias.shape != (n,):
+            raise OpError(f"{op}: bias has {bias.dtype}{list(bias.shape)}, expected "
+                          f"float32[{n}]")
+    a2 = np.ascontiguousarray(a.reshape(-1, k))
+    m = a2.shape[0]
+    if bits == 8:
+        y = gemm_exact.gemm(a2, np.ascontiguousarray(w.T), bias, beta=1.0, trans_b=True)
+    else:
+        if m == 1:
+            raise OpError(f"{op}: 4-bit weights with a single row of A run MLAS's GEMV kernel, "
+                          f"which qsim does not reproduce")
+        tiles = [(0, m, n0, min(n0 + 32, n), gemm_exact.FMA, k) for n0 in range(0, n, 32)]
+        y = np.zeros((1, m, n), F32)
+        gemm_exact.run_batch(a2[None], np.ascontiguousarray(w.T)[None], y, [0], [0], tiles)
+        y = y[0] if bias is None else (y[0] + bias).astype(F32)
+    return y.reshape(a.shape[:-1] + (n,))
