@@ -2,9 +2,10 @@
 
 These are the ops ONNX Runtime's QDQ fusion puts in an optimized graph: QLinearAdd, QLinearMul,
 QLinearGlobalAveragePool, QLinearConcat, QLinearSigmoid, QLinearLeakyRelu, QLinearSoftmax,
-QGemm, QLinearAveragePool, MatMulIntegerToFloat and DynamicQuantizeMatMul. Every function follows
-the calling convention of :mod:`qsim.ops.registry`; the registry keys ops by type only, and no
-default-domain op has these names.
+QGemm, QLinearAveragePool, MatMulIntegerToFloat, DynamicQuantizeMatMul and MatMulNBits. Every
+function follows the calling convention of :mod:`qsim.ops.registry`; the registry keys ops by
+type only, and no default-domain op has these names. docs/integer_kernels.md §9 has the same
+formulas for readers who implement them.
 
 Notation: ``s_*`` float32 scales, ``z_*`` zero points, ``⊗ ⊘ ⊕`` float32 operations (one
 rounding each), ``fma(a, b, c)`` one rounding of ``a·b + c``, ``rne`` round half to even,
@@ -24,13 +25,16 @@ nearest even).
   ``y = sat(rne(clamp(float(Σ x - z_x·n) ⊗ M)) + z_y)`` (n = pixels per channel).
 * **QLinearSoftmax** float lookup table of ``exp`` in double, float32 row sums, then
   ``rne((t ⊗ ⌊1 ⊘ s_y⌋) ⊘ Σ) + z_y`` (:func:`qlinear_softmax`).
-* **QGemm** ``acc = C + (A - z_a)(B - z_b)`` exactly in int32, ``M = ((alpha ⊗ s_a) ⊗ s_b) [⊘ s_y]``;
+* **QGemm** ``acc = C + (A - z_a)(B - z_b)`` exactly in int32,
+  ``M = ((alpha ⊗ s_a) ⊗ s_b) [⊘ s_y]``;
   quantized output as MLAS's requantization (``sat(rne(clamp(float(acc) ⊗ M)) + z_y)``), float
   output ``float(acc) ⊗ M``.
 * **QLinearAveragePool** dequantize, float32 window sums in row-major order, ``⊘ count``, then
   ``sat(rne(y ⊘ s_y ⊕ z_y))``; a window covering the whole image without padding runs
   QLinearGlobalAveragePool.
 * **MatMulIntegerToFloat / DynamicQuantizeMatMul** ``y = float(acc) ⊗ (s_a ⊗ s_b) [⊕ bias]``.
+* **MatMulNBits** (float compute, accuracy_level 0-3) dequantized weights
+  ``w = s ⊗ float(q - z)`` through MLAS's float kernels (:func:`matmul_nbits`).
 
 Integer products are exact here; ONNX Runtime's uint8 × int8 kernel on AVX2 CPUs without VNNI
 saturates pairs of products (see :mod:`qsim.ops.quantized`).
@@ -42,8 +46,8 @@ import math
 import numpy as np
 
 from ..errors import OpError
-from ..kernels import mlas_math
 from ..kernels import gemm as gemm_exact
+from ..kernels import mlas_math
 from ..kernels.gemm import fma_np
 from .nn import _pool_geometry, _window_slices
 from .quantized import _EIGHT_BIT, _RANGES, _exact_matmul, _float32, _int_range, _requantize, \
@@ -94,7 +98,7 @@ def _all_bytes(dtype: np.dtype) -> np.ndarray:
     return np.arange(256, dtype=np.uint8).view(dtype)
 
 
-def _quantized_table(op: str, dtype, s_x, z_x: int, s_y, z_y: int, fn) -> np.ndarray:
+def _quantized_table(dtype, s_x, z_x: int, s_y, z_y: int, fn) -> np.ndarray:
     """ONNX Runtime's ``QlinearBuildLookupTable``: for every byte ``q`` of ``dtype``,
     ``QuantizeLinear(fn(s_x ⊗ float(q - z_x)), s_y, z_y)``."""
     q = _all_bytes(np.dtype(dtype)).astype(np.int64)
@@ -210,7 +214,7 @@ def qlinear_sigmoid(x, x_scale, x_zero_point, y_scale, y_zero_point=None):
     """
     op = "QLinearSigmoid"
     x, z_x, z_y = _check_8bit_params(op, x, x_zero_point, y_zero_point)
-    table = _quantized_table(op, x.dtype, _scale(op, "X_scale", x_scale), z_x,
+    table = _quantized_table(x.dtype, _scale(op, "X_scale", x_scale), z_x,
                              _scale(op, "Y_scale", y_scale), z_y, mlas_math.logistic)
     return _table_lookup(x, table)
 
@@ -231,7 +235,7 @@ def qlinear_leaky_relu(x, x_scale, x_zero_point, y_scale, y_zero_point=None, *, 
     def leaky(v):
         return np.where(v >= F32(0), v, slope * v).astype(F32)
 
-    table = _quantized_table(op, x.dtype, _scale(op, "X_scale", x_scale), z_x,
+    table = _quantized_table(x.dtype, _scale(op, "X_scale", x_scale), z_x,
                              _scale(op, "Y_scale", y_scale), z_y, leaky)
     return _table_lookup(x, table)
 
@@ -270,7 +274,7 @@ def qlinear_concat(y_scale, y_zero_point, *tensors, axis=None):
         if s_x == s_y and z_x == z_y:
             parts.append(x)
         else:
-            parts.append(_table_lookup(x, _quantized_table(op, dtype, s_x, z_x, s_y, z_y,
+            parts.append(_table_lookup(x, _quantized_table(dtype, s_x, z_x, s_y, z_y,
                                                            lambda v: v)))
     rank = parts[0].ndim
     if not -rank <= int(axis) < rank:

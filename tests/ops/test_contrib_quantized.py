@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from qsim.errors import OpError
 from qsim.kernels.gemm import fma_np
-from qsim.ops import OPS
 from qsim.kernels.mlas_math import DEFAULT_THREADS
+from qsim.ops import OPS
 from tests.ort_util import ort_and_qsim, ort_run_op
 
 MS = "com.microsoft"
