@@ -524,6 +524,9 @@ def qgemm(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c=None, y_scale=No
         raise OpError(f"{op}: inner dimensions differ: A' is {list(a2.shape)}, B' is "
                       f"{list(b2.shape)} (transA={transA}, transB={transB})")
     m, n = a2.shape[0], b2.shape[1]
+    if a2.shape[1] == 0:
+        raise OpError(f"{op}: K = 0 (A' {list(a2.shape)}, B' {list(b2.shape)}); ONNX Runtime "
+                      f"1.32 fills such an output with bytes that are not a defined result")
     z_a = _zero_point(op, "a_zero_point", a_zero_point, a.dtype, required=True)
     z_b = _column_param(op, "b_zero_point", b_zero_point, n, b.dtype)
     s_b = _column_param(op, "b_scale", _float32(op, "b_scale", b_scale), n)

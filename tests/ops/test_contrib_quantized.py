@@ -435,6 +435,7 @@ BAD = [
     ("QGemm", [U8[0], S, Z, U8[0].T, S, Z, np.zeros(3, np.float32)], {}, "int32"),
     ("QGemm", [U8[0], S, Z, U8[0].T, np.ones(5, np.float32), Z], {}, "b_scale"),
     ("QGemm", [U8[0], S, Z, U8[0].T, S, Z, None, S], {}, "y_zero_point"),
+    ("QGemm", [U8[0][:, :0], S, Z, U8[0][:0], S, Z], {}, "K = 0"),
     ("MatMulIntegerToFloat", [U8[0], U8[0], S, S], {}, "inner"),
     ("MatMulIntegerToFloat", [U8[0], U8[0].T, S, S, None, None, np.ones(2, np.float32)], {},
      "bias"),
