@@ -2,9 +2,10 @@
 
 These are the ops ONNX Runtime's QDQ fusion puts in an optimized graph: QLinearAdd, QLinearMul,
 QLinearGlobalAveragePool, QLinearConcat, QLinearSigmoid, QLinearLeakyRelu, QLinearSoftmax,
-QGemm, QLinearAveragePool, MatMulIntegerToFloat and DynamicQuantizeMatMul. Every function follows
-the calling convention of :mod:`qsim.ops.registry`; the registry keys ops by type only, and no
-default-domain op has these names.
+QGemm, QLinearAveragePool, MatMulIntegerToFloat, DynamicQuantizeMatMul and MatMulNBits. Every
+function follows the calling convention of :mod:`qsim.ops.registry`; the registry keys ops by
+type only, and no default-domain op has these names. docs/integer_kernels.md §9 has the same
+formulas for readers who implement them.
 
 Notation: ``s_*`` float32 scales, ``z_*`` zero points, ``⊗ ⊘ ⊕`` float32 operations (one
 rounding each), ``fma(a, b, c)`` one rounding of ``a·b + c``, ``rne`` round half to even,
@@ -24,13 +25,16 @@ nearest even).
   ``y = sat(rne(clamp(float(Σ x - z_x·n) ⊗ M)) + z_y)`` (n = pixels per channel).
 * **QLinearSoftmax** float lookup table of ``exp`` in double, float32 row sums, then
   ``rne((t ⊗ ⌊1 ⊘ s_y⌋) ⊘ Σ) + z_y`` (:func:`qlinear_softmax`).
-* **QGemm** ``acc = C + (A - z_a)(B - z_b)`` exactly in int32, ``M = ((alpha ⊗ s_a) ⊗ s_b) [⊘ s_y]``;
+* **QGemm** ``acc = C + (A - z_a)(B - z_b)`` exactly in int32,
+  ``M = ((alpha ⊗ s_a) ⊗ s_b) [⊘ s_y]``;
   quantized output as MLAS's requantization (``sat(rne(clamp(float(acc) ⊗ M)) + z_y)``), float
   output ``float(acc) ⊗ M``.
 * **QLinearAveragePool** dequantize, float32 window sums in row-major order, ``⊘ count``, then
   ``sat(rne(y ⊘ s_y ⊕ z_y))``; a window covering the whole image without padding runs
   QLinearGlobalAveragePool.
 * **MatMulIntegerToFloat / DynamicQuantizeMatMul** ``y = float(acc) ⊗ (s_a ⊗ s_b) [⊕ bias]``.
+* **MatMulNBits** (float compute, accuracy_level 0-3) dequantized weights
+  ``w = s ⊗ float(q - z)`` through MLAS's float kernels (:func:`matmul_nbits`).
 
 Integer products are exact here; ONNX Runtime's uint8 × int8 kernel on AVX2 CPUs without VNNI
 saturates pairs of products (see :mod:`qsim.ops.quantized`).
@@ -42,6 +46,7 @@ import math
 import numpy as np
 
 from ..errors import OpError
+from ..kernels import gemm as gemm_exact
 from ..kernels import mlas_math
 from ..kernels.gemm import fma_np
 from .nn import _pool_geometry, _window_slices
@@ -93,7 +98,7 @@ def _all_bytes(dtype: np.dtype) -> np.ndarray:
     return np.arange(256, dtype=np.uint8).view(dtype)
 
 
-def _quantized_table(op: str, dtype, s_x, z_x: int, s_y, z_y: int, fn) -> np.ndarray:
+def _quantized_table(dtype, s_x, z_x: int, s_y, z_y: int, fn) -> np.ndarray:
     """ONNX Runtime's ``QlinearBuildLookupTable``: for every byte ``q`` of ``dtype``,
     ``QuantizeLinear(fn(s_x ⊗ float(q - z_x)), s_y, z_y)``."""
     q = _all_bytes(np.dtype(dtype)).astype(np.int64)
@@ -209,7 +214,7 @@ def qlinear_sigmoid(x, x_scale, x_zero_point, y_scale, y_zero_point=None):
     """
     op = "QLinearSigmoid"
     x, z_x, z_y = _check_8bit_params(op, x, x_zero_point, y_zero_point)
-    table = _quantized_table(op, x.dtype, _scale(op, "X_scale", x_scale), z_x,
+    table = _quantized_table(x.dtype, _scale(op, "X_scale", x_scale), z_x,
                              _scale(op, "Y_scale", y_scale), z_y, mlas_math.logistic)
     return _table_lookup(x, table)
 
@@ -230,7 +235,7 @@ def qlinear_leaky_relu(x, x_scale, x_zero_point, y_scale, y_zero_point=None, *, 
     def leaky(v):
         return np.where(v >= F32(0), v, slope * v).astype(F32)
 
-    table = _quantized_table(op, x.dtype, _scale(op, "X_scale", x_scale), z_x,
+    table = _quantized_table(x.dtype, _scale(op, "X_scale", x_scale), z_x,
                              _scale(op, "Y_scale", y_scale), z_y, leaky)
     return _table_lookup(x, table)
 
@@ -269,7 +274,7 @@ def qlinear_concat(y_scale, y_zero_point, *tensors, axis=None):
         if s_x == s_y and z_x == z_y:
             parts.append(x)
         else:
-            parts.append(_table_lookup(x, _quantized_table(op, dtype, s_x, z_x, s_y, z_y,
+            parts.append(_table_lookup(x, _quantized_table(dtype, s_x, z_x, s_y, z_y,
                                                            lambda v: v)))
     rank = parts[0].ndim
     if not -rank <= int(axis) < rank:
@@ -519,6 +524,9 @@ def qgemm(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c=None, y_scale=No
         raise OpError(f"{op}: inner dimensions differ: A' is {list(a2.shape)}, B' is "
                       f"{list(b2.shape)} (transA={transA}, transB={transB})")
     m, n = a2.shape[0], b2.shape[1]
+    if a2.shape[1] == 0:
+        raise OpError(f"{op}: K = 0 (A' {list(a2.shape)}, B' {list(b2.shape)}); ONNX Runtime "
+                      f"1.32 fills such an output with bytes that are not a defined result")
     z_a = _zero_point(op, "a_zero_point", a_zero_point, a.dtype, required=True)
     z_b = _column_param(op, "b_zero_point", b_zero_point, n, b.dtype)
     s_b = _column_param(op, "b_scale", _float32(op, "b_scale", b_scale), n)
@@ -613,3 +621,105 @@ def dynamic_quantize_matmul(a, b, b_scale, b_zero_point=None, bias=None):
     a_q, s_a, z_a = dynamic_quantize_linear(a)
     multiplier = (F32(s_a) * s_b).astype(F32)
     return _integer_to_float(op, a_q, int(z_a), b, z_b, multiplier, bias)
+
+
+# ---------------------------------------------------------------------------------------------
+# MatMulNBits
+# ---------------------------------------------------------------------------------------------
+def _unpack_nbits(op: str, b: np.ndarray, bits: int, n: int, k: int, block_size: int):
+    """MatMulNBits's B ``uint8[N, ⌈K/block⌉, block·bits/8]`` as integers ``[N, K]`` (4-bit: the
+    low nibble is the even element)."""
+    blocks = -(-k // block_size)
+    expected = (n, blocks, block_size * bits // 8)
+    if b.dtype != np.uint8 or b.shape != expected:
+        raise OpError(f"{op}: B has {b.dtype}{list(b.shape)}, expected uint8{list(expected)} "
+                      f"(N={n}, K={k}, bits={bits}, block_size={block_size})")
+    if bits == 4:
+        q = np.stack([b & 0x0F, b >> 4], axis=-1).reshape(n, blocks * block_size)
+    else:
+        q = b.reshape(n, blocks * block_size)
+    return q[:, :k].astype(np.int32)
+
+
+def _nbits_zero_points(op: str, zp, bits: int, n: int, blocks: int) -> np.ndarray:
+    """Zero points ``[N, blocks]``: absent → ``2^(bits-1)``; uint8 packed like B (4-bit: two
+    per byte, each row padded to whole bytes)."""
+    if zp is None:
+        return np.full((n, blocks), 1 << (bits - 1), np.int32)
+    zp = np.asarray(zp)
+    per_row = -(-blocks * bits // 8)
+    if zp.dtype != np.uint8 or zp.size != n * per_row:
+        raise OpError(f"{op}: zero_points has {zp.dtype}{list(zp.shape)}; qsim supports uint8 "
+                      f"zero points packed like B ({n * per_row} bytes)")
+    zp = zp.reshape(n, per_row)
+    if bits == 4:
+        zp = np.stack([zp & 0x0F, zp >> 4], axis=-1).reshape(n, per_row * 2)
+    return zp[:, :blocks].astype(np.int32)
+
+
+@register("MatMulNBits")
+def matmul_nbits(a, b, scales, zero_points=None, g_idx=None, bias=None, *, K=None, N=None,
+                 accuracy_level=0, bits=4, block_size=None):
+    """``Y = A @ W^T [+ bias]`` with blockwise-quantized ``W[n, k] = s[n, k // block] ⊗
+    float(q[n, k] - z[n, k // block])`` (float32 A), as ONNX Runtime's CPU kernel computes it
+    with ``accuracy_level`` 0-3 (float compute, ``CompFp32``):
+
+    * 8-bit: W is dequantized and multiplied by MLAS's SGEMM (``A @ W^T`` with B transposed,
+      the bias preloaded into C: :func:`qsim.kernels.gemm.gemm`);
+    * 4-bit, more than one row: MLAS's float kernel over 32-column slices of the dequantized W,
+      one fused multiply-add chain over the whole of K per output from 0, then ``⊕ bias``.
+
+    Not reproduced (OpError): accuracy_level 4 (``CompInt8``: A quantized to int8 per block,
+    family-dependent kernels; the level ONNX Runtime's DQ→MatMulNBits fusion uses by default),
+    4-bit with a single row of A (MLAS's GEMV kernel), 2-bit, ``g_idx`` and float zero points.
+
+    >>> matmul_nbits(np.ones((2, 16), np.float32), np.full((1, 1, 8), 0x21, np.uint8),
+    ...              np.array([0.5], np.float32), K=16, N=1, bits=4, block_size=16).tolist()
+    [[-52.0], [-52.0]]
+    """
+    op = "MatMulNBits"
+    for name, v in (("K", K), ("N", N), ("block_size", block_size)):
+        if v is None or int(v) < 1:
+            raise OpError(f"{op}: attribute {name}={v} is required and must be >= 1")
+    k, n, blk, bits = int(K), int(N), int(block_size), int(bits)
+    if bits not in (4, 8):
+        raise OpError(f"{op}: attribute bits={bits}; qsim reproduces 4 and 8")
+    if blk < 16 or blk & (blk - 1):
+        raise OpError(f"{op}: attribute block_size={blk} must be a power of 2 >= 16")
+    if int(accuracy_level) == 4:
+        raise OpError(f"{op}: accuracy_level=4 (int8 compute) is not reproduced bit for bit; "
+                      f"qsim computes accuracy_level 0-3 (float compute)")
+    if not 0 <= int(accuracy_level) <= 4:
+        raise OpError(f"{op}: attribute accuracy_level={accuracy_level} must be in 0..4")
+    if g_idx is not None:
+        raise OpError(f"{op}: input g_idx (act-order) is not supported")
+    a = np.asarray(a)
+    if a.dtype != np.float32 or a.ndim < 1 or a.shape[-1] != k:
+        raise OpError(f"{op}: A has {a.dtype}{list(a.shape)}, expected float32[..., {k}]")
+    blocks = -(-k // blk)
+    s = np.asarray(scales)
+    if s.dtype != np.float32 or s.size != n * blocks:
+        raise OpError(f"{op}: scales has {s.dtype}{list(s.shape)}, expected float32 "
+                      f"[{n * blocks}] (N × ⌈K/block_size⌉)")
+    q = _unpack_nbits(op, np.asarray(b), bits, n, k, blk)
+    z = _nbits_zero_points(op, zero_points, bits, n, blocks)
+    w = (np.repeat(s.reshape(n, blocks), blk, axis=1)[:, :k]
+         * (q - np.repeat(z, blk, axis=1)[:, :k]).astype(F32)).astype(F32)      # [N, K]
+    if bias is not None:
+        bias = np.asarray(bias)
+        if bias.dtype != np.float32 or bias.shape != (n,):
+            raise OpError(f"{op}: bias has {bias.dtype}{list(bias.shape)}, expected "
+                          f"float32[{n}]")
+    a2 = np.ascontiguousarray(a.reshape(-1, k))
+    m = a2.shape[0]
+    if bits == 8:
+        y = gemm_exact.gemm(a2, np.ascontiguousarray(w.T), bias, beta=1.0, trans_b=True)
+    else:
+        if m == 1:
+            raise OpError(f"{op}: 4-bit weights with a single row of A run MLAS's GEMV kernel, "
+                          f"which qsim does not reproduce")
+        tiles = [(0, m, n0, min(n0 + 32, n), gemm_exact.FMA, k) for n0 in range(0, n, 32)]
+        y = np.zeros((1, m, n), F32)
+        gemm_exact.run_batch(a2[None], np.ascontiguousarray(w.T)[None], y, [0], [0], tiles)
+        y = y[0] if bias is None else (y[0] + bias).astype(F32)
+    return y.reshape(a.shape[:-1] + (n,))

@@ -23,8 +23,9 @@ from hypothesis import strategies as st
 
 from qsim.errors import OpError
 from qsim.kernels.gemm import fma_np
+from qsim.kernels.mlas_math import DEFAULT_THREADS
 from qsim.ops import OPS
-from tests.ort_util import ort_and_qsim
+from tests.ort_util import ort_and_qsim, ort_run_op
 
 MS = "com.microsoft"
 SETTINGS = settings(max_examples=30, deadline=None,
@@ -326,6 +327,50 @@ def test_integer_to_float_matmuls_match_ort(tb, op, data):
     check(op, inputs, initializers=(1,) if data.draw(st.booleans()) else ())
 
 
+def pack_nbits(q: np.ndarray, bits: int, block: int) -> np.ndarray:
+    """``[N, K]`` integers as MatMulNBits's B ``[N, ⌈K/block⌉, block·bits/8]`` (4-bit: low
+    nibble first, the last block padded with zeros)."""
+    n, k = q.shape
+    blocks = -(-k // block)
+    padded = np.zeros((n, blocks * block), np.uint8)
+    padded[:, :k] = q
+    padded = padded.reshape(n, blocks, block)
+    return padded if bits == 8 else (padded[..., 0::2] | (padded[..., 1::2] << 4)).astype(np.uint8)
+
+
+def pack_nbits_zero_points(z: np.ndarray, bits: int) -> np.ndarray:
+    n, blocks = z.shape
+    if bits == 8:
+        return z.reshape(-1).astype(np.uint8)
+    padded = np.zeros((n, -(-blocks // 2) * 2), np.uint8)
+    padded[:, :blocks] = z
+    return (padded[:, 0::2] | (padded[:, 1::2] << 4)).reshape(-1).astype(np.uint8)
+
+
+@SETTINGS
+@given(st.sampled_from([4, 8]), st.sampled_from([16, 32, 64, 128, 256]), st.data())
+def test_matmul_nbits_float_compute_matches_ort(bits, block, data):
+    """accuracy_level 0/1 (float compute), weights as initializers (as ORT's fusion makes them),
+    ORT run with qsim's default thread count (the 8-bit SGEMM splits its work by threads)."""
+    k, n = data.draw(st.integers(1, 300)), data.draw(st.integers(1, 140))
+    rows = data.draw(st.integers(2 if bits == 4 else 1, 9))
+    lead = (2,) if data.draw(st.booleans()) else ()
+    blocks = -(-k // block)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    q = rng.integers(0, 1 << bits, (n, k)).astype(np.uint8)
+    zp = (pack_nbits_zero_points(rng.integers(0, 1 << bits, (n, blocks)), bits)
+          if data.draw(st.booleans()) else None)
+    bias = rng.standard_normal(n).astype(np.float32) if data.draw(st.booleans()) else None
+    inputs = [(rng.standard_normal(lead + (rows, k)) * 2).astype(np.float32),
+              pack_nbits(q, bits, block),
+              np.exp(rng.uniform(-6, -2, n * blocks)).astype(np.float32), zp, None, bias]
+    attrs = {"K": k, "N": n, "bits": bits, "block_size": block,
+             "accuracy_level": data.draw(st.sampled_from([0, 1]))}
+    expected = ort_run_op("MatMulNBits", inputs, attrs, opset=17, domain=MS,
+                          initializers=(1, 2, 3, 5), threads=DEFAULT_THREADS)[0]
+    same_bits(expected, np.asarray(OPS["MatMulNBits"](*inputs, **attrs)), "MatMulNBits")
+
+
 # ---------------------------------------------------------------------------------------------
 # kernel families
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +403,7 @@ def test_contrib_ops_are_family_independent():
 
 _CONTRIB_OPS = {"QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearConcat",
                 "QLinearSoftmax", "QLinearGlobalAveragePool", "QLinearAveragePool", "QGemm",
-                "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
+                "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulNBits"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,6 +411,8 @@ _CONTRIB_OPS = {"QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu"
 # ---------------------------------------------------------------------------------------------
 U8 = np.arange(12, dtype=np.uint8).reshape(1, 3, 4)
 S, Z = np.float32(0.1), np.uint8(3)
+NBITS = [np.ones((2, 16), np.float32), np.zeros((2, 1, 8), np.uint8), np.ones(2, np.float32)]
+NBITS_ATTRS = {"K": 16, "N": 2, "bits": 4, "block_size": 16}
 
 BAD = [
     ("QLinearAdd", [U8, S, Z, U8.astype(np.int8), S, np.int8(0), S, Z], {}, "expected uint8"),
@@ -388,10 +435,18 @@ BAD = [
     ("QGemm", [U8[0], S, Z, U8[0].T, S, Z, np.zeros(3, np.float32)], {}, "int32"),
     ("QGemm", [U8[0], S, Z, U8[0].T, np.ones(5, np.float32), Z], {}, "b_scale"),
     ("QGemm", [U8[0], S, Z, U8[0].T, S, Z, None, S], {}, "y_zero_point"),
+    ("QGemm", [U8[0][:, :0], S, Z, U8[0][:0], S, Z], {}, "K = 0"),
     ("MatMulIntegerToFloat", [U8[0], U8[0], S, S], {}, "inner"),
     ("MatMulIntegerToFloat", [U8[0], U8[0].T, S, S, None, None, np.ones(2, np.float32)], {},
      "bias"),
     ("DynamicQuantizeMatMul", [U8[0], U8[0].T, S], {}, "float32"),
+    ("MatMulNBits", NBITS, dict(NBITS_ATTRS, accuracy_level=4), "accuracy_level=4"),
+    ("MatMulNBits", NBITS, dict(NBITS_ATTRS, bits=2), "bits=2"),
+    ("MatMulNBits", NBITS, dict(NBITS_ATTRS, block_size=24), "block_size=24"),
+    ("MatMulNBits", NBITS, dict(NBITS_ATTRS, K=None), "K=None"),
+    ("MatMulNBits", [NBITS[0][:1]] + NBITS[1:], NBITS_ATTRS, "single row"),
+    ("MatMulNBits", [NBITS[0], NBITS[1][..., :4], NBITS[2]], NBITS_ATTRS, r"uint8\[2, 1, 8\]"),
+    ("MatMulNBits", NBITS[:3] + [None, np.zeros(16, np.int32)], NBITS_ATTRS, "g_idx"),
 ]
 
 

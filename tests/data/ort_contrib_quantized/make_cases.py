@@ -6,7 +6,7 @@
 (QEMU's Haswell makes ONNX Runtime take its AVX2 kernels on an AVX-512 machine.) The family is
 read from the (possibly emulated) CPU and the files go to ``<family>/cases.json`` (op, attrs,
 number of inputs) and ``<family>/cases.npz`` (``c{i}_in{j}`` inputs, absent ones left out, and
-``c{i}_out`` ONNX Runtime's output, one thread, graph optimizations off). A seeded generator
+``c{i}_out`` ONNX Runtime's output with qsim's default thread count, graph optimizations off). A seeded generator
 fixes the cases, so both families' files hold the same inputs.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 from qsim.kernels.family import host_family  # noqa: E402
+from qsim.kernels.mlas_math import DEFAULT_THREADS  # noqa: E402
 from tests.ort_util import ort_run_op  # noqa: E402
 
 F32 = np.float32
@@ -80,6 +81,17 @@ def cases() -> list[dict]:
             add("DynamicQuantizeMatMul", [(rng.standard_normal((2, 5, 33)) * 4).astype(F32), b,
                                           scale(), tb(lo + 3),
                                           rng.standard_normal(19).astype(F32)])
+    for bits, rows in ((4, 3), (8, 1), (8, 4)):
+        k, n, block = 70, 45, 32
+        blocks = -(-k // block)
+        q = rng.integers(0, 1 << bits, (n, blocks * block)).astype(np.uint8)
+        q[:, k:] = 0
+        q = q.reshape(n, blocks, block)
+        b = q if bits == 8 else (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+        add("MatMulNBits", [(rng.standard_normal((rows, k)) * 2).astype(F32), b,
+                            np.exp(rng.uniform(-6, -2, n * blocks)).astype(F32), None, None,
+                            rng.standard_normal(n).astype(F32)],
+            {"K": k, "N": n, "bits": bits, "block_size": block, "accuracy_level": 0})
     return out
 
 
@@ -92,14 +104,16 @@ def main() -> None:
         for j, a in enumerate(case["inputs"]):
             if a is not None:
                 arrays[f"c{i}_in{j}"] = np.asarray(a)
+        constant = (1, 2, 3, 5) if case["op"] == "MatMulNBits" else ()
         arrays[f"c{i}_out"] = ort_run_op(case["op"], case["inputs"], case["attrs"], opset=17,
-                                         domain="com.microsoft")[0]
+                                         domain="com.microsoft", initializers=constant,
+                                         threads=DEFAULT_THREADS)[0]
         records.append(dict(id=i, op=case["op"], attrs=case["attrs"],
                             ninputs=len(case["inputs"])))
         print(f"{family} case {i}: {case['op']}", flush=True)
     np.savez_compressed(folder / "cases.npz", **arrays)
     meta = dict(family=family, onnxruntime=ort.__version__, graph_optimization="ORT_DISABLE_ALL",
-                threads=1, cases=records)
+                threads=DEFAULT_THREADS, cases=records)
     (folder / "cases.json").write_text(json.dumps(meta, indent=0))
 
 
