@@ -237,8 +237,9 @@ def clip_redundant(w: _Work, clip: Node, q: Node) -> bool:
     bounds = _clip_bounds(w, clip)
     if bounds is None:
         return False
-    q_lo = int(np.rint(np.float32(bounds[0]) / scale)) + zp
-    q_hi = int(np.rint(np.float32(bounds[1]) / scale)) + zp
+    with np.errstate(over="ignore"):
+        q_lo = float(np.rint(np.float32(bounds[0]) / scale)) + zp    # ±inf compares as such
+        q_hi = float(np.rint(np.float32(bounds[1]) / scale)) + zp
     return q_lo <= lo and q_hi >= hi
 
 
