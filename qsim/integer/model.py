@@ -133,6 +133,7 @@ class IntegerModel:
 
 
 def check_target(target: str) -> str:
+    """``target`` if it is one of :data:`TARGETS`, else a :class:`ConfigError` naming them."""
     if target not in TARGETS:
         raise ConfigError(f"unknown integer target {target!r}; expected one of {list(TARGETS)}")
     return target
