@@ -49,7 +49,7 @@ from ..errors import OpError
 from ..kernels import gemm as gemm_exact
 from ..kernels import mlas_math
 from ..kernels.gemm import fma_np
-from .nn import _pool_geometry, _window_slices
+from .nn import _pool_geometry
 from .quantized import _EIGHT_BIT, _RANGES, _exact_matmul, _float32, _int_range, _requantize, \
     _scalar, dynamic_quantize_linear, quantize_linear
 from .registry import register
@@ -330,9 +330,10 @@ def qlinear_softmax(x, x_scale, x_zero_point, y_scale, y_zero_point=None, *, axi
                     opset=None):
     """Softmax of quantized ``X`` (uint8/int8), as ONNX Runtime computes it.
 
-    Rows: opset < 13 flattens ``X`` to ``[prod(shape[:axis]), prod(shape[axis:])]`` (default
-    axis 1); opset >= 13 takes rows along ``axis`` alone (default -1). ``X``'s zero point cancels
-    and is not read. Per row (``D`` elements, exp table ``t`` from :func:`_softmax_exp_table`):
+    Rows: opset < 13 flattens ``X`` to ``[prod(shape[:axis]), prod(shape[axis:])]``; opset >= 13
+    takes rows along ``axis`` alone. Without the attribute ``axis`` is -1 under both (the
+    com.microsoft schema's default, which ONNX Runtime reads before its own opset-dependent
+    fallback could apply). ``X``'s zero point cancels and is not read. Per row (``D`` elements, exp table ``t`` from :func:`_softmax_exp_table`):
     ``e_j = t[x_j - max(x)]``, ``Σ = e_0 ⊕ e_1 ⊕ …`` (float32, left to right),
     ``q_j = rne((e_j ⊗ ⌊1 ⊘ s_y⌋) ⊘ Σ) + z_y``; uint8 output ``min(q, 255)``; int8 output the low
     byte of ``min(q, 255)`` (C's conversion: 128..255 wrap to negative values, as ONNX Runtime
@@ -353,7 +354,7 @@ def qlinear_softmax(x, x_scale, x_zero_point, y_scale, y_zero_point=None, *, axi
     s_y = _scale(op, "Y_scale", y_scale)
     z_y = _zero_point(op, "y_zero_point", y_zero_point, x.dtype)
     old = int(opset) < 13
-    ax = (1 if old else -1) if axis is None else int(axis)
+    ax = -1 if axis is None else int(axis)       # the schema's default, for every opset
     if not -x.ndim <= ax < x.ndim:
         raise OpError(f"{op}: attribute axis={ax} is out of range for an input of rank {x.ndim}")
     ax %= x.ndim
@@ -411,6 +412,19 @@ def qlinear_global_average_pool(x, x_scale, x_zero_point, y_scale, y_zero_point,
                            _scale(op, "y_scale", y_scale), z_y, bool(channels_last))
 
 
+def _ort_same_pads(spatial, kernel, strides, auto_pad: str):
+    """ONNX Runtime's SAME_* pool padding, not clamped at 0: ``need = (⌈size/s⌉ - 1)·s + k -
+    size``, head ``need / 2`` (SAME_UPPER) or ``(need + 1) / 2`` (SAME_LOWER) with C's division
+    truncating toward 0; a negative head moves every window forward."""
+    begins, ends = [], []
+    for size, k, s in zip(spatial, kernel, strides):
+        need = (-(-size // s) - 1) * s + k - size
+        head = int((need + (auto_pad == "SAME_LOWER")) / 2)
+        begins.append(head)
+        ends.append(need - head)
+    return tuple(begins), tuple(ends)
+
+
 @register("QLinearAveragePool")
 def qlinear_average_pool(x, x_scale, x_zero_point, y_scale, y_zero_point=None, *,
                          auto_pad="NOTSET", ceil_mode=0, channels_last=0, count_include_pad=0,
@@ -440,26 +454,29 @@ def qlinear_average_pool(x, x_scale, x_zero_point, y_scale, y_zero_point=None, *
     except OpError as exc:
         raise OpError(f"{op}: {exc}") from None
     spatial = xc.shape[2:]
+    if str(auto_pad) in ("SAME_UPPER", "SAME_LOWER"):
+        begins, ends = _ort_same_pads(spatial, kernel, strides_, str(auto_pad))
     if tuple(kernel) == spatial and not any(begins) and not any(ends):
         y = _global_average(op, xc, s_x, z_x, s_y, z_y, False)
         return np.moveaxis(y, 1, -1) if channels_last else y
     v = (s_x * (xc.astype(np.int64) - z_x).astype(F32)).astype(F32)
-    far = [max(0, (o - 1) * s + k - b - size) for o, s, k, b, size
-           in zip(out, strides_, kernel, begins, spatial)]
-    vp = np.pad(v, [(0, 0), (0, 0)] + [(b, e) for b, e in zip(begins, far)])
+    starts = [np.arange(o) * s - b for o, s, b in zip(out, strides_, begins)]
     total = np.zeros(xc.shape[:2] + tuple(out), F32)
-    for _, where in _window_slices(kernel, strides_, (1,) * len(kernel), out):
-        total = (total + vp[where]).astype(F32)
+    for offset in np.ndindex(*kernel):               # window positions in row-major order
+        part, inside = v, np.ones(tuple(out), bool)
+        for axis, (start, k, size) in enumerate(zip(starts, offset, spatial)):
+            where = start + k
+            part = np.take(part, np.clip(where, 0, size - 1), axis=2 + axis)
+            shape = [1] * len(out)
+            shape[axis] = len(where)
+            inside = inside & ((where >= 0) & (where < size)).reshape(shape)
+        total = np.where(inside, (total + part).astype(F32), total)
     if int(count_include_pad):
         count = np.full(tuple(out), math.prod(kernel), np.int64)
     else:
-        sizes = []
-        for size, k, s, b, o in zip(spatial, kernel, strides_, begins, out):
-            start = np.arange(o) * s - b
-            sizes.append(np.minimum(start + k, size) - np.maximum(start, 0))
-        count = sizes[0]
-        for more in sizes[1:]:
-            count = np.multiply.outer(count, more)
+        count = np.ones((), np.int64)
+        for start, k, size in zip(starts, kernel, spatial):
+            count = np.multiply.outer(count, np.minimum(start + k, size) - np.maximum(start, 0))
     lo, hi = _RANGES[x.dtype.name]
     with np.errstate(all="ignore"):
         avg = (total / count.astype(F32)).astype(F32)
