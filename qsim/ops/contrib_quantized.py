@@ -23,8 +23,8 @@ nearest even).
   ``x >= 0 ? x : alpha ⊗ x``; the identity), then ``QuantizeLinear(t, s_y, z_y)``.
 * **QLinearGlobalAveragePool** ``M = s_x ⊘ (s_y ⊗ float(n))``,
   ``y = sat(rne(clamp(float(Σ x - z_x·n) ⊗ M)) + z_y)`` (n = pixels per channel).
-* **QLinearSoftmax** float lookup table of ``exp`` in double, float32 row sums, then
-  ``rne((t ⊗ ⌊1 ⊘ s_y⌋) ⊘ Σ) + z_y`` (:func:`qlinear_softmax`).
+* **QLinearSoftmax** float lookup table of ``exp``, float32 row sums, then
+  ``rne(t · ⌊1 ⊘ s_y⌋ / Σ) + z_y`` in double (:func:`qlinear_softmax`).
 * **QGemm** ``acc = C + (A - z_a)(B - z_b)`` exactly in int32,
   ``M = ((alpha ⊗ s_a) ⊗ s_b) [⊘ s_y]``;
   quantized output as MLAS's requantization (``sat(rne(clamp(float(acc) ⊗ M)) + z_y)``), float
@@ -290,12 +290,13 @@ def qlinear_concat(y_scale, y_zero_point, *tensors, axis=None):
 # QLinearSoftmax
 # ---------------------------------------------------------------------------------------------
 def _softmax_exp_table(s_x: np.float32, reduce_len: int, signed: bool) -> np.ndarray:
-    """ONNX Runtime's float table: ``shift = max(0, ln(FLT_MAX / D) - 5) / s_x`` (double),
-    ``t[i] = float32(exp((i - 255 + shift) · s_x))`` for ``i = 0..255`` (double ``exp``), stored
+    """ONNX Runtime's float table: ``shift = max(0, logf(FLT_MAX ⊘ D) - 5) / s_x`` (the
+    logarithm in float32, the rest in double), ``t[i] = float32(exp((i - 255 + shift) · s_x))``
+    for ``i = 0..255`` (double ``exp``), stored
     at byte ``i`` (uint8) or ``i - 128`` (int8), so ``t[byte(x + 255 - xmax)]`` (uint8) or
     ``t[byte(x + 127 - xmax)]`` (int8) is ``exp((x - xmax + shift) · s_x)``."""
-    flt_max = float(np.finfo(np.float32).max)
-    shift = max(0.0, math.log(flt_max / reduce_len) - 5.0) / float(s_x)
+    ratio = F32(np.finfo(np.float32).max / F32(reduce_len))          # float32 / size_t
+    shift = max(0.0, float(F32(math.log(float(ratio)))) - 5.0) / float(s_x)   # logf
     table = np.empty(256, F32)
     for i in range(256):
         index = (i - 128) % 256 if signed else i
@@ -313,14 +314,8 @@ def _softmax_rows(x2: np.ndarray, table: np.ndarray, y_mult: np.float32, z_y: in
     total = np.zeros(t.shape[0], F32)
     for j in range(t.shape[1]):                  # float32 sums, left to right
         total = (total + t[:, j]).astype(F32)
-    with np.errstate(all="ignore"):
-        scaled = (t * y_mult).astype(F32)
-        v = (scaled / total[:, None]).astype(F32)
-        # where t ⊗ ⌊1/s_y⌋ overflows float32, ONNX Runtime still returns finite quotients:
-        # the double quotient reproduces them on every case tried (see the tests)
-        wide = (t.astype(np.float64) * float(y_mult) / total[:, None]).astype(F32)
-        v = np.where(np.isinf(scaled), wide, v)
-    q = np.rint(v.astype(np.float64)) + z_y          # float64: +inf stays +inf
+    v = t.astype(np.float64) * float(y_mult) / total[:, None].astype(np.float64)
+    q = np.rint(v) + z_y
     lo, hi = _RANGES[x2.dtype.name]
     return np.clip(q, lo, hi).astype(x2.dtype)
 
@@ -333,11 +328,12 @@ def qlinear_softmax(x, x_scale, x_zero_point, y_scale, y_zero_point=None, *, axi
     Rows: opset < 13 flattens ``X`` to ``[prod(shape[:axis]), prod(shape[axis:])]``; opset >= 13
     takes rows along ``axis`` alone. Without the attribute ``axis`` is -1 under both (the
     com.microsoft schema's default, which ONNX Runtime reads before its own opset-dependent
-    fallback could apply). ``X``'s zero point cancels and is not read. Per row (``D`` elements, exp table ``t`` from :func:`_softmax_exp_table`):
-    ``e_j = t[x_j - max(x)]``, ``Σ = e_0 ⊕ e_1 ⊕ …`` (float32, left to right),
-    ``q_j = rne((e_j ⊗ ⌊1 ⊘ s_y⌋) ⊘ Σ) + z_y``; uint8 output ``min(q, 255)``; int8 output the low
-    byte of ``min(q, 255)`` (C's conversion: 128..255 wrap to negative values, as ONNX Runtime
-    returns them).
+    fallback could apply). ``X``'s zero point cancels and is not read.
+
+    Per row (exp table ``t`` from :func:`_softmax_exp_table`, ``D`` the product of the
+    dimensions from ``axis`` on): ``e_j = t[x_j - max(x)]``, ``Σ = e_0 ⊕ e_1 ⊕ …`` (float32, left
+    to right), ``q_j = clamp(rne(e_j · ⌊1 ⊘ s_y⌋ / Σ) + z_y, qmin, qmax)`` with the product and
+    quotient in double (so ``e_j · ⌊1/s_y⌋`` cannot overflow float32).
 
     >>> qlinear_softmax(np.array([[0, 0]], np.uint8), np.float32(0.1), np.uint8(0),
     ...                 np.float32(1 / 256), np.uint8(0), opset=13).tolist()
