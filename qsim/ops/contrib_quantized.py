@@ -23,8 +23,8 @@ nearest even).
   ``x >= 0 ? x : alpha ⊗ x``; the identity), then ``QuantizeLinear(t, s_y, z_y)``.
 * **QLinearGlobalAveragePool** ``M = s_x ⊘ (s_y ⊗ float(n))``,
   ``y = sat(rne(clamp(float(Σ x - z_x·n) ⊗ M)) + z_y)`` (n = pixels per channel).
-* **QLinearSoftmax** float lookup table of ``exp`` in double, float32 row sums, then
-  ``rne((t ⊗ ⌊1 ⊘ s_y⌋) ⊘ Σ) + z_y`` (:func:`qlinear_softmax`).
+* **QLinearSoftmax** float lookup table of ``exp``, float32 row sums, then
+  ``rne(t · ⌊1 ⊘ s_y⌋ / Σ) + z_y`` in double (:func:`qlinear_softmax`).
 * **QGemm** ``acc = C + (A - z_a)(B - z_b)`` exactly in int32,
   ``M = ((alpha ⊗ s_a) ⊗ s_b) [⊘ s_y]``;
   quantized output as MLAS's requantization (``sat(rne(clamp(float(acc) ⊗ M)) + z_y)``), float
@@ -49,7 +49,7 @@ from ..errors import OpError
 from ..kernels import gemm as gemm_exact
 from ..kernels import mlas_math
 from ..kernels.gemm import fma_np
-from .nn import _pool_geometry, _window_slices
+from .nn import _pool_geometry
 from .quantized import _EIGHT_BIT, _RANGES, _exact_matmul, _float32, _int_range, _requantize, \
     _scalar, dynamic_quantize_linear, quantize_linear
 from .registry import register
@@ -290,12 +290,13 @@ def qlinear_concat(y_scale, y_zero_point, *tensors, axis=None):
 # QLinearSoftmax
 # ---------------------------------------------------------------------------------------------
 def _softmax_exp_table(s_x: np.float32, reduce_len: int, signed: bool) -> np.ndarray:
-    """ONNX Runtime's float table: ``shift = max(0, ln(FLT_MAX / D) - 5) / s_x`` (double),
-    ``t[i] = float32(exp((i - 255 + shift) · s_x))`` for ``i = 0..255`` (double ``exp``), stored
+    """ONNX Runtime's float table: ``shift = max(0, logf(FLT_MAX ⊘ D) - 5) / s_x`` (the
+    logarithm in float32, the rest in double), ``t[i] = float32(exp((i - 255 + shift) · s_x))``
+    for ``i = 0..255`` (double ``exp``), stored
     at byte ``i`` (uint8) or ``i - 128`` (int8), so ``t[byte(x + 255 - xmax)]`` (uint8) or
     ``t[byte(x + 127 - xmax)]`` (int8) is ``exp((x - xmax + shift) · s_x)``."""
-    flt_max = float(np.finfo(np.float32).max)
-    shift = max(0.0, math.log(flt_max / reduce_len) - 5.0) / float(s_x)
+    ratio = F32(np.finfo(np.float32).max / F32(reduce_len))          # float32 / size_t
+    shift = max(0.0, float(F32(math.log(float(ratio)))) - 5.0) / float(s_x)   # logf
     table = np.empty(256, F32)
     for i in range(256):
         index = (i - 128) % 256 if signed else i
@@ -313,14 +314,8 @@ def _softmax_rows(x2: np.ndarray, table: np.ndarray, y_mult: np.float32, z_y: in
     total = np.zeros(t.shape[0], F32)
     for j in range(t.shape[1]):                  # float32 sums, left to right
         total = (total + t[:, j]).astype(F32)
-    with np.errstate(all="ignore"):
-        scaled = (t * y_mult).astype(F32)
-        v = (scaled / total[:, None]).astype(F32)
-        # where t ⊗ ⌊1/s_y⌋ overflows float32, ONNX Runtime still returns finite quotients:
-        # the double quotient reproduces them on every case tried (see the tests)
-        wide = (t.astype(np.float64) * float(y_mult) / total[:, None]).astype(F32)
-        v = np.where(np.isinf(scaled), wide, v)
-    q = np.rint(v.astype(np.float64)) + z_y          # float64: +inf stays +inf
+    v = t.astype(np.float64) * float(y_mult) / total[:, None].astype(np.float64)
+    q = np.rint(v) + z_y
     lo, hi = _RANGES[x2.dtype.name]
     return np.clip(q, lo, hi).astype(x2.dtype)
 
@@ -330,13 +325,15 @@ def qlinear_softmax(x, x_scale, x_zero_point, y_scale, y_zero_point=None, *, axi
                     opset=None):
     """Softmax of quantized ``X`` (uint8/int8), as ONNX Runtime computes it.
 
-    Rows: opset < 13 flattens ``X`` to ``[prod(shape[:axis]), prod(shape[axis:])]`` (default
-    axis 1); opset >= 13 takes rows along ``axis`` alone (default -1). ``X``'s zero point cancels
-    and is not read. Per row (``D`` elements, exp table ``t`` from :func:`_softmax_exp_table`):
-    ``e_j = t[x_j - max(x)]``, ``Σ = e_0 ⊕ e_1 ⊕ …`` (float32, left to right),
-    ``q_j = rne((e_j ⊗ ⌊1 ⊘ s_y⌋) ⊘ Σ) + z_y``; uint8 output ``min(q, 255)``; int8 output the low
-    byte of ``min(q, 255)`` (C's conversion: 128..255 wrap to negative values, as ONNX Runtime
-    returns them).
+    Rows: opset < 13 flattens ``X`` to ``[prod(shape[:axis]), prod(shape[axis:])]``; opset >= 13
+    takes rows along ``axis`` alone. Without the attribute ``axis`` is -1 under both (the
+    com.microsoft schema's default, which ONNX Runtime reads before its own opset-dependent
+    fallback could apply). ``X``'s zero point cancels and is not read.
+
+    Per row (exp table ``t`` from :func:`_softmax_exp_table`, ``D`` the product of the
+    dimensions from ``axis`` on): ``e_j = t[x_j - max(x)]``, ``Σ = e_0 ⊕ e_1 ⊕ …`` (float32, left
+    to right), ``q_j = clamp(rne(e_j · ⌊1 ⊘ s_y⌋ / Σ) + z_y, qmin, qmax)`` with the product and
+    quotient in double (so ``e_j · ⌊1/s_y⌋`` cannot overflow float32).
 
     >>> qlinear_softmax(np.array([[0, 0]], np.uint8), np.float32(0.1), np.uint8(0),
     ...                 np.float32(1 / 256), np.uint8(0), opset=13).tolist()
@@ -353,7 +350,7 @@ def qlinear_softmax(x, x_scale, x_zero_point, y_scale, y_zero_point=None, *, axi
     s_y = _scale(op, "Y_scale", y_scale)
     z_y = _zero_point(op, "y_zero_point", y_zero_point, x.dtype)
     old = int(opset) < 13
-    ax = (1 if old else -1) if axis is None else int(axis)
+    ax = -1 if axis is None else int(axis)       # the schema's default, for every opset
     if not -x.ndim <= ax < x.ndim:
         raise OpError(f"{op}: attribute axis={ax} is out of range for an input of rank {x.ndim}")
     ax %= x.ndim
@@ -411,6 +408,19 @@ def qlinear_global_average_pool(x, x_scale, x_zero_point, y_scale, y_zero_point,
                            _scale(op, "y_scale", y_scale), z_y, bool(channels_last))
 
 
+def _ort_same_pads(spatial, kernel, strides, auto_pad: str):
+    """ONNX Runtime's SAME_* pool padding, not clamped at 0: ``need = (⌈size/s⌉ - 1)·s + k -
+    size``, head ``need / 2`` (SAME_UPPER) or ``(need + 1) / 2`` (SAME_LOWER) with C's division
+    truncating toward 0; a negative head moves every window forward."""
+    begins, ends = [], []
+    for size, k, s in zip(spatial, kernel, strides):
+        need = (-(-size // s) - 1) * s + k - size
+        head = int((need + (auto_pad == "SAME_LOWER")) / 2)
+        begins.append(head)
+        ends.append(need - head)
+    return tuple(begins), tuple(ends)
+
+
 @register("QLinearAveragePool")
 def qlinear_average_pool(x, x_scale, x_zero_point, y_scale, y_zero_point=None, *,
                          auto_pad="NOTSET", ceil_mode=0, channels_last=0, count_include_pad=0,
@@ -440,26 +450,29 @@ def qlinear_average_pool(x, x_scale, x_zero_point, y_scale, y_zero_point=None, *
     except OpError as exc:
         raise OpError(f"{op}: {exc}") from None
     spatial = xc.shape[2:]
+    if str(auto_pad) in ("SAME_UPPER", "SAME_LOWER"):
+        begins, ends = _ort_same_pads(spatial, kernel, strides_, str(auto_pad))
     if tuple(kernel) == spatial and not any(begins) and not any(ends):
         y = _global_average(op, xc, s_x, z_x, s_y, z_y, False)
         return np.moveaxis(y, 1, -1) if channels_last else y
     v = (s_x * (xc.astype(np.int64) - z_x).astype(F32)).astype(F32)
-    far = [max(0, (o - 1) * s + k - b - size) for o, s, k, b, size
-           in zip(out, strides_, kernel, begins, spatial)]
-    vp = np.pad(v, [(0, 0), (0, 0)] + [(b, e) for b, e in zip(begins, far)])
+    starts = [np.arange(o) * s - b for o, s, b in zip(out, strides_, begins)]
     total = np.zeros(xc.shape[:2] + tuple(out), F32)
-    for _, where in _window_slices(kernel, strides_, (1,) * len(kernel), out):
-        total = (total + vp[where]).astype(F32)
+    for offset in np.ndindex(*kernel):               # window positions in row-major order
+        part, inside = v, np.ones(tuple(out), bool)
+        for axis, (start, k, size) in enumerate(zip(starts, offset, spatial)):
+            where = start + k
+            part = np.take(part, np.clip(where, 0, size - 1), axis=2 + axis)
+            shape = [1] * len(out)
+            shape[axis] = len(where)
+            inside = inside & ((where >= 0) & (where < size)).reshape(shape)
+        total = np.where(inside, (total + part).astype(F32), total)
     if int(count_include_pad):
         count = np.full(tuple(out), math.prod(kernel), np.int64)
     else:
-        sizes = []
-        for size, k, s, b, o in zip(spatial, kernel, strides_, begins, out):
-            start = np.arange(o) * s - b
-            sizes.append(np.minimum(start + k, size) - np.maximum(start, 0))
-        count = sizes[0]
-        for more in sizes[1:]:
-            count = np.multiply.outer(count, more)
+        count = np.ones((), np.int64)
+        for start, k, size in zip(starts, kernel, spatial):
+            count = np.multiply.outer(count, np.minimum(start + k, size) - np.maximum(start, 0))
     lo, hi = _RANGES[x.dtype.name]
     with np.errstate(all="ignore"):
         avg = (total / count.astype(F32)).astype(F32)
