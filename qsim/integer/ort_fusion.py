@@ -21,7 +21,8 @@ with qsim's op library. The rewrites (facts from ONNX Runtime's ``core/optimizer
 4. **QDQ propagation** — through MaxPool, Reshape, Transpose, Squeeze, Unsqueeze and Slice: a
    per-tensor DQ is carried forward (``Q → DQ`` inserted after the op with the DQ's scale and
    zero point) and a per-tensor Q backward, so that those ops can run on integers.
-5. **QDQ node groups → kernels** (the selector/action table, 8-bit unless said otherwise):
+5. **QDQ node groups → kernels** (the selector/action table, 8-bit unless said otherwise; run
+   after 6):
 
    ==============================================  ===========================================
    group                                           becomes
@@ -42,7 +43,9 @@ with qsim's op library. The rewrites (facts from ONNX Runtime's ``core/optimizer
    ==============================================  ===========================================
 
    A Relu/Clip between the op and its Q that the Q makes redundant (3.) joins the group.
-6. **Float fusions** — ``Conv → Relu/Clip/…`` (one reader) becomes com.microsoft ``FusedConv``
+6. **int8 → uint8** (``QDQS8ToU8Transformer``) — an int8 ``Q → DQ`` activation pair becomes
+   uint8 with ``zp + 128`` (same reals), so that x86's uint8 kernels take the group.
+7. **Float fusions** — ``Conv → Relu/Clip/…`` (one reader) becomes com.microsoft ``FusedConv``
    (the same float32 bits: MLAS applies the activation to each finished output), and
    ``MatMul(2-D) → Add(bias)`` becomes ``Gemm``.
 
@@ -574,6 +577,26 @@ def propagate(w: _Work) -> None:
             pending.extend(t for t in targets if t is not None)
 
 
+def s8_to_u8(w: _Work) -> None:
+    """``QDQS8ToU8Transformer`` (x86, where int8 activations are not fused): a ``Q → DQ`` pair
+    (the Q's only reader) with equal one-element int8 zero points becomes uint8 with
+    ``zp + 128`` — the same reals, ``q_u8 = q_s8 + 128``. Its integer tensor gets a new name."""
+    for q in [n for n in w.nodes if n.op_type == Q]:
+        dq = _single_reader(w, q.outputs[0])
+        if dq is None or dq.op_type != DQ or len(q.inputs) != 3 or len(dq.inputs) != 3:
+            continue
+        zq, zd = w.params.get(q.inputs[2]), w.params.get(dq.inputs[2])
+        if zq is None or zd is None or zq.size != 1 or zd.size != 1 \
+                or zq.dtype != np.int8 or zd.dtype != np.int8 \
+                or zq.reshape(-1)[0] != zd.reshape(-1)[0]:
+            continue
+        zp = w.fresh("qdq_s8_to_u8_zp_conversion", True)
+        w.params[zp] = np.asarray(int(zq.reshape(-1)[0]) + 128, np.uint8).reshape(zq.shape)
+        out = w.fresh("qdq_s8_to_u8_quant", True)
+        w.nodes[w.index(q)] = _with(q, inputs=(q.inputs[0], q.inputs[1], zp), outputs=(out,))
+        w.nodes[w.index(dq)] = _with(dq, inputs=(out, dq.inputs[1], zp))
+
+
 # ---------------------------------------------------------------------------------------------
 # level 2: the QDQ selector/action table
 # ---------------------------------------------------------------------------------------------
@@ -985,6 +1008,7 @@ def ort_graph(graph: Graph, *, with_grids: bool = False, fixed_point: bool = Fal
     remove_double_qdq(w)
     propagate(w)
     inline_functions(w)
+    s8_to_u8(w)
     grids = grids_of(w)
     select_and_fuse(w, nbits=not fixed_point)
     if fixed_point:
