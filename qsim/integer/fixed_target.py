@@ -9,7 +9,10 @@ The graph is :func:`qsim.integer.ort_fusion.ort_graph`'s, with two changes:
   same attributes);
 * the Conv / MatMul / Gemm groups ONNX Runtime leaves in float because their activations are
   16-bit (``DQ(x16), DQ(w8)[, DQ(int32 b)] → op → Q(16)``) become the same kernels (ONNX
-  Runtime's MatMulNBits rewrite is not applied).
+  Runtime's MatMulNBits rewrite is not applied);
+* a linear layer written as MatMul + Add — ``MatMul(DQ x, DQ w) → Add(·, DQ(int32 b[N])) → Q``
+  at 16 bits, or ``MatMulIntegerToFloat → Add(·, DQ(int32 b[N])) → Q`` at 8 bits — becomes
+  ``FixedPointMatMul`` with the int32 bias.
 
 Each kernel computes, per output channel ``c`` (Conv: ``M``-axis; MatMul/Gemm: column)::
 
@@ -89,13 +92,14 @@ def fixed_point_conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale
 
 
 def fixed_point_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale,
-                       y_zero_point):
-    """QLinearMatMul's integer product, requantized in fixed point per column of B."""
+                       y_zero_point, bias=None):
+    """QLinearMatMul's integer product (+ an int32 ``bias`` per column), requantized in fixed
+    point per column of B."""
     a, b = np.asarray(a), np.asarray(b)
     acc = np.matmul(_centered(a, a_zero_point).astype(np.float64),
                     _centered(b, np.asarray(b_zero_point).reshape(-1) if np.size(b_zero_point) > 1
                               else b_zero_point).astype(np.float64)).astype(np.int64)
-    return _requantize(acc, a.dtype, a_scale, b_scale, y_scale, y_zero_point, None,
+    return _requantize(acc, a.dtype, a_scale, b_scale, y_scale, y_zero_point, bias,
                        axis=acc.ndim - 1)
 
 
@@ -119,6 +123,50 @@ def fixed_point_gemm(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c=None,
 #: the op implementations of the fixed-point kernels (run through the interpreter's ``ops``)
 FIXED_POINT_OPS = {"FixedPointConv": fixed_point_conv, "FixedPointMatMul": fixed_point_matmul,
                    "FixedPointGemm": fixed_point_gemm}
+
+
+def _fuse_matmul_bias(w) -> None:
+    """MatMul(+DQs) / MatMulIntegerToFloat → Add(int32 bias DQ) → Q → FixedPointMatMul."""
+    from .ort_fusion import DQ, Q, _single_reader, _type_of
+    for add in [n for n in w.nodes if n.op_type == "Add" and n.domain in ("", "ai.onnx")]:
+        srcs = [w.producer(x) for x in add.inputs]
+        if len(srcs) != 2 or any(p is None for p in srcs):
+            continue
+        mm = next((p for p in srcs if p.op_type in ("MatMul", "MatMulIntegerToFloat")), None)
+        bdq = next((p for p in srcs if p.op_type == DQ), None)
+        q = _single_reader(w, add.outputs[0])
+        if mm is None or bdq is None or q is None or q.op_type != Q \
+                or _single_reader(w, mm.outputs[0]) is None \
+                or _single_reader(w, bdq.outputs[0]) is None:
+            continue
+        bias = w.params.get(bdq.inputs[0])
+        if bias is None or bias.dtype != np.int32 or bias.ndim != 1:
+            continue
+        if mm.op_type == "MatMul":
+            dqs = [w.producer(x) for x in mm.inputs]
+            if any(d is None or d.op_type != DQ or _single_reader(w, d.outputs[0]) is None
+                   for d in dqs):
+                continue
+            x, w8 = dqs[0].inputs, dqs[1].inputs
+            gone = {d.name for d in dqs}
+        else:
+            a, b, sa, sb = mm.inputs[:4]
+            za = mm.inputs[4] if len(mm.inputs) > 4 else ""
+            zb = mm.inputs[5] if len(mm.inputs) > 5 else ""
+            x, w8, gone = (a, sa, za), (b, sb, zb), set()
+        if w8[0] not in w.params or bias.shape[0] != w.params[w8[0]].shape[-1]:
+            continue
+        tx = w.params[x[2]].dtype.name if x[2] in w.params else None
+        if tx is None or tx != _type_of(w, q):
+            continue
+        new = Node(name=mm.name, op_type="FixedPointMatMul", domain=QSIM,
+                   inputs=(*x[:3], *w8[:3], q.inputs[1], q.inputs[2], bdq.inputs[0]),
+                   outputs=q.outputs)
+        gone |= {mm.name, add.name, q.name, bdq.name}
+        pos = w.index(add)
+        before = sum(1 for m in w.nodes[:pos] if m.name not in gone)
+        w.nodes = [m for m in w.nodes if m.name not in gone]
+        w.nodes.insert(before, new)
 
 
 def fixed_point_graph(w) -> None:
@@ -166,3 +214,4 @@ def fixed_point_graph(w) -> None:
         before = sum(1 for m in w.nodes[:pos] if m.name not in gone)
         w.nodes = [m for m in w.nodes if m.name not in gone]
         w.nodes.insert(before, new)
+    _fuse_matmul_bias(w)

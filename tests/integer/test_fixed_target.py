@@ -114,6 +114,10 @@ def test_fixed_point_matmul_and_gemm_equal_exact_arithmetic(c):
     want = [[_expected(acc[i][j], 0, s_a, s_b[j], s_y, int(zp_y), a.dtype.name, wide)
              for j in range(b.shape[1])] for i in range(a.shape[0])]
     assert got.dtype == a.dtype and got.tolist() == want
+    got = fixed_point_matmul(a, s_a, zp_a, b, s_b, zp_b, s_y, zp_y, bias)
+    want = [[_expected(acc[i][j], int(bias[j]), s_a, s_b[j], s_y, int(zp_y), a.dtype.name, wide)
+             for j in range(b.shape[1])] for i in range(a.shape[0])]
+    assert got.tolist() == want
     got = fixed_point_gemm(a, s_a, zp_a, np.ascontiguousarray(b.T), s_b, zp_b, bias, s_y, zp_y,
                            transB=1)
     want = [[_expected(acc[i][j], int(bias[j]), s_a, s_b[j], s_y, int(zp_y), a.dtype.name, wide)
@@ -143,6 +147,17 @@ def test_fixed_point_conv_equals_exact_arithmetic(c, kernel, pad):
                     acc += (xv - int(zp_a)) * (int(w[j, ch, t]) - int(zp_b[j]))
             assert got[0, j, o] == _expected(acc, int(bias[j]), s_a, s_b[j], s_y, int(zp_y),
                                              a.dtype.name, wide), (j, o)
+
+
+def test_fixed_point_target_makes_linear_layers_integer():
+    """The transformer's MatMul + Add(int32 bias) linear layers become FixedPointMatMul at 8 and
+    16 bits (ONNX Runtime keeps them as MatMulIntegerToFloat + float Add / MatMulNBits)."""
+    for case_id in ("models/transformer_s31_default_tf_w8a8_a8",
+                    "models/transformer_s31_default_tf_w8a8_a16"):
+        sim, feeds = case(case_id)
+        ops = [n.op_type for n in sim.to_integer("fixed_point").graph.nodes]
+        assert ops.count("FixedPointMatMul") >= 6 and "MatMulIntegerToFloat" not in ops
+        assert "MatMulNBits" not in ops
 
 
 def test_fixed_point_target_graph_and_agreement_with_onnxruntime():
