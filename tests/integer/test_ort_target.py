@@ -25,7 +25,7 @@ import onnxruntime as ort
 import pytest
 
 import qsim
-from qsim.errors import ConfigError, NotCalibratedError, OpError
+from qsim.errors import ConfigError, ExportError, NotCalibratedError, OpError
 from qsim.integer import QuantizedTensor
 
 from .cases import CASES, case
@@ -149,6 +149,16 @@ def test_bad_target_and_uncalibrated_sim():
     fresh = qsim.QuantizationSimModel(sim.graph, quant_scheme="tf", config_file="default")
     with pytest.raises(NotCalibratedError, match="compute_encodings"):
         fresh.to_integer()
+    # a grid no ONNX integer type holds has no QDQ model, hence no integer model
+    w3 = qsim.QuantizationSimModel(sim.graph, quant_scheme="tf", param_type="int3",
+                                   config_file="default")
+    w3.compute_encodings([feeds_of_digits()])
+    with pytest.raises(ExportError, match="3-bit encoding has no ONNX QuantizeLinear type"):
+        w3.to_integer()
+
+
+def feeds_of_digits() -> dict:
+    return case("digits_a8")[1]
 
 
 def test_gap_of_the_outputs_matches_ort_directly(tmp_path):
