@@ -69,6 +69,71 @@ def _vit(num_classes: int) -> torch.nn.Module:
                                                 num_classes=num_classes)
 
 
+def _efficientnet_tiny(num_classes: int) -> torch.nn.Module:
+    """EfficientNet-B0's block structure (MBConv, SiLU, squeeze-excitation) at a quarter width and
+    depth, to keep the weights small."""
+    from torchvision.models.efficientnet import EfficientNet, _efficientnet_conf
+    setting, last = _efficientnet_conf("efficientnet_b0", width_mult=0.25, depth_mult=0.25)
+    return EfficientNet(setting, dropout=0.2, num_classes=num_classes, last_channel=last)
+
+
+def _regnet_tiny(num_classes: int) -> torch.nn.Module:
+    """RegNetY's design space (grouped 3x3 convs of group width 8, squeeze-excitation 0.25) at
+    four blocks and small widths."""
+    from torchvision.models.regnet import BlockParams, RegNet
+    params = BlockParams.from_init_params(depth=4, w_0=16, w_a=8.0, w_m=2.0, group_width=8,
+                                          se_ratio=0.25)
+    return RegNet(params, num_classes=num_classes)
+
+
+class _UNetTiny(torch.nn.Module):
+    """A two-level U-Net: conv-BN-ReLU pairs, MaxPool down, ConvTranspose and nearest Upsample
+    (Resize) up, skip Concats, a 1x1 head with two classes per pixel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+
+        def pair(cin, cout):
+            return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout),
+                                 nn.ReLU(), nn.Conv2d(cout, cout, 3, padding=1),
+                                 nn.BatchNorm2d(cout), nn.ReLU())
+        self.enc1, self.enc2, self.mid = pair(3, 8), pair(8, 16), pair(16, 32)
+        self.pool = nn.MaxPool2d(2)
+        self.up2 = nn.ConvTranspose2d(32, 16, 2, stride=2)
+        self.dec2 = pair(32, 16)
+        self.up1 = nn.Upsample(scale_factor=2, mode="nearest")
+        self.dec1 = pair(16 + 8, 8)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.pool(e1))
+        m = self.mid(self.pool(e2))
+        d2 = self.dec2(torch.cat([self.up2(m), e2], 1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
+        return self.head(d1)
+
+
+class _BertEncoderTiny(torch.nn.Module):
+    """transformers' BertModel (2 layers, hidden 64, 2 heads, intermediate 128, GELU) fed with
+    embeddings (float input (b, 16, 64)): LayerNorm, attention with Softmax rows of 16, Erf GELU,
+    the pooler's Tanh; outputs the last hidden state and the pooled vector."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertModel
+        cfg = BertConfig(vocab_size=64, hidden_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=128, max_position_embeddings=32,
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                         attn_implementation="eager")
+        self.bert = BertModel(cfg)
+
+    def forward(self, x):
+        out = self.bert(inputs_embeds=x, return_dict=True)
+        return out.last_hidden_state, out.pooler_output
+
+
 #: model name -> (constructor, description)
 ARCHS = {
     "shufflenet_v2_x0_5": (lambda: torchvision.models.shufflenet_v2_x0_5(weights=None,
@@ -85,9 +150,24 @@ ARCHS = {
                  "torchvision VisionTransformer(image_size=32, patch_size=8, num_layers=2, "
                  "num_heads=2, hidden_dim=64, mlp_dim=128): 16 patches + class token = "
                  "Softmax rows of 17"),
+    "efficientnet_tiny": (lambda: _efficientnet_tiny(10),
+                          "torchvision EfficientNet-B0 configuration at width_mult=0.25, "
+                          "depth_mult=0.25 (MBConv, SiLU as Sigmoid*Mul, squeeze-excitation)"),
+    "regnet_tiny": (lambda: _regnet_tiny(10),
+                    "torchvision RegNet, BlockParams(depth=4, w_0=16, w_a=8, w_m=2, "
+                    "group_width=8, se_ratio=0.25): RegNetY blocks (grouped convs, SE)"),
+    "unet_tiny": (_UNetTiny, "two-level U-Net (MaxPool, ConvTranspose, nearest Upsample, skip "
+                             "Concats), 2 classes per pixel"),
+    "bert_tiny": (_BertEncoderTiny, "transformers BertModel(hidden 64, 2 layers, 2 heads, "
+                                    "intermediate 128, eager attention) on input embeddings "
+                                    "(b, 16, 64)"),
 }
 SEEDS = {"shufflenet_v2_x0_5": 40, "mobilenet_v3_small": 41, "squeezenet1_1": 42,
-         "mnasnet0_5": 43, "vit_tiny": 44}
+         "mnasnet0_5": 43, "vit_tiny": 44, "efficientnet_tiny": 45, "regnet_tiny": 46,
+         "unet_tiny": 47, "bert_tiny": 48}
+#: per-sample input shape (default: an image (3, IMAGE, IMAGE)) and output names
+INPUT_SHAPES = {"bert_tiny": (16, 64)}
+OUTPUT_NAMES = {"bert_tiny": ["last_hidden_state", "pooled"]}
 
 #: (model, config, scheme, param bits, activation bits): every config, scheme and width is on
 #: several models, every model has a per-tensor and a per-channel (per_channel or htp_v75) case,
@@ -108,7 +188,24 @@ CASES = [
     ("vit_tiny", "default", "tf", 8, 8),
     ("vit_tiny", "per_channel", "tfe", 8, 16),
     ("vit_tiny", "htp_v75", "pct", 8, 8),
+    ("efficientnet_tiny", "default", "tf", 8, 8),
+    ("efficientnet_tiny", "per_channel", "tfe", 8, 16),
+    ("efficientnet_tiny", "htp_v75", "pct", 8, 8),
+    ("regnet_tiny", "default", "tfe", 8, 8),
+    ("regnet_tiny", "per_channel", "tf", 8, 8),
+    ("regnet_tiny", "htp_v75", "tf", 8, 16),
+    ("unet_tiny", "default", "pct", 8, 8),
+    ("unet_tiny", "per_channel", "tf", 8, 16),
+    ("unet_tiny", "htp_v75", "tfe", 8, 8),
+    ("bert_tiny", "default", "tf", 8, 8),
+    ("bert_tiny", "per_channel", "pct", 8, 16),
+    ("bert_tiny", "htp_v75", "tfe", 8, 16),
 ]
+
+
+def input_shape(model: str) -> tuple[int, ...]:
+    """Per-sample input shape of ``model``."""
+    return INPUT_SHAPES.get(model, (3, IMAGE, IMAGE))
 
 
 def case_id(model: str, config: str, scheme: str, pbw: int, abw: int) -> str:
@@ -140,12 +237,13 @@ def export_model(model: str, path: Path) -> None:
     net = ARCHS[model][0]()
     _randomise_constants(net, torch.Generator().manual_seed(SEEDS[model] + 1000))
     net.eval()
-    x = torch.randn(1, 3, IMAGE, IMAGE)
+    x = torch.randn(1, *input_shape(model))
+    outputs = OUTPUT_NAMES.get(model, ["output"])
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model.onnx"
         torch.onnx.export(net, (x,), str(out), opset_version=17, input_names=["input"],
-                          output_names=["output"], do_constant_folding=True, dynamo=False,
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+                          output_names=outputs, do_constant_folding=True, dynamo=False,
+                          dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}})
         proto = onnx.load(str(out))
     proto.producer_name = "qsim-real-corpus"
     onnx.checker.check_model(proto, full_check=True)
@@ -153,11 +251,11 @@ def export_model(model: str, path: Path) -> None:
     onnx.save(proto, str(path))
 
 
-def _data(seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _data(seed: int, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Calibration then eval inputs, standard normal, from one generator."""
     rng = np.random.default_rng(seed)
-    calib = rng.standard_normal((N_CALIB_BATCHES * BATCH, 3, IMAGE, IMAGE)).astype(np.float32)
-    evals = rng.standard_normal((BATCH, 3, IMAGE, IMAGE)).astype(np.float32)
+    calib = rng.standard_normal((N_CALIB_BATCHES * BATCH, *shape)).astype(np.float32)
+    evals = rng.standard_normal((BATCH, *shape)).astype(np.float32)
     return calib, evals
 
 
@@ -223,7 +321,15 @@ def _versions() -> dict:
     return {"python": platform.python_version(), "platform": platform.machine(),
             "aimet-onnx": version("aimet-onnx"), "onnx": onnx.__version__,
             "onnxruntime": ort.__version__, "numpy": np.__version__, "torch": torch.__version__,
-            "torchvision": torchvision.__version__}
+            "torchvision": torchvision.__version__, "transformers": _transformers_version()}
+
+
+def _transformers_version() -> str | None:
+    try:
+        import transformers
+    except ImportError:
+        return None
+    return transformers.__version__
 
 
 def make_case(model: str, config: str, scheme: str, pbw: int, abw: int) -> Path:
@@ -243,7 +349,7 @@ def make_case(model: str, config: str, scheme: str, pbw: int, abw: int) -> Path:
         cfg_file, cfg_source = CONFIG_FILES[config]
         shutil.copyfile(CONFIGS / cfg_file, folder / "config.json")
         data_seed = SEEDS[model] * 100 + len(cid) + sum(map(ord, cid)) % 97
-        calib, evals = _data(data_seed)
+        calib, evals = _data(data_seed, input_shape(model))
         np.savez_compressed(folder / "calib.npz", input=calib)
         np.savez_compressed(folder / "eval.npz", input=evals)
         fp32 = _fp32_outputs(folder / "model.onnx", {"input": evals})
@@ -284,7 +390,8 @@ def make_case(model: str, config: str, scheme: str, pbw: int, abw: int) -> Path:
         case = {
             "case_id": cid,
             "description": f"{ARCHS[model][1]}, random weights (torch seed {SEEDS[model]}), "
-                           f"batch norms folded by the exporter; input (b,3,{IMAGE},{IMAGE}); "
+                           f"batch norms folded by the exporter; input (b,"
+                           f"{','.join(map(str, input_shape(model)))}); "
                            f"config {config}; scheme {quant_scheme}"
                            + (f" ({percentile})" if percentile is not None else "")
                            + f"; w{pbw}a{abw}; inputs standard normal N(0,1); calib "
@@ -313,7 +420,7 @@ def make_case(model: str, config: str, scheme: str, pbw: int, abw: int) -> Path:
                      "encodings are the string 'aimet_v0.6.1.encodings': that file has the same "
                      "per-channel min, scale (=delta), offset and bitwidth, and max to float32 "
                      "(checked when made)",
-            "graph_inputs": {"input": {"shape_per_sample": [3, IMAGE, IMAGE],
+            "graph_inputs": {"input": {"shape_per_sample": list(input_shape(model)),
                                        "dtype": "float32"}},
             "graph_outputs": graph_outputs,
             "aimet_api": {
