@@ -461,7 +461,7 @@ def _v2_implied_problems(sim, f: EncodingsFile, encodings: Mapping, entries: lis
     handles = sim._handles
     exported = [Exported(name=t, is_param=handles[qid].spec.is_param, encoding=encodings[qid])
                 for t, qid in sim.placement.quantizer_of.items() if qid in encodings]
-    implied = {e.name: e for e in _parse_v2(document_v2(sim.graph, exported),
+    implied = {e.name: e for e in _parse_v2(document_v2(sim.placement.graph, exported),
                                             _Problems("(implied)"))}
     out = []
     for entry in entries:

@@ -448,7 +448,7 @@ def quantizer_args(sim) -> dict:
 def encodings_document(sim, version: str = "1.0.0") -> dict:
     """The encodings file of ``sim`` in format ``version`` as a dict."""
     return document(list(exported_encodings(sim)), version, quantizer_args=quantizer_args(sim),
-                    graph=sim.graph)
+                    graph=sim.placement.graph)
 
 
 def export_sim(sim, path: "str | os.PathLike", prefix: str, *,

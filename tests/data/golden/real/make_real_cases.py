@@ -134,6 +134,33 @@ class _BertEncoderTiny(torch.nn.Module):
         return out.last_hidden_state, out.pooler_output
 
 
+class _NormsTiny(torch.nn.Module):
+    """Hand-written (decomposed) normalizations as transformer code writes them, between Linear
+    layers: a LayerNorm ``(x - mean) / sqrt(var + eps) * w + b``, a Llama RMSNorm
+    ``x * rsqrt(mean(x^2) + eps) * w``, a T5 RMSNorm ``x / sqrt(mean(x*x) + eps) * w`` and one
+    without weight. Input (b, 16, 32). What aimet-onnx's LayerNormalization/RMSNormalization
+    fusions and graph passes (supergroup_pass_list) do with them depends on the opset."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.fc1, self.fc2, self.fc3, self.fc4 = (nn.Linear(32, 32) for _ in range(4))
+        self.ln_w, self.ln_b = nn.Parameter(torch.ones(32)), nn.Parameter(torch.zeros(32))
+        self.rms1_w, self.rms2_w = nn.Parameter(torch.ones(32)), nn.Parameter(torch.ones(32))
+
+    def forward(self, x):
+        h = self.fc1(x)
+        mean = h.mean(-1, keepdim=True)
+        c = h - mean
+        h = c / torch.sqrt(c.pow(2).mean(-1, keepdim=True) + 1e-5) * self.ln_w + self.ln_b
+        h = torch.relu(self.fc2(h))
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * self.rms1_w
+        h = self.fc3(h)
+        h = h / torch.sqrt((h * h).mean(-1, keepdim=True) + 1e-6) * self.rms2_w
+        h = torch.tanh(self.fc4(h))
+        return h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
 #: model name -> (constructor, description)
 ARCHS = {
     "shufflenet_v2_x0_5": (lambda: torchvision.models.shufflenet_v2_x0_5(weights=None,
@@ -158,16 +185,32 @@ ARCHS = {
                     "group_width=8, se_ratio=0.25): RegNetY blocks (grouped convs, SE)"),
     "unet_tiny": (_UNetTiny, "two-level U-Net (MaxPool, ConvTranspose, nearest Upsample, skip "
                              "Concats), 2 classes per pixel"),
+    "norms_tiny": (_NormsTiny, "Linear layers with hand-written LayerNorm and RMSNorm variants "
+                               "(decomposed; input (b, 16, 32))"),
     "bert_tiny": (_BertEncoderTiny, "transformers BertModel(hidden 64, 2 layers, 2 heads, "
                                     "intermediate 128, eager attention) on input embeddings "
                                     "(b, 16, 64)"),
 }
 SEEDS = {"shufflenet_v2_x0_5": 40, "mobilenet_v3_small": 41, "squeezenet1_1": 42,
          "mnasnet0_5": 43, "vit_tiny": 44, "efficientnet_tiny": 45, "regnet_tiny": 46,
-         "unet_tiny": 47, "bert_tiny": 48}
+         "unet_tiny": 47, "bert_tiny": 48, "norms_tiny": 54}
+#: variants exported at another opset than 17: name -> (architecture, opset). At opset < 17 the
+#: exporter decomposes LayerNorm, at 11 Resize takes roi and scales inputs, at < 13 Softmax
+#: has the flattening semantics, at 20 Gelu... each variant has its own seed (other weights).
+OPSET_VARIANTS = {"bert_tiny_op14": ("bert_tiny", 14), "vit_tiny_op14": ("vit_tiny", 14),
+                  "efficientnet_tiny_op11": ("efficientnet_tiny", 11),
+                  "regnet_tiny_op20": ("regnet_tiny", 20), "norms_tiny_op18": ("norms_tiny", 18),
+                  "unet_tiny_op11": ("unet_tiny", 11)}
+for _variant, (_arch, _opset) in OPSET_VARIANTS.items():
+    ARCHS[_variant] = (ARCHS[_arch][0], f"{ARCHS[_arch][1]}; exported at opset {_opset}")
+SEEDS.update({"bert_tiny_op14": 49, "vit_tiny_op14": 50, "efficientnet_tiny_op11": 51,
+              "regnet_tiny_op20": 52, "unet_tiny_op11": 53, "norms_tiny_op18": 55})
+
 #: per-sample input shape (default: an image (3, IMAGE, IMAGE)) and output names
-INPUT_SHAPES = {"bert_tiny": (16, 64)}
-OUTPUT_NAMES = {"bert_tiny": ["last_hidden_state", "pooled"]}
+INPUT_SHAPES = {"bert_tiny": (16, 64), "bert_tiny_op14": (16, 64), "norms_tiny": (16, 32),
+                "norms_tiny_op18": (16, 32)}
+OUTPUT_NAMES = {"bert_tiny": ["last_hidden_state", "pooled"],
+                "bert_tiny_op14": ["last_hidden_state", "pooled"]}
 
 #: (model, config, scheme, param bits, activation bits): every config, scheme and width is on
 #: several models, every model has a per-tensor and a per-channel (per_channel or htp_v75) case,
@@ -200,6 +243,21 @@ CASES = [
     ("bert_tiny", "default", "tf", 8, 8),
     ("bert_tiny", "per_channel", "pct", 8, 16),
     ("bert_tiny", "htp_v75", "tfe", 8, 16),
+    ("bert_tiny_op14", "default", "tf", 8, 8),
+    ("bert_tiny_op14", "htp_v75", "tf", 8, 16),
+    ("vit_tiny_op14", "default", "tfe", 8, 8),
+    ("vit_tiny_op14", "per_channel", "tf", 8, 16),
+    ("efficientnet_tiny_op11", "per_channel", "tf", 8, 8),
+    ("efficientnet_tiny_op11", "htp_v75", "tfe", 8, 16),
+    ("regnet_tiny_op20", "default", "pct", 8, 8),
+    ("regnet_tiny_op20", "per_channel", "tfe", 8, 16),
+    ("unet_tiny_op11", "default", "tf", 8, 8),
+    ("unet_tiny_op11", "htp_v75", "pct", 8, 16),
+    ("norms_tiny", "default", "tf", 8, 8),
+    ("norms_tiny", "htp_v75", "tf", 8, 8),
+    ("norms_tiny", "htp_v75", "tfe", 8, 16),
+    ("norms_tiny_op18", "htp_v75", "tf", 8, 8),
+    ("norms_tiny_op18", "htp_v75", "pct", 8, 16),
 ]
 
 
@@ -231,8 +289,14 @@ def _randomise_constants(net: torch.nn.Module, gen: torch.Generator) -> None:
                 p.add_(0.1 * torch.randn(p.shape, generator=gen))
 
 
+def opset_of(model: str) -> int:
+    """The opset ``model`` is exported at (17 unless it is an opset variant)."""
+    return OPSET_VARIANTS.get(model, (model, 17))[1]
+
+
 def export_model(model: str, path: Path) -> None:
-    """Random weights (seed ``SEEDS[model]``) -> ONNX opset 17 with a dynamic batch axis."""
+    """Random weights (seed ``SEEDS[model]``) -> ONNX at ``opset_of(model)`` with a dynamic batch
+    axis."""
     torch.manual_seed(SEEDS[model])
     net = ARCHS[model][0]()
     _randomise_constants(net, torch.Generator().manual_seed(SEEDS[model] + 1000))
@@ -241,7 +305,7 @@ def export_model(model: str, path: Path) -> None:
     outputs = OUTPUT_NAMES.get(model, ["output"])
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "model.onnx"
-        torch.onnx.export(net, (x,), str(out), opset_version=17, input_names=["input"],
+        torch.onnx.export(net, (x,), str(out), opset_version=opset_of(model), input_names=["input"],
                           output_names=outputs, do_constant_folding=True, dynamo=False,
                           dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}})
         proto = onnx.load(str(out))
@@ -406,7 +470,7 @@ def make_case(model: str, config: str, scheme: str, pbw: int, abw: int) -> Path:
             "seeds": {"model_weights": SEEDS[model], "batch_norm_stats": SEEDS[model] + 1000,
                       "data": data_seed},
             "data_generation": "numpy default_rng(data) -> calib array then eval array",
-            "onnx_export": "torch.onnx.export(eval mode, opset_version=17, dynamo=False, "
+            "onnx_export": f"torch.onnx.export(eval mode, opset_version={opset_of(model)}, dynamo=False, "
                            "do_constant_folding=True, dynamic_axes batch)",
             "config_name": config, "config_source": cfg_source,
             "qsim_config_file": f"qsim/configs/{cfg_file}",
