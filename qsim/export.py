@@ -338,6 +338,50 @@ def _data_inputs(node: Node) -> tuple:
     return tuple(node.inputs[:1])
 
 
+def _constant(graph: Graph, tensor: str, producers) -> np.ndarray | None:
+    """An initializer, a Constant's value, or either through Identity nodes; else None."""
+    seen = set()
+    while tensor not in seen:
+        seen.add(tensor)
+        if tensor in graph.params:
+            return np.asarray(graph.params[tensor])
+        node = producers.get(tensor)
+        if node is None:
+            return None
+        if node.op_type == "Constant" and "value" in node.attrs:
+            return np.asarray(node.attrs["value"])
+        if node.op_type != "Identity":
+            return None
+        tensor = node.inputs[0]
+    return None
+
+
+def is_masked_softmax_reducemin(graph: Graph, node: Node, producers, consumers) -> bool:
+    """aimet 2.42 derives no encoding for the ReduceMin of an HTP masked softmax,
+    ``Softmax(Where(mask, x, ReduceMin(x, axes) + B), axis)``: axes a constant -1 or 3, B a
+    constant single value <= -20, each op the only reader of the one before, the Softmax's
+    ``axis`` attribute written and -1 or 3."""
+    if node.op_type != "ReduceMin" or len(node.inputs) < 2:
+        return False
+    axes = _constant(graph, node.inputs[1], producers)
+    if axes is None or axes.size != 1 or axes.reshape(-1)[0] not in (-1, 3):
+        return False
+
+    def only_reader(tensor, op_type):
+        readers = consumers.get(tensor, [])
+        return readers[0] if len(readers) == 1 and readers[0].op_type == op_type else None
+
+    add = only_reader(node.outputs[0], "Add")
+    if add is None:
+        return False
+    b = _constant(graph, next((t for t in add.inputs if t != node.outputs[0]), ""), producers)
+    if b is None or b.size != 1 or b.reshape(-1)[0] > -20:
+        return False
+    where = only_reader(add.outputs[0], "Where")
+    softmax = where and only_reader(where.outputs[0], "Softmax")
+    return bool(softmax) and softmax.attrs.get("axis") in (-1, 3)
+
+
 def derived_encodings(graph: Graph, encoding_of: Callable[[str], "Encoding | None"]
                       ) -> list[tuple[str, Encoding]]:
     """Encodings copied through grid-equivariant ops and Clip/Max/Min/Pad/Where (§6 (b)).
@@ -345,8 +389,9 @@ def derived_encodings(graph: Graph, encoding_of: Callable[[str], "Encoding | Non
     In graph order, for each such op: forward, if every data input has the same per-tensor
     encoding and a float output has none, that output gets it; backward, if an output has a
     per-tensor encoding, each non-static float data input with none and a single consumer gets
-    it. Derived encodings count for later ops."""
-    consumers = graph.consumers()
+    it. Derived encodings count for later ops. The ReduceMin of an HTP masked softmax derives
+    nothing (:func:`is_masked_softmax_reducemin`)."""
+    consumers, producers = graph.consumers(), graph.producers()
     known: dict[str, Encoding] = {}
 
     def enc(t):
@@ -358,7 +403,8 @@ def derived_encodings(graph: Graph, encoding_of: Callable[[str], "Encoding | Non
 
     out: list[tuple[str, Encoding]] = []
     for node in graph.nodes:
-        if node.op_type not in DERIVED_OPS:
+        if node.op_type not in DERIVED_OPS \
+                or is_masked_softmax_reducemin(graph, node, producers, consumers):
             continue
         data = [t for t in _data_inputs(node) if is_float(t)]
         encs = [enc(t) for t in data]

@@ -1,4 +1,4 @@
-"""§1.1: decomposed LayerNormalization / RMSNormalization become one node for placement.
+"""§1.1: decomposed LayerNormalization / RMSNormalization (and MaskedSoftmax) become one node.
 
 With ``LayerNormalization`` / ``RMSNormalization`` in ``supergroup_pass_list`` aimet-onnx 2.42
 rewrites hand-written norms into one function node (domain ``aimet.supergroup``) before it
@@ -25,6 +25,9 @@ when a matched intermediate tensor is read outside the match or is a graph outpu
 rule's checks (single-element constant axes; epsilon a constant >= 0 where required; a LayerNorm
 whose inner axis is 0 or differs from the outer one; Casts to non-float types). Unused nodes
 are removed afterwards, as aimet's cleanup does.
+
+``MaskedSoftmax`` (in no shipped config) fuses ``Softmax(Where(mask, x, ReduceMin(x) + v))``
+likewise (see :func:`_masked_softmax`); its constant ``v`` gets no quantizer.
 
 The fused graph is only what placement reasons on: qsim still EXECUTES the original nodes
 (aimet's function bodies are those very nodes, so ONNX Runtime computes the same float32), and
@@ -397,12 +400,42 @@ def _ln_bias(idx: int):
     return rule
 
 
+def _masked_softmax(g: _Graph, node: Node) -> Optional[tuple]:
+    """``Softmax(Where(mask, x, Add(ReduceMin(x, axes), v)), axis=a)`` -> MaskedSoftmax(x, mask, v)
+    when the model file states x's shape and it is 4-D, a (an attribute, present) and the axes input are -1 or 3, and v is a constant
+    single value <= -20 (aimet's MaskedSoftmax fusion; ReduceMin must take its axes as an input,
+    opset >= 18)."""
+    if node.op_type != "Softmax" or "axis" not in node.attrs or len(node.inputs) != 1:
+        return None
+    m = _Match()
+    m.nodes.append(node)
+    where = m.take(g, node.inputs[0], "Where")
+    if where is None or len(where.inputs) != 3:
+        return None
+    mask, x, floor = where.inputs
+    add = m.take(g, floor, "Add")
+    if add is None or len(add.inputs) != 2:
+        return None
+    rmin = m.take(g, add.inputs[0], "ReduceMin")
+    if rmin is None or len(rmin.inputs) != 2 or rmin.inputs[0] != x or not rmin.inputs[1]:
+        return None
+    shape = g.base.shape_of(x) if x in g.base.declared_shapes else None
+    if shape is None or len(shape) != 4:     # aimet sees the file's shapes only (no inference)
+        return None
+    value = _singleton(g.const(add.inputs[1]))
+    if int(node.attrs["axis"]) not in (-1, 3) or _singleton(g.const(rmin.inputs[1])) not in (-1, 3) \
+            or value is None or value > -20:
+        return None
+    return m, "MaskedSoftmax", (x, mask, add.inputs[1]), {"axis": -1}
+
+
 def _rules(passes) -> list:
     """The fusion rules in aimet's registration order (decorators apply bottom-up)."""
     table = {"LayerNormalization": [_ln_no_bias(2), _ln_no_bias(1), _ln_no_bias(0),
                                     _ln_bias(1), _ln_bias(0)],
              "RMSNormalization": [_rms_nonaffine(2), _rms_nonaffine(1), _rms_nonaffine(0),
-                                  _rms_affine(1), _rms_affine(0)]}
+                                  _rms_affine(1), _rms_affine(0)],
+             "MaskedSoftmax": [_masked_softmax]}
     return [rule for name in passes for rule in table.get(name, [])]
 
 
@@ -414,6 +447,10 @@ def _remove_unused(graph: Graph, nodes: list) -> list:
         if len(kept) == len(nodes):
             return kept
         nodes = kept
+
+
+#: the supergroup_pass_list names this module fuses (MatmulAdd is fusion.py's)
+FUSED_PASSES = ("LayerNormalization", "RMSNormalization", "MaskedSoftmax")
 
 
 def _is_fused_norm(node: Node) -> bool:

@@ -15,7 +15,7 @@ from ..errors import EncodingError
 from ..ir import Graph
 from .create import create_activations, create_params, find_unfused_matmul_add
 from .fusion import fuse_matmul_add
-from .norm_fusion import fuse_norms
+from .norm_fusion import FUSED_PASSES, fuse_norms
 from .norm_passes import norm_pass_matches, stage_i_norm_passes
 from .order import activation_update_order
 from .result import Placement, QuantizerSpec
@@ -85,8 +85,8 @@ def place_quantizers(graph: Graph, config, *, param_bitwidth: int,
     if "MatmulAdd" in cfg.supergroup_pass_list:
         graph = fuse_matmul_add(graph)
     executed = graph
+    graph, bodies = fuse_norms(graph, [p for p in cfg.supergroup_pass_list if p in FUSED_PASSES])
     norms = [p for p in cfg.supergroup_pass_list if p in ("LayerNormalization", "RMSNormalization")]
-    graph, bodies = fuse_norms(graph, norms)
     ctx = Context(graph=graph, ops=[n for n in graph.nodes if n.op_type != "Constant"],
                producers=graph.producers(), consumers=graph.consumers())
     create_params(ctx, param_bitwidth)

@@ -55,6 +55,9 @@ CONFIG_FILES = {
                     "aimet_onnx/common/quantsim_config/default_config_per_channel.json"),
     "htp_v75": ("htp_v75.json", "aimet_onnx/common/quantsim_config/htp_quantsim_config_v75.json"),
 }
+#: configs made from a shipped one: name -> (base config name, passes appended to its
+#: supergroup_pass_list)
+DERIVED_CONFIGS = {"htp_v75_msm": ("htp_v75", ["MaskedSoftmax"])}
 SCHEMES = {"tf": ("tf", None), "tfe": ("tf_enhanced", None), "pct": ("percentile", 99.9)}
 #: the float32 kernel family ONNX Runtime's MLAS picks on the machine that made the cases
 FP32_KERNELS = "avx512"
@@ -134,6 +137,26 @@ class _BertEncoderTiny(torch.nn.Module):
         return out.last_hidden_state, out.pooler_output
 
 
+class _MaskedAttentionTiny(torch.nn.Module):
+    """Causal self-attention as HTP-targeting code writes it, the masked positions set to the
+    row minimum minus 1e4: ``softmax(where(mask, s, min(s) - 1e4))`` (aimet's MaskedSoftmax
+    pattern); input (b, 16, 32), 2 heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.qkv, self.out = nn.Linear(32, 96), nn.Linear(32, 32)
+        self.register_buffer("mask", torch.tril(torch.ones(16, 16, dtype=torch.bool)))
+
+    def forward(self, x):
+        b = x.shape[0]
+        q, k, v = self.qkv(x).reshape(b, 16, 3, 2, 16).permute(2, 0, 3, 1, 4)
+        s = q @ k.transpose(-1, -2) * 0.25
+        s = torch.where(self.mask, s, s.amin(-1, keepdim=True) + (-1e4))
+        y = (torch.softmax(s, dim=-1) @ v).transpose(1, 2).reshape(b, 16, 32)
+        return self.out(y)
+
+
 class _NormsTiny(torch.nn.Module):
     """Hand-written (decomposed) normalizations as transformer code writes them, between Linear
     layers: a LayerNorm ``(x - mean) / sqrt(var + eps) * w + b``, a Llama RMSNorm
@@ -187,13 +210,16 @@ ARCHS = {
                              "Concats), 2 classes per pixel"),
     "norms_tiny": (_NormsTiny, "Linear layers with hand-written LayerNorm and RMSNorm variants "
                                "(decomposed; input (b, 16, 32))"),
+    "attn_masked_tiny": (_MaskedAttentionTiny, "causal 2-head self-attention with the "
+                         "where(mask, s, min(s) - 1e4) masking (input (b, 16, 32))"),
     "bert_tiny": (_BertEncoderTiny, "transformers BertModel(hidden 64, 2 layers, 2 heads, "
                                     "intermediate 128, eager attention) on input embeddings "
                                     "(b, 16, 64)"),
 }
 SEEDS = {"shufflenet_v2_x0_5": 40, "mobilenet_v3_small": 41, "squeezenet1_1": 42,
          "mnasnet0_5": 43, "vit_tiny": 44, "efficientnet_tiny": 45, "regnet_tiny": 46,
-         "unet_tiny": 47, "bert_tiny": 48, "norms_tiny": 54}
+         "unet_tiny": 47, "bert_tiny": 48, "norms_tiny": 54,
+         "attn_masked_tiny": 56}
 #: variants exported at another opset than 17: name -> (architecture, opset). At opset < 17 the
 #: exporter decomposes LayerNorm, at 11 Resize takes roi and scales inputs, at < 13 Softmax
 #: has the flattening semantics, at 20 Gelu... each variant has its own seed (other weights).
@@ -206,9 +232,17 @@ for _variant, (_arch, _opset) in OPSET_VARIANTS.items():
 SEEDS.update({"bert_tiny_op14": 49, "vit_tiny_op14": 50, "efficientnet_tiny_op11": 51,
               "regnet_tiny_op20": 52, "unet_tiny_op11": 53, "norms_tiny_op18": 55})
 
+#: models saved with ONNX shape inference's value_info (what aimet's MaskedSoftmax fusion needs:
+#: it reads only the shapes a file states)
+SHAPES_STORED = {"attn_masked_tiny_si"}
+ARCHS["attn_masked_tiny_si"] = (ARCHS["attn_masked_tiny"][0],
+                                ARCHS["attn_masked_tiny"][1] + "; saved with inferred value_info")
+SEEDS["attn_masked_tiny_si"] = 57
+
 #: per-sample input shape (default: an image (3, IMAGE, IMAGE)) and output names
 INPUT_SHAPES = {"bert_tiny": (16, 64), "bert_tiny_op14": (16, 64), "norms_tiny": (16, 32),
-                "norms_tiny_op18": (16, 32)}
+                "norms_tiny_op18": (16, 32), "attn_masked_tiny": (16, 32),
+                "attn_masked_tiny_si": (16, 32)}
 OUTPUT_NAMES = {"bert_tiny": ["last_hidden_state", "pooled"],
                 "bert_tiny_op14": ["last_hidden_state", "pooled"]}
 
@@ -258,6 +292,11 @@ CASES = [
     ("norms_tiny", "htp_v75", "tfe", 8, 16),
     ("norms_tiny_op18", "htp_v75", "tf", 8, 8),
     ("norms_tiny_op18", "htp_v75", "pct", 8, 16),
+    ("attn_masked_tiny", "htp_v75_msm", "tf", 8, 8),
+    ("attn_masked_tiny", "htp_v75_msm", "tfe", 8, 16),
+    ("attn_masked_tiny", "htp_v75", "tf", 8, 8),
+    ("attn_masked_tiny_si", "htp_v75_msm", "tf", 8, 8),
+    ("attn_masked_tiny_si", "htp_v75_msm", "tfe", 8, 16),
 ]
 
 
@@ -290,8 +329,9 @@ def _randomise_constants(net: torch.nn.Module, gen: torch.Generator) -> None:
 
 
 def opset_of(model: str) -> int:
-    """The opset ``model`` is exported at (17 unless it is an opset variant)."""
-    return OPSET_VARIANTS.get(model, (model, 17))[1]
+    """The opset ``model`` is exported at (17 unless it is an opset variant; 18 for the masked
+    attention, whose ReduceMin must take its axes as an input)."""
+    return OPSET_VARIANTS.get(model, (model, 18 if model.startswith("attn_masked_tiny") else 17))[1]
 
 
 def export_model(model: str, path: Path) -> None:
@@ -310,6 +350,8 @@ def export_model(model: str, path: Path) -> None:
                           dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}})
         proto = onnx.load(str(out))
     proto.producer_name = "qsim-real-corpus"
+    if model in SHAPES_STORED:
+        proto = onnx.shape_inference.infer_shapes(proto)
     onnx.checker.check_model(proto, full_check=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
@@ -410,8 +452,15 @@ def make_case(model: str, config: str, scheme: str, pbw: int, abw: int) -> Path:
     folder.mkdir()
     try:
         (folder / "model.onnx").symlink_to(Path("..") / "_models" / shared_model.name)
-        cfg_file, cfg_source = CONFIG_FILES[config]
-        shutil.copyfile(CONFIGS / cfg_file, folder / "config.json")
+        base, extra = DERIVED_CONFIGS.get(config, (config, []))
+        cfg_file, cfg_source = CONFIG_FILES[base]
+        cfg_doc = json.loads((CONFIGS / cfg_file).read_text())
+        if extra:
+            cfg_doc["supergroup_pass_list"] = cfg_doc["supergroup_pass_list"] + extra
+            cfg_source = f"{cfg_source} with {extra} appended to supergroup_pass_list"
+            (folder / "config.json").write_text(json.dumps(cfg_doc, indent=2) + "\n")
+        else:
+            shutil.copyfile(CONFIGS / cfg_file, folder / "config.json")
         data_seed = SEEDS[model] * 100 + len(cid) + sum(map(ord, cid)) % 97
         calib, evals = _data(data_seed, input_shape(model))
         np.savez_compressed(folder / "calib.npz", input=calib)
