@@ -225,3 +225,55 @@ def test_quiet_run_without_eval_sgd(capsys, files, tmp_path):
     assert "sgd lr 0.01, ranges fixed" in out and "accuracy" not in out
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["digits_cnn.encodings",
                                                                   "digits_cnn.onnx"]
+
+
+# ---------------------------------------------------------------- other shapes of model
+
+def gemm_model(path, batch, classes):
+    """``y = Gemm(x[batch, 3], W[3, 5]) + B`` whose output is declared ``[batch, classes]``
+    (``batch``, ``classes``: an int, static, or a name, dynamic)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "W", "B"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, classes])],
+        [numpy_helper.from_array(rng.standard_normal((3, 5)).astype(np.float32), "W"),
+         numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def gemm_files(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((26, 3)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    np.save(tmp_path / "y.npy", rng.integers(0, 5, 26))
+    np.save(tmp_path / "y5.npy", np.where(np.arange(26) == 3, 5, rng.integers(0, 5, 26)))
+    return tmp_path
+
+
+def test_label_beyond_a_dynamic_class_dimension(capsys, gemm_files):
+    """The output's class dimension is a name in the file: the model's real output (5 classes)
+    decides, after calibration, before training."""
+    m = gemm_model(gemm_files / "m.onnx", "N", "C")
+    assert_user_error(capsys, "finetune", m, "--calib", gemm_files / "x.npz", "--train",
+                      gemm_files / "x.npz", "--labels", gemm_files / "y5.npy", "--out",
+                      gemm_files / "out", match="--labels holds label 5, but the model's output "
+                                                "'y' has classes 0..4")
+    assert not (gemm_files / "out").exists()
+
+
+def test_fixed_batch_model_trains_in_batches_of_its_size(capsys, gemm_files):
+    m = gemm_model(gemm_files / "s.onnx", 4, 5)
+    code, out, err = run_cli(capsys, "finetune", m, "--calib", gemm_files / "x.npz", "--train",
+                             gemm_files / "x.npz", "--labels", gemm_files / "y.npy", "--epochs",
+                             "2", "--out", gemm_files / "out")
+    assert code == 0, err
+    assert "training file" in err and "the last 2 are not used" in err
+    assert "fine-tuning:          2 epoch(s) of 24 samples, batch 4" in out
+    assert re.search(r"training: +12 steps in", out)
