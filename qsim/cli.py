@@ -822,9 +822,10 @@ def _accuracy(run, data: dict, labels: np.ndarray, batch: int, output: str) -> f
 
 def _export_swap(sim, out_dir: Path, stem: str, encoding_version: str) -> list[str]:
     """Export into a temporary folder inside ``out_dir``, then move each file into place: a
-    failed export leaves ``out_dir`` as it was."""
+    failed export leaves ``out_dir`` as it was (and removes it if it made it)."""
     import shutil
     import tempfile
+    created = not out_dir.exists()
     _make_out_dir(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=".qsim-finetune-", dir=out_dir))
     try:
@@ -832,6 +833,11 @@ def _export_swap(sim, out_dir: Path, stem: str, encoding_version: str) -> list[s
         for f in files:
             os.replace(f, out_dir / f.name)
         return [f.name for f in files]
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -860,7 +866,6 @@ def cmd_finetune(args) -> int:
                   f"samples, batch {job.batch}, {args.optimizer} lr {args.lr:g}, ranges "
                   f"{'learned' if sim_api.range_learning(sim) else 'fixed (parameter ranges follow the weights)'}"]
     if tj.eval_data is not None:
-        import qsim
         fp32 = _accuracy(lambda f: qsim.run(sim.graph, f, fp32_kernels=sim.fp32_kernels),
                          tj.eval_data, tj.eval_labels, eval_batch, output)
         before = _accuracy(sim.run, tj.eval_data, tj.eval_labels, eval_batch, output)
@@ -872,9 +877,9 @@ def cmd_finetune(args) -> int:
     losses = sim_api.fit(sim, batches, qsim.train.cross_entropy, optimizer, epochs=1,
                          progress=not args.quiet and sys.stderr.isatty())
     t_train = time.perf_counter() - t0
-    if not all(np.isfinite(losses)):
-        raise UserError(f"training diverged: the loss became {losses[-1]} at step "
-                        f"{next(i for i, v in enumerate(losses) if not np.isfinite(v)) + 1}; "
+    bad = next((i for i, v in enumerate(losses) if not np.isfinite(v)), None)
+    if bad is not None:
+        raise UserError(f"training diverged: the loss became {losses[bad]} at step {bad + 1}; "
                         f"try a smaller --lr (now {args.lr:g}); nothing was written")
     per_epoch = len(batches) // args.epochs
     first, last = np.mean(losses[:per_epoch]), np.mean(losses[-per_epoch:])

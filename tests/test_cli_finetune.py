@@ -277,3 +277,21 @@ def test_fixed_batch_model_trains_in_batches_of_its_size(capsys, gemm_files):
     assert "training file" in err and "the last 2 are not used" in err
     assert "fine-tuning:          2 epoch(s) of 24 samples, batch 4" in out
     assert re.search(r"training: +12 steps in", out)
+
+
+def test_a_failed_export_into_a_new_folder_leaves_no_folder(capsys, files, tmp_path, monkeypatch):
+    import qsim.export as export
+
+    def failing(path, data):
+        raise export.ExportError(f"cannot write '{path}': disk full")
+
+    monkeypatch.setattr(export, "write_atomic", failing)
+    assert_user_error(capsys, *args(files, tmp_path / "new" / "out", "--quiet"), match="disk full")
+    assert not (tmp_path / "new" / "out").exists()
+
+
+def test_diverging_training_is_an_error_and_writes_nothing(capsys, files, tmp_path):
+    line = assert_user_error(capsys, *args(files, tmp_path / "out", "--optimizer", "sgd", "--lr",
+                                           "3e38", "--quiet"), match="training diverged")
+    assert "try a smaller --lr (now 3e+38)" in line
+    assert not (tmp_path / "out").exists()
