@@ -874,8 +874,10 @@ def cmd_finetune(args) -> int:
     optimizer = (qsim.train.Adam(lr=args.lr) if args.optimizer == "adam"
                  else qsim.train.SGD(lr=args.lr, momentum=args.momentum))
     t0 = time.perf_counter()
-    losses = sim_api.fit(sim, batches, qsim.train.cross_entropy, optimizer, epochs=1,
-                         progress=not args.quiet and sys.stderr.isatty())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # overflow: a diverging run, caught below
+        losses = sim_api.fit(sim, batches, qsim.train.cross_entropy, optimizer, epochs=1,
+                             progress=not args.quiet and sys.stderr.isatty())
     t_train = time.perf_counter() - t0
     bad = next((i for i, v in enumerate(losses) if not np.isfinite(v)), None)
     if bad is not None:
