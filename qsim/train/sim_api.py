@@ -52,11 +52,28 @@ def range_learning(sim) -> bool:
     return getattr(sim, "range_learning_scheme", False)
 
 
-def grid_of(spec) -> tr.Grid:
-    """The integer grid of a sim quantizer (qat.md §1): asymmetric ``[0, 2^bw-1]``; symmetric
-    ``[-2^(bw-1), 2^(bw-1)-1]`` (strict: ``-(2^(bw-1)-1)``)."""
+def grid_of(spec, encoding: Encoding | None = None) -> tr.Grid:
+    """The integer grid of a sim quantizer in training (qat.md §1–§2).
+
+    * asymmetric: ``[0, 2^bw-1]`` (θmin, θmax both learned; ``o`` from θmin);
+    * symmetric: ``[-2^(bw-1), 2^(bw-1)-1]`` (strict: from ``-(2^(bw-1)-1)``), ``o = 0``;
+    * unsigned symmetric (config ``unsigned_symmetric``; aimet-torch's sim rejects it, its
+      quantizer takes the grid): the calibrated ``encoding`` decides, as aimet-onnx did
+      (numerics.md §2.6). Data with negative values was given a signed symmetric encoding
+      (AIMET offset ``-2^(bw-1)``, strict ``-(2^(bw-1)-1)`` in every channel): it trains on
+      qat.md's unsigned-symmetric grid ``[0, 2^bw-1]`` (strict ``[0, 2^bw-2]``) whose offset is
+      the constant ``-rne(qmax/2)``, the same codes. Non-negative data (offset 0, range
+      ``[0, N'·δ]``) trains on the asymmetric grid ``[0, N']`` (``N' = 2^bw-1``, strict
+      ``2^bw-2``): ``o`` stays 0 while θmin stays above ``-s/2``.
+    """
     bw = spec.bitwidth
-    if not spec.symmetric or spec.unsigned_symmetric:
+    if spec.symmetric and spec.unsigned_symmetric:
+        top = 2 ** bw - (2 if spec.strict_symmetric else 1)
+        signed = -(2 ** (bw - 1)) + (1 if spec.strict_symmetric else 0)
+        if encoding is not None and np.all(np.asarray(encoding.offset) == signed):
+            return tr.Grid(0, top, True)
+        return tr.Grid(0, top, False)
+    if not spec.symmetric:
         return tr.Grid(0, 2 ** bw - 1, False)
     lo = -(2 ** (bw - 1)) + (1 if spec.strict_symmetric else 0)
     return tr.Grid(lo, 2 ** (bw - 1) - 1, True)
@@ -73,7 +90,7 @@ def _slots(sim):
     for h in sim._handles.values():
         if h.enabled:
             for t in h.spec.tensors:
-                out.append((h, Slot(t, grid_of(h.spec), key=h.spec.tensors[0])))
+                out.append((h, Slot(t, grid_of(h.spec, h.encoding), key=h.spec.tensors[0])))
     return out
 
 
@@ -129,14 +146,15 @@ def set_parameters(sim, values) -> None:
         if s.tensor != s.range_base:
             continue
         mn, mx = range_names(s.range_base)
-        h.encoding = learned_encoding(h.spec, new[mn], new[mx])
+        h.encoding = learned_encoding(h.spec, new[mn], new[mx], s.grid)
         h._theta = (h.encoding, (new[mn], new[mx]))
     sim._run_graph = None
 
 
-def learned_encoding(spec, theta_min, theta_max) -> Encoding:
-    """The sim Encoding in force for θmin/θmax (qat.md §2, §7)."""
-    grid = grid_of(spec)
+def learned_encoding(spec, theta_min, theta_max, grid: tr.Grid | None = None) -> Encoding:
+    """The sim Encoding in force for θmin/θmax on ``grid`` (default :func:`grid_of` the spec)
+    (qat.md §2, §7)."""
+    grid = grid_of(spec) if grid is None else grid
     e = tr.training_encoding(theta_min, theta_max, grid)
     s = e.scale.reshape(-1) if spec.axis is not None else e.scale.reshape(())
     o = e.offset.reshape(s.shape)
