@@ -549,10 +549,11 @@ class QuantizationSimModel:
         from .train import sim_api
         sim_api._state(self).frozen = False
 
-    def fit(self, batches, loss_fn, optimizer, epochs: int = 1) -> list:
-        """Train on ``(feeds, target)`` batches; ``loss_fn(target)`` gives the loss (qsim.train)."""
+    def fit(self, batches, loss_fn, optimizer, epochs: int = 1, *, progress=None) -> list:
+        """Train on ``(feeds, target)`` batches; ``loss_fn(target)`` gives the loss (qsim.train).
+        ``progress``: a tqdm progress bar on stderr (True / False; None: when it is a terminal)."""
         from .train import sim_api
-        return sim_api.fit(self, batches, loss_fn, optimizer, epochs)
+        return sim_api.fit(self, batches, loss_fn, optimizer, epochs, progress=progress)
 
     # ---- export -----------------------------------------------------------------------------
     def export(self, path: "str | os.PathLike", filename_prefix: str, *,

@@ -211,24 +211,36 @@ def value_and_grad(sim, feeds, loss_fn):
     return loss, grads
 
 
-def fit(sim, batches, loss_fn, optimizer, epochs: int = 1, *, progress=True) -> list:
+def _progress_bar(total: int, progress):
+    """A tqdm bar on stderr (``progress`` True, or None and stderr a terminal), else None;
+    without tqdm (the ``cli`` extra) training runs quietly."""
+    if progress is False or (progress is None and not sys.stderr.isatty()):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="qat", unit="step", file=sys.stderr)
+
+
+def fit(sim, batches, loss_fn, optimizer, epochs: int = 1, *, progress=None) -> list:
     """Train: for each epoch, each ``(feeds, target)`` in ``batches``:
     ``loss, g = value_and_grad(feeds, loss_fn(target)); optimizer.step(sim, g)``. Returns the
-    losses; prints a one-line progress bar to stderr."""
+    losses. ``progress``: a tqdm bar with the running loss (None: when stderr is a terminal)."""
     batches = list(batches)
     losses = []
-    total = epochs * len(batches)
-    for ep in range(epochs):
-        for i, (feeds, target) in enumerate(batches):
-            loss, grads = value_and_grad(sim, feeds, loss_fn(target))
-            optimizer.step(sim, grads)
-            losses.append(loss)
-            if progress:
-                done = ep * len(batches) + i + 1
-                bar = "#" * (30 * done // total)
-                print(f"\rqat [{bar:<30}] {done}/{total} loss {loss:.4f}", end="",
-                      file=sys.stderr, flush=True)
-    if progress and total:
-        print(file=sys.stderr)
+    bar = _progress_bar(epochs * len(batches), progress)
+    try:
+        for _ in range(epochs):
+            for feeds, target in batches:
+                loss, grads = value_and_grad(sim, feeds, loss_fn(target))
+                optimizer.step(sim, grads)
+                losses.append(loss)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     _state(sim).history.extend(losses)
     return losses
