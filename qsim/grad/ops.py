@@ -259,6 +259,42 @@ def conv(gy, *, inputs, outputs, auto_pad="NOTSET", dilations=None, group=1, ker
     return tuple(out)
 
 
+def conv_forward(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+                 pads=None, strides=None, fp32_kernels="auto"):
+    """The training forward of a 2-D Conv: per group ``Y_g = W_g · cols_g (+ B)``, one float32
+    BLAS product over :func:`_im2col`, in BLAS's summation order. aimet-torch trains with
+    torch's own kernels, not ONNX Runtime's, so the exact MLAS order of ``qsim.ops`` Conv buys
+    nothing here (qat.md §9 replays its golden CNN with im2col + BLAS); it is several times
+    slower. Anything but a float32 2-D Conv with explicit pads (or VALID), consistent shapes and
+    a non-empty output goes to the exact op, which also reports bad operands."""
+    from ..ops.registry import OPS
+    attrs = {"auto_pad": auto_pad, "dilations": dilations, "group": group,
+             "kernel_shape": kernel_shape, "pads": pads, "strides": strides}
+    fast = (isinstance(x, np.ndarray) and isinstance(w, np.ndarray) and x.dtype == F32
+            and w.dtype == F32 and x.ndim == 4 and w.ndim == 4 and auto_pad in ("NOTSET", "VALID")
+            and group >= 1 and w.shape[1] * group == x.shape[1] and w.shape[0] % group == 0
+            and (kernel_shape is None or tuple(kernel_shape) == w.shape[2:])
+            and (b is None or (b.dtype == F32 and b.shape == (w.shape[0],))))
+    if fast:
+        pd, st, dl = _conv_geometry(x, w, pads, strides, dilations, auto_pad)
+        kh, kw = w.shape[2:]
+        oh = (x.shape[2] + pd[0] + pd[2] - (kh - 1) * dl[0] - 1) // st[0] + 1
+        ow = (x.shape[3] + pd[1] + pd[3] - (kw - 1) * dl[1] - 1) // st[1] + 1
+        fast = oh >= 1 and ow >= 1
+    if not fast:
+        return OPS["Conv"](x, w, b, fp32_kernels=fp32_kernels, **attrs)
+    n, m = x.shape[0], w.shape[0]
+    cols = _im2col(x, (kh, kw), pd, st, dl, oh, ow, group)
+    y = np.matmul(w.reshape(group, m // group, -1), cols).reshape(m, n, oh, ow)
+    if b is not None:
+        y += b.reshape(m, 1, 1, 1)
+    return np.ascontiguousarray(y.transpose(1, 0, 2, 3))
+
+
+#: forward ops that training may run instead of :mod:`qsim.ops`' (same semantics, BLAS order)
+TRAINING_FORWARD = {"Conv": conv_forward}
+
+
 @register_vjp("ConvTranspose", saves=("inputs",))
 def conv_transpose(gy, *, inputs, outputs, auto_pad="NOTSET", dilations=None, group=1,
                    kernel_shape=None, output_padding=None, output_shape=None, pads=None,

@@ -152,6 +152,43 @@ def _nb_train_backward(x, g, s, o, qmin, qmax, dx, gs, go):
 
 
 @kernel
+def _nb_train_backward_sums(x, g, s, o, qmin, qmax, dx, gs_sum, go_sum):
+    """:func:`_nb_train_backward` fused with the reduction: ``dx`` and, per channel, the float64
+    sums of ``gs`` and ``go`` accumulated in element order (outer-major, then inner), without
+    writing ``gs``/``go``. ``gs_sum``, ``go_sum``: float64 (C,), zero on entry."""
+    n_outer, n_ch, n_inner = x.shape
+    lo = np.float64(qmin)
+    hi = np.float64(qmax)
+    for a in range(n_outer):
+        for c in range(n_ch):
+            sc = s[c]
+            oc = np.float64(o[c])
+            elo = np.float32(oc + lo)
+            ehi = np.float32(oc + hi)
+            acc_s = gs_sum[c]
+            acc_o = go_sum[c]
+            for i in range(n_inner):
+                t = x[a, c, i] / sc
+                r = np.rint(t)
+                q = np.float64(r) - oc
+                gi = g[a, c, i]
+                if lo <= q and q <= hi:
+                    dx[a, c, i] = gi
+                    acc_s += np.float64(np.float32(gi * (r - t)))
+                else:
+                    dx[a, c, i] = np.float32(0.0)
+                    e = r
+                    if e < elo:
+                        e = elo
+                    if e > ehi:
+                        e = ehi
+                    acc_s += np.float64(np.float32(gi * e))
+                    acc_o += np.float64(np.float32(gi * sc))
+            gs_sum[c] = acc_s
+            go_sum[c] = acc_o
+
+
+@kernel
 def _nb_frozen(x, g, s, o, qmin, qmax, out, dx):
     """Frozen-path x̂ and ``dx`` (``g`` may be ``x`` itself when only x̂ is wanted)."""
     n_outer, n_ch, n_inner = x.shape
@@ -204,6 +241,21 @@ def _np_train_backward(x3, g3, s, o, qmin, qmax):
         gs = (g3 * e).astype(F32)
         go = np.where(m, F32(0.0), (g3 * s3).astype(F32)).astype(F32)
     return dx, gs, go
+
+
+def _sequential_channel_sums(a3):
+    """Per channel, the float64 sum of ``a3`` (outer, C, inner) in element order (outer-major,
+    then inner), one addition at a time (``np.cumsum`` is sequential), as the Numba kernel adds."""
+    rows = a3.astype(np.float64).transpose(1, 0, 2).reshape(a3.shape[1], -1)
+    if rows.shape[1] == 0:
+        return np.zeros(a3.shape[1], np.float64)
+    return np.cumsum(rows, axis=1)[:, -1] + 0.0     # the kernel starts from +0.0: never -0.0
+
+
+def _np_train_backward_sums(x3, g3, s, o, qmin, qmax):
+    """Twin of :func:`_nb_train_backward_sums`: ``(dx, Σgs, Σgo)`` (sums float64, per channel)."""
+    dx, gs, go = _np_train_backward(x3, g3, s, o, qmin, qmax)
+    return dx, _sequential_channel_sums(gs), _sequential_channel_sums(go)
 
 
 def _np_frozen(x3, g3, s, o, qmin, qmax):
@@ -310,18 +362,20 @@ def quantize_train_backward(x, g, theta_min, enc: TrainingEncoding, grid: Grid):
     """Training-path backward (§4): ``(dx, dθmin, dθmax)`` for upstream gradient ``g``.
 
     ``dx = m ? g : 0``; ``Gs = Σ gs``, ``Go = Σ go`` over every axis but the channel axis, summed
-    in float64 and rounded once; then :func:`range_gradients`.
+    in float64 in element order (fused with ``dx``: ``gs``, ``go`` are never stored) and rounded
+    once; then :func:`range_gradients`.
     """
     x = np.asarray(x, dtype=F32)
     axis = channel_axis_of(enc.scale.shape, x.shape)
     x3, g3 = _view3(x, axis), _view3(g, axis)
     s, o = _flat(enc.scale), _flat(enc.offset)
     if USE_NUMBA:
-        dx, gs, go = np.empty_like(x3), np.empty_like(x3), np.empty_like(x3)
-        _nb_train_backward(x3, g3, s, o, grid.qmin, grid.qmax, dx, gs, go)
+        dx = np.empty_like(x3)
+        gs64, go64 = np.zeros(s.shape, np.float64), np.zeros(s.shape, np.float64)
+        _nb_train_backward_sums(x3, g3, s, o, grid.qmin, grid.qmax, dx, gs64, go64)
     else:
-        dx, gs, go = _np_train_backward(x3, g3, s, o, grid.qmin, grid.qmax)
-    gs_sum = gs.sum(axis=(0, 2), dtype=np.float64).astype(F32).reshape(enc.scale.shape)
-    go_sum = go.sum(axis=(0, 2), dtype=np.float64).astype(F32).reshape(enc.scale.shape)
+        dx, gs64, go64 = _np_train_backward_sums(x3, g3, s, o, grid.qmin, grid.qmax)
+    gs_sum = gs64.astype(F32).reshape(enc.scale.shape)
+    go_sum = go64.astype(F32).reshape(enc.scale.shape)
     dmin, dmax = range_gradients(gs_sum, go_sum, theta_min, enc, grid)
     return dx.reshape(x.shape), dmin, dmax

@@ -16,6 +16,8 @@ import numpy as np
 
 from ..errors import QsimError
 from ..grad.backward import backward, forward
+from ..grad.blas import blas_threads
+from ..grad.ops import TRAINING_FORWARD
 from ..grad.registry import Vjp
 from ..ir import Graph, Node, ValueInfo
 from ..quant import training as tr
@@ -62,7 +64,8 @@ def _qat_frozen_vjp(gy, *, inputs, outputs, qmin, qmax, symmetric):
 
 #: the quantizer ops and their backwards, passed to qsim.grad's forward/backward
 QAT_OPS: Mapping[str, Callable] = {"QatQuantize": _qat_quantize,
-                                   "QatQuantizeFrozen": _qat_quantize_frozen}
+                                   "QatQuantizeFrozen": _qat_quantize_frozen,
+                                   **TRAINING_FORWARD}
 QAT_VJPS: Mapping[str, Vjp] = {
     "QatQuantize": Vjp(fn=_qat_vjp, saves=frozenset({"inputs"}), multi=False),
     "QatQuantizeFrozen": Vjp(fn=_qat_frozen_vjp, saves=frozenset({"inputs"}), multi=False)}
@@ -111,9 +114,10 @@ def value_and_grad(tgraph: Graph, params: Mapping[str, np.ndarray], feeds, loss_
                    trainable) -> tuple[float, dict, dict]:
     """One training forward and backward: ``(loss, outputs, {name: ∂loss/∂name})`` for the names
     in ``trainable``. ``loss_fn(outputs) -> (loss, {output: ∂loss/∂output})``."""
-    tape = forward(tgraph, feeds, params=params, ops=QAT_OPS, vjps=QAT_VJPS)
-    loss, seeds = loss_fn(tape.outputs)
-    grads = backward(tgraph, tape, seeds, vjps=QAT_VJPS)
+    with blas_threads(1):     # see qsim.grad.blas: robust on shared cores
+        tape = forward(tgraph, feeds, params=params, ops=QAT_OPS, vjps=QAT_VJPS)
+        loss, seeds = loss_fn(tape.outputs)
+        grads = backward(tgraph, tape, seeds, vjps=QAT_VJPS)
     out = {}
     for name in trainable:
         g = grads.get(name)

@@ -70,6 +70,12 @@ def test_numpy_twins_give_the_same_bits():
         tr._nb_train_backward(x3, g3, s, o, grid.qmin, grid.qmax, *bufs)
         for a, b in zip(bufs, tr._np_train_backward(x3, g3, s, o, grid.qmin, grid.qmax)):
             assert _bits_equal(a, b)
+        dx, gs64, go64 = np.empty_like(x3), np.zeros(s.shape), np.zeros(s.shape)
+        tr._nb_train_backward_sums(x3, g3, s, o, grid.qmin, grid.qmax, dx, gs64, go64)
+        ndx, ngs, ngo = tr._np_train_backward_sums(x3, g3, s, o, grid.qmin, grid.qmax)
+        assert _bits_equal(dx, bufs[0]) and _bits_equal(ndx, bufs[0])
+        assert np.array_equal(gs64.view(np.uint64), ngs.view(np.uint64))
+        assert np.array_equal(go64.view(np.uint64), ngo.view(np.uint64))
         fo, fd = np.empty_like(x3), np.empty_like(x3)
         tr._nb_frozen(x3, g3, s, o, grid.qmin, grid.qmax, fo, fd)
         nfo, nfd = tr._np_frozen(x3, g3, s, o, grid.qmin, grid.qmax)
