@@ -97,12 +97,20 @@ def training_graph(graph: Graph, slots: tuple[Slot, ...], ranges: Mapping[str, n
         return Node(f"{t}.quantizer", op, (raw[t], mn, mx), (qname[t],),
                     {"qmin": s.grid.qmin, "qmax": s.grid.qmax, "symmetric": int(s.grid.symmetric)})
 
-    nodes = [qnode(t) for t in by_tensor if t in graph.params or t in graph.input_names]
+    # a quantized parameter's or graph input's quantizer goes right before its first consumer, so
+    # the reverse sweep runs its VJP right after the consumers' and frees their gradient at once
+    pending = {t for t in by_tensor if t in graph.params or t in graph.input_names}
+    nodes = []
     for n in graph.nodes:
+        for i in n.inputs:
+            if i in pending:
+                pending.discard(i)
+                nodes.append(qnode(i))
         ins = tuple(qname.get(i, i) if i else i for i in n.inputs)
         outs_n = tuple(raw.get(o, o) for o in n.outputs)
         nodes.append(dataclasses.replace(n, inputs=ins, outputs=outs_n))
         nodes.extend(qnode(o) for o in n.outputs if o in by_tensor)
+    nodes.extend(qnode(t) for t in by_tensor if t in pending)   # quantized but never read
     params = dict(graph.params)
     for s in slots:
         for name in range_names(s.range_base):
@@ -113,11 +121,13 @@ def training_graph(graph: Graph, slots: tuple[Slot, ...], ranges: Mapping[str, n
 def value_and_grad(tgraph: Graph, params: Mapping[str, np.ndarray], feeds, loss_fn, *,
                    trainable) -> tuple[float, dict, dict]:
     """One training forward and backward: ``(loss, outputs, {name: ∂loss/∂name})`` for the names
-    in ``trainable``. ``loss_fn(outputs) -> (loss, {output: ∂loss/∂output})``."""
+    in ``trainable``. ``loss_fn(outputs) -> (loss, {output: ∂loss/∂output})``. Only the
+    values each VJP needs are kept, and each is dropped once used (qsim.grad.backward)."""
+    trainable = list(trainable)
     with blas_threads(1):     # see qsim.grad.blas: robust on shared cores
         tape = forward(tgraph, feeds, params=params, ops=QAT_OPS, vjps=QAT_VJPS)
         loss, seeds = loss_fn(tape.outputs)
-        grads = backward(tgraph, tape, seeds, vjps=QAT_VJPS)
+        grads = backward(tgraph, tape, seeds, vjps=QAT_VJPS, wrt=trainable, consume=True)
     out = {}
     for name in trainable:
         g = grads.get(name)
