@@ -7,8 +7,9 @@ single-threaded one (a descheduled worker stalls the others; measured in
 ``benchmarks/bench_qat.py``). :func:`blas_threads` sets OpenBLAS's *thread-local* thread count
 (``openblas_set_num_threads_local``, OpenBLAS >= 0.3.27) for the calling thread only and restores
 it on exit, so no other thread and no later NumPy code sees a change. With another BLAS, or an
-older OpenBLAS, it does nothing. Thread counts never change a result's bits here: OpenBLAS splits
-a product over rows and columns of the output, not over the summed axis.
+older OpenBLAS, it does nothing. OpenBLAS's blocking depends on its thread count, so the count
+can change the last bits of a product; one thread also makes a training step's float32 results
+independent of the machine's number of cores.
 """
 from __future__ import annotations
 
