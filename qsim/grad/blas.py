@@ -1,4 +1,6 @@
-"""How many threads NumPy's BLAS uses during a training step.
+"""Threads during a training step: NumPy's BLAS single-threaded, and independent pieces of work
+(two products of one Conv, halves of one product, channel ranges of a quantizer) on qsim's own
+worker threads instead.
 
 The backward's products are NumPy ``matmul`` calls (OpenBLAS in NumPy's wheels). OpenBLAS's
 worker threads busy-wait for each other between the blocks of one product, so on a machine whose
@@ -10,6 +12,11 @@ it on exit, so no other thread and no later NumPy code sees a change. With anoth
 older OpenBLAS, it does nothing. OpenBLAS's blocking depends on its thread count, so the count
 can change the last bits of a product; one thread also makes a training step's float32 results
 independent of the machine's number of cores.
+
+:func:`run_all` runs a few independent jobs at once, all but the first on a small pool of worker
+threads (BLAS single-threaded there too) that simply block when done; NumPy's products and qsim's
+Numba kernels release the GIL, so the jobs really run in parallel. Jobs must write disjoint
+outputs; their results never depend on how they were scheduled.
 """
 from __future__ import annotations
 
@@ -17,7 +24,9 @@ import ctypes
 import functools
 import glob
 import os
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -51,3 +60,38 @@ def blas_threads(count: int):
         yield
     finally:
         setter(previous)
+
+
+#: worker threads besides the caller's (one per further core)
+WORKERS: int = max(0, (os.cpu_count() or 1) - 1)
+
+
+@functools.lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=max(1, WORKERS), thread_name_prefix="qsim-grad")
+
+
+def _single_threaded(job):
+    with blas_threads(1):
+        return job()
+
+
+def run_all(jobs: Sequence[Callable]) -> list:
+    """``[job() for job in jobs]``, the first on the calling thread and the others at the same
+    time on worker threads (sequentially when the machine has one core)."""
+    if len(jobs) < 2 or WORKERS == 0:
+        return [job() for job in jobs]
+    futures = [_pool().submit(_single_threaded, job) for job in jobs[1:]]
+    try:
+        first = jobs[0]()
+    finally:
+        rest = [f.result() for f in futures]
+    return [first, *rest]
+
+
+def halves(n: int, work: float, minimum: float = 2e6) -> list[slice]:
+    """``range(n)`` cut into ``1 + WORKERS`` nearly equal slices when ``work`` (e.g. multiply-adds)
+    is at least ``minimum``, else one slice (threads would cost more than they save)."""
+    parts = 1 if work < minimum or n < 2 else min(n, 1 + WORKERS)
+    edges = [n * k // parts for k in range(parts + 1)]
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]

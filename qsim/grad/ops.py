@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OpError
+from .blas import halves, run_all
 from .registry import register_vjp, unbroadcast
 
 F32 = np.float32
@@ -231,6 +232,19 @@ def _gy_groups(gy, group):
     return g.reshape(group, m // group, -1)
 
 
+def _split_matmul(a, b):
+    """``a @ b`` for stacks (G, M, K) @ (G, K, P), float32, its rows M shared among the worker
+    threads of :func:`qsim.grad.blas.run_all` when the product is large."""
+    g, m, k = a.shape
+    out = np.empty((g, m, b.shape[2]), F32)
+
+    def rows(sl):
+        return lambda: np.matmul(a[:, sl], b, out=out[:, sl])
+
+    run_all([rows(sl) for sl in halves(m, g * m * k * b.shape[2])])
+    return out
+
+
 def _conv_dw(g3, x, wshape, pads, strides, dilations, oh, ow):
     """Conv's weight gradient ``dW_g = gy_g · cols_gᵀ`` (``g3`` from :func:`_gy_groups`,
     cols = :func:`_im2col` of ``x``), float32, shape ``wshape``."""
@@ -243,16 +257,21 @@ def conv(gy, *, inputs, outputs, auto_pad="NOTSET", dilations=None, group=1, ker
          pads=None, strides=None):
     """Y[n,o,i,j] = Σ_{c,u,v} X̃[n,c,i·sh+u·dh, j·sw+v·dw]·W[o,c,u,v] + B[o] (X̃ zero-padded),
     i.e. per group ``Y_g = W_g · cols_g`` with cols = im2col(X̃). Hence, one float32 GEMM each:
-    dW_g = gy_g · cols_gᵀ, dX = col2im(W_gᵀ · gy_g), dB = Σ_{n,i,j} gy."""
+    dW_g = gy_g · cols_gᵀ, dX = col2im(W_gᵀ · gy_g), dB = Σ_{n,i,j} gy. The two products are
+    independent and run at once (:func:`qsim.grad.blas.run_all`)."""
     x, w = inputs[0], inputs[1]
     pads, strides, dilations = _conv_geometry(x, w, pads, strides, dilations, auto_pad)
     m, kshape = w.shape[0], w.shape[2:]
     oh, ow = gy.shape[2:]
     g3 = _gy_groups(gy, group)
-    dw_ = _conv_dw(g3, x, w.shape, pads, strides, dilations, oh, ow)
     w3 = np.asarray(w, F32).reshape(group, m // group, -1)
-    dcols = np.matmul(w3.transpose(0, 2, 1), g3)
-    dx = _col2im(dcols, x.shape, kshape, pads, strides, dilations, oh, ow)
+
+    def input_grad():
+        dcols = np.matmul(w3.transpose(0, 2, 1), g3)
+        return _col2im(dcols, x.shape, kshape, pads, strides, dilations, oh, ow)
+
+    dx, dw_ = run_all([input_grad,
+                       lambda: _conv_dw(g3, x, w.shape, pads, strides, dilations, oh, ow)])
     out = [dx, dw_]
     if len(inputs) > 2 and inputs[2] is not None:
         out.append(_f32(gy.sum(axis=(0, 2, 3), dtype=F32)))
@@ -285,7 +304,7 @@ def conv_forward(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, ke
         return OPS["Conv"](x, w, b, fp32_kernels=fp32_kernels, **attrs)
     n, m = x.shape[0], w.shape[0]
     cols = _im2col(x, (kh, kw), pd, st, dl, oh, ow, group)
-    y = np.matmul(w.reshape(group, m // group, -1), cols).reshape(m, n, oh, ow)
+    y = _split_matmul(w.reshape(group, m // group, -1), cols).reshape(m, n, oh, ow)
     if b is not None:
         y += b.reshape(m, 1, 1, 1)
     return np.ascontiguousarray(y.transpose(1, 0, 2, 3))
