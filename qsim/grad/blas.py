@@ -11,7 +11,8 @@ single-threaded one (a descheduled worker stalls the others; measured in
 it on exit, so no other thread and no later NumPy code sees a change. With another BLAS, or an
 older OpenBLAS, it does nothing. OpenBLAS's blocking depends on its thread count, so the count
 can change the last bits of a product; one thread also makes a training step's float32 results
-independent of the machine's number of cores.
+independent of the machine's number of cores (not of its CPU type: OpenBLAS picks its kernels by
+CPU; the golden QAT replay's tolerances, qat.md §9, cover either).
 
 :func:`run_all` runs a few independent jobs at once, all but the first on a small pool of worker
 threads (BLAS single-threaded there too) that simply block when done; NumPy's products and qsim's
@@ -90,8 +91,10 @@ def run_all(jobs: Sequence[Callable]) -> list:
 
 
 def halves(n: int, work: float, minimum: float = 2e6) -> list[slice]:
-    """``range(n)`` cut into ``1 + WORKERS`` nearly equal slices when ``work`` (e.g. multiply-adds)
-    is at least ``minimum``, else one slice (threads would cost more than they save)."""
-    parts = 1 if work < minimum or n < 2 else min(n, 1 + WORKERS)
+    """``range(n)`` cut into two nearly equal slices when ``work`` (e.g. multiply-adds) is at
+    least ``minimum``, else one slice (threads would cost more than they save). Always two, on
+    any number of cores: where a product is split can change its last bits, so the split must
+    not depend on the machine."""
+    parts = 2 if work >= minimum and n >= 2 else 1
     edges = [n * k // parts for k in range(parts + 1)]
     return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
