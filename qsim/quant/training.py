@@ -31,6 +31,7 @@ giving the same bits. Tensors are viewed as ``(outer, C, inner)`` around the cha
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -298,14 +299,21 @@ def _flat(p):
     return np.ascontiguousarray(np.asarray(p, dtype=F32).reshape(-1))
 
 
-def quantize_train(x, enc: TrainingEncoding, grid: Grid) -> np.ndarray:
-    """Training-path forward ``x̂ = f32((clamp(rne(x/s) - o, qmin, qmax) + o)·s)`` (§3)."""
+def quantize_train(x, enc: TrainingEncoding, grid: Grid, *, run=None, parts: int = 1) -> np.ndarray:
+    """Training-path forward ``x̂ = f32((clamp(rne(x/s) - o, qmin, qmax) + o)·s)`` (§3).
+
+    With ``run`` (a function that calls a list of zero-argument jobs, e.g. on threads) the Numba
+    kernel is cut into ``parts`` channel ranges run by it; the result is the same to the bit."""
     x = np.asarray(x, dtype=F32)
     axis = channel_axis_of(enc.scale.shape, x.shape)
     x3, s, o = _view3(x, axis), _flat(enc.scale), _flat(enc.offset)
     if USE_NUMBA:
         out = np.empty_like(x3)
-        _nb_train_forward(x3, s, o, grid.qmin, grid.qmax, out)
+
+        def call(sl):
+            _nb_train_forward(x3[:, sl], s[sl], o[sl], grid.qmin, grid.qmax, out[:, sl])
+
+        _run_jobs(_channel_jobs(call, x3.shape[1], parts if run is not None else 1), run)
     else:
         out = _np_train_forward(x3, s, o, grid.qmin, grid.qmax)
     return out.reshape(x.shape)
@@ -358,18 +366,20 @@ def range_gradients(gs_sum, go_sum, theta_min, enc: TrainingEncoding, grid: Grid
     return dmin.reshape(s.shape), d.reshape(s.shape)
 
 
-def _channel_jobs(kernel, parts, x3, g3, s, o, qmin, qmax, dx, gs64, go64):
-    """Zero-argument calls of ``kernel`` on ``parts`` disjoint channel ranges (per-channel sums
-    do not mix channels, so the split changes no bit)."""
-    n = x3.shape[1]
+def _channel_jobs(call, n: int, parts: int) -> list:
+    """Zero-argument jobs ``call(slice)`` over ``parts`` disjoint ranges of the ``n`` channels
+    (the kernels never mix channels, so a split changes no bit)."""
     parts = max(1, min(parts, n))
     edges = [n * k // parts for k in range(parts + 1)]
+    return [functools.partial(call, slice(a, b)) for a, b in zip(edges[:-1], edges[1:])]
 
-    def job(sl):
-        return lambda: kernel(x3[:, sl], g3[:, sl], s[sl], o[sl], qmin, qmax, dx[:, sl], gs64[sl],
-                              go64[sl])
 
-    return [job(slice(a, b)) for a, b in zip(edges[:-1], edges[1:])]
+def _run_jobs(jobs, run):
+    if run is None:
+        for job in jobs:
+            job()
+    else:
+        run(jobs)
 
 
 def quantize_train_backward(x, g, theta_min, enc: TrainingEncoding, grid: Grid, *, run=None,
@@ -390,12 +400,11 @@ def quantize_train_backward(x, g, theta_min, enc: TrainingEncoding, grid: Grid, 
     if USE_NUMBA:
         dx = np.empty_like(x3)
         gs64, go64 = np.zeros(s.shape, np.float64), np.zeros(s.shape, np.float64)
-        jobs = _channel_jobs(_nb_train_backward_sums, parts if run is not None else 1, x3, g3,
-                             s, o, grid.qmin, grid.qmax, dx, gs64, go64)
-        if run is None:
-            jobs[0]()
-        else:
-            run(jobs)
+        def call(sl):
+            _nb_train_backward_sums(x3[:, sl], g3[:, sl], s[sl], o[sl], grid.qmin, grid.qmax,
+                                    dx[:, sl], gs64[sl], go64[sl])
+
+        _run_jobs(_channel_jobs(call, x3.shape[1], parts if run is not None else 1), run)
     else:
         dx, gs64, go64 = _np_train_backward_sums(x3, g3, s, o, grid.qmin, grid.qmax)
     gs_sum = gs64.astype(F32).reshape(enc.scale.shape)

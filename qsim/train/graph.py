@@ -36,9 +36,15 @@ class Slot:
         return self.key or self.tensor
 
 
+def _parts(x) -> int:
+    """Channel ranges for a quantizer kernel on threads: two from 2^18 elements on."""
+    return 2 if np.size(x) >= 1 << 18 else 1
+
+
 def _qat_quantize(x, tmin, tmax, *, qmin, qmax, symmetric):
     grid = tr.Grid(qmin, qmax, bool(symmetric))
-    return tr.quantize_train(x, tr.training_encoding(tmin, tmax, grid), grid)
+    return tr.quantize_train(x, tr.training_encoding(tmin, tmax, grid), grid, run=run_all,
+                             parts=_parts(x))
 
 
 def _qat_quantize_frozen(x, tmin, tmax, *, qmin, qmax, symmetric):
@@ -51,8 +57,7 @@ def _qat_vjp(gy, *, inputs, outputs, qmin, qmax, symmetric):
     x, tmin, tmax = inputs
     grid = tr.Grid(qmin, qmax, bool(symmetric))
     enc = tr.training_encoding(tmin, tmax, grid)
-    parts = 2 if np.size(x) >= 1 << 18 else 1     # channel ranges: the split changes no bit
-    return tr.quantize_train_backward(x, gy, tmin, enc, grid, run=run_all, parts=parts)
+    return tr.quantize_train_backward(x, gy, tmin, enc, grid, run=run_all, parts=_parts(x))
 
 
 def _qat_frozen_vjp(gy, *, inputs, outputs, qmin, qmax, symmetric):
