@@ -22,7 +22,7 @@ def _f32(a):
 @register_vjp("Relu", saves=("outputs",))
 def relu(gy, *, inputs, outputs):
     """dx = gy · [y > 0]."""
-    return (_f32(np.where(outputs[0] > 0, gy, F32(0))),)
+    return (np.where(outputs[0] > 0, gy, F32(0)).astype(F32, copy=False),)
 
 
 @register_vjp("LeakyRelu", saves=("inputs",))
@@ -249,7 +249,7 @@ def _conv_dw(g3, x, wshape, pads, strides, dilations, oh, ow):
     """Conv's weight gradient ``dW_g = gy_g · cols_gᵀ`` (``g3`` from :func:`_gy_groups`,
     cols = :func:`_im2col` of ``x``), float32, shape ``wshape``."""
     cols = _im2col(np.asarray(x, F32), wshape[2:], pads, strides, dilations, oh, ow, g3.shape[0])
-    return _f32(np.matmul(g3, cols.transpose(0, 2, 1)).reshape(wshape))
+    return np.matmul(g3, cols.transpose(0, 2, 1)).reshape(wshape)     # fresh float32: no copy
 
 
 @register_vjp("Conv", saves=("inputs",))
