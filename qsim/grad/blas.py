@@ -67,8 +67,10 @@ def blas_threads(count: int):
 WORKERS: int = max(0, (os.cpu_count() or 1) - 1)
 
 
-@functools.lru_cache(maxsize=1)
-def _pool() -> ThreadPoolExecutor:
+@functools.lru_cache(maxsize=None)
+def _pool(pid: int) -> ThreadPoolExecutor:
+    """The worker threads of process ``pid`` (a forked child has none of its parent's threads,
+    so it must not reuse its parent's pool)."""
     return ThreadPoolExecutor(max_workers=max(1, WORKERS), thread_name_prefix="qsim-grad")
 
 
@@ -82,7 +84,7 @@ def run_all(jobs: Sequence[Callable]) -> list:
     time on worker threads (sequentially when the machine has one core)."""
     if len(jobs) < 2 or WORKERS == 0:
         return [job() for job in jobs]
-    futures = [_pool().submit(_single_threaded, job) for job in jobs[1:]]
+    futures = [_pool(os.getpid()).submit(_single_threaded, job) for job in jobs[1:]]
     try:
         first = jobs[0]()
     finally:

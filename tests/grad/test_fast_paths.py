@@ -85,3 +85,19 @@ def test_blas_threads_is_scoped():
         with blas_threads(1):
             assert setter(1) == 1
         assert setter(before) == before
+
+
+def test_run_all_after_fork():
+    """A forked child (which has none of its parent's worker threads) still runs its jobs."""
+    import multiprocessing
+
+    from qsim.grad.blas import run_all
+    assert run_all([lambda: 1, lambda: 2]) == [1, 2]      # the parent's pool exists now
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        assert pool.apply_async(_jobs_in_child).get(timeout=60) == [3, 4]
+
+
+def _jobs_in_child():
+    from qsim.grad.blas import run_all
+    return run_all([lambda: 3, lambda: 4])
