@@ -198,7 +198,8 @@ def _windows(xp, kh, kw, strides, dilations, oh, ow):
 
 def _im2col(x, kshape, pads, strides, dilations, oh, ow, group):
     """``x`` (N, C, H, W) → cols (group, C/group·kh·kw, N·oh·ow), float32 C-contiguous:
-    ``cols[g, (c, u, v), (n, i, j)] = X̃[n, g·cg + c, i·sh + u·dh, j·sw + v·dw]`` (X̃ zero-padded)."""
+    ``cols[g, (c, u, v), (n, i, j)] = X̃[n, g·cg + c, i·sh + u·dh, j·sw + v·dw]``
+    (X̃ zero-padded)."""
     n, c = x.shape[:2]
     kh, kw = kshape
     xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))

@@ -299,7 +299,8 @@ def _flat(p):
     return np.ascontiguousarray(np.asarray(p, dtype=F32).reshape(-1))
 
 
-def quantize_train(x, enc: TrainingEncoding, grid: Grid, *, run=None, parts: int = 1) -> np.ndarray:
+def quantize_train(x, enc: TrainingEncoding, grid: Grid, *, run=None,
+                   parts: int = 1) -> np.ndarray:
     """Training-path forward ``x̂ = f32((clamp(rne(x/s) - o, qmin, qmax) + o)·s)`` (§3).
 
     With ``run`` (a function that calls a list of zero-argument jobs, e.g. on threads) the Numba
@@ -400,6 +401,7 @@ def quantize_train_backward(x, g, theta_min, enc: TrainingEncoding, grid: Grid, 
     if USE_NUMBA:
         dx = np.empty_like(x3)
         gs64, go64 = np.zeros(s.shape, np.float64), np.zeros(s.shape, np.float64)
+
         def call(sl):
             _nb_train_backward_sums(x3[:, sl], g3[:, sl], s[sl], o[sl], grid.qmin, grid.qmax,
                                     dx[:, sl], gs64[sl], go64[sl])
