@@ -10,7 +10,7 @@ Prints, in one run:
   repetitions timed in turn (goal ≤ 3×), their CPU times (all threads; less sensitive to other
   processes on the machine), and the peak traced memory of one step vs one forward.
 
-    python benchmarks/bench_qat.py [--epochs 8] [--batch 2] [--size 64] [--repeats 3]
+    python benchmarks/bench_qat.py [--epochs 6] [--batch 2] [--size 64] [--repeats 7]
 """
 from __future__ import annotations
 
