@@ -25,6 +25,7 @@ import ctypes
 import functools
 import glob
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Callable, Sequence
@@ -65,13 +66,14 @@ def blas_threads(count: int):
 
 #: worker threads besides the caller's (one per further core)
 WORKERS: int = max(0, (os.cpu_count() or 1) - 1)
+_PREFIX = "qsim-grad-worker"
 
 
 @functools.lru_cache(maxsize=None)
 def _pool(pid: int) -> ThreadPoolExecutor:
     """The worker threads of process ``pid`` (a forked child has none of its parent's threads,
     so it must not reuse its parent's pool)."""
-    return ThreadPoolExecutor(max_workers=max(1, WORKERS), thread_name_prefix="qsim-grad")
+    return ThreadPoolExecutor(max_workers=max(1, WORKERS), thread_name_prefix=_PREFIX)
 
 
 def _single_threaded(job):
@@ -81,8 +83,9 @@ def _single_threaded(job):
 
 def run_all(jobs: Sequence[Callable]) -> list:
     """``[job() for job in jobs]``, the first on the calling thread and the others at the same
-    time on worker threads (sequentially when the machine has one core)."""
-    if len(jobs) < 2 or WORKERS == 0:
+    time on worker threads (sequentially when the machine has one core, and when called from a
+    worker thread itself, which would otherwise wait for its own pool)."""
+    if len(jobs) < 2 or WORKERS == 0 or threading.current_thread().name.startswith(_PREFIX):
         return [job() for job in jobs]
     futures = [_pool(os.getpid()).submit(_single_threaded, job) for job in jobs[1:]]
     try:

@@ -101,3 +101,11 @@ def test_run_all_after_fork():
 def _jobs_in_child():
     from qsim.grad.blas import run_all
     return run_all([lambda: 3, lambda: 4])
+
+
+def test_run_all_nested_in_a_job():
+    """A job that itself calls run_all (on the worker thread) finishes instead of waiting for
+    its own pool."""
+    from qsim.grad.blas import run_all
+    inner = lambda: run_all([lambda: 1, lambda: 2])          # noqa: E731
+    assert run_all([inner, inner]) == [[1, 2], [1, 2]]
