@@ -213,6 +213,44 @@ def _nb_frozen(x, g, s, o, qmin, qmax, out, dx):
                 out[a, c, i] = np.float32(v + oc) * sc
 
 
+@kernel
+def _nb_frozen_forward(x, s, o, qmin, qmax, out):
+    """Frozen-path x̂ alone (:func:`_nb_frozen` without ``dx``)."""
+    n_outer, n_ch, n_inner = x.shape
+    lo = np.float64(qmin)
+    hi = np.float64(qmax)
+    for a in range(n_outer):
+        for c in range(n_ch):
+            sc = s[c]
+            inv = np.float32(1.0) / sc
+            oc = np.float64(o[c])
+            for i in range(n_inner):
+                v = np.float64(np.rint(x[a, c, i] * inv)) - oc
+                if v < lo:
+                    v = lo
+                if v > hi:
+                    v = hi
+                out[a, c, i] = np.float32(v + oc) * sc
+
+
+@kernel
+def _nb_frozen_backward(x, g, s, o, qmin, qmax, dx):
+    """Frozen-path ``dx = g·m'`` alone (:func:`_nb_frozen` without x̂)."""
+    n_outer, n_ch, n_inner = x.shape
+    lo = np.float64(qmin)
+    hi = np.float64(qmax)
+    for a in range(n_outer):
+        for c in range(n_ch):
+            inv = np.float32(1.0) / s[c]
+            oc = np.float64(o[c])
+            for i in range(n_inner):
+                v = np.float64(np.rint(x[a, c, i] * inv)) - oc
+                if lo <= v and v <= hi:
+                    dx[a, c, i] = g[a, c, i] * np.float32(1.0)
+                else:
+                    dx[a, c, i] = g[a, c, i] * np.float32(0.0)
+
+
 # ---------------------------------------------------------------- NumPy twins
 
 def _np_codes(x3, s3, o3, qmin, qmax, frozen):
@@ -328,15 +366,33 @@ def quantize_frozen(x, enc: TrainingEncoding, grid: Grid, g=None):
     x = np.asarray(x, dtype=F32)
     axis = channel_axis_of(enc.scale.shape, x.shape)
     x3, s, o = _view3(x, axis), _flat(enc.scale), _flat(enc.offset)
-    g3 = x3 if g is None else _view3(g, axis)
+    if g is None:
+        if USE_NUMBA:
+            out = np.empty_like(x3)
+            _nb_frozen_forward(x3, s, o, grid.qmin, grid.qmax, out)
+        else:
+            out = _np_frozen(x3, x3, s, o, grid.qmin, grid.qmax)[0]
+        return out.reshape(x.shape)
+    g3 = _view3(g, axis)
     if USE_NUMBA:
         out, dx = np.empty_like(x3), np.empty_like(x3)
         _nb_frozen(x3, g3, s, o, grid.qmin, grid.qmax, out, dx)
     else:
         out, dx = _np_frozen(x3, g3, s, o, grid.qmin, grid.qmax)
-    if g is None:
-        return out.reshape(x.shape)
     return out.reshape(x.shape), dx.reshape(x.shape)
+
+
+def quantize_frozen_backward(x, g, enc: TrainingEncoding, grid: Grid) -> np.ndarray:
+    """Frozen-path backward alone, ``dx = g·m'`` (§4; x̂ is not recomputed)."""
+    x = np.asarray(x, dtype=F32)
+    axis = channel_axis_of(enc.scale.shape, x.shape)
+    x3, g3, s, o = _view3(x, axis), _view3(g, axis), _flat(enc.scale), _flat(enc.offset)
+    if USE_NUMBA:
+        dx = np.empty_like(x3)
+        _nb_frozen_backward(x3, g3, s, o, grid.qmin, grid.qmax, dx)
+    else:
+        dx = _np_frozen(x3, g3, s, o, grid.qmin, grid.qmax)[1]
+    return dx.reshape(x.shape)
 
 
 def range_gradients(gs_sum, go_sum, theta_min, enc: TrainingEncoding, grid: Grid):

@@ -64,8 +64,8 @@ def _qat_frozen_vjp(gy, *, inputs, outputs, qmin, qmax, symmetric):
     """dx = g·m' of the frozen path; the frozen ranges get no gradient."""
     x, tmin, tmax = inputs
     grid = tr.Grid(qmin, qmax, bool(symmetric))
-    _, dx = tr.quantize_frozen(x, tr.training_encoding(tmin, tmax, grid), grid, g=gy)
-    return dx, None, None
+    return tr.quantize_frozen_backward(x, gy, tr.training_encoding(tmin, tmax, grid), grid), \
+        None, None
 
 
 #: the quantizer ops and their backwards, passed to qsim.grad's forward/backward

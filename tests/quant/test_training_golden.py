@@ -52,6 +52,7 @@ def test_golden_case(case):
     assert _bits_equal(xf, d["x_hat_frozen"])
     assert _bits_equal(dxf, d["dx_frozen"])
     assert _bits_equal(tr.quantize_frozen(d["x"], enc, grid), d["x_hat_frozen"])
+    assert _bits_equal(tr.quantize_frozen_backward(d["x"], d["g"], enc, grid), d["dx_frozen"])
 
 
 def test_numpy_twins_give_the_same_bits():
@@ -80,6 +81,10 @@ def test_numpy_twins_give_the_same_bits():
         tr._nb_frozen(x3, g3, s, o, grid.qmin, grid.qmax, fo, fd)
         nfo, nfd = tr._np_frozen(x3, g3, s, o, grid.qmin, grid.qmax)
         assert _bits_equal(fo, nfo) and _bits_equal(fd, nfd)
+        fo1, fd1 = np.empty_like(x3), np.empty_like(x3)
+        tr._nb_frozen_forward(x3, s, o, grid.qmin, grid.qmax, fo1)
+        tr._nb_frozen_backward(x3, g3, s, o, grid.qmin, grid.qmax, fd1)
+        assert _bits_equal(fo1, nfo) and _bits_equal(fd1, nfd)
 
 
 def test_bad_parameter_shape_is_a_clear_error():
