@@ -1,16 +1,11 @@
-"""Quantization-aware training: what it recovers, and what one step costs.
+"""Quantization-aware training: what one step costs (what it recovers: bench_qat_recovery.py).
 
-Prints, in one run:
-* the bundled digits CNN at W4A4 (BatchNorm folded): FP32 accuracy, accuracy after calibration
-  alone, after QAT with range learning (Adam), and the fraction of the calibration loss that QAT
-  recovers (goal ≥ 0.5). The bundle has labels only for its 597 test images: the first half
-  trains, the second half evaluates (disjoint).
-* the ResNet-18-shaped model: one training step (forward + backward, quantizers learning) vs the
+Prints, in one run, for the ResNet-18-shaped model: one training step (forward + backward, quantizers learning) vs the
   simulated forward alone (``sim.run``, ONNX Runtime's exact kernels), each the median of a few
   repetitions timed in turn (goal ≤ 3×), their CPU times (all threads; less sensitive to other
   processes on the machine), and the peak traced memory of one step vs one forward.
 
-    python benchmarks/bench_qat.py [--epochs 6] [--batch 2] [--size 64] [--repeats 7]
+    python benchmarks/bench_qat.py [--batch 2] [--size 64] [--repeats 7]
 """
 from __future__ import annotations
 
@@ -29,39 +24,6 @@ from bench_executor import resnet18  # noqa: E402
 import qsim  # noqa: E402
 import qsim.train  # noqa: E402
 
-DATA = Path(qsim.__file__).parent / "data"
-
-
-def _accuracy(sim, x, y) -> float:
-    return float(np.mean(np.argmax(sim.run({"input": x})["logits"], axis=1) == y))
-
-
-def digits(epochs: int, lr: float) -> None:
-    d = np.load(DATA / "digits.npz")
-    x, y = d["test_x"], d["test_y"]
-    half = len(x) // 2
-    graph, _ = qsim.fold_batch_norms(qsim.load_onnx(str(DATA / "digits_cnn.onnx")))
-    fp_logits = qsim.run(graph, {"input": x[half:]})["logits"]
-    acc_fp = float(np.mean(np.argmax(fp_logits, axis=1) == y[half:]))
-    sim = qsim.QuantizationSimModel(graph, quant_scheme="training_range_learning_with_tf_init",
-                                    param_type="int4", activation_type="int4",
-                                    config_file="default")
-    sim.compute_encodings([{"input": d["calib_x"][i:i + 64]} for i in range(0, 256, 64)])
-    acc_cal = _accuracy(sim, x[half:], y[half:])
-    rng = np.random.default_rng(0)
-    batches = []
-    for _ in range(epochs):
-        order = rng.permutation(half)
-        batches += [({"input": x[order[i:i + 32]]}, y[order[i:i + 32]]) for i in range(0, half, 32)]
-    t0 = time.perf_counter()
-    sim.fit(batches, qsim.train.cross_entropy, qsim.train.Adam(lr=lr), epochs=1)
-    t_fit = time.perf_counter() - t0
-    acc_qat = _accuracy(sim, x[half:], y[half:])
-    lost = acc_fp - acc_cal
-    rec = (acc_qat - acc_cal) / lost if lost > 0 else float("nan")
-    print(f"digits CNN W4A4 (eval on {len(x) - half} images): FP32 {acc_fp:.3f}  "
-          f"calibrated {acc_cal:.3f}  after QAT {acc_qat:.3f}  "
-          f"recovered {rec:.2f} of the loss (goal >= 0.5); {len(batches)} steps in {t_fit:.1f} s")
 
 
 def _interleaved(fns, repeats):
@@ -113,13 +75,10 @@ def resnet_step(batch: int, size: int, repeats: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=6)
-    ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
-    digits(args.epochs, args.lr)
     resnet_step(args.batch, args.size, args.repeats)
 
 
