@@ -18,8 +18,11 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
 
 def ort_run_op(op_type: str, inputs: list, attrs: dict | None = None, *, noutputs: int = 1,
                opset: int = 17, initializers: "tuple[int, ...] | list[int]" = (),
-               threads: int = 1) -> list[np.ndarray]:
+               threads: int = 1, domain: str = "") -> list[np.ndarray]:
     """Run ``op_type`` on ``inputs`` (arrays, or None for an absent optional input) in ORT.
+
+    ``domain`` (e.g. ``"com.microsoft"``) is the node's op domain; the model then imports it at
+    version 1 besides the default domain at ``opset``.
 
     Inputs whose index is in ``initializers`` are stored as initializers (some ops require
     constant shape/axes inputs to be initializers to type-check; ORT pre-packs a MatMul/Gemm B
@@ -42,11 +45,14 @@ def ort_run_op(op_type: str, inputs: list, attrs: dict | None = None, *, noutput
     while names and names[-1] == "":
         names.pop()
     outs = [f"out{i}" for i in range(noutputs)]
-    node = helper.make_node(op_type, names, outs, **attrs)
+    node = helper.make_node(op_type, names, outs, domain=domain or None, **attrs)
     graph = helper.make_graph([node], "single_op", graph_inputs,
                               [helper.make_value_info(o, onnx.TypeProto()) for o in outs],
                               initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    imports = [helper.make_opsetid("", opset)]
+    if domain:
+        imports.append(helper.make_opsetid(domain, 1))
+    model = helper.make_model(graph, opset_imports=imports)
     model.ir_version = min(model.ir_version, 9)
     sess = ort.InferenceSession(model.SerializeToString(), session_options(threads),
                                 providers=["CPUExecutionProvider"])
@@ -89,7 +95,7 @@ def assert_op_matches_ort(op_type: str, inputs: list, attrs: dict | None = None,
 
 
 def ort_and_qsim(op_type: str, inputs: list, attrs: dict | None = None, *, opset: int,
-                 noutputs: int = 1, initializers: tuple[int, ...] = ()
+                 noutputs: int = 1, initializers: tuple[int, ...] = (), domain: str = ""
                  ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """``(ORT's outputs, qsim's outputs)`` of one op at ``opset``, after checking qsim gives at
     least ORT's outputs, each with ORT's dtype and shape (ORT's warnings silenced)."""
@@ -97,7 +103,7 @@ def ort_and_qsim(op_type: str, inputs: list, attrs: dict | None = None, *, opset
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = ort_run_op(op_type, inputs, attrs, noutputs=noutputs, opset=opset,
-                              initializers=initializers)
+                              initializers=initializers, domain=domain)
     got = [np.asarray(g) for g in
            qsim_run_op(op_type, inputs, attrs, noutputs=noutputs, opset=opset)]
     assert len(got) >= len(expected), f"{op_type}-{opset}: {len(got)} outputs, ORT {len(expected)}"

@@ -7,3 +7,4 @@ from . import nn, elementwise, tensor, indexing, normalization  # noqa: E402,F40
 __all__ = ["OPS", "register", "supported_attributes", "internal_keywords"]
 
 from . import quantized  # noqa: E402,F401  (Q/DQ, QLinear*, *Integer: registers on import)
+from . import contrib_quantized  # noqa: E402,F401  (com.microsoft QLinear*, QGemm, ...)

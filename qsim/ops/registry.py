@@ -23,6 +23,9 @@ Calling convention (every op follows it)::
 * A keyword-only parameter named ``opset`` (not an ONNX attribute) receives the opset version of
   the default ONNX domain the graph imports: ops whose meaning changed between opsets (Softmax
   before 13, AveragePool from 19, ...) take it.
+* An ONNX attribute whose name is also an internal keyword (com.microsoft QLinearSoftmax has an
+  ``opset`` attribute) is declared with ``@register(op, attributes=("opset",))``: for that op the
+  name is an attribute, which the executor passes from the node and never fills itself.
 * An op rejects a bad attribute value or input with :class:`qsim.errors.OpError` (without the node
   name: the executor adds it). Ops never mutate their inputs.
 """
@@ -41,12 +44,16 @@ OPS: dict[str, OpFn] = {}
 _INTERNAL_KEYWORDS = frozenset({"noutputs", "constant_b", "fp32_kernels", "opset"})
 
 
-def register(op_type: str) -> Callable[[OpFn], OpFn]:
-    """Register ``fn`` as the implementation of ONNX op ``op_type`` (one function per op)."""
+def register(op_type: str, *, attributes: tuple[str, ...] = ()) -> Callable[[OpFn], OpFn]:
+    """Register ``fn`` as the implementation of ONNX op ``op_type`` (one function per op).
+
+    ``attributes`` names keyword parameters that are ONNX attributes although an internal
+    keyword has the same name (see the module docstring)."""
 
     def deco(fn: OpFn) -> OpFn:
         if op_type in OPS:
             raise RuntimeError(f"op {op_type} registered twice ({OPS[op_type].__name__}, {fn.__name__})")
+        fn.__onnx_attributes__ = frozenset(attributes)
         OPS[op_type] = fn
         return fn
 
@@ -55,9 +62,15 @@ def register(op_type: str) -> Callable[[OpFn], OpFn]:
 
 def supported_attributes(op_type: str) -> frozenset[str]:
     """The ONNX attribute names the implementation of ``op_type`` accepts."""
-    sig = inspect.signature(OPS[op_type])
+    fn = OPS[op_type]
+    sig = inspect.signature(fn)
     return frozenset(name for name, p in sig.parameters.items()
-                     if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in _INTERNAL_KEYWORDS)
+                     if p.kind is inspect.Parameter.KEYWORD_ONLY
+                     and (name not in _INTERNAL_KEYWORDS or name in _declared_attributes(fn)))
+
+
+def _declared_attributes(fn: OpFn) -> frozenset[str]:
+    return getattr(fn, "__onnx_attributes__", frozenset())
 
 
 @functools.lru_cache(maxsize=None)
@@ -65,4 +78,5 @@ def internal_keywords(fn: OpFn) -> frozenset[str]:
     """The registry's internal keywords (``noutputs``, ``constant_b``, ``fp32_kernels``,
     ``opset``) that
     ``fn`` takes."""
-    return frozenset(inspect.signature(fn).parameters) & _INTERNAL_KEYWORDS
+    return (frozenset(inspect.signature(fn).parameters) & _INTERNAL_KEYWORDS) \
+        - _declared_attributes(fn)
