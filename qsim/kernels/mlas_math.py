@@ -543,8 +543,16 @@ def parallel_blocks(n: int, cost: float, threads: int) -> list[tuple[int, int]]:
 def log_scalar_positions(n: int, threads: int) -> np.ndarray:
     """Elements ORT's Log computes with C logf instead of Eigen's packets: in every parallel
     block, those before the first 16-byte-aligned element and the last (size - head) % 4."""
+    return eigen_scalar_positions(n, _LOG_COST, threads)
+
+
+def eigen_scalar_positions(n: int, cost: float, threads: int) -> np.ndarray:
+    """Elements an Eigen float32 array expression run by ORT's ``TryParallelFor(n, cost)``
+    computes with its scalar function instead of packets of 4: in every parallel block
+    (:func:`parallel_blocks`), those before the first 16-byte-aligned element and the last
+    (size - head) % 4."""
     scalar = np.zeros(n, bool)
-    for start, end in parallel_blocks(n, _LOG_COST, threads):
+    for start, end in parallel_blocks(n, cost, threads):
         head = min((-start) % 4, end - start)
         scalar[start:start + head] = True
         body = (end - start - head) // 4 * 4
