@@ -149,6 +149,16 @@ def _min_max_update(x3, mn, mx):
     return _nb_min_max(x3.view(np.int32), mn.view(np.int32), mx.view(np.int32))
 
 
+def _finiteness_from_range(x3, mn, mx) -> tuple[bool, bool]:
+    """:func:`finiteness` of the batch from its NaN-ignoring per-channel ``mn, mx`` (+inf/-inf
+    where a channel has no number): without a -inf min or +inf max no element is infinite, and
+    a finite element exists iff some channel has ``mn <= mx``. Otherwise the batch is read
+    again (:func:`finiteness`)."""
+    if (mn == -np.inf).any() or (mx == np.inf).any():
+        return finiteness(x3)
+    return False, bool((mn <= mx).any())
+
+
 @dataclass(frozen=True, eq=False)
 class MinMaxStats:
     """Running min/max (float32, NaN ignored), shape () per tensor or (C,) per channel.
@@ -177,7 +187,7 @@ class MinMaxStats:
         mx = np.full(x3.shape[1], -np.inf, np.float32)
         nans = _min_max_update(x3, mn, mx)
         shape = self.min.shape
-        inf, finite = finiteness(x3)
+        inf, finite = _finiteness_from_range(x3, mn, mx)
         return MinMaxStats(min=_readonly(mn.reshape(shape)), max=_readonly(mx.reshape(shape)),
                            axis=self.axis, nan_count=int(nans), inf_seen=inf, finite_seen=finite)
 

@@ -390,3 +390,12 @@ def test_update_does_not_copy_a_float32_batch(make):
     finally:
         tracemalloc.stop()
     assert peak < 256 * 1024
+
+
+@SETTINGS
+@given(x=long_rows(400), channels=st.sampled_from([1, 2, 3]))
+def test_min_max_flags_equal_finiteness_of_the_batch(x, channels):
+    """The ±Inf / finite flags taken from the min/max equal a direct look at the batch."""
+    x = x[: x.size - x.size % channels].reshape(-1, channels)
+    s = MinMaxStats.empty(axis=1, channels=channels).observe(x)
+    assert (s.inf_seen, s.finite_seen) == (bool(np.isinf(x).any()), bool(np.isfinite(x).any()))
