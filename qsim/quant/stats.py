@@ -398,8 +398,10 @@ def _nb_histogram_update(x3, fixed, width, k0, batches, pdf):
 
 
 @functools.cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """The worker threads of the threaded histogram (made once per size, on first use)."""
+def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
+    """The worker threads of the threaded histogram, made on first use per size and process
+    (``pid``: a forked child, e.g. a cluster worker, must not reuse its parent's pool, whose
+    threads did not survive the fork)."""
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qsim-histogram")
 
 
@@ -419,8 +421,9 @@ def _threaded_histogram_update(x3, fixed, width, k0, batches, pdf, threads):
             continue
         r, k0f = np.float32(1.0 / width[c]), np.float32(k0[c])
         parts = np.zeros((threads, NUM_BINS + 1), np.int64)
-        futures = [_pool(threads - 1).submit(_nb_count_channel, x3, c, bounds[t], bounds[t + 1],
-                                             r, k0f, parts[t]) for t in range(1, threads)]
+        pool = _pool(threads - 1, os.getpid()) if threads > 1 else None
+        futures = [pool.submit(_nb_count_channel, x3, c, bounds[t], bounds[t + 1], r, k0f,
+                               parts[t]) for t in range(1, threads)]
         results = [_nb_count_channel(x3, c, bounds[0], bounds[1], r, k0f, parts[0])]
         results += [f.result() for f in futures]
         nans += sum(a for a, _, _ in results)

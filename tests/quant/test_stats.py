@@ -399,3 +399,19 @@ def test_min_max_flags_equal_finiteness_of_the_batch(x, channels):
     x = x[: x.size - x.size % channels].reshape(-1, channels)
     s = MinMaxStats.empty(axis=1, channels=channels).observe(x)
     assert (s.inf_seen, s.finite_seen) == (bool(np.isinf(x).any()), bool(np.isfinite(x).any()))
+
+
+@pytest.mark.skipif(JIT_DISABLED or not hasattr(os, "fork"),
+                    reason="the thread pool is used by the compiled path; needs fork")
+def test_threaded_histogram_works_in_a_forked_child():
+    """A forked process (a cluster worker) gets its own pool: the parent's threads are gone."""
+    import multiprocessing
+    x = np.random.default_rng(5).normal(size=S.PARALLEL_MIN_ELEMENTS).astype(np.float32)
+    parent = HistogramStats.empty().update(x, threads=2)        # creates the parent's pool
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        child = pool.apply_async(_threaded_pdf, (x,)).get(timeout=60)
+    assert child == parent.pdf.tobytes()
+
+
+def _threaded_pdf(x):
+    return HistogramStats.empty().update(x, threads=2).pdf.tobytes()
