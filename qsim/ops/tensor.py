@@ -479,6 +479,20 @@ def reduce_sum(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_
     return _reduce("ReduceSum", total, data, axes_input, axes, keepdims, noop_with_empty_axes)
 
 
+def _order_matters(rows: np.ndarray, y: np.ndarray) -> bool:
+    """Whether the order of the reduction can change the max/min ``y`` of some row: the rows
+    hold a NaN, or a zero extreme with both +0 and -0 among the row's elements."""
+    if np.isnan(rows).any():
+        return True
+    zero = y == 0
+    if not zero.any():
+        return False
+    z = rows[zero]
+    neg = np.signbit(z) & (z == 0)
+    pos = ~np.signbit(z) & (z == 0)
+    return bool((neg.any(axis=1) & pos.any(axis=1)).any())
+
+
 def _first_extreme(x, axis, keepdims, *, largest: bool):
     """Max (or min) over ``axis`` as ONNX Runtime takes it, over the reduced elements in
     row-major order with ``m = x0; m = v if m < v`` (``v < m`` for the min): a NaN held stays,
@@ -491,7 +505,8 @@ def _first_extreme(x, axis, keepdims, *, largest: bool):
     out_shape = [x.shape[i] for i in keep]
     rows = np.transpose(x, keep + sorted(axis)).reshape(math.prod(out_shape), -1)
     y = rows.max(axis=1) if largest else rows.min(axis=1)
-    if x.dtype in (np.float32, np.float64) and (np.isnan(y).any() or not y.all()):
+    if x.dtype in (np.float32, np.float64) and (np.isnan(y).any() or not y.all()) and \
+            _order_matters(rows, y):
         kind, sizes = math_exact.fast_reduce_shape(x.shape, axis)
         if kind in ("R", "KR"):
             y = math_exact.eigen_row_extremes(rows, largest)
