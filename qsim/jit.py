@@ -9,8 +9,8 @@ Every compiled kernel uses :func:`kernel`, which fixes the options once:
 * ``error_model="numpy"`` division by zero gives inf/NaN as in C and NumPy (Numba's default
   raises ZeroDivisionError and checks every division).
 
-:func:`parallel_kernel` is the same with ``parallel=True``, for the few kernels that split one
-long batch over threads with ``numba.prange`` (chunk results merged exactly afterwards).
+No kernel uses Numba's ``parallel=True``: its OpenMP-style workers spin-wait, which stalls on
+shared cores; kernels that split work run on plain threads (they release the GIL).
 
 ``USE_NUMBA`` is False when ``NUMBA_DISABLE_JIT=1`` is set; the public wrappers then call the
 vectorised NumPy twin of each kernel instead of the (slow) pure-Python loop. Both give the same
@@ -43,8 +43,3 @@ def kernel(fn):
     """Compile ``fn`` with Numba (``cache=True, nogil=True, fastmath=False``, NumPy errors)."""
     return numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")(fn)
 
-
-def parallel_kernel(fn):
-    """:func:`kernel` with ``parallel=True``: ``numba.prange`` loops run on Numba's thread pool."""
-    return numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy",
-                      parallel=True)(fn)
