@@ -5,6 +5,8 @@
                                                              per-quantizer report (HTML + JSON)
     qsim inspect MODEL.onnx [--config CFG]                   graph + quantizer placement, with rules
     qsim validate-config CFG                                 every problem, with JSON paths
+    qsim finetune MODEL.onnx --calib C.npz --train T.npz --labels L.npy [--eval E.npz
+                  --eval-labels EL.npy] --out DIR            calibrate, QAT, accuracy, export
 
 ``qsim quantize`` and ``qsim analyze`` without a model run on the bundled example (the digits CNN,
 package data under ``qsim/data/``) and also report FP32 and quantized accuracy on its held-out split.
@@ -709,6 +711,197 @@ def cmd_validate_config(args) -> int:
     return 2
 
 
+# ---- finetune ----------------------------------------------------------------------------------
+
+#: --scheme choices of qsim finetune: AIMET's four QAT scheme names and the short post-training ones
+FINETUNE_SCHEMES = ("training_range_learning_with_tf_init",
+                    "training_range_learning_with_tf_enhanced_init",
+                    "post_training_tf", "post_training_tf_enhanced", "tf", "tf_enhanced")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not np.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+@dataclass
+class TrainJob:
+    """What finetune works on, on top of :class:`Job`: the labelled training (and evaluation)
+    data."""
+
+    job: Job
+    train: dict
+    train_labels: np.ndarray
+    eval_data: dict | None
+    eval_labels: np.ndarray | None
+
+
+def _labelled(graph, data_path: str, labels_path: str, what: str, batch: int,
+              fixed: int | None, note) -> tuple[dict, np.ndarray]:
+    """One ``(feeds, labels)`` pair of files: the same number of samples in both, labels that
+    are class indices of the model's first output."""
+    raw = load_npz(Path(data_path), graph.input_names, f"{what} file")
+    data = _cast_feeds(graph, raw, f"'{data_path}'")
+    _check_shapes(graph, data, batch, f"{what} file '{data_path}'")
+    labels = load_labels(Path(labels_path))
+    n = len(next(iter(data.values())))
+    if len(labels) != n:
+        raise UserError(f"'{labels_path}' has {len(labels)} labels but the {what} file "
+                        f"'{data_path}' has {n} samples; give one label per sample")
+    _check_labels(graph, labels, labels_path)
+    if fixed is not None:
+        data = fit_batches(data, fixed, f"{what} file '{data_path}'", note)
+        labels = labels[:len(next(iter(data.values())))]
+    return data, labels
+
+
+def load_train_job(args, note) -> TrainJob:
+    """Check every file of ``qsim finetune`` and load them, before any work."""
+    if (args.eval is None) != (args.eval_labels is None):
+        given, missing = (("--eval", "--eval-labels") if args.eval is not None
+                          else ("--eval-labels", "--eval"))
+        raise UserError(f"{given} needs {missing} (accuracy is measured on labelled data)")
+    for path, what in ((args.train, "training file"), (args.labels, "labels file"),
+                       (args.eval, "evaluation file"), (args.eval_labels, "labels file")):
+        if path is not None:
+            _check_file(Path(path), what)
+    job = load_job(args, with_eval=False, note=note)
+    train, labels = _labelled(job.graph, args.train, args.labels, "training", job.batch,
+                              job.fixed_batch, note)
+    ev = ev_labels = None
+    if args.eval is not None:
+        ev, ev_labels = _labelled(job.graph, args.eval, args.eval_labels, "evaluation",
+                                  job.batch, job.fixed_batch, note)
+    return TrainJob(job=job, train=train, train_labels=labels, eval_data=ev, eval_labels=ev_labels)
+
+
+def _check_classes(sim, tj: TrainJob) -> None:
+    """Labels below the number of classes the model really outputs (its dimension 1 may be
+    dynamic in the file): one FP32 forward of one sample decides."""
+    import qsim
+    one = {k: v[:tj.job.fixed_batch or 1] for k, v in tj.train.items()}
+    out = qsim.run(sim.graph, one, fp32_kernels=sim.fp32_kernels)[sim.graph.output_names[0]]
+    if out.ndim != 2:
+        raise UserError(f"qsim finetune trains classifiers: the model's output "
+                        f"'{sim.graph.output_names[0]}' has shape {out.shape}, expected "
+                        f"(batch, classes) logits")
+    for labels, path in ((tj.train_labels, "--labels"), (tj.eval_labels, "--eval-labels")):
+        if labels is not None and labels.size and labels.max() >= out.shape[1]:
+            raise UserError(f"{path} holds label {int(labels.max())}, but the model's output "
+                            f"'{sim.graph.output_names[0]}' has classes 0..{out.shape[1] - 1}")
+
+
+def epoch_batches(data: dict, labels: np.ndarray, batch: int, epochs: int, seed: int,
+                  fixed: bool) -> list[tuple[dict, np.ndarray]]:
+    """``epochs`` passes over the training data, each in a new random order
+    (``numpy.random.default_rng(seed)``), cut into ``(feeds, labels)`` batches of ``batch``
+    samples; the last one of a pass is shorter unless the model's batch is ``fixed``."""
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    stop = n - n % batch if fixed else n
+    out = []
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        out += [({k: v[order[i:i + batch]] for k, v in data.items()}, labels[order[i:i + batch]])
+                for i in range(0, stop, batch)]
+    return out
+
+
+def _accuracy(run, data: dict, labels: np.ndarray, batch: int, output: str) -> float:
+    """Top-1 accuracy in % of ``run(feeds)[output]`` over ``data``, batch by batch."""
+    from .analyze import accuracy_percent
+    logits = np.concatenate([run(feeds)[output] for feeds in batches_of(data, batch)])
+    return accuracy_percent(logits, labels)
+
+
+def _export_swap(sim, out_dir: Path, stem: str, encoding_version: str) -> list[str]:
+    """Export into a temporary folder inside ``out_dir``, then move each file into place: a
+    failed export leaves ``out_dir`` as it was (and removes it if it made it)."""
+    import shutil
+    import tempfile
+    created = not out_dir.exists()
+    _make_out_dir(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=".qsim-finetune-", dir=out_dir))
+    try:
+        files = sim.export(tmp, stem, encoding_version=encoding_version)
+        for f in files:
+            os.replace(f, out_dir / f.name)
+        return [f.name for f in files]
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def cmd_finetune(args) -> int:
+    import qsim.train
+    from .train import sim_api
+    note = _note("finetune")
+    tj = load_train_job(args, note)
+    job = tj.job
+    out_dir = Path(args.out)
+    stem = job.model_path.stem
+    inputs = {**_input_files(args, job), "training file": Path(args.train),
+              "evaluation labels file": Path(args.eval_labels) if args.eval_labels else None}
+    check_not_inputs([out_dir / f"{stem}.onnx", out_dir / f"{stem}.encodings"], inputs)
+    _check_out_dir(out_dir)
+    sim, _ = build_sim(args, job, note)
+    nonfinite_error(sim, args.allow_nonfinite, note)
+    _check_classes(sim, tj)
+    output = sim.graph.output_names[0]
+    eval_batch = job.fixed_batch or max(job.batch, 256)
+
+    lines = _describe_sim(sim, job)
+    at = next(i for i, text in enumerate(lines) if text.lstrip().startswith("scheme:")) + 1
+    lines[at:at] = [f"  fine-tuning:          {args.epochs} epoch(s) of {len(tj.train_labels)} "
+                  f"samples, batch {job.batch}, {args.optimizer} lr {args.lr:g}, ranges "
+                  f"{'learned' if sim_api.range_learning(sim) else 'fixed (parameter ranges follow the weights)'}"]
+    if tj.eval_data is not None:
+        fp32 = _accuracy(lambda f: qsim.run(sim.graph, f, fp32_kernels=sim.fp32_kernels),
+                         tj.eval_data, tj.eval_labels, eval_batch, output)
+        before = _accuracy(sim.run, tj.eval_data, tj.eval_labels, eval_batch, output)
+    batches = epoch_batches(tj.train, tj.train_labels, job.batch, args.epochs, args.seed,
+                            job.fixed_batch is not None)
+    optimizer = (qsim.train.Adam(lr=args.lr) if args.optimizer == "adam"
+                 else qsim.train.SGD(lr=args.lr, momentum=args.momentum))
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # overflow: a diverging run, caught below
+        losses = sim_api.fit(sim, batches, qsim.train.cross_entropy, optimizer, epochs=1,
+                             progress=not args.quiet and sys.stderr.isatty())
+    t_train = time.perf_counter() - t0
+    bad = next((i for i, v in enumerate(losses) if not np.isfinite(v)), None)
+    if bad is not None:
+        raise UserError(f"training diverged: the loss became {losses[bad]} at step {bad + 1}; "
+                        f"try a smaller --lr (now {args.lr:g}); nothing was written")
+    per_epoch = len(batches) // args.epochs
+    first, last = np.mean(losses[:per_epoch]), np.mean(losses[-per_epoch:])
+    lines.append(f"  training:             {len(batches)} steps in {t_train:.2f} s; mean loss "
+                 f"{first:.4f} (epoch 1) -> {last:.4f} (epoch {args.epochs})")
+    if tj.eval_data is not None:
+        after = _accuracy(sim.run, tj.eval_data, tj.eval_labels, eval_batch, output)
+        n = len(tj.eval_labels)
+        lines += [f"  accuracy FP32:        {fp32:.2f} % on {n} evaluation samples",
+                  f"  accuracy calibrated:  {before:.2f} %",
+                  f"  accuracy fine-tuned:  {after:.2f} %"]
+    # everything that can refuse (bad scales), before the first file is written
+    from .export import dumps_encodings, encodings_document
+    dumps_encodings(encodings_document(sim, args.encoding_version))
+    written = _export_swap(sim, out_dir, stem, args.encoding_version)
+    lines.append(f"  export:               {out_dir.resolve()}/ ({', '.join(written)})")
+    print("\n".join(lines))
+    return 0
+
+
 # ---- entry point -----------------------------------------------------------------------------
 
 class _Parser(argparse.ArgumentParser):
@@ -779,6 +972,45 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--labels", help=".npy (or .npz) integer labels of the evaluation samples: "
                                     "the metric becomes accuracy (default: output SQNR)")
     a.set_defaults(func=cmd_analyze)
+
+    f = sub.add_parser("finetune", help="calibrate, fine-tune with quantization-aware training, "
+                                        "export")
+    f.add_argument("model", help="FP32 ONNX classifier (first output: logits, batch × classes)")
+    f.add_argument("--calib", required=True,
+                   help=".npz with one array per graph input, first axis = samples")
+    f.add_argument("--train", required=True, help=".npz training data (one array per input)")
+    f.add_argument("--labels", required=True,
+                   help=".npy integer labels of the training samples (one per sample)")
+    f.add_argument("--eval", help=".npz evaluation data: accuracy before and after training")
+    f.add_argument("--eval-labels", help=".npy integer labels of the evaluation samples")
+    f.add_argument("--epochs", type=positive_int, default=1, help="passes over --train (default 1)")
+    f.add_argument("--lr", type=positive_float, default=1e-3, help="learning rate (default 1e-3)")
+    f.add_argument("--optimizer", default="adam", choices=["adam", "sgd"],
+                   help="Adam (default) or SGD, as torch.optim computes them")
+    f.add_argument("--momentum", type=float, default=0.0, help="SGD momentum (default 0)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the shuffling (default 0)")
+    f.add_argument("--scheme", default="training_range_learning_with_tf_init",
+                   choices=FINETUNE_SCHEMES,
+                   help="training_range_learning_* learn every quantizer range (default "
+                        "training_range_learning_with_tf_init); post_training_*/tf/tf_enhanced "
+                        "keep activation ranges fixed and recompute weight ranges from the weights")
+    f.add_argument("--config", default=None, help="config file or built-in name (default: default)")
+    f.add_argument("--batch-size", type=positive_int, default=None,
+                   help="calibration and training batch size (default 16; a model with a fixed "
+                        "batch dimension uses that)")
+    f.add_argument("--param-bw", type=bitwidth, default=8, help="weight bitwidth, 2..16 (default 8)")
+    f.add_argument("--act-bw", type=bitwidth, default=8, help="activation bitwidth, 2..16 (default 8)")
+    f.add_argument("--encoding-version", default="1.0.0", choices=["1.0.0", "0.6.1", "2.0.0"],
+                   help="format of <stem>.encodings (default 1.0.0)")
+    _add_family_option(f)
+    f.add_argument("--out", required=True, help="output folder (its other files are kept)")
+    f.add_argument("--no-fold", action="store_true", help="do not fold batch norms first")
+    f.add_argument("--allow-nonfinite", action="store_true",
+                   help="go on when a quantizer's calibration data held ±Inf or only NaN")
+    f.add_argument("--quiet", action="store_true", help="no progress bars")
+    f.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show tracebacks on errors")
+    f.set_defaults(func=cmd_finetune, percentile=None, rounding="nearest")
 
     i = sub.add_parser("inspect", help="show the graph and where quantizers go, and why")
     i.add_argument("model")

@@ -457,11 +457,11 @@ def _v2_implied_problems(sim, f: EncodingsFile, encodings: Mapping, entries: lis
     """2.0.0 entries without an enabled quantizer of their own must be the int32 biases or the
     derived encodings that the file's quantizer entries imply (:func:`qsim.export.document_v2`);
     scales are compared to float32 round-off (rtol 1e-6), types and zero points exactly."""
-    from .export import Exported, document_v2
+    from .export import Exported, asymmetric_biases, document_v2
     handles = sim._handles
     exported = [Exported(name=t, is_param=handles[qid].spec.is_param, encoding=encodings[qid])
                 for t, qid in sim.placement.quantizer_of.items() if qid in encodings]
-    implied = {e.name: e for e in _parse_v2(document_v2(sim.graph, exported),
+    implied = {e.name: e for e in _parse_v2(document_v2(sim.placement.graph, exported, asymmetric_biases=asymmetric_biases(sim)),
                                             _Problems("(implied)"))}
     out = []
     for entry in entries:

@@ -217,11 +217,18 @@ def entry_v2(name: str, enc: Encoding, *, is_param: bool) -> dict:
     return out
 
 
-def int32_entry(name: str, scale, *, per_channel: bool) -> dict:
-    """A 2.0.0 int32 bias entry (offset -2^31, so no zero point; per channel along axis 0)."""
+def int32_entry(name: str, scale, *, per_channel: bool, symmetric: bool = True) -> dict:
+    """A 2.0.0 32-bit bias entry, offset -2^31 (per channel along axis 0): ``int32`` without a
+    zero point when the bias quantizer is symmetric, else ``uint32`` with zero point 2^31 (aimet
+    writes the bias quantizer's own signedness: asymmetric parameters, e.g. its DSP config)."""
+    out = {"name": name, "output_dtype": "int32" if symmetric else "uint32"}
     if per_channel:
-        return {"name": name, "output_dtype": "int32", "y_scale": _values(scale), "axis": 0}
-    return {"name": name, "output_dtype": "int32", "y_scale": float(np.asarray(scale).reshape(()))}
+        out["y_scale"], out["axis"] = _values(scale), 0
+    else:
+        out["y_scale"] = float(np.asarray(scale).reshape(()))
+    if not symmetric:
+        out["y_zero_point"] = ([2 ** 31] * len(out["y_scale"]) if per_channel else 2 ** 31)
+    return out
 
 
 # ---- 2.0.0 additions: int32 biases and derived encodings ---------------------------------------
@@ -300,11 +307,13 @@ def bias_scale(kind: str, s_in: Encoding, s_w: Encoding, bias: np.ndarray) -> np
     return np.maximum(b / np.float32(2.0 ** 31), BIAS_SCALE_FLOOR).astype(np.float32)
 
 
-def bias_entries(graph: Graph, exported: Iterable[Exported]) -> dict[str, dict]:
+def bias_entries(graph: Graph, exported: Iterable[Exported],
+                 asymmetric: frozenset = frozenset()) -> dict[str, dict]:
     """weight name → the int32 entry of its op's bias (placement.md §6 (a)).
 
     For every op with a bias that has no entry of its own, whose weight has one, and whose
-    input 0 has an effective encoding."""
+    input 0 has an effective encoding. Biases in ``asymmetric`` (their quantizer is not
+    symmetric) are written ``uint32`` (:func:`int32_entry`)."""
     by_name = {e.name: e for e in exported}
     producers, consumers = graph.producers(), graph.consumers()
 
@@ -325,7 +334,8 @@ def bias_entries(graph: Graph, exported: Iterable[Exported]) -> dict[str, dict]:
             continue
         s_w = by_name[w].encoding
         scale = bias_scale(kind, s_in, s_w, graph.params[b])
-        out.setdefault(w, int32_entry(b, scale, per_channel=s_w.axis is not None))
+        out.setdefault(w, int32_entry(b, scale, per_channel=s_w.axis is not None,
+                                      symmetric=b not in asymmetric))
     return out
 
 
@@ -338,6 +348,50 @@ def _data_inputs(node: Node) -> tuple:
     return tuple(node.inputs[:1])
 
 
+def _constant(graph: Graph, tensor: str, producers) -> np.ndarray | None:
+    """An initializer, a Constant's value, or either through Identity nodes; else None."""
+    seen = set()
+    while tensor not in seen:
+        seen.add(tensor)
+        if tensor in graph.params:
+            return np.asarray(graph.params[tensor])
+        node = producers.get(tensor)
+        if node is None:
+            return None
+        if node.op_type == "Constant" and "value" in node.attrs:
+            return np.asarray(node.attrs["value"])
+        if node.op_type != "Identity":
+            return None
+        tensor = node.inputs[0]
+    return None
+
+
+def is_masked_softmax_reducemin(graph: Graph, node: Node, producers, consumers) -> bool:
+    """aimet 2.42 derives no encoding for the ReduceMin of an HTP masked softmax,
+    ``Softmax(Where(mask, x, ReduceMin(x, axes) + B), axis)``: axes a constant -1 or 3, B a
+    constant single value <= -20, each op the only reader of the one before, the Softmax's
+    ``axis`` attribute written and -1 or 3."""
+    if node.op_type != "ReduceMin" or len(node.inputs) < 2:
+        return False
+    axes = _constant(graph, node.inputs[1], producers)
+    if axes is None or axes.size != 1 or axes.reshape(-1)[0] not in (-1, 3):
+        return False
+
+    def only_reader(tensor, op_type):
+        readers = consumers.get(tensor, [])
+        return readers[0] if len(readers) == 1 and readers[0].op_type == op_type else None
+
+    add = only_reader(node.outputs[0], "Add")
+    if add is None:
+        return False
+    b = _constant(graph, next((t for t in add.inputs if t != node.outputs[0]), ""), producers)
+    if b is None or b.size != 1 or b.reshape(-1)[0] > -20:
+        return False
+    where = only_reader(add.outputs[0], "Where")
+    softmax = where and only_reader(where.outputs[0], "Softmax")
+    return bool(softmax) and softmax.attrs.get("axis") in (-1, 3)
+
+
 def derived_encodings(graph: Graph, encoding_of: Callable[[str], "Encoding | None"]
                       ) -> list[tuple[str, Encoding]]:
     """Encodings copied through grid-equivariant ops and Clip/Max/Min/Pad/Where (§6 (b)).
@@ -345,8 +399,9 @@ def derived_encodings(graph: Graph, encoding_of: Callable[[str], "Encoding | Non
     In graph order, for each such op: forward, if every data input has the same per-tensor
     encoding and a float output has none, that output gets it; backward, if an output has a
     per-tensor encoding, each non-static float data input with none and a single consumer gets
-    it. Derived encodings count for later ops."""
-    consumers = graph.consumers()
+    it. Derived encodings count for later ops. The ReduceMin of an HTP masked softmax derives
+    nothing (:func:`is_masked_softmax_reducemin`)."""
+    consumers, producers = graph.consumers(), graph.producers()
     known: dict[str, Encoding] = {}
 
     def enc(t):
@@ -358,7 +413,8 @@ def derived_encodings(graph: Graph, encoding_of: Callable[[str], "Encoding | Non
 
     out: list[tuple[str, Encoding]] = []
     for node in graph.nodes:
-        if node.op_type not in DERIVED_OPS:
+        if node.op_type not in DERIVED_OPS \
+                or is_masked_softmax_reducemin(graph, node, producers, consumers):
             continue
         data = [t for t in _data_inputs(node) if is_float(t)]
         encs = [enc(t) for t in data]
@@ -379,10 +435,11 @@ def derived_encodings(graph: Graph, encoding_of: Callable[[str], "Encoding | Non
     return out
 
 
-def document_v2(graph: Graph, exported: list[Exported], producer: Mapping | None = None) -> dict:
+def document_v2(graph: Graph, exported: list[Exported], producer: Mapping | None = None,
+                asymmetric_biases: frozenset = frozenset()) -> dict:
     """The 2.0.0 document of ``exported`` (params, then activations, in order) on ``graph``."""
     by_name = {e.name: e for e in exported}
-    biases = bias_entries(graph, exported)
+    biases = bias_entries(graph, exported, asymmetric_biases)
     entries = []
     for e in (x for x in exported if x.is_param):
         entries.append(entry_v2(e.name, e.encoding, is_param=True))
@@ -398,7 +455,8 @@ def document_v2(graph: Graph, exported: list[Exported], producer: Mapping | None
 # ---- the whole file ----------------------------------------------------------------------------
 
 def document(exported: list[Exported], version: str, *, quantizer_args: Mapping | None = None,
-             producer: Mapping | None = None, graph: Graph | None = None) -> dict:
+             producer: Mapping | None = None, graph: Graph | None = None,
+             asymmetric_biases: frozenset = frozenset()) -> dict:
     """The encodings document of ``exported`` in format ``version`` (2.0.0 needs ``graph``);
     ExportError first if a scale is NaN, infinite or ≤ 0 (:func:`check_scales`)."""
     check_scales({"encodings": [{"name": e.name, "y_scale": _values(e.encoding.delta)}
@@ -419,7 +477,7 @@ def document(exported: list[Exported], version: str, *, quantizer_args: Mapping 
         if graph is None:
             raise ExportError("a 2.0.0 encodings file needs the model graph (int32 biases and "
                               "derived encodings depend on it)")
-        return document_v2(graph, exported, producer)
+        return document_v2(graph, exported, producer, asymmetric_biases)
     raise ExportError(f"encoding_version {version!r} is not supported; use one of "
                       f"{list(ENCODING_VERSIONS)}")
 
@@ -448,7 +506,13 @@ def quantizer_args(sim) -> dict:
 def encodings_document(sim, version: str = "1.0.0") -> dict:
     """The encodings file of ``sim`` in format ``version`` as a dict."""
     return document(list(exported_encodings(sim)), version, quantizer_args=quantizer_args(sim),
-                    graph=sim.graph)
+                    graph=sim.placement.graph, asymmetric_biases=asymmetric_biases(sim))
+
+
+def asymmetric_biases(sim) -> frozenset:
+    """Bias parameters whose quantizer is not symmetric (their 2.0.0 entry is uint32)."""
+    return frozenset(t for q in sim.placement.quantizers
+                     if q.is_param and q.kind == "bias" and not q.symmetric for t in q.tensors)
 
 
 def export_sim(sim, path: "str | os.PathLike", prefix: str, *,

@@ -73,6 +73,8 @@ class Graph:
     value_info: Mapping[str, ValueInfo] = field(default_factory=dict)
     opset: int = 17
     name: str = "graph"
+    declared_shapes: frozenset = frozenset()  # tensors whose shape the model file itself states
+                                              # (its inputs, outputs, value_info), not inferred
 
     def __post_init__(self):
         object.__setattr__(self, "nodes", tuple(self.nodes))

@@ -9,26 +9,37 @@ Every compiled kernel uses :func:`kernel`, which fixes the options once:
 * ``error_model="numpy"`` division by zero gives inf/NaN as in C and NumPy (Numba's default
   raises ZeroDivisionError and checks every division).
 
-:func:`parallel_kernel` is the same with ``parallel=True``, for the few kernels that split one
-long batch over threads with ``numba.prange`` (chunk results merged exactly afterwards).
+No kernel uses Numba's ``parallel=True``: its OpenMP-style workers spin-wait, which stalls on
+shared cores; kernels that split work run on plain threads (they release the GIL).
 
 ``USE_NUMBA`` is False when ``NUMBA_DISABLE_JIT=1`` is set; the public wrappers then call the
 vectorised NumPy twin of each kernel instead of the (slow) pure-Python loop. Both give the same
 bits, which the tests check, so the switch never changes a result.
+
+Numba would route ``math.exp``/``math.pow``/... in vectorised loops to Intel's SVML when the
+``icc_rt`` package is installed; SVML's results are within 1-4 ulp of libm's, not equal, and ONNX
+Runtime calls libm. This module therefore sets ``NUMBA_DISABLE_INTEL_SVML=1`` before Numba is
+imported (unless the user set it), and warns if Numba was imported earlier with SVML active.
 """
 from __future__ import annotations
 
-import numba
+import os
+import warnings
+
+os.environ.setdefault("NUMBA_DISABLE_INTEL_SVML", "1")
+
+import numba  # noqa: E402  (after the SVML switch above)
 
 USE_NUMBA: bool = not numba.config.DISABLE_JIT
+
+if numba.config.USING_SVML:
+    warnings.warn("Numba uses Intel SVML for math functions (numba was imported before qsim, or "
+                  "NUMBA_DISABLE_INTEL_SVML=0): qsim's kernels may then differ from ONNX Runtime "
+                  "by an ulp; set NUMBA_DISABLE_INTEL_SVML=1 before importing numba",
+                  RuntimeWarning, stacklevel=2)
 
 
 def kernel(fn):
     """Compile ``fn`` with Numba (``cache=True, nogil=True, fastmath=False``, NumPy errors)."""
     return numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy")(fn)
 
-
-def parallel_kernel(fn):
-    """:func:`kernel` with ``parallel=True``: ``numba.prange`` loops run on Numba's thread pool."""
-    return numba.njit(cache=True, nogil=True, fastmath=False, error_model="numpy",
-                      parallel=True)(fn)

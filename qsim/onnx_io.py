@@ -284,8 +284,11 @@ def _graph_from_proto(proto, inferred=None) -> Graph:
                           outputs=tuple(n.output),
                           attrs={a.name: _attr_value(a) for a in n.attribute}, domain=n.domain))
     nodes = _topological(nodes, {v.name for v in inputs} | set(params))
+    declared = frozenset(v.name for v in (*g.input, *g.output, *g.value_info)
+                         if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape"))
     return Graph(nodes=tuple(nodes), inputs=inputs, outputs=outputs, params=params,
-                 value_info=value_info, opset=_opset(proto), name=g.name or "graph")
+                 value_info=value_info, opset=_opset(proto), name=g.name or "graph",
+                 declared_shapes=declared)
 
 
 # ---- Graph → ONNX ------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from .interpreter import check_feeds, run as run_graph
 from .kernels.family import DESCRIPTION as _FAMILY_TEXT, resolve as resolve_family
 from .ir import Graph, Node
 from .placement import Placement, QuantizerSpec, place_quantizers
+from .placement.norm_fusion import fold_reciprocal_mul
 from .quant import Encoding, TensorQuantizer
 
 QDQ_OP = "QuantizeDequantize"
@@ -297,11 +298,11 @@ class QuantizationSimModel:
         self.placement: Placement = place_quantizers(
             self.model, self.config, param_bitwidth=self.param_bitwidth,
             activation_bitwidth=self.activation_bitwidth)
-        self.graph = self.placement.graph  # after graph passes (MatmulAdd fusion)
+        self.graph = self.placement.executed_graph  # after MatmulAdd fusion (norms as they are)
         self._handles: dict[int, QuantizerHandle] = {
             s.qid: QuantizerHandle(spec=s, quantizer=self._make_quantizer(s), enabled=s.enabled)
             for s in self.placement.quantizers}
-        self.sim_graph = insert_qdq(self.graph, self.placement.quantizers)
+        self.sim_graph = insert_qdq(self._quantized_base, self.placement.quantizers)
         self._calibrated = False
         self._run_graph: SimulationPass | None = None
         self._run_key: tuple = ()
@@ -318,6 +319,13 @@ class QuantizationSimModel:
     def quantizers(self) -> dict[str, QuantizerHandle]:
         """Tensor name → its quantizer (tie members map to the same handle)."""
         return {t: h for h in self._handles.values() for t in h.spec.tensors}
+
+    @property
+    def _quantized_base(self) -> Graph:
+        """The graph quantizers are inserted into: ``self.graph`` (the FP32 model, whose weights
+        training updates) with what aimet's session does inside its norm function bodies
+        (norm_fusion.fold_reciprocal_mul)."""
+        return fold_reciprocal_mul(self.graph, self.placement.bodies)
 
     def enabled_quantizers(self) -> list[str]:
         """Names of the tensors whose quantizer is enabled, in placement order."""
@@ -477,7 +485,7 @@ class QuantizationSimModel:
     def _executable_graph(self) -> Graph:
         """The sim graph with only enabled quantizers; parameter QDQ done once, ahead of time."""
         enabled = [h.spec for h in self._handles.values() if h.enabled]
-        graph = insert_qdq(self.graph, enabled)
+        graph = insert_qdq(self._quantized_base, enabled)
         params = dict(graph.params)
         keep = []
         for node in graph.nodes:
@@ -541,10 +549,11 @@ class QuantizationSimModel:
         from .train import sim_api
         sim_api._state(self).frozen = False
 
-    def fit(self, batches, loss_fn, optimizer, epochs: int = 1) -> list:
-        """Train on ``(feeds, target)`` batches; ``loss_fn(target)`` gives the loss (qsim.train)."""
+    def fit(self, batches, loss_fn, optimizer, epochs: int = 1, *, progress=None) -> list:
+        """Train on ``(feeds, target)`` batches; ``loss_fn(target)`` gives the loss (qsim.train).
+        ``progress``: a tqdm progress bar on stderr (True / False; None: when it is a terminal)."""
         from .train import sim_api
-        return sim_api.fit(self, batches, loss_fn, optimizer, epochs)
+        return sim_api.fit(self, batches, loss_fn, optimizer, epochs, progress=progress)
 
     # ---- export -----------------------------------------------------------------------------
     def export(self, path: "str | os.PathLike", filename_prefix: str, *,

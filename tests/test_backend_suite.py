@@ -21,7 +21,7 @@ from tests.backend_suite import cases, run_case
 #: kernel, cubic Resize weights, float64 paths): compared to tolerance
 TOLERANCE_OPS = frozenset({
     "Attention", "RMSNormalization", "RotaryEmbedding", "FlexAttention", "LRN",
-    "Einsum", "ReduceLogSumExp", "Pow"})
+    "Einsum", "Pow"})
 #: cases that use exact ops on inputs whose arithmetic qsim does not reproduce bit for bit
 TOLERANCE_CASES = {
     "cubic_A_n0p5_exclude_outside": "cubic Resize with exclude_outside: ORT's renormalised "
@@ -32,12 +32,7 @@ TOLERANCE_CASES = {
 }
 
 #: cases qsim refuses on purpose, with the reason (ORT runs them)
-REFUSALS = {
-    "test_resize_downsample_scales_linear_antialias": "Resize antialias not implemented",
-    "test_resize_downsample_sizes_linear_antialias": "Resize antialias not implemented",
-    "test_resize_downsample_scales_cubic_antialias": "Resize antialias not implemented",
-    "test_resize_downsample_sizes_cubic_antialias": "Resize antialias not implemented",
-}
+REFUSALS: dict[str, str] = {}   # (Resize antialias, the last one, is implemented)
 
 #: cases whose results differ beyond the tolerance, with the reason
 _FP16_ATTENTION = ("float16 attention: qsim rounds every op of the body to float16, ORT's fused "

@@ -13,10 +13,11 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "examples" / "noteb
 CELL_TIMEOUT = 240
 
 
-def test_the_three_notebooks_are_there():
+def test_the_four_notebooks_are_there():
     assert [p.name for p in NOTEBOOKS] == ["01_quantization_noise.ipynb",
                                            "02_quantize_analyze_fix.ipynb",
-                                           "03_test_oracle.ipynb"]
+                                           "03_test_oracle.ipynb",
+                                           "04_quantization_aware_training.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -42,7 +42,7 @@ DEFAULT_CONFIG = "default"
 # Extra names for shipped configs: AIMET's own file names for the same content.
 CONFIG_ALIASES = {"aimet_default": "per_tensor", "aimet_per_channel": "default"}
 # Graph passes registered in aimet-onnx 2.42 (must match the schema's "supergroup_pass" enum).
-KNOWN_SUPERGROUP_PASSES = ("MatmulAdd", "LayerNormalization", "RMSNormalization", "DecoderBlock")
+KNOWN_SUPERGROUP_PASSES = ("MatmulAdd", "LayerNormalization", "RMSNormalization", "MaskedSoftmax")
 
 _BOOL_VALUES = ["True", "False", True, False]
 _TRUE_ONLY_VALUES = ["True", True]

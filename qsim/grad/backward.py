@@ -3,8 +3,9 @@
 ``forward(graph, feeds)`` runs the nodes in order (the same op functions as
 :func:`qsim.interpreter.run`) and keeps, per node, only what its VJP declares it needs
 (``saves``); every other intermediate is dropped after its last forward use.
-``backward(graph, tape, seeds, wrt)`` walks the nodes in reverse, calls each VJP, and
-accumulates ∂L/∂t for every tensor t (float32; fan-out sums).
+``backward(graph, tape, seeds, wrt=...)`` walks the nodes in reverse, calls each VJP, and
+accumulates ∂L/∂t for every tensor t (float32; fan-out sums), dropping each gradient and (with
+``consume=True``) each saved value as soon as nothing later in the sweep needs it.
 """
 from __future__ import annotations
 
@@ -37,9 +38,10 @@ def check_backward_supported(graph: Graph, vjps: Mapping[str, Vjp] | None = None
 @dataclass(frozen=True)
 class Tape:
     """What the reverse sweep needs: per node index, the saved inputs and/or outputs (None where
-    not saved), plus the forward's requested outputs."""
+    not saved), plus the forward's requested outputs. ``backward(..., consume=True)`` empties
+    ``saved`` as it goes."""
 
-    saved: Mapping[int, tuple]
+    saved: dict[int, tuple]
     outputs: Mapping[str, np.ndarray]
 
 
@@ -76,17 +78,23 @@ def forward(graph: Graph, feeds: Mapping[str, np.ndarray], *,
 
 
 def backward(graph: Graph, tape: Tape, seeds: Mapping[str, np.ndarray], *,
-             vjps: Mapping[str, Vjp] | None = None) -> dict[str, np.ndarray]:
+             vjps: Mapping[str, Vjp] | None = None, wrt: Iterable[str] | None = None,
+             consume: bool = False) -> dict[str, np.ndarray]:
     """``{tensor: ∂L/∂tensor}`` for every tensor reached from ``seeds`` (``{output: ∂L/∂output}``),
-    graph inputs and parameters included."""
+    graph inputs and parameters included; with ``wrt``, only for those names, and every other
+    gradient is dropped as soon as the VJP of the node producing it has run (memory: at any time
+    only the gradients still to be propagated are alive). ``consume=True`` also drops each
+    node's saved values from ``tape`` once its VJP has run (the tape cannot be reused)."""
     table = {**VJPS, **(vjps or {})}
+    keep = None if wrt is None else set(wrt)
     grads: dict[str, np.ndarray] = {k: np.asarray(v, np.float32) for k, v in seeds.items()}
+    saved = tape.saved
     for i in range(len(graph.nodes) - 1, -1, -1):
         node = graph.nodes[i]
+        ins, outs = saved.pop(i) if consume else saved[i]
         if not any(o in grads for o in node.outputs if o):
             continue
         vjp = table[node.op_type]
-        ins, outs = tape.saved[i]
         attrs = dict(node.attrs)
         if vjp.multi:
             gys = tuple(grads.get(o) for o in node.outputs)
@@ -99,8 +107,17 @@ def backward(graph: Graph, tape: Tape, seeds: Mapping[str, np.ndarray], *,
                 res = vjp.fn(gy, inputs=ins, outputs=outs, **attrs)
             except QsimError as exc:
                 raise type(exc)(f"{node.describe()}: {exc}") from None
+            del gy
+        del ins, outs
+        if keep is not None:
+            for o in node.outputs:
+                if o not in keep:
+                    grads.pop(o, None)
         for name, g in zip(node.inputs, res):
             if not name or g is None:
                 continue
             grads[name] = g if name not in grads else grads[name] + g
+        del res
+    if keep is not None:
+        grads = {k: v for k, v in grads.items() if k in keep}
     return grads

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OpError
+from .blas import halves, run_all
 from .registry import register_vjp, unbroadcast
 
 F32 = np.float32
@@ -21,7 +22,7 @@ def _f32(a):
 @register_vjp("Relu", saves=("outputs",))
 def relu(gy, *, inputs, outputs):
     """dx = gy · [y > 0]."""
-    return (_f32(np.where(outputs[0] > 0, gy, F32(0))),)
+    return (np.where(outputs[0] > 0, gy, F32(0)).astype(F32, copy=False),)
 
 
 @register_vjp("LeakyRelu", saves=("inputs",))
@@ -195,39 +196,123 @@ def _windows(xp, kh, kw, strides, dilations, oh, ow):
     return v[:, :, ::sh, ::sw, ::dh, ::dw][:, :, :oh, :ow]
 
 
+def _im2col(x, kshape, pads, strides, dilations, oh, ow, group):
+    """``x`` (N, C, H, W) → cols (group, C/group·kh·kw, N·oh·ow), float32 C-contiguous:
+    ``cols[g, (c, u, v), (n, i, j)] = X̃[n, g·cg + c, i·sh + u·dh, j·sw + v·dw]``
+    (X̃ zero-padded)."""
+    n, c = x.shape[:2]
+    kh, kw = kshape
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    win = _windows(xp, kh, kw, strides, dilations, oh, ow)           # (N, C, oh, ow, kh, kw)
+    cols = np.empty((c, kh, kw, n, oh, ow), F32)
+    cols[...] = win.transpose(1, 4, 5, 0, 2, 3)
+    return cols.reshape(group, c // group * kh * kw, n * oh * ow)
+
+
+def _col2im(dcols, xshape, kshape, pads, strides, dilations, oh, ow):
+    """The adjoint of :func:`_im2col`: ``dX̃[n, c, i·sh + u·dh, j·sw + v·dw] += dcols[(c, u, v),
+    (n, i, j)]`` summed over the taps, cropped to the unpadded input (N, C, H, W)."""
+    n, c, h, wd = xshape
+    kh, kw = kshape
+    sh, sw = strides
+    dh, dw = dilations
+    d6 = dcols.reshape(c, kh, kw, n, oh, ow)
+    dxp = np.zeros((c, n, h + pads[0] + pads[2], wd + pads[1] + pads[3]), F32)
+    for u in range(kh):
+        for v in range(kw):
+            dxp[:, :, u * dh:u * dh + sh * (oh - 1) + 1:sh,
+                v * dw:v * dw + sw * (ow - 1) + 1:sw] += d6[:, u, v]
+    return np.ascontiguousarray(
+        dxp[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + wd].transpose(1, 0, 2, 3))
+
+
+def _gy_groups(gy, group):
+    """``gy`` (N, M, oh, ow) → (group, M/group, N·oh·ow), float32 C-contiguous."""
+    n, m = gy.shape[:2]
+    g = np.ascontiguousarray(np.asarray(gy, F32).transpose(1, 0, 2, 3))
+    return g.reshape(group, m // group, -1)
+
+
+def _split_matmul(a, b):
+    """``a @ b`` for stacks (G, M, K) @ (G, K, P), float32, its rows M shared among the worker
+    threads of :func:`qsim.grad.blas.run_all` when the product is large."""
+    g, m, k = a.shape
+    out = np.empty((g, m, b.shape[2]), F32)
+
+    def rows(sl):
+        return lambda: np.matmul(a[:, sl], b, out=out[:, sl])
+
+    run_all([rows(sl) for sl in halves(m, g * m * k * b.shape[2])])
+    return out
+
+
+def _conv_dw(g3, x, wshape, pads, strides, dilations, oh, ow):
+    """Conv's weight gradient ``dW_g = gy_g · cols_gᵀ`` (``g3`` from :func:`_gy_groups`,
+    cols = :func:`_im2col` of ``x``), float32, shape ``wshape``."""
+    cols = _im2col(np.asarray(x, F32), wshape[2:], pads, strides, dilations, oh, ow, g3.shape[0])
+    return np.matmul(g3, cols.transpose(0, 2, 1)).reshape(wshape)     # fresh float32: no copy
+
+
 @register_vjp("Conv", saves=("inputs",))
 def conv(gy, *, inputs, outputs, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
          pads=None, strides=None):
-    """Y[n,o,i,j] = Σ_{c,u,v} X̃[n,c,i·sh+u·dh, j·sw+v·dw]·W[o,c,u,v] + B[o] (X̃ zero-padded):
-    dW[o,c,u,v] = Σ_{n,i,j} gy[n,o,i,j]·X̃[...], dX̃[...] += gy·W, dB = Σ_{n,i,j} gy."""
+    """Y[n,o,i,j] = Σ_{c,u,v} X̃[n,c,i·sh+u·dh, j·sw+v·dw]·W[o,c,u,v] + B[o] (X̃ zero-padded),
+    i.e. per group ``Y_g = W_g · cols_g`` with cols = im2col(X̃). Hence, one float32 GEMM each:
+    dW_g = gy_g · cols_gᵀ, dX = col2im(W_gᵀ · gy_g), dB = Σ_{n,i,j} gy. The two products are
+    independent and run at once (:func:`qsim.grad.blas.run_all`)."""
     x, w = inputs[0], inputs[1]
     pads, strides, dilations = _conv_geometry(x, w, pads, strides, dilations, auto_pad)
-    n, c, h, wd = x.shape
-    m, cg, kh, kw = w.shape
+    m, kshape = w.shape[0], w.shape[2:]
     oh, ow = gy.shape[2:]
-    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-    win = _windows(xp, kh, kw, strides, dilations, oh, ow)
-    mg = m // group
-    dw_ = np.empty(w.shape, F32)
-    dxp = np.zeros(xp.shape, F32)
-    sh, sw = strides
-    dh, dwl = dilations
-    for gi in range(group):
-        gyg = gy[:, gi * mg:(gi + 1) * mg]
-        wg = w[gi * mg:(gi + 1) * mg]
-        dw_[gi * mg:(gi + 1) * mg] = np.einsum("nohw,nchwij->ocij", gyg,
-                                               win[:, gi * cg:(gi + 1) * cg], optimize=True)
-        for u in range(kh):
-            for v in range(kw):
-                contrib = np.einsum("nohw,oc->nchw", gyg, wg[:, :, u, v], optimize=True)
-                dxp[:, gi * cg:(gi + 1) * cg,
-                    u * dh:u * dh + sh * (oh - 1) + 1:sh,
-                    v * dwl:v * dwl + sw * (ow - 1) + 1:sw] += contrib
-    dx = dxp[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + wd]
-    out = [_f32(dx), _f32(dw_)]
+    g3 = _gy_groups(gy, group)
+    w3 = np.asarray(w, F32).reshape(group, m // group, -1)
+
+    def input_grad():
+        dcols = np.matmul(w3.transpose(0, 2, 1), g3)
+        return _col2im(dcols, x.shape, kshape, pads, strides, dilations, oh, ow)
+
+    dx, dw_ = run_all([input_grad,
+                       lambda: _conv_dw(g3, x, w.shape, pads, strides, dilations, oh, ow)])
+    out = [dx, dw_]
     if len(inputs) > 2 and inputs[2] is not None:
         out.append(_f32(gy.sum(axis=(0, 2, 3), dtype=F32)))
     return tuple(out)
+
+
+def conv_forward(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+                 pads=None, strides=None, fp32_kernels="auto"):
+    """The training forward of a 2-D Conv: per group ``Y_g = W_g · cols_g (+ B)``, one float32
+    BLAS product over :func:`_im2col`, in BLAS's summation order. aimet-torch trains with
+    torch's own kernels, not ONNX Runtime's, so the exact MLAS order of ``qsim.ops`` Conv buys
+    nothing here (qat.md §9 replays its golden CNN with im2col + BLAS); it is several times
+    slower. Anything but a float32 2-D Conv with explicit pads (or VALID), consistent shapes and
+    a non-empty output goes to the exact op, which also reports bad operands."""
+    from ..ops.registry import OPS
+    attrs = {"auto_pad": auto_pad, "dilations": dilations, "group": group,
+             "kernel_shape": kernel_shape, "pads": pads, "strides": strides}
+    fast = (isinstance(x, np.ndarray) and isinstance(w, np.ndarray) and x.dtype == F32
+            and w.dtype == F32 and x.ndim == 4 and w.ndim == 4 and auto_pad in ("NOTSET", "VALID")
+            and group >= 1 and w.shape[1] * group == x.shape[1] and w.shape[0] % group == 0
+            and (kernel_shape is None or tuple(kernel_shape) == w.shape[2:])
+            and (b is None or (b.dtype == F32 and b.shape == (w.shape[0],))))
+    if fast:
+        pd, st, dl = _conv_geometry(x, w, pads, strides, dilations, auto_pad)
+        kh, kw = w.shape[2:]
+        oh = (x.shape[2] + pd[0] + pd[2] - (kh - 1) * dl[0] - 1) // st[0] + 1
+        ow = (x.shape[3] + pd[1] + pd[3] - (kw - 1) * dl[1] - 1) // st[1] + 1
+        fast = oh >= 1 and ow >= 1
+    if not fast:
+        return OPS["Conv"](x, w, b, fp32_kernels=fp32_kernels, **attrs)
+    n, m = x.shape[0], w.shape[0]
+    cols = _im2col(x, (kh, kw), pd, st, dl, oh, ow, group)
+    y = _split_matmul(w.reshape(group, m // group, -1), cols).reshape(m, n, oh, ow)
+    if b is not None:
+        y += b.reshape(m, 1, 1, 1)
+    return np.ascontiguousarray(y.transpose(1, 0, 2, 3))
+
+
+#: forward ops that training may run instead of :mod:`qsim.ops`' (same semantics, BLAS order)
+TRAINING_FORWARD = {"Conv": conv_forward}
 
 
 @register_vjp("ConvTranspose", saves=("inputs",))
@@ -252,7 +337,7 @@ def conv_transpose(gy, *, inputs, outputs, auto_pad="NOTSET", dilations=None, gr
     dx = OPS["Conv"](_f32(gy), _f32(w), **geom)
     dx = dx[0] if isinstance(dx, tuple) else dx
     dx = dx[:, :, :x.shape[2], :x.shape[3]]
-    dw = conv(_f32(x), inputs=(_f32(gy), w), outputs=None, **geom)[1]
+    dw = _conv_dw(_gy_groups(x, group), gy, w.shape, pads_, strides_, dil_, *x.shape[2:])
     out = [_f32(dx), _f32(dw)]
     if len(inputs) > 2 and inputs[2] is not None:
         out.append(_f32(gy.sum(axis=(0, 2, 3), dtype=F32)))

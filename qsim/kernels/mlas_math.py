@@ -543,8 +543,16 @@ def parallel_blocks(n: int, cost: float, threads: int) -> list[tuple[int, int]]:
 def log_scalar_positions(n: int, threads: int) -> np.ndarray:
     """Elements ORT's Log computes with C logf instead of Eigen's packets: in every parallel
     block, those before the first 16-byte-aligned element and the last (size - head) % 4."""
+    return eigen_scalar_positions(n, _LOG_COST, threads)
+
+
+def eigen_scalar_positions(n: int, cost: float, threads: int) -> np.ndarray:
+    """Elements an Eigen float32 array expression run by ORT's ``TryParallelFor(n, cost)``
+    computes with its scalar function instead of packets of 4: in every parallel block
+    (:func:`parallel_blocks`), those before the first 16-byte-aligned element and the last
+    (size - head) % 4."""
     scalar = np.zeros(n, bool)
-    for start, end in parallel_blocks(n, _LOG_COST, threads):
+    for start, end in parallel_blocks(n, cost, threads):
         head = min((-start) % 4, end - start)
         scalar[start:start + head] = True
         body = (end - start - head) // 4 * 4
@@ -926,6 +934,108 @@ def eigen_row_sums(x2d, offsets=None) -> np.ndarray:
         _nb_eigen_row_sums(x, offsets, out)
         return out
     return _np_eigen_row_sums(x, offsets)
+
+
+def eigen_row_extremes(x2d, largest: bool, offsets=None) -> np.ndarray:
+    """Max (or min) of every row as Eigen's vectorised ``maxCoeff()``/``minCoeff()``:
+    :func:`eigen_redux` with ``pmax(a, b) = b if a < b else a`` (``pmin``: ``b if b < a``), in
+    packets and scalars alike: a NaN already held stays, a NaN arriving is passed over, and of
+    equal values (±0) the one held stays."""
+    def op(a, b):
+        with np.errstate(invalid="ignore"):
+            return np.where(a < b, b, a) if largest else np.where(b < a, b, a)
+    return eigen_redux(x2d, op, offsets)
+
+
+def eigen_row_products(x2d, offsets=None) -> np.ndarray:
+    """Product of every row as Eigen's vectorised ``prod()`` (:func:`eigen_redux` with ``*``)."""
+    def op(a, b):
+        with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+            return (a * b).astype(a.dtype)
+    return eigen_redux(x2d, op, offsets)
+
+
+def eigen_redux(x2d, op, offsets=None) -> np.ndarray:
+    """Eigen's vectorised redux of every row with the elementwise ``op`` (16-byte packets:
+    L = 4 float32 or 2 float64 lanes; the traversal of :func:`eigen_row_sums`; row r lies
+    ``offsets[r]`` elements after a 16-byte-aligned base): ``p0, p1`` the first two packets,
+    ``op``-ed with the following pairs, then ``p0 = op(p0, p1)`` and the last odd packet;
+    horizontally ``op(op(p0, p2), op(p1, p3))`` (L = 2: ``op(p0, p1)``); then the elements
+    before the first aligned one and the tail, left to right. Rows too short for one packet go
+    left to right."""
+    x = np.ascontiguousarray(x2d)
+    rows, n = x.shape
+    lanes = 16 // x.dtype.itemsize
+    offsets = (np.arange(rows, dtype=np.int64) * n if offsets is None
+               else np.asarray(offsets, dtype=np.int64))
+    out = np.empty(rows, x.dtype)
+    starts = (-offsets) % lanes
+    for a in np.unique(starts):
+        sel = np.nonzero(starts == a)[0]
+        xs = x[sel]
+        a = int(min(a, n))
+        size1 = ((n - a) // lanes) * lanes
+        size2 = ((n - a) // (2 * lanes)) * 2 * lanes
+        end1, end2 = a + size1, a + size2
+        if size1 == 0:
+            s = xs[:, 0]
+            for i in range(1, n):
+                s = op(s, xs[:, i])
+            out[sel] = s
+            continue
+        p0 = xs[:, a:a + lanes]
+        if size1 > lanes:
+            p1 = xs[:, a + lanes:a + 2 * lanes]
+            for i in range(a + 2 * lanes, end2, 2 * lanes):
+                p0, p1 = op(p0, xs[:, i:i + lanes]), op(p1, xs[:, i + lanes:i + 2 * lanes])
+            p0 = op(p0, p1)
+            if end1 > end2:
+                p0 = op(p0, xs[:, end2:end2 + lanes])
+        if lanes == 4:
+            s = op(op(p0[:, 0], p0[:, 2]), op(p0[:, 1], p0[:, 3]))
+        else:
+            s = op(p0[:, 0], p0[:, 1])
+        for i in list(range(a)) + list(range(end1, n)):
+            s = op(s, xs[:, i])
+        out[sel] = s
+    return out
+
+
+def eigen_partial_extremes(x3, largest: bool) -> np.ndarray:
+    """Max (or min) over axis 1 of ``x3`` (D, R, K) as Eigen's ``rowwise().maxCoeff()`` on each
+    ``x3[d]`` seen as a column-major K x R matrix (ORT's fast "RK" and "KRK" reductions), into
+    ``(D, K)``. Output ``d`` starts ``d·K`` elements after an aligned base; the outputs in its
+    aligned 16-byte packets (4 float32 / 2 float64) take ``p = x0; p = op(p, op(op(x_i, x_i+1), op(x_i+2, x_i+3)))`` for
+    i = 1, 5, ... while 4 remain, then ``p = op(p, x_i)``; the outputs before and after them go
+    left to right. ``op`` as in :func:`eigen_row_extremes`."""
+    x3 = np.asarray(x3)
+    d_n, r_n, k_n = x3.shape
+
+    def op(a, b):
+        with np.errstate(invalid="ignore"):
+            return np.where(a < b, b, a) if largest else np.where(b < a, b, a)
+
+    out = np.empty((d_n, k_n), x3.dtype)
+    size4 = (r_n - 1) & ~3
+    for d in range(d_n):
+        xs = x3[d]
+        y = xs[0]
+        for i in range(1, r_n):
+            y = op(y, xs[i])
+        lanes = 16 // x3.dtype.itemsize
+        a = min((-d * k_n) % lanes, k_n)
+        end = a + ((k_n - a) // lanes) * lanes
+        if end > a:
+            p = xs[0, a:end]
+            i = 1
+            while i < size4 + 1:
+                p = op(p, op(op(xs[i, a:end], xs[i + 1, a:end]), op(xs[i + 2, a:end], xs[i + 3, a:end])))
+                i += 4
+            for j in range(i, r_n):
+                p = op(p, xs[j, a:end])
+            y[a:end] = p
+        out[d] = y
+    return out
 
 
 def sequential_sums(x2d) -> np.ndarray:

@@ -974,6 +974,107 @@ def _cubic_along(x: np.ndarray, axis: int, coords: np.ndarray, a: float,
     return y
 
 
+def _antialias_filter(t, mode: str, a):
+    """ORT's (Pillow's) antialias filter of float32 ``t``: linear ``1 - |t|`` for ``|t| < 1``;
+    cubic ``((a+2)·t - (a+3))·t·t + 1`` for ``|t| < 1``, ``(((t - 5)·t + 8)·t - 4)·a`` for
+    ``|t| < 2``; else 0 (float32, left to right)."""
+    f = np.float32
+    t = np.abs(np.float32(t))
+    if mode == "linear":
+        return f(1) - t if t < 1 else f(0)
+    a = f(a)
+    if t < 1:
+        return f(f(f(f(f(a + f(2)) * t) - f(a + f(3))) * t) * t) + f(1)
+    if t < 2:
+        return f(f(f(f(f(t - f(5)) * t) + f(8)) * t) - f(4)) * a
+    return f(0)
+
+
+def _antialias_weights(n_in: int, n_out: int, rscale, coords, mode: str, a, exclude_outside):
+    """Per output index: ``(lo, hi, w)``, the input range ``[lo, hi)`` and its float32 weights,
+    as ONNX Runtime's SetupUpsampleFilterAntiAlias computes them (float32 throughout).
+
+    ``s = 1/rscale``; ``support = (size/2)·s`` if ``s >= 1`` else ``size/2`` (size 2 linear,
+    4 cubic); ``center = 0.5 + c`` (``c`` the source coordinate, or the index when ``s == 1``);
+    the window ``[floor(center - support + 0.5), floor(center + support + 0.5))`` (at most
+    ``2·ceil(support) + 1`` wide) cut to ``[0, n_in)``; raw weights
+    ``filter((k - center + 0.5) · min(1/s, 1))`` summed left to right. Without exclude_outside
+    the weights of positions before 0 (after n_in - 1) are added to the first (last) kept one.
+    Then each weight times ``1/total`` (1 if the total is 0)."""
+    f = np.float32
+    scale = f(f(1) / f(rscale))
+    half = f(2 if mode == "linear" else 4) * f(0.5)
+    support = f(half * scale) if scale >= 1 else half
+    window = int(math.ceil(support)) * 2 + 1
+    inv_scale = f(f(1) / scale) if scale >= 1 else f(1)
+    result = []
+    for i in range(n_out):
+        center = f(f(0.5) + (f(i) if scale == 1 else f(coords[i])))
+        lo_real = int(math.floor(f(f(center - support) + f(0.5))))
+        hi_real = int(math.floor(f(f(center + support) + f(0.5))))
+        hi_real = lo_real + min(max(hi_real - lo_real, 0), window)
+        lo_cut, hi_cut = min(max(lo_real, 0), n_in), min(max(hi_real, 0), n_in)
+        lo, hi = (lo_cut, hi_cut) if exclude_outside else (lo_real, hi_real)
+        count = hi - lo
+        buf = [f(0)] * max(window, count)
+        total = f(0)
+        for k in range(count):
+            w = _antialias_filter(f(f(f(k + lo) - center) + f(0.5)) * inv_scale, mode, a)
+            buf[k] = w
+            total = f(total + w)
+        if not exclude_outside and lo_cut < hi_cut:
+            before = min(max(-lo, 0), count - 1)
+            for k in range(before):
+                buf[before] = f(buf[before] + buf[k])
+            after = min(max(count + lo - n_in, 0), count - 1)
+            for k in range(count - after, count):
+                buf[count - after - 1] = f(buf[count - after - 1] + buf[k])
+            if before or after:
+                for k in range(hi_cut - lo_cut):
+                    buf[k] = buf[k + before]
+        inv_total = f(1) if total == 0 else f(f(1) / total)
+        result.append((lo_cut, hi_cut, np.array([f(buf[k] * inv_total)
+                                                 for k in range(hi_cut - lo_cut)], f)))
+    return result
+
+
+def _antialias_along(y, axis: int, weights):
+    """``Y[..., o, ...] = Σ_{k=lo..hi-1} X[..., k, ...] · w_k``, accumulated from 0 left to right
+    in float32 (ORT's ComputeInterpolationAtLevel1/2)."""
+    out = []
+    for lo, hi, w in weights:
+        acc = np.zeros_like(np.take(y, 0, axis=axis))
+        for j, k in enumerate(range(lo, hi)):
+            acc = acc + np.take(y, k, axis=axis) * w[j]
+        out.append(acc)
+    return np.stack(out, axis=axis)
+
+
+def _resize_antialias(x, scale, out, *, mode, coordinate_mode, a, exclude_outside):
+    """Resize with antialias=1 (opset 18) as ONNX Runtime: NCHW (or 2-D) float32 with the two
+    leading scales 1, linear or cubic, the width filtered first into a float32 buffer, then the
+    height (:func:`_antialias_weights`, :func:`_antialias_along`); an axis whose size does not
+    change is copied."""
+    if mode not in ("linear", "cubic"):
+        raise OpError(f"antialias=1 with mode='{mode}' is not supported (expected 'linear' or "
+                      f"'cubic'; nearest ignores antialias in ONNX)")
+    if x.dtype != np.float32 or x.ndim not in (2, 4) or any(
+            scale[i] != 1 or x.shape[i] != out[i] for i in range(x.ndim - 2)):
+        raise OpError(f"antialias=1 is supported for float32 2-D or NCHW inputs resized on the "
+                      f"last two axes; got {x.dtype} X {list(x.shape)} to {list(out)}")
+    if 0 in out:
+        return np.zeros(tuple(out), x.dtype)
+    y = x
+    for axis in (x.ndim - 1, x.ndim - 2):
+        n_in, n_out = x.shape[axis], out[axis]
+        if n_in == n_out:
+            continue
+        coords = _source_coordinates(n_out, n_in, scale[axis], coordinate_mode)
+        y = _antialias_along(y, axis, _antialias_weights(n_in, n_out, scale[axis], coords,
+                                                         mode, a, exclude_outside))
+    return y
+
+
 @register("Resize")
 def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
            coordinate_transformation_mode="half_pixel", cubic_coeff_a=-0.75, exclude_outside=0,
@@ -992,7 +1093,8 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
     exclude_outside).
 
     tf_crop_and_resize (the only mode using ``roi``): see :func:`_tf_crop_and_resize`; ``roi``
-    is otherwise ignored, as ONNX specifies. Not supported (OpError): antialias.
+    is otherwise ignored, as ONNX specifies. antialias=1 (linear, cubic): see
+    :func:`_resize_antialias`.
 
     Opset 10 (inputs X, scales; only ``mode``) is computed as ONNX Runtime does: asymmetric
     coordinates, nearest index ``trunc(c)`` when an axis grows and ``ceil(c)`` when it shrinks.
@@ -1016,9 +1118,7 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
     if keep_aspect_ratio_policy not in ASPECT_POLICIES:
         raise OpError(f"attribute keep_aspect_ratio_policy='{keep_aspect_ratio_policy}' is not "
                       f"one of {list(ASPECT_POLICIES)}")
-    if antialias:
-        raise OpError(f"attribute antialias={antialias} is not supported (expected 0)")
-    if exclude_outside and mode != "cubic":
+    if exclude_outside and mode != "cubic" and not antialias:
         raise OpError(f"attribute exclude_outside={exclude_outside} only applies to mode 'cubic' "
                       f"(mode is '{mode}')")
     if mode != "nearest" and x.dtype.kind != "f":
@@ -1026,6 +1126,10 @@ def resize(x, roi=None, scales=None, sizes=None, *, antialias=0, axes=None,
     scale, out = _resize_targets(x.shape, scales, sizes, axes, keep_aspect_ratio_policy)
     if tuple(out) == x.shape:
         return x.copy()
+    if antialias and mode != "nearest":
+        return _resize_antialias(x, scale, out, mode=mode, a=cubic_coeff_a,
+                                 coordinate_mode=coordinate_transformation_mode,
+                                 exclude_outside=bool(exclude_outside))
     if (mode == "linear" and x.dtype == np.float32 and x.ndim in (2, 4) and 0 not in out
             and all(x.shape[i] == out[i] and scale[i] == 1 for i in range(x.ndim - 2))):
         # ONNX Runtime's 2-D bilinear kernel, bit for bit (math_exact.bilinear)

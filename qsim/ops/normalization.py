@@ -3,8 +3,8 @@ LpNormalization, MeanVarianceNormalization.
 
 GroupNormalization is ONNX's function body made of qsim's exact ops (as ONNX Runtime runs it:
 bit for bit); LpNormalization and MeanVarianceNormalization follow ORT's kernels bit for bit.
-LRN follows ORT's running channel sums but rounds its power from float64 (within 1 ulp of ORT's
-Eigen pow; the tests say the tolerance)."""
+LRN follows ORT's running channel sums; its power is bit for bit for beta = 1, 2, 3 and rounded
+from float64 otherwise (see :func:`lrn`)."""
 from __future__ import annotations
 
 import math
@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import OpError
 from .registry import register
+from ..kernels import libm
 from ..kernels import mlas_math as math_exact
 from .elementwise import add, div, mul, sqrt, sub
 from .tensor import _axes, _axis, reduce_mean
@@ -25,8 +26,15 @@ def lrn(x, *, alpha=1e-4, beta=0.75, bias=1.0, size=None):
 
     float32: the window sums as ONNX Runtime runs them — ``s_0 = bias + Σ_{k<size} a·sq[k]``
     added one plane at a time, then ``s_c = (s_{c-1} + a·sq[c + size - 1]) + (-a)·sq[c - 1]``
-    over the zero-padded squares (``a = float32(alpha / size)``); the power is ``x ** -beta``
-    rounded from float64 (ORT's Eigen pow differs by up to 1 ulp)."""
+    over the zero-padded squares (``a = float32(alpha / size)``). ORT then computes
+    ``X · scale.pow(-beta)`` as an Eigen array expression cut into ORT's parallel blocks
+    (cost 320 per element, the session's threads): elements outside the aligned packets of 4
+    of a block (:func:`qsim.kernels.mlas_math.eigen_scalar_positions`) take C ``powf`` (bit for
+    bit here); in packets, an integer exponent in [-3, 7] is repeated multiplication of
+    ``r = 1/scale`` (beta 1: ``r``, 2: ``r·r``, 3: ``(r·r)·r``; bit for bit here), any other
+    Eigen's ``generic_pow`` (double-word log2/exp2 polynomials), which qsim approximates by
+    ``scale ** -beta`` rounded from float64: for beta = 0.75 about a quarter of the packet
+    elements differ from ORT by 1 ulp."""
     if x.ndim < 3:
         raise OpError(f"input X has shape {list(x.shape)}; expected rank >= 3 (N, C, ...)")
     if size is None or int(size) < 1:
@@ -46,9 +54,23 @@ def lrn(x, *, alpha=1e-4, beta=0.75, bias=1.0, size=None):
         running = running + a * squares[:, ch + size - 1]
         running = running + (-a) * squares[:, ch - 1]
         scale[:, ch] = running
-    with np.errstate(invalid="ignore", divide="ignore"):
-        power = np.power(scale.astype(np.float64), -float(t(beta))).astype(x.dtype)
+    b = float(np.float32(beta))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if x.dtype == np.float32 and b in (1.0, 2.0, 3.0):
+            r = (t(1) / scale).astype(x.dtype)
+            power = r if b == 1 else (r * r if b == 2 else (r * r) * r)
+        else:
+            power = np.power(scale.astype(np.float64), -b).astype(x.dtype)
+    if x.dtype == np.float32:
+        flat = power.reshape(-1)
+        scalar = math_exact.eigen_scalar_positions(flat.size, _LRN_COST, math_exact.DEFAULT_THREADS)
+        flat[scalar] = libm.c_pow(scale.reshape(-1)[scalar], np.full(int(scalar.sum()), t(-b)))
     return x * power
+
+
+#: Eigen TensorOpCost of ORT's LRN power per element (4 bytes in, 4 out, 320 cycles; the
+#: bytes at 11/64 cycles each, as for Log)
+_LRN_COST = 4 * 11 / 64 + 4 * 11 / 64 + 320.0
 
 
 @register("GroupNormalization")

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from ..errors import OpError
+from ..kernels import libm
 from ..kernels import mlas_math as math_exact
 from .registry import register
 
@@ -478,23 +479,95 @@ def reduce_sum(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_
     return _reduce("ReduceSum", total, data, axes_input, axes, keepdims, noop_with_empty_axes)
 
 
+def _order_matters(rows: np.ndarray, y: np.ndarray) -> bool:
+    """Whether the order of the reduction can change the max/min ``y`` of some row: the rows
+    hold a NaN, or a zero extreme with both +0 and -0 among the row's elements."""
+    if np.isnan(rows).any():
+        return True
+    zero = y == 0
+    if not zero.any():
+        return False
+    z = rows[zero]
+    neg = np.signbit(z) & (z == 0)
+    pos = ~np.signbit(z) & (z == 0)
+    return bool((neg.any(axis=1) & pos.any(axis=1)).any())
+
+
+def _first_extreme(x, axis, keepdims, *, largest: bool):
+    """Max (or min) over ``axis`` as ONNX Runtime takes it, over the reduced elements in
+    row-major order with ``m = x0; m = v if m < v`` (``v < m`` for the min): a NaN held stays,
+    a NaN arriving is passed over, of equal values (±0) the one held stays. Reductions over
+    contiguous elements (ORT's fast "R" and "KR" shapes) go through Eigen's vectorised
+    maxCoeff, whose packets change which NaN/zero is held
+    (:func:`qsim.kernels.mlas_math.eigen_row_extremes`); without NaN or a zero extreme, every
+    order gives the same value. Other dtypes: NumPy's max/min."""
+    keep = [i for i in range(x.ndim) if i not in axis]
+    out_shape = [x.shape[i] for i in keep]
+    rows = np.transpose(x, keep + sorted(axis)).reshape(math.prod(out_shape), -1)
+    y = rows.max(axis=1) if largest else rows.min(axis=1)
+    if x.dtype in (np.float32, np.float64) and (np.isnan(y).any() or not y.all()) and \
+            _order_matters(rows, y):
+        kind, sizes = math_exact.fast_reduce_shape(x.shape, axis)
+        if kind in ("R", "KR"):
+            y = math_exact.eigen_row_extremes(rows, largest)
+        elif kind == "KRK" and sizes[0] > 1:   # (one leading index: the generic loop)
+            y = math_exact.eigen_partial_extremes(x.reshape(sizes), largest).reshape(-1)
+        elif kind == "RKR" and sizes[1] > 1:   # (one kept index: the generic loop)
+            d0, d1, d2 = sizes
+            blocks = math_exact.eigen_row_extremes(
+                x.reshape(d0 * d1, d2), largest).reshape(d0, d1)
+            y = x.reshape(sizes)[0, :, 0]
+            with np.errstate(invalid="ignore"):
+                for r in range(d0):
+                    y = np.where(y < blocks[r], blocks[r], y) if largest else \
+                        np.where(blocks[r] < y, blocks[r], y)
+        else:
+            y = rows[:, 0]
+            with np.errstate(invalid="ignore"):
+                for j in range(1, rows.shape[1]):
+                    v = rows[:, j]
+                    y = np.where(y < v, v, y) if largest else np.where(v < y, v, y)
+    return _keep(y.reshape(out_shape), x.ndim, axis, keepdims)
+
+
 @register("ReduceMax")
 def reduce_max(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_axes=0):
-    """Y = max of data over ``axes``."""
-    return _reduce("ReduceMax", np.max, data, axes_input, axes, keepdims, noop_with_empty_axes)
+    """Y = max of data over ``axes`` (NaN only when the first reduced element is NaN, as ONNX
+    Runtime; see :func:`_first_extreme`)."""
+    def largest(x, axis, keepdims):
+        return _first_extreme(x, axis, keepdims, largest=True)
+    return _reduce("ReduceMax", largest, data, axes_input, axes, keepdims, noop_with_empty_axes)
 
 
 @register("ReduceMin")
 def reduce_min(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_axes=0):
-    """Y = min of data over ``axes``."""
-    return _reduce("ReduceMin", np.min, data, axes_input, axes, keepdims, noop_with_empty_axes)
+    """Y = min of data over ``axes`` (NaN only when the first reduced element is NaN, as ONNX
+    Runtime; see :func:`_first_extreme`)."""
+    def smallest(x, axis, keepdims):
+        return _first_extreme(x, axis, keepdims, largest=False)
+    return _reduce("ReduceMin", smallest, data, axes_input, axes, keepdims, noop_with_empty_axes)
 
 
 @register("ReduceProd")
 def reduce_prod(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_axes=0):
-    """Y = product of data over ``axes``."""
+    """Y = product of data over ``axes``: float32 as ONNX Runtime multiplies, Eigen's packets
+    of 4 when every axis is reduced (:func:`qsim.kernels.mlas_math.eigen_row_products`), else
+    left to right over the reduced elements in row-major order."""
     def product(x, axis, keepdims):
-        return np.prod(x, axis=axis, keepdims=keepdims, dtype=x.dtype)
+        if x.dtype != np.float32:
+            return np.prod(x, axis=axis, keepdims=keepdims, dtype=x.dtype)
+        keep = [i for i in range(x.ndim) if i not in axis]
+        out_shape = [x.shape[i] for i in keep]
+        rows = np.transpose(x, keep + sorted(axis)).reshape(math.prod(out_shape), -1)
+        kind, _ = math_exact.fast_reduce_shape(x.shape, axis)
+        if kind == "R":
+            y = math_exact.eigen_row_products(rows)
+        else:
+            y = rows[:, 0]
+            with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+                for j in range(1, rows.shape[1]):
+                    y = (y * rows[:, j]).astype(x.dtype)
+        return _keep(y.reshape(out_shape), x.ndim, axis, keepdims)
     return _reduce("ReduceProd", product, data, axes_input, axes, keepdims, noop_with_empty_axes)
 
 
@@ -532,24 +605,25 @@ def reduce_sum_square(data, axes_input=None, *, axes=None, keepdims=1, noop_with
 
 @register("ReduceLogSumExp")
 def reduce_log_sum_exp(data, axes_input=None, *, axes=None, keepdims=1, noop_with_empty_axes=0):
-    """Y = log(Σ exp(X - m)) + m over ``axes``, with ``m`` the largest finite element (0 if
-    there is none). float32 as ONNX Runtime: exp and log of each float32 value rounded once,
-    the exponentials added left to right over the reduced positions in row-major order."""
+    """Y = log(Σ exp(X - m)) + m over ``axes``, as ONNX Runtime computes it (float32/float64):
+    the reduced elements taken in row-major order; ``m`` their max when every axis is reduced,
+    else ORT's running max that skips ±Inf and NaN (starting from the first element, 0 if it is
+    infinite); the sum and ``+ m`` rounded to the input precision at each step, exp and log
+    from the C library (:func:`qsim.kernels.libm.log_sum_exp_rows`)."""
     def log_sum_exp(x, axis, keepdims):
         keep = [i for i in range(x.ndim) if i not in axis]
-        rows = np.transpose(x, keep + sorted(axis)).reshape(
-            math.prod(x.shape[i] for i in keep), -1)
-        finite = np.where(np.isfinite(rows), rows, -np.inf)
-        m = np.max(finite, axis=1, keepdims=True) if rows.shape[1] else np.zeros((rows.shape[0], 1))
-        m = np.where(np.isfinite(m), m, 0).astype(x.dtype)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            terms = np.exp((rows - m).astype(np.float64)).astype(x.dtype)
-            if x.dtype == np.float32:
-                total = math_exact.sequential_sums(terms)
-            else:
-                total = np.sum(terms, axis=1)
-            y = (np.log(total.astype(np.float64)).astype(x.dtype) + m[:, 0]).astype(x.dtype)
-        return _keep(y.reshape([x.shape[i] for i in keep]), x.ndim, axis, keepdims)
+        out_shape = [x.shape[i] for i in keep]
+        rows = np.transpose(x, keep + sorted(axis)).reshape(math.prod(out_shape), -1)
+        if x.dtype in (np.float32, np.float64):
+            kind, _ = math_exact.fast_reduce_shape(x.shape, axis)
+            y = libm.log_sum_exp_rows(rows, whole=kind == "R")
+        else:  # integers: each exp(v - m) truncated to the type, as ORT's int32 kernel
+            m = np.max(rows, axis=1, keepdims=True) if rows.shape[1] else np.zeros_like(rows[:, :1])
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                terms = np.exp((rows - m).astype(np.float64)).astype(x.dtype)
+                y = (np.log(terms.sum(axis=1).astype(np.float64)).astype(x.dtype)
+                     + m[:, 0]).astype(x.dtype)
+        return _keep(y.reshape(out_shape), x.ndim, axis, keepdims)
     return _reduce("ReduceLogSumExp", log_sum_exp, data, axes_input, axes, keepdims,
                    noop_with_empty_axes)
 

@@ -4,7 +4,8 @@ Public API (stable; the QuantizationSimModel builds on it)::
 
     from qsim.placement import place_quantizers
     p = place_quantizers(graph, config, param_bitwidth=8, activation_bitwidth=8)
-    p.graph                    # the graph after MatmulAdd fusion (same FP32 function)
+    p.graph                    # the graph after MatmulAdd and norm fusion (what rules see)
+    p.executed_graph           # the graph that runs: MatmulAdd fused, norms as in the model
     p.quantizers               # tuple of QuantizerSpec, p.quantizers[qid]
     p.quantizer_of[tensor]     # qid of the quantizer on a tensor (tie members share a qid)
     p.spec(tensor)             # QuantizerSpec on a tensor, or None
@@ -17,8 +18,8 @@ Public API (stable; the QuantizationSimModel builds on it)::
 new frozen values. Config errors that depend on the model (placement.md §7) raise
 :class:`qsim.errors.ConfigError`.
 
-Not covered: the decomposed LayerNormalization / RMSNormalization passes of
-``supergroup_pass_list`` (patterns are left unfused, their intermediate outputs stay quantized).
+Decomposed LayerNormalization / RMSNormalization (``supergroup_pass_list``): fused for placement
+as aimet does (norm_fusion.py), and the graph passes on what fusion left (norm_passes.py).
 """
 from .passes import place_quantizers
 from .result import Placement, QuantizerSpec

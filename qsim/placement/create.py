@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..ir import Node
 from .fusion import static_value
 from .state import Context, is_float
-from .tables import NO_QUANTIZER_PRODUCERS, PARAM_SLOTS
+from .tables import FUSED_DOMAIN, NO_QUANTIZER_PRODUCERS, PARAM_SLOTS
 
 
 def _through_identity(ctx: Context, tensor: str) -> str:
@@ -48,12 +48,17 @@ def create_params(ctx: Context, bitwidth: int) -> None:
 
 
 def _gets_activation_quantizer(ctx: Context, tensor: str) -> bool:
-    """§1.3 filters: float, not a parameter, no Resize roi/scales/sizes use, a real producer."""
+    """§1.3 filters: float, not a parameter, no Resize roi/scales/sizes use, not only a fused
+    MaskedSoftmax's mask value, a real producer."""
     if not tensor or tensor in ctx.qmap or not is_float(ctx.graph, tensor):
         return False
-    for n in ctx.consumers.get(tensor, []):
+    readers = ctx.consumers.get(tensor, [])
+    for n in readers:
         if n.op_type == "Resize" and tensor in n.inputs[1:]:
             return False
+    if readers and all(n.op_type == "MaskedSoftmax" and n.domain.startswith(FUSED_DOMAIN)
+                       and len(n.inputs) > 2 and n.inputs[2] == tensor for n in readers):
+        return False            # a fused MaskedSoftmax's mask value: never simulated
     node = ctx.producers.get(tensor)
     return node is None or node.op_type not in NO_QUANTIZER_PRODUCERS
 

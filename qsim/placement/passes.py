@@ -15,6 +15,8 @@ from ..errors import EncodingError
 from ..ir import Graph
 from .create import create_activations, create_params, find_unfused_matmul_add
 from .fusion import fuse_matmul_add
+from .norm_fusion import FUSED_PASSES, fuse_norms
+from .norm_passes import norm_pass_matches, stage_i_norm_passes
 from .order import activation_update_order
 from .result import Placement, QuantizerSpec
 from .stages import (stage_b_defaults, stage_c_params, stage_d_op_types, stage_e_supergroups,
@@ -24,7 +26,7 @@ from .state import Context
 from .ties import tie_backward, tie_forward
 
 
-def _freeze(ctx: Context) -> Placement:
+def _freeze(ctx: Context, graph: Graph, bodies: tuple) -> Placement:
     order = {q.tensor: q.uid for q in ctx.created}
     members: dict = {}
     for tensor, q in ctx.qmap.items():
@@ -51,7 +53,8 @@ def _freeze(ctx: Context) -> Placement:
             fixed_range=q.fixed, ops=ops, reasons=reasons))
     quantizer_of = {t: qid_of[q.uid] for t, q in sorted(ctx.qmap.items(), key=lambda kv: order[kv[0]])}
     roles = {t: ctx.origin[t] for t in sorted(ctx.qmap, key=order.__getitem__)}
-    return Placement(graph=ctx.graph, quantizers=tuple(specs),
+    return Placement(graph=ctx.graph, executed_graph=graph, bodies=bodies,
+                     quantizers=tuple(specs),
                      quantizer_of=MappingProxyType(quantizer_of),
                      activation_order=activation_update_order(ctx.graph, roles))
 
@@ -70,7 +73,8 @@ def place_quantizers(graph: Graph, config, *, param_bitwidth: int,
 
     ``config``: a ``QuantsimConfig``, or anything ``qsim.config.load_config`` accepts (file
     path, dict, built-in name, None for the built-in default), which is then loaded and validated.
-    Steps (placement.md §0): MatmulAdd fusion; parameter then activation quantizers (all
+    Steps (placement.md §0): MatmulAdd and norm fusion (the placement reasons on fused norms,
+    the returned graph keeps their nodes: see norm_fusion.py); parameter then activation quantizers (all
     asymmetric per-tensor at ``param_bitwidth`` / ``activation_bitwidth``); stages A–G; per-channel;
     unfused passes (I); dynamic weight symmetry (J); exception rules (K); backward then forward
     ties. Raises :class:`ConfigError` for the model-dependent configuration errors of §7.
@@ -80,6 +84,9 @@ def place_quantizers(graph: Graph, config, *, param_bitwidth: int,
     cfg = config if isinstance(config, QuantsimConfig) else load_config(config)
     if "MatmulAdd" in cfg.supergroup_pass_list:
         graph = fuse_matmul_add(graph)
+    executed = graph
+    graph, bodies = fuse_norms(graph, [p for p in cfg.supergroup_pass_list if p in FUSED_PASSES])
+    norms = [p for p in cfg.supergroup_pass_list if p in ("LayerNormalization", "RMSNormalization")]
     ctx = Context(graph=graph, ops=[n for n in graph.nodes if n.op_type != "Constant"],
                producers=graph.producers(), consumers=graph.consumers())
     create_params(ctx, param_bitwidth)
@@ -89,14 +96,17 @@ def place_quantizers(graph: Graph, config, *, param_bitwidth: int,
     stage_b_defaults(ctx, cfg)
     stage_c_params(ctx, cfg)
     stage_d_op_types(ctx, cfg)
-    stage_e_supergroups(ctx, cfg, {n.name for mm, add, _ in unfused for n in (mm, add)})
+    norm_matches = norm_pass_matches(ctx, norms)
+    stage_e_supergroups(ctx, cfg, {n.name for mm, add, _ in unfused for n in (mm, add)}
+                        | {n.name for _, m in norm_matches for n in m.ops})
     stage_f_model_input(ctx, cfg)
     stage_g_model_output(ctx, cfg)
     # Stage H: bitwidths are already param/activation bitwidths (supported_kernels changes none).
     stage_per_channel(ctx, cfg)
+    stage_i_norm_passes(ctx, norm_matches)
     stage_i_unfused(ctx, unfused, param_bitwidth)
     stage_j_dynamic_weights(ctx, cfg)
     stage_k_exceptions(ctx, cfg)
     tie_backward(ctx)
     tie_forward(ctx)
-    return _freeze(ctx)
+    return _freeze(ctx, executed, bodies)

@@ -64,14 +64,20 @@ class Placement:
     ``activation_order`` is the sim graph's per-batch statistics order (see :meth:`update_order`).
     """
 
-    graph: Graph                    # the model after §1.1 fusion (same FP32 function)
+    graph: Graph                    # the model after §1.1 fusion: what the rules reason on
     quantizers: tuple               # QuantizerSpec, indexed by qid
     quantizer_of: Mapping           # tensor name → qid
     activation_order: tuple         # activation tensors with a quantizer, ORT execution order
+    executed_graph: Optional[Graph] = None  # what runs (fused norms unfused again: same nodes
+                                            # as aimet's function bodies); None = ``graph``
+    bodies: tuple = ()              # node names of executed_graph making each fused norm
+                                    # (aimet's function bodies, see norm_fusion.py)
     _producers: dict = field(init=False, repr=False, compare=False)  # tensor → node (cache)
 
     def __post_init__(self):
-        object.__setattr__(self, "_producers", self.graph.producers())
+        if self.executed_graph is None:
+            object.__setattr__(self, "executed_graph", self.graph)
+        object.__setattr__(self, "_producers", self.executed_graph.producers())
 
     def spec(self, tensor: str) -> Optional[QuantizerSpec]:
         """The quantizer on ``tensor`` or None."""
@@ -85,12 +91,13 @@ class Placement:
         grid-preserving ops or float-to-float Cast, always via input 0, stopping at the first
         enabled quantizer; None as soon as another producer (or no producer) is reached.
         """
-        known = (tensor in self._producers or tensor in self.graph.params
-                 or tensor in self.graph.input_names)
+        graph = self.executed_graph
+        known = (tensor in self._producers or tensor in graph.params
+                 or tensor in graph.input_names)
         if not known:
             raise GraphError(f"effective_quantizer: tensor '{tensor}' is not in graph "
-                             f"'{self.graph.name}' (after fusion)")
-        return effective_tensor_qid(self.graph, self._producers, self.spec, tensor)
+                             f"'{graph.name}' (after fusion)")
+        return effective_tensor_qid(graph, self._producers, self.spec, tensor)
 
     def update_order(self) -> tuple:
         """Activation tensors with a quantizer (enabled or not), in the order ONNX Runtime runs

@@ -13,13 +13,15 @@ quantizer can warn; ``inf_seen`` / ``finite_seen`` record whether a batch held �
 """
 from __future__ import annotations
 
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 
 from ..errors import ConfigError, EncodingError
-from ..jit import USE_NUMBA, kernel, parallel_kernel
+from ..jit import USE_NUMBA, kernel
 from .kernels import channel_view
 
 #: number of histogram bins of the tf-enhanced / percentile histogram
@@ -147,6 +149,16 @@ def _min_max_update(x3, mn, mx):
     return _nb_min_max(x3.view(np.int32), mn.view(np.int32), mx.view(np.int32))
 
 
+def _finiteness_from_range(x3, mn, mx) -> tuple[bool, bool]:
+    """:func:`finiteness` of the batch from its NaN-ignoring per-channel ``mn, mx`` (+inf/-inf
+    where a channel has no number): without a -inf min or +inf max no element is infinite, and
+    a finite element exists iff some channel has ``mn <= mx``. Otherwise the batch is read
+    again (:func:`finiteness`)."""
+    if (mn == -np.inf).any() or (mx == np.inf).any():
+        return finiteness(x3)
+    return False, bool((mn <= mx).any())
+
+
 @dataclass(frozen=True, eq=False)
 class MinMaxStats:
     """Running min/max (float32, NaN ignored), shape () per tensor or (C,) per channel.
@@ -175,7 +187,7 @@ class MinMaxStats:
         mx = np.full(x3.shape[1], -np.inf, np.float32)
         nans = _min_max_update(x3, mn, mx)
         shape = self.min.shape
-        inf, finite = finiteness(x3)
+        inf, finite = _finiteness_from_range(x3, mn, mx)
         return MinMaxStats(min=_readonly(mn.reshape(shape)), max=_readonly(mx.reshape(shape)),
                            axis=self.axis, nan_count=int(nans), inf_seen=inf, finite_seen=finite)
 
@@ -245,68 +257,79 @@ def _nb_fix_bins(mn, mx):
 
 #: elements per block of the two-phase binning loop (indices first, then counts)
 _BLOCK = 1024
-#: a row of at least this many elements is binned in ``threads`` chunks in parallel
+#: with ``threads`` unset, a batch of at least this many elements per channel is binned on all
+#: cores (below it, handing chunks to threads costs more than it saves)
 PARALLEL_MIN_ELEMENTS = 1 << 18
 
 
 @kernel
 def _nb_bin_row(row, r, k0f, counts, buf):
-    """Count the contiguous float32 ``row`` into ``counts`` (NUM_BINS + 1 slots); returns #NaN.
+    """Count the contiguous float32 ``row`` into ``counts`` (NUM_BINS + 1 slots).
 
     ``s = f32(v·r)``, ``idx = f32(floor(s) - f32(k0))``; elements with ``|s| ≥ 2^31``, NaN, or
-    ``idx`` outside ``[0, 1536)`` go to the extra slot ``counts[1536]`` (dropped). Per block, the
-    int32 indices are computed first into ``buf`` (a loop the compiler vectorises 8 lanes wide)
-    and counted afterwards (indices used as unsigned: no negative-index wrap-around code). NaN are
-    counted (for the warning) only when something was dropped.
+    ``idx`` outside ``[0, 1536)`` go to the extra slot ``counts[1536]`` (dropped). Per block of
+    ``_BLOCK`` elements the int32 indices are computed first into ``buf`` (a loop the compiler
+    vectorises: the row is read with unsigned indices, so no negative-index wrap-around turns
+    the loads into gathers) and counted afterwards (one increment per element, unsigned index).
+
+    Returns ``(#NaN, any ±Inf, any finite)``. A kept element is finite (``s`` finite and
+    ``r > 0``), so only a block that dropped something is read again to classify its drops.
     """
     limit = np.float32(_INT32_RANGE)
     top = np.float32(NUM_BINS)
-    dropped_before = counts[NUM_BINS]
     n = row.shape[0]
+    nans = 0
+    inf_seen = False
+    finite_seen = False
     for start in range(0, n, _BLOCK):
         m = min(_BLOCK, n - start)
         for j in range(m):
-            s = row[start + j] * r
+            s = row[np.uintp(start + j)] * r
             idx = np.floor(s) - k0f
             ok = (np.abs(s) < limit) & (idx >= np.float32(0.0)) & (idx < top)
             buf[j] = np.int32(idx if ok else top)
+        dropped_before = counts[NUM_BINS]
         for j in range(m):
             counts[np.uintp(buf[j])] += 1
-    nans = 0
-    if counts[NUM_BINS] != dropped_before:
-        for j in range(n):
-            if row[j] != row[j]:
+        if counts[NUM_BINS] == dropped_before:
+            finite_seen = True
+            continue
+        for j in range(m):
+            v = row[np.uintp(start + j)]
+            if v != v:
                 nans += 1
-    return nans
+            elif np.isinf(v):
+                inf_seen = True
+            else:
+                finite_seen = True
+    return nans, inf_seen, finite_seen
 
 
-@parallel_kernel
-def _nb_bin_row_parallel(row, r, k0f, counts, chunks):
-    """:func:`_nb_bin_row` over ``chunks`` equal slices of ``row`` in parallel; returns #NaN.
-
-    Each slice counts into its own histogram; the integer counts are added at the end, so the
-    result equals the serial one exactly. Every NaN is dropped, so each slice holding a NaN
-    counts its NaN and the total is the row's.
-    """
-    n = row.shape[0]
-    size = (n + chunks - 1) // chunks
-    parts = np.zeros((chunks, NUM_BINS + 1), np.int64)
-    part_nans = np.zeros(chunks, np.int64)
-    for t in numba.prange(chunks):
-        buf = np.empty(_BLOCK, np.int32)
-        start = min(n, t * size)
-        stop = min(n, start + size)
-        part_nans[t] = _nb_bin_row(row[start:stop], r, k0f, parts[t], buf)
-    for t in range(chunks):
-        for b in range(NUM_BINS + 1):
-            counts[b] += parts[t, b]
-    return part_nans.sum()
+@kernel
+def _nb_count_channel(x3, c, start, stop, r, k0f, counts):
+    """:func:`_nb_bin_row` over the elements ``start..stop`` of channel ``c`` of ``x3``, numbered
+    ``p = o·inner + i`` (a chunk for one thread may begin and end inside a row)."""
+    n_inner = x3.shape[2]
+    buf = np.empty(_BLOCK, np.int32)
+    nans = 0
+    inf_seen = False
+    finite_seen = False
+    p = start
+    while p < stop:
+        o = p // n_inner
+        i0 = p - o * n_inner
+        i1 = min(n_inner, i0 + (stop - p))
+        a, b, f = _nb_bin_row(x3[o, c, i0:i1], r, k0f, counts, buf)
+        nans += a
+        inf_seen |= b
+        finite_seen |= f
+        p += i1 - i0
+    return nans, inf_seen, finite_seen
 
 
 @kernel
 def _nb_fix_channel(x3, c, fixed, width, k0):
-    """Fix the bins of channel ``c`` from this slice if they are not fixed yet (§4 steps 1–2),
-    as :func:`_nb_histogram_update` does inline.
+    """Fix the bins of channel ``c`` from this slice if they are not fixed yet (§4 steps 1–2).
 
     The slice's NaN-ignoring min/max give ``(width[c], k0[c])`` via :func:`_nb_fix_bins`;
     returns False (slice to be skipped, bins still open) when both are 0.
@@ -348,79 +371,84 @@ def _nb_histogram_update(x3, fixed, width, k0, batches, pdf):
     """One batch into the per-channel histograms (in place, §4 steps 1–3).
 
     A channel whose bins are not fixed yet fixes them from this slice's NaN-ignoring min/max,
-    unless both are 0 (then the slice is skipped and not counted). Each counted slice adds
-    ``p_i = count_i/numel`` with equal weight: ``pdf = (pdf·k + p)/(k + 1)``. Returns NaN count.
+    unless both are 0 (then the slice is skipped and not counted; it held a zero, so a finite
+    value). Each counted slice adds ``p_i = count_i/numel`` with equal weight:
+    ``pdf = (pdf·k + p)/(k + 1)``. Returns ``(#NaN of counted slices, any ±Inf, any finite)``.
     """
     n_outer, n_ch, n_inner = x3.shape
     numel = n_outer * n_inner
     counts = np.zeros(NUM_BINS + 1, np.int64)
-    buf = np.empty(_BLOCK, np.int32)
     nans = 0
+    inf_seen = False
+    finite_seen = False
     if numel == 0:
-        return nans
-    for c in range(n_ch):
-        if not fixed[c]:
-            lo = np.float32(np.inf)
-            hi = np.float32(-np.inf)
-            for o in range(n_outer):
-                for i in range(n_inner):
-                    v = x3[o, c, i]
-                    if v < lo:
-                        lo = v
-                    if v > hi:
-                        hi = v
-            if lo > hi:            # no non-NaN element: min and max are NaN
-                lo = np.float32(np.nan)
-                hi = np.float32(np.nan)
-            if lo == 0.0 and hi == 0.0:
-                continue
-            width[c], k0[c] = _nb_fix_bins(lo, hi)
-            fixed[c] = True
-        r = np.float32(1.0 / width[c])
-        k0f = np.float32(k0[c])
-        counts[:] = 0
-        for o in range(n_outer):
-            nans += _nb_bin_row(x3[o, c, :], r, k0f, counts, buf)
-        k = np.float64(batches[c])
-        for b in range(NUM_BINS):
-            p = np.float64(counts[b]) / np.float64(numel)
-            pdf[c, b] = (pdf[c, b] * k + p) / (k + 1.0)
-        batches[c] += 1
-    return nans
-
-
-@kernel
-def _nb_histogram_update_threaded(x3, fixed, width, k0, batches, pdf, threads):
-    """:func:`_nb_histogram_update` with every row binned by :func:`_nb_bin_row_parallel` on
-    ``threads`` threads (same counts, so the same state; tested bit for bit). A separate kernel,
-    so that the serial one does not compile the parallel code; the serial one keeps the channel
-    steps inline (fewer functions to compile on first use: about 1.5 s less)."""
-    n_outer, n_ch, n_inner = x3.shape
-    numel = n_outer * n_inner
-    counts = np.zeros(NUM_BINS + 1, np.int64)
-    nans = 0
-    if numel == 0:
-        return nans
+        return nans, inf_seen, finite_seen
     for c in range(n_ch):
         if not _nb_fix_channel(x3, c, fixed, width, k0):
+            finite_seen = True
             continue
-        r = np.float32(1.0 / width[c])
-        k0f = np.float32(k0[c])
         counts[:] = 0
-        for o in range(n_outer):
-            nans += _nb_bin_row_parallel(x3[o, c, :], r, k0f, counts, threads)
+        a, b, f = _nb_count_channel(x3, c, 0, numel, np.float32(1.0 / width[c]),
+                                    np.float32(k0[c]), counts)
+        nans += a
+        inf_seen |= b
+        finite_seen |= f
         _nb_fold_counts(counts, numel, c, batches, pdf)
-    return nans
+    return nans, inf_seen, finite_seen
+
+
+@functools.cache
+def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
+    """The worker threads of the threaded histogram, made on first use per size and process
+    (``pid``: a forked child, e.g. a cluster worker, must not reuse its parent's pool, whose
+    threads did not survive the fork)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qsim-histogram")
+
+
+def _threaded_histogram_update(x3, fixed, width, k0, batches, pdf, threads):
+    """:func:`_nb_histogram_update` with each channel's elements cut into ``threads`` equal
+    chunks, counted concurrently (the kernels release the GIL) into one histogram each; the
+    integer counts are added afterwards, so the state equals the serial one bit for bit."""
+    n_outer, n_ch, n_inner = x3.shape
+    numel = n_outer * n_inner
+    nans, inf_seen, finite_seen = 0, False, False
+    if numel == 0:
+        return nans, inf_seen, finite_seen
+    bounds = [numel * t // threads for t in range(threads + 1)]
+    for c in range(n_ch):
+        if not _nb_fix_channel(x3, c, fixed, width, k0):
+            finite_seen = True
+            continue
+        r, k0f = np.float32(1.0 / width[c]), np.float32(k0[c])
+        parts = np.zeros((threads, NUM_BINS + 1), np.int64)
+        pool = _pool(threads - 1, os.getpid()) if threads > 1 else None
+        futures = [pool.submit(_nb_count_channel, x3, c, bounds[t], bounds[t + 1], r, k0f,
+                               parts[t]) for t in range(1, threads)]
+        results = [_nb_count_channel(x3, c, bounds[0], bounds[1], r, k0f, parts[0])]
+        results += [f.result() for f in futures]
+        nans += sum(a for a, _, _ in results)
+        inf_seen |= any(b for _, b, _ in results)
+        finite_seen |= any(f for _, _, f in results)
+        _nb_fold_counts(parts.sum(axis=0), numel, c, batches, pdf)
+    return nans, inf_seen, finite_seen
+
+
+def default_threads(x3) -> int:
+    """Threads for a batch seen as ``(outer, C, inner)`` when the caller gives none: every core
+    this process may use if a channel holds at least ``PARALLEL_MIN_ELEMENTS`` elements, else 1."""
+    if x3.shape[0] * x3.shape[2] < PARALLEL_MIN_ELEMENTS:
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _histogram_update(x3, fixed, width, k0, batches, pdf, threads):
-    """Dispatch: NumPy twin without Numba; threaded kernel for long rows and ``threads > 1``."""
+    """Dispatch: NumPy twin without Numba; threaded for ``threads > 1`` and channels of at least
+    ``PARALLEL_MIN_ELEMENTS`` elements. Returns ``(#NaN, any ±Inf, any finite)``."""
     if not USE_NUMBA:
         return _np_histogram_update(x3, fixed, width, k0, batches, pdf)
-    if threads > 1 and x3.shape[2] >= PARALLEL_MIN_ELEMENTS:
-        return _nb_histogram_update_threaded(x3, fixed, width, k0, batches, pdf, threads)
+    if threads > 1 and x3.shape[0] * x3.shape[2] >= PARALLEL_MIN_ELEMENTS:
+        return _threaded_histogram_update(x3, fixed, width, k0, batches, pdf, threads)
     return _nb_histogram_update(x3, fixed, width, k0, batches, pdf)
-
 
 def _np_fix_bins(mn, mx):
     """NumPy twin of :func:`_nb_fix_bins` (float32 scalars in, float64 ``(w, k0)`` out)."""
@@ -442,12 +470,12 @@ def _np_fix_bins(mn, mx):
 
 
 def _np_histogram_update(x3, fixed, width, k0, batches, pdf):
-    """NumPy twin of :func:`_nb_histogram_update`."""
+    """NumPy twin of :func:`_nb_histogram_update` (the flags from :func:`finiteness`)."""
     n_outer, n_ch, n_inner = x3.shape
     numel = n_outer * n_inner
     nans = 0
     if numel == 0:
-        return nans
+        return nans, False, False
     for c in range(n_ch):
         v = x3[:, c, :].ravel()
         isnan = np.isnan(v)
@@ -469,7 +497,7 @@ def _np_histogram_update(x3, fixed, width, k0, batches, pdf):
         p = counts.astype(np.float64) / np.float64(numel)
         pdf[c] = (pdf[c] * k + p) / (k + 1.0)
         batches[c] += 1
-    return nans
+    return (nans, *finiteness(x3))
 
 
 @dataclass(frozen=True, eq=False)
@@ -505,39 +533,38 @@ class HistogramStats:
     def num_channels(self) -> int:
         return int(self.fixed.shape[0])
 
-    def update(self, x, *, threads: int = 1) -> "HistogramStats":
-        """The statistics after one more batch ``x`` (float32): a new value.
+    def update(self, x, *, threads: int | None = None) -> "HistogramStats":
+        """The statistics after one more batch ``x`` (float32): a new value,
+        ``fold(observe(x))`` (the path a cluster takes too, see :mod:`qsim.distributed`).
 
-        ``threads > 1`` bins rows of at least ``PARALLEL_MIN_ELEMENTS`` elements in that many
-        chunks on Numba's thread pool; the result does not depend on it. Serial by default:
-        on a machine whose cores are busy, OpenMP's spinning barrier can make threaded calls
-        many times slower (set ``OMP_WAIT_POLICY=passive`` there).
-        """
-        if not isinstance(threads, (int, np.integer)) or threads < 1:
-            raise ConfigError(f"HistogramStats.update: threads must be an integer >= 1, "
-                              f"got {threads!r}")
+        ``threads``: see :meth:`observe`; the result does not depend on it."""
         return self.fold(self.observe(x, threads=threads))
 
-    def observe(self, x, *, threads: int = 1) -> "HistogramStats":
+    def observe(self, x, *, threads: int | None = None) -> "HistogramStats":
         """The batch ``x`` alone under this histogram's bins (a piece for :meth:`fold`).
 
         A channel with bins counts into them; a channel without bins fixes them from this
         batch (§4 steps 1–2) unless the batch is all zero there (then it is not counted).
         ``batches[c]`` is 1 where the batch counted, and there ``pdf[c] = count_i/numel``
         (exactly: ``(0·0 + p)/(0 + 1) = p``). Only ``fixed, width, k0`` of ``self`` are read,
-        so a worker that knows the bins needs nothing else."""
-        if not isinstance(threads, (int, np.integer)) or threads < 1:
-            raise ConfigError(f"HistogramStats.observe: threads must be an integer >= 1, "
+        so a worker that knows the bins needs nothing else.
+
+        ``threads``: channels of at least ``PARALLEL_MIN_ELEMENTS`` elements are counted in that
+        many chunks concurrently (integer counts added afterwards: the same bits). ``None``
+        (default): every core for such channels (:func:`default_threads`), else 1."""
+        if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
+            raise ConfigError(f"HistogramStats.observe: threads must be None or an integer >= 1, "
                               f"got {threads!r}")
         x3 = _as_batch(x, self.axis)
+        if threads is None:
+            threads = default_threads(x3)
         fixed, width, k0 = self.fixed.copy(), self.width.copy(), self.k0.copy()
         batches = np.zeros_like(self.batches)
         pdf = np.zeros_like(self.pdf)
-        nans = _histogram_update(x3, fixed, width, k0, batches, pdf, threads)
-        inf, finite = finiteness(x3)
+        nans, inf, finite = _histogram_update(x3, fixed, width, k0, batches, pdf, int(threads))
         return HistogramStats(fixed=_readonly(fixed), width=_readonly(width), k0=_readonly(k0),
                               batches=_readonly(batches), pdf=_readonly(pdf), axis=self.axis,
-                              nan_count=int(nans), inf_seen=inf, finite_seen=finite)
+                              nan_count=int(nans), inf_seen=bool(inf), finite_seen=bool(finite))
 
     def stale(self, piece: "HistogramStats") -> np.ndarray:
         """Channels (bool, (C,)) where ``piece`` was not observed under this histogram's bins:

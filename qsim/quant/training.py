@@ -31,6 +31,7 @@ giving the same bits. Tensors are viewed as ``(outer, C, inner)`` around the cha
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,6 +153,43 @@ def _nb_train_backward(x, g, s, o, qmin, qmax, dx, gs, go):
 
 
 @kernel
+def _nb_train_backward_sums(x, g, s, o, qmin, qmax, dx, gs_sum, go_sum):
+    """:func:`_nb_train_backward` fused with the reduction: ``dx`` and, per channel, the float64
+    sums of ``gs`` and ``go`` accumulated in element order (outer-major, then inner), without
+    writing ``gs``/``go``. ``gs_sum``, ``go_sum``: float64 (C,), zero on entry."""
+    n_outer, n_ch, n_inner = x.shape
+    lo = np.float64(qmin)
+    hi = np.float64(qmax)
+    for a in range(n_outer):
+        for c in range(n_ch):
+            sc = s[c]
+            oc = np.float64(o[c])
+            elo = np.float32(oc + lo)
+            ehi = np.float32(oc + hi)
+            acc_s = gs_sum[c]
+            acc_o = go_sum[c]
+            for i in range(n_inner):
+                t = x[a, c, i] / sc
+                r = np.rint(t)
+                q = np.float64(r) - oc
+                gi = g[a, c, i]
+                if lo <= q and q <= hi:
+                    dx[a, c, i] = gi
+                    acc_s += np.float64(np.float32(gi * (r - t)))
+                else:
+                    dx[a, c, i] = np.float32(0.0)
+                    e = r
+                    if e < elo:
+                        e = elo
+                    if e > ehi:
+                        e = ehi
+                    acc_s += np.float64(np.float32(gi * e))
+                    acc_o += np.float64(np.float32(gi * sc))
+            gs_sum[c] = acc_s
+            go_sum[c] = acc_o
+
+
+@kernel
 def _nb_frozen(x, g, s, o, qmin, qmax, out, dx):
     """Frozen-path x̂ and ``dx`` (``g`` may be ``x`` itself when only x̂ is wanted)."""
     n_outer, n_ch, n_inner = x.shape
@@ -173,6 +211,44 @@ def _nb_frozen(x, g, s, o, qmin, qmax, out, dx):
                 if v > hi:
                     v = hi
                 out[a, c, i] = np.float32(v + oc) * sc
+
+
+@kernel
+def _nb_frozen_forward(x, s, o, qmin, qmax, out):
+    """Frozen-path x̂ alone (:func:`_nb_frozen` without ``dx``)."""
+    n_outer, n_ch, n_inner = x.shape
+    lo = np.float64(qmin)
+    hi = np.float64(qmax)
+    for a in range(n_outer):
+        for c in range(n_ch):
+            sc = s[c]
+            inv = np.float32(1.0) / sc
+            oc = np.float64(o[c])
+            for i in range(n_inner):
+                v = np.float64(np.rint(x[a, c, i] * inv)) - oc
+                if v < lo:
+                    v = lo
+                if v > hi:
+                    v = hi
+                out[a, c, i] = np.float32(v + oc) * sc
+
+
+@kernel
+def _nb_frozen_backward(x, g, s, o, qmin, qmax, dx):
+    """Frozen-path ``dx = g·m'`` alone (:func:`_nb_frozen` without x̂)."""
+    n_outer, n_ch, n_inner = x.shape
+    lo = np.float64(qmin)
+    hi = np.float64(qmax)
+    for a in range(n_outer):
+        for c in range(n_ch):
+            inv = np.float32(1.0) / s[c]
+            oc = np.float64(o[c])
+            for i in range(n_inner):
+                v = np.float64(np.rint(x[a, c, i] * inv)) - oc
+                if lo <= v and v <= hi:
+                    dx[a, c, i] = g[a, c, i] * np.float32(1.0)
+                else:
+                    dx[a, c, i] = g[a, c, i] * np.float32(0.0)
 
 
 # ---------------------------------------------------------------- NumPy twins
@@ -204,6 +280,21 @@ def _np_train_backward(x3, g3, s, o, qmin, qmax):
         gs = (g3 * e).astype(F32)
         go = np.where(m, F32(0.0), (g3 * s3).astype(F32)).astype(F32)
     return dx, gs, go
+
+
+def _sequential_channel_sums(a3):
+    """Per channel, the float64 sum of ``a3`` (outer, C, inner) in element order (outer-major,
+    then inner), one addition at a time (``np.cumsum`` is sequential), as the Numba kernel adds."""
+    rows = a3.astype(np.float64).transpose(1, 0, 2).reshape(a3.shape[1], -1)
+    if rows.shape[1] == 0:
+        return np.zeros(a3.shape[1], np.float64)
+    return np.cumsum(rows, axis=1)[:, -1] + 0.0     # the kernel starts from +0.0: never -0.0
+
+
+def _np_train_backward_sums(x3, g3, s, o, qmin, qmax):
+    """Twin of :func:`_nb_train_backward_sums`: ``(dx, Σgs, Σgo)`` (sums float64, per channel)."""
+    dx, gs, go = _np_train_backward(x3, g3, s, o, qmin, qmax)
+    return dx, _sequential_channel_sums(gs), _sequential_channel_sums(go)
 
 
 def _np_frozen(x3, g3, s, o, qmin, qmax):
@@ -246,14 +337,22 @@ def _flat(p):
     return np.ascontiguousarray(np.asarray(p, dtype=F32).reshape(-1))
 
 
-def quantize_train(x, enc: TrainingEncoding, grid: Grid) -> np.ndarray:
-    """Training-path forward ``x̂ = f32((clamp(rne(x/s) - o, qmin, qmax) + o)·s)`` (§3)."""
+def quantize_train(x, enc: TrainingEncoding, grid: Grid, *, run=None,
+                   parts: int = 1) -> np.ndarray:
+    """Training-path forward ``x̂ = f32((clamp(rne(x/s) - o, qmin, qmax) + o)·s)`` (§3).
+
+    With ``run`` (a function that calls a list of zero-argument jobs, e.g. on threads) the Numba
+    kernel is cut into ``parts`` channel ranges run by it; the result is the same to the bit."""
     x = np.asarray(x, dtype=F32)
     axis = channel_axis_of(enc.scale.shape, x.shape)
     x3, s, o = _view3(x, axis), _flat(enc.scale), _flat(enc.offset)
     if USE_NUMBA:
         out = np.empty_like(x3)
-        _nb_train_forward(x3, s, o, grid.qmin, grid.qmax, out)
+
+        def call(sl):
+            _nb_train_forward(x3[:, sl], s[sl], o[sl], grid.qmin, grid.qmax, out[:, sl])
+
+        _run_jobs(_channel_jobs(call, x3.shape[1], parts if run is not None else 1), run)
     else:
         out = _np_train_forward(x3, s, o, grid.qmin, grid.qmax)
     return out.reshape(x.shape)
@@ -267,15 +366,33 @@ def quantize_frozen(x, enc: TrainingEncoding, grid: Grid, g=None):
     x = np.asarray(x, dtype=F32)
     axis = channel_axis_of(enc.scale.shape, x.shape)
     x3, s, o = _view3(x, axis), _flat(enc.scale), _flat(enc.offset)
-    g3 = x3 if g is None else _view3(g, axis)
+    if g is None:
+        if USE_NUMBA:
+            out = np.empty_like(x3)
+            _nb_frozen_forward(x3, s, o, grid.qmin, grid.qmax, out)
+        else:
+            out = _np_frozen(x3, x3, s, o, grid.qmin, grid.qmax)[0]
+        return out.reshape(x.shape)
+    g3 = _view3(g, axis)
     if USE_NUMBA:
         out, dx = np.empty_like(x3), np.empty_like(x3)
         _nb_frozen(x3, g3, s, o, grid.qmin, grid.qmax, out, dx)
     else:
         out, dx = _np_frozen(x3, g3, s, o, grid.qmin, grid.qmax)
-    if g is None:
-        return out.reshape(x.shape)
     return out.reshape(x.shape), dx.reshape(x.shape)
+
+
+def quantize_frozen_backward(x, g, enc: TrainingEncoding, grid: Grid) -> np.ndarray:
+    """Frozen-path backward alone, ``dx = g·m'`` (§4; x̂ is not recomputed)."""
+    x = np.asarray(x, dtype=F32)
+    axis = channel_axis_of(enc.scale.shape, x.shape)
+    x3, g3, s, o = _view3(x, axis), _view3(g, axis), _flat(enc.scale), _flat(enc.offset)
+    if USE_NUMBA:
+        dx = np.empty_like(x3)
+        _nb_frozen_backward(x3, g3, s, o, grid.qmin, grid.qmax, dx)
+    else:
+        dx = _np_frozen(x3, g3, s, o, grid.qmin, grid.qmax)[1]
+    return dx.reshape(x.shape)
 
 
 def range_gradients(gs_sum, go_sum, theta_min, enc: TrainingEncoding, grid: Grid):
@@ -306,22 +423,49 @@ def range_gradients(gs_sum, go_sum, theta_min, enc: TrainingEncoding, grid: Grid
     return dmin.reshape(s.shape), d.reshape(s.shape)
 
 
-def quantize_train_backward(x, g, theta_min, enc: TrainingEncoding, grid: Grid):
+def _channel_jobs(call, n: int, parts: int) -> list:
+    """Zero-argument jobs ``call(slice)`` over ``parts`` disjoint ranges of the ``n`` channels
+    (the kernels never mix channels, so a split changes no bit)."""
+    parts = max(1, min(parts, n))
+    edges = [n * k // parts for k in range(parts + 1)]
+    return [functools.partial(call, slice(a, b)) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _run_jobs(jobs, run):
+    if run is None:
+        for job in jobs:
+            job()
+    else:
+        run(jobs)
+
+
+def quantize_train_backward(x, g, theta_min, enc: TrainingEncoding, grid: Grid, *, run=None,
+                            parts: int = 1):
     """Training-path backward (§4): ``(dx, dθmin, dθmax)`` for upstream gradient ``g``.
 
+    With ``run`` (a function that calls a list of zero-argument jobs, e.g. on threads) the Numba
+    kernel is cut into ``parts`` channel ranges run by it; the result is the same to the bit.
+
     ``dx = m ? g : 0``; ``Gs = Σ gs``, ``Go = Σ go`` over every axis but the channel axis, summed
-    in float64 and rounded once; then :func:`range_gradients`.
+    in float64 in element order (fused with ``dx``: ``gs``, ``go`` are never stored) and rounded
+    once; then :func:`range_gradients`.
     """
     x = np.asarray(x, dtype=F32)
     axis = channel_axis_of(enc.scale.shape, x.shape)
     x3, g3 = _view3(x, axis), _view3(g, axis)
     s, o = _flat(enc.scale), _flat(enc.offset)
     if USE_NUMBA:
-        dx, gs, go = np.empty_like(x3), np.empty_like(x3), np.empty_like(x3)
-        _nb_train_backward(x3, g3, s, o, grid.qmin, grid.qmax, dx, gs, go)
+        dx = np.empty_like(x3)
+        gs64, go64 = np.zeros(s.shape, np.float64), np.zeros(s.shape, np.float64)
+
+        def call(sl):
+            _nb_train_backward_sums(x3[:, sl], g3[:, sl], s[sl], o[sl], grid.qmin, grid.qmax,
+                                    dx[:, sl], gs64[sl], go64[sl])
+
+        _run_jobs(_channel_jobs(call, x3.shape[1], parts if run is not None else 1), run)
     else:
-        dx, gs, go = _np_train_backward(x3, g3, s, o, grid.qmin, grid.qmax)
-    gs_sum = gs.sum(axis=(0, 2), dtype=np.float64).astype(F32).reshape(enc.scale.shape)
-    go_sum = go.sum(axis=(0, 2), dtype=np.float64).astype(F32).reshape(enc.scale.shape)
+        dx, gs64, go64 = _np_train_backward_sums(x3, g3, s, o, grid.qmin, grid.qmax)
+    gs_sum = gs64.astype(F32).reshape(enc.scale.shape)
+    go_sum = go64.astype(F32).reshape(enc.scale.shape)
     dmin, dmax = range_gradients(gs_sum, go_sum, theta_min, enc, grid)
     return dx.reshape(x.shape), dmin, dmax

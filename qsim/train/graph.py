@@ -16,6 +16,8 @@ import numpy as np
 
 from ..errors import QsimError
 from ..grad.backward import backward, forward
+from ..grad.blas import blas_threads, run_all
+from ..grad.ops import TRAINING_FORWARD
 from ..grad.registry import Vjp
 from ..ir import Graph, Node, ValueInfo
 from ..quant import training as tr
@@ -34,9 +36,15 @@ class Slot:
         return self.key or self.tensor
 
 
+def _parts(x) -> int:
+    """Channel ranges for a quantizer kernel on threads: two from 2^18 elements on."""
+    return 2 if np.size(x) >= 1 << 18 else 1
+
+
 def _qat_quantize(x, tmin, tmax, *, qmin, qmax, symmetric):
     grid = tr.Grid(qmin, qmax, bool(symmetric))
-    return tr.quantize_train(x, tr.training_encoding(tmin, tmax, grid), grid)
+    return tr.quantize_train(x, tr.training_encoding(tmin, tmax, grid), grid, run=run_all,
+                             parts=_parts(x))
 
 
 def _qat_quantize_frozen(x, tmin, tmax, *, qmin, qmax, symmetric):
@@ -49,20 +57,21 @@ def _qat_vjp(gy, *, inputs, outputs, qmin, qmax, symmetric):
     x, tmin, tmax = inputs
     grid = tr.Grid(qmin, qmax, bool(symmetric))
     enc = tr.training_encoding(tmin, tmax, grid)
-    return tr.quantize_train_backward(x, gy, tmin, enc, grid)
+    return tr.quantize_train_backward(x, gy, tmin, enc, grid, run=run_all, parts=_parts(x))
 
 
 def _qat_frozen_vjp(gy, *, inputs, outputs, qmin, qmax, symmetric):
     """dx = g·m' of the frozen path; the frozen ranges get no gradient."""
     x, tmin, tmax = inputs
     grid = tr.Grid(qmin, qmax, bool(symmetric))
-    _, dx = tr.quantize_frozen(x, tr.training_encoding(tmin, tmax, grid), grid, g=gy)
-    return dx, None, None
+    return tr.quantize_frozen_backward(x, gy, tr.training_encoding(tmin, tmax, grid), grid), \
+        None, None
 
 
 #: the quantizer ops and their backwards, passed to qsim.grad's forward/backward
 QAT_OPS: Mapping[str, Callable] = {"QatQuantize": _qat_quantize,
-                                   "QatQuantizeFrozen": _qat_quantize_frozen}
+                                   "QatQuantizeFrozen": _qat_quantize_frozen,
+                                   **TRAINING_FORWARD}
 QAT_VJPS: Mapping[str, Vjp] = {
     "QatQuantize": Vjp(fn=_qat_vjp, saves=frozenset({"inputs"}), multi=False),
     "QatQuantizeFrozen": Vjp(fn=_qat_frozen_vjp, saves=frozenset({"inputs"}), multi=False)}
@@ -94,12 +103,20 @@ def training_graph(graph: Graph, slots: tuple[Slot, ...], ranges: Mapping[str, n
         return Node(f"{t}.quantizer", op, (raw[t], mn, mx), (qname[t],),
                     {"qmin": s.grid.qmin, "qmax": s.grid.qmax, "symmetric": int(s.grid.symmetric)})
 
-    nodes = [qnode(t) for t in by_tensor if t in graph.params or t in graph.input_names]
+    # a quantized parameter's or graph input's quantizer goes right before its first consumer, so
+    # the reverse sweep runs its VJP right after the consumers' and frees their gradient at once
+    pending = {t for t in by_tensor if t in graph.params or t in graph.input_names}
+    nodes = []
     for n in graph.nodes:
+        for i in n.inputs:
+            if i in pending:
+                pending.discard(i)
+                nodes.append(qnode(i))
         ins = tuple(qname.get(i, i) if i else i for i in n.inputs)
         outs_n = tuple(raw.get(o, o) for o in n.outputs)
         nodes.append(dataclasses.replace(n, inputs=ins, outputs=outs_n))
         nodes.extend(qnode(o) for o in n.outputs if o in by_tensor)
+    nodes.extend(qnode(t) for t in by_tensor if t in pending)   # quantized but never read
     params = dict(graph.params)
     for s in slots:
         for name in range_names(s.range_base):
@@ -110,10 +127,13 @@ def training_graph(graph: Graph, slots: tuple[Slot, ...], ranges: Mapping[str, n
 def value_and_grad(tgraph: Graph, params: Mapping[str, np.ndarray], feeds, loss_fn, *,
                    trainable) -> tuple[float, dict, dict]:
     """One training forward and backward: ``(loss, outputs, {name: ∂loss/∂name})`` for the names
-    in ``trainable``. ``loss_fn(outputs) -> (loss, {output: ∂loss/∂output})``."""
-    tape = forward(tgraph, feeds, params=params, ops=QAT_OPS, vjps=QAT_VJPS)
-    loss, seeds = loss_fn(tape.outputs)
-    grads = backward(tgraph, tape, seeds, vjps=QAT_VJPS)
+    in ``trainable``. ``loss_fn(outputs) -> (loss, {output: ∂loss/∂output})``. Only the
+    values each VJP needs are kept, and each is dropped once used (qsim.grad.backward)."""
+    trainable = list(trainable)
+    with blas_threads(1):     # see qsim.grad.blas: robust on shared cores
+        tape = forward(tgraph, feeds, params=params, ops=QAT_OPS, vjps=QAT_VJPS)
+        loss, seeds = loss_fn(tape.outputs)
+        grads = backward(tgraph, tape, seeds, vjps=QAT_VJPS, wrt=trainable, consume=True)
     out = {}
     for name in trainable:
         g = grads.get(name)

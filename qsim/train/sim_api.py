@@ -52,11 +52,28 @@ def range_learning(sim) -> bool:
     return getattr(sim, "range_learning_scheme", False)
 
 
-def grid_of(spec) -> tr.Grid:
-    """The integer grid of a sim quantizer (qat.md §1): asymmetric ``[0, 2^bw-1]``; symmetric
-    ``[-2^(bw-1), 2^(bw-1)-1]`` (strict: ``-(2^(bw-1)-1)``)."""
+def grid_of(spec, encoding: Encoding | None = None) -> tr.Grid:
+    """The integer grid of a sim quantizer in training (qat.md §1–§2).
+
+    * asymmetric: ``[0, 2^bw-1]`` (θmin, θmax both learned; ``o`` from θmin);
+    * symmetric: ``[-2^(bw-1), 2^(bw-1)-1]`` (strict: from ``-(2^(bw-1)-1)``), ``o = 0``;
+    * unsigned symmetric (config ``unsigned_symmetric``; aimet-torch's sim rejects it, its
+      quantizer takes the grid): the calibrated ``encoding`` decides, as aimet-onnx did
+      (numerics.md §2.6). Data with negative values was given a signed symmetric encoding
+      (AIMET offset ``-2^(bw-1)``, strict ``-(2^(bw-1)-1)`` in every channel): it trains on
+      qat.md's unsigned-symmetric grid ``[0, 2^bw-1]`` (strict ``[0, 2^bw-2]``) whose offset is
+      the constant ``-rne(qmax/2)``, the same codes. Non-negative data (offset 0, range
+      ``[0, N'·δ]``) trains on the asymmetric grid ``[0, N']`` (``N' = 2^bw-1``, strict
+      ``2^bw-2``): ``o`` stays 0 while θmin stays above ``-s/2``.
+    """
     bw = spec.bitwidth
-    if not spec.symmetric or spec.unsigned_symmetric:
+    if spec.symmetric and spec.unsigned_symmetric:
+        top = 2 ** bw - (2 if spec.strict_symmetric else 1)
+        signed = -(2 ** (bw - 1)) + (1 if spec.strict_symmetric else 0)
+        if encoding is not None and np.all(np.asarray(encoding.offset) == signed):
+            return tr.Grid(0, top, True)
+        return tr.Grid(0, top, False)
+    if not spec.symmetric:
         return tr.Grid(0, 2 ** bw - 1, False)
     lo = -(2 ** (bw - 1)) + (1 if spec.strict_symmetric else 0)
     return tr.Grid(lo, 2 ** (bw - 1) - 1, True)
@@ -73,7 +90,7 @@ def _slots(sim):
     for h in sim._handles.values():
         if h.enabled:
             for t in h.spec.tensors:
-                out.append((h, Slot(t, grid_of(h.spec), key=h.spec.tensors[0])))
+                out.append((h, Slot(t, grid_of(h.spec, h.encoding), key=h.spec.tensors[0])))
     return out
 
 
@@ -129,14 +146,15 @@ def set_parameters(sim, values) -> None:
         if s.tensor != s.range_base:
             continue
         mn, mx = range_names(s.range_base)
-        h.encoding = learned_encoding(h.spec, new[mn], new[mx])
+        h.encoding = learned_encoding(h.spec, new[mn], new[mx], s.grid)
         h._theta = (h.encoding, (new[mn], new[mx]))
     sim._run_graph = None
 
 
-def learned_encoding(spec, theta_min, theta_max) -> Encoding:
-    """The sim Encoding in force for θmin/θmax (qat.md §2, §7)."""
-    grid = grid_of(spec)
+def learned_encoding(spec, theta_min, theta_max, grid: tr.Grid | None = None) -> Encoding:
+    """The sim Encoding in force for θmin/θmax on ``grid`` (default :func:`grid_of` the spec)
+    (qat.md §2, §7)."""
+    grid = grid_of(spec) if grid is None else grid
     e = tr.training_encoding(theta_min, theta_max, grid)
     s = e.scale.reshape(-1) if spec.axis is not None else e.scale.reshape(())
     o = e.offset.reshape(s.shape)
@@ -193,24 +211,36 @@ def value_and_grad(sim, feeds, loss_fn):
     return loss, grads
 
 
-def fit(sim, batches, loss_fn, optimizer, epochs: int = 1, *, progress=True) -> list:
+def _progress_bar(total: int, progress):
+    """A tqdm bar on stderr (``progress`` True, or None and stderr a terminal), else None;
+    without tqdm (the ``cli`` extra) training runs quietly."""
+    if progress is False or (progress is None and not sys.stderr.isatty()):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="qat", unit="step", file=sys.stderr)
+
+
+def fit(sim, batches, loss_fn, optimizer, epochs: int = 1, *, progress=None) -> list:
     """Train: for each epoch, each ``(feeds, target)`` in ``batches``:
     ``loss, g = value_and_grad(feeds, loss_fn(target)); optimizer.step(sim, g)``. Returns the
-    losses; prints a one-line progress bar to stderr."""
+    losses. ``progress``: a tqdm bar with the running loss (None: when stderr is a terminal)."""
     batches = list(batches)
     losses = []
-    total = epochs * len(batches)
-    for ep in range(epochs):
-        for i, (feeds, target) in enumerate(batches):
-            loss, grads = value_and_grad(sim, feeds, loss_fn(target))
-            optimizer.step(sim, grads)
-            losses.append(loss)
-            if progress:
-                done = ep * len(batches) + i + 1
-                bar = "#" * (30 * done // total)
-                print(f"\rqat [{bar:<30}] {done}/{total} loss {loss:.4f}", end="",
-                      file=sys.stderr, flush=True)
-    if progress and total:
-        print(file=sys.stderr)
+    bar = _progress_bar(epochs * len(batches), progress)
+    try:
+        for _ in range(epochs):
+            for feeds, target in batches:
+                loss, grads = value_and_grad(sim, feeds, loss_fn(target))
+                optimizer.step(sim, grads)
+                losses.append(loss)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
     _state(sim).history.extend(losses)
     return losses

@@ -12,7 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qsim.errors import OpError
-from tests.ort_util import ort_and_qsim, qsim_run_op
+from qsim.kernels import mlas_math as me
+from qsim.ops import OPS
+from tests.ort_util import ort_and_qsim, ort_run_op, qsim_run_op
 
 SETTINGS = settings(max_examples=20, deadline=None)
 seeds = st.integers(0, 2**32 - 1)
@@ -219,6 +221,34 @@ def test_lrn(seed, c, size):  # ORT takes odd sizes only
     # ORT's running channel sums are reproduced, its Eigen pow is not: to 2 ulp
     close("LRN", [x], {"size": size, "alpha": 1e-2, "beta": 0.75, "bias": 1.5}, opset=13,
           rtol=2.5e-7, atol=1e-7)
+
+
+@SETTINGS
+@given(seed=seeds, c=st.integers(1, 6), size=st.sampled_from([1, 3, 5]),
+       beta=st.sampled_from([1.0, 2.0, 3.0]), alpha=st.sampled_from([1e-2, 1.0, 7.0]),
+       hw=st.tuples(st.integers(1, 9), st.integers(1, 40)))
+def test_lrn_integer_beta_is_bit_exact(seed, c, size, beta, alpha, hw):
+    """beta 1, 2, 3: in Eigen's packets r = 1/scale multiplied (r, r·r, (r·r)·r), outside
+    them C powf, per ORT parallel block (the session's default threads): bit for bit."""
+    x = rand(seed, (2, c, *hw))
+    attrs = {"size": size, "alpha": alpha, "beta": beta, "bias": 1.5}
+    expected = ort_run_op("LRN", [x], attrs, opset=13, threads=me.DEFAULT_THREADS)[0]
+    assert OPS["LRN"](x, **attrs).tobytes() == expected.tobytes()
+
+
+@SETTINGS
+@given(seed=seeds, c=st.sampled_from([1, 3]),
+       hw=st.tuples(st.sampled_from([1, 3, 5]), st.sampled_from([3, 5, 7, 9, 11])))
+def test_lrn_scalar_positions_are_powf_bit_for_bit(seed, c, hw):   # (odd sizes: a tail of 1-3)
+    """beta 0.75: the elements outside Eigen's aligned packets (ORT's blocks) are libm powf and
+    equal ORT exactly; the packet elements are within 2 ulp (test_lrn)."""
+    x = rand(seed, (1, c, *hw))
+    attrs = {"size": 3, "alpha": 1e-2, "beta": 0.75, "bias": 1.5}
+    expected = ort_run_op("LRN", [x], attrs, opset=13, threads=me.DEFAULT_THREADS)[0].ravel()
+    got = OPS["LRN"](x, **attrs).ravel()
+    scalar = me.eigen_scalar_positions(x.size, 4 * 11 / 64 * 2 + 320.0, me.DEFAULT_THREADS)
+    assert scalar.any()
+    assert got[scalar].tobytes() == expected[scalar].tobytes()
 
 
 @pytest.mark.parametrize("opset", [18, 21])

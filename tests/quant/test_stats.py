@@ -1,6 +1,8 @@
 """Streaming statistics: merge property, Numba == NumPy twin, histogram rules of numerics.md §4."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -76,11 +78,12 @@ def _both_histograms(batches, axis=None):
     for fn in (S._nb_histogram_update, S._np_histogram_update):
         fixed, width, k0 = np.zeros(c, bool), np.zeros(c), np.zeros(c)
         batches_seen, pdf = np.zeros(c, np.int64), np.zeros((c, S.NUM_BINS))
-        nans = 0
+        nans, inf_seen, finite_seen = 0, False, False
         for b in batches:
-            nans += fn(channel_view(np.ascontiguousarray(b, np.float32), axis), fixed, width, k0,
-                       batches_seen, pdf)
-        states.append((fixed, width, k0, batches_seen, pdf, nans))
+            n, i, f = fn(channel_view(np.ascontiguousarray(b, np.float32), axis), fixed, width,
+                         k0, batches_seen, pdf)
+            nans, inf_seen, finite_seen = nans + n, inf_seen or i, finite_seen or f
+        states.append((fixed, width, k0, batches_seen, pdf, nans, inf_seen, finite_seen))
     return states
 
 
@@ -257,35 +260,81 @@ def _hist_state(x, threads, axis=None):
     c = x3.shape[1]
     fixed, width, k0 = np.zeros(c, bool), np.zeros(c), np.zeros(c)
     batches, pdf = np.zeros(c, np.int64), np.zeros((c, S.NUM_BINS))
-    nans = S._histogram_update(np.zeros_like(x3), fixed, width, k0, batches, pdf, threads)
-    nans += S._histogram_update(x3, fixed, width, k0, batches, pdf, threads)
-    nans += S._histogram_update(x3 * np.float32(1.5), fixed, width, k0, batches, pdf, threads)
+    flags = []
+    for b in (np.zeros_like(x3), x3, x3 * np.float32(1.5)):
+        flags.append(S._histogram_update(b, fixed, width, k0, batches, pdf, threads))
     assert batches.tolist() == [2] * c         # the all-zero batch came before any data
-    return fixed, width, k0, batches, pdf, nans
+    return fixed, width, k0, batches, pdf, flags
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NUMBA_DISABLE_JIT=1: scalar NumPy warns on inf/NaN
 @SETTINGS
-@given(x=long_rows(1500), chunks=st.integers(1, 7))
-def test_parallel_chunk_counts_equal_serial_counts(x, chunks):
-    """Chunked counting (one histogram per chunk, added at the end) gives the serial counts and
-    the serial NaN count."""
+@given(x=long_rows(1500), cuts=st.lists(st.integers(0, 1500), max_size=6))
+def test_chunk_counts_add_up_to_the_row_counts(x, cuts):
+    """Counting a row in chunks cut anywhere (one histogram per chunk, added at the end) gives
+    the counts of one pass, the NaN count and the ±Inf / finite flags of the whole row."""
     r, k0f = np.float32(40.0), np.float32(-100.0)
-    serial = np.zeros(S.NUM_BINS + 1, np.int64)
-    n1 = S._nb_bin_row(x, r, k0f, serial, np.empty(S._BLOCK, np.int32))
+    x3 = channel_view(x, None)
+    whole = np.zeros(S.NUM_BINS + 1, np.int64)
+    one = S._nb_count_channel(x3, 0, 0, x.size, r, k0f, whole)
+    bounds = sorted({0, x.size, *(min(c, x.size) for c in cuts)})
     chunked = np.zeros(S.NUM_BINS + 1, np.int64)
-    n2 = S._nb_bin_row_parallel(x, r, k0f, chunked, chunks)
-    np.testing.assert_array_equal(chunked, serial)
-    assert n1 == n2
-    assert serial.sum() == x.size
-    if np.isnan(x).any():
-        assert n1 == int(np.isnan(x).sum())
+    nans, inf_seen, finite_seen = 0, False, False
+    for a, b in zip(bounds, bounds[1:]):
+        n, i, f = S._nb_count_channel(x3, 0, a, b, r, k0f, chunked)
+        nans, inf_seen, finite_seen = nans + n, inf_seen or i, finite_seen or f
+    np.testing.assert_array_equal(chunked, whole)
+    assert whole.sum() == x.size
+    assert (nans, inf_seen, finite_seen) == one
+    assert one == (int(np.isnan(x).sum()), bool(np.isinf(x).any()), bool(np.isfinite(x).any()))
+
+
+@st.composite
+def edge_batches(draw):
+    """(first batch, later batch, channels): the later batch holds the float32 bin edges
+    ``f32((k0 + i)·w)`` of the bins the first batch fixes, their float32 neighbours (ties at the
+    edges, where ``f32(x·r)`` may round across), values beyond both ends, NaN and ±Inf."""
+    channels = draw(st.sampled_from([1, 2, 3]))
+    lo = draw(st.floats(-1e4, 1e4, width=32))
+    span = draw(st.floats(0.0009765625, 1e4, width=32))
+    first = np.array([lo, np.float32(lo + span)] * channels, np.float32).reshape(2, channels)
+    s = HistogramStats.empty(axis=1, channels=channels).update(first)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n = draw(st.integers(1, 700))
+    cols = []
+    for c in range(channels):
+        e = s.edges(c).astype(np.float32)[rng.integers(0, S.NUM_BINS + 1, n)]
+        v = np.concatenate([e, np.nextafter(e, np.float32(np.inf)),
+                            np.nextafter(e, np.float32(-np.inf)),
+                            rng.choice(np.array([np.nan, np.inf, -np.inf, 1e30, -1e30, 0.0],
+                                                np.float32), n // 7 + 1)])
+        cols.append(rng.permutation(v))
+    return first, np.stack(cols, axis=1), channels
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NUMBA_DISABLE_JIT=1: scalar NumPy warns on inf/NaN
+@SETTINGS
+@given(case=edge_batches(), threads=st.integers(1, 4))
+def test_fast_histogram_equals_twin_at_bin_edges(case, threads):
+    """The serial and threaded kernels give the NumPy twin's bins, pdf bits, NaN count and
+    flags on values at, just above and just below every bin edge, NaN and ±Inf."""
+    first, later, channels = case
+    states = []
+    for fn in (S._np_histogram_update, S._nb_histogram_update,
+               lambda *a: S._threaded_histogram_update(*a, threads)):
+        fixed, width, k0 = np.zeros(channels, bool), np.zeros(channels), np.zeros(channels)
+        batches, pdf = np.zeros(channels, np.int64), np.zeros((channels, S.NUM_BINS))
+        flags = [fn(channel_view(b, 1), fixed, width, k0, batches, pdf) for b in (first, later)]
+        states.append((fixed, width, k0, batches, pdf.tobytes(), flags))
+    _assert_same_state(states[0], states[1])
+    _assert_same_state(states[0], states[2])
+    assert states[0][5][1] == (int(np.isnan(later).sum()), bool(np.isinf(later).any()), True)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("threads", [2, 3])
 def test_parallel_histogram_update_equals_serial_bits(threads):
-    """Rows above PARALLEL_MIN_ELEMENTS take the threaded path: same state, bit for bit."""
+    """Channels above PARALLEL_MIN_ELEMENTS take the threaded path: same state, bit for bit."""
     rng = np.random.default_rng(11)
     x = rng.normal(size=2 * (S.PARALLEL_MIN_ELEMENTS + 1001)).astype(np.float32)
     x[rng.integers(0, x.size, 50)] = np.nan
@@ -296,12 +345,20 @@ def test_parallel_histogram_update_equals_serial_bits(threads):
             assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
     public = HistogramStats.empty().update(x, threads=threads)
     assert public.pdf.tobytes() == HistogramStats.empty().update(x, threads=1).pdf.tobytes()
+    assert public.pdf.tobytes() == HistogramStats.empty().update(x).pdf.tobytes()   # default
     assert public.nan_count == int(np.isnan(x).sum())
+
+
+def test_default_threads_only_for_large_channels():
+    big = channel_view(np.zeros(S.PARALLEL_MIN_ELEMENTS, np.float32), None)
+    small = channel_view(np.zeros((S.PARALLEL_MIN_ELEMENTS, 2), np.float32)[:-1], 1)
+    assert S.default_threads(big) == len(os.sched_getaffinity(0))
+    assert S.default_threads(small) == 1
 
 
 @pytest.mark.parametrize("threads", [0, -2, 1.5, "2"])
 def test_histogram_threads_must_be_a_positive_integer(threads):
-    with pytest.raises(ConfigError, match="threads must be an integer >= 1"):
+    with pytest.raises(ConfigError, match="threads must be None or an integer >= 1"):
         HistogramStats.empty().update(np.ones(4, np.float32), threads=threads)
 
 
@@ -333,3 +390,28 @@ def test_update_does_not_copy_a_float32_batch(make):
     finally:
         tracemalloc.stop()
     assert peak < 256 * 1024
+
+
+@SETTINGS
+@given(x=long_rows(400), channels=st.sampled_from([1, 2, 3]))
+def test_min_max_flags_equal_finiteness_of_the_batch(x, channels):
+    """The ±Inf / finite flags taken from the min/max equal a direct look at the batch."""
+    x = x[: x.size - x.size % channels].reshape(-1, channels)
+    s = MinMaxStats.empty(axis=1, channels=channels).observe(x)
+    assert (s.inf_seen, s.finite_seen) == (bool(np.isinf(x).any()), bool(np.isfinite(x).any()))
+
+
+@pytest.mark.skipif(JIT_DISABLED or not hasattr(os, "fork"),
+                    reason="the thread pool is used by the compiled path; needs fork")
+def test_threaded_histogram_works_in_a_forked_child():
+    """A forked process (a cluster worker) gets its own pool: the parent's threads are gone."""
+    import multiprocessing
+    x = np.random.default_rng(5).normal(size=S.PARALLEL_MIN_ELEMENTS).astype(np.float32)
+    parent = HistogramStats.empty().update(x, threads=2)        # creates the parent's pool
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        child = pool.apply_async(_threaded_pdf, (x,)).get(timeout=60)
+    assert child == parent.pdf.tobytes()
+
+
+def _threaded_pdf(x):
+    return HistogramStats.empty().update(x, threads=2).pdf.tobytes()

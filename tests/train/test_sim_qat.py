@@ -116,10 +116,10 @@ def test_fit_lowers_the_loss_and_run_uses_the_learned_encodings(capsys):
     before_out = sim.run({"input": data["eval_x"]})["output"]
     enc_before = sim.quantizers["output"].encoding
     batches = [({"input": x}, y) for x, y in zip(data["train_x"], data["train_y"])]
-    losses = sim.fit(batches, cross_entropy, Adam(lr=3e-3), epochs=4)
+    losses = sim.fit(batches, cross_entropy, Adam(lr=3e-3), epochs=4, progress=True)
     assert len(losses) == 20
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
-    assert "20/20" in capsys.readouterr().err            # the progress bar
+    assert "20/20" in capsys.readouterr().err            # the progress bar (tqdm)
     enc_after = sim.quantizers["output"].encoding
     assert enc_after is not enc_before and float(enc_after.delta) != float(enc_before.delta)
     p = sim.parameters()
