@@ -30,6 +30,7 @@ with qsim's op library. The rewrites (facts from ONNX Runtime's ``core/optimizer
    DQ → {Reshape, Transpose, Flatten, Squeeze,     the op on the integers (same scale and zero
    Unsqueeze, Slice, Gather, Expand, Tile} → Q     point on both sides; 16-bit too)
    DQ → {MaxPool, ReduceMax, ReduceMin} → Q        the op on the integers (positive scale)
+   DQ → Resize → Q                                 the op on the integers (8-bit)
    DQ → {GlobalAveragePool, AveragePool,           com.microsoft QLinear<op>
    Sigmoid, LeakyRelu, Softmax} → Q
    DQ, DQ → {Add, Mul} → Q                         com.microsoft QLinearAdd / QLinearMul
@@ -72,6 +73,8 @@ DROP = frozenset({"Expand", "Flatten", "Gather", "GatherElements", "Reshape", "S
                   "Tile", "Transpose", "Unsqueeze"})
 #: the same, 8-bit only and the scale must be positive
 DROP_POSITIVE = frozenset({"MaxPool", "ReduceMax", "ReduceMin"})
+#: the same, 8-bit only (Resize: ONNX Runtime's CPU kernel has no 16-bit integer version)
+DROP_8BIT = frozenset({"Resize"})
 UNARY = frozenset({"AveragePool", "LeakyRelu", "GlobalAveragePool", "Sigmoid", "Softmax"})
 BINARY = frozenset({"Add", "Mul"})
 #: activations ConvActivationFusion folds into FusedConv
@@ -894,6 +897,8 @@ def select_and_fuse(w: _Work, nbits: bool = True) -> None:
                 done = _drop(w, g, True, False)
             elif op in DROP_POSITIVE:
                 done = _drop(w, g, False, True)
+            elif op in DROP_8BIT:
+                done = _drop(w, g, False, False)
             elif op in UNARY:
                 done = _unary(w, g)
             elif op in BINARY:
