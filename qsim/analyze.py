@@ -23,6 +23,12 @@ of the graph outputs against FP32:
 
 SQNR is ``10·log10(Σ T² / Σ (T - T̂)²)`` summed over all samples (and all tensors of a tie
 group); ``inf`` when there is no noise. The simulation's enabled flags are restored afterwards.
+
+With ``target`` ("onnxruntime" or "fixed_point") it also runs the sim's integer model
+(:func:`qsim.integer.to_integer`) on the evaluation data: the target's metric, and per quantized
+tensor how far the float simulation is from what the target computes, in LSB
+(:func:`qsim.integer.gap`): counts at 0 / 1 / 2 / >2 LSB, the maximum, and the first tensor
+that drifts.
 """
 from __future__ import annotations
 
@@ -173,6 +179,9 @@ class Analysis:
     calib_samples: int
     eval_samples: int
     quantizers: tuple = field(default_factory=tuple)   # QuantizerAnalysis, placement order
+    target: str | None = None  # integer target compared with ("onnxruntime", "fixed_point")
+    target_metric: float | None = None   # the metric of the integer model
+    gap: object = None         # qsim.integer.GapReport of sim vs target on the evaluation data
 
     def ranked(self) -> list[QuantizerAnalysis]:
         """Quantizers by how much disabling each one alone recovers (most first)."""
@@ -199,6 +208,12 @@ class Analysis:
                               "range": [number(q.histogram.range_lo),
                                         number(q.histogram.range_hi)]},
             } for q in self.quantizers],
+            "target": None if self.target is None else {
+                "name": self.target, "metric": number(self.target_metric),
+                "first_tensor_that_differs": self.gap.first,
+                "tensors": [{"tensor": t.tensor, "lsb_0": t.counts[0], "lsb_1": t.counts[1],
+                             "lsb_2": t.counts[2], "lsb_more": t.counts[3], "max_lsb": t.max_lsb}
+                            for t in self.gap.tensors]},
         }
 
 
@@ -384,7 +399,8 @@ def analyze(sim, calib: Mapping[str, np.ndarray], *, eval_data: Mapping[str, np.
             labels: Sequence[int] | np.ndarray | None = None, batch_size: int = 32,
             eval_batch_size: int = 256,
             model_name: str = "model",
-            progress: Callable[[Sequence, str], Iterable] | None = None) -> Analysis:
+            progress: Callable[[Sequence, str], Iterable] | None = None,
+            target: str | None = None) -> Analysis:
     """Measure every enabled quantizer of the calibrated ``sim`` (see the module docstring).
 
     ``calib`` and ``eval_data`` map each graph input to an array whose first axis is samples;
@@ -392,8 +408,12 @@ def analyze(sim, calib: Mapping[str, np.ndarray], *, eval_data: Mapping[str, np.
     The tensor passes run ``batch_size`` samples at a time and keep every quantized tensor of a
     batch alive at once; the sweeps only keep the live activations, in batches of
     ``eval_batch_size`` (larger batches: fewer executor steps, more memory).
-    ``progress(items, description)`` may wrap the loops (e.g. a progress bar).
+    ``progress(items, description)`` may wrap the loops (e.g. a progress bar). ``target``
+    ("onnxruntime", "fixed_point"): also compare with the sim's integer model (module doc).
     """
+    if target is not None:
+        from .integer.model import check_target
+        check_target(target)
     if not sim.is_calibrated:
         raise NotCalibratedError("analyze() needs a calibrated simulation: call "
                                  "sim.compute_encodings(batches) first")
@@ -434,13 +454,20 @@ def analyze(sim, calib: Mapping[str, np.ndarray], *, eval_data: Mapping[str, np.
             sqnr_sim_db=sqnr_db(a.signal, a.noise_sim),
             only_enabled=sweeps[h.spec.qid][0], only_disabled=sweeps[h.spec.qid][1],
             histogram=hists[h.spec.qid]))
+    target_metric = gap_report = None
+    if target is not None:
+        from .integer import gap_over
+        model = sim.to_integer(target)
+        target_metric = metric(model.run)
+        gap_report = gap_over(sim, model, progress(eval_batches, f"sim vs {target}"))
     settings = {"scheme": sim.quant_scheme.value, "param_bitwidth": sim.param_bitwidth,
                 "activation_bitwidth": sim.activation_bitwidth, "config": sim.config.source,
                 "rounding": sim.rounding_mode}
     return Analysis(model=model_name, settings=settings, metric=metric_name, unit=unit,
                     fp32=fp32, quantized=quantized,
                     calib_samples=len(next(iter(calib.values()))), eval_samples=n_eval,
-                    quantizers=tuple(results))
+                    quantizers=tuple(results), target=target, target_metric=target_metric,
+                    gap=gap_report)
 
 
 # ============================================================================ the report
@@ -528,6 +555,36 @@ def plot_sqnr(result: Analysis, path: Path) -> Path:
     return _save(fig, Canvas, path)
 
 
+def plot_gap(result: Analysis, path: Path) -> Path:
+    """Per quantized tensor (graph order), the share of its elements where the float simulation
+    and the integer target differ, stacked by 1 / 2 / >2 LSB, each bar labelled with the count;
+    the first drifting tensor marked ▶."""
+    Figure, Canvas = _matplotlib()
+    rows = list(result.gap.tensors)
+    fig = Figure(figsize=(9, 1.4 + 0.3 * max(len(rows), 1)), layout="constrained")
+    ax = fig.add_subplot()
+    y = np.arange(len(rows))
+    left = np.zeros(len(rows))
+    for k, (label, colour) in enumerate((("1 LSB", "#f2b134"), ("2 LSB", "#e3672b"),
+                                         (">2 LSB", "#b3202a")), start=1):
+        share = np.array([t.counts[k] / max(t.size, 1) for t in rows]) * 100
+        ax.barh(y, share, left=left, color=colour, label=label, height=0.7)
+        left += share
+    top = max(float(left.max(initial=0.0)), 1e-3)
+    for i, t in enumerate(rows):
+        off = t.size - t.counts[0]
+        ax.text(left[i] + top * 0.01, i, f"{off} of {t.size}", va="center", fontsize=7)
+    names = [("▶ " if t.tensor == result.gap.first else "") + _short(t.tensor) for t in rows]
+    ax.set_yticks(y, names, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, top * 1.35)
+    ax.set_xlabel(f"elements that differ (% of the tensor), {result.eval_samples} samples")
+    ax.set_title(f"Float simulation vs integer target ({result.target})"
+                 + ("; drift starts at ▶" if result.gap.first else ": identical"))
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, Canvas, path)
+
+
 def plot_histogram(q: QuantizerAnalysis, path: Path) -> Path:
     """The FP32 histogram with the encoding range drawn on it (clipped regions shaded).
 
@@ -589,6 +646,28 @@ th{background:#f0f0f0}td.n{text-align:right}code{font-size:.9em}.bad{background:
 img{max-width:100%}section{margin-top:2em}"""
 
 
+def _target_section(result: Analysis, plots: Mapping[str, str]) -> str:
+    """The report's "simulation vs integer target" section ('' without a target)."""
+    if result.target is None:
+        return ""
+    e, u = html.escape, result.unit
+    rows = "".join(
+        f"<tr class='{'bad' if t.max_lsb > 2 else ''}'><td><code>{e(t.tensor)}</code></td>"
+        + "".join(f"<td class=n>{c}</td>" for c in t.counts)
+        + f"<td class=n>{t.max_lsb}</td></tr>" for t in result.gap.tensors)
+    first = (f"the first tensor that differs is <code>{e(result.gap.first)}</code>"
+             if result.gap.first else "no quantized tensor differs")
+    return f"""<section><h2>Simulation vs integer target ({e(result.target)})</h2>
+<p>The integer model computes what {e('ONNX Runtime (default session) computes for the QDQ export'
+if result.target == 'onnxruntime' else 'a fixed-point (int32 multiplier and shift) target computes')};
+its {e(result.metric)}: {_fmt(result.target_metric, ' ' + u)} (simulation:
+{_fmt(result.quantized, ' ' + u)}). Per quantized tensor, on the evaluation data, how many
+elements the float simulation and the target differ by 0, 1, 2 and more LSB; {first}.</p>
+<img src='{e(plots['gap'])}' alt='gap'>
+<table><tr><th>tensor</th><th>0 LSB</th><th>1 LSB</th><th>2 LSB</th><th>&gt;2 LSB</th>
+<th>max</th></tr>{rows}</table></section>"""
+
+
 def render_html(result: Analysis, plots: Mapping[str, str]) -> str:
     """The report page; ``plots`` maps a plot key (``sweeps``, ``sqnr``, ``hist:<qid>``,
     ``channels:<qid>``) to its file name relative to the page."""
@@ -645,6 +724,7 @@ what keeping this tensor in higher precision buys back. <b>Only enabled</b>: the
 simulation</b>: the tensor as the quantized model computes it against FP32, the noise accumulated
 from every quantizer upstream. Both on the calibration data; higher is better.</p>
 <img src='{e(plots['sqnr'])}' alt='sqnr'></section>
+{_target_section(result, plots)}
 <section><h2>All quantizers</h2><table><tr><th>tensor</th><th>role</th><th>bits</th>
 <th>grid</th><th>SQNR alone (dB)</th><th>SQNR in sim (dB)</th><th>clipped</th>
 <th>only enabled ({e(u)})</th><th>only disabled ({e(u)})</th></tr>{''.join(rows)}</table></section>
@@ -737,6 +817,8 @@ def write_report(result: Analysis, out_dir, *, per_quantizer_plots: bool = True)
                          encoding="utf-8")
     plots = {"sweeps": plot_sweeps(result, plot_dir / "sweeps.png"),
              "sqnr": plot_sqnr(result, plot_dir / "sqnr.png")}
+    if result.target is not None:
+        plots["gap"] = plot_gap(result, plot_dir / "target_gap.png")
     for q in result.quantizers if per_quantizer_plots else ():
         stem = _file_stem(q)
         plots[f"hist:{q.qid}"] = plot_histogram(q, plot_dir / f"{stem}_hist.png")

@@ -562,9 +562,31 @@ def cmd_quantize(args) -> int:
         lines.append(f"  SQNR {name} vs FP32:  {db:.2f} dB (calibration data)")
     if job.bundled:
         lines += _bundled_accuracy(sim, job)
+    if args.qdq:
+        lines.append(_target_gap_line(sim, job))
     lines.append(f"  export:               {out_dir.resolve()}/ ({', '.join(written)})")
     print("\n".join(lines))
     return 0
+
+
+def _target_gap_line(sim, job: Job) -> str:
+    """What ONNX Runtime's default session computes for the QDQ export vs the simulation, on
+    the graph outputs over the calibration data (qsim.integer.gap), in one line."""
+    from .errors import QsimError
+    from .integer import gap_over
+    try:
+        model = sim.to_integer("onnxruntime")
+        report = gap_over(sim, model, batches_of(job.calib, job.batch))
+    except QsimError as exc:
+        return f"  sim vs ONNX Runtime on the QDQ export: not predicted ({exc})"
+    outs = [t for t in report.tensors if t.tensor in sim.graph.output_names]
+    if not outs:
+        return "  sim vs ONNX Runtime on the QDQ export: the outputs are not quantized"
+    total, same = sum(t.size for t in outs), sum(t.counts[0] for t in outs)
+    worst = max(t.max_lsb for t in outs)
+    return (f"  sim vs ONNX Runtime (default session) on the QDQ export: outputs {same} of "
+            f"{total} values identical, max {worst} LSB; first tensor that differs: "
+            f"{report.first or 'none'}")
 
 
 def _bundled_accuracy(sim, job: Job) -> list[str]:
@@ -622,7 +644,7 @@ def cmd_analyze(args) -> int:
         result = analyze(sim, job.calib, eval_data=job.eval_data, labels=job.labels,
                          batch_size=job.batch, eval_batch_size=eval_batch,
                          model_name=job.model_path.name,
-                         progress=bar)
+                         progress=bar, target=args.target)
         files = replace_report(result, out_dir)
     lines = _describe_sim(sim, job)
     u = result.unit
@@ -632,6 +654,15 @@ def cmd_analyze(args) -> int:
     for q in result.ranked()[:WORST]:
         lines.append(f"    {q.only_disabled:8.2f} {u}  {q.name}  (SQNR alone {q.sqnr_alone_db:.1f} dB, "
                      f"{q.clipped_fraction:.2%} clipped)")
+    if result.target is not None:
+        g = result.gap
+        total = sum(t.size for t in g.tensors)
+        same = sum(t.counts[0] for t in g.tensors)
+        lines.append(f"  {result.metric + ' ' + result.target + ':':<21} "
+                     f"{result.target_metric:.2f} {u} (the integer model)")
+        lines.append(f"  sim vs {result.target}: {same} of {total} quantized values identical, "
+                     f"max {max((t.max_lsb for t in g.tensors), default=0)} LSB; first tensor "
+                     f"that differs: {g.first or 'none'}")
     lines.append(f"  report:               {files.html.resolve()}")
     lines.append(f"  numbers:              {files.json.resolve()}")
     print("\n".join(lines))
@@ -971,6 +1002,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--eval", help=".npz evaluation data (default: the calibration data)")
     a.add_argument("--labels", help=".npy (or .npz) integer labels of the evaluation samples: "
                                     "the metric becomes accuracy (default: output SQNR)")
+    a.add_argument("--target", choices=["onnxruntime", "fixed_point"], default=None,
+                   help="also run the integer model (what ONNX Runtime's default session "
+                        "computes for the QDQ export, or a fixed-point target) and report, per "
+                        "quantized tensor, its distance from the simulation in LSB")
     a.set_defaults(func=cmd_analyze)
 
     f = sub.add_parser("finetune", help="calibrate, fine-tune with quantization-aware training, "

@@ -237,3 +237,44 @@ def test_a_transformer_with_per_channel_matmul_weights():
         assert int(q.histogram.counts.sum()) == sum(v.size for v in values), q.name
         if q.axis is not None:
             assert q.histogram.unit == "steps" and np.shape(q.enc_min) == (values[0].shape[q.axis],)
+
+
+# ---------------------------------------------------------------- sim vs the integer target
+
+@pytest.fixture(scope="module")
+def target_result(data):
+    sim8 = make_sim(data, bits=8)
+    return sim8, analyze(sim8, data["calib"], eval_data=data["eval"], labels=data["labels"],
+                         batch_size=50, model_name="digits_cnn.onnx", target="onnxruntime")
+
+
+def test_target_metric_and_gap_are_what_onnx_runtime_computes(target_result, data, tmp_path):
+    """The integer model's accuracy is ONNX Runtime's (default session) on the QDQ export, and
+    the output row of the gap counts the elements where ORT and the simulation differ."""
+    sim8, r = target_result
+    path = sim8.export_qdq(tmp_path / "qdq.onnx")
+    ort_out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, data["eval"])[0]
+    assert r.target_metric == pytest.approx(100 * np.mean(np.argmax(ort_out, 1) == data["labels"]))
+    sim_out = sim8.run(data["eval"])["logits"]
+    delta = float(sim8.quantizers["logits"].encoding.delta)
+    lsb = np.rint(np.abs(sim_out.astype(np.float64) - ort_out) / delta).astype(int)
+    row = next(t for t in r.gap.tensors if t.tensor == "logits")
+    assert row.counts == (int(np.sum(lsb == 0)), int(np.sum(lsb == 1)), int(np.sum(lsb == 2)),
+                          int(np.sum(lsb > 2)))
+    assert row.max_lsb == lsb.max()
+    doc = r.to_json()["target"]
+    assert doc["name"] == "onnxruntime" and any(t["tensor"] == "logits" for t in doc["tensors"])
+
+
+def test_report_shows_the_target_section_and_plot(target_result, tmp_path):
+    _, r = target_result
+    files = write_report(r, tmp_path, per_quantizer_plots=False)
+    page = files.html.read_text()
+    assert "Simulation vs integer target (onnxruntime)" in page and "target_gap.png" in page
+    assert (tmp_path / "plots" / "target_gap.png").stat().st_size > 1000
+
+
+def test_unknown_target_is_refused_before_any_work(sim, data):
+    with pytest.raises(qsim.errors.ConfigError, match="unknown integer target 'tflite'"):
+        analyze(sim, data["calib"], target="tflite")

@@ -200,6 +200,22 @@ def test_quantize_writes_the_export_and_prints_the_summary(capsys, files, tmp_pa
                                providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     labels = np.load(files / "labels.npy")
     assert np.mean(np.argmax(qdq, 1) == labels) >= np.mean(np.argmax(ref, 1) == labels) - 0.03
+    # the summary's sim-vs-target figure is what ONNX Runtime's default session gives on the
+    # export, counted here against the simulation over the calibration data
+    import qsim
+    from qsim.transforms import fold_batch_norms
+    sim = qsim.QuantizationSimModel(fold_batch_norms(qsim.load_onnx(MODEL))[0],
+                                    quant_scheme="tf_enhanced", config_file="default")
+    calib = np.load(files / "calib.npz")["input"]
+    sim.compute_encodings([{"input": calib[i:i + 8]} for i in range(0, len(calib), 8)])
+    sess = ort.InferenceSession(str(out_dir / "digits_cnn_qdq.onnx"),
+                                providers=["CPUExecutionProvider"])
+    same = total = 0
+    for i in range(0, len(calib), 8):
+        got = sess.run(None, {"input": calib[i:i + 8]})[0]
+        same += int(np.sum(got == sim.run({"input": calib[i:i + 8]})["logits"]))
+        total += got.size
+    assert f"outputs {same} of {total} values identical" in out
 
 
 @pytest.mark.parametrize("version", ["0.6.1", "2.0.0"])
@@ -238,6 +254,20 @@ def test_analyze_command_writes_report_and_numbers(capsys, files, tmp_path):
     assert doc["metric"] == "accuracy" and doc["evaluation_samples"] == 100
     assert (tmp_path / "analysis.html").is_file()
     assert str((tmp_path / "analysis.html").resolve()) in out
+
+
+def test_analyze_target_prints_the_integer_models_accuracy_and_the_gap(capsys, files, tmp_path):
+    code, out, err = run_cli(capsys, "analyze", MODEL, "--calib", files / "calib.npz", "--eval",
+                             files / "eval.npz", "--labels", files / "labels.npy", "--out",
+                             tmp_path, "--target", "onnxruntime")
+    assert code == 0, err
+    doc = json.loads((tmp_path / "analysis.json").read_text())["target"]
+    x, y = np.load(files / "eval.npz")["input"], np.load(files / "labels.npy")
+    assert "accuracy onnxruntime:" in out and "sim vs onnxruntime:" in out
+    assert doc["name"] == "onnxruntime" and doc["metric"] is not None
+    # the integer model's accuracy is checked against ONNX Runtime in tests/test_analyze.py;
+    # here: the report holds a row per enabled quantized tensor, the logits included
+    assert "logits" in {t["tensor"] for t in doc["tensors"]} and len(x) == len(y)
 
 
 @pytest.mark.parametrize("where", ["before", "after"])

@@ -7,8 +7,8 @@
 * :mod:`qsim.integer.model` — :func:`to_integer`: the integer model of a sim, whose ``run``
   returns what ONNX Runtime returns for the sim's QDQ export, bit for bit.
 """
-from .gap import GapReport, TensorGap, gap
+from .gap import GapReport, TensorGap, gap, gap_over, merge_gaps
 from .model import IntegerModel, QuantizedTensor, integer_model, to_integer
 
-__all__ = ["GapReport", "IntegerModel", "QuantizedTensor", "TensorGap", "gap", "integer_model",
-           "to_integer"]
+__all__ = ["GapReport", "IntegerModel", "QuantizedTensor", "TensorGap", "gap", "gap_over",
+           "integer_model", "merge_gaps", "to_integer"]

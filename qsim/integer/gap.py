@@ -102,3 +102,24 @@ def gap(sim, integer_model, feeds: Mapping[str, np.ndarray]) -> GapReport:
         if first is None and worst > 0:
             first = t
     return GapReport(tensors=tuple(rows), first=first)
+
+
+def merge_gaps(reports) -> GapReport:
+    """One report over several batches: counts summed and maxima taken per tensor (the reports
+    must come from the same sim and integer model); the first tensor that differs is the
+    earliest, in their common order, that differs in any batch."""
+    reports = list(reports)
+    if not reports:
+        return GapReport(tensors=(), first=None)
+    rows = []
+    for parts in zip(*(r.tensors for r in reports)):
+        counts = tuple(int(sum(c)) for c in zip(*(t.counts for t in parts)))
+        rows.append(TensorGap(tensor=parts[0].tensor, counts=counts,
+                              max_lsb=max(t.max_lsb for t in parts)))
+    first = next((t.tensor for t in rows if t.max_lsb > 0), None)
+    return GapReport(tensors=tuple(rows), first=first)
+
+
+def gap_over(sim, integer_model, batches) -> GapReport:
+    """:func:`gap` over ``batches`` (feeds dicts), merged (:func:`merge_gaps`)."""
+    return merge_gaps(gap(sim, integer_model, feeds) for feeds in batches)
