@@ -48,6 +48,7 @@ halfway case are not corrected (never seen in practice).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -451,6 +452,29 @@ def _writable(x: np.ndarray) -> np.ndarray:
     return x if x.flags.writeable else x.copy()
 
 
+@functools.lru_cache(maxsize=1)
+def _worker_pool() -> ThreadPoolExecutor:
+    """The worker threads shared by every product (created on first use, then kept: starting
+    threads per call costs ~100 us, as much as a small Conv). Holds no data between calls."""
+    return ThreadPoolExecutor(max_workers=DEFAULT_THREADS, thread_name_prefix="qsim-gemm")
+
+
+def _parallel(job, parts) -> None:
+    """``job(part)`` for every part, the first in the calling thread and the others on the
+    shared workers (:func:`_worker_pool`); returns when all are done (re-raising any error).
+    Jobs never wait on other jobs, so callers in several threads cannot deadlock."""
+    parts = list(parts)
+    if len(parts) == 1:
+        job(parts[0])
+        return
+    futures = [_worker_pool().submit(job, part) for part in parts[1:]]
+    try:
+        job(parts[0])
+    finally:
+        for future in futures:
+            future.result()
+
+
 def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
     """:func:`_run_range` split over ``threads`` Python threads (the kernels release the GIL):
     contiguous parts of the batch, or for a single product, its columns (:func:`_split_columns`).
@@ -478,8 +502,7 @@ def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
             job(jobs[0])
             return
         _run_range(a, b, c, a_index, b_index, tiles, alpha, zero_first, 0, 0)   # compile once
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        list(pool.map(job, jobs))
+    _parallel(job, jobs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -831,11 +854,130 @@ def _conv_2d_parallel(images, a, c, a_index, tiles, geometry, transposed, thread
     parts = [partition(t, workers, count) for t in range(workers)]
     with _slp_vectorizer():
         multiply(np.empty(shape, dtype=np.float32), 0, 0)      # compile once, before the threads
-    if workers == 1:
-        job(parts[0])
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(job, parts))
+    _parallel(job, parts)
+
+
+def _single_group4(tiles, mg, p):
+    """The K block of ``tiles`` if they are one ``GROUP4`` tile over the whole ``(1, P)`` output
+    of a one-filter-per-group product (a depthwise Conv), else 0."""
+    if mg != 1 or len(tiles) != 1:
+        return 0
+    m0, m1, n0, n1, kind, kb = tiles[0]
+    return int(kb) if (kind, m0, m1, n0, n1) == (GROUP4, 0, 1, 0, p) else 0
+
+
+@_compile()
+def _nb_group4_conv(x, wf, y, offs, kb, sh, sw, hp, wq, bh, bw, j0, j1):
+    """``GROUP4`` products of a one-filter-per-group 2-D Conv computed directly from the image,
+    for products ``j0 <= j < j1`` of ``x`` ``(N·G, Cg, H, W)``, ``wf`` ``(G, K)``, ``y``
+    ``(N·G, OH, OW)``: per output, ``p_k = wf[g, k] · xpad[k-th tap]`` rounded one by one,
+    ``out = +0``; per K block of ``kb``, groups ``s = ((p0 + p1) + p2) + p3`` (then 2, then 1)
+    added as ``out = s + out`` (exactly :func:`_tile_group4` on the im2col matrix).
+
+    The zero-padded image (``+0`` at pads, as im2col) is stored with its columns split by
+    phase ``col mod sw``: ``pad[((c·hp + row)·sw + col mod sw)·wq + col div sw]``, so the taps
+    of one output row are contiguous whatever the stride (``offs[k]``: offset of tap ``k`` for
+    output row 0) and the loop over output columns vectorizes (each lane its own output)."""
+    groups = wf.shape[0]
+    cg, h, w = x.shape[1], x.shape[2], x.shape[3]
+    oh, ow = y.shape[1], y.shape[2]
+    k = wf.shape[1]
+    pad = np.zeros(cg * hp * sw * wq, dtype=np.float32)
+    acc = np.empty(ow, dtype=np.float32)
+    for j in range(j0, j1):
+        g = j % groups
+        for c in range(cg):
+            for iy in range(h):
+                row = (c * hp + iy + bh) * sw
+                src = x[j, c, iy]
+                for phase in range(sw):
+                    ix0 = (phase - bw) % sw             # first column of this phase
+                    dst = (row + phase) * wq + (ix0 + bw) // sw
+                    for t in range((w - ix0 + sw - 1) // sw):
+                        pad[dst + t] = src[ix0 + t * sw]
+        for oy in range(oh):
+            base = oy * sh * sw * wq
+            acc[:] = np.float32(0.0)
+            for k0 in range(0, k, kb):
+                k1 = min(k, k0 + kb)
+                kk = k0
+                while k1 - kk >= 4:
+                    w0, w1, w2, w3 = wf[g, kk], wf[g, kk + 1], wf[g, kk + 2], wf[g, kk + 3]
+                    r0 = pad[base + offs[kk]:base + offs[kk] + ow]
+                    r1 = pad[base + offs[kk + 1]:base + offs[kk + 1] + ow]
+                    r2 = pad[base + offs[kk + 2]:base + offs[kk + 2] + ow]
+                    r3 = pad[base + offs[kk + 3]:base + offs[kk + 3] + ow]
+                    for ox in range(ow):
+                        s = w0 * r0[ox] + w1 * r1[ox]
+                        s = s + w2 * r2[ox]
+                        s = s + w3 * r3[ox]
+                        acc[ox] = s + acc[ox]
+                    kk += 4
+                if (k1 - kk) & 2:
+                    w0, w1 = wf[g, kk], wf[g, kk + 1]
+                    r0 = pad[base + offs[kk]:base + offs[kk] + ow]
+                    r1 = pad[base + offs[kk + 1]:base + offs[kk + 1] + ow]
+                    for ox in range(ow):
+                        acc[ox] = (w0 * r0[ox] + w1 * r1[ox]) + acc[ox]
+                    kk += 2
+                if (k1 - kk) & 1:
+                    w0 = wf[g, kk]
+                    r0 = pad[base + offs[kk]:base + offs[kk] + ow]
+                    for ox in range(ow):
+                        acc[ox] = w0 * r0[ox] + acc[ox]
+            yr = y[j, oy]
+            for ox in range(ow):
+                yr[ox] = acc[ox]
+
+
+def _np_group4_conv(x, wf, kb, geometry):
+    """NumPy twin of :func:`_nb_group4_conv` on all products at once: ``(N·G, OH, OW)``."""
+    kh, kw, sh, sw, dh, dw, bh, bw, eh, ew, oh, ow = geometry
+    groups = wf.shape[0]
+    xp = np.pad(x, [(0, 0), (0, 0), (bh, eh), (bw, ew)])
+    wj = wf[np.arange(x.shape[0]) % groups]                       # (N·G, K)
+
+    def prod(kk):
+        c, rest = divmod(kk, kh * kw)
+        ky, kx = divmod(rest, kw)
+        tap = xp[:, c, ky * dh:ky * dh + (oh - 1) * sh + 1:sh, kx * dw:kx * dw + (ow - 1) * sw + 1:sw]
+        return wj[:, kk, None, None] * tap
+
+    k = wf.shape[1]
+    out = np.zeros((x.shape[0], oh, ow), dtype=np.float32)
+    for k0 in range(0, k, kb):
+        k1 = min(k, k0 + kb)
+        kk = k0
+        while k1 - kk >= 4:
+            out = (((prod(kk) + prod(kk + 1)) + prod(kk + 2)) + prod(kk + 3)) + out
+            kk += 4
+        if (k1 - kk) & 2:
+            out = (prod(kk) + prod(kk + 1)) + out
+            kk += 2
+        if (k1 - kk) & 1:
+            out = prod(kk) + out
+    return out
+
+
+def _group4_conv(x, wf, kb, geometry, use_numba):
+    """A one-filter-per-group 2-D Conv whose MLAS plan is one ``GROUP4`` tile (depthwise):
+    ``x`` ``(N·G, Cg, H, W)``, ``wf`` ``(G, K)`` → ``(N·G, OH, OW)``, on the shared threads."""
+    kh, kw, sh, sw, dh, dw, bh, bw, eh, ew, oh, ow = geometry
+    if not use_numba:
+        return _np_group4_conv(x, wf, kb, geometry)
+    cg, h, w = x.shape[1:]
+    hp, wq = h + bh + eh, -(-(w + bw + ew) // sw)
+    c, ky, kx = np.meshgrid(np.arange(cg), np.arange(kh), np.arange(kw), indexing="ij")
+    offs = ((c * hp + ky * dh) * sw + kx * dw % sw) * wq + kx * dw // sw
+    offs = np.ascontiguousarray(offs.ravel(), dtype=np.int64)
+    y = np.empty((x.shape[0], oh, ow), dtype=np.float32)
+    x, wf = _readonly_view(x), _readonly_view(wf)
+
+    def job(part):
+        _nb_group4_conv(x, wf, y, offs, kb, sh, sw, hp, wq, bh, bw, part[0], part[0] + part[1])
+
+    _parallel(job, [partition(t, DEFAULT_THREADS, x.shape[0]) for t in range(DEFAULT_THREADS)])
+    return y
 
 
 def _columns(x, group, kernel, out, strides, dilations, begins, ends) -> np.ndarray:
@@ -892,8 +1034,13 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
     direct = math.prod(kernel) == 1 and all(s == 1 for s in strides) and not any(begins) \
         and not any(ends)
     narrow = use_numba and kg > 0 and _narrow(_as_array(tiles))
+    kb4 = _single_group4(tiles, mg, p) if len(kernel) == 2 and kg > 0 else 0
     if kg == 0:
         y = np.zeros((n * group, mg, p), dtype=np.float32)
+    elif kb4:       # depthwise: MLAS's M = 1 kernel, computed from the image directly
+        images = _f32c(x).reshape((n * group, cg) + spatial)
+        geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *ends, *out))
+        y = _group4_conv(images, _f32c(w.reshape(group, kg)), kb4, geometry, use_numba)
     elif use_numba and len(kernel) == 2 and not direct and n * group >= DEFAULT_THREADS:
         # every thread expands and multiplies its own images (see _conv_2d_parallel)
         images = _readonly_view(_f32c(x).reshape((n * group, cg) + spatial))
