@@ -333,6 +333,59 @@ def _tile_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
 
 
 @_compile()
+def _tile_fma_bt(a, bt, c, m0, m1, n0, n1, kb, alpha, zero_first):
+    """General kernel on a tile of ``c = a @ btᵀ`` with ``bt`` ``(N, K)`` (B given transposed,
+    e.g. a Gemm with ``transB=1``): B is read once, in ``kb x 16`` slices copied (transposed)
+    into a cache-resident strip, each then used by :func:`_micro` for every row of the tile;
+    16-column strips beyond ``n1`` are zero-filled and their outputs dropped. The per-output
+    chain is :func:`_tile_fma`'s."""
+    k = a.shape[1]
+    lda, ldc, rows = a.shape[1], c.shape[1], m1 - m0
+    a1 = a.ravel()
+    strip = np.zeros(kb * _NR, dtype=np.float32)
+    cbuf = np.zeros(rows * _NR, dtype=np.float32)
+    for j0 in range(n0, n1, _NR):
+        width = min(_NR, n1 - j0)
+        if not zero_first:
+            for r in range(rows):
+                for j in range(width):
+                    cbuf[r * _NR + j] = c[m0 + r, j0 + j]
+        first = zero_first
+        for k0 in range(0, k, kb):
+            k1 = min(k, k0 + kb)
+            for j in range(width):
+                src = bt[j0 + j]
+                for kk in range(k0, k1):
+                    strip[(kk - k0) * _NR + j] = src[kk]
+            for mb in range(0, rows, _MR):
+                _micro(a1, strip, cbuf, (m0 + mb) * lda, lda, -k0 * _NR, _NR, mb * _NR, _NR,
+                       k0, k1, alpha, first, min(_MR, rows - mb))
+            first = False
+        for r in range(rows):
+            for j in range(width):
+                c[m0 + r, j0 + j] = cbuf[r * _NR + j]
+
+
+@_compile()
+def _run_range_bt(a, bt, c, tiles, alpha, zero_first):
+    """:func:`_tile_fma_bt` on each (general-kernel) tile of one product."""
+    for t in range(tiles.shape[0]):
+        _tile_fma_bt(a, bt, c, tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3], tiles[t, 5],
+                     alpha, zero_first)
+
+
+def _run_bt(a, bt, c, tiles, alpha, zero_first, threads=DEFAULT_THREADS):
+    """``c ← a @ btᵀ`` (one product, every tile of the general kernel) on ``threads`` threads,
+    split along columns (:func:`_split_columns`)."""
+    a, bt = _readonly_view(_f32c(a)), _readonly_view(bt)
+    alpha, zero_first = np.float32(alpha), bool(zero_first)
+    with _slp_vectorizer():
+        _run_range_bt(a, bt, c, tiles[:0], alpha, zero_first)           # compile once
+    _parallel(lambda part: _run_range_bt(a, bt, c, part, alpha, zero_first),
+              _split_columns(tiles, threads))
+
+
+@_compile()
 def _tile_group4(a, b, c, m0, m1, n0, n1, kb, zero_first):
     k = a.shape[1]
     for m in range(m0, m1):
@@ -657,6 +710,12 @@ def gemm(a2, b2, c=None, *, alpha=1.0, beta=1.0, trans_b=False, trans_a=False,
     tiles = packed_tiles(m, n, k) if packed_b else gemm_tiles(
         m, n, k, trans_a=bool(trans_a), trans_b=bool(trans_b), alpha=float(alpha), beta=eff_beta,
         threads=threads, ldb=k if trans_b else n, ldc=n)
+    tiles = _as_array(tiles)
+    if use_numba and b2.T.flags.c_contiguous and np.all(tiles[:, 4] == FMA) \
+            and not _narrow(tiles):
+        # B given transposed (transB=1): read it in place, not through a transposed copy
+        _run_bt(a2, b2.T, y[0], tiles, alpha, eff_beta == 0.0)
+        return y[0]
     run_batch(_f32c(a2)[None], _f32c(b2)[None], y, [0], [0], tiles, alpha,
               eff_beta == 0.0, use_numba=use_numba)
     return y[0]
