@@ -51,6 +51,7 @@ import contextlib
 import functools
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -382,7 +383,7 @@ def _run_bt(a, bt, c, tiles, alpha, zero_first, threads=DEFAULT_THREADS):
     with _slp_vectorizer():
         _run_range_bt(a, bt, c, tiles[:0], alpha, zero_first)           # compile once
     _parallel(lambda part: _run_range_bt(a, bt, c, part, alpha, zero_first),
-              _split_columns(tiles, threads))
+              _split_columns(tiles, threads * _PARTS_PER_THREAD), threads)
 
 
 @_compile()
@@ -512,20 +513,64 @@ def _worker_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=DEFAULT_THREADS, thread_name_prefix="qsim-gemm")
 
 
-def _parallel(job, parts) -> None:
-    """``job(part)`` for every part, the first in the calling thread and the others on the
-    shared workers (:func:`_worker_pool`); returns when all are done (re-raising any error).
-    Jobs never wait on other jobs, so callers in several threads cannot deadlock."""
+#: parts per thread a parallel job is cut into: a thread that starts late (a busy machine) finds
+#: most parts already done by the others instead of holding everyone up
+_PARTS_PER_THREAD = 4
+
+
+class _Claims:
+    """Parts of one parallel job, claimed one at a time by whichever thread asks first."""
+
+    def __init__(self, job, parts):
+        self.job, self.parts = job, parts
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.claimed = self.finished = 0
+        self.errors: list[BaseException] = []
+
+    def work(self) -> None:
+        """Run unclaimed parts until none is left."""
+        while True:
+            with self.lock:
+                if self.claimed == len(self.parts):
+                    return
+                i = self.claimed
+                self.claimed += 1
+            try:
+                self.job(self.parts[i])
+            except BaseException as exc:      # re-raised by the caller of _parallel
+                self.errors.append(exc)
+            finally:
+                with self.lock:
+                    self.finished += 1
+                    if self.finished == len(self.parts):
+                        self.done.set()
+
+
+def _parallel(job, parts, threads=DEFAULT_THREADS) -> None:
+    """``job(part)`` for every part on the calling thread and ``threads - 1`` shared workers
+    (:func:`_worker_pool`), each taking the next unclaimed part; returns when every part is
+    done, without waiting for a worker that has not started (re-raising any error). Jobs never
+    wait on other jobs, so callers in several threads cannot deadlock."""
     parts = list(parts)
-    if len(parts) == 1:
-        job(parts[0])
+    if len(parts) == 1 or threads <= 1:
+        for part in parts:
+            job(part)
         return
-    futures = [_worker_pool().submit(job, part) for part in parts[1:]]
-    try:
-        job(parts[0])
-    finally:
-        for future in futures:
-            future.result()
+    claims = _Claims(job, parts)
+    for _ in range(min(threads, len(parts)) - 1):
+        _worker_pool().submit(claims.work)
+    claims.work()
+    claims.done.wait()
+    if claims.errors:
+        raise claims.errors[0]
+
+
+def _ranges(count: int, threads: int) -> list[tuple[int, int]]:
+    """``(start, size)`` of the contiguous parts ``count`` items are cut into for ``threads``
+    threads (``_PARTS_PER_THREAD`` per thread, at most one item each)."""
+    parts = max(1, min(count, threads * _PARTS_PER_THREAD))
+    return [partition(t, parts, count) for t in range(parts)]
 
 
 def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
@@ -540,11 +585,9 @@ def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
     # costs a full compile of the kernel chain on a cold cache.
     a, b = _readonly_view(a), _writable(b)
     if count == 1 and threads > 1:
-        jobs = [(part, 0, 1) for part in _split_columns(tiles, threads)]
+        jobs = [(part, 0, 1) for part in _split_columns(tiles, threads * _PARTS_PER_THREAD)]
     else:
-        workers = max(1, min(threads, count))
-        jobs = [(tiles, start, start + size)
-                for start, size in (partition(t, workers, count) for t in range(workers))]
+        jobs = [(tiles, start, start + size) for start, size in _ranges(count, threads)]
 
     def job(spec):
         part, i0, i1 = spec
@@ -555,7 +598,7 @@ def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
             job(jobs[0])
             return
         _run_range(a, b, c, a_index, b_index, tiles, alpha, zero_first, 0, 0)   # compile once
-    _parallel(job, jobs)
+    _parallel(job, jobs, threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -641,12 +684,11 @@ def _narrow(tiles: np.ndarray) -> bool:
     """True if computing ``Cᵀ`` wastes less of the micro-kernel than ``C``: every tile uses the
     general kernel, and padding its columns to a multiple of ``_NR`` costs more than padding its
     rows would."""
-    if not np.all(tiles[:, 4] == FMA):
-        return False
-    widths, heights = tiles[:, 3] - tiles[:, 2], tiles[:, 1] - tiles[:, 0]
-    pad_w = -(-widths // _NR) * _NR / widths
-    pad_h = -(-heights // _NR) * _NR / heights
-    return bool(np.all(pad_w > pad_h))
+    for m0, m1, n0, n1, kind, _ in tiles.tolist():
+        width, height = n1 - n0, m1 - m0
+        if kind != FMA or -(-width // _NR) * _NR * height <= -(-height // _NR) * _NR * width:
+            return False
+    return True
 
 
 def run_batch(a, b, c, a_index, b_index, tiles, alpha=1.0, zero_first=True, *,
@@ -899,21 +941,24 @@ def _conv_2d_parallel(images, a, c, a_index, tiles, geometry, transposed, thread
         else:
             _run_range(weights, scratch, c, a_index, zeros, tiles, alpha, True, i0, i1)
 
+    buffers = {}        # thread id -> its (scratch, expand) buffers, reused across its parts
+
     def job(part):
         start, size = part
-        scratch = np.empty(shape, dtype=np.float32)
-        expand = np.empty((kg, p), dtype=np.float32) if transposed else scratch[0]
+        if threading.get_ident() not in buffers:
+            scratch = np.empty(shape, dtype=np.float32)
+            expand = np.empty((kg, p), dtype=np.float32) if transposed else scratch[0]
+            buffers[threading.get_ident()] = scratch, expand
+        scratch, expand = buffers[threading.get_ident()]
         for i in range(start, start + size):
             _im2col_2d(images, i, expand, *geometry)
             if transposed:
                 _transpose_2d(expand, scratch[0])
             multiply(scratch, i, i + 1)
 
-    workers = max(1, min(threads, count))
-    parts = [partition(t, workers, count) for t in range(workers)]
     with _slp_vectorizer():
         multiply(np.empty(shape, dtype=np.float32), 0, 0)      # compile once, before the threads
-    _parallel(job, parts)
+    _parallel(job, [(i, 1) for i in range(count)], threads)
 
 
 def _single_group4(tiles, mg, p):
@@ -926,67 +971,71 @@ def _single_group4(tiles, mg, p):
 
 
 @_compile()
-def _nb_group4_conv(x, wf, y, offs, kb, sh, sw, hp, wq, bh, bw, j0, j1):
+def _nb_group4_conv(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, j0, j1):
     """``GROUP4`` products of a one-filter-per-group 2-D Conv computed directly from the image,
     for products ``j0 <= j < j1`` of ``x`` ``(N·G, Cg, H, W)``, ``wf`` ``(G, K)``, ``y``
     ``(N·G, OH, OW)``: per output, ``p_k = wf[g, k] · xpad[k-th tap]`` rounded one by one,
     ``out = +0``; per K block of ``kb``, groups ``s = ((p0 + p1) + p2) + p3`` (then 2, then 1)
     added as ``out = s + out`` (exactly :func:`_tile_group4` on the im2col matrix).
 
-    The zero-padded image (``+0`` at pads, as im2col) is stored with its columns split by
-    phase ``col mod sw``: ``pad[((c·hp + row)·sw + col mod sw)·wq + col div sw]``, so the taps
-    of one output row are contiguous whatever the stride (``offs[k]``: offset of tap ``k`` for
-    output row 0) and the loop over output columns vectorizes (each lane its own output)."""
+    The zero-padded image (``+0`` at pads, as im2col) is stored as ``sh·sw`` phase planes of
+    ``hq x wq``: padded pixel ``(row, col)`` of channel ``c`` at
+    ``((c·sh + row mod sh)·sw + col mod sw)·hq·wq + (row div sh)·wq + col div sw``. Output
+    ``(oy, ox)``'s tap ``k`` is then at ``offs[k] + oy·wq + ox``: the outputs form one vector
+    ``t = oy·wq + ox`` (the ``wq - OW`` extra columns per row are computed and dropped), so the
+    loop over ``t`` vectorizes (each lane its own output)."""
     groups = wf.shape[0]
     cg, h, w = x.shape[1], x.shape[2], x.shape[3]
     oh, ow = y.shape[1], y.shape[2]
     k = wf.shape[1]
-    pad = np.zeros(cg * hp * sw * wq, dtype=np.float32)
-    acc = np.empty(ow, dtype=np.float32)
+    plane = hq * wq
+    pad = np.zeros(cg * sh * sw * plane + wq, dtype=np.float32)
+    size = oh * wq
+    acc = np.empty(size, dtype=np.float32)
     for j in range(j0, j1):
         g = j % groups
         for c in range(cg):
             for iy in range(h):
-                row = (c * hp + iy + bh) * sw
+                row = iy + bh
                 src = x[j, c, iy]
                 for phase in range(sw):
                     ix0 = (phase - bw) % sw             # first column of this phase
-                    dst = (row + phase) * wq + (ix0 + bw) // sw
+                    dst = (((c * sh + row % sh) * sw + phase) * hq + row // sh) * wq \
+                        + (ix0 + bw) // sw
                     for t in range((w - ix0 + sw - 1) // sw):
                         pad[dst + t] = src[ix0 + t * sw]
+        acc[:] = np.float32(0.0)
+        for k0 in range(0, k, kb):
+            k1 = min(k, k0 + kb)
+            kk = k0
+            while k1 - kk >= 4:
+                w0, w1, w2, w3 = wf[g, kk], wf[g, kk + 1], wf[g, kk + 2], wf[g, kk + 3]
+                r0 = pad[offs[kk]:offs[kk] + size]
+                r1 = pad[offs[kk + 1]:offs[kk + 1] + size]
+                r2 = pad[offs[kk + 2]:offs[kk + 2] + size]
+                r3 = pad[offs[kk + 3]:offs[kk + 3] + size]
+                for t in range(size):
+                    s = w0 * r0[t] + w1 * r1[t]
+                    s = s + w2 * r2[t]
+                    s = s + w3 * r3[t]
+                    acc[t] = s + acc[t]
+                kk += 4
+            if (k1 - kk) & 2:
+                w0, w1 = wf[g, kk], wf[g, kk + 1]
+                r0 = pad[offs[kk]:offs[kk] + size]
+                r1 = pad[offs[kk + 1]:offs[kk + 1] + size]
+                for t in range(size):
+                    acc[t] = (w0 * r0[t] + w1 * r1[t]) + acc[t]
+                kk += 2
+            if (k1 - kk) & 1:
+                w0 = wf[g, kk]
+                r0 = pad[offs[kk]:offs[kk] + size]
+                for t in range(size):
+                    acc[t] = w0 * r0[t] + acc[t]
         for oy in range(oh):
-            base = oy * sh * sw * wq
-            acc[:] = np.float32(0.0)
-            for k0 in range(0, k, kb):
-                k1 = min(k, k0 + kb)
-                kk = k0
-                while k1 - kk >= 4:
-                    w0, w1, w2, w3 = wf[g, kk], wf[g, kk + 1], wf[g, kk + 2], wf[g, kk + 3]
-                    r0 = pad[base + offs[kk]:base + offs[kk] + ow]
-                    r1 = pad[base + offs[kk + 1]:base + offs[kk + 1] + ow]
-                    r2 = pad[base + offs[kk + 2]:base + offs[kk + 2] + ow]
-                    r3 = pad[base + offs[kk + 3]:base + offs[kk + 3] + ow]
-                    for ox in range(ow):
-                        s = w0 * r0[ox] + w1 * r1[ox]
-                        s = s + w2 * r2[ox]
-                        s = s + w3 * r3[ox]
-                        acc[ox] = s + acc[ox]
-                    kk += 4
-                if (k1 - kk) & 2:
-                    w0, w1 = wf[g, kk], wf[g, kk + 1]
-                    r0 = pad[base + offs[kk]:base + offs[kk] + ow]
-                    r1 = pad[base + offs[kk + 1]:base + offs[kk + 1] + ow]
-                    for ox in range(ow):
-                        acc[ox] = (w0 * r0[ox] + w1 * r1[ox]) + acc[ox]
-                    kk += 2
-                if (k1 - kk) & 1:
-                    w0 = wf[g, kk]
-                    r0 = pad[base + offs[kk]:base + offs[kk] + ow]
-                    for ox in range(ow):
-                        acc[ox] = w0 * r0[ox] + acc[ox]
             yr = y[j, oy]
             for ox in range(ow):
-                yr[ox] = acc[ox]
+                yr[ox] = acc[oy * wq + ox]
 
 
 def _np_group4_conv(x, wf, kb, geometry):
@@ -1025,17 +1074,18 @@ def _group4_conv(x, wf, kb, geometry, use_numba):
     if not use_numba:
         return _np_group4_conv(x, wf, kb, geometry)
     cg, h, w = x.shape[1:]
-    hp, wq = h + bh + eh, -(-(w + bw + ew) // sw)
+    hq, wq = -(-(h + bh + eh) // sh), -(-(w + bw + ew) // sw)
     c, ky, kx = np.meshgrid(np.arange(cg), np.arange(kh), np.arange(kw), indexing="ij")
-    offs = ((c * hp + ky * dh) * sw + kx * dw % sw) * wq + kx * dw // sw
+    offs = ((c * sh + ky * dh % sh) * sw + kx * dw % sw) * hq * wq \
+        + ky * dh // sh * wq + kx * dw // sw
     offs = np.ascontiguousarray(offs.ravel(), dtype=np.int64)
     y = np.empty((x.shape[0], oh, ow), dtype=np.float32)
     x, wf = _readonly_view(x), _readonly_view(wf)
 
     def job(part):
-        _nb_group4_conv(x, wf, y, offs, kb, sh, sw, hp, wq, bh, bw, part[0], part[0] + part[1])
+        _nb_group4_conv(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, part[0], part[0] + part[1])
 
-    _parallel(job, [partition(t, DEFAULT_THREADS, x.shape[0]) for t in range(DEFAULT_THREADS)])
+    _parallel(job, _ranges(x.shape[0], DEFAULT_THREADS))
     return y
 
 
