@@ -33,10 +33,13 @@ count (``threads``, ONNX Runtime's ``intra_op_num_threads``; its default is the 
 qsim's own worker threads (``run_batch``) never change a result.
 
 Speed: the general kernel runs a 6 x 16 register block (:func:`_micro`; shorter blocks repeat
-their last row) whose loops are ordered for the cache but whose per-element chain is MLAS's; a
-batch of 2-D Convs is expanded (im2col) and multiplied image by image in each thread
-(:func:`_conv_2d_parallel`). ResNet-18 (batch 8, 112 x 112) runs at about 2.5-3x ONNX Runtime's
-time on 2 cores (``benchmarks/bench_executor.py``).
+their last row) whose loops are ordered for the cache (B packed into 16-column strips when
+several row blocks read it) but whose per-element chain is MLAS's; a batch of 2-D Convs is
+expanded (im2col) and multiplied image by image in each thread (:func:`_conv_2d_parallel`);
+depthwise Convs skip im2col (:func:`_nb_group4_conv`); a transposed constant B (Gemm
+``transB=1``) is read in place (:func:`_tile_fma_bt`). Work is shared by the calling thread and
+a persistent pool (:func:`_parallel`). ``benchmarks/bench_zoo.py`` prints the ratios to ONNX
+Runtime on the model zoo.
 
 Each kernel exists twice: a Numba kernel (``fma`` is LLVM's ``llvm.fma.f32``, a true single
 rounding) and a NumPy twin used when ``NUMBA_DISABLE_JIT=1``. The twin computes ``fma`` as the
@@ -289,19 +292,33 @@ def _region_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
     """General kernel on rows ``[m0, m1)`` and columns ``[n0, n1)``, ``n1 - n0`` a multiple of
     ``_NR``: K blocks of ``kb``; within a block, ``_MR x _NR`` register blocks (:func:`_micro`,
     the last one possibly shorter) over a column panel whose ``kb x width`` slice of B stays in
-    cache."""
+    cache. When more than one row block reuses it, that slice is first copied into ``_NR``-column
+    strips read sequentially (B's own rows may be a multiple of 4 KiB apart, which the L1
+    cache cannot hold: 10x slower); only where the operands sit changes, not the arithmetic."""
     k, lda, ldb, ldc = a.shape[1], a.shape[1], b.shape[1], c.shape[1]
     a1, b1, c1 = a.ravel(), b.ravel(), c.ravel()
     width = min(_PB, max(_NR, (_PANEL // kb) // _NR * _NR))
+    pack = m1 - m0 > _MR
+    strips = np.empty(kb * width if pack else 0, dtype=np.float32)
     for p0 in range(n0, n1, width):
         p1 = min(n1, p0 + width)
         first = zero_first
         for k0 in range(0, k, kb):
             k1 = min(k, k0 + kb)
+            if pack:        # row by row of B (sequential reads), into the strips
+                for kk in range(k0, k1):
+                    for j0 in range(p0, p1, _NR):
+                        src, dst = kk * ldb + j0, ((j0 - p0) * kb + (kk - k0) * _NR)
+                        for j in range(_NR):
+                            strips[dst + j] = b1[src + j]
             for j0 in range(p0, p1, _NR):
                 for mb in range(m0, m1, _MR):
-                    _micro(a1, b1, c1, mb * lda, lda, j0, ldb, mb * ldc + j0, ldc, k0, k1,
-                           alpha, first, min(_MR, m1 - mb))
+                    if pack:
+                        _micro(a1, strips, c1, mb * lda, lda, (j0 - p0) * kb - k0 * _NR, _NR,
+                               mb * ldc + j0, ldc, k0, k1, alpha, first, min(_MR, m1 - mb))
+                    else:
+                        _micro(a1, b1, c1, mb * lda, lda, j0, ldb, mb * ldc + j0, ldc, k0, k1,
+                               alpha, first, min(_MR, m1 - mb))
             first = False
 
 
@@ -680,17 +697,6 @@ def _np_run_tiles(a, b, c, tiles, alpha, zero_first):
             _np_tile_lane8(a, b, c, m0, m1, n0, n1, kb, zero_first, kind == LANE8_N)
 
 
-def _narrow(tiles: np.ndarray) -> bool:
-    """True if computing ``Cᵀ`` wastes less of the micro-kernel than ``C``: every tile uses the
-    general kernel, and padding its columns to a multiple of ``_NR`` costs more than padding its
-    rows would."""
-    for m0, m1, n0, n1, kind, _ in tiles.tolist():
-        width, height = n1 - n0, m1 - m0
-        if kind != FMA or -(-width // _NR) * _NR * height <= -(-height // _NR) * _NR * width:
-            return False
-    return True
-
-
 def run_batch(a, b, c, a_index, b_index, tiles, alpha=1.0, zero_first=True, *,
               threads=DEFAULT_THREADS, use_numba=USE_NUMBA):
     """``c[i] ← a[a_index[i]] @ b[b_index[i]]`` with the tiles' kernels, in place.
@@ -701,26 +707,12 @@ def run_batch(a, b, c, a_index, b_index, tiles, alpha=1.0, zero_first=True, *,
     tiles = _as_array(tiles)
     a_index = np.ascontiguousarray(a_index, dtype=np.int64)
     b_index = np.ascontiguousarray(b_index, dtype=np.int64)
-    if use_numba and _narrow(tiles):
-        # columns that fill register blocks badly: compute Cᵀ = Bᵀ @ Aᵀ instead (the same
-        # products, a·b == b·a exactly, in the same chains)
-        shape_t = (c.shape[0], c.shape[2], c.shape[1])
-        ct = (np.empty(shape_t, np.float32) if zero_first       # not read: no need to copy
-              else np.ascontiguousarray(c.transpose(0, 2, 1)))
-        _run_parallel(_f32c(b.transpose(0, 2, 1)), _f32c(a.transpose(0, 2, 1)), ct, b_index,
-                      a_index, _transposed(tiles), alpha, zero_first, threads)
-        c[...] = ct.transpose(0, 2, 1)
-    elif use_numba:
+    if use_numba:
         _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads)
     else:
         for i in range(c.shape[0]):
             _np_run_tiles(a[a_index[i]], b[b_index[i]], c[i], tiles, alpha, zero_first)
     return c
-
-
-def _transposed(tiles: np.ndarray) -> np.ndarray:
-    """The tiles of ``Cᵀ``: rows and columns swapped."""
-    return np.ascontiguousarray(tiles[:, [2, 3, 0, 1, 4, 5]])
 
 
 def _f32c(x) -> np.ndarray:
@@ -753,8 +745,7 @@ def gemm(a2, b2, c=None, *, alpha=1.0, beta=1.0, trans_b=False, trans_a=False,
         m, n, k, trans_a=bool(trans_a), trans_b=bool(trans_b), alpha=float(alpha), beta=eff_beta,
         threads=threads, ldb=k if trans_b else n, ldc=n)
     tiles = _as_array(tiles)
-    if use_numba and b2.T.flags.c_contiguous and np.all(tiles[:, 4] == FMA) \
-            and not _narrow(tiles):
+    if use_numba and b2.T.flags.c_contiguous and np.all(tiles[:, 4] == FMA):
         # B given transposed (transB=1): read it in place, not through a transposed copy
         _run_bt(a2, b2.T, y[0], tiles, alpha, eff_beta == 0.0)
         return y[0]
@@ -903,62 +894,32 @@ def _im2col_2d(x, i, out, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow):
                         row[oy * ow + ox] = x[i, c, iy, ix] if 0 <= ix < w else zero
 
 
-@_compile()
-def _transpose_2d(src, dst):
-    """``dst[q, r] = src[r, q]``, by 32 x 32 blocks (a copy)."""
-    rows, cols = src.shape
-    for r0 in range(0, rows, 32):
-        r1 = min(rows, r0 + 32)
-        for q0 in range(0, cols, 32):
-            q1 = min(cols, q0 + 32)
-            for q in range(q0, q1):
-                for r in range(r0, r1):
-                    dst[q, r] = src[r, q]
-
-
-def _conv_2d_parallel(images, a, c, a_index, tiles, geometry, transposed, threads):
-    """A 2-D Conv's products image by image on ``threads`` threads, each expanding one image
-    at a time into its own im2col buffer (:func:`_im2col_2d`, then :func:`_transpose_2d` when
-    ``transposed``; small enough to stay in cache,
-    and no page faults of a fresh full-batch matrix) before multiplying it
-    (:func:`_run_range`, the same kernels and tiles as :func:`run_batch`).
-
-    Not ``transposed``: ``c[i] = a[a_index[i]] @ cols_i``; ``transposed``: ``c[i] =
-    colsᵀ_i @ a[a_index[i]]`` (``a`` holds ``Wᵀ``, ``tiles`` are those of ``Cᵀ``)."""
+def _conv_2d_parallel(images, a, c, a_index, tiles, geometry, threads):
+    """A 2-D Conv's products ``c[i] = a[a_index[i]] @ cols_i`` image by image on ``threads``
+    threads, each expanding one image at a time into its own im2col buffer
+    (:func:`_im2col_2d`; small enough to stay in cache, and no page faults of a fresh
+    full-batch matrix) before multiplying it (:func:`_run_range`, the same kernels and tiles
+    as :func:`run_batch`)."""
     count = images.shape[0]
     kg = images.shape[1] * geometry[0] * geometry[1]
     p = geometry[-2] * geometry[-1]
-    shape = (1, p, kg) if transposed else (1, kg, p)
     zeros = np.zeros(count, dtype=np.int64)
     alpha = np.float32(1.0)
     # operand types as _run_parallel makes them: A read-only, B writable (one signature)
-    weights = _writable(a) if transposed else _readonly_view(a)
+    weights = _readonly_view(a)
+    buffers = {}        # thread id -> its im2col buffer, reused across its parts
 
-    def multiply(scratch, i0, i1):
-        if transposed:
-            _run_range(_readonly_view(scratch), weights, c, zeros, a_index, tiles, alpha, True,
-                       i0, i1)
-        else:
-            _run_range(weights, scratch, c, a_index, zeros, tiles, alpha, True, i0, i1)
+    def job(i):
+        scratch = buffers.get(threading.get_ident())
+        if scratch is None:
+            scratch = buffers[threading.get_ident()] = np.empty((1, kg, p), dtype=np.float32)
+        _im2col_2d(images, i, scratch[0], *geometry)
+        _run_range(weights, scratch, c, a_index, zeros, tiles, alpha, True, i, i + 1)
 
-    buffers = {}        # thread id -> its (scratch, expand) buffers, reused across its parts
-
-    def job(part):
-        start, size = part
-        if threading.get_ident() not in buffers:
-            scratch = np.empty(shape, dtype=np.float32)
-            expand = np.empty((kg, p), dtype=np.float32) if transposed else scratch[0]
-            buffers[threading.get_ident()] = scratch, expand
-        scratch, expand = buffers[threading.get_ident()]
-        for i in range(start, start + size):
-            _im2col_2d(images, i, expand, *geometry)
-            if transposed:
-                _transpose_2d(expand, scratch[0])
-            multiply(scratch, i, i + 1)
-
-    with _slp_vectorizer():
-        multiply(np.empty(shape, dtype=np.float32), 0, 0)      # compile once, before the threads
-    _parallel(job, [(i, 1) for i in range(count)], threads)
+    with _slp_vectorizer():     # compile once, before the threads
+        _run_range(weights, np.empty((1, kg, p), dtype=np.float32), c, a_index, zeros, tiles,
+                   alpha, True, 0, 0)
+    _parallel(job, range(count), threads)
 
 
 def _single_group4(tiles, mg, p):
@@ -1142,7 +1103,6 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
     a = _f32c(w.reshape(group, mg, kg))
     direct = math.prod(kernel) == 1 and all(s == 1 for s in strides) and not any(begins) \
         and not any(ends)
-    narrow = use_numba and kg > 0 and _narrow(_as_array(tiles))
     kb4 = _single_group4(tiles, mg, p) if len(kernel) == 2 and kg > 0 else 0
     if kg == 0:
         y = np.zeros((n * group, mg, p), dtype=np.float32)
@@ -1154,15 +1114,8 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
         # every thread expands and multiplies its own images (see _conv_2d_parallel)
         images = _readonly_view(_f32c(x).reshape((n * group, cg) + spatial))
         geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *out))
-        if narrow:      # Cᵀ = colsᵀ @ Wᵀ, as run_batch does for such shapes
-            ct = np.empty((n * group, p, mg), dtype=np.float32)
-            _conv_2d_parallel(images, _f32c(a.transpose(0, 2, 1)), ct, a_index,
-                              _transposed(_as_array(tiles)), geometry, True, DEFAULT_THREADS)
-            y = np.ascontiguousarray(ct.transpose(0, 2, 1))
-        else:
-            y = np.empty((n * group, mg, p), dtype=np.float32)
-            _conv_2d_parallel(images, a, y, a_index, _as_array(tiles), geometry, False,
-                              DEFAULT_THREADS)
+        y = np.empty((n * group, mg, p), dtype=np.float32)
+        _conv_2d_parallel(images, a, y, a_index, _as_array(tiles), geometry, DEFAULT_THREADS)
     else:
         cols = _columns(x, group, kernel, out, strides, dilations, begins, ends)
         y = np.empty((n * group, mg, p), dtype=np.float32)

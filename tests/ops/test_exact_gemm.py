@@ -335,8 +335,8 @@ def test_numba_kernels_equal_numpy_twins(m, n, k, kind, kb, alpha, zero_first, s
 @pytest.mark.parametrize("m", range(1, 14))
 def test_general_kernel_every_row_remainder_equals_numpy_twin(m):
     """Every count of rows in the last 6-row register block (it repeats its last row in the
-    missing ones); columns: three 16-column strips and a padded edge (53 columns: not worth
-    transposing for any of these m, see _narrow)."""
+    missing ones); columns: three 16-column strips and a padded edge (53 columns); m > 6 reads
+    B through the packed strips of _region_fma."""
     rng = np.random.default_rng(m)
     a, b = _normal(rng, 1, m, 300), _normal(rng, 1, 300, 53)
     tiles = [(0, m, 0, 53, gx.FMA, 128)]
