@@ -399,8 +399,10 @@ def _run_bt(a, bt, c, tiles, alpha, zero_first, threads=DEFAULT_THREADS):
     alpha, zero_first = np.float32(alpha), bool(zero_first)
     with _slp_vectorizer():
         _run_range_bt(a, bt, c, tiles[:0], alpha, zero_first)           # compile once
+    if c.size * a.shape[1] < _MIN_PARALLEL_WORK:
+        threads = 1
     _parallel(lambda part: _run_range_bt(a, bt, c, part, alpha, zero_first),
-              _split_columns(tiles, threads * _PARTS_PER_THREAD), threads)
+              _split_columns(tiles, threads * _PARTS_PER_THREAD if threads > 1 else 1), threads)
 
 
 @_compile()
@@ -530,6 +532,10 @@ def _worker_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=DEFAULT_THREADS, thread_name_prefix="qsim-gemm")
 
 
+#: multiply-adds below which a product runs on the calling thread alone (waking a worker
+#: costs about as much as ~100k multiply-adds)
+_MIN_PARALLEL_WORK = 1 << 18
+
 #: parts per thread a parallel job is cut into: a thread that starts late (a busy machine) finds
 #: most parts already done by the others instead of holding everyone up
 _PARTS_PER_THREAD = 4
@@ -586,7 +592,7 @@ def _parallel(job, parts, threads=DEFAULT_THREADS) -> None:
 def _ranges(count: int, threads: int) -> list[tuple[int, int]]:
     """``(start, size)`` of the contiguous parts ``count`` items are cut into for ``threads``
     threads (``_PARTS_PER_THREAD`` per thread, at most one item each)."""
-    parts = max(1, min(count, threads * _PARTS_PER_THREAD))
+    parts = max(1, min(count, threads * _PARTS_PER_THREAD if threads > 1 else 1))
     return [partition(t, parts, count) for t in range(parts)]
 
 
@@ -601,6 +607,9 @@ def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
     # and the same B type as the zero-padded edge strip of _tile_fma: each extra signature
     # costs a full compile of the kernel chain on a cold cache.
     a, b = _readonly_view(a), _writable(b)
+    if count * sum((t[1] - t[0]) * (t[3] - t[2]) for t in tiles.tolist()) * a.shape[2] \
+            < _MIN_PARALLEL_WORK:
+        threads = 1
     if count == 1 and threads > 1:
         jobs = [(part, 0, 1) for part in _split_columns(tiles, threads * _PARTS_PER_THREAD)]
     else:
@@ -1028,6 +1037,18 @@ def _np_group4_conv(x, wf, kb, geometry):
     return out
 
 
+@functools.lru_cache(maxsize=256)
+def _tap_offsets(cg, kh, kw, sh, sw, dh, dw, hq, wq) -> np.ndarray:
+    """Read-only offsets of the taps ``(c, ky, kx)`` (row-major) in :func:`_nb_group4_conv`'s
+    phase planes, for output ``(0, 0)``:
+    ``((c·sh + ky·dh mod sh)·sw + kx·dw mod sw)·hq·wq + (ky·dh div sh)·wq + kx·dw div sw``."""
+    c = np.arange(cg).reshape(-1, 1, 1)
+    ky = np.arange(kh).reshape(1, -1, 1) * dh
+    kx = np.arange(kw).reshape(1, 1, -1) * dw
+    offs = ((c * sh + ky % sh) * sw + kx % sw) * (hq * wq) + ky // sh * wq + kx // sw
+    return _readonly_view(np.ascontiguousarray(offs.ravel(), dtype=np.int64))
+
+
 def _group4_conv(x, wf, kb, geometry, use_numba):
     """A one-filter-per-group 2-D Conv whose MLAS plan is one ``GROUP4`` tile (depthwise):
     ``x`` ``(N·G, Cg, H, W)``, ``wf`` ``(G, K)`` → ``(N·G, OH, OW)``, on the shared threads."""
@@ -1036,17 +1057,15 @@ def _group4_conv(x, wf, kb, geometry, use_numba):
         return _np_group4_conv(x, wf, kb, geometry)
     cg, h, w = x.shape[1:]
     hq, wq = -(-(h + bh + eh) // sh), -(-(w + bw + ew) // sw)
-    c, ky, kx = np.meshgrid(np.arange(cg), np.arange(kh), np.arange(kw), indexing="ij")
-    offs = ((c * sh + ky * dh % sh) * sw + kx * dw % sw) * hq * wq \
-        + ky * dh // sh * wq + kx * dw // sw
-    offs = np.ascontiguousarray(offs.ravel(), dtype=np.int64)
+    offs = _tap_offsets(cg, kh, kw, sh, sw, dh, dw, hq, wq)
     y = np.empty((x.shape[0], oh, ow), dtype=np.float32)
     x, wf = _readonly_view(x), _readonly_view(wf)
 
     def job(part):
         _nb_group4_conv(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, part[0], part[0] + part[1])
 
-    _parallel(job, _ranges(x.shape[0], DEFAULT_THREADS))
+    threads = DEFAULT_THREADS if y.size * wf.shape[1] >= _MIN_PARALLEL_WORK else 1
+    _parallel(job, _ranges(x.shape[0], threads), threads)
     return y
 
 
@@ -1099,7 +1118,8 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
     tiles, trans_b = conv_tiles(batch=n, group=group, m=mg, c=cg, k=kg, in_shape=spatial,
                                 kernel=kernel, strides=strides, dilations=dilations,
                                 begins=begins, ends=ends, threads=threads)
-    a_index, b_index = np.tile(np.arange(group), n), np.arange(n * group)
+    b_index = np.arange(n * group, dtype=np.int64)       # product i = image · group + g
+    a_index = b_index % group
     a = _f32c(w.reshape(group, mg, kg))
     direct = math.prod(kernel) == 1 and all(s == 1 for s in strides) and not any(begins) \
         and not any(ends)
@@ -1116,6 +1136,12 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
         geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *out))
         y = np.empty((n * group, mg, p), dtype=np.float32)
         _conv_2d_parallel(images, a, y, a_index, _as_array(tiles), geometry, DEFAULT_THREADS)
+    elif use_numba and len(kernel) == 2 and not direct and n * group == 1:
+        cols = np.empty((1, kg, p), dtype=np.float32)
+        _im2col_2d(_readonly_view(_f32c(x)), 0, cols[0],
+                   *(int(v) for v in (*kernel, *strides, *dilations, *begins, *out)))
+        y = np.empty((1, mg, p), dtype=np.float32)
+        run_batch(a, cols, y, a_index, b_index, tiles, use_numba=use_numba)
     else:
         cols = _columns(x, group, kernel, out, strides, dilations, begins, ends)
         y = np.empty((n * group, mg, p), dtype=np.float32)
