@@ -350,6 +350,55 @@ def _tile_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
         c[m0:m1, n_full:n1] = cpad[m0:m1, :edge]
 
 
+def _dot_kernel_source() -> str:
+    """Source of ``_dot16``: ``_NR`` consecutive outputs ``c[c0 + j]`` of one row of A against
+    ``_NR`` rows of ``bt`` (B transposed: each output's K values contiguous) over the K block
+    ``[k0, k1)``: per output ``acc = fma(a[k], bt[j, k], acc)`` from 0, then ``c = acc · alpha``
+    (``first``) or ``c = fma(acc, alpha, c)`` — :func:`_micro`'s chain, one scalar variable per
+    output so the 16 chains run side by side."""
+    lines = ["def _dot16(a, bt, c, a0, b0, ldb, c0, k0, k1, alpha, first):",
+             "    f0 = np.float32(0.0)"]
+    lines += [f"    r{j} = np.uint64(b0 + {j} * ldb)" for j in range(_NR)]
+    lines.append("    " + ", ".join(f"s{j}" for j in range(_NR)) + " = "
+                 + ", ".join(["f0"] * _NR))
+    lines += ["    for kk in range(k0, k1):",
+              "        ko = np.uint64(kk)",
+              "        av = a[np.uint64(a0) + ko]"]
+    lines += [f"        s{j} = _fma32(av, bt[r{j} + ko], s{j})" for j in range(_NR)]
+    lines.append("    if first:")
+    lines += [f"        c[np.uint64(c0 + {j})] = s{j} * alpha" for j in range(_NR)]
+    lines.append("    else:")
+    lines += [f"        c[np.uint64(c0 + {j})] = _fma32(s{j}, alpha, c[np.uint64(c0 + {j})])"
+              for j in range(_NR)]
+    return "\n".join(lines) + "\n"
+
+
+exec(compile(_dot_kernel_source(), "<qsim.kernels.gemm._dot16>", "exec"), _namespace)
+_dot16 = numba.njit(nogil=True, fastmath=False)(_namespace["_dot16"])
+
+
+@_compile()
+def _tile_fma_bt_rows(a, bt, c, m0, m1, n0, n1, kb, alpha, zero_first):
+    """:func:`_tile_fma_bt` for a few rows: each row's outputs 16 at a time (:func:`_dot16`),
+    reading B's rows in place; the last ``< 16`` outputs one chain at a time."""
+    k, ldb = a.shape[1], bt.shape[1]
+    a1, b1, c1 = a.ravel(), bt.ravel(), c.ravel()
+    lda, ldc = a.shape[1], c.shape[1]
+    full = n0 + (n1 - n0) // _NR * _NR
+    for m in range(m0, m1):
+        first = zero_first
+        for k0 in range(0, k, kb):
+            k1 = min(k, k0 + kb)
+            for j0 in range(n0, full, _NR):
+                _dot16(a1, b1, c1, m * lda, j0 * ldb, ldb, m * ldc + j0, k0, k1, alpha, first)
+            for j in range(full, n1):
+                acc = np.float32(0.0)
+                for kk in range(k0, k1):
+                    acc = _fma32(a[m, kk], bt[j, kk], acc)
+                c[m, j] = acc * alpha if first else _fma32(acc, alpha, c[m, j])
+            first = False
+
+
 @_compile()
 def _tile_fma_bt(a, bt, c, m0, m1, n0, n1, kb, alpha, zero_first):
     """General kernel on a tile of ``c = a @ btᵀ`` with ``bt`` ``(N, K)`` (B given transposed,
@@ -388,8 +437,11 @@ def _tile_fma_bt(a, bt, c, m0, m1, n0, n1, kb, alpha, zero_first):
 def _run_range_bt(a, bt, c, tiles, alpha, zero_first):
     """:func:`_tile_fma_bt` on each (general-kernel) tile of one product."""
     for t in range(tiles.shape[0]):
-        _tile_fma_bt(a, bt, c, tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3], tiles[t, 5],
-                     alpha, zero_first)
+        m0, m1, n0, n1, kb = tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3], tiles[t, 5]
+        if m1 - m0 <= _MR // 2:     # too few rows to pay for the transposed strips
+            _tile_fma_bt_rows(a, bt, c, m0, m1, n0, n1, kb, alpha, zero_first)
+        else:
+            _tile_fma_bt(a, bt, c, m0, m1, n0, n1, kb, alpha, zero_first)
 
 
 def _run_bt(a, bt, c, tiles, alpha, zero_first, threads=DEFAULT_THREADS):
