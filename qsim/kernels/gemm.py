@@ -1014,18 +1014,27 @@ def _nb_group4_conv(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, j0, j1):
     pad = np.zeros(cg * sh * sw * plane + wq, dtype=np.float32)
     size = oh * wq
     acc = np.empty(size, dtype=np.float32)
+    first_col = np.empty(sw, dtype=np.int64)        # per column phase: first input column,
+    first_pos = np.empty(sw, dtype=np.int64)        # its position in the phase plane,
+    counts = np.empty(sw, dtype=np.int64)           # and how many columns (no division later)
+    for phase in range(sw):
+        first_col[phase] = (phase - bw) % sw
+        first_pos[phase] = (first_col[phase] + bw) // sw
+        counts[phase] = (w - first_col[phase] + sw - 1) // sw
+    g = j0 % groups
     for j in range(j0, j1):
-        g = j % groups
         for c in range(cg):
+            row_phase, row_pos = bh % sh, bh // sh
             for iy in range(h):
-                row = iy + bh
-                src = x[j, c, iy]
                 for phase in range(sw):
-                    ix0 = (phase - bw) % sw             # first column of this phase
-                    dst = (((c * sh + row % sh) * sw + phase) * hq + row // sh) * wq \
-                        + (ix0 + bw) // sw
-                    for t in range((w - ix0 + sw - 1) // sw):
-                        pad[dst + t] = src[ix0 + t * sw]
+                    dst = (((c * sh + row_phase) * sw + phase) * hq + row_pos) * wq \
+                        + first_pos[phase]
+                    ix0 = first_col[phase]
+                    for t in range(counts[phase]):      # (no array views in loops: each
+                        pad[dst + t] = x[j, c, iy, ix0 + t * sw]    # costs atomic refcounts)
+                row_phase += 1
+                if row_phase == sh:
+                    row_phase, row_pos = 0, row_pos + 1
         acc[:] = np.float32(0.0)
         for k0 in range(0, k, kb):
             k1 = min(k, k0 + kb)
@@ -1055,9 +1064,11 @@ def _nb_group4_conv(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, j0, j1):
                 for t in range(size):
                     acc[t] = w0 * r0[t] + acc[t]
         for oy in range(oh):
-            yr = y[j, oy]
             for ox in range(ow):
-                yr[ox] = acc[oy * wq + ox]
+                y[j, oy, ox] = acc[oy * wq + ox]
+        g += 1
+        if g == groups:
+            g = 0
 
 
 def _np_group4_conv(x, wf, kb, geometry):
