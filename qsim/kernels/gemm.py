@@ -404,8 +404,8 @@ def _tile_fma_bt(a, bt, c, m0, m1, n0, n1, kb, alpha, zero_first):
     """General kernel on a tile of ``c = a @ btᵀ`` with ``bt`` ``(N, K)`` (B given transposed,
     e.g. a Gemm with ``transB=1``): B is read once, in ``kb x 16`` slices copied (transposed)
     into a cache-resident strip, each then used by :func:`_micro` for every row of the tile;
-    16-column strips beyond ``n1`` are zero-filled and their outputs dropped. The per-output
-    chain is :func:`_tile_fma`'s."""
+    in the last strip the columns beyond ``n1`` hold stale values whose outputs are dropped.
+    The per-output chain is :func:`_tile_fma`'s."""
     k = a.shape[1]
     lda, ldc, rows = a.shape[1], c.shape[1], m1 - m0
     a1 = a.ravel()
