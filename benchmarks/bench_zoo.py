@@ -18,14 +18,39 @@ model (``bench_executor.resnet18``, 224 x 224), at batch 1 and 8:
 
 ``--profile`` also prints qsim's time per op type (one extra run, each op wrapped).
 
-Measured on the 2-core AVX-512 machine (main at 652f08b, best of 3, ms)::
+Measured on the 2-core AVX-512 machine while other jobs ran (load average 2.5-9, so ORT's own
+time swings up to 3x between runs: compare qsim's columns first), medians of 5, each model run
+with main at 3e519e8 ("before") and then with this branch ("after"), ms::
 
-    model            batch   qsim ms    ORT ms  ratio
-    shufflenet           1      60.2       3.3  18.52
-    shufflenet           8     273.4      19.4  14.13
+    model         batch    before qsim   ORT  ratio     after qsim   ORT  ratio
+    shufflenet        1        86.7      9.0   9.68         30.6     6.4   4.78
+    shufflenet        8       323.7     66.5   4.87        118.7    69.4   1.71
+    squeezenet        1        53.6      5.5   9.83         20.7    11.1   1.86
+    squeezenet        8       315.3    109.5   2.88        190.3   215.1   0.88
+    densenet121       1       476.3    196.3   2.43        173.1   168.0   1.03
+    densenet121       8      1195.4    810.5   1.47        770.1   282.1   2.73
+    inception_v2      1       235.5     66.6   3.53         78.6    20.0   3.93
+    inception_v2      8       653.2    448.9   1.46        381.3   147.1   2.59
+    resnet50          1       184.7     43.6   4.24        138.6   128.6   1.08
+    resnet50          8      3057.7   1269.5   2.41       1767.5  1364.7   1.30
+    inception_v1      1       211.4     96.1   2.20        101.7   156.0   0.65
+    inception_v1      8       985.6    709.5   1.39        951.9  1043.3   0.91
+    bvlc_alexnet      1       669.4     44.4  15.09        106.5    76.4   1.39
+    bvlc_alexnet      8      1216.2    339.8   3.58        222.1   250.2   0.89
+    zfnet512          1      1288.6    149.8   8.60        170.7   178.5   0.96
+    zfnet512          8      1261.3    518.9   2.43        707.2   620.4   1.14
+    resnet18          1       164.5     55.5   2.96         84.1    72.2   1.17
+    resnet18          8       471.9    332.7   1.42        488.4   352.1   1.39
+    vgg19             1      1676.0    201.2   8.33        353.3   185.2   1.91
+    vgg19             8      5712.4   2381.6   2.40       3868.6  2123.3   1.82
 
-ShuffleNet at batch 1 spends 49 of its 57 ms in Conv: depthwise 3x3 (group = C) 1.5-13 ms per
-shape, grouped 1x1 (group 4) 0.6-10 ms per shape; BatchNormalization 67 us/node, Relu 35 us/node.
+Where the time went (before): ShuffleNet's depthwise 3x3 Convs through im2col and a
+ThreadPoolExecutor per call; AlexNet/ZFNet/VGG's FC layers (``transB=1``) copying their whole
+transposed weight matrix per call; ResNet/Inception/DenseNet's products with few output columns
+computed transposed (leading dimension = channel count, a power of two: L1 conflict misses).
+ShuffleNet at batch 1 is still ~2-3 ms of Python per 10 small nodes (~20-30 us per Conv, ~10-20
+us per elementwise node): its idle-machine ORT time is ~3.3 ms, so it is the model furthest from
+3x on an idle machine.
 
     python benchmarks/bench_zoo.py [--models shufflenet,resnet50] [--batches 1,8] [--repeats 5]
 """
