@@ -20,7 +20,7 @@ model (``bench_executor.resnet18``, 224 x 224), at batch 1 and 8:
 
 Measured on the 2-core AVX-512 machine while other jobs ran (load average 2.5-9, so ORT's own
 time swings up to 3x between runs: compare qsim's columns first), medians of 5, each model run
-with main at 3e519e8 ("before") and then with this branch ("after"), ms::
+with main at 1dd003d ("before") and then with this branch ("after"), ms::
 
     model         batch    before qsim   ORT  ratio     after qsim   ORT  ratio
     shufflenet        1        86.7      9.0   9.68         30.6     6.4   4.78
