@@ -378,23 +378,3 @@ def test_fma_rounds_once():
     _assert_bitwise(jit, exact)
     naive = (a.astype(np.float64) * b + c).astype(np.float32)
     assert naive[0] != exact[0]          # the tie case really needs the correction
-
-
-@pytest.mark.parametrize("group, cg, spatial, kernel, strides, dilations, pads", [
-    (6, 1, (13, 11), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),      # depthwise
-    (5, 1, (17, 16), (3, 3), (2, 2), (1, 1), (1, 0, 1, 1)),      # strided, uneven pads
-    (4, 3, (12, 12), (5, 5), (1, 2), (2, 1), (2, 2, 0, 1)),      # Cg > 1, dilated
-    (1, 7, (15, 14), (3, 2), (2, 1), (1, 2), (1, 1, 1, 0)),      # one group: chunked im2col
-])
-def test_direct_conv_kernels_equal_numpy_twins(group, cg, spatial, kernel, strides, dilations,
-                                               pads, monkeypatch):
-    """The Convs computed without a full im2col matrix (depthwise from the image, one-image
-    Convs by column chunks, here chunks of 16 columns so several and a partial one are used)
-    give the bits of the NumPy route (im2col, then the twin kernels)."""
-    rng = np.random.default_rng(len(spatial) + group)
-    x = _normal(rng, 1, group * cg, *spatial)
-    w = _normal(rng, 2 * group if cg > 1 and group == 1 else group, cg, *kernel)
-    monkeypatch.setattr(gx, "_CHUNK_FLOATS", 16 * cg * kernel[0] * kernel[1])
-    args = dict(group=group, strides=strides, dilations=dilations, begins=pads[:2],
-                ends=pads[2:])
-    _assert_bitwise(gx.conv(x, w, **args), gx.conv(x, w, use_numba=False, **args))
