@@ -955,67 +955,6 @@ def _im2col_2d(x, i, out, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow):
                         row[oy * ow + ox] = x[i, c, iy, ix] if 0 <= ix < w else zero
 
 
-@_compile()
-def _im2col_range(x, out, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow, start):
-    """Columns ``[start, start + width)`` of image 0's im2col matrix (:func:`_im2col_2d`) into
-    ``out`` ``(C·kh·kw, width)``: ``out[(c·kh + ky)·kw + kx, t]`` is the input under tap
-    ``(ky, kx)`` of output ``start + t``, ``+0`` outside the image."""
-    channels, h, w = x.shape[1], x.shape[2], x.shape[3]
-    width = out.shape[1]
-    zero = np.float32(0.0)
-    for c in range(channels):
-        for ky in range(kh):
-            for kx in range(kw):
-                row = out[(c * kh + ky) * kw + kx]
-                t, oy, ox0 = 0, start // ow, start % ow
-                while t < width:                    # one output row (or its part) at a time
-                    run = min(ow - ox0, width - t)
-                    iy = oy * sh + ky * dh - bh
-                    if iy < 0 or iy >= h:
-                        row[t:t + run] = zero
-                    else:
-                        for ox in range(ox0, ox0 + run):
-                            ix = ox * sw + kx * dw - bw
-                            row[t + ox - ox0] = x[0, c, iy, ix] if 0 <= ix < w else zero
-                    t, oy, ox0 = t + run, oy + 1, 0
-
-
-#: columns of the im2col matrix a one-image Conv expands at a time (about 1 MiB: it stays in
-#: the cache between being written and being packed by the product)
-_CHUNK_FLOATS = 1 << 18
-
-
-def _conv_2d_chunked(image, a, y, tiles, geometry, threads):
-    """A one-image 2-D Conv ``y[0] = a[0] @ cols`` whose tiles all use the general kernel, by
-    column chunks: each job expands one chunk of one tile's columns (:func:`_im2col_range`)
-    into its thread's buffer and multiplies it with that tile's rows and K blocks (an output's
-    chain does not depend on which other columns are computed with it, :func:`_split_columns`)
-    into a scratch block copied to ``y``. The full im2col matrix is never built."""
-    kg = image.shape[1] * geometry[0] * geometry[1]
-    chunk = max(_NR, _CHUNK_FLOATS // kg // _NR * _NR)
-    jobs = [(m0, m1, s, min(n1, s + chunk), kb)
-            for m0, m1, n0, n1, _, kb in tiles.tolist() for s in range(n0, n1, chunk)]
-    weights, zeros, alpha = _readonly_view(a), np.zeros(1, dtype=np.int64), np.float32(1.0)
-    buffers = {}        # thread id -> its column buffer
-
-    def job(spec):
-        m0, m1, s0, s1, kb = spec
-        cols = buffers.get(threading.get_ident())
-        if cols is None:
-            cols = buffers[threading.get_ident()] = np.empty((1, kg, chunk), dtype=np.float32)
-        part = np.ascontiguousarray(cols[:, :, :s1 - s0]) if s1 - s0 < chunk else cols
-        _im2col_range(image, part[0], *geometry, s0)
-        out = np.empty((1, m1, s1 - s0), dtype=np.float32)
-        _run_range(weights, part, out, zeros, zeros,
-                   _as_array([(m0, m1, 0, s1 - s0, FMA, kb)]), alpha, True, 0, 1)
-        y[0, m0:m1, s0:s1] = out[0, m0:m1]
-
-    with _slp_vectorizer():     # compile once, before the threads
-        _run_range(weights, np.empty((1, kg, 1), dtype=np.float32), y, zeros, zeros,
-                   tiles[:0], alpha, True, 0, 0)
-    _parallel(job, jobs, threads if len(jobs) > 1 else 1)
-
-
 def _conv_2d_parallel(images, a, c, a_index, tiles, geometry, threads):
     """A 2-D Conv's products ``c[i] = a[a_index[i]] @ cols_i`` image by image on ``threads``
     threads, each expanding one image at a time into its own im2col buffer
@@ -1260,12 +1199,12 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
         geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *out))
         y = np.empty((n * group, mg, p), dtype=np.float32)
         _conv_2d_parallel(images, a, y, a_index, _as_array(tiles), geometry, DEFAULT_THREADS)
-    elif use_numba and len(kernel) == 2 and not direct and n * group == 1 \
-            and all(t[4] == FMA for t in tiles):
+    elif use_numba and len(kernel) == 2 and not direct and n * group == 1:
+        cols = np.empty((1, kg, p), dtype=np.float32)
+        _im2col_2d(_readonly_view(_f32c(x)), 0, cols[0],
+                   *(int(v) for v in (*kernel, *strides, *dilations, *begins, *out)))
         y = np.empty((1, mg, p), dtype=np.float32)
-        _conv_2d_chunked(_readonly_view(_f32c(x)), a, y, _as_array(tiles),
-                         tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *out)),
-                         DEFAULT_THREADS)
+        run_batch(a, cols, y, a_index, b_index, tiles, use_numba=use_numba)
     else:
         cols = _columns(x, group, kernel, out, strides, dilations, begins, ends)
         y = np.empty((n * group, mg, p), dtype=np.float32)
