@@ -44,6 +44,23 @@ with main at 1dd003d ("before") and then with this branch ("after"), ms::
     vgg19             1      1676.0    201.2   8.33        353.3   185.2   1.91
     vgg19             8      5712.4   2381.6   2.40       3868.6  2123.3   1.82
 
+The same branch once the load had dropped (load average 0.5-1.7, ORT close to its idle
+speed; medians of 7), which is the fairer picture of the goal::
+
+    model         batch   qsim ms   ORT ms  ratio
+    shufflenet        1      20.3      4.4   4.63
+    shufflenet        8     104.7     75.3   1.39
+    resnet18          1      71.8     17.7   4.05
+    resnet18          8     271.1    133.7   2.03
+    densenet121       1     180.7    116.2   1.55
+    densenet121       8     821.8    311.2   2.64
+    resnet50          1     149.0     78.6   1.89
+    resnet50          8     589.1    303.6   1.94
+    inception_v2      1      95.0     40.4   2.35
+    inception_v2      8     388.3    152.0   2.55
+    squeezenet        1      20.3      7.0   2.92
+    squeezenet        8      89.9     29.4   3.05
+
 Where the time went (before): ShuffleNet's depthwise 3x3 Convs through im2col and a
 ThreadPoolExecutor per call; AlexNet/ZFNet/VGG's FC layers (``transB=1``) copying their whole
 transposed weight matrix per call; ResNet/Inception/DenseNet's products with few output columns
