@@ -44,22 +44,35 @@ with main at 1dd003d ("before") and then with this branch ("after"), ms::
     vgg19             1      1676.0    201.2   8.33        353.3   185.2   1.91
     vgg19             8      5712.4   2381.6   2.40       3868.6  2123.3   1.82
 
-The same branch once the load had dropped (load average 0.5-1.7, ORT close to its idle
-speed; medians of 7), which is the fairer picture of the goal::
+The same branch when the machine was nearly idle (load average 0.2-1.4, medians of 5; ORT
+still varies +-50% at batch 1 between runs), the fairer picture of the goal::
 
-    model         batch   qsim ms   ORT ms  ratio
-    shufflenet        1      20.3      4.4   4.63
-    shufflenet        8     104.7     75.3   1.39
-    resnet18          1      71.8     17.7   4.05
-    resnet18          8     271.1    133.7   2.03
-    densenet121       1     180.7    116.2   1.55
-    densenet121       8     821.8    311.2   2.64
-    resnet50          1     149.0     78.6   1.89
-    resnet50          8     589.1    303.6   1.94
-    inception_v2      1      95.0     40.4   2.35
-    inception_v2      8     388.3    152.0   2.55
-    squeezenet        1      20.3      7.0   2.92
-    squeezenet        8      89.9     29.4   3.05
+    model          batch   qsim ms   ORT ms  ratio
+    shufflenet         1      20.5      9.0   2.28
+    shufflenet         8      79.7     26.8   2.97
+    resnet50           1     105.4     39.1   2.69
+    resnet50           8     575.8    305.5   1.89
+    inception_v2       1      86.2     23.5   3.67
+    inception_v2       8     398.5    152.5   2.61
+    densenet121        1     136.8     41.9   3.27
+    densenet121        8     785.2    288.3   2.72
+    inception_v1       1      61.9     25.2   2.46
+    inception_v1       8     305.3    194.3   1.57
+    squeezenet         1      19.4      3.9   4.98
+    squeezenet         8      87.6     28.8   3.04
+    bvlc_alexnet       1      45.8     20.8   2.21
+    bvlc_alexnet       8     129.5    106.4   1.22
+    zfnet512           1      71.9     40.3   1.78
+    zfnet512           8     304.4    257.4   1.18
+    vgg19              1     368.2    188.4   1.95
+    vgg19              8    2526.1   1424.7   1.77
+    resnet18           1      50.3     19.8   2.54
+    resnet18           8     267.9    131.3   2.04
+
+Still above 3x here: SqueezeNet at batch 1 (~5x: 26 small Convs, ~0.7 ms each against ORT's
+~0.15), Inception-v2 and DenseNet-121 at batch 1 (3.3-3.7x: 3x3 Convs at 14x14-56x56 run at
+~60-90 GFLOP/s on 2 threads where MLAS's AVX-512 kernels reach ~2x that), SqueezeNet and
+ShuffleNet at batch 8 (~3x).
 
 Where the time went (before): ShuffleNet's depthwise 3x3 Convs through im2col and a
 ThreadPoolExecutor per call; AlexNet/ZFNet/VGG's FC layers (``transB=1``) copying their whole
