@@ -69,10 +69,10 @@ still varies +-50% at batch 1 between runs), the fairer picture of the goal::
     resnet18           1      50.3     19.8   2.54
     resnet18           8     267.9    131.3   2.04
 
-Still above 3x here: SqueezeNet at batch 1 (~5x: 26 small Convs, ~0.7 ms each against ORT's
-~0.15), Inception-v2 and DenseNet-121 at batch 1 (3.3-3.7x: 3x3 Convs at 14x14-56x56 run at
-~60-90 GFLOP/s on 2 threads where MLAS's AVX-512 kernels reach ~2x that), SqueezeNet and
-ShuffleNet at batch 8 (~3x).
+Still above 3x here: SqueezeNet at batch 1 (~5x: 19.4 ms for 26 Convs where ORT spends 3.9 ms
+on the whole model), Inception-v2 and DenseNet-121 at batch 1 (3.3-3.7x: their 3x3 Convs at
+14x14-56x56 run at ~60-90 GFLOP/s on 2 threads in qsim; ORT's per-node times were not
+measured), SqueezeNet and ShuffleNet at batch 8 (~3x).
 
 Where the time went (before): ShuffleNet's depthwise 3x3 Convs through im2col and a
 ThreadPoolExecutor per call; AlexNet/ZFNet/VGG's FC layers (``transB=1``) copying their whole
