@@ -33,10 +33,13 @@ count (``threads``, ONNX Runtime's ``intra_op_num_threads``; its default is the 
 qsim's own worker threads (``run_batch``) never change a result.
 
 Speed: the general kernel runs a 6 x 16 register block (:func:`_micro`; shorter blocks repeat
-their last row) whose loops are ordered for the cache but whose per-element chain is MLAS's; a
-batch of 2-D Convs is expanded (im2col) and multiplied image by image in each thread
-(:func:`_conv_2d_parallel`). ResNet-18 (batch 8, 112 x 112) runs at about 2.5-3x ONNX Runtime's
-time on 2 cores (``benchmarks/bench_executor.py``).
+their last row) whose loops are ordered for the cache (B packed into 16-column strips when
+several row blocks read it) but whose per-element chain is MLAS's; a batch of 2-D Convs is
+expanded (im2col) and multiplied image by image in each thread (:func:`_conv_2d_parallel`);
+depthwise Convs skip im2col (:func:`_nb_group4_conv`); a transposed constant B (Gemm
+``transB=1``) is read in place (:func:`_tile_fma_bt`). Work is shared by the calling thread and
+a persistent pool (:func:`_parallel`). ``benchmarks/bench_zoo.py`` prints the ratios to ONNX
+Runtime on the model zoo.
 
 Each kernel exists twice: a Numba kernel (``fma`` is LLVM's ``llvm.fma.f32``, a true single
 rounding) and a NumPy twin used when ``NUMBA_DISABLE_JIT=1``. The twin computes ``fma`` as the
@@ -48,8 +51,10 @@ halfway case are not corrected (never seen in practice).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -287,19 +292,33 @@ def _region_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
     """General kernel on rows ``[m0, m1)`` and columns ``[n0, n1)``, ``n1 - n0`` a multiple of
     ``_NR``: K blocks of ``kb``; within a block, ``_MR x _NR`` register blocks (:func:`_micro`,
     the last one possibly shorter) over a column panel whose ``kb x width`` slice of B stays in
-    cache."""
+    cache. When more than one row block reuses it, that slice is first copied into ``_NR``-column
+    strips read sequentially (B's own rows may be a multiple of 4 KiB apart, which the L1
+    cache cannot hold: 10x slower); only where the operands sit changes, not the arithmetic."""
     k, lda, ldb, ldc = a.shape[1], a.shape[1], b.shape[1], c.shape[1]
     a1, b1, c1 = a.ravel(), b.ravel(), c.ravel()
     width = min(_PB, max(_NR, (_PANEL // kb) // _NR * _NR))
+    pack = m1 - m0 > _MR
+    strips = np.empty(kb * width if pack else 0, dtype=np.float32)
     for p0 in range(n0, n1, width):
         p1 = min(n1, p0 + width)
         first = zero_first
         for k0 in range(0, k, kb):
             k1 = min(k, k0 + kb)
+            if pack:        # row by row of B (sequential reads), into the strips
+                for kk in range(k0, k1):
+                    for j0 in range(p0, p1, _NR):
+                        src, dst = kk * ldb + j0, ((j0 - p0) * kb + (kk - k0) * _NR)
+                        for j in range(_NR):
+                            strips[dst + j] = b1[src + j]
             for j0 in range(p0, p1, _NR):
                 for mb in range(m0, m1, _MR):
-                    _micro(a1, b1, c1, mb * lda, lda, j0, ldb, mb * ldc + j0, ldc, k0, k1,
-                           alpha, first, min(_MR, m1 - mb))
+                    if pack:
+                        _micro(a1, strips, c1, mb * lda, lda, (j0 - p0) * kb - k0 * _NR, _NR,
+                               mb * ldc + j0, ldc, k0, k1, alpha, first, min(_MR, m1 - mb))
+                    else:
+                        _micro(a1, b1, c1, mb * lda, lda, j0, ldb, mb * ldc + j0, ldc, k0, k1,
+                               alpha, first, min(_MR, m1 - mb))
             first = False
 
 
@@ -329,6 +348,113 @@ def _tile_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
             _region_fma(a, bb, cc, m0, m1, lo, hi, kb, alpha, zero_first)
     if edge:
         c[m0:m1, n_full:n1] = cpad[m0:m1, :edge]
+
+
+def _dot_kernel_source() -> str:
+    """Source of ``_dot16``: ``_NR`` consecutive outputs ``c[c0 + j]`` of one row of A against
+    ``_NR`` rows of ``bt`` (B transposed: each output's K values contiguous) over the K block
+    ``[k0, k1)``: per output ``acc = fma(a[k], bt[j, k], acc)`` from 0, then ``c = acc · alpha``
+    (``first``) or ``c = fma(acc, alpha, c)`` — :func:`_micro`'s chain, one scalar variable per
+    output so the 16 chains run side by side."""
+    lines = ["def _dot16(a, bt, c, a0, b0, ldb, c0, k0, k1, alpha, first):",
+             "    f0 = np.float32(0.0)"]
+    lines += [f"    r{j} = np.uint64(b0 + {j} * ldb)" for j in range(_NR)]
+    lines.append("    " + ", ".join(f"s{j}" for j in range(_NR)) + " = "
+                 + ", ".join(["f0"] * _NR))
+    lines += ["    for kk in range(k0, k1):",
+              "        ko = np.uint64(kk)",
+              "        av = a[np.uint64(a0) + ko]"]
+    lines += [f"        s{j} = _fma32(av, bt[r{j} + ko], s{j})" for j in range(_NR)]
+    lines.append("    if first:")
+    lines += [f"        c[np.uint64(c0 + {j})] = s{j} * alpha" for j in range(_NR)]
+    lines.append("    else:")
+    lines += [f"        c[np.uint64(c0 + {j})] = _fma32(s{j}, alpha, c[np.uint64(c0 + {j})])"
+              for j in range(_NR)]
+    return "\n".join(lines) + "\n"
+
+
+exec(compile(_dot_kernel_source(), "<qsim.kernels.gemm._dot16>", "exec"), _namespace)
+_dot16 = numba.njit(nogil=True, fastmath=False)(_namespace["_dot16"])
+
+
+@_compile()
+def _tile_fma_bt_rows(a, bt, c, m0, m1, n0, n1, kb, alpha, zero_first):
+    """:func:`_tile_fma_bt` for a few rows: each row's outputs 16 at a time (:func:`_dot16`),
+    reading B's rows in place; the last ``< 16`` outputs one chain at a time."""
+    k, ldb = a.shape[1], bt.shape[1]
+    a1, b1, c1 = a.ravel(), bt.ravel(), c.ravel()
+    lda, ldc = a.shape[1], c.shape[1]
+    full = n0 + (n1 - n0) // _NR * _NR
+    for m in range(m0, m1):
+        first = zero_first
+        for k0 in range(0, k, kb):
+            k1 = min(k, k0 + kb)
+            for j0 in range(n0, full, _NR):
+                _dot16(a1, b1, c1, m * lda, j0 * ldb, ldb, m * ldc + j0, k0, k1, alpha, first)
+            for j in range(full, n1):
+                acc = np.float32(0.0)
+                for kk in range(k0, k1):
+                    acc = _fma32(a[m, kk], bt[j, kk], acc)
+                c[m, j] = acc * alpha if first else _fma32(acc, alpha, c[m, j])
+            first = False
+
+
+@_compile()
+def _tile_fma_bt(a, bt, c, m0, m1, n0, n1, kb, alpha, zero_first):
+    """General kernel on a tile of ``c = a @ btᵀ`` with ``bt`` ``(N, K)`` (B given transposed,
+    e.g. a Gemm with ``transB=1``): B is read once, in ``kb x 16`` slices copied (transposed)
+    into a cache-resident strip, each then used by :func:`_micro` for every row of the tile;
+    in the last strip the columns beyond ``n1`` hold stale values whose outputs are dropped.
+    The per-output chain is :func:`_tile_fma`'s."""
+    k = a.shape[1]
+    lda, ldc, rows = a.shape[1], c.shape[1], m1 - m0
+    a1 = a.ravel()
+    strip = np.zeros(kb * _NR, dtype=np.float32)
+    cbuf = np.zeros(rows * _NR, dtype=np.float32)
+    for j0 in range(n0, n1, _NR):
+        width = min(_NR, n1 - j0)
+        if not zero_first:
+            for r in range(rows):
+                for j in range(width):
+                    cbuf[r * _NR + j] = c[m0 + r, j0 + j]
+        first = zero_first
+        for k0 in range(0, k, kb):
+            k1 = min(k, k0 + kb)
+            for j in range(width):
+                src = bt[j0 + j]
+                for kk in range(k0, k1):
+                    strip[(kk - k0) * _NR + j] = src[kk]
+            for mb in range(0, rows, _MR):
+                _micro(a1, strip, cbuf, (m0 + mb) * lda, lda, -k0 * _NR, _NR, mb * _NR, _NR,
+                       k0, k1, alpha, first, min(_MR, rows - mb))
+            first = False
+        for r in range(rows):
+            for j in range(width):
+                c[m0 + r, j0 + j] = cbuf[r * _NR + j]
+
+
+@_compile()
+def _run_range_bt(a, bt, c, tiles, alpha, zero_first):
+    """:func:`_tile_fma_bt` on each (general-kernel) tile of one product."""
+    for t in range(tiles.shape[0]):
+        m0, m1, n0, n1, kb = tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3], tiles[t, 5]
+        if m1 - m0 <= _MR // 2:     # too few rows to pay for the transposed strips
+            _tile_fma_bt_rows(a, bt, c, m0, m1, n0, n1, kb, alpha, zero_first)
+        else:
+            _tile_fma_bt(a, bt, c, m0, m1, n0, n1, kb, alpha, zero_first)
+
+
+def _run_bt(a, bt, c, tiles, alpha, zero_first, threads=DEFAULT_THREADS):
+    """``c ← a @ btᵀ`` (one product, every tile of the general kernel) on ``threads`` threads,
+    split along columns (:func:`_split_columns`)."""
+    a, bt = _readonly_view(_f32c(a)), _readonly_view(bt)
+    alpha, zero_first = np.float32(alpha), bool(zero_first)
+    with _slp_vectorizer():
+        _run_range_bt(a, bt, c, tiles[:0], alpha, zero_first)           # compile once
+    if c.size * a.shape[1] < _MIN_PARALLEL_WORK:
+        threads = 1
+    _parallel(lambda part: _run_range_bt(a, bt, c, part, alpha, zero_first),
+              _split_columns(tiles, threads * _PARTS_PER_THREAD if threads > 1 else 1), threads)
 
 
 @_compile()
@@ -451,6 +577,77 @@ def _writable(x: np.ndarray) -> np.ndarray:
     return x if x.flags.writeable else x.copy()
 
 
+@functools.lru_cache(maxsize=1)
+def _worker_pool() -> ThreadPoolExecutor:
+    """The worker threads shared by every product (created on first use, then kept: starting
+    threads per call costs ~100 us, as much as a small Conv). Holds no data between calls."""
+    return ThreadPoolExecutor(max_workers=DEFAULT_THREADS, thread_name_prefix="qsim-gemm")
+
+
+#: multiply-adds below which a product runs on the calling thread alone (waking a worker
+#: costs about as much as ~100k multiply-adds)
+_MIN_PARALLEL_WORK = 1 << 18
+
+#: parts per thread a parallel job is cut into: a thread that starts late (a busy machine) finds
+#: most parts already done by the others instead of holding everyone up
+_PARTS_PER_THREAD = 4
+
+
+class _Claims:
+    """Parts of one parallel job, claimed one at a time by whichever thread asks first."""
+
+    def __init__(self, job, parts):
+        self.job, self.parts = job, parts
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.claimed = self.finished = 0
+        self.errors: list[BaseException] = []
+
+    def work(self) -> None:
+        """Run unclaimed parts until none is left."""
+        while True:
+            with self.lock:
+                if self.claimed == len(self.parts):
+                    return
+                i = self.claimed
+                self.claimed += 1
+            try:
+                self.job(self.parts[i])
+            except BaseException as exc:      # re-raised by the caller of _parallel
+                self.errors.append(exc)
+            finally:
+                with self.lock:
+                    self.finished += 1
+                    if self.finished == len(self.parts):
+                        self.done.set()
+
+
+def _parallel(job, parts, threads=DEFAULT_THREADS) -> None:
+    """``job(part)`` for every part on the calling thread and ``threads - 1`` shared workers
+    (:func:`_worker_pool`), each taking the next unclaimed part; returns when every part is
+    done, without waiting for a worker that has not started (re-raising any error). Jobs never
+    wait on other jobs, so callers in several threads cannot deadlock."""
+    parts = list(parts)
+    if len(parts) == 1 or threads <= 1:
+        for part in parts:
+            job(part)
+        return
+    claims = _Claims(job, parts)
+    for _ in range(min(threads, len(parts)) - 1):
+        _worker_pool().submit(claims.work)
+    claims.work()
+    claims.done.wait()
+    if claims.errors:
+        raise claims.errors[0]
+
+
+def _ranges(count: int, threads: int) -> list[tuple[int, int]]:
+    """``(start, size)`` of the contiguous parts ``count`` items are cut into for ``threads``
+    threads (``_PARTS_PER_THREAD`` per thread, at most one item each)."""
+    parts = max(1, min(count, threads * _PARTS_PER_THREAD if threads > 1 else 1))
+    return [partition(t, parts, count) for t in range(parts)]
+
+
 def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
     """:func:`_run_range` split over ``threads`` Python threads (the kernels release the GIL):
     contiguous parts of the batch, or for a single product, its columns (:func:`_split_columns`).
@@ -462,12 +659,13 @@ def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
     # and the same B type as the zero-padded edge strip of _tile_fma: each extra signature
     # costs a full compile of the kernel chain on a cold cache.
     a, b = _readonly_view(a), _writable(b)
+    if count * sum((t[1] - t[0]) * (t[3] - t[2]) for t in tiles.tolist()) * a.shape[2] \
+            < _MIN_PARALLEL_WORK:
+        threads = 1
     if count == 1 and threads > 1:
-        jobs = [(part, 0, 1) for part in _split_columns(tiles, threads)]
+        jobs = [(part, 0, 1) for part in _split_columns(tiles, threads * _PARTS_PER_THREAD)]
     else:
-        workers = max(1, min(threads, count))
-        jobs = [(tiles, start, start + size)
-                for start, size in (partition(t, workers, count) for t in range(workers))]
+        jobs = [(tiles, start, start + size) for start, size in _ranges(count, threads)]
 
     def job(spec):
         part, i0, i1 = spec
@@ -478,8 +676,7 @@ def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
             job(jobs[0])
             return
         _run_range(a, b, c, a_index, b_index, tiles, alpha, zero_first, 0, 0)   # compile once
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        list(pool.map(job, jobs))
+    _parallel(job, jobs, threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -561,18 +758,6 @@ def _np_run_tiles(a, b, c, tiles, alpha, zero_first):
             _np_tile_lane8(a, b, c, m0, m1, n0, n1, kb, zero_first, kind == LANE8_N)
 
 
-def _narrow(tiles: np.ndarray) -> bool:
-    """True if computing ``Cᵀ`` wastes less of the micro-kernel than ``C``: every tile uses the
-    general kernel, and padding its columns to a multiple of ``_NR`` costs more than padding its
-    rows would."""
-    if not np.all(tiles[:, 4] == FMA):
-        return False
-    widths, heights = tiles[:, 3] - tiles[:, 2], tiles[:, 1] - tiles[:, 0]
-    pad_w = -(-widths // _NR) * _NR / widths
-    pad_h = -(-heights // _NR) * _NR / heights
-    return bool(np.all(pad_w > pad_h))
-
-
 def run_batch(a, b, c, a_index, b_index, tiles, alpha=1.0, zero_first=True, *,
               threads=DEFAULT_THREADS, use_numba=USE_NUMBA):
     """``c[i] ← a[a_index[i]] @ b[b_index[i]]`` with the tiles' kernels, in place.
@@ -583,26 +768,12 @@ def run_batch(a, b, c, a_index, b_index, tiles, alpha=1.0, zero_first=True, *,
     tiles = _as_array(tiles)
     a_index = np.ascontiguousarray(a_index, dtype=np.int64)
     b_index = np.ascontiguousarray(b_index, dtype=np.int64)
-    if use_numba and _narrow(tiles):
-        # columns that fill register blocks badly: compute Cᵀ = Bᵀ @ Aᵀ instead (the same
-        # products, a·b == b·a exactly, in the same chains)
-        shape_t = (c.shape[0], c.shape[2], c.shape[1])
-        ct = (np.empty(shape_t, np.float32) if zero_first       # not read: no need to copy
-              else np.ascontiguousarray(c.transpose(0, 2, 1)))
-        _run_parallel(_f32c(b.transpose(0, 2, 1)), _f32c(a.transpose(0, 2, 1)), ct, b_index,
-                      a_index, _transposed(tiles), alpha, zero_first, threads)
-        c[...] = ct.transpose(0, 2, 1)
-    elif use_numba:
+    if use_numba:
         _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads)
     else:
         for i in range(c.shape[0]):
             _np_run_tiles(a[a_index[i]], b[b_index[i]], c[i], tiles, alpha, zero_first)
     return c
-
-
-def _transposed(tiles: np.ndarray) -> np.ndarray:
-    """The tiles of ``Cᵀ``: rows and columns swapped."""
-    return np.ascontiguousarray(tiles[:, [2, 3, 0, 1, 4, 5]])
 
 
 def _f32c(x) -> np.ndarray:
@@ -634,6 +805,11 @@ def gemm(a2, b2, c=None, *, alpha=1.0, beta=1.0, trans_b=False, trans_a=False,
     tiles = packed_tiles(m, n, k) if packed_b else gemm_tiles(
         m, n, k, trans_a=bool(trans_a), trans_b=bool(trans_b), alpha=float(alpha), beta=eff_beta,
         threads=threads, ldb=k if trans_b else n, ldc=n)
+    tiles = _as_array(tiles)
+    if use_numba and b2.T.flags.c_contiguous and np.all(tiles[:, 4] == FMA):
+        # B given transposed (transB=1): read it in place, not through a transposed copy
+        _run_bt(a2, b2.T, y[0], tiles, alpha, eff_beta == 0.0)
+        return y[0]
     run_batch(_f32c(a2)[None], _f32c(b2)[None], y, [0], [0], tiles, alpha,
               eff_beta == 0.0, use_numba=use_numba)
     return y[0]
@@ -779,63 +955,181 @@ def _im2col_2d(x, i, out, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow):
                         row[oy * ow + ox] = x[i, c, iy, ix] if 0 <= ix < w else zero
 
 
-@_compile()
-def _transpose_2d(src, dst):
-    """``dst[q, r] = src[r, q]``, by 32 x 32 blocks (a copy)."""
-    rows, cols = src.shape
-    for r0 in range(0, rows, 32):
-        r1 = min(rows, r0 + 32)
-        for q0 in range(0, cols, 32):
-            q1 = min(cols, q0 + 32)
-            for q in range(q0, q1):
-                for r in range(r0, r1):
-                    dst[q, r] = src[r, q]
-
-
-def _conv_2d_parallel(images, a, c, a_index, tiles, geometry, transposed, threads):
-    """A 2-D Conv's products image by image on ``threads`` threads, each expanding one image
-    at a time into its own im2col buffer (:func:`_im2col_2d`, then :func:`_transpose_2d` when
-    ``transposed``; small enough to stay in cache,
-    and no page faults of a fresh full-batch matrix) before multiplying it
-    (:func:`_run_range`, the same kernels and tiles as :func:`run_batch`).
-
-    Not ``transposed``: ``c[i] = a[a_index[i]] @ cols_i``; ``transposed``: ``c[i] =
-    colsᵀ_i @ a[a_index[i]]`` (``a`` holds ``Wᵀ``, ``tiles`` are those of ``Cᵀ``)."""
+def _conv_2d_parallel(images, a, c, a_index, tiles, geometry, threads):
+    """A 2-D Conv's products ``c[i] = a[a_index[i]] @ cols_i`` image by image on ``threads``
+    threads, each expanding one image at a time into its own im2col buffer
+    (:func:`_im2col_2d`; small enough to stay in cache, and no page faults of a fresh
+    full-batch matrix) before multiplying it (:func:`_run_range`, the same kernels and tiles
+    as :func:`run_batch`)."""
     count = images.shape[0]
     kg = images.shape[1] * geometry[0] * geometry[1]
     p = geometry[-2] * geometry[-1]
-    shape = (1, p, kg) if transposed else (1, kg, p)
     zeros = np.zeros(count, dtype=np.int64)
     alpha = np.float32(1.0)
     # operand types as _run_parallel makes them: A read-only, B writable (one signature)
-    weights = _writable(a) if transposed else _readonly_view(a)
+    weights = _readonly_view(a)
+    buffers = {}        # thread id -> its im2col buffer, reused across its parts
 
-    def multiply(scratch, i0, i1):
-        if transposed:
-            _run_range(_readonly_view(scratch), weights, c, zeros, a_index, tiles, alpha, True,
-                       i0, i1)
-        else:
-            _run_range(weights, scratch, c, a_index, zeros, tiles, alpha, True, i0, i1)
+    def job(i):
+        scratch = buffers.get(threading.get_ident())
+        if scratch is None:
+            scratch = buffers[threading.get_ident()] = np.empty((1, kg, p), dtype=np.float32)
+        _im2col_2d(images, i, scratch[0], *geometry)
+        _run_range(weights, scratch, c, a_index, zeros, tiles, alpha, True, i, i + 1)
+
+    with _slp_vectorizer():     # compile once, before the threads
+        _run_range(weights, np.empty((1, kg, p), dtype=np.float32), c, a_index, zeros, tiles,
+                   alpha, True, 0, 0)
+    _parallel(job, range(count), threads)
+
+
+def _single_group4(tiles, mg, p):
+    """The K block of ``tiles`` if they are one ``GROUP4`` tile over the whole ``(1, P)`` output
+    of a one-filter-per-group product (a depthwise Conv), else 0."""
+    if mg != 1 or len(tiles) != 1:
+        return 0
+    m0, m1, n0, n1, kind, kb = tiles[0]
+    return int(kb) if (kind, m0, m1, n0, n1) == (GROUP4, 0, 1, 0, p) else 0
+
+
+@_compile()
+def _nb_group4_conv(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, j0, j1):
+    """``GROUP4`` products of a one-filter-per-group 2-D Conv computed directly from the image,
+    for products ``j0 <= j < j1`` of ``x`` ``(N·G, Cg, H, W)``, ``wf`` ``(G, K)``, ``y``
+    ``(N·G, OH, OW)``: per output, ``p_k = wf[g, k] · xpad[k-th tap]`` rounded one by one,
+    ``out = +0``; per K block of ``kb``, groups ``s = ((p0 + p1) + p2) + p3`` (then 2, then 1)
+    added as ``out = s + out`` (exactly :func:`_tile_group4` on the im2col matrix).
+
+    The zero-padded image (``+0`` at pads, as im2col) is stored as ``sh·sw`` phase planes of
+    ``hq x wq``: padded pixel ``(row, col)`` of channel ``c`` at
+    ``((c·sh + row mod sh)·sw + col mod sw)·hq·wq + (row div sh)·wq + col div sw``. Output
+    ``(oy, ox)``'s tap ``k`` is then at ``offs[k] + oy·wq + ox``: the outputs form one vector
+    ``t = oy·wq + ox`` (the ``wq - OW`` extra columns per row are computed and dropped), so the
+    loop over ``t`` vectorizes (each lane its own output)."""
+    groups = wf.shape[0]
+    cg, h, w = x.shape[1], x.shape[2], x.shape[3]
+    oh, ow = y.shape[1], y.shape[2]
+    k = wf.shape[1]
+    plane = hq * wq
+    pad = np.zeros(cg * sh * sw * plane + wq, dtype=np.float32)
+    size = oh * wq
+    acc = np.empty(size, dtype=np.float32)
+    first_col = np.empty(sw, dtype=np.int64)        # per column phase: first input column,
+    first_pos = np.empty(sw, dtype=np.int64)        # its position in the phase plane,
+    counts = np.empty(sw, dtype=np.int64)           # and how many columns (no division later)
+    for phase in range(sw):
+        first_col[phase] = (phase - bw) % sw
+        first_pos[phase] = (first_col[phase] + bw) // sw
+        counts[phase] = (w - first_col[phase] + sw - 1) // sw
+    g = j0 % groups
+    for j in range(j0, j1):
+        for c in range(cg):
+            row_phase, row_pos = bh % sh, bh // sh
+            for iy in range(h):
+                for phase in range(sw):
+                    dst = (((c * sh + row_phase) * sw + phase) * hq + row_pos) * wq \
+                        + first_pos[phase]
+                    ix0 = first_col[phase]
+                    for t in range(counts[phase]):      # (no array views in loops: each
+                        pad[dst + t] = x[j, c, iy, ix0 + t * sw]    # costs atomic refcounts)
+                row_phase += 1
+                if row_phase == sh:
+                    row_phase, row_pos = 0, row_pos + 1
+        acc[:] = np.float32(0.0)
+        for k0 in range(0, k, kb):
+            k1 = min(k, k0 + kb)
+            kk = k0
+            while k1 - kk >= 4:
+                w0, w1, w2, w3 = wf[g, kk], wf[g, kk + 1], wf[g, kk + 2], wf[g, kk + 3]
+                r0 = pad[offs[kk]:offs[kk] + size]
+                r1 = pad[offs[kk + 1]:offs[kk + 1] + size]
+                r2 = pad[offs[kk + 2]:offs[kk + 2] + size]
+                r3 = pad[offs[kk + 3]:offs[kk + 3] + size]
+                for t in range(size):
+                    s = w0 * r0[t] + w1 * r1[t]
+                    s = s + w2 * r2[t]
+                    s = s + w3 * r3[t]
+                    acc[t] = s + acc[t]
+                kk += 4
+            if (k1 - kk) & 2:
+                w0, w1 = wf[g, kk], wf[g, kk + 1]
+                r0 = pad[offs[kk]:offs[kk] + size]
+                r1 = pad[offs[kk + 1]:offs[kk + 1] + size]
+                for t in range(size):
+                    acc[t] = (w0 * r0[t] + w1 * r1[t]) + acc[t]
+                kk += 2
+            if (k1 - kk) & 1:
+                w0 = wf[g, kk]
+                r0 = pad[offs[kk]:offs[kk] + size]
+                for t in range(size):
+                    acc[t] = w0 * r0[t] + acc[t]
+        for oy in range(oh):
+            for ox in range(ow):
+                y[j, oy, ox] = acc[oy * wq + ox]
+        g += 1
+        if g == groups:
+            g = 0
+
+
+def _np_group4_conv(x, wf, kb, geometry):
+    """NumPy twin of :func:`_nb_group4_conv` on all products at once: ``(N·G, OH, OW)``."""
+    kh, kw, sh, sw, dh, dw, bh, bw, eh, ew, oh, ow = geometry
+    groups = wf.shape[0]
+    xp = np.pad(x, [(0, 0), (0, 0), (bh, eh), (bw, ew)])
+    wj = wf[np.arange(x.shape[0]) % groups]                       # (N·G, K)
+
+    def prod(kk):
+        c, rest = divmod(kk, kh * kw)
+        ky, kx = divmod(rest, kw)
+        tap = xp[:, c, ky * dh:ky * dh + (oh - 1) * sh + 1:sh, kx * dw:kx * dw + (ow - 1) * sw + 1:sw]
+        return wj[:, kk, None, None] * tap
+
+    k = wf.shape[1]
+    out = np.zeros((x.shape[0], oh, ow), dtype=np.float32)
+    for k0 in range(0, k, kb):
+        k1 = min(k, k0 + kb)
+        kk = k0
+        while k1 - kk >= 4:
+            out = (((prod(kk) + prod(kk + 1)) + prod(kk + 2)) + prod(kk + 3)) + out
+            kk += 4
+        if (k1 - kk) & 2:
+            out = (prod(kk) + prod(kk + 1)) + out
+            kk += 2
+        if (k1 - kk) & 1:
+            out = prod(kk) + out
+    return out
+
+
+@functools.lru_cache(maxsize=256)
+def _tap_offsets(cg, kh, kw, sh, sw, dh, dw, hq, wq) -> np.ndarray:
+    """Read-only offsets of the taps ``(c, ky, kx)`` (row-major) in :func:`_nb_group4_conv`'s
+    phase planes, for output ``(0, 0)``:
+    ``((c·sh + ky·dh mod sh)·sw + kx·dw mod sw)·hq·wq + (ky·dh div sh)·wq + kx·dw div sw``."""
+    c = np.arange(cg).reshape(-1, 1, 1)
+    ky = np.arange(kh).reshape(1, -1, 1) * dh
+    kx = np.arange(kw).reshape(1, 1, -1) * dw
+    offs = ((c * sh + ky % sh) * sw + kx % sw) * (hq * wq) + ky // sh * wq + kx // sw
+    return _readonly_view(np.ascontiguousarray(offs.ravel(), dtype=np.int64))
+
+
+def _group4_conv(x, wf, kb, geometry, use_numba):
+    """A one-filter-per-group 2-D Conv whose MLAS plan is one ``GROUP4`` tile (depthwise):
+    ``x`` ``(N·G, Cg, H, W)``, ``wf`` ``(G, K)`` → ``(N·G, OH, OW)``, on the shared threads."""
+    kh, kw, sh, sw, dh, dw, bh, bw, eh, ew, oh, ow = geometry
+    if not use_numba:
+        return _np_group4_conv(x, wf, kb, geometry)
+    cg, h, w = x.shape[1:]
+    hq, wq = -(-(h + bh + eh) // sh), -(-(w + bw + ew) // sw)
+    offs = _tap_offsets(cg, kh, kw, sh, sw, dh, dw, hq, wq)
+    y = np.empty((x.shape[0], oh, ow), dtype=np.float32)
+    x, wf = _readonly_view(x), _readonly_view(wf)
 
     def job(part):
-        start, size = part
-        scratch = np.empty(shape, dtype=np.float32)
-        expand = np.empty((kg, p), dtype=np.float32) if transposed else scratch[0]
-        for i in range(start, start + size):
-            _im2col_2d(images, i, expand, *geometry)
-            if transposed:
-                _transpose_2d(expand, scratch[0])
-            multiply(scratch, i, i + 1)
+        _nb_group4_conv(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, part[0], part[0] + part[1])
 
-    workers = max(1, min(threads, count))
-    parts = [partition(t, workers, count) for t in range(workers)]
-    with _slp_vectorizer():
-        multiply(np.empty(shape, dtype=np.float32), 0, 0)      # compile once, before the threads
-    if workers == 1:
-        job(parts[0])
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(job, parts))
+    threads = DEFAULT_THREADS if y.size * wf.shape[1] >= _MIN_PARALLEL_WORK else 1
+    _parallel(job, _ranges(x.shape[0], threads), threads)
+    return y
 
 
 def _columns(x, group, kernel, out, strides, dilations, begins, ends) -> np.ndarray:
@@ -887,26 +1181,30 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
     tiles, trans_b = conv_tiles(batch=n, group=group, m=mg, c=cg, k=kg, in_shape=spatial,
                                 kernel=kernel, strides=strides, dilations=dilations,
                                 begins=begins, ends=ends, threads=threads)
-    a_index, b_index = np.tile(np.arange(group), n), np.arange(n * group)
+    b_index = np.arange(n * group, dtype=np.int64)       # product i = image · group + g
+    a_index = b_index % group
     a = _f32c(w.reshape(group, mg, kg))
     direct = math.prod(kernel) == 1 and all(s == 1 for s in strides) and not any(begins) \
         and not any(ends)
-    narrow = use_numba and kg > 0 and _narrow(_as_array(tiles))
+    kb4 = _single_group4(tiles, mg, p) if len(kernel) == 2 and kg > 0 else 0
     if kg == 0:
         y = np.zeros((n * group, mg, p), dtype=np.float32)
+    elif kb4:       # depthwise: MLAS's M = 1 kernel, computed from the image directly
+        images = _f32c(x).reshape((n * group, cg) + spatial)
+        geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *ends, *out))
+        y = _group4_conv(images, _f32c(w.reshape(group, kg)), kb4, geometry, use_numba)
     elif use_numba and len(kernel) == 2 and not direct and n * group >= DEFAULT_THREADS:
         # every thread expands and multiplies its own images (see _conv_2d_parallel)
         images = _readonly_view(_f32c(x).reshape((n * group, cg) + spatial))
         geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *out))
-        if narrow:      # Cᵀ = colsᵀ @ Wᵀ, as run_batch does for such shapes
-            ct = np.empty((n * group, p, mg), dtype=np.float32)
-            _conv_2d_parallel(images, _f32c(a.transpose(0, 2, 1)), ct, a_index,
-                              _transposed(_as_array(tiles)), geometry, True, DEFAULT_THREADS)
-            y = np.ascontiguousarray(ct.transpose(0, 2, 1))
-        else:
-            y = np.empty((n * group, mg, p), dtype=np.float32)
-            _conv_2d_parallel(images, a, y, a_index, _as_array(tiles), geometry, False,
-                              DEFAULT_THREADS)
+        y = np.empty((n * group, mg, p), dtype=np.float32)
+        _conv_2d_parallel(images, a, y, a_index, _as_array(tiles), geometry, DEFAULT_THREADS)
+    elif use_numba and len(kernel) == 2 and not direct and n * group == 1:
+        cols = np.empty((1, kg, p), dtype=np.float32)
+        _im2col_2d(_readonly_view(_f32c(x)), 0, cols[0],
+                   *(int(v) for v in (*kernel, *strides, *dilations, *begins, *out)))
+        y = np.empty((1, mg, p), dtype=np.float32)
+        run_batch(a, cols, y, a_index, b_index, tiles, use_numba=use_numba)
     else:
         cols = _columns(x, group, kernel, out, strides, dilations, begins, ends)
         y = np.empty((n * group, mg, p), dtype=np.float32)

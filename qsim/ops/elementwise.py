@@ -559,10 +559,13 @@ def _variadic(op: str, fn, inputs) -> np.ndarray:
     if not inputs:
         raise OpError(f"{op}: no inputs, expected at least one")
     dtype = _same_dtype(op, *inputs)
-    _broadcast(op, *inputs)
-    result = np.array(inputs[0], copy=True)
-    for a in inputs[1:]:
-        result = fn(result, a)
+    shape = _broadcast(op, *inputs)
+    if len(inputs) == 1:
+        return _out(np.array(inputs[0], copy=True), dtype)
+    result = fn(inputs[0], inputs[1])
+    for a in inputs[2:]:        # into the new array once it has the final shape (no copies)
+        done = isinstance(result, np.ndarray) and result.shape == shape
+        result = fn(result, a, out=result) if done else fn(result, a)
     return _out(result, dtype)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import OpError
+from ..jit import USE_NUMBA, kernel
 from ..kernels import avx512
 from ..kernels import gemm as gemm_exact
 from ..kernels import mlas_math as math_exact
@@ -598,6 +599,32 @@ def _per_channel(v: np.ndarray, name: str, channels: int, ndim: int, dtype) -> n
     return v.astype(dtype, copy=False).reshape((channels,) + (1,) * (ndim - 2))
 
 
+@kernel
+def _nb_scale_shift(x, s, shift, y):
+    """``y[n, c, i] = x[n, c, i] · s[c] + shift[c]`` for float32 ``(N, C, L)`` arrays, the
+    product rounded before the sum (two float32 operations, never fused: Numba compiles
+    without contraction), in one pass."""
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            sc, bc = s[c], shift[c]
+            for i in range(x.shape[2]):
+                y[n, c, i] = x[n, c, i] * sc + bc
+
+
+def _scale_shift(x: np.ndarray, s: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """``x · s + shift`` per channel (axis 1), each step rounded in x's dtype; float32 in one
+    Numba pass (:func:`_nb_scale_shift`), else (and as its NumPy twin) two NumPy passes."""
+    if USE_NUMBA and x.dtype == np.float32 and x.ndim >= 2 and x.size:
+        x3 = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
+        y = np.empty(x3.shape, dtype=np.float32)
+        _nb_scale_shift(x3, np.ascontiguousarray(s.reshape(-1)),
+                        np.ascontiguousarray(shift.reshape(-1)), y)
+        return y.reshape(x.shape)
+    y = x * s
+    y += shift
+    return y
+
+
 @register("BatchNormalization")
 def batch_normalization(x, scale, b, input_mean, input_var, *, epsilon=1e-5, momentum=0.9,
                         training_mode=0, spatial=1, is_test=None, consumed_inputs=None,
@@ -655,9 +682,7 @@ def batch_normalization(x, scale, b, input_mean, input_var, *, epsilon=1e-5, mom
     inv_std = dtype.type(1) / np.sqrt(var + dtype.type(epsilon))
     s = inv_std * _per_channel(scale, "scale", c, x.ndim, dtype)
     shift = _per_channel(b, "B", c, x.ndim, dtype) - mean_in * s
-    y = x * s
-    y += shift
-    return y
+    return _scale_shift(x, s, shift)
 
 
 def _batch_statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

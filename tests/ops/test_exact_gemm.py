@@ -335,8 +335,8 @@ def test_numba_kernels_equal_numpy_twins(m, n, k, kind, kb, alpha, zero_first, s
 @pytest.mark.parametrize("m", range(1, 14))
 def test_general_kernel_every_row_remainder_equals_numpy_twin(m):
     """Every count of rows in the last 6-row register block (it repeats its last row in the
-    missing ones); columns: three 16-column strips and a padded edge (53 columns: not worth
-    transposing for any of these m, see _narrow)."""
+    missing ones); columns: three 16-column strips and a padded edge (53 columns); m > 6 reads
+    B through the packed strips of _region_fma."""
     rng = np.random.default_rng(m)
     a, b = _normal(rng, 1, m, 300), _normal(rng, 1, 300, 53)
     tiles = [(0, m, 0, 53, gx.FMA, 128)]
@@ -378,3 +378,22 @@ def test_fma_rounds_once():
     _assert_bitwise(jit, exact)
     naive = (a.astype(np.float64) * b + c).astype(np.float32)
     assert naive[0] != exact[0]          # the tie case really needs the correction
+
+
+@pytest.mark.parametrize("group, cg, mg, spatial, kernel, strides, dilations, pads", [
+    (6, 1, 1, (13, 11), (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),      # depthwise
+    (5, 1, 1, (17, 16), (3, 3), (2, 2), (1, 1), (1, 0, 1, 1)),      # strided, uneven pads
+    (4, 3, 1, (12, 12), (5, 5), (1, 2), (2, 1), (2, 2, 0, 1)),      # Cg > 1, dilated
+    (1, 7, 5, (15, 14), (3, 2), (2, 1), (1, 2), (1, 1, 1, 0)),      # one image: Numba im2col
+])
+def test_direct_conv_kernels_equal_numpy_twins(group, cg, mg, spatial, kernel, strides,
+                                               dilations, pads):
+    """The Convs qsim computes without NumPy's im2col (one filter per group straight from the
+    image, :func:`gx._nb_group4_conv`; one image through the Numba im2col) give the bits of
+    the NumPy route (strided-view im2col, then the twin kernels)."""
+    rng = np.random.default_rng(len(spatial) + group)
+    x = _normal(rng, 1, group * cg, *spatial)
+    w = _normal(rng, group * mg, cg, *kernel)
+    args = dict(group=group, strides=strides, dilations=dilations, begins=pads[:2],
+                ends=pads[2:])
+    _assert_bitwise(gx.conv(x, w, **args), gx.conv(x, w, use_numba=False, **args))

@@ -250,6 +250,24 @@ def test_batch_normalization_matches_ort(spatial, channels, epsilon, seed):
 
 
 @SETTINGS
+@given(st.lists(st.integers(1, 7), min_size=0, max_size=2), st.integers(1, 6),
+       st.integers(0, 2**31))
+def test_batch_normalization_numba_pass_equals_numpy_twin(spatial, channels, seed):
+    """The one-pass Numba scale-and-shift of inference BatchNormalization gives NumPy's two
+    roundings (x·s, then + shift) bit for bit, special values included."""
+    from qsim.ops import nn
+    x = rand(seed, 2, channels, *spatial, low=-3, high=3)
+    x.ravel()[:4] = [np.nan, np.inf, -0.0, 1e-41][:x.size]
+    s, shift = rand(seed + 1, channels, 1, low=-2, high=2), rand(seed + 2, channels, 1)
+    s, shift = (v.reshape((channels,) + (1,) * len(spatial)) for v in (s, shift))
+    want = x * s
+    want += shift
+    got = nn._scale_shift(x, s, shift)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@SETTINGS
 @given(st.lists(st.integers(1, 6), min_size=1, max_size=3), st.integers(1, 5),
        st.sampled_from([1e-5, 1e-2]), st.integers(0, 2**31))
 def test_instance_normalization_matches_ort(spatial, channels, epsilon, seed):
