@@ -306,11 +306,12 @@ def _region_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
         for k0 in range(0, k, kb):
             k1 = min(k, k0 + kb)
             if pack:        # row by row of B (sequential reads), into the strips
-                for kk in range(k0, k1):
-                    for j0 in range(p0, p1, _NR):
-                        src, dst = kk * ldb + j0, ((j0 - p0) * kb + (kk - k0) * _NR)
+                for kk in range(k0, k1):    # (unsigned indices: no wraparound checks, so
+                    for j0 in range(p0, p1, _NR):   # LLVM copies 16 floats at a time)
+                        src = np.uint64(kk * ldb + j0)
+                        dst = np.uint64((j0 - p0) * kb + (kk - k0) * _NR)
                         for j in range(_NR):
-                            strips[dst + j] = b1[src + j]
+                            strips[dst + np.uint64(j)] = b1[src + np.uint64(j)]
             for j0 in range(p0, p1, _NR):
                 for mb in range(m0, m1, _MR):
                     if pack:
