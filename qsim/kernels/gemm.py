@@ -585,9 +585,11 @@ def _worker_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=DEFAULT_THREADS, thread_name_prefix="qsim-gemm")
 
 
-#: multiply-adds below which a product runs on the calling thread alone (waking a worker
-#: costs about as much as ~100k multiply-adds)
-_MIN_PARALLEL_WORK = 1 << 18
+#: multiply-adds below which a product runs on the calling thread alone: waking a worker and
+#: handing the GIL back and forth costs ~60-100 us per product (measured on the 2-core AVX-512
+#: machine, idle: a 1.6M multiply-add Conv took 45 us on one thread, 105-140 us on two; the two
+#: threads break even near 4M, ~110 us of work)
+_MIN_PARALLEL_WORK = 1 << 22
 
 #: parts per thread a parallel job is cut into: a thread that starts late (a busy machine) finds
 #: most parts already done by the others instead of holding everyone up
