@@ -1014,6 +1014,7 @@ def _nb_group4_conv(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, j0, j1):
     oh, ow = y.shape[1], y.shape[2]
     k = wf.shape[1]
     plane = hq * wq
+    x1, y1 = x.reshape(-1), y.reshape(-1)      # C-contiguous: flat views
     pad = np.zeros(cg * sh * sw * plane + wq, dtype=np.float32)
     size = oh * wq
     acc = np.empty(size, dtype=np.float32)
@@ -1032,43 +1033,46 @@ def _nb_group4_conv(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, j0, j1):
                 for phase in range(sw):
                     dst = (((c * sh + row_phase) * sw + phase) * hq + row_pos) * wq \
                         + first_pos[phase]
-                    ix0 = first_col[phase]
-                    for t in range(counts[phase]):      # (no array views in loops: each
-                        pad[dst + t] = x[j, c, iy, ix0 + t * sw]    # costs atomic refcounts)
+                    src = np.uint64((((j * cg + c) * h + iy) * w) + first_col[phase])
+                    step, d0 = np.uint64(sw), np.uint64(dst)
+                    for t in range(counts[phase]):      # (flat unsigned indices, no views:
+                        u = np.uint64(t)                # a view costs atomic refcounts)
+                        pad[d0 + u] = x1[src + u * step]
                 row_phase += 1
                 if row_phase == sh:
                     row_phase, row_pos = 0, row_pos + 1
         acc[:] = np.float32(0.0)
-        for k0 in range(0, k, kb):
-            k1 = min(k, k0 + kb)
-            kk = k0
+        for k0 in range(0, k, kb):        # (taps read as pad[o + t], unsigned: contiguous
+            k1 = min(k, k0 + kb)            # loads without wraparound checks, so the t loops
+            kk = k0                         # vectorize; each output's chain is unchanged)
             while k1 - kk >= 4:
                 w0, w1, w2, w3 = wf[g, kk], wf[g, kk + 1], wf[g, kk + 2], wf[g, kk + 3]
-                r0 = pad[offs[kk]:offs[kk] + size]
-                r1 = pad[offs[kk + 1]:offs[kk + 1] + size]
-                r2 = pad[offs[kk + 2]:offs[kk + 2] + size]
-                r3 = pad[offs[kk + 3]:offs[kk + 3] + size]
+                o0, o1 = np.uint64(offs[kk]), np.uint64(offs[kk + 1])
+                o2, o3 = np.uint64(offs[kk + 2]), np.uint64(offs[kk + 3])
                 for t in range(size):
-                    s = w0 * r0[t] + w1 * r1[t]
-                    s = s + w2 * r2[t]
-                    s = s + w3 * r3[t]
-                    acc[t] = s + acc[t]
+                    u = np.uint64(t)
+                    s = w0 * pad[o0 + u] + w1 * pad[o1 + u]
+                    s = s + w2 * pad[o2 + u]
+                    s = s + w3 * pad[o3 + u]
+                    acc[u] = s + acc[u]
                 kk += 4
             if (k1 - kk) & 2:
                 w0, w1 = wf[g, kk], wf[g, kk + 1]
-                r0 = pad[offs[kk]:offs[kk] + size]
-                r1 = pad[offs[kk + 1]:offs[kk + 1] + size]
+                o0, o1 = np.uint64(offs[kk]), np.uint64(offs[kk + 1])
                 for t in range(size):
-                    acc[t] = (w0 * r0[t] + w1 * r1[t]) + acc[t]
+                    u = np.uint64(t)
+                    acc[u] = (w0 * pad[o0 + u] + w1 * pad[o1 + u]) + acc[u]
                 kk += 2
             if (k1 - kk) & 1:
                 w0 = wf[g, kk]
-                r0 = pad[offs[kk]:offs[kk] + size]
+                o0 = np.uint64(offs[kk])
                 for t in range(size):
-                    acc[t] = w0 * r0[t] + acc[t]
+                    u = np.uint64(t)
+                    acc[u] = w0 * pad[o0 + u] + acc[u]
         for oy in range(oh):
+            dst, src = np.uint64((j * oh + oy) * ow), np.uint64(oy * wq)
             for ox in range(ow):
-                y[j, oy, ox] = acc[oy * wq + ox]
+                y1[dst + np.uint64(ox)] = acc[src + np.uint64(ox)]
         g += 1
         if g == groups:
             g = 0
