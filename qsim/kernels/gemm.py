@@ -944,18 +944,31 @@ def _im2col_2d(x, i, out, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow):
     ``+0`` outside the image (zero padding)."""
     channels, h, w = x.shape[1], x.shape[2], x.shape[3]
     zero = np.float32(0.0)
+    x1, out1 = x.reshape(-1), out.reshape(-1)       # C-contiguous: flat views
+    p = oh * ow
     for c in range(channels):
         for ky in range(kh):
             for kx in range(kw):
-                row = out[(c * kh + ky) * kw + kx]
+                r = (c * kh + ky) * kw + kx
+                shift = kx * dw - bw                  # ix = ox·sw + shift
+                lo = min(ow, max(0, -(shift // sw)))  # first ox with ix >= 0
+                hi = min(ow, max(lo, (w - shift + sw - 1) // sw))   # first with ix >= w
                 for oy in range(oh):
                     iy = oy * sh + ky * dh - bh
-                    if iy < 0 or iy >= h:
-                        row[oy * ow:(oy + 1) * ow] = zero
+                    d0 = np.uint64(r * p + oy * ow)   # (unsigned: no wraparound checks, so
+                    if iy < 0 or iy >= h:             # the copy vectorizes)
+                        for ox in range(ow):
+                            out1[d0 + np.uint64(ox)] = zero
                         continue
-                    for ox in range(ow):
-                        ix = ox * sw + kx * dw - bw
-                        row[oy * ow + ox] = x[i, c, iy, ix] if 0 <= ix < w else zero
+                    for ox in range(lo):
+                        out1[d0 + np.uint64(ox)] = zero
+                    src = np.uint64(((i * channels + c) * h + iy) * w + lo * sw + shift)
+                    step = np.uint64(sw)
+                    for ox in range(hi - lo):
+                        u = np.uint64(ox)
+                        out1[d0 + np.uint64(lo) + u] = x1[src + u * step]
+                    for ox in range(hi, ow):
+                        out1[d0 + np.uint64(ox)] = zero
 
 
 def _conv_2d_parallel(images, a, c, a_index, tiles, geometry, threads):
