@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from ..errors import OpError
+from ..jit import USE_NUMBA, kernel
 from ..kernels import eigen_math
 from ..kernels import libm
 from ..kernels import mlas_math as math_exact
@@ -333,11 +334,26 @@ def erf(x):
 # activations
 
 
+@kernel
+def _nb_relu(x, y):
+    """Numba twin of :func:`relu` on flat float32 arrays: ``y = 0 if x < 0 else x``."""
+    zero = np.float32(0.0)
+    for i in range(x.size):
+        v = x[i]
+        y[i] = zero if v < zero else v
+
+
 @register("Relu")
 def relu(x):
-    """Y = max(0, X)."""
+    """``Y = 0 if X < 0 else X`` (ONNX Runtime's ``cwiseMax(0)``: ``-0`` and NaN pass through
+    unchanged, where ``np.maximum(X, 0)`` would turn ``-0`` into ``+0``)."""
     x = np.asarray(x)
-    return _out(np.maximum(x, np.zeros((), x.dtype)), x.dtype)
+    if USE_NUMBA and x.dtype == np.float32 and x.flags.c_contiguous and x.ndim:
+        y = np.empty_like(x)
+        _nb_relu(x.reshape(-1), y.reshape(-1))
+        return y
+    zero = np.zeros((), x.dtype)
+    return _out(np.where(x < zero, zero, x), x.dtype)
 
 
 @register("LeakyRelu")
