@@ -453,6 +453,36 @@ def _separable_pool(xp: np.ndarray, kernel, strides, dilations, out, combine) ->
     return y
 
 
+@kernel
+def _nb_max_pool_2d(xp, kh, kw, sh, sw, dh, dw, y):
+    """Numba twin of :func:`_separable_pool` with ``np.maximum`` on a padded C-contiguous 4-D
+    ``xp`` into ``y`` ``(N, C, OH, OW)``: per output row the max over its ``kh`` input rows
+    (column by column), then over the ``kw`` columns of each window, in the same order and with
+    NumPy's ``maximum(a, b) = a if a > b or a is NaN else b``; no temporaries, and flat unsigned
+    indices (no wraparound checks) so the row loops vectorize."""
+    n, c, hp, wp = xp.shape
+    oh, ow = y.shape[2], y.shape[3]
+    x1, y1 = xp.reshape(-1), y.reshape(-1)
+    row = np.empty(wp, dtype=np.float32)
+    for plane in range(n * c):
+        for oy in range(oh):
+            r0 = np.uint64((plane * hp + oy * sh) * wp)
+            for q in range(wp):
+                row[q] = x1[r0 + np.uint64(q)]
+            for j in range(1, kh):
+                r = r0 + np.uint64(j * dh * wp)
+                for q in range(wp):
+                    a, b = row[q], x1[r + np.uint64(q)]
+                    row[q] = a if (a > b) | (a != a) else b
+            o0 = np.uint64((plane * oh + oy) * ow)
+            for ox in range(ow):
+                y1[o0 + np.uint64(ox)] = row[ox * sw]
+            for j in range(1, kw):
+                for ox in range(ow):
+                    a, b = y1[o0 + np.uint64(ox)], row[ox * sw + j * dw]
+                    y1[o0 + np.uint64(ox)] = a if (a > b) | (a != a) else b
+
+
 @register("MaxPool")
 def max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=None, pads=None,
              storage_order=0, strides=None, noutputs=1):
@@ -471,6 +501,10 @@ def max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=
                       f"(column major)")
     lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
     xp = _pad(x, begins, [e + m for e, m in zip(ends, extra)], lowest)
+    if noutputs < 2 and USE_NUMBA and xp.dtype == np.float32 and xp.ndim == 4:
+        y = np.empty(x.shape[:2] + out, dtype=np.float32)
+        _nb_max_pool_2d(np.ascontiguousarray(xp), *kernel, *strides, *dilations, y)
+        return y
     if noutputs < 2:
         return _separable_pool(xp, kernel, strides, dilations, out, np.maximum)
     y = index = None
