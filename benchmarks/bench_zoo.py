@@ -82,6 +82,34 @@ ShuffleNet at batch 1 is still ~2-3 ms of Python per 10 small nodes (~20-30 us p
 us per elementwise node): its idle-machine ORT time is ~3.3 ms, so it is the model furthest from
 3x on an idle machine.
 
+Second round (branch zoo2), the models still above 3x. Profile of SqueezeNet at batch 1 first
+(cProfile over 50 runs and a per-node timer, best of 5 per node): of ~16 ms, the Conv products'
+kernels took ~10 ms and Python/dispatch only ~1-2 ms; the rest was Relu (1.3 ms: ``np.maximum``
+with a scalar runs a branchy loop, 290 us on 788k values), MaxPool (1 ms) and the im2col copies.
+The products themselves ran at 10-15 GMAC/s when small (a 1.6M multiply-add Conv took 45 us on one
+thread and 105-160 us on two: waking the worker and handing the GIL back and forth) and at
+~40 GMAC/s when large (one thread, the AVX2-width 6x16 micro-kernel; ORT runs AVX-512). Changes:
+B-strip packing and the depthwise / im2col copies with flat unsigned indices (vectorized), one
+thread below 4M multiply-adds, Relu and MaxPool as Numba kernels. Interleaved runs, before = main
+at 54a493a, after = zoo2, load average ~2 on the 2 cores (ORT's own time varies up to 3x between
+runs), medians of 5, ms (two runs each)::
+
+    model        batch  before qsim    ratio         after qsim    after ORT      ratio
+    squeezenet       1  20.1 / 21.7  1.47 / 2.09     15.7 / 15.7     5.5 / 4.2    2.85 / 3.72
+    squeezenet       8 160.8 / 106.2 4.09 / 3.28     84.7 / 80.4    33.2 / 32.1   2.55 / 2.51
+    shufflenet       1  19.1 / 21.8  2.64 / 3.50     13.3 / 13.6     6.1 / 3.2    2.17 / 4.18
+    shufflenet       8  95.6 / 91.2  1.77 / 2.06     73.9 / 68.9    38.4 / 79.9   1.93 / 0.86
+    inception_v2     1  84.9 / 88.3  1.65 / 3.75     77.7 / 79.9    69.5 / 69.4   1.12 / 1.15
+    inception_v2     8 678.1 / 429.3 1.65 / 2.76    557.1 / 545.5  416.3 / 458.4  1.34 / 1.19
+    densenet121      1 168.1 / 133.1 1.44 / 3.77    191.0 / 181.6  119.3 / 66.2   1.60 / 2.75
+    densenet121      8 1221.7 / 815.9 1.88 / 2.86   622.1 / 1021.9 294.0 / 849.0  2.12 / 1.20
+
+(DenseNet-121 at batch 1 is unchanged within the noise: an A/B of the thread threshold alone
+gave 132.4 vs 132.6 ms.) What remains at batch 1 is arithmetic, not dispatch: with ORT at
+~3-4 ms idle, SqueezeNet and ShuffleNet need ~10 ms, i.e. a faster micro-kernel (AVX-512 width:
+6 x 32 with 12 zmm accumulators, the per-output chain unchanged) and Conv+bias+Relu in one pass
+over the output.
+
     python benchmarks/bench_zoo.py [--models shufflenet,resnet50] [--batches 1,8] [--repeats 5]
 """
 from __future__ import annotations
