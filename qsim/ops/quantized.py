@@ -229,18 +229,19 @@ def _exact_conv(x: np.ndarray, w: np.ndarray, *, bound_x: int, bound_w: int, gro
     windows = _windows(xp, kernel, strides, dilations, out)           # (N, C, *k, *o)
     windows = windows.reshape((n, group, cg) + kernel + tuple(out))
     wg = w.reshape(group, mg, cg, kk)
-    images = max(1, _COLS_BLOCK // max(1, group * min(cg, step) * kk * p))
+    images = max(1, _COLS_BLOCK // max(1, min(cg, step) * kk * p))
     y = np.empty((group, mg, n, p), np.int32)
-    for n0 in range(0, n, images):
-        n1 = min(n, n0 + images)
-        acc = None
-        for c0 in range(0, cg, step):
-            c1 = min(cg, c0 + step)
-            cols = np.moveaxis(windows[n0:n1, :, c0:c1], 0, 2 + nsp)   # (g, c, *k, n, *o)
-            cols = cols.reshape(group, (c1 - c0) * kk, (n1 - n0) * p)
-            weights = np.ascontiguousarray(wg[:, :, c0:c1]).reshape(group, mg, -1)
-            acc = _sum_products(weights, cols, terms, acc)
-        y[:, :, n0:n1] = _to_int32(acc).reshape(group, mg, n1 - n0, p)
+    for g in range(group):                  # one 2-D product per group, image block and slice
+        for n0 in range(0, n, images):
+            n1 = min(n, n0 + images)
+            acc = None
+            for c0 in range(0, cg, step):
+                c1 = min(cg, c0 + step)
+                cols = np.moveaxis(windows[n0:n1, g, c0:c1], 0, 1 + nsp)   # (c, *k, n, *o)
+                cols = cols.reshape((c1 - c0) * kk, (n1 - n0) * p)
+                weights = np.ascontiguousarray(wg[g, :, c0:c1]).reshape(mg, -1)
+                acc = _sum_products(weights, cols, terms, acc)
+            y[g, :, n0:n1] = _to_int32(acc).reshape(mg, n1 - n0, p)
     y = y.reshape((m, n) + tuple(out))
     return np.ascontiguousarray(np.moveaxis(y, 0, 1))
 
@@ -279,10 +280,23 @@ def _centered(op: str, what: str, v: np.ndarray, zp, allowed) -> tuple[np.ndarra
 
 def _requantize(acc: np.ndarray, multiplier: np.ndarray, y_zero_point: np.ndarray) -> np.ndarray:
     """MLAS ``MlasRequantizeOutput``: ``clamp(rne(float32(acc) ⊗ M), qmin - zp, qmax - zp) + zp``
-    in the zero point's type."""
+    in the zero point's type.
+
+    For 8- and 16-bit outputs in place on one float32 array: ``fmax`` is ``maxps`` with the
+    clamp's bound second (NaN → ``qmin - zp``), then ``minimum`` (no NaN left); the sign of a
+    zero, the only other difference, is lost in the rounding; adding ``zp`` in float32 is exact
+    (every value is an integer in ``[qmin, qmax]``)."""
     lo, hi = _RANGES[y_zero_point.dtype.name]
-    v = acc.astype(np.float32) * multiplier
-    return _quantize(v, y_zero_point, lo, hi).astype(y_zero_point.dtype)
+    if y_zero_point.dtype.itemsize > 2:
+        v = acc.astype(np.float32) * multiplier
+        return _quantize(v, y_zero_point, lo, hi).astype(y_zero_point.dtype)
+    zp = y_zero_point.astype(np.float32)
+    v = np.multiply(acc, multiplier, dtype=np.float32)
+    np.fmax(v, np.float32(lo) - zp, out=v)
+    np.minimum(v, np.float32(hi) - zp, out=v)
+    np.rint(v, out=v)
+    v += zp
+    return v.astype(y_zero_point.dtype)
 
 
 def _multiplier(op: str, s_in, s_w, s_y) -> np.ndarray:
