@@ -230,7 +230,7 @@ def _exact_conv(x: np.ndarray, w: np.ndarray, *, bound_x: int, bound_w: int, gro
     windows = windows.reshape((n, group, cg) + kernel + tuple(out))
     wg = w.reshape(group, mg, cg, kk)
     images = max(1, _COLS_BLOCK // max(1, min(cg, step) * kk * p))
-    y = np.empty((group, mg, n, p), np.int32)
+    y = np.empty((n, m, p), np.int32)
     for g in range(group):                  # one 2-D product per group, image block and slice
         for n0 in range(0, n, images):
             n1 = min(n, n0 + images)
@@ -241,9 +241,9 @@ def _exact_conv(x: np.ndarray, w: np.ndarray, *, bound_x: int, bound_w: int, gro
                 cols = cols.reshape((c1 - c0) * kk, (n1 - n0) * p)
                 weights = np.ascontiguousarray(wg[g, :, c0:c1]).reshape(mg, -1)
                 acc = _sum_products(weights, cols, terms, acc)
-            y[g, :, n0:n1] = _to_int32(acc).reshape(mg, n1 - n0, p)
-    y = y.reshape((m, n) + tuple(out))
-    return np.ascontiguousarray(np.moveaxis(y, 0, 1))
+            y[n0:n1, g * mg:(g + 1) * mg] = _to_int32(acc).reshape(mg, n1 - n0, p) \
+                .transpose(1, 0, 2)
+    return y.reshape((n, m) + tuple(out))
 
 
 def _conv_geometry(x, w, auto_pad, dilations, strides, pads):
@@ -570,7 +570,7 @@ def qlinear_conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_
     w_c, bound_w = _centered(op, "w", w, w_zp.reshape(w_zp.shape + (1,) * (nsp + 1)), _EIGHT_BIT)
     acc = _exact_conv(x_c, w_c, bound_x=bound_x, bound_w=bound_w, group=int(group), **geometry)
     if b is not None:
-        acc = (acc.astype(np.int64) + b.reshape((m,) + (1,) * nsp)).astype(np.int32)
+        acc += b.reshape((m,) + (1,) * nsp)           # int32, wrapping as the kernel does
     multiplier = _multiplier(op, s_x, s_w, s_y).reshape(s_w.shape + (1,) * nsp)
     return _requantize(acc, multiplier, _output_zero_point(op, y_zero_point, x))
 
