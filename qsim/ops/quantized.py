@@ -239,7 +239,7 @@ def _exact_conv(x: np.ndarray, w: np.ndarray, *, bound_x: int, bound_w: int, gro
                 c1 = min(cg, c0 + step)
                 cols = np.moveaxis(windows[n0:n1, g, c0:c1], 0, 1 + nsp)   # (c, *k, n, *o)
                 cols = cols.reshape((c1 - c0) * kk, (n1 - n0) * p)
-                weights = np.ascontiguousarray(wg[g, :, c0:c1]).reshape(mg, -1)
+                weights = wg[g, :, c0:c1].reshape(mg, -1)            # a view: lda = cg·kk
                 acc = _sum_products(weights, cols, terms, acc)
             y[n0:n1, g * mg:(g + 1) * mg] = _to_int32(acc).reshape(mg, n1 - n0, p) \
                 .transpose(1, 0, 2)
