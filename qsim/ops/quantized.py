@@ -137,8 +137,9 @@ def _broadcast_param(op: str, what: str, p: np.ndarray, shape: tuple, axis,
 
 #: every integer of magnitude <= 2^24 is a float32
 _F32_EXACT = 2 ** 24
-#: float32 elements of one im2col block (16 MB): bounds the memory of a big convolution
-_COLS_BLOCK = 2 ** 22
+#: float32 elements of one im2col block (32 MB): bounds the memory of a big convolution; big
+#: blocks mean few BLAS calls, which matters on a busy machine (each call wakes BLAS's threads)
+_COLS_BLOCK = 2 ** 23
 
 
 def _terms_per_sgemm(bound_a: int, bound_b: int) -> int:
