@@ -55,20 +55,21 @@ def test_matmul_integer_all_extremes_large_k():
     np.testing.assert_array_equal(got, want)
 
 
-def _conv_int64(x, w, zx, zw, group, stride, pad):
-    """Direct convolution in int64 (loops over the kernel window)."""
+def _conv_int64(x, w, zx, zw, group, strides, pad):
+    """Direct convolution in int64 (loops over the kernel window); ``strides`` = (H, W)."""
     x = np.pad(x.astype(np.int64) - int(zx), [(0, 0), (0, 0), (pad, pad), (pad, pad)])
     w = w.astype(np.int64) - int(zw)
     n, c, h, wd = x.shape
     m, cg, kh, kw = w.shape
-    oh, ow = (h - kh) // stride + 1, (wd - kw) // stride + 1
+    sh, sw = strides
+    oh, ow = (h - kh) // sh + 1, (wd - kw) // sw + 1
     y = np.zeros((n, m, oh, ow), np.int64)
     mg = m // group
     for j in range(m):
         g = j // mg
         for i in range(kh):
             for t in range(kw):
-                patch = x[:, g * cg:(g + 1) * cg, i:i + stride * oh:stride, t:t + stride * ow:stride]
+                patch = x[:, g * cg:(g + 1) * cg, i:i + sh * oh:sh, t:t + sw * ow:sw]
                 y[:, j] += np.einsum("nchw,c->nhw", patch, w[j, :, i, t])
     return _wrap32(y)
 
@@ -89,7 +90,7 @@ def test_conv_integer_equals_int64(data, tx, tw, kernel_group, channels, n, stri
     zx = tx(data.draw(st.sampled_from(_ENDS[tx])))
     zw = tw(data.draw(st.sampled_from(_ENDS[tw])))
     got = conv_integer(x, w, zx, zw, group=group, strides=[stride, stride], pads=[pad] * 4)
-    np.testing.assert_array_equal(got, _conv_int64(x, w, zx, zw, group, stride, pad))
+    np.testing.assert_array_equal(got, _conv_int64(x, w, zx, zw, group, (stride, stride), pad))
 
 
 def test_conv_integer_all_extremes():
@@ -103,3 +104,16 @@ def test_conv_integer_all_extremes():
     w = np.full((1, 1, 17, 17), -128, np.int8)
     got = conv_integer(x, w, np.uint8(255), np.int8(127))
     np.testing.assert_array_equal(got, np.full((1, 1, 1, 1), 289 * 65025, np.int32))
+
+
+def test_conv_integer_in_image_blocks(monkeypatch):
+    """With im2col blocks of one image (a tiny block budget), several channel slices per block
+    and two groups, the result is still the int64 convolution."""
+    import qsim.ops.quantized as quantized
+    monkeypatch.setattr(quantized, "_COLS_BLOCK", 50)
+    rng = np.random.default_rng(5)
+    x = rng.choice(np.array([0, 1, 254, 255], np.uint8), (3, 2 * 60, 5, 5))
+    w = rng.choice(np.array([-128, -127, 126, 127], np.int8), (4, 60, 3, 3))
+    got = conv_integer(x, w, np.uint8(255), np.int8(127), group=2, strides=[2, 1], pads=[1] * 4)
+    np.testing.assert_array_equal(got, _conv_int64(x, w, 255, 127, 2, (2, 1), 1))
+
