@@ -117,3 +117,19 @@ def test_conv_integer_in_image_blocks(monkeypatch):
     got = conv_integer(x, w, np.uint8(255), np.int8(127), group=2, strides=[2, 1], pads=[1] * 4)
     np.testing.assert_array_equal(got, _conv_int64(x, w, 255, 127, 2, (2, 1), 1))
 
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(20, 400), st.sampled_from([1, 3]),
+       st.booleans())
+def test_conv_integer_uneven_weights_equals_int64(seed, channels, kernel, negative):
+    """Weights of one sign with magnitudes that vary by channel (so the channel slices, sized by
+    the weights' absolute sums, are uneven) against an input at the end of its range: every
+    partial sum is as large as the slice's bound allows."""
+    rng = np.random.default_rng(seed)
+    scale = rng.choice([1, 8, 64, 127], channels)[None, :, None, None]
+    w = (rng.integers(0, 128, (2, channels, kernel, kernel)) * scale // 127).astype(np.int8)
+    w = -w if negative else w
+    x = np.full((1, channels, kernel + 1, kernel + 1), 255, np.uint8)
+    got = conv_integer(x, w, np.uint8(0), np.int8(0))
+    np.testing.assert_array_equal(got, _conv_int64(x, w, 0, 0, 1, (1, 1), 0))
