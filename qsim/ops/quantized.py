@@ -210,42 +210,14 @@ def _exact_matmul(a: np.ndarray, b: np.ndarray, bound_a=None, bound_b=None) -> n
     return np.matmul(a.astype(np.int64), b.astype(np.int64)).astype(np.int32)
 
 
-def _channel_slices(abs_sums: np.ndarray, limit: int, kk: int, terms: int) -> list:
-    """Split one group's input channels into slices ``(c0, c1, T)`` that float32 sums exactly.
-
-    ``abs_sums[m, c] = Σ_k |w[m, c, k]|``. A partial sum of output ``m`` over channels
-    ``[c0, c1)`` is at most ``bound_x · Σ_{c0 <= c < c1} abs_sums[m, c]`` in magnitude, so a slice
-    whose largest row sum is <= ``limit = floor(2^24 / bound_x)`` is one exact float32 product
-    (``T = (c1 - c0) · kk`` terms). Slices are taken greedily; a channel over the limit alone is
-    its own slice, summed in K-slices of ``terms`` (the uniform bound, :func:`_terms_per_sgemm`).
-
-    >>> _channel_slices(np.array([[3., 4., 5.], [1., 1., 9.]]), 8, 2, 1)
-    [(0, 2, 4), (2, 3, 1)]
-    """
-    cg = abs_sums.shape[1]
-    cum = np.concatenate([np.zeros((abs_sums.shape[0], 1)), np.cumsum(abs_sums, axis=1)], axis=1)
-    slices, c0 = [], 0
-    while c0 < cg:
-        reach = (cum[:, c0 + 1:] - cum[:, c0:c0 + 1]).max(axis=0)   # non-decreasing in c1
-        c1 = c0 + int(np.searchsorted(reach, limit, side="right"))
-        if c1 == c0:
-            slices.append((c0, c0 + 1, terms))
-            c0 += 1
-        else:
-            slices.append((c0, c1, (c1 - c0) * kk))
-            c0 = c1
-    return slices
-
-
 def _exact_conv(x: np.ndarray, w: np.ndarray, *, bound_x: int, bound_w: int, group, strides,
                 dilations, begins, ends, out):
     """Exact integer N-D convolution of zero-point-free operands (zero padding), int32.
 
     ``x``, ``w`` are float32 holding integers bounded by ``bound_x``, ``bound_w`` with
     ``_terms_per_sgemm(bound_x, bound_w) > 0`` (8-bit operands). im2col, built per block of
-    images (about ``_COLS_BLOCK`` elements) and per slice of input channels
-    (:func:`_channel_slices`: sized by the weights' absolute sums, so typical weights need a
-    fraction of the slices the uniform bound would), one float32 BLAS product per slice, slices
+    images and per slice of input channels (at most T = ``_terms_per_sgemm`` terms each, so no
+    block exceeds ``_COLS_BLOCK`` elements by much), one float32 BLAS product per slice, slices
     added exactly in float64 (:func:`_sum_products`)."""
     nsp = x.ndim - 2
     kernel = tuple(w.shape[2:])
@@ -253,25 +225,23 @@ def _exact_conv(x: np.ndarray, w: np.ndarray, *, bound_x: int, bound_w: int, gro
     n, channels, m = x.shape[0], x.shape[1], w.shape[0]
     cg, mg, p = channels // group, m // group, math.prod(out)
     terms = _terms_per_sgemm(bound_x, bound_w)
+    step = max(1, terms // kk)                                        # channels per slice
     xp = _pad(x, begins, ends)
     windows = _windows(xp, kernel, strides, dilations, out)           # (N, C, *k, *o)
     windows = windows.reshape((n, group, cg) + kernel + tuple(out))
     wg = w.reshape(group, mg, cg, kk)
-    abs_sums = np.abs(wg).sum(axis=3, dtype=np.float64)               # (g, mg, cg)
-    limit = _F32_EXACT // max(1, bound_x)
+    images = max(1, _COLS_BLOCK // max(1, min(cg, step) * kk * p))
     y = np.empty((n, m, p), np.int32)
     for g in range(group):                  # one 2-D product per group, image block and slice
-        slices = _channel_slices(abs_sums[g], limit, kk, terms)
-        widest = max(c1 - c0 for c0, c1, _ in slices)
-        images = max(1, _COLS_BLOCK // max(1, widest * kk * p))
         for n0 in range(0, n, images):
             n1 = min(n, n0 + images)
             acc = None
-            for c0, c1, k_terms in slices:
+            for c0 in range(0, cg, step):
+                c1 = min(cg, c0 + step)
                 cols = np.moveaxis(windows[n0:n1, g, c0:c1], 0, 1 + nsp)   # (c, *k, n, *o)
                 cols = cols.reshape((c1 - c0) * kk, (n1 - n0) * p)
                 weights = wg[g, :, c0:c1].reshape(mg, -1)            # a view: lda = cg·kk
-                acc = _sum_products(weights, cols, k_terms, acc)
+                acc = _sum_products(weights, cols, terms, acc)
             y[n0:n1, g * mg:(g + 1) * mg] = _to_int32(acc).reshape(mg, n1 - n0, p) \
                 .transpose(1, 0, 2)
     return y.reshape((n, m) + tuple(out))
