@@ -19,7 +19,9 @@ The arithmetic, as ONNX Runtime 1.32 computes it on x86 (checked against it in
   ``acc = Σ (a - a_zp)(b - b_zp)`` in int32 (wrapping). On x86 CPUs without VNNI, ONNX
   Runtime's uint8 × int8 kernels (``vpmaddubsw``) saturate pairs of products at ±32767; qsim
   computes the exact sum, which is what VNNI CPUs return (int8 weights in [-64, 63], ONNX
-  Runtime's ``reduce_range``, never saturate).
+  Runtime's ``reduce_range``, never saturate). qsim evaluates it with float32 BLAS products over
+  K-slices short enough that no partial sum exceeds 2^24 (:func:`_terms_per_sgemm`), so every
+  float32 operation is exact, and adds the slices in float64.
 * **requantize** (QLinearMatMul, QLinearConv; MLAS ``MlasRequantizeOutput``)
   ``M = float32(float32(s_a · s_b) / s_y)`` per output column/channel, then
   ``y = clamp(rne(float32(acc + bias) ⊗ M), qmin - zp_y, qmax - zp_y) + zp_y`` (bias added in
