@@ -165,11 +165,28 @@ def qlinear_add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_z
     a, b, shape, (s_a, s_b, s_c), (z_a, z_b, z_c) = _binary_operands(
         op, a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_zero_point,
         _EIGHT_BIT)
+    role = _add_roles(a.shape, b.shape)
+    if math.prod(shape) <= _ADD_TABLE:
+        return _qlinear_add_values(a, b, shape, s_a, s_b, s_c, z_a, z_b, z_c, role)
+    values = _all_bytes(a.dtype)
+    table = _qlinear_add_values(values[:, None], values[None, :], (256, 256), s_a, s_b, s_c,
+                                z_a, z_b, z_c, role).reshape(-1)
+    index = np.left_shift(a.view(np.uint8), 8, dtype=np.uint16) + b.view(np.uint8)
+    return table[index]
+
+
+#: QLinearAdd outputs above this many elements read a table of all 256 x 256 operand pairs
+_ADD_TABLE = 256 * 256
+
+
+def _qlinear_add_values(a, b, shape, s_a, s_b, s_c, z_a: int, z_b: int, z_c: int, role: str):
+    """QLinearAdd's per-element formula (module docstring), broadcast to ``shape``; ``role``
+    from :func:`_add_roles`. Elementwise, so a table of it over every byte pair is exact."""
     lo, hi = _RANGES[a.dtype.name]
     with np.errstate(all="ignore"):
         r_a, r_b = F32(s_a / s_c), F32(s_b / s_c)
         fa, fb = np.broadcast_to(a.astype(F32), shape), np.broadcast_to(b.astype(F32), shape)
-        if _add_roles(a.shape, b.shape) == "a":      # the kernel runs with B as its span
+        if role == "a":      # the kernel runs with B as its span
             fixed = F32(z_c) - fma_np(r_b, F32(z_b), r_a * F32(z_a))
             v = fma_np(fb, r_b, fma_np(fa, r_a, fixed))
         else:

@@ -19,7 +19,9 @@ The arithmetic, as ONNX Runtime 1.32 computes it on x86 (checked against it in
   ``acc = Σ (a - a_zp)(b - b_zp)`` in int32 (wrapping). On x86 CPUs without VNNI, ONNX
   Runtime's uint8 × int8 kernels (``vpmaddubsw``) saturate pairs of products at ±32767; qsim
   computes the exact sum, which is what VNNI CPUs return (int8 weights in [-64, 63], ONNX
-  Runtime's ``reduce_range``, never saturate).
+  Runtime's ``reduce_range``, never saturate). qsim evaluates it with float32 BLAS products over
+  K-slices short enough that no partial sum exceeds 2^24 (:func:`_terms_per_sgemm`), so every
+  float32 operation is exact, and adds the slices in float64.
 * **requantize** (QLinearMatMul, QLinearConv; MLAS ``MlasRequantizeOutput``)
   ``M = float32(float32(s_a · s_b) / s_y)`` per output column/channel, then
   ``y = clamp(rne(float32(acc + bias) ⊗ M), qmin - zp_y, qmax - zp_y) + zp_y`` (bias added in
@@ -135,28 +137,116 @@ def _broadcast_param(op: str, what: str, p: np.ndarray, shape: tuple, axis,
     return np.repeat(p, block_size, axis=ax).take(np.arange(shape[ax]), axis=ax)
 
 
-def _exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+#: every integer of magnitude <= 2^24 is a float32
+_F32_EXACT = 2 ** 24
+#: float32 elements of one im2col block (32 MB): bounds the memory of a big convolution; big
+#: blocks mean few BLAS calls, which matters on a busy machine (each call wakes BLAS's threads)
+_COLS_BLOCK = 2 ** 23
+
+
+def _terms_per_sgemm(bound_a: int, bound_b: int) -> int:
+    """``T = floor(2^24 / (bound_a · bound_b))``: how many products ``a·b`` of integers with
+    ``|a| <= bound_a``, ``|b| <= bound_b`` a float32 product can sum exactly.
+
+    Every partial sum of at most T such products, in any order and with or without FMA, is an
+    integer of magnitude <= 2^24, so every float32 operation on them is exact: a float32 BLAS
+    product over a K-slice of at most T terms returns the exact integer. 0 when one product alone
+    may exceed 2^24 (16-bit operands).
+
+    >>> _terms_per_sgemm(255, 128), _terms_per_sgemm(255, 255), _terms_per_sgemm(65535, 65535)
+    (514, 258, 0)
+    """
+    return _F32_EXACT // max(1, int(bound_a) * int(bound_b))
+
+
+def _bound(v: np.ndarray) -> int:
+    """``max |v|`` of an integer-valued array (0 when empty)."""
+    return int(max(v.max(), -v.min())) if v.size else 0
+
+
+def _sum_products(a: np.ndarray, b: np.ndarray, terms: int, acc):
+    """``acc + a @ b`` (NumPy matmul semantics) for float32 ``a``, ``b`` holding integers,
+    exactly: one float32 matmul per K-slice of at most ``terms`` (:func:`_terms_per_sgemm`), the
+    slices added in float64 (exact below 2^53). ``acc`` is None (nothing yet), a float32 or a
+    float64 array; the result is float32 only while a single slice was summed."""
+    k = a.shape[-1]
+    for k0 in range(0, k, terms):
+        part = np.matmul(a[..., k0:k0 + terms], b[..., k0:k0 + terms, :])
+        if acc is None:
+            acc = part
+        else:
+            if acc.dtype != np.float64:
+                acc = acc.astype(np.float64)
+            acc += part
+    return acc
+
+
+def _to_int32(acc: np.ndarray) -> np.ndarray:
+    """An exact integer-valued float array as int32, wrapping like int32 accumulation."""
+    if acc.dtype == np.float32:                       # one slice: |acc| <= 2^24
+        return acc.astype(np.int32)
+    return acc.astype(np.int64).astype(np.int32)
+
+
+def _exact_matmul(a: np.ndarray, b: np.ndarray, bound_a=None, bound_b=None) -> np.ndarray:
     """Exact integer ``a @ b`` (NumPy matmul semantics) wrapped to int32.
 
-    The operands are differences of 8-bit values (|v| <= 510), so every product is below 2^18
-    and float64 sums stay exact up to 2^35 terms: one BLAS product, then an exact conversion."""
-    y = np.matmul(a.astype(np.float64), b.astype(np.float64))
-    return y.astype(np.int64).astype(np.int32)
+    ``a``, ``b`` hold integers (any integer dtype, or float32 from :func:`_centered`), bounded by
+    ``bound_a``, ``bound_b`` (computed when not given). With ``T = _terms_per_sgemm(bound_a,
+    bound_b) > 0``, float32 products over K-slices of T terms, added in float64; otherwise (16-bit
+    operands: each product below 2^32, float64 exact up to 2^21 terms) one float64 product, or
+    int64 arithmetic past that."""
+    bound_a = _bound(a) if bound_a is None else bound_a
+    bound_b = _bound(b) if bound_b is None else bound_b
+    k = a.shape[-1]
+    terms = _terms_per_sgemm(bound_a, bound_b)
+    if k == 0:
+        return np.matmul(a.astype(np.int64), b.astype(np.int64)).astype(np.int32)
+    if terms > 0:
+        acc = _sum_products(a.astype(np.float32, copy=False), b.astype(np.float32, copy=False),
+                            terms, None)
+        return _to_int32(acc)
+    if bound_a * bound_b * k < 2 ** 53:
+        y = np.matmul(a.astype(np.float64), b.astype(np.float64))
+        return y.astype(np.int64).astype(np.int32)
+    return np.matmul(a.astype(np.int64), b.astype(np.int64)).astype(np.int32)
 
 
-def _exact_conv(x: np.ndarray, w: np.ndarray, *, group, strides, dilations, begins, ends, out):
-    """Exact integer N-D convolution of zero-point-free operands (zero padding), int32."""
+def _exact_conv(x: np.ndarray, w: np.ndarray, *, bound_x: int, bound_w: int, group, strides,
+                dilations, begins, ends, out):
+    """Exact integer N-D convolution of zero-point-free operands (zero padding), int32.
+
+    ``x``, ``w`` are float32 holding integers bounded by ``bound_x``, ``bound_w`` with
+    ``_terms_per_sgemm(bound_x, bound_w) > 0`` (8-bit operands). im2col, built per block of
+    images and per slice of input channels (at most T = ``_terms_per_sgemm`` terms each, so no
+    block exceeds ``_COLS_BLOCK`` elements by much), one float32 BLAS product per slice, slices
+    added exactly in float64 (:func:`_sum_products`)."""
     nsp = x.ndim - 2
-    kernel = w.shape[2:]
+    kernel = tuple(w.shape[2:])
+    kk = math.prod(kernel)
     n, channels, m = x.shape[0], x.shape[1], w.shape[0]
-    xp = _pad(x.astype(np.float64), begins, ends)
-    cols = _windows(xp, kernel, strides, dilations, out)              # (N, C, *k, *o)
-    cols = np.moveaxis(cols, 0, 1 + nsp)                              # (C, *k, N, *o)
-    cols = cols.reshape(group, channels // group * math.prod(kernel), n * math.prod(out))
-    wg = w.astype(np.float64).reshape(group, m // group, -1)
-    y = np.matmul(wg, cols).reshape((m, n) + tuple(out))
-    y = np.ascontiguousarray(np.moveaxis(y, 0, 1))
-    return y.astype(np.int64).astype(np.int32)
+    cg, mg, p = channels // group, m // group, math.prod(out)
+    terms = _terms_per_sgemm(bound_x, bound_w)
+    step = max(1, terms // kk)                                        # channels per slice
+    xp = _pad(x, begins, ends)
+    windows = _windows(xp, kernel, strides, dilations, out)           # (N, C, *k, *o)
+    windows = windows.reshape((n, group, cg) + kernel + tuple(out))
+    wg = w.reshape(group, mg, cg, kk)
+    images = max(1, _COLS_BLOCK // max(1, min(cg, step) * kk * p))
+    y = np.empty((n, m, p), np.int32)
+    for g in range(group):                  # one 2-D product per group, image block and slice
+        for n0 in range(0, n, images):
+            n1 = min(n, n0 + images)
+            acc = None
+            for c0 in range(0, cg, step):
+                c1 = min(cg, c0 + step)
+                cols = np.moveaxis(windows[n0:n1, g, c0:c1], 0, 1 + nsp)   # (c, *k, n, *o)
+                cols = cols.reshape((c1 - c0) * kk, (n1 - n0) * p)
+                weights = wg[g, :, c0:c1].reshape(mg, -1)            # a view: lda = cg·kk
+                acc = _sum_products(weights, cols, terms, acc)
+            y[n0:n1, g * mg:(g + 1) * mg] = _to_int32(acc).reshape(mg, n1 - n0, p) \
+                .transpose(1, 0, 2)
+    return y.reshape((n, m) + tuple(out))
 
 
 def _conv_geometry(x, w, auto_pad, dilations, strides, pads):
@@ -174,24 +264,42 @@ def _conv_geometry(x, w, auto_pad, dilations, strides, pads):
     return dict(strides=strides, dilations=dilations, begins=begins, ends=ends, out=out)
 
 
-def _centered(op: str, what: str, v: np.ndarray, zp, allowed) -> np.ndarray:
-    """``v - zp`` as int64 (``zp`` already shaped to broadcast against ``v``)."""
+def _centered(op: str, what: str, v: np.ndarray, zp, allowed) -> tuple[np.ndarray, int]:
+    """``(v - zp, max |v - zp|)``: the difference as float32 (exact: 8-bit operands) and a bound
+    on its magnitude from ``v``'s extremes and the zero points (``zp`` already shaped to
+    broadcast against ``v``)."""
     _int_range(op, what, v.dtype, allowed)
+    lo, hi = (int(v.min()), int(v.max())) if v.size else (0, 0)
     if zp is None:
-        return v.astype(np.int64)
+        return v.astype(np.float32), max(hi, -lo)
     zp = np.asarray(zp)
     if zp.dtype != v.dtype:
         raise OpError(f"{op}: zero point of {what} has dtype {zp.dtype}, expected {v.dtype} "
                       f"(the dtype of {what})")
-    return v.astype(np.int64) - zp.astype(np.int64)
+    z_lo, z_hi = int(zp.min()), int(zp.max())
+    centered = np.subtract(v, zp.astype(np.float32), dtype=np.float32)
+    return centered, max(hi - z_lo, z_hi - lo)
 
 
 def _requantize(acc: np.ndarray, multiplier: np.ndarray, y_zero_point: np.ndarray) -> np.ndarray:
     """MLAS ``MlasRequantizeOutput``: ``clamp(rne(float32(acc) ⊗ M), qmin - zp, qmax - zp) + zp``
-    in the zero point's type."""
+    in the zero point's type.
+
+    For 8- and 16-bit outputs in place on one float32 array: ``fmax`` is ``maxps`` with the
+    clamp's bound second (NaN → ``qmin - zp``), then ``minimum`` (no NaN left); the sign of a
+    zero, the only other difference, is lost in the rounding; adding ``zp`` in float32 is exact
+    (every value is an integer in ``[qmin, qmax]``)."""
     lo, hi = _RANGES[y_zero_point.dtype.name]
-    v = acc.astype(np.float32) * multiplier
-    return _quantize(v, y_zero_point, lo, hi).astype(y_zero_point.dtype)
+    if y_zero_point.dtype.itemsize > 2:
+        v = acc.astype(np.float32) * multiplier
+        return _quantize(v, y_zero_point, lo, hi).astype(y_zero_point.dtype)
+    zp = y_zero_point.astype(np.float32)
+    v = np.multiply(acc, multiplier, dtype=np.float32)
+    np.fmax(v, np.float32(lo) - zp, out=v)
+    np.minimum(v, np.float32(hi) - zp, out=v)
+    np.rint(v, out=v)
+    v += zp
+    return v.astype(y_zero_point.dtype)
 
 
 def _multiplier(op: str, s_in, s_w, s_y) -> np.ndarray:
@@ -360,8 +468,9 @@ def matmul_integer(a, b, a_zero_point=None, b_zero_point=None):
     _check_matmul_shapes(op, a, b)
     a_zp = None if a_zero_point is None else _scalar(op, "a_zero_point", a_zero_point)
     b_zp = None if b_zero_point is None else _b_column_param(op, "b_zero_point", b_zero_point, b)
-    return _exact_matmul(_centered(op, "A", a, a_zp, _EIGHT_BIT),
-                         _centered(op, "B", b, b_zp, _EIGHT_BIT))
+    (a_c, bound_a), (b_c, bound_b) = (_centered(op, "A", a, a_zp, _EIGHT_BIT),
+                                      _centered(op, "B", b, b_zp, _EIGHT_BIT))
+    return _exact_matmul(a_c, b_c, bound_a, bound_b)
 
 
 @register("ConvInteger")
@@ -385,8 +494,9 @@ def conv_integer(x, w, x_zero_point=None, w_zero_point=None, *, auto_pad="NOTSET
     else:
         w_zp = None
     geometry = _conv_geometry(x, w, auto_pad, dilations, strides, pads)
-    return _exact_conv(_centered(op, "X", x, x_zp, _EIGHT_BIT),
-                       _centered(op, "W", w, w_zp, _EIGHT_BIT), group=int(group), **geometry)
+    (x_c, bound_x), (w_c, bound_w) = (_centered(op, "X", x, x_zp, _EIGHT_BIT),
+                                      _centered(op, "W", w, w_zp, _EIGHT_BIT))
+    return _exact_conv(x_c, w_c, bound_x=bound_x, bound_w=bound_w, group=int(group), **geometry)
 
 
 def _check_pairing(op: str, x: np.ndarray, w: np.ndarray) -> None:
@@ -424,10 +534,10 @@ def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, 
     s_a = _scalar(op, "a_scale", _float32(op, "a_scale", a_scale))
     s_y = _scalar(op, "y_scale", _float32(op, "y_scale", y_scale))
     s_b = _b_column_param(op, "b_scale", _float32(op, "b_scale", b_scale), b)
-    acc = _exact_matmul(_centered(op, "a", a, _scalar(op, "a_zero_point", a_zero_point),
-                                  _EIGHT_BIT),
-                        _centered(op, "b", b, _b_column_param(op, "b_zero_point", b_zero_point,
-                                                              b), _EIGHT_BIT))
+    a_c, bound_a = _centered(op, "a", a, _scalar(op, "a_zero_point", a_zero_point), _EIGHT_BIT)
+    b_c, bound_b = _centered(op, "b", b, _b_column_param(op, "b_zero_point", b_zero_point, b),
+                             _EIGHT_BIT)
+    acc = _exact_matmul(a_c, b_c, bound_a, bound_b)
     return _requantize(acc, _multiplier(op, s_a, s_b, s_y),
                        _output_zero_point(op, y_zero_point, a))
 
@@ -459,11 +569,11 @@ def qlinear_conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_
     w_zp = _per_channel(op, "w_zero_point", np.asarray(w_zero_point), m)
     geometry = _conv_geometry(x, w, auto_pad, dilations, strides, pads)
     nsp = x.ndim - 2
-    acc = _exact_conv(_centered(op, "x", x, _scalar(op, "x_zero_point", x_zero_point), _EIGHT_BIT),
-                      _centered(op, "w", w, w_zp.reshape(w_zp.shape + (1,) * (nsp + 1)),
-                                _EIGHT_BIT), group=int(group), **geometry)
+    x_c, bound_x = _centered(op, "x", x, _scalar(op, "x_zero_point", x_zero_point), _EIGHT_BIT)
+    w_c, bound_w = _centered(op, "w", w, w_zp.reshape(w_zp.shape + (1,) * (nsp + 1)), _EIGHT_BIT)
+    acc = _exact_conv(x_c, w_c, bound_x=bound_x, bound_w=bound_w, group=int(group), **geometry)
     if b is not None:
-        acc = (acc.astype(np.int64) + b.reshape((m,) + (1,) * nsp)).astype(np.int32)
+        acc += b.reshape((m,) + (1,) * nsp)           # int32, wrapping as the kernel does
     multiplier = _multiplier(op, s_x, s_w, s_y).reshape(s_w.shape + (1,) * nsp)
     return _requantize(acc, multiplier, _output_zero_point(op, y_zero_point, x))
 

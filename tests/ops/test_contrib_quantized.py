@@ -105,6 +105,22 @@ def test_qlinear_binary_ops_match_ort(dtype, op, data):
     check(op, [a, params[0], params[1], b, params[2], params[3], params[4], params[5]])
 
 
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.sampled_from(EIGHT), st.sampled_from([(1, 8, 1, 1), (80,), (2, 8, 80, 80), (1,)]),
+       st.booleans(), st.data())
+def test_qlinear_add_table_path_matches_ort(dtype, small, swap, data):
+    """Outputs above 256 x 256 elements read qsim's table of every operand pair: still equal to
+    ONNX Runtime, for both operand roles."""
+    shapes = ((2, 8, 80, 80), small)
+    shape_a, shape_b = shapes[::-1] if swap else shapes
+    a = data.draw(integers(dtype, shape_a))
+    b = data.draw(integers(dtype, shape_b))
+    params = [data.draw(scales()), data.draw(integers(dtype)), data.draw(scales()),
+              data.draw(integers(dtype)), data.draw(scales()), data.draw(integers(dtype))]
+    check("QLinearAdd", [a, params[0], params[1], b, params[2], params[3], params[4], params[5]])
+
+
 def _add_in_order(first, r_first, z_first, second, r_second, z_second, z_c):
     """``rne(fma(first, r_first, fma(second, r_second, z_c - fma(r_first, z_first,
     r_second ⊗ z_second))))`` saturated to uint8: QLinearAdd with ``second`` folded first."""
@@ -134,6 +150,10 @@ def test_qlinear_add_follows_ort_operand_roles():
                 b[0].astype(np.uint8), s[t, 1], np.uint8(z[t, 1]), s[t, 2], np.uint8(z[t, 2])]
         check("QLinearAdd", args)
         assert (OPS["QLinearAdd"](*args) == a_first[t]).all()
+        big = np.tile(args[3], (300, 1))                      # > 256 x 256: the table path
+        big_args = args[:3] + [big] + args[4:]
+        check("QLinearAdd", big_args)
+        assert (OPS["QLinearAdd"](*big_args) == a_first[t]).all()
 
 
 # ---------------------------------------------------------------------------------------------
