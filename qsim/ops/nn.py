@@ -17,6 +17,7 @@ transposed back to a C-contiguous NCHW array (about 1-2% of the Conv time).
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import numpy as np
@@ -454,33 +455,156 @@ def _separable_pool(xp: np.ndarray, kernel, strides, dilations, out, combine) ->
 
 
 @kernel
-def _nb_max_pool_2d(xp, kh, kw, sh, sw, dh, dw, y):
-    """Numba twin of :func:`_separable_pool` with ``np.maximum`` on a padded C-contiguous 4-D
-    ``xp`` into ``y`` ``(N, C, OH, OW)``: per output row the max over its ``kh`` input rows
-    (column by column), then over the ``kw`` columns of each window, in the same order and with
-    NumPy's ``maximum(a, b) = a if a > b or a is NaN else b``; no temporaries, and flat unsigned
-    indices (no wraparound checks) so the row loops vectorize."""
-    n, c, hp, wp = xp.shape
+def _nb_mlas_vector_max_2d(x, kh, kw, sh, sw, ph, pw_begin, tail, y):
+    """Numba twin of :func:`_mlas_vector_max` for 4-D float32 ``x`` (same comparisons in the
+    same order): per output row the column reduction over the in-bounds input rows (``maxps``
+    on the first ``4·floor(W/4)`` columns, ``std::max`` on the rest) into a buffer padded with
+    lowest(), then ``maxps`` across the window per output."""
+    n, c, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
-    x1, y1 = xp.reshape(-1), y.reshape(-1)
-    row = np.empty(wp, dtype=np.float32)
-    for plane in range(n * c):
-        for oy in range(oh):
-            r0 = np.uint64((plane * hp + oy * sh) * wp)
-            for q in range(wp):
-                row[q] = x1[r0 + np.uint64(q)]
-            for j in range(1, kh):
-                r = r0 + np.uint64(j * dh * wp)
-                for q in range(wp):
-                    a, b = row[q], x1[r + np.uint64(q)]
-                    row[q] = a if (a > b) | (a != a) else b
-            o0 = np.uint64((plane * oh + oy) * ow)
-            for ox in range(ow):
-                y1[o0 + np.uint64(ox)] = row[ox * sw]
-            for j in range(1, kw):
+    w4 = (w // 4) * 4
+    lowest = np.float32(-3.4028234663852886e38)
+    buf = np.empty(pw_begin + w + tail, dtype=np.float32)
+    for q in range(pw_begin):
+        buf[q] = lowest
+    for q in range(pw_begin + w, pw_begin + w + tail):
+        buf[q] = lowest
+    for a in range(n):
+        for ch in range(c):
+            for oy in range(oh):
+                start = oy * sh - ph
+                r0 = start if 0 <= start < h else 0
+                r1 = min(start + kh, h)
+                for q in range(w):
+                    buf[pw_begin + q] = x[a, ch, r0, q]
+                for r in range(r0 + 1, r1):
+                    for q in range(w4):
+                        v = x[a, ch, r, q]
+                        red = buf[pw_begin + q]
+                        buf[pw_begin + q] = red if red > v else v
+                    for q in range(w4, w):
+                        v = x[a, ch, r, q]
+                        red = buf[pw_begin + q]
+                        buf[pw_begin + q] = v if red < v else red
                 for ox in range(ow):
-                    a, b = y1[o0 + np.uint64(ox)], row[ox * sw + j * dw]
-                    y1[o0 + np.uint64(ox)] = a if (a > b) | (a != a) else b
+                    acc = buf[ox * sw]
+                    for j in range(1, kw):
+                        v = buf[ox * sw + j]
+                        acc = acc if acc > v else v
+                    y[a, ch, oy, ox] = acc
+
+
+_LOWEST = np.float32(-3.4028234663852886e38)     # std::numeric_limits<float>::lowest()
+
+
+def _vmax(a, b):
+    """SSE ``maxps(a, b)``: ``a if a > b else b`` (a NaN on either side, or a tie of ±0,
+    gives ``b``)."""
+    return np.where(a > b, a, b)
+
+
+def _smax(a, b):
+    """C++ ``std::max(a, b)``: ``b if a < b else a`` (keeps ``a`` on a NaN ``b`` and on ties)."""
+    return np.where(a < b, b, a)
+
+
+def _mlas_global_max(x: np.ndarray) -> np.ndarray:
+    """MLAS's global max pool of each (n, c) plane ``v`` of length S: four lanes ``L_l`` start
+    at lowest() and take ``maxps(L_l, v[4i + l])`` over the first ``4·floor(S/4)`` values; then
+    ``r = maxps(maxps(L0, L2), maxps(L1, L3))``; then ``r = std::max(r, v[j])`` over the rest."""
+    n, c = x.shape[:2]
+    v = x.reshape(n, c, -1)
+    s4 = (v.shape[2] // 4) * 4
+    lanes = np.full((n, c, 4), _LOWEST, dtype=np.float32)
+    for i in range(0, s4, 4):
+        lanes = _vmax(lanes, v[:, :, i:i + 4])
+    r = _vmax(_vmax(lanes[:, :, 0], lanes[:, :, 2]), _vmax(lanes[:, :, 1], lanes[:, :, 3]))
+    for j in range(s4, v.shape[2]):
+        r = _smax(r, v[:, :, j])
+    return r.reshape((n, c) + (1,) * (x.ndim - 2)).astype(np.float32, copy=False)
+
+
+def _valid_range(o: int, k: int, s: int, begin: int, size: int) -> tuple[int, int]:
+    start = o * s - begin
+    return max(start, 0), min(start + k, size)
+
+
+def _mlas_generic_max(x, kernel, strides, begins, out) -> np.ndarray:
+    """MLAS's generic kernels (and ONNX Runtime's own loop): per output, ``m = lowest()``, then
+    ``m = std::max(m, X[i])`` over the window's in-bounds positions, row-major."""
+    y = np.empty(x.shape[:2] + tuple(out), dtype=x.dtype)
+    for pos in np.ndindex(*out):
+        ranges = [_valid_range(o, k, s, b, size) for o, k, s, b, size in
+                  zip(pos, kernel, strides, begins, x.shape[2:])]
+        m = np.full(x.shape[:2], _LOWEST, dtype=x.dtype)
+        for idx in np.ndindex(*[max(hi - lo, 0) for lo, hi in ranges]):
+            m = _smax(m, x[(slice(None), slice(None)) + tuple(lo + i for (lo, _), i
+                                                               in zip(ranges, idx))])
+        y[(slice(None), slice(None)) + pos] = m
+    return y
+
+
+def _mlas_vector_max(x, kernel, strides, begins, ends, out) -> np.ndarray:
+    """MLAS's vector kernel (2-D and 3-D, last stride <= 2, kernels <= 32). Per output row
+    (plane): over the window's in-bounds rows, each input column is reduced in row order —
+    columns ``< 4·floor(W/4)`` with ``maxps`` (3-D: from lowest(); 2-D: from the first row),
+    the rest with ``std::max`` — into a buffer with ``pad_begin`` lowest() values before and
+    ``pad_end + 3`` after; output ``ox`` is ``maxps`` over buffer ``[ox·s, ox·s + k)`` in order,
+    starting from its first value. Rows wholly outside the input start at row 0, as MLAS's
+    unsigned arithmetic does."""
+    nsp = x.ndim - 2
+    w = x.shape[-1]
+    w4 = (w // 4) * 4
+    kw, sw, pw_begin, pw_end = kernel[-1], strides[-1], begins[-1], ends[-1]
+    need = (out[-1] - 1) * sw + kw
+    tail = max(pw_end + 3, need - pw_begin - w)
+    y = np.empty(x.shape[:2] + tuple(out), dtype=np.float32)
+    for pos in np.ndindex(*out[:-1]):
+        rows = []
+        for o, k, s, b, size in zip(pos, kernel[:-1], strides[:-1], begins[:-1], x.shape[2:-1]):
+            start = o * s - b
+            lo = start if 0 <= start < size else 0
+            rows.append(range(lo, min(start + k, size)))
+        red = None if nsp == 2 else np.full(x.shape[:2] + (w,), _LOWEST, dtype=np.float32)
+        for idx in itertools.product(*rows):
+            v = x[(slice(None), slice(None)) + idx]
+            if red is None:
+                red = v.copy()
+                continue
+            red[..., :w4] = _vmax(red[..., :w4], v[..., :w4])
+            red[..., w4:] = _smax(red[..., w4:], v[..., w4:])
+        n, c = x.shape[:2]
+        buf = np.concatenate([np.full((n, c, pw_begin), _LOWEST, np.float32), red,
+                              np.full((n, c, tail), _LOWEST, np.float32)], axis=-1)
+        starts = np.arange(out[-1]) * sw
+        acc = buf[..., starts]
+        for j in range(1, kw):
+            acc = _vmax(acc, buf[..., starts + j])
+        y[(slice(None), slice(None)) + pos] = acc
+    return y
+
+
+def _mlas_max_pool(x, kernel, strides, begins, ends, out) -> np.ndarray:
+    """Float32 MaxPool as MLAS computes it (ONNX Runtime for one output, no dilation, row-major
+    indices): the global kernel when the kernel covers the input with stride 1 and no padding,
+    the vector kernel for 2-D/3-D with the last stride <= 2, kernels <= 32 and the padded width
+    within MLAS's 2048-value buffer, else the generic kernel. They differ only on NaN and on
+    ties of ±0 (which of -0/+0 comes out)."""
+    nsp = x.ndim - 2
+    if tuple(kernel) == tuple(x.shape[2:]) and all(s == 1 for s in strides) \
+            and not any(begins) and not any(ends):
+        return _mlas_global_max(x)
+    room = 2048 - 3 - begins[-1] - ends[-1]
+    if nsp >= 2 and strides[-1] <= 2 and all(k <= 32 for k in kernel) and room >= x.shape[-1]:
+        if USE_NUMBA and nsp == 2:
+            y = np.empty(x.shape[:2] + tuple(out), dtype=np.float32)
+            need = (out[-1] - 1) * strides[-1] + kernel[-1]
+            tail = max(ends[-1] + 3, need - begins[-1] - x.shape[-1])
+            _nb_mlas_vector_max_2d(np.ascontiguousarray(x), kernel[0], kernel[1], strides[0],
+                                   strides[1], begins[0], begins[1], tail, y)
+            return y
+        return _mlas_vector_max(x, kernel, strides, begins, ends, out)
+    return _mlas_generic_max(x, kernel, strides, begins, out)
 
 
 @register("MaxPool")
@@ -499,12 +623,12 @@ def max_pool(x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_shape=
     if storage_order not in (0, 1):
         raise OpError(f"attribute storage_order={storage_order} must be 0 (row major) or 1 "
                       f"(column major)")
+    if noutputs < 2 and x.dtype == np.float32 and storage_order == 0 \
+            and all(d == 1 for d in dilations) and x.ndim <= 5:
+        return _mlas_max_pool(x, kernel, strides, begins, [e + m for e, m in zip(ends, extra)],
+                              out)
     lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
     xp = _pad(x, begins, [e + m for e, m in zip(ends, extra)], lowest)
-    if noutputs < 2 and USE_NUMBA and xp.dtype == np.float32 and xp.ndim == 4:
-        y = np.empty(x.shape[:2] + out, dtype=np.float32)
-        _nb_max_pool_2d(np.ascontiguousarray(xp), *kernel, *strides, *dilations, y)
-        return y
     if noutputs < 2:
         return _separable_pool(xp, kernel, strides, dilations, out, np.maximum)
     y = index = None
@@ -619,6 +743,8 @@ def global_max_pool(x):
     """``Y[n, c, 1, ...] = max over the spatial axes of X[n, c, ...]``."""
     if x.ndim < 3:
         raise OpError(f"input X has shape {list(x.shape)}; expected rank >= 3 (N, C, spatial...)")
+    if x.dtype == np.float32:
+        return _mlas_global_max(x)          # ONNX Runtime's GlobalMaxPool is MLAS's global kernel
     return np.max(x, axis=tuple(range(2, x.ndim)), keepdims=True)
 
 
