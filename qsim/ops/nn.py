@@ -459,39 +459,45 @@ def _nb_mlas_vector_max_2d(x, kh, kw, sh, sw, ph, pw_begin, tail, y):
     """Numba twin of :func:`_mlas_vector_max` for 4-D float32 ``x`` (same comparisons in the
     same order): per output row the column reduction over the in-bounds input rows (``maxps``
     on the first ``4·floor(W/4)`` columns, ``std::max`` on the rest) into a buffer padded with
-    lowest(), then ``maxps`` across the window per output."""
+    lowest(), then ``maxps`` across the window per output. Flat unsigned indices (no
+    wraparound checks), so the row loops vectorize."""
     n, c, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
     w4 = (w // 4) * 4
     lowest = np.float32(-3.4028234663852886e38)
+    x1, y1 = x.reshape(-1), y.reshape(-1)
     buf = np.empty(pw_begin + w + tail, dtype=np.float32)
     for q in range(pw_begin):
         buf[q] = lowest
     for q in range(pw_begin + w, pw_begin + w + tail):
         buf[q] = lowest
-    for a in range(n):
-        for ch in range(c):
-            for oy in range(oh):
-                start = oy * sh - ph
-                r0 = start if 0 <= start < h else 0
-                r1 = min(start + kh, h)
-                for q in range(w):
-                    buf[pw_begin + q] = x[a, ch, r0, q]
-                for r in range(r0 + 1, r1):
-                    for q in range(w4):
-                        v = x[a, ch, r, q]
-                        red = buf[pw_begin + q]
-                        buf[pw_begin + q] = red if red > v else v
-                    for q in range(w4, w):
-                        v = x[a, ch, r, q]
-                        red = buf[pw_begin + q]
-                        buf[pw_begin + q] = v if red < v else red
+    red = buf[pw_begin:pw_begin + w]
+    for plane in range(n * c):
+        for oy in range(oh):
+            start = oy * sh - ph
+            r0 = start if 0 <= start < h else 0
+            r1 = min(start + kh, h)
+            base = np.uint64((plane * h + r0) * w)
+            for q in range(w):
+                red[q] = x1[base + np.uint64(q)]
+            for r in range(r0 + 1, r1):
+                row = np.uint64((plane * h + r) * w)
+                for q in range(w4):
+                    v = x1[row + np.uint64(q)]
+                    m = red[q]
+                    red[q] = m if m > v else v
+                for q in range(w4, w):
+                    v = x1[row + np.uint64(q)]
+                    m = red[q]
+                    red[q] = v if m < v else m
+            o0 = np.uint64((plane * oh + oy) * ow)
+            for ox in range(ow):
+                y1[o0 + np.uint64(ox)] = buf[ox * sw]
+            for j in range(1, kw):
                 for ox in range(ow):
-                    acc = buf[ox * sw]
-                    for j in range(1, kw):
-                        v = buf[ox * sw + j]
-                        acc = acc if acc > v else v
-                    y[a, ch, oy, ox] = acc
+                    v = buf[ox * sw + j]
+                    m = y1[o0 + np.uint64(ox)]
+                    y1[o0 + np.uint64(ox)] = m if m > v else v
 
 
 _LOWEST = np.float32(-3.4028234663852886e38)     # std::numeric_limits<float>::lowest()
