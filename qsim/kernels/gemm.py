@@ -698,14 +698,10 @@ def _np_tile_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
         first = False
 
 
-def _np_tile_group4(a, b, c, m0, m1, n0, n1, kb, zero_first):
-    k = a.shape[1]
-    rows, cols = slice(m0, m1), slice(n0, n1)
-    out = np.zeros((m1 - m0, n1 - n0), np.float32) if zero_first else c[rows, cols].copy()
-
-    def prod(kk):
-        return a[rows, kk, None] * b[None, kk, cols]
-
+def _np_group4_sum(prod, k: int, kb: int, out: np.ndarray) -> np.ndarray:
+    """The GROUP4 summation order over ``prod(0) … prod(k-1)`` (each a rounded product array),
+    in K blocks of ``kb``: ``out = (((p0 + p1) + p2) + p3) + out`` per group of four, then a
+    pair and a single for the block's rest. The NumPy twins of both GROUP4 kernels use it."""
     for k0 in range(0, k, kb):
         k1 = min(k, k0 + kb)
         kk = k0
@@ -717,7 +713,14 @@ def _np_tile_group4(a, b, c, m0, m1, n0, n1, kb, zero_first):
             kk += 2
         if (k1 - kk) & 1:
             out = prod(kk) + out
-    c[rows, cols] = out
+    return out
+
+
+def _np_tile_group4(a, b, c, m0, m1, n0, n1, kb, zero_first):
+    rows, cols = slice(m0, m1), slice(n0, n1)
+    out = np.zeros((m1 - m0, n1 - n0), np.float32) if zero_first else c[rows, cols].copy()
+    c[rows, cols] = _np_group4_sum(lambda kk: a[rows, kk, None] * b[None, kk, cols],
+                                   a.shape[1], kb, out)
 
 
 def _np_groups(count):
@@ -1104,20 +1107,8 @@ def _np_group4_conv(x, wf, kb, geometry):
         tap = xp[:, c, ky * dh:ky * dh + (oh - 1) * sh + 1:sh, kx * dw:kx * dw + (ow - 1) * sw + 1:sw]
         return wj[:, kk, None, None] * tap
 
-    k = wf.shape[1]
-    out = np.zeros((x.shape[0], oh, ow), dtype=np.float32)
-    for k0 in range(0, k, kb):
-        k1 = min(k, k0 + kb)
-        kk = k0
-        while k1 - kk >= 4:
-            out = (((prod(kk) + prod(kk + 1)) + prod(kk + 2)) + prod(kk + 3)) + out
-            kk += 4
-        if (k1 - kk) & 2:
-            out = (prod(kk) + prod(kk + 1)) + out
-            kk += 2
-        if (k1 - kk) & 1:
-            out = prod(kk) + out
-    return out
+    return _np_group4_sum(prod, wf.shape[1], kb,
+                           np.zeros((x.shape[0], oh, ow), dtype=np.float32))
 
 
 @functools.lru_cache(maxsize=256)
