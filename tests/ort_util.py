@@ -8,6 +8,24 @@ from onnx import helper, numpy_helper
 
 from qsim.ops import OPS
 
+
+class CalibrationBatches:
+    """An ONNX Runtime quantizer ``CalibrationDataReader`` over ``x`` in batches of ``batch``
+    (feeds ``{"input": ...}``, the digits CNN's input)."""
+
+    def __init__(self, x: np.ndarray, batch: int = 16):
+        self._it = iter([{"input": x[i:i + batch]} for i in range(0, len(x), batch)])
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def converted_model(source, path, opset: int):
+    """``source`` (an .onnx path) converted to ``opset`` by onnx's version converter, saved at
+    ``path`` (16- and 4-bit QuantizeLinear need opset 21); returns ``path``."""
+    onnx.save(onnx.version_converter.convert_version(onnx.load(source), opset), path)
+    return path
+
 def session_options(threads: int = 1) -> ort.SessionOptions:
     """AIMET's simulation session: graph optimizations off, ``threads`` intra-op threads."""
     options = ort.SessionOptions()

@@ -12,30 +12,20 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, \
-    quantize_static
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
 import qsim
 from qsim.integer import integer_model
 from qsim.integer.ort_fusion import ort_graph
+from tests.ort_util import CalibrationBatches, converted_model
 
 DATA_DIR = Path(qsim.__file__).parent / "data"
 
 
-class _Batches(CalibrationDataReader):
-    def __init__(self, x: np.ndarray):
-        self._it = iter([{"input": x[i:i + 16]} for i in range(0, len(x), 16)])
-
-    def get_next(self):
-        return next(self._it, None)
-
-
 @pytest.fixture(scope="module")
 def opset21(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("digits") / "digits21.onnx"
-    model = onnx.version_converter.convert_version(onnx.load(DATA_DIR / "digits_cnn.onnx"), 21)
-    onnx.save(model, path)
-    return path
+    return converted_model(DATA_DIR / "digits_cnn.onnx",
+                           tmp_path_factory.mktemp("digits") / "digits21.onnx", 21)
 
 
 @pytest.mark.parametrize("act, weight, per_channel", [
@@ -49,7 +39,7 @@ def opset21(tmp_path_factory) -> Path:
 def test_quantize_static_models(tmp_path, opset21, act, weight, per_channel):
     data = np.load(DATA_DIR / "digits.npz")
     out = tmp_path / "q.onnx"
-    quantize_static(str(opset21), str(out), _Batches(data["calib_x"][:64]),
+    quantize_static(str(opset21), str(out), CalibrationBatches(data["calib_x"][:64]),
                     quant_format=QuantFormat.QDQ, activation_type=act, weight_type=weight,
                     per_channel=per_channel)
     so = ort.SessionOptions()

@@ -15,30 +15,20 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, \
-    quantize_static
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
 import qsim
+from tests.ort_util import CalibrationBatches, converted_model
 
 ROOT = pathlib.Path(__file__).parent.parent.parent
 MODEL = ROOT / "examples" / "digits_cnn.onnx"
 DATA = np.load(ROOT / "examples" / "digits.npz")
 
 
-class _Batches(CalibrationDataReader):
-    def __init__(self, x: np.ndarray):
-        self._it = iter([{"input": x[i:i + 16]} for i in range(0, len(x), 16)])
-
-    def get_next(self):
-        return next(self._it, None)
-
-
 @pytest.fixture(scope="module")
 def opset21_model(tmp_path_factory) -> pathlib.Path:
     """The digits CNN at opset 21 (16- and 4-bit QuantizeLinear need it)."""
-    path = tmp_path_factory.mktemp("models") / "digits_opset21.onnx"
-    onnx.save(onnx.version_converter.convert_version(onnx.load(MODEL), 21), path)
-    return path
+    return converted_model(MODEL, tmp_path_factory.mktemp("models") / "digits_opset21.onnx", 21)
 
 
 @pytest.mark.parametrize("fmt, act, weight, per_channel", [
@@ -61,7 +51,7 @@ def test_onnxruntime_quantized_model_runs_bit_exact(tmp_path, opset21_model, fmt
     # without saturating, so AVX2 machines agree too
     extra = {"op_types_to_quantize": ["Conv"], "reduce_range": True} if fmt == "QOperator" \
         else {}
-    quantize_static(str(source), str(out), _Batches(DATA["calib_x"][:64]),
+    quantize_static(str(source), str(out), CalibrationBatches(DATA["calib_x"][:64]),
                     quant_format=getattr(QuantFormat, fmt), activation_type=act,
                     weight_type=weight, per_channel=per_channel, **extra)
     ops = {n.op_type for n in onnx.load(out).graph.node}
