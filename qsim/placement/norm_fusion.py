@@ -67,10 +67,13 @@ class _Graph:
     def nodes(self, value: list) -> None:
         self._nodes, self._producers, self._readers = value, None, None
 
-    def producer(self, tensor: str) -> Optional[Node]:
+    def _producer_map(self) -> dict:
         if self._producers is None:
             self._producers = {o: n for n in self._nodes for o in n.outputs if o}
-        return self._producers.get(tensor)
+        return self._producers
+
+    def producer(self, tensor: str) -> Optional[Node]:
+        return self._producer_map().get(tensor)
 
     def readers(self, tensor: str) -> list:
         if self._readers is None:
@@ -81,12 +84,8 @@ class _Graph:
         return self._readers.get(tensor, [])
 
     def const(self, tensor: str) -> Optional[np.ndarray]:
-        if tensor in self.base.params:
-            return self.base.params[tensor]
-        node = self.producer(tensor)
-        if node is not None and node.op_type == "Constant" and "value" in node.attrs:
-            return np.asarray(node.attrs["value"])
-        return None
+        """An initializer's or a Constant node's value, else None (fusion.static_value)."""
+        return static_value(self.base, tensor, self._producer_map())
 
     def is_const(self, tensor: str, value: float, *, vector_too: bool) -> bool:
         """onnxscript's ``Constant(value)`` (a scalar) or ``Constant([value])`` (shape (1,))."""
