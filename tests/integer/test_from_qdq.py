@@ -7,6 +7,7 @@ and 4-bit weights of the golden AIMET cases) and on models ONNX Runtime's ``quan
 made; the encodings read back equal the exporting sim's."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -192,3 +193,82 @@ def test_graph_output_keeps_its_name():
     session = ort.InferenceSession(model.SerializeToString(), session_options(),
                                    providers=["CPUExecutionProvider"])
     _assert_bitwise(back.run({"x": x}), {"y": session.run(None, {"x": x})[0]})
+
+
+# ---- the command line: qsim quantize / analyze --from-qdq -----------------------------------------
+
+def _cli(capsys, *argv):
+    from qsim.cli import main
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def qdq_file(tmp_path_factory):
+    """ONNX Runtime's quantize_static model of the digits CNN (per-channel int8 weights) and
+    a calibration file."""
+    d = tmp_path_factory.mktemp("cli_qdq")
+    data = np.load(DATA_DIR / "digits.npz")
+    np.savez(d / "calib.npz", input=data["calib_x"][:64])
+    source = converted_model(DATA_DIR / "digits_cnn.onnx", d / "digits21.onnx", 21)
+    quantize_static(str(source), str(d / "q.onnx"), CalibrationBatches(data["calib_x"][:64]),
+                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, per_channel=True)
+    return d
+
+
+def test_cli_converts_a_qdq_model_to_aimet_files(capsys, qdq_file, tmp_path):
+    """``qsim quantize Q.onnx --from-qdq`` writes the FP32 model and a 2.0.0 encodings file
+    whose every entry is the scale and zero point of the model's own Q/DQ nodes."""
+    code, out, err = _cli(capsys, "quantize", qdq_file / "q.onnx", "--from-qdq", "--calib",
+                          qdq_file / "calib.npz", "--encoding-version", "2.0.0", "--out", tmp_path,
+                          "--quiet")
+    assert code == 0, err
+    assert "read from the model's Q/DQ nodes" in out and "calibration:" not in out
+    doc = json.loads((tmp_path / "q.encodings").read_text())
+    model = onnx.load(qdq_file / "q.onnx")
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    dq_of = {n.input[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    q_of = {n.input[0]: n for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    checked = 0
+    for e in doc["encodings"]:
+        if e["output_dtype"] in ("int32", "uint32"):
+            continue                              # an int32 bias entry the export derives
+        node = q_of.get(e["name"])
+        if node is None:                          # a weight: its DQ reads the int8 initializer
+            node = next((n for n in dq_of.values() if n.output[0] == e["name"]), None)
+        scale = inits[node.input[1]]
+        np.testing.assert_array_equal(np.float32(e["y_scale"]), scale, err_msg=e["name"])
+        zp = inits[node.input[2]]
+        assert e["output_dtype"] == zp.dtype.name, e["name"]
+        np.testing.assert_array_equal(np.asarray(e.get("y_zero_point", 0)).astype(np.int64)
+                                      * np.ones(zp.shape, np.int64), zp.astype(np.int64))
+        checked += 1
+    assert checked == sum(1 for n in model.graph.node if n.op_type == "QuantizeLinear") + \
+        sum(1 for n in model.graph.node if n.op_type == "DequantizeLinear"
+            and n.input[0] in inits and inits[n.input[0]].dtype != np.int32)
+    exported = onnx.load(tmp_path / "q.onnx")
+    assert not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in exported.graph.node)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--scheme", "tf"], "--scheme does not apply; drop it"),
+    (["--act-bw", "8", "--config", "default"], "--config, --act-bw do not apply; drop them"),
+])
+def test_cli_from_qdq_refuses_calibration_options(capsys, qdq_file, tmp_path, extra, message):
+    code, out, err = _cli(capsys, "quantize", qdq_file / "q.onnx", "--from-qdq", "--calib",
+                          qdq_file / "calib.npz", "--out", tmp_path / "o", *extra)
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_from_qdq_refuses_fp32_models_and_no_model(capsys, qdq_file, tmp_path):
+    code, _, err = _cli(capsys, "quantize", qdq_file / "digits21.onnx", "--from-qdq", "--calib",
+                        qdq_file / "calib.npz", "--out", tmp_path / "o")
+    assert code == 2 and "it is not a QDQ model" in err and not (tmp_path / "o").exists()
+    code, _, err = _cli(capsys, "analyze", "--from-qdq", "--out", tmp_path / "o")
+    assert code == 2 and "--from-qdq needs MODEL.onnx" in err
