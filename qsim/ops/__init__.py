@@ -3,7 +3,7 @@ from .registry import OPS, register, internal_keywords, supported_attributes
 
 # Importing the modules registers their ops.
 from . import nn, elementwise, tensor, indexing, normalization  # noqa: E402,F401
-from . import bitwise, detection  # noqa: E402,F401
+from . import bitwise, detection, lp_pool  # noqa: E402,F401
 
 __all__ = ["OPS", "register", "supported_attributes", "internal_keywords"]
 
