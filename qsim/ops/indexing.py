@@ -1,6 +1,6 @@
 """Index-driven data movement (ONNX opsets 11-26): block rearrangements, TopK, Trilu, the
 Gather/Scatter ND and element forms, OneHot, NonZero, CumProd, Einsum, Compress,
-ReverseSequence, EyeLike and Unique.
+ReverseSequence, EyeLike, Unique and MaxUnpool.
 
 Calling convention as in :mod:`qsim.ops.registry`. Everything here only moves or selects values
 (exact in every dtype), except CumProd (products in order, as ONNX Runtime) and Einsum
@@ -335,3 +335,44 @@ def unique(x, *, axis=None, sorted=1, noutputs=4):  # noqa: A002 - ONNX attribut
 def sorted_order(keys: list) -> list:
     """Indices of ``keys`` in ascending order (values, or tuples compared lexicographically)."""
     return [i for _, i in sorted((k, i) for i, k in enumerate(keys))]
+
+
+@register("MaxUnpool")
+def max_unpool(x, indices, output_shape=None, *, kernel_shape=None, pads=None, strides=None):
+    """Y = zeros with ``Y.flat[indices[i]] = X.flat[i]`` for every element in order (a repeated
+    index keeps the last one), Y's spatial size ``(in - 1)·stride - pad_begin - pad_end + kernel``
+    per axis, or ``output_shape`` when given (at least as many elements)."""
+    x, indices = np.asarray(x), np.asarray(indices)
+    if x.dtype != np.float32 or x.ndim < 3:
+        raise OpError(f"MaxUnpool: X has {x.dtype}{list(x.shape)}, expected float32 of rank >= 3")
+    if indices.dtype != np.int64 or indices.shape != x.shape:
+        raise OpError(f"MaxUnpool: indices have {indices.dtype}{list(indices.shape)}, expected "
+                      f"int64 of X's shape {list(x.shape)}")
+    n = x.ndim - 2
+    kernel = _ints("MaxUnpool", "kernel_shape", kernel_shape) if kernel_shape is not None else []
+    if len(kernel) != n:
+        raise OpError(f"MaxUnpool: attribute kernel_shape={kernel_shape} must give {n} sizes")
+    step = _ints("MaxUnpool", "strides", strides) if strides is not None else [1] * n
+    pad = _ints("MaxUnpool", "pads", pads) if pads is not None else [0] * (2 * n)
+    if len(step) != n or len(pad) != 2 * n:
+        raise OpError(f"MaxUnpool: strides={step} / pads={pad} must give {n} / {2 * n} values")
+    shape = list(x.shape[:2]) + [(x.shape[2 + i] - 1) * step[i] - (pad[i] + pad[n + i])
+                                 + kernel[i] for i in range(n)]
+    if min(shape[2:]) < 1:
+        raise OpError(f"MaxUnpool: output spatial shape {shape[2:]} is not positive; check "
+                      f"kernel_shape, strides and pads")
+    if output_shape is not None:
+        given = _ints("MaxUnpool", "output_shape", output_shape)
+        if len(given) != x.ndim or int(np.prod(given)) < int(np.prod(shape)):
+            raise OpError(f"MaxUnpool: output_shape {given} must have rank {x.ndim} and at least "
+                          f"the {int(np.prod(shape))} elements of the inferred shape {shape}")
+        shape = given
+    flat = indices.reshape(-1)
+    size = int(np.prod(shape))
+    if flat.size and (flat.min() < 0 or flat.max() >= size):
+        raise OpError(f"MaxUnpool: an index lies outside [0, {size}) (the output's "
+                      f"{size} elements)")
+    y = np.zeros(size, np.float32)
+    where, last_in_reverse = np.unique(flat[::-1], return_index=True)
+    y[where] = x.reshape(-1)[flat.size - 1 - last_in_reverse]
+    return y.reshape(shape)

@@ -1,4 +1,4 @@
-"""Bit operations, Compress, ReverseSequence, EyeLike, Unique and NonMaxSuppression against ONNX
+"""Bit operations, Compress, ReverseSequence, EyeLike, Unique, MaxUnpool and NonMaxSuppression against ONNX
 Runtime on Hypothesis-drawn inputs: all bit-identical (integer results, selections, and
 NonMaxSuppression's float32 IoU and heap order, ties in score included); NonMaxSuppression's
 Numba kernel and NumPy twin are also compared directly."""
@@ -232,3 +232,30 @@ def test_nms_bad_inputs_are_named():
     with pytest.raises(OpError, match=r"iou_threshold=1.5 must be in \[0, 1\]"):
         OPS["NonMaxSuppression"](boxes, scores, np.array([3]), np.array([1.5], np.float32))
     assert OPS["NonMaxSuppression"](boxes, scores).shape == (0, 3)   # no limit: nothing kept
+
+
+# ---- MaxUnpool ---------------------------------------------------------------------------------
+
+@SETTINGS
+@given(seed=seeds, spatial=st.lists(st.integers(1, 4), min_size=1, max_size=3), data=st.data())
+def test_max_unpool(seed, spatial, data):
+    """Random indices into the output, repeats included (the last write wins)."""
+    rng = np.random.default_rng(seed)
+    kernel = [data.draw(st.integers(1, 3)) for _ in spatial]
+    strides = [data.draw(st.integers(1, 3)) for _ in spatial]
+    out = [(s - 1) * t + k for s, t, k in zip(spatial, strides, kernel)]
+    x = rng.standard_normal([2, 2] + spatial).astype(np.float32)
+    inputs = [x, None]
+    total = 4 * int(np.prod(out))
+    if data.draw(st.booleans()):
+        bigger = [2, 2] + [o + data.draw(st.integers(0, 2)) for o in out]
+        inputs.append(np.array(bigger, np.int64))
+        total = int(np.prod(bigger))
+    inputs[1] = rng.integers(0, total, size=x.shape).astype(np.int64)
+    exact("MaxUnpool", inputs, {"kernel_shape": kernel, "strides": strides}, opset=11)
+
+
+def test_max_unpool_refuses_out_of_range_indices():
+    x = np.ones((1, 1, 2, 2), np.float32)
+    with pytest.raises(OpError, match=r"an index lies outside \[0, 9\)"):
+        OPS["MaxUnpool"](x, np.full(x.shape, 9, np.int64), kernel_shape=[2, 2])
