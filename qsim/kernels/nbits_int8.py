@@ -14,6 +14,7 @@ last block is padded with zeros)::
     s_a  = amax ⊘ 127
     inv  = 127 ⊘ amax   (0 when amax = 0)
     q_a[k] = rne(a[k] ⊗ inv)                  int8, |q_a| ≤ 127
+                                              (0 where a[k] ⊗ inv overflows: amax < 2^-121)
     S_a  = s_a ⊗ float(Σ_k q_a[k])            the block sum
 
 **B** (``uint8`` ``q_b``, scale ``s_b``, zero point ``z_b`` per column and block) enters as its raw
@@ -27,20 +28,31 @@ dot product of the 4-element group ``g`` (k = 4g … 4g+3) of block ``j`` (``vpd
     corr  = fma(S_a[m, J-1], S_b[n, J-1], … fma(S_a[m, 0], S_b[n, 0], 0))   (MLAS SGEMM)
     y     = corr ⊕ main
 
-The lanes (AVX-512 VNNI kernels, ``"avx512"``): blocks are taken four at a time (``j = 4t + r``,
+The lanes of the AVX-512 VNNI kernels (``"avx512"``): blocks are taken four at a time (``j = 4t + r``,
 ``r = 0..3``); for each ``r`` and each lane ``l = 0..3`` an accumulator chains
 ``acc[r, l] = fma(float(d_j[G_l] + d_j[G_l + 2]), c_j, acc[r, l])`` over ``t``, with
 ``G = (0, 1, 4, 5)``. The 16 accumulators fold into 8,
 ``x[i] = acc[2p, l] ⊕ acc[2p + 1, l]`` with ``i = (0, 1, 4, 5)[l] + 2p`` (``p = 0, 1``); the
 ``J mod 4`` blocks left over then chain on the 8 lanes directly,
-``x[g] = fma(float(d_j[g]), c_j, x[g])``. The 8 lanes reduce as
+``x[g] = fma(float(d_j[g]), c_j, x[g])``. The lanes of the AVX2 kernels (``"avx2"``, no AVX-VNNI): blocks are taken two at a time
+(``j = 2t + r``, ``r = 0, 1``); lane ``i = 4h + 2r + u`` (``h, u = 0, 1``) chains
+``x[i] = fma(float(d_j[4h + 2u] + d_j[4h + 2u + 1]), c_j, x[i])`` over ``t``; an odd last block
+chains on the lanes directly, ``x[g] = fma(float(d_j[g]), c_j, x[g])``. (Its int32 dot products
+are exact too: no int16 saturation shows, the golden files include saturating operands.)
+
+The 8 lanes reduce, in both families, as
 
 * columns taken four at a time (all but the last ``N mod 4``):
   ``(((x0 ⊕ x1) ⊕ x2) ⊕ x3) ⊕ (((x4 ⊕ x5) ⊕ x6) ⊕ x7)``;
 * the last ``N mod 4`` columns: ``((x0 ⊕ x4) ⊕ (x2 ⊕ x6)) ⊕ ((x1 ⊕ x5) ⊕ (x3 ⊕ x7))``.
 
 Rows, threads and ONNX Runtime's 128-column tiles do not change these (they split M and N on
-multiples of 16 columns), checked against ONNX Runtime on this machine and in golden files.
+multiples of 16 columns). How the lanes were found: ONNX Runtime run on one-, two- and three-hot
+rows of A (which groups of k share an int32 lane, which products are chained by ``fma``, which
+pairs are added first), then checked on random and saturating cases
+(tests/data/ort_nbits_int8/, made here and under ``qemu-x86_64 -cpu Haswell``).
+Not reproduced (typed refusal, :func:`qsim.kernels.family.nbits_int8`): AVX-512 without VNNI
+and AVX2 with AVX-VNNI, whose kernels QEMU cannot run here.
 
 Each kernel is a Numba kernel with a NumPy twin (:data:`qsim.jit.USE_NUMBA` picks one); both
 give the same bits.
@@ -81,7 +93,11 @@ def quantize_a(a2: np.ndarray):
     s_a = (amax / F32(127)).astype(F32)
     nonzero = amax != 0
     inv = np.where(nonzero, F32(127) / np.where(nonzero, amax, F32(1)), F32(0)).astype(F32)
-    q_a = np.rint((ap * inv[..., None]).astype(F32)).astype(np.int32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled = np.rint((ap * inv[..., None]).astype(F32))
+    # amax < 2^-121: 127 ⊘ amax overflows to inf; the float → int32 conversion gives 0x80000000,
+    # whose low byte (AVX-512's int32 → int8 truncation) is 0
+    q_a = np.where(np.isfinite(scaled), scaled, 0).astype(np.int32)
     sums = (s_a * q_a.sum(axis=-1).astype(F32)).astype(F32)
     return q_a, s_a, sums
 
@@ -235,7 +251,7 @@ def matmul(a2: np.ndarray, q_b: np.ndarray, s_b: np.ndarray, z_b: np.ndarray,
     >>> y = matmul(np.full((1, 32), 2.0, np.float32), np.full((1, 1, 32), 130, np.uint8),
     ...            np.array([[0.5]], np.float32), np.array([[128]]), None)
     >>> y.tolist()
-    [[32.0]]
+    [[64.0]]
     """
     q_a, s_a, sum_a = quantize_a(a2)
     n = q_b.shape[0]
