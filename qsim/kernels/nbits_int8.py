@@ -92,8 +92,8 @@ def quantize_a(a2: np.ndarray):
     amax = np.abs(ap).max(axis=-1)
     s_a = (amax / F32(127)).astype(F32)
     nonzero = amax != 0
-    inv = np.where(nonzero, F32(127) / np.where(nonzero, amax, F32(1)), F32(0)).astype(F32)
     with np.errstate(over="ignore", invalid="ignore"):
+        inv = np.where(nonzero, F32(127) / np.where(nonzero, amax, F32(1)), F32(0)).astype(F32)
         scaled = np.rint((ap * inv[..., None]).astype(F32))
     # amax < 2^-121: 127 ⊘ amax overflows to inf; the float → int32 conversion gives 0x80000000,
     # whose low byte (AVX-512's int32 → int8 truncation) is 0

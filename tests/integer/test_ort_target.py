@@ -7,7 +7,7 @@
    ``sim.export_qdq(path)``: same output names, dtypes and bits — on the digits CNN and every
    golden case (cnn-seed0 and models/* at 8- and 16-bit activations, real/* at their own).
    That includes the cases where ONNX Runtime turns a 16-bit-activation MatMul into MatMulNBits
-   with int8 compute (accuracy_level 4; ``test_int8_compute_nbits_cases`` counts them).
+   with int8 compute (accuracy_level 4: 18 of the cases, all at 16-bit activations).
 3. ORT_ENABLE_EXTENDED and ORT_ENABLE_ALL give the same bits on these models (so comparing the
    multiset with the extended dump in (1) is comparing with what runs).
 4. Intermediates: every integer tensor of the rewritten digits CNN, asked for with
