@@ -18,6 +18,8 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -215,3 +217,32 @@ def test_gap_of_the_outputs_matches_ort_directly(tmp_path):
     assert report.first == firsts[0]
     assert all(t.max_lsb == 0 for t in report.tensors if t.tensor.endswith(".weight"))
     assert out_name in report.table() and "first tensor that differs" in report.table()
+
+
+NBITS_GOLDEN = Path(__file__).resolve().parents[1] / "data" / "ort_nbits_int8"
+
+
+@pytest.mark.parametrize("family", ["avx2", "avx512"])
+def test_int8_compute_nbits_models_equal_both_families(family):
+    """Integer models with int8-compute MatMulNBits against ONNX Runtime's default session of
+    the AVX-512 VNNI family (this CPU) and of the AVX2 family (Haswell under QEMU), from golden
+    outputs (tests/data/ort_nbits_int8/make_model_cases.py): ``fp32_kernels`` naming the family
+    gives its bits on any CPU. The families disagree on some outputs, so each check counts."""
+    from qsim.integer import to_integer
+    want = np.load(NBITS_GOLDEN / family / "models.npz")
+    other = np.load(NBITS_GOLDEN / ("avx512" if family == "avx2" else "avx2") / "models.npz")
+    cases = sorted({"/".join(k.split("/")[:2]) for k in want.files})     # "{case id}/{output}"
+    assert len(cases) == 6 and set(cases) <= set(CASES)
+    differ = 0
+    for case_id in cases:
+        sim, feeds = case(case_id)
+        model = dataclasses.replace(to_integer(sim, "onnxruntime"), fp32_kernels=family)
+        assert _int8_compute_nbits(model.graph) > 0, case_id
+        got = model.run(feeds)
+        for name, value in got.items():
+            expected = want[f"{case_id}/{name}"]
+            assert value.dtype == expected.dtype and value.shape == expected.shape
+            np.testing.assert_array_equal(value.view(np.uint8), expected.view(np.uint8),
+                                          err_msg=f"{case_id} {family}: output {name}")
+            differ += not np.array_equal(expected, other[f"{case_id}/{name}"])
+    assert differ >= 1
