@@ -11,6 +11,11 @@ host (LLVM's host feature list, which reads CPUID and XCR0 as MLAS does), so qsi
 ONNX Runtime, and therefore the AIMET, of this machine. Naming a family gives the same bits on
 every machine. A CPU without AVX2/FMA3 runs MLAS's SSE/AVX kernels, which qsim does not
 reproduce; ``"auto"`` picks ``"avx2"`` there.
+
+MatMulNBits with int8 compute (:mod:`qsim.kernels.nbits_int8`) also depends on VNNI, which MLAS
+tests separately (AVX512-VNNI, AVX-VNNI): qsim's ``"avx512"`` means AVX-512 with VNNI there and
+``"avx2"`` AVX2 without AVX-VNNI; ``"auto"`` on a CPU of another kind (AVX-512 without VNNI, AVX2
+with AVX-VNNI) refuses rather than guess (:func:`nbits_int8`).
 """
 from __future__ import annotations
 
