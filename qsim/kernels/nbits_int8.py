@@ -159,7 +159,13 @@ def _np_reduce(x: list, single: np.ndarray) -> np.ndarray:
 
 
 def _np_matmul(q_a, s_a, sum_a, q_b, s_b, sum_b, bias, single, avx2):
-    """NumPy twin of :func:`_nb_matmul`."""
+    """NumPy twin of :func:`_nb_matmul` (rows in chunks of about 2^22 lane dot products)."""
+    m, blocks = s_a.shape
+    rows = max(1, (1 << 22) // max(1, q_b.shape[0] * blocks * 8))
+    if m > rows:
+        return np.concatenate([_np_matmul(q_a[i:i + rows], s_a[i:i + rows], sum_a[i:i + rows],
+                                          q_b, s_b, sum_b, bias, single, avx2)
+                               for i in range(0, m, rows)])
     c = (s_a[:, None, :] * s_b[None, :, :]).astype(F32)               # [M, N, J]
     lanes = _np_lanes_avx2 if avx2 else _np_lanes
     main = _np_reduce(lanes(_lane_dots(q_a, q_b), c), single)
