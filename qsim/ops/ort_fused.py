@@ -1,0 +1,164 @@
+"""Ops that ONNX Runtime's graph optimizer creates, bit-exact with its CPU kernels (1.32, x86).
+
+A default ONNX Runtime session rewrites a model before running it (qsim.integer.ort_fusion); these
+are the nodes of the rewritten graph that are not QDQ integer kernels:
+
+* **SimplifiedLayerNormalization** (ONNX Runtime registers it in the default domain; created by
+  ``SimplifiedLayerNormFusion`` from ``Pow → ReduceMean → Add → Sqrt → Div → Mul``): RMS
+  normalisation over the axes ``axis..rank-1``, ``y = x ⊘ sqrt(mean(x²) ⊕ eps) ⊗ scale`` with
+  ONNX Runtime's summation order (:func:`qsim.kernels.mlas_math.rms_norm_rows`). ONNX's opset-23
+  **RMSNormalization** runs on the same kernel.
+* **FusedGemm** (com.microsoft; ``GemmActivationFusion``: Gemm → activation): ONNX Runtime's Gemm
+  kernel with the activation's element-wise functor applied to the finished output, i.e. the
+  bits of Gemm followed by the activation op.
+* **QLinearWhere** (com.microsoft; the QDQ group ``DQ x, DQ y → Where → Q``): two 256-entry
+  lookup tables ``t_x[q] = QuantizeLinear(s_x ⊗ float(q - z_x), s_z, z_z)`` (and ``t_y``), then
+  ``z = condition ? t_x[x] : t_y[y]`` with Where's broadcasting.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import OpError
+from ..kernels import mlas_math
+from .contrib_quantized import _check_8bit_params, _quantized_table, _scale, _table_lookup
+from .registry import OPS, internal_keywords, register
+
+F32 = np.float32
+
+
+# ---------------------------------------------------------------------------------------------
+# SimplifiedLayerNormalization / RMSNormalization
+# ---------------------------------------------------------------------------------------------
+def _rms_normalize(op: str, x, scale, axis: int, epsilon: float, noutputs: int):
+    """``(Y, InvStdDev)[:noutputs]`` of RMS normalisation over ``axis..rank-1`` (see the module
+    docstring); float32 as ONNX Runtime, other float types in float64."""
+    x = np.asarray(x)
+    rank = x.ndim
+    if not -rank <= axis < rank:
+        raise OpError(f"{op}: attribute axis={axis} is out of range for X of rank {rank} "
+                      f"(expected {-rank}..{rank - 1})")
+    axis %= rank
+    n = math.prod(x.shape[axis:])
+    scale = np.asarray(scale)
+    if scale.size != n:
+        raise OpError(f"{op}: Scale has {scale.size} values ({list(scale.shape)}), expected "
+                      f"{n}: the size of X's normalized shape {list(x.shape[axis:])}")
+    stats_shape = x.shape[:axis] + (1,) * (rank - axis)
+    if x.dtype == np.float32 and x.size:
+        y, inv = mlas_math.rms_norm_rows(x.reshape(-1, n), scale.astype(F32).ravel(),
+                                         F32(epsilon))
+        y = y.reshape(x.shape)
+    else:
+        x64 = x.astype(np.float64).reshape(-1, n)
+        root = np.sqrt(np.mean(x64 * x64, axis=1) + float(epsilon)) if n else \
+            np.full(x64.shape[0], np.nan)
+        y = (x64 / root[:, None] * scale.astype(np.float64).ravel()).astype(x.dtype)
+        y = y.reshape(x.shape)
+        inv = (1.0 / root).astype(F32)
+    return y if noutputs == 1 else (y, inv.reshape(stats_shape))[:noutputs]
+
+
+@register("SimplifiedLayerNormalization")
+def simplified_layer_normalization(x, scale, *, axis=-1, epsilon=1e-5, stash_type=1,
+                                   noutputs=1):
+    """ONNX Runtime's ``SimplifiedLayerNormalization`` (RMSNorm; outputs ``Y`` and optional
+    ``inv_std_var``)::
+
+        r = sqrt(sum(x²) / n + epsilon)   over the axes axis..rank-1 (n values per row)
+        Y = x / r * Scale,   inv_std_var = 1 / r
+
+    float32 with ONNX Runtime's operation order (:func:`qsim.kernels.mlas_math.rms_norm_rows`:
+    MLAS's AVX2 kernel from 16 values per row, a scalar loop below). ``Scale`` has exactly n
+    values. ``stash_type`` is accepted (the CPU kernel keeps float32 statistics).
+
+    >>> simplified_layer_normalization(np.array([[2.0, -2.0]], np.float32),
+    ...                                np.array([1.0, 0.5], np.float32), epsilon=0.0).tolist()
+    [[1.0, -0.5]]
+    """
+    return _rms_normalize("SimplifiedLayerNormalization", x, scale, int(axis), epsilon,
+                          noutputs)
+
+
+# ---------------------------------------------------------------------------------------------
+# FusedGemm
+# ---------------------------------------------------------------------------------------------
+#: FusedGemm activations (GemmActivationFusion's list) → their attribute names
+_GEMM_ACTIVATIONS = {"Relu": (), "Tanh": (), "Sigmoid": (), "Softsign": (), "Softplus": (),
+                     "LeakyRelu": ("alpha",), "Elu": ("alpha",), "HardSigmoid": ("alpha", "beta"),
+                     "Selu": ("alpha", "gamma"), "ThresholdedRelu": ("alpha",)}
+
+
+def _call(op: str, args: list, attrs: dict, *, constant_b=False, fp32_kernels="avx2"):
+    """Call the library op ``op`` with the internal keywords it takes."""
+    fn = OPS[op]
+    kwargs = dict(attrs)
+    wanted = internal_keywords(fn)
+    if "constant_b" in wanted:
+        kwargs["constant_b"] = constant_b
+    if "fp32_kernels" in wanted:
+        kwargs["fp32_kernels"] = fp32_kernels
+    if "noutputs" in wanted:
+        kwargs["noutputs"] = 1
+    return fn(*args, **kwargs)
+
+
+@register("FusedGemm")
+def fused_gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, activation="",
+               activation_alpha=None, activation_beta=None, activation_gamma=None,
+               constant_b=False, fp32_kernels="avx2"):
+    """com.microsoft ``FusedGemm``: ``Y = act(alpha · A' @ B' + beta · C)``.
+
+    ONNX Runtime's FusedGemm is its Gemm kernel whose finished output goes through the
+    activation's element-wise functor, the one the standalone activation op runs: the bits
+    are those of :func:`qsim.ops.nn.gemm` followed by the activation op (``activation_<attr>``
+    attributes are the activation's own, e.g. ``activation_alpha`` of LeakyRelu)."""
+    if isinstance(activation, bytes):
+        activation = activation.decode()
+    if activation not in _GEMM_ACTIVATIONS:
+        raise OpError(f"FusedGemm: activation '{activation}' is not supported (expected one of "
+                      f"{sorted(_GEMM_ACTIVATIONS)})")
+    y = _call("Gemm", [a, b, c], dict(alpha=alpha, beta=beta, transA=transA, transB=transB),
+              constant_b=constant_b, fp32_kernels=fp32_kernels)
+    given = {"alpha": activation_alpha, "beta": activation_beta, "gamma": activation_gamma}
+    attrs = {k: float(given[k]) for k in _GEMM_ACTIVATIONS[activation] if given[k] is not None}
+    result = _call(activation, [y], attrs, fp32_kernels=fp32_kernels)
+    return result[0] if isinstance(result, tuple) else result
+
+
+# ---------------------------------------------------------------------------------------------
+# QLinearWhere
+# ---------------------------------------------------------------------------------------------
+@register("QLinearWhere")
+def qlinear_where(condition, x, x_scale, x_zero_point, y, y_scale, y_zero_point, z_scale,
+                  z_zero_point):
+    """com.microsoft ``QLinearWhere`` (int8/uint8, per-tensor parameters)::
+
+        t_x[q] = QuantizeLinear(s_x ⊗ float(q - z_x), s_z, z_z)     (and t_y likewise)
+        Z = condition ? t_x[X] : t_y[Y]                               (broadcast as Where)
+
+    ONNX Runtime selects ``t_x[X]`` where the condition holds and 0 elsewhere, ``t_y[Y]``
+    where it does not and 0 elsewhere, and merges with ``a != 0 ? a : b``: the same values.
+
+    >>> qlinear_where(np.array([True, False]), np.array([10, 10], np.uint8), np.float32(1.0),
+    ...               np.uint8(0), np.array([4, 4], np.uint8), np.float32(1.0), np.uint8(0),
+    ...               np.float32(2.0), np.uint8(0)).tolist()
+    [5, 2]
+    """
+    op = "QLinearWhere"
+    condition = np.asarray(condition)
+    if condition.dtype != np.bool_:
+        raise OpError(f"{op}: condition has dtype {condition.dtype}, expected bool")
+    if np.asarray(y).dtype != np.asarray(x).dtype:
+        raise OpError(f"{op}: X is {np.asarray(x).dtype} but Y is {np.asarray(y).dtype} "
+                      f"(they must have one type)")
+    x, z_x, z_z = _check_8bit_params(op, x, x_zero_point, z_zero_point)
+    y, z_y, _ = _check_8bit_params(op, y, y_zero_point, z_zero_point)
+    s_z = _scale(op, "z_scale", z_scale)
+    tx = _quantized_table(x.dtype, _scale(op, "x_scale", x_scale), z_x, s_z, z_z,
+                          lambda v: v)
+    ty = _quantized_table(y.dtype, _scale(op, "y_scale", y_scale), z_y, s_z, z_z,
+                          lambda v: v)
+    return np.where(condition, _table_lookup(x, tx), _table_lookup(y, ty)).astype(x.dtype)
