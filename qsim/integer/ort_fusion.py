@@ -406,12 +406,14 @@ def remove_dead(w: _Work) -> None:
 
 
 def unique_dq(w: _Work) -> None:
-    """``EnsureUniqueDQForNodeUnit``: a DQ read by several edges gets one copy per extra edge."""
+    """``EnsureUniqueDQForNodeUnit``: a DQ read by several edges gets one copy per extra edge;
+    a DQ whose output is also a graph output gets one copy per reading edge."""
     for dq in [n for n in w.nodes if n.op_type == DQ]:
         readers = w.readers(dq.outputs[0])
-        if len(readers) < 2:
+        output = dq.outputs[0] in w.outputs
+        if len(readers) < (1 if output else 2):
             continue
-        for k, reader in enumerate(readers[1:], start=1):
+        for reader in readers if output else readers[1:]:
             out = w.fresh(dq.outputs[0])
             copy = Node(name=w.fresh(dq.name), op_type=DQ, inputs=dq.inputs, outputs=(out,),
                         attrs=dict(dq.attrs), domain=dq.domain)
@@ -601,6 +603,142 @@ def s8_to_u8(w: _Work) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# level 1: ReshapeFusion
+# ---------------------------------------------------------------------------------------------
+def _int_values(w: _Work, name: str) -> list | None:
+    """The values of an integer initializer (``AppendTensorFromInitializer``), else None."""
+    v = w.params.get(name) if name else None
+    if v is None or v.dtype.kind not in "iu":
+        return None
+    return [int(x) for x in v.reshape(-1)]
+
+
+def _unsqueeze_axes(w: _Work, node: Node) -> list | None:
+    if "axes" in node.attrs:
+        return [int(a) for a in node.attrs["axes"]]
+    return _int_values(w, node.inputs[1]) if len(node.inputs) > 1 else None
+
+
+def _known_shape(shape) -> bool:
+    """A shape whose every dimension is a number or a named (not generated) symbol."""
+    return shape is not None and len(shape) >= 1 and all(
+        isinstance(d, (int, np.integer)) or (isinstance(d, str) and not d.startswith("unk__"))
+        for d in shape)
+
+
+def _one_element(shapes, name: str) -> bool:
+    """``Is_One_Element_Input``: the inferred shape is known and holds one element."""
+    s = shapes(name)
+    return s is not None and all(isinstance(d, (int, np.integer)) for d in s) and \
+        int(np.prod(s, dtype=np.int64)) == 1
+
+
+def _shape_gather_unsqueeze(w: _Work, name: str) -> tuple | None:
+    """``(unsqueeze, gather, shape)`` when ``name`` is ``Unsqueeze(Gather(Shape(t), i),
+    axes=[0])`` with a whole-tensor Shape, else None."""
+    unsq = w.producer(name)
+    if unsq is None or unsq.op_type != "Unsqueeze" or unsq.outputs[0] != name:
+        return None
+    gather = w.producer(unsq.inputs[0])
+    if gather is None or gather.op_type != "Gather":
+        return None
+    shape = w.producer(gather.inputs[0])
+    if shape is None or shape.op_type != "Shape":
+        return None
+    if int(shape.attrs.get("start", 0)) != 0 or "end" in shape.attrs:
+        return None
+    if _unsqueeze_axes(w, unsq) != [0]:
+        return None
+    return unsq, gather, shape
+
+
+def fuse_reshape(w: _Work, shapes) -> None:
+    """``ReshapeFusion``: the shape input of a ``Reshape`` (``allowzero`` 0) built by a
+    ``Concat`` (read once) of int64 pieces becomes one int64 initializer (named like the
+    Concat's output) when every piece is
+
+    * a constant initializer (its values),
+    * ``Unsqueeze(Gather(Shape(t), k), axes=[0])`` with k the piece's position and ``t`` the
+      Reshape's own input (or a tensor of the same known shape): ``0`` (copy that dimension),
+    * a tensor of known one-element shape, or an ``Unsqueeze(axes=[0])`` of one (at most one such
+      piece): ``-1``.
+
+    The nodes that computed only the pieces are removed."""
+    for reshape in [n for n in w.nodes if n.op_type == "Reshape"
+                    and n.domain in ("", "ai.onnx")]:
+        if int(reshape.attrs.get("allowzero", 0)) != 0 or len(reshape.inputs) < 2:
+            continue
+        root = reshape.inputs[0]
+        concat = w.producer(reshape.inputs[1])
+        if concat is None or concat.op_type != "Concat" or concat.domain not in ("", "ai.onnx"):
+            continue
+        if _single_reader(w, concat.outputs[0]) is None:
+            continue
+        value = []
+        for k, piece in enumerate(concat.inputs):
+            const = _int_values(w, piece)
+            if const is not None:
+                value.extend(const)
+                continue
+            chain = _shape_gather_unsqueeze(w, piece)
+            if chain is not None:
+                index = _int_values(w, chain[1].inputs[1])
+                source = chain[2].inputs[0]
+                same = source == root or (_known_shape(shapes(source)) and
+                                          tuple(shapes(source)) == tuple(shapes(root) or ()))
+                if index is not None and len(index) == 1 and index[0] == len(value) and same:
+                    value.append(0)
+                    continue
+            if _one_element(shapes, piece) or _one_element_unsqueeze(w, shapes, piece):
+                value.append(-1)
+                continue
+            break
+        else:
+            if value.count(-1) > 1:
+                continue
+            ancestors = _ancestors(w, concat)
+            w.params[concat.outputs[0]] = np.array(value, np.int64)
+            w.nodes.remove(concat)
+            _remove_unread(w, ancestors)
+
+
+def _one_element_unsqueeze(w: _Work, shapes, name: str) -> bool:
+    """``Unsqueeze(axes=[0])`` of a one-element tensor, or the Shape → Gather → Unsqueeze chain
+    with a one-element index."""
+    chain = _shape_gather_unsqueeze(w, name)
+    if chain is not None:
+        return _one_element(shapes, chain[1].inputs[1])
+    unsq = w.producer(name)
+    if unsq is None or unsq.op_type != "Unsqueeze" or _unsqueeze_axes(w, unsq) != [0]:
+        return False
+    return _one_element(shapes, unsq.inputs[0])
+
+
+def _ancestors(w: _Work, node: Node) -> set:
+    """Names of the nodes ``node`` depends on."""
+    seen, todo = set(), [node]
+    while todo:
+        for name in todo.pop().inputs:
+            p = w.producer(name) if name else None
+            if p is not None and p.name not in seen:
+                seen.add(p.name)
+                todo.append(p)
+    return seen
+
+
+def _remove_unread(w: _Work, names: set) -> None:
+    """Remove, repeatedly, the nodes named in ``names`` none of whose outputs is read or a graph
+    output (``RemoveNodesWithOneOutputBottomUp``)."""
+    while True:
+        read = {i for n in w.nodes for i in n.inputs if i} | set(w.outputs)
+        dead = {n.name for n in w.nodes if n.name in names
+                and not any(o in read for o in n.outputs if o)}
+        if not dead:
+            return
+        w.nodes = [n for n in w.nodes if n.name not in dead]
+
+
+# ---------------------------------------------------------------------------------------------
 # level 2: the QDQ selector/action table
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -722,6 +860,25 @@ def _binary(w: _Work, g: _Group) -> bool:
                inputs=(*_dq_params(dqa), *_dq_params(dqb), q.inputs[1], q.inputs[2]),
                outputs=q.outputs, domain=MS)
     _apply(w, g, new)
+    return True
+
+
+def _where(w: _Work, g: _Group) -> bool:
+    """``WhereNodeGroupSelector``: ``DQ x, DQ y → Where(condition, ·, ·) → Q``, all three of
+    one 8-bit type → com.microsoft ``QLinearWhere(condition, x, s_x, z_x, y, s_y, z_y, s_z,
+    z_z)``."""
+    if not _check_nodes(w, g, 2) or len(g.qs) != 1 or g.clip is not None:
+        return False
+    dx, dy = _by_input(g, 1), _by_input(g, 2)
+    if dx is None or dy is None:
+        return False
+    tx, ty, tz = _type_of(w, dx), _type_of(w, dy), _type_of(w, g.qs[0])
+    if not (tx == ty == tz) or tx not in EIGHT:
+        return False
+    q = g.qs[0]
+    _apply(w, g, Node(name=g.target.name, op_type="QLinearWhere", domain=MS,
+                      inputs=(g.target.inputs[0], *_dq_params(dx), *_dq_params(dy),
+                              q.inputs[1], q.inputs[2]), outputs=q.outputs))
     return True
 
 
@@ -903,6 +1060,8 @@ def select_and_fuse(w: _Work, nbits: bool = True) -> None:
                 done = _unary(w, g)
             elif op in BINARY:
                 done = _binary(w, g)
+            elif op == "Where":
+                done = _where(w, g)
             elif op == "Concat":
                 done = _concat(w, g)
             elif op == "Conv":
@@ -978,6 +1137,151 @@ def fuse_matmul_add(w: _Work, shapes) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# level-1 rule DivMulFusion; level-2 GemmActivationFusion and SimplifiedLayerNormFusion
+# ---------------------------------------------------------------------------------------------
+def fuse_div_mul(w: _Work) -> None:
+    """``DivMulFusion`` (a level-1 rewrite rule): ``Mul(Div(1, d), m)`` → ``Div(m, d)`` when the
+    Div's numerator is a one-element initializer equal to 1 (float, double, float16, int32 or
+    int64), its output is read by exactly one edge, a Mul, and is no graph output. The Div keeps
+    its name and takes the Mul's output. (``m ⊘ d`` is not ``(1 ⊘ d) ⊗ m`` in float32: this
+    changes bits.)"""
+    for div in [n for n in w.nodes if n.op_type == "Div" and n.domain in ("", "ai.onnx")]:
+        one = w.params.get(div.inputs[0])
+        if one is None or one.size != 1 or one.dtype.name not in (
+                "float32", "float64", "float16", "int32", "int64") or one.reshape(-1)[0] != 1:
+            continue
+        mul = _single_reader(w, div.outputs[0])
+        if mul is None or mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx"):
+            continue
+        other = mul.inputs[1] if mul.inputs[0] == div.outputs[0] else mul.inputs[0]
+        w.nodes[w.index(div)] = _with(div, inputs=(other, div.inputs[1]), outputs=mul.outputs)
+        w.nodes.remove(mul)
+
+
+#: GemmActivationFusion's activations → the last opset whose version of the op it accepts
+#: (``IsFusableActivation``: Elu-6, HardSigmoid-6, LeakyRelu-6, Relu-6/13/14, Selu-6,
+#: Sigmoid-6/13, Softplus-1, Softsign-1, Tanh-6/13, ThresholdedRelu-1/10; the versions of opset
+#: 22 are not accepted)
+GEMM_ACTIVATIONS = {"Elu": 21, "HardSigmoid": 21, "LeakyRelu": 15, "Relu": None, "Selu": 21,
+                    "Sigmoid": None, "Softplus": 21, "Softsign": 21, "Tanh": None,
+                    "ThresholdedRelu": 21}
+
+
+def fuse_gemm_activation(w: _Work) -> None:
+    """``GemmActivationFusion``: a float ``Gemm`` whose output is read by one edge, an activation
+    of :data:`GEMM_ACTIVATIONS`, and is no graph output → com.microsoft ``FusedGemm`` with the
+    Gemm's attributes, ``activation`` and the activation's attributes as ``activation_<name>``."""
+    for gemm in [n for n in w.nodes if n.op_type == "Gemm" and n.domain in ("", "ai.onnx")]:
+        act = _single_reader(w, gemm.outputs[0])
+        if act is None or act.op_type not in GEMM_ACTIVATIONS \
+                or act.domain not in ("", "ai.onnx"):
+            continue
+        last = GEMM_ACTIVATIONS[act.op_type]
+        if last is not None and w.opset > last:
+            continue
+        attrs = dict(gemm.attrs)
+        attrs["activation"] = act.op_type
+        attrs.update({f"activation_{k}": v for k, v in act.attrs.items()})
+        fused = Node(name=w.fresh("fused " + gemm.name, True), op_type="FusedGemm",
+                     inputs=gemm.inputs, outputs=act.outputs, attrs=attrs, domain=MS)
+        w.nodes[w.index(gemm)] = fused
+        w.nodes.remove(act)
+
+
+FLOATS = frozenset({"float16", "float32", "float64", "bfloat16"})
+
+
+def _reduce_axes(w: _Work, node: Node) -> list:
+    """``GetAxesFromReduceMeanNode``: the ``axes`` attribute, else a constant ``axes`` input."""
+    if "axes" in node.attrs:
+        return [int(a) for a in node.attrs["axes"]]
+    if len(node.inputs) == 2 and node.inputs[1] in w.params:
+        return [int(a) for a in w.params[node.inputs[1]].reshape(-1)]
+    return []
+
+
+def _axes_are_last(axes: list, rank: int | None) -> bool:
+    """``CheckAxesOnReduceMean``: the axes (negative or, with a known rank, positive) are
+    consecutive and end at the last axis."""
+    axes = sorted(axes)
+    if axes[-1] > 0:
+        if rank is None:
+            return False
+        axes = sorted(a - rank if a >= 0 else a for a in axes)
+    return all(b == a + 1 for a, b in zip(axes, axes[1:])) and axes[-1] == -1
+
+
+def fuse_simplified_layer_norm(w: _Work, dtype_of, shapes) -> None:
+    """``SimplifiedLayerNormFusion`` (CPU): ``Pow(x, ·) → ReduceMean → Add(·, eps) → Sqrt →
+    Div(x, ·) → Mul(·, scale)`` → ``SimplifiedLayerNormalization(x, scale, axis, epsilon)``.
+
+    Every input of Pow, Add, Div and Mul (ReduceMean: the data) is a float tensor; Pow,
+    ReduceMean, Add, Sqrt and Div are each read by exactly one edge, the next node of the chain
+    (Pow's output is no graph output); the Div's numerator is the Pow's base itself (the same
+    tensor: a DQ copied per reader does not match); ReduceMean reduces one axis, the last;
+    ``scale`` is the Mul input of rank 1 (the last one if both are); ``epsilon`` is the Add's
+    second input when that is a float32 initializer, else 1e-5. The Pow's exponent is not
+    checked. The fused node takes the Mul's outputs."""
+    def floats(node: Node, first: int | None = None) -> bool:
+        names = node.inputs if first is None else node.inputs[:first]
+        return all(name and _dtype_name(w, name, dtype_of) in FLOATS for name in names)
+
+    def next_of(node: Node, op: str) -> Node | None:
+        reader = _single_reader(w, node.outputs[0])
+        ok = reader is not None and reader.op_type == op and reader.domain in ("", "ai.onnx")
+        return reader if ok else None
+
+    for pow_ in [n for n in w.nodes if n.op_type == "Pow" and n.domain in ("", "ai.onnx")]:
+        if not floats(pow_):
+            continue
+        mean = next_of(pow_, "ReduceMean")
+        add = next_of(mean, "Add") if mean is not None and floats(mean, 1) else None
+        sqrt = next_of(add, "Sqrt") if add is not None and floats(add) else None
+        div = next_of(sqrt, "Div") if sqrt is not None and floats(sqrt) else None
+        if div is None or not floats(div) or div.inputs[0] != pow_.inputs[0]:
+            continue
+        readers = w.readers(div.outputs[0])
+        if len(readers) != 1 or readers[0].op_type != "Mul" or not floats(readers[0]):
+            continue
+        mul = readers[0]
+        axes = _reduce_axes(w, mean)
+        rank = shapes(mean.inputs[0])
+        if len(axes) != 1 or not _axes_are_last(axes, None if rank is None else len(rank)):
+            continue
+        scale = None
+        for name in mul.inputs:
+            s = shapes(name)
+            if s is not None and len(s) == 1:
+                scale = name
+        if scale is None or _dtype_name(w, pow_.inputs[0], dtype_of) == "float16":
+            continue
+        eps = w.params.get(add.inputs[1])
+        epsilon = float(eps.reshape(-1)[0]) if eps is not None and eps.dtype == np.float32 \
+            else float(np.float32(1e-5))
+        fused = Node(name=w.fresh(mul.name + "/SimplifiedLayerNormFusion/", True),
+                     op_type="SimplifiedLayerNormalization", inputs=(pow_.inputs[0], scale),
+                     outputs=mul.outputs,
+                     attrs={"axis": axes[0], "epsilon": epsilon, "stash_type": 1})
+        w.nodes[w.index(mul)] = fused
+        gone = {pow_.name, mean.name, add.name, sqrt.name, div.name}
+        w.nodes = [n for n in w.nodes if n.name not in gone]
+
+
+def _dtype_name(w: _Work, name: str, dtype_of) -> str | None:
+    """The element type of a tensor: an initializer's, the graph's, or float32 for a
+    DequantizeLinear output (its scale's type in the graphs rewritten here)."""
+    if name in w.params:
+        return w.params[name].dtype.name
+    t = dtype_of(name)
+    if t is not None:
+        return np.dtype(t).name
+    p = w.producer(name)
+    if p is not None and p.op_type == DQ and p.inputs[1] in w.params:
+        return w.params[p.inputs[1]].dtype.name
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
 # the whole pipeline
 # ---------------------------------------------------------------------------------------------
 def grids_of(w: _Work) -> dict:
@@ -1005,21 +1309,6 @@ def ort_graph(graph: Graph, *, with_grids: bool = False, fixed_point: bool = Fal
     def dtype_of(name):
         return w.params[name].dtype if name in w.params else graph.dtype_of(name)
 
-    fold_constants(w, graph.opset, graph.shape_of)
-    unique_dq(w)
-    eliminate_common(w, dtype_of)
-    fold_constants(w, graph.opset, graph.shape_of)
-    drop_redundant_clips(w)
-    remove_double_qdq(w)
-    propagate(w)
-    inline_functions(w)
-    s8_to_u8(w)
-    grids = grids_of(w)
-    select_and_fuse(w, nbits=not fixed_point)
-    if fixed_point:
-        from .fixed_target import fixed_point_graph
-        fixed_point_graph(w)
-
     def shape(name):
         if name in w.params:
             return w.params[name].shape
@@ -1031,9 +1320,28 @@ def ort_graph(graph: Graph, *, with_grids: bool = False, fixed_point: bool = Fal
                     else w.params[p.inputs[0]].shape
         return s
 
+    fold_constants(w, graph.opset, graph.shape_of)
+    fuse_div_mul(w)
+    unique_dq(w)
+    eliminate_common(w, dtype_of)
+    fold_constants(w, graph.opset, graph.shape_of)
+    fuse_reshape(w, shape)
+    drop_redundant_clips(w)
+    remove_double_qdq(w)
+    propagate(w)
+    inline_functions(w)
+    s8_to_u8(w)
+    grids = grids_of(w)
+    select_and_fuse(w, nbits=not fixed_point)
+    if fixed_point:
+        from .fixed_target import fixed_point_graph
+        fixed_point_graph(w)
+
     fuse_matmul_add(w, shape)
     fuse_nbits_bias(w, shape)
+    fuse_gemm_activation(w)
     fuse_conv_activation(w)
+    fuse_simplified_layer_norm(w, dtype_of, shape)
     tensors = {o for n in w.nodes for o in n.outputs} | set(w.params) | set(graph.input_names)
     grids = {t: g for t, g in grids.items() if t in tensors}
     used = {i for n in w.nodes for i in n.inputs if i} | {x for g in grids.values()
