@@ -445,7 +445,7 @@ def drop_redundant_clips(w: _Work) -> None:
         w.nodes.remove(clip)
 
 
-def remove_double_qdq(w: _Work) -> None:
+def remove_double_qdq(w: _Work, after_clips: bool = False) -> None:
     """``DoubleQDQPairsRemover``: ``Q1 → DQ1 → Q2 → DQ2…`` (8- and 16-bit, each pair with equal
     scalar parameters, Q1 and DQ1 read once, Q2 read only by DQs, no graph output) loses
     ``DQ1 → Q2``; Q1 and every DQ2 then share a new grid covering the intersection of both
@@ -454,7 +454,12 @@ def remove_double_qdq(w: _Work) -> None:
         lo = max((qmin - zp1)·s1, (qmin - zp2)·s2),   hi = min((qmax - zp1)·s1, (qmax - zp2)·s2)
         s = (hi - lo) / (qmax - qmin),   zp = T(round_half_away(qmin - lo / s))
 
-    (no change when both pairs already have equal parameters)."""
+    (no change when both pairs already have equal parameters).
+
+    Run twice, as ONNX Runtime 1.32's results require (checked against its dumps): before the
+    redundant Relu/Clip removal with any number of DQ2 readers; after it (``after_clips``) only
+    for one DQ2 and equal grids (``Q1 → DQ1 → Relu → Q2 → DQ2, DQ2'`` keeps its pairs, and so
+    does a single DQ2 whose grid differs)."""
     changed = True
     while changed:
         changed = False
@@ -466,7 +471,8 @@ def remove_double_qdq(w: _Work) -> None:
             if _single_reader(w, q1.outputs[0]) is None:
                 continue
             dq2s = w.readers(q2.outputs[0])
-            if not dq2s or q2.outputs[0] in w.outputs or any(d.op_type != DQ for d in dq2s):
+            if not dq2s or q2.outputs[0] in w.outputs or any(d.op_type != DQ for d in dq2s) \
+                    or (len(dq2s) > 1 and after_clips):
                 continue
             if not (_same_params(w, q1, dq1) and all(_same_params(w, q2, d) for d in dq2s)):
                 continue
@@ -474,6 +480,8 @@ def remove_double_qdq(w: _Work) -> None:
             if zt.name not in EIGHT | SIXTEEN:
                 continue
             new = _merged_grid(w, dq1, q2, zt)
+            if new is not None and after_clips:
+                continue
             q1n = q1
             if new is not None:
                 names = []
@@ -1351,8 +1359,9 @@ def ort_graph(graph: Graph, *, with_grids: bool = False, fixed_point: bool = Fal
     eliminate_common(w, dtype_of)
     fold_constants(w, graph.opset, graph.shape_of)
     fuse_reshape(w, shape)
-    drop_redundant_clips(w)
     remove_double_qdq(w)
+    drop_redundant_clips(w)
+    remove_double_qdq(w, after_clips=True)
     propagate(w)
     shape_through_transpose(w)
     inline_functions(w)

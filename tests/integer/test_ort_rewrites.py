@@ -203,3 +203,40 @@ def test_shape_of_a_transpose_reads_the_transpose_input(tmp_path):
                    {})
     mine = _check(tmp_path, model, {"x": rng.standard_normal((2, 3, 6)).astype(np.float32)})
     assert mine[":Gather"] == 1
+
+
+@pytest.mark.parametrize("same_grid", [True, False])
+@pytest.mark.parametrize("readers", [1, 2])
+@pytest.mark.parametrize("consumer", ["Sqrt", "Sigmoid"])
+@pytest.mark.parametrize("middle", ["none", "Relu", "Cast"])
+def test_double_qdq_pairs_as_ort_removes_them(tmp_path, middle, consumer, readers, same_grid):
+    """``Q1 → DQ1 [→ Relu | Cast] → Q2 → DQ2`` read by one or two nodes, the two grids equal
+    or not: ORT drops ``DQ1 → Q2`` except after a redundant Relu unless DQ2 has one reader and
+    the grids are equal."""
+    nodes = [h.make_node("QuantizeLinear", ["x", "s", "z"], ["q1"]),
+             h.make_node("DequantizeLinear", ["q1", "s", "z"], ["dq1"])]
+    src = "dq1"
+    if middle == "Relu":
+        nodes.append(h.make_node("Relu", ["dq1"], ["m"]))
+        src = "m"
+    elif middle == "Cast":
+        nodes.append(h.make_node("Cast", ["dq1"], ["m"], to=T.FLOAT))
+        src = "m"
+    nodes += [h.make_node("QuantizeLinear", [src, "s2", "z2"], ["q2"]),
+              h.make_node("DequantizeLinear", ["q2", "s2", "z2"], ["dq2"])]
+    outs = []
+    for k in range(readers):
+        if consumer == "Sqrt":
+            nodes.append(h.make_node("Sqrt", ["dq2"], [f"y{k}"]))
+        else:
+            nodes += [h.make_node("Sigmoid", ["dq2"], [f"p{k}"]),
+                      h.make_node("QuantizeLinear", [f"p{k}", "s", "z"], [f"pq{k}"]),
+                      h.make_node("DequantizeLinear", [f"pq{k}", "s", "z"], [f"y{k}"])]
+        outs.append(f"y{k}")
+    inits = {"s": np.array(0.01, np.float32), "s2": np.array(0.012, np.float32),
+             "z": np.array(3, np.uint8), "z2": np.array(0, np.uint8)}   # z2 = 0: Relu redundant
+    if same_grid:
+        inits.update(s2=inits["s"], z=inits["z2"])
+    model = _model(nodes, [h.make_tensor_value_info("x", T.FLOAT, [1, 4, 2, 2])], outs, inits)
+    x = np.random.default_rng(6).uniform(-1, 3, (1, 4, 2, 2)).astype(np.float32)
+    _check(tmp_path, model, {"x": x})
