@@ -6,8 +6,9 @@ are the nodes of the rewritten graph that are not QDQ integer kernels:
 * **SimplifiedLayerNormalization** (ONNX Runtime registers it in the default domain; created by
   ``SimplifiedLayerNormFusion`` from ``Pow → ReduceMean → Add → Sqrt → Div → Mul``): RMS
   normalisation over the axes ``axis..rank-1``, ``y = x ⊘ sqrt(mean(x²) ⊕ eps) ⊗ scale`` with
-  ONNX Runtime's summation order (:func:`qsim.kernels.mlas_math.rms_norm_rows`). ONNX's opset-23
-  **RMSNormalization** runs on the same kernel.
+  ONNX Runtime's summation order (:func:`qsim.kernels.mlas_math.rms_norm_rows`), or, for a
+  Scale that only broadcasts, its generic path in double. ONNX's opset-23 **RMSNormalization**
+  runs on the same kernel.
 * **FusedGemm** (com.microsoft; ``GemmActivationFusion``: Gemm → activation): ONNX Runtime's Gemm
   kernel with the activation's element-wise functor applied to the finished output, i.e. the
   bits of Gemm followed by the activation op.
@@ -32,9 +33,34 @@ F32 = np.float32
 # ---------------------------------------------------------------------------------------------
 # SimplifiedLayerNormalization / RMSNormalization
 # ---------------------------------------------------------------------------------------------
+def _broadcasts(shape, to) -> bool:
+    """``shape`` broadcasts (unidirectionally) to ``to``."""
+    if len(shape) > len(to):
+        return False
+    return all(a in (1, b) for a, b in zip(reversed(shape), reversed(to)))
+
+
+def _rms_broadcast(x, scale, axis: int, epsilon: float):
+    """ONNX Runtime's generic (broadcasting) path, ``ComputeJobGenericShared``, all in
+    double: ``q = 0 + x0·x0 + x1·x1 + …`` (in order), ``r = sqrt(q / n + double(eps))``,
+    ``Y = T((x / r) · scale)``, ``inv = float(1 / r)``."""
+    rows = math.prod(x.shape[:axis])
+    n = math.prod(x.shape[axis:])
+    x64 = x.astype(np.float64).reshape(rows, n)
+    q = np.zeros(rows)
+    for i in range(n):
+        q = q + x64[:, i] * x64[:, i]
+    root = np.sqrt(q / n + float(np.float32(epsilon)))
+    s64 = np.broadcast_to(scale.astype(np.float64), x.shape).reshape(rows, n)
+    y = ((x64 / root[:, None]) * s64).astype(x.dtype).reshape(x.shape)
+    return y, (1.0 / root).astype(F32)
+
+
 def _rms_normalize(op: str, x, scale, axis: int, epsilon: float, noutputs: int):
     """``(Y, InvStdDev)[:noutputs]`` of RMS normalisation over ``axis..rank-1`` (see the module
-    docstring); float32 as ONNX Runtime, other float types in float64."""
+    docstring). float32 with a Scale of exactly the normalized size: ONNX Runtime's fast path;
+    any other Scale that broadcasts to X, or float64: the double path (:func:`_rms_broadcast`;
+    float16 is computed the same way, ONNX Runtime's float path is not reproduced)."""
     x = np.asarray(x)
     rank = x.ndim
     if not -rank <= axis < rank:
@@ -43,21 +69,17 @@ def _rms_normalize(op: str, x, scale, axis: int, epsilon: float, noutputs: int):
     axis %= rank
     n = math.prod(x.shape[axis:])
     scale = np.asarray(scale)
-    if scale.size != n:
-        raise OpError(f"{op}: Scale has {scale.size} values ({list(scale.shape)}), expected "
-                      f"{n}: the size of X's normalized shape {list(x.shape[axis:])}")
     stats_shape = x.shape[:axis] + (1,) * (rank - axis)
-    if x.dtype == np.float32 and x.size:
+    if not _broadcasts(scale.shape, x.shape):
+        raise OpError(f"{op}: Scale has shape {list(scale.shape)}, which does not broadcast "
+                      f"to X {list(x.shape)}")
+    full = scale.size == n and _broadcasts(scale.shape, x.shape[axis:])
+    if x.dtype == np.float32 and x.size and full:
         y, inv = mlas_math.rms_norm_rows(x.reshape(-1, n), scale.astype(F32).ravel(),
                                          F32(epsilon))
         y = y.reshape(x.shape)
-    else:
-        x64 = x.astype(np.float64).reshape(-1, n)
-        root = np.sqrt(np.mean(x64 * x64, axis=1) + float(epsilon)) if n else \
-            np.full(x64.shape[0], np.nan)
-        y = (x64 / root[:, None] * scale.astype(np.float64).ravel()).astype(x.dtype)
-        y = y.reshape(x.shape)
-        inv = (1.0 / root).astype(F32)
+    else:       # the generic path; ComputeJob<double> computes the same
+        y, inv = _rms_broadcast(x, scale, axis, epsilon)
     return y if noutputs == 1 else (y, inv.reshape(stats_shape))[:noutputs]
 
 
@@ -80,6 +102,22 @@ def simplified_layer_normalization(x, scale, *, axis=-1, epsilon=1e-5, stash_typ
     """
     return _rms_normalize("SimplifiedLayerNormalization", x, scale, int(axis), epsilon,
                           noutputs)
+
+
+@register("RMSNormalization")
+def rms_normalization(x, scale, *, axis=-1, epsilon=1e-5, stash_type=1):
+    """ONNX ``RMSNormalization`` (opset 23), which ONNX Runtime runs on the kernel of
+    :func:`simplified_layer_normalization`::
+
+        Y = X / sqrt(mean(X², axes axis..rank-1) + epsilon) * Scale
+
+    A Scale with exactly the normalized shape's values takes the float32 fast path (MLAS from
+    16 values per row); a Scale that only broadcasts to X, ONNX Runtime's generic path in
+    double (:func:`_rms_broadcast`). ``stash_type`` must be 1 (float32)."""
+    if stash_type != 1:
+        raise OpError(f"RMSNormalization: attribute stash_type={stash_type} is not supported "
+                      f"(expected 1: float32)")
+    return _rms_normalize("RMSNormalization", x, scale, int(axis), epsilon, 1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def test_rms_norm_kernel_numpy_twin_equals_numba(rows, n, data):
 
 def test_simplified_layer_norm_bad_scale():
     x = np.ones((2, 4), np.float32)
-    with pytest.raises(OpError, match="Scale has 3 values"):
+    with pytest.raises(OpError, match=r"Scale has shape \[3\], which does not broadcast"):
         OPS["SimplifiedLayerNormalization"](x, np.ones(3, np.float32))
     with pytest.raises(OpError, match="axis=2 is out of range"):
         OPS["SimplifiedLayerNormalization"](x, np.ones(4, np.float32), axis=2)
@@ -129,3 +129,26 @@ def test_qlinear_where_refuses_mixed_types():
         OPS["QLinearWhere"](np.array([True]), np.array([1], np.uint8), np.float32(1),
                             np.uint8(0), np.array([1], np.int8), np.float32(1), np.int8(0),
                             np.float32(1), np.uint8(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# RMSNormalization (opset 23)
+# ---------------------------------------------------------------------------------------------
+@SETTINGS
+@given(st.data())
+def test_rms_normalization_matches_ort(data):
+    """Scales of the normalized shape (the float32 fast path) and scales that only broadcast
+    (ORT's generic double path), float32 and float64."""
+    rank = data.draw(st.integers(1, 4))
+    shape = [data.draw(st.integers(1, 4)) for _ in range(rank)]
+    shape[-1] = data.draw(st.sampled_from([1, 7, 15, 16, 17, 24, 40]) | st.integers(1, 70))
+    axis = data.draw(st.integers(-rank, rank - 1))
+    normalized = shape[axis % rank:]
+    scale_shape = [d if data.draw(st.integers(0, 3)) else 1 for d in normalized]
+    scale_shape = scale_shape[data.draw(st.integers(0, len(scale_shape) - 1)):]
+    dtype = data.draw(st.sampled_from([np.float32, np.float32, np.float64]))
+    x = data.draw(float_array(tuple(shape))).astype(dtype)
+    scale = data.draw(float_array(tuple(scale_shape), spread=False)).astype(dtype)
+    attrs = {"axis": axis, "epsilon": data.draw(st.sampled_from([1e-5, 1e-6, 0.25]))}
+    expected, got = ort_and_qsim("RMSNormalization", [x, scale], attrs, opset=23)
+    same_bits(expected[0], got[0], f"RMSNormalization scale {scale_shape}")
