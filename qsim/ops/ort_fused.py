@@ -15,6 +15,8 @@ are the nodes of the rewritten graph that are not QDQ integer kernels:
 * **QLinearWhere** (com.microsoft; the QDQ group ``DQ x, DQ y → Where → Q``): two 256-entry
   lookup tables ``t_x[q] = QuantizeLinear(s_x ⊗ float(q - z_x), s_z, z_z)`` (and ``t_y``), then
   ``z = condition ? t_x[x] : t_y[y]`` with Where's broadcasting.
+* **RotaryEmbedding** (ONNX opset 23), which ONNX Runtime runs natively (MLAS) rather than as
+  its function body: ``fma(x1, c, -(x2 ⊗ s))``, ``fma(x1, s, x2 ⊗ c)`` per pair.
 """
 from __future__ import annotations
 
@@ -118,6 +120,79 @@ def rms_normalization(x, scale, *, axis=-1, epsilon=1e-5, stash_type=1):
         raise OpError(f"RMSNormalization: attribute stash_type={stash_type} is not supported "
                       f"(expected 1: float32)")
     return _rms_normalize("RMSNormalization", x, scale, int(axis), epsilon, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# RotaryEmbedding (opset 23)
+# ---------------------------------------------------------------------------------------------
+#: pairs MLAS's interleaved RoPE kernel rotates per vector step (16 floats)
+_ROPE_PAIRS = 8
+
+
+def _rotate(x1, x2, c, s, fused):
+    """``(real, imag)`` of one rotation: with ``fused`` as MLAS computes it,
+    ``real = fma(x1, c, -(x2 ⊗ s))``, ``imag = fma(x1, s, x2 ⊗ c)``; otherwise
+    ``real = x1 ⊗ c ⊖ x2 ⊗ s``, ``imag = x1 ⊗ s ⊕ x2 ⊗ c``."""
+    if fused:
+        return (mlas_math._fma_np(x1, c, -(x2 * s).astype(F32)),
+                mlas_math._fma_np(x1, s, (x2 * c).astype(F32)))
+    return (((x1 * c).astype(F32) - (x2 * s).astype(F32)).astype(F32),
+            ((x1 * s).astype(F32) + (x2 * c).astype(F32)).astype(F32))
+
+
+@register("RotaryEmbedding")
+def rotary_embedding(x, cos_cache, sin_cache, position_ids=None, *, interleaved=0,
+                     num_heads=0, rotary_embedding_dim=0):
+    """ONNX ``RotaryEmbedding`` (opset 23) as ONNX Runtime's kernel (MLAS) computes it.
+
+    X is ``(B, H, S, D)`` or ``(B, S, H·D)`` (then ``num_heads`` is required); the first
+    ``d = rotary_embedding_dim or D`` values of every head are rotated, the rest copied. Pairs
+    ``(x1, x2)``: the two halves of those d values, or (``interleaved``) even and odd ones;
+    ``c, s``: ``cos_cache``, ``sin_cache`` at ``[b, s]`` (or at ``position_ids[b, s]``)::
+
+        real = fma(x1, c, -(x2 ⊗ s))      imag = fma(x1, s, x2 ⊗ c)
+
+    with one exception measured on ONNX Runtime 1.32: interleaved, the pairs after the whole
+    steps of 8 pairs and the first one of the rest are computed without FMA,
+    ``real = x1 ⊗ c ⊖ x2 ⊗ s``, ``imag = x1 ⊗ s ⊕ x2 ⊗ c``."""
+    x = np.asarray(x)
+    op = "RotaryEmbedding"
+    if x.ndim == 4:
+        xt = x.transpose(0, 2, 1, 3)
+    elif x.ndim == 3:
+        if not num_heads or x.shape[2] % int(num_heads):
+            raise OpError(f"{op}: a 3-D input {list(x.shape)} needs attribute num_heads "
+                          f"dividing its last dimension (got num_heads={num_heads})")
+        xt = x.reshape(x.shape[0], x.shape[1], int(num_heads), x.shape[2] // int(num_heads))
+    else:
+        raise OpError(f"{op}: input X has rank {x.ndim}, expected 3 or 4")
+    d = int(rotary_embedding_dim) or xt.shape[3]
+    if d % 2 or d > xt.shape[3]:
+        raise OpError(f"{op}: rotary_embedding_dim={d} must be even and at most the head size "
+                      f"{xt.shape[3]}")
+    cos, sin = np.asarray(cos_cache), np.asarray(sin_cache)
+    if position_ids is not None:
+        cos, sin = cos[np.asarray(position_ids)], sin[np.asarray(position_ids)]
+    if cos.shape != (xt.shape[0], xt.shape[1], d // 2) or sin.shape != cos.shape:
+        raise OpError(f"{op}: cos/sin caches give {list(cos.shape)} and {list(sin.shape)} per "
+                      f"(batch, position), expected {[xt.shape[0], xt.shape[1], d // 2]}")
+    c, s = cos[:, :, None, :], sin[:, :, None, :]
+    rot = xt[..., :d]
+    x1, x2 = (rot[..., 0::2], rot[..., 1::2]) if interleaved else (rot[..., :d // 2],
+                                                                   rot[..., d // 2:])
+    exact = x.dtype == np.float32
+    real, imag = _rotate(x1, x2, c, s, exact)
+    if exact and interleaved:
+        start = (d // 2) // _ROPE_PAIRS * _ROPE_PAIRS + 1
+        if start < d // 2:
+            real[..., start:], imag[..., start:] = _rotate(
+                x1[..., start:], x2[..., start:], c[..., start:], s[..., start:], False)
+    out = xt.copy()
+    if interleaved:
+        out[..., 0:d:2], out[..., 1:d:2] = real, imag
+    else:
+        out[..., :d // 2], out[..., d // 2:d] = real, imag
+    return out.transpose(0, 2, 1, 3) if x.ndim == 4 else out.reshape(x.shape)
 
 
 # ---------------------------------------------------------------------------------------------

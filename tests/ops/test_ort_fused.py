@@ -152,3 +152,39 @@ def test_rms_normalization_matches_ort(data):
     attrs = {"axis": axis, "epsilon": data.draw(st.sampled_from([1e-5, 1e-6, 0.25]))}
     expected, got = ort_and_qsim("RMSNormalization", [x, scale], attrs, opset=23)
     same_bits(expected[0], got[0], f"RMSNormalization scale {scale_shape}")
+
+
+# ---------------------------------------------------------------------------------------------
+# RotaryEmbedding (opset 23)
+# ---------------------------------------------------------------------------------------------
+@SETTINGS
+@given(st.booleans(), st.sampled_from(["4d", "3d"]), st.booleans(), st.booleans(), st.data())
+def test_rotary_embedding_matches_ort(interleaved, layout, partial, with_positions, data):
+    b, h, s = (data.draw(st.integers(1, 3)) for _ in range(3))
+    half = data.draw(st.sampled_from([1, 3, 4, 8, 9, 12, 16, 17, 20]) | st.integers(1, 40))
+    head = 2 * half + (2 * data.draw(st.integers(1, 3)) if partial else 0)
+    x = data.draw(float_array((b, h, s, head) if layout == "4d" else (b, s, h * head)))
+    attrs = {"interleaved": int(interleaved)}
+    if layout == "3d":
+        attrs["num_heads"] = h
+    if partial:
+        attrs["rotary_embedding_dim"] = 2 * half
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    if with_positions:
+        cos = rng.standard_normal((s + 3, half)).astype(np.float32)
+        sin = rng.standard_normal((s + 3, half)).astype(np.float32)
+        inputs = [x, cos, sin, rng.integers(0, s + 3, (b, s)).astype(np.int64)]
+    else:
+        inputs = [x, rng.standard_normal((b, s, half)).astype(np.float32),
+                  rng.standard_normal((b, s, half)).astype(np.float32)]
+    expected, got = ort_and_qsim("RotaryEmbedding", inputs, attrs, opset=23)
+    same_bits(expected[0], got[0], f"RotaryEmbedding {attrs} half={half}")
+
+
+def test_rotary_embedding_bad_input():
+    x = np.ones((1, 2, 8), np.float32)
+    cos = np.ones((1, 2, 2), np.float32)
+    with pytest.raises(OpError, match="needs attribute num_heads"):
+        OPS["RotaryEmbedding"](x, cos, cos)
+    with pytest.raises(OpError, match=r"expected \[1, 2, 2\]"):
+        OPS["RotaryEmbedding"](x, cos[..., :1], cos[..., :1], num_heads=2)
