@@ -42,26 +42,43 @@ def _broadcasts(shape, to) -> bool:
     return all(a in (1, b) for a, b in zip(reversed(shape), reversed(to)))
 
 
-def _rms_broadcast(x, scale, axis: int, epsilon: float):
-    """ONNX Runtime's generic (broadcasting) path, ``ComputeJobGenericShared``, all in
-    double: ``q = 0 + x0·x0 + x1·x1 + …`` (in order), ``r = sqrt(q / n + double(eps))``,
-    ``Y = T((x / r) · scale)``, ``inv = float(1 / r)``."""
+def generic_norm(x, scale, bias, axis: int, epsilon: float, *, simplified: bool):
+    """ONNX Runtime's generic (broadcasting) normalization path, ``ComputeJobGenericShared``
+    of layer_norm_impl.cc, all in double; per row of the n values from ``axis`` on::
+
+        m = (0 + x0 + x1 + …) / n      q = 0 + x0·x0 + x1·x1 + …      (in order)
+        r = sqrt(q / n + double(eps))              (simplified: RMSNorm)
+        r = sqrt(q / n - m·m + double(eps))        (LayerNorm)
+        Y = T((x / r) · scale)   or   T(((x - m) / r) · scale + bias)
+
+    Scale and bias broadcast to X. Returns ``(Y, mean, inv)`` with ``mean = float(m)`` and
+    ``inv = float(1 / r)``, one per row."""
     rows = math.prod(x.shape[:axis])
     n = math.prod(x.shape[axis:])
     x64 = x.astype(np.float64).reshape(rows, n)
+    total = np.zeros(rows)
     q = np.zeros(rows)
     for i in range(n):
+        total = total + x64[:, i]
         q = q + x64[:, i] * x64[:, i]
-    root = np.sqrt(q / n + float(np.float32(epsilon)))
-    s64 = np.broadcast_to(scale.astype(np.float64), x.shape).reshape(rows, n)
-    y = ((x64 / root[:, None]) * s64).astype(x.dtype).reshape(x.shape)
-    return y, (1.0 / root).astype(F32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / n
+        eps = float(np.float32(epsilon))
+        root = np.sqrt(q / n + eps) if simplified else np.sqrt(q / n - mean * mean + eps)
+        s64 = np.broadcast_to(np.asarray(scale, np.float64), x.shape).reshape(rows, n)
+        if simplified:
+            y = (x64 / root[:, None]) * s64
+        else:
+            y = ((x64 - mean[:, None]) / root[:, None]) * s64
+            if bias is not None:
+                y = y + np.broadcast_to(np.asarray(bias, np.float64), x.shape).reshape(rows, n)
+        return y.astype(x.dtype).reshape(x.shape), mean.astype(F32), (1.0 / root).astype(F32)
 
 
 def _rms_normalize(op: str, x, scale, axis: int, epsilon: float, noutputs: int):
     """``(Y, InvStdDev)[:noutputs]`` of RMS normalisation over ``axis..rank-1`` (see the module
     docstring). float32 with a Scale of exactly the normalized size: ONNX Runtime's fast path;
-    any other Scale that broadcasts to X, or float64: the double path (:func:`_rms_broadcast`;
+    any other Scale that broadcasts to X, or float64: the double path (:func:`generic_norm`;
     float16 is computed the same way, ONNX Runtime's float path is not reproduced)."""
     x = np.asarray(x)
     rank = x.ndim
@@ -81,7 +98,7 @@ def _rms_normalize(op: str, x, scale, axis: int, epsilon: float, noutputs: int):
                                          F32(epsilon))
         y = y.reshape(x.shape)
     else:       # the generic path; ComputeJob<double> computes the same
-        y, inv = _rms_broadcast(x, scale, axis, epsilon)
+        y, _, inv = generic_norm(x, scale, None, axis, epsilon, simplified=True)
     return y if noutputs == 1 else (y, inv.reshape(stats_shape))[:noutputs]
 
 
@@ -115,7 +132,7 @@ def rms_normalization(x, scale, *, axis=-1, epsilon=1e-5, stash_type=1):
 
     A Scale with exactly the normalized shape's values takes the float32 fast path (MLAS from
     16 values per row); a Scale that only broadcasts to X, ONNX Runtime's generic path in
-    double (:func:`_rms_broadcast`). ``stash_type`` must be 1 (float32)."""
+    double (:func:`generic_norm`). ``stash_type`` must be 1 (float32)."""
     if stash_type != 1:
         raise OpError(f"RMSNormalization: attribute stash_type={stash_type} is not supported "
                       f"(expected 1: float32)")

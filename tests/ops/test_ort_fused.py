@@ -188,3 +188,32 @@ def test_rotary_embedding_bad_input():
         OPS["RotaryEmbedding"](x, cos, cos)
     with pytest.raises(OpError, match=r"expected \[1, 2, 2\]"):
         OPS["RotaryEmbedding"](x, cos[..., :1], cos[..., :1], num_heads=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# LayerNormalization's other ONNX Runtime paths (the generic one shares generic_norm)
+# ---------------------------------------------------------------------------------------------
+@SETTINGS
+@given(st.data())
+def test_layer_normalization_broadcast_and_double_match_ort(data):
+    """A Scale or B that only broadcasts (ORT's generic double path) and float64 X (its Welford
+    kernel in double), every output."""
+    rank = data.draw(st.integers(1, 4))
+    shape = [data.draw(st.integers(1, 4)) for _ in range(rank)]
+    shape[-1] = data.draw(st.sampled_from([1, 5, 8, 20, 33]))
+    axis = data.draw(st.integers(-rank, rank - 1))
+    normalized = shape[axis % rank:]
+
+    def param_shape():
+        s = [d if data.draw(st.integers(0, 2)) else 1 for d in normalized]
+        return s[data.draw(st.integers(0, len(s) - 1)):]
+
+    dtype = data.draw(st.sampled_from([np.float32, np.float64]))
+    x = data.draw(float_array(tuple(shape))).astype(dtype)
+    scale = data.draw(float_array(tuple(param_shape()), spread=False)).astype(dtype)
+    bias = None if data.draw(st.booleans()) else \
+        data.draw(float_array(tuple(param_shape()), spread=False)).astype(dtype)
+    expected, got = ort_and_qsim("LayerNormalization", [x, scale, bias], {"axis": axis},
+                                 opset=17, noutputs=3)
+    for k, (e, g) in enumerate(zip(expected, got)):
+        same_bits(e, g, f"LayerNormalization output {k}, scale {scale.shape}")
