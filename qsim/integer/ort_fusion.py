@@ -6,13 +6,20 @@ written: before the first run it rewrites the graph, and the rewritten graph dec
 read from the QDQ model (``qsim.qdq.qdq_model``); :mod:`qsim.integer.model` then runs the result
 with qsim's op library. The rewrites (facts from ONNX Runtime's ``core/optimizer`` sources:
 ``constant_folding.cc``, ``qdq_transformer/*.cc``, ``selectors_actions/qdq_selectors.cc``,
-``qdq_actions.cc``, ``qdq_selector_action_transformer.cc``, ``qdq_util.cc``):
+``qdq_actions.cc``, ``qdq_selector_action_transformer.cc``, ``qdq_util.cc``, ``div_mul_fusion.cc``,
+``reshape_fusion.cc``, ``gemm_activation_fusion.cc``, ``layer_norm_fusion.cc``,
+``double_qdq_pairs_remover.cc``; where the stored sources and ONNX Runtime 1.32 disagree, its
+dumps decide, as noted):
 
 1. **Constant folding** — every node whose inputs are all initializers is computed once and
    becomes an initializer, except DequantizeLinear (kept so that QDQ groups stay visible). A
    weight's ``QuantizeLinear`` becomes its integer initializer (``<w>_q``).
+   **DivMulFusion** (a level-1 rule): ``Mul(Div(1, d), m)`` → ``Div(m, d)`` (changes bits).
 2. **Unique DQ per consumer** (``EnsureUniqueDQForNodeUnit``) — a DequantizeLinear read by n
-   nodes is copied so that each reader has its own.
+   nodes is copied so that each reader has its own (one copy per reader when its output is
+   also a graph output). **ReshapeFusion**: a Reshape's ``Concat`` shape built from constants and
+   ``Shape → Gather → Unsqueeze`` of its own input becomes one int64 initializer (0: copy the
+   dimension, -1: the one one-element piece).
 3. **Redundant Relu / Clip before Q** (``ReluQuantFusion``, ``ClipQuantFusion``;
    ``IsClipMadeRedundantByQ``) — ``Relu → Q`` loses the Relu when ``zp = qmin`` of the Q type;
    ``Clip(lo, hi) → Q`` loses the Clip when ``rint(lo / s) + zp <= qmin`` and
@@ -20,7 +27,9 @@ with qsim's op library. The rewrites (facts from ONNX Runtime's ``core/optimizer
    integers, so the bits do not change.
 4. **QDQ propagation** — through MaxPool, Reshape, Transpose, Squeeze, Unsqueeze and Slice: a
    per-tensor DQ is carried forward (``Q → DQ`` inserted after the op with the DQ's scale and
-   zero point) and a per-tensor Q backward, so that those ops can run on integers.
+   zero point) and a per-tensor Q backward, so that those ops can run on integers. Then the
+   transpose optimizer's Shape handler: ``Shape(Transpose(x, p))`` → ``Gather(Shape(x), p)``
+   (the rest of that optimizer — pushing Transposes through Split etc. — is not reproduced).
 5. **QDQ node groups → kernels** (the selector/action table, 8-bit unless said otherwise; run
    after 6):
 
@@ -35,6 +44,7 @@ with qsim's op library. The rewrites (facts from ONNX Runtime's ``core/optimizer
    Sigmoid, LeakyRelu, Softmax} → Q
    DQ, DQ → {Add, Mul} → Q                         com.microsoft QLinearAdd / QLinearMul
    DQ… → Concat → Q                                com.microsoft QLinearConcat
+   DQ x, DQ y → Where → Q                          com.microsoft QLinearWhere
    DQ x, DQ w[, DQ int32 b] → Conv → Q             QLinearConv (bias: the int32 values)
    DQ a, DQ b → MatMul → Q                         QLinearMatMul
    DQ a, DQ b → MatMul (no Q)                      com.microsoft MatMulIntegerToFloat
@@ -47,8 +57,10 @@ with qsim's op library. The rewrites (facts from ONNX Runtime's ``core/optimizer
 6. **int8 → uint8** (``QDQS8ToU8Transformer``) — an int8 ``Q → DQ`` activation pair becomes
    uint8 with ``zp + 128`` (same reals), so that x86's uint8 kernels take the group.
 7. **Float fusions** — ``Conv → Relu/Clip/…`` (one reader) becomes com.microsoft ``FusedConv``
-   (the same float32 bits: MLAS applies the activation to each finished output), and
-   ``MatMul(2-D) → Add(bias)`` becomes ``Gemm``.
+   (the same float32 bits: MLAS applies the activation to each finished output),
+   ``MatMul(2-D) → Add(bias)`` becomes ``Gemm``, ``Gemm → activation`` com.microsoft
+   ``FusedGemm`` (same bits), and the RMSNorm pattern ``Pow → ReduceMean → Add → Sqrt → Div →
+   Mul`` ``SimplifiedLayerNormalization`` (ONNX Runtime's RMSNorm kernel: changes bits).
 
 Level-3 layout rewrites (NCHWc) do not change any bit of the tested models (checked against
 ``ORT_ENABLE_EXTENDED``); they are not applied. A group the table does not list stays as
