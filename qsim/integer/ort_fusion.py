@@ -1285,10 +1285,10 @@ def fuse_simplified_layer_norm(w: _Work, dtype_of, shapes) -> None:
         div = next_of(sqrt, "Div") if sqrt is not None and floats(sqrt) else None
         if div is None or not floats(div) or div.inputs[0] != pow_.inputs[0]:
             continue
-        readers = w.readers(div.outputs[0])
-        if len(readers) != 1 or readers[0].op_type != "Mul" or not floats(readers[0]):
+        mul = _single_reader(w, div.outputs[0])        # CheckOutputEdges(div, 1)
+        if mul is None or mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx") \
+                or not floats(mul):
             continue
-        mul = readers[0]
         axes = _reduce_axes(w, mean)
         rank = shapes(mean.inputs[0])
         if len(axes) != 1 or not _axes_are_last(axes, None if rank is None else len(rank)):
