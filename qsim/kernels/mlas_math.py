@@ -33,6 +33,7 @@ GlobalAveragePool      MlasPoolGlobalKernel (4 lanes)                   :func:`g
 AveragePool            MlasPool vector / generic kernels                :func:`pool_window_sums`
 ReduceSum, ReduceMean  Eigen redux / row adds / sgemm with ones         :func:`reduce_sum`
 LayerNormalization     MlasLayerNormF32 (AVX2) or scalar Welford        :func:`layer_norm_rows`
+SimplifiedLayerNorm.   MlasLayerNormF32 RMS branch or scalar loop       :func:`rms_norm_rows`
 InstanceNormalization  Eigen mean, squared norm                         :func:`instance_norm_planes`
 Resize (linear, 2-D)   UpsampleBilinear                                 :func:`bilinear`
 =====================  ===============================================  =======================
@@ -1270,6 +1271,101 @@ def layer_norm_rows(x2d, scale, bias, epsilon):
             _nb_layer_norm(x, scale, b, has_bias, F32(epsilon), out, means, invs)
             return out, means, invs
         return _np_layer_norm(x, scale, b if has_bias else None, epsilon)
+
+
+# --------------------------------------------------------------------------------------------
+# SimplifiedLayerNormalization / RMSNormalization (layer_norm_impl.cc with simplified=true:
+# rows of n >= 16 go through MlasLayerNormF32's AVX2 RMSNorm branch, shorter rows through the
+# scalar loop)
+
+
+@kernel
+def _nb_rms_norm(x, scale, eps, out, invs):
+    """Rows of ``x`` RMS-normalised as ONNX Runtime::
+
+        n >= 16 (MLAS):  v = 8 float lanes of fma(x, x, .), ((l0+l4)+(l2+l6)) +
+                             ((l1+l5)+(l3+l7)); tail: 4 at a time as += x*x, then fma one
+                             by one
+                         inv = 1 / sqrt(v/n + eps);  y = (x * inv) * scale
+        n < 16 (scalar): v = 0 + x0*x0 + x1*x1 + ... (each product rounded);
+                         r = sqrt(v/n + eps);  y = (x / r) * scale;  inv = 1 / r
+    """
+    rows, n = x.shape
+    nf = F32(n)
+    for r in range(rows):
+        if n >= 16:
+            lanes = np.zeros(8, np.float32)
+            n8 = n - n % 8
+            for i in range(0, n8, 8):
+                for j in range(8):
+                    lanes[j] = _fma32(x[r, i + j], x[r, i + j], lanes[j])
+            v = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + \
+                ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
+            i = n8
+            if n - n8 >= 4:
+                for j in range(4):
+                    v += x[r, i + j] * x[r, i + j]
+                i += 4
+            while i < n:
+                v = _fma32(x[r, i], x[r, i], v)
+                i += 1
+            inv = _ONE / F32(math.sqrt(v / nf + eps))
+            for i in range(n):
+                out[r, i] = (x[r, i] * inv) * scale[i]
+        else:
+            v = _ZERO
+            for i in range(n):
+                v = v + x[r, i] * x[r, i]
+            root = F32(math.sqrt(v / nf + eps))
+            for i in range(n):
+                out[r, i] = (x[r, i] / root) * scale[i]
+            inv = _ONE / root
+        invs[r] = inv
+
+
+def _np_rms_norm(x, scale, eps):
+    rows, n = x.shape
+    eps = F32(eps)
+    if n >= 16:
+        n8 = n - n % 8
+        lanes = np.zeros((rows, 8), F32)
+        for i in range(0, n8, 8):
+            lanes = _fma_np(x[:, i:i + 8], x[:, i:i + 8], lanes)
+        h = [(lanes[:, k] + lanes[:, k + 4]).astype(F32) for k in range(4)]
+        v = (((h[0] + h[2]).astype(F32)) + ((h[1] + h[3]).astype(F32))).astype(F32)
+        i = n8
+        if n - n8 >= 4:
+            for j in range(4):
+                v = (v + (x[:, i + j] * x[:, i + j]).astype(F32)).astype(F32)
+            i += 4
+        for j in range(i, n):
+            v = _fma_np(x[:, j], x[:, j], v)
+        inv = (_ONE / np.sqrt((v / F32(n)).astype(F32) + eps).astype(F32)).astype(F32)
+        y = ((x * inv[:, None]).astype(F32) * scale).astype(F32)
+    else:
+        v = np.zeros(rows, F32)
+        for i in range(n):
+            v = (v + (x[:, i] * x[:, i]).astype(F32)).astype(F32)
+        root = np.sqrt((v / F32(n)).astype(F32) + eps).astype(F32)
+        y = ((x / root[:, None]).astype(F32) * scale).astype(F32)
+        inv = (_ONE / root).astype(F32)
+    return y, inv
+
+
+def rms_norm_rows(x2d, scale, epsilon):
+    """SimplifiedLayerNormalization (RMSNorm) of every row of a 2-D float32 array as ONNX
+    Runtime computes it (see :func:`_nb_rms_norm`). ``scale``: one value per column. Returns
+    ``(y, inv_std_var)``, the last one value per row."""
+    x = np.ascontiguousarray(x2d, dtype=F32)
+    scale = np.ascontiguousarray(scale, dtype=F32).ravel()
+    rows = x.shape[0]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if USE_NUMBA:
+            out = np.empty_like(x)
+            invs = np.empty(rows, F32)
+            _nb_rms_norm(x, scale, F32(epsilon), out, invs)
+            return out, invs
+        return _np_rms_norm(x, scale, epsilon)
 
 
 def instance_norm_planes(x2d, scale, bias, epsilon) -> np.ndarray:

@@ -9,3 +9,4 @@ __all__ = ["OPS", "register", "supported_attributes", "internal_keywords"]
 
 from . import quantized  # noqa: E402,F401  (Q/DQ, QLinear*, *Integer: registers on import)
 from . import contrib_quantized  # noqa: E402,F401  (com.microsoft QLinear*, QGemm, ...)
+from . import ort_fused  # noqa: E402,F401  (SimplifiedLayerNormalization, FusedGemm, QLinearWhere)
