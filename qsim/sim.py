@@ -616,11 +616,12 @@ class QuantizationSimModel:
         from .qdq import export_qdq
         return export_qdq(self, path, quantize_bias=quantize_bias, opset=opset)
 
-    def to_integer(self, target: str = "onnxruntime"):
+    def to_integer(self, target: str = "onnxruntime", *, fp32_kernels: str = "auto"):
         """The integer model of this sim's QDQ export (``qsim.integer.to_integer``): its ``run``
-        returns what ``target`` computes for ``export_qdq``'s model, bit for bit."""
+        returns what ``target`` computes for ``export_qdq``'s model, bit for bit, on a CPU of
+        the kernel family ``fp32_kernels`` (default: this machine's)."""
         from .integer import to_integer
-        return to_integer(self, target)
+        return to_integer(self, target, fp32_kernels=fp32_kernels)
 
     def load_encodings(self, path: "str | os.PathLike", strict: bool = True):
         """Load an encodings file (1.0.0, 0.6.1 or 2.0.0; AIMET's or qsim's) into this sim.

@@ -272,3 +272,10 @@ def test_cli_from_qdq_refuses_fp32_models_and_no_model(capsys, qdq_file, tmp_pat
     assert code == 2 and "it is not a QDQ model" in err and not (tmp_path / "o").exists()
     code, _, err = _cli(capsys, "analyze", "--from-qdq", "--out", tmp_path / "o")
     assert code == 2 and "--from-qdq needs MODEL.onnx" in err
+
+
+def test_to_integer_names_a_bad_kernel_family():
+    from qsim.errors import ConfigError
+    sim, _ = case("digits_a8")
+    with pytest.raises(ConfigError, match="fp32_kernels='sse' is not a kernel family"):
+        sim.to_integer("onnxruntime", fp32_kernels="sse")

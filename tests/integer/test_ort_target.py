@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import collections
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -194,7 +193,6 @@ def test_int8_compute_nbits_models_equal_both_families(family):
     the AVX-512 VNNI family (this CPU) and of the AVX2 family (Haswell under QEMU), from golden
     outputs (tests/data/ort_nbits_int8/make_model_cases.py): ``fp32_kernels`` naming the family
     gives its bits on any CPU. The families disagree on some outputs, so each check counts."""
-    from qsim.integer import to_integer
     want = np.load(NBITS_GOLDEN / family / "models.npz")
     other = np.load(NBITS_GOLDEN / ("avx512" if family == "avx2" else "avx2") / "models.npz")
     cases = sorted({"/".join(k.split("/")[:2]) for k in want.files})     # "{case id}/{output}"
@@ -202,7 +200,7 @@ def test_int8_compute_nbits_models_equal_both_families(family):
     differ = 0
     for case_id in cases:
         sim, feeds = case(case_id)
-        model = dataclasses.replace(to_integer(sim, "onnxruntime"), fp32_kernels=family)
+        model = sim.to_integer("onnxruntime", fp32_kernels=family)
         assert _int8_compute_nbits(model.graph) > 0, case_id
         got = model.run(feeds)
         for name, value in got.items():
