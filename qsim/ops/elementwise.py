@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import OpError
 from ..jit import USE_NUMBA, kernel
 from ..kernels import eigen_math
+from ..kernels import eigen_minmax
 from ..kernels import libm
 from ..kernels import mlas_math as math_exact
 from .registry import register
@@ -585,16 +586,26 @@ def _variadic(op: str, fn, inputs) -> np.ndarray:
     return _out(result, dtype)
 
 
+def _max_min(op: str, inputs, maximum: bool) -> np.ndarray:
+    if len(inputs) < 2 or np.asarray(inputs[0]).dtype.kind != "f":
+        return _variadic(op, np.maximum if maximum else np.minimum, inputs)
+    dtype = _same_dtype(op, *inputs)
+    _broadcast(op, *inputs)
+    return _out(eigen_minmax.max_min(inputs, maximum), dtype)
+
+
 @register("Max")
 def max_(*inputs):
-    """Elementwise maximum of all inputs (broadcasting); NaN propagates."""
-    return _variadic("Max", np.maximum, inputs)
+    """Elementwise maximum of all inputs (broadcasting), folded left to right as ONNX Runtime
+    does; NaN propagates, and a NaN or a tie of +0 and -0 returns the operand ORT's Eigen
+    expression returns (:mod:`qsim.kernels.eigen_minmax`)."""
+    return _max_min("Max", inputs, True)
 
 
 @register("Min")
 def min_(*inputs):
-    """Elementwise minimum of all inputs (broadcasting); NaN propagates."""
-    return _variadic("Min", np.minimum, inputs)
+    """Elementwise minimum of all inputs, as :func:`max_` (NaN and ±0 as ONNX Runtime)."""
+    return _max_min("Min", inputs, False)
 
 
 @register("Sum")
