@@ -82,44 +82,43 @@ def span_and_functor(shape0: tuple[int, ...], shape1: tuple[int, ...]) -> tuple[
     return min(count0, count1), functor
 
 
-def packet_positions(n: int, span: int, packet: int) -> np.ndarray:
-    """Which of ``n`` output elements Eigen computes inside SSE packets of ``packet`` elements
-    when it writes spans of ``span`` elements to a 16-byte-aligned output: per span starting at
-    ``o``, positions ``h <= j < h + (span - h) // packet * packet`` with
-    ``h = min((-o) mod packet, span)``.
+def packet_positions(index: np.ndarray, span: int, packet: int) -> np.ndarray:
+    """Whether Eigen computes the output elements at flat ``index`` inside SSE packets of
+    ``packet`` (a power of 2) elements when it writes spans of ``span`` elements to a
+    16-byte-aligned output: per span starting at ``o``, positions
+    ``h <= j < h + (span - h) // packet * packet`` with ``h = min((-o) mod packet, span)``.
 
-    >>> packet_positions(10, 5, 4).astype(int).tolist()
+    >>> packet_positions(np.arange(10), 5, 4).astype(int).tolist()
     [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]
     """
-    i = np.arange(n)
-    j = i % span
-    head = np.minimum((j - i) % packet, span)
-    end = head + (span - head) // packet * packet
-    return (j >= head) & (j < end)
+    j = index % span
+    head = np.minimum((j - index) & (packet - 1), span)
+    return (j >= head) & (j < head + (span - head) // packet * packet)
 
 
 def fold_step(x0: np.ndarray, x1: np.ndarray, maximum: bool) -> np.ndarray:
     """One step ``f(x0, x1)`` of ORT's Max (``maximum``) or Min fold, float inputs of one dtype
     that broadcast (formula in the module docstring)."""
-    shape = np.broadcast_shapes(x0.shape, x1.shape)
-    b0, b1 = np.broadcast_to(x0, shape), np.broadcast_to(x1, shape)
-    out = np.maximum(b0, b1) if maximum else np.minimum(b0, b1)
-    if out.size == 0:
+    out = np.asarray(np.maximum(x0, x1) if maximum else np.minimum(x0, x1))
+    # only a NaN or a zero result can come from the "wrong" operand: done without them
+    if out.size == 0 or not (np.isnan(out).any() or (out == 0).any()):
         return out
     span, functor = span_and_functor(x0.shape, x1.shape)
-    a, b = (b1, b0) if functor == INPUT0_SCALAR else (b0, b1)
-    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    a, b = np.broadcast_to(x0, out.shape), np.broadcast_to(x1, out.shape)
+    if functor == INPUT0_SCALAR:
+        a, b = b, a
     # ties that matter: +0 against -0 (equal values otherwise have equal bits)
     tie = (a == b) & (np.signbit(a) != np.signbit(b))
-    if not (nan_a.any() or nan_b.any() or tie.any()):
-        return out
-    packet = PACKET.get(out.dtype)
-    in_packet = (np.zeros(shape, bool) if packet is None
-                 else packet_positions(out.size, span, packet).reshape(shape))
-    out = np.where(tie & ~in_packet, a, out)
-    out = np.where(tie & in_packet, b, out)
-    out = np.where(nan_b, b, out)
-    return np.where(nan_a, a, out)
+    if tie.any():
+        packet = PACKET.get(out.dtype)
+        in_packet = (np.zeros(1, bool) if packet is None
+                     else packet_positions(np.flatnonzero(tie), span, packet))
+        out[tie] = np.where(in_packet, b[tie], a[tie])
+    for operand in (b, a):              # a NaN a wins over a NaN b
+        nan = np.isnan(operand)
+        if nan.any():
+            out[nan] = operand[nan]
+    return out
 
 
 def max_min(inputs, maximum: bool) -> np.ndarray:
