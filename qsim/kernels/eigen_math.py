@@ -1,5 +1,8 @@
-"""float32 Eigen expressions of ONNX Runtime's activation functors (Elu, Selu, Celu, Softplus)
-and of its Sin and Cos, bit for bit.
+"""float32 Eigen expressions of ONNX Runtime's activation functors (Elu, Selu, Celu, Softplus),
+of its Sin and Cos, and the packet pow of its LRN (:func:`ppow`), bit for bit.
+
+The Eigen is the one ONNX Runtime's cmake/deps.txt pins (commit 1d8b82b0, February 2025: its
+pow is the one ORT 1.32's LRN output matches), compiled for SSE (packets of 4 floats, no FMA).
 
 ORT evaluates ``ym = <Eigen array expression of xm>`` over each parallel block of the flattened
 tensor (:func:`qsim.kernels.mlas_math.parallel_blocks` with the functor's cost). Eigen runs the
