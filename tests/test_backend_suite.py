@@ -21,7 +21,7 @@ from tests.backend_suite import cases, run_case
 #: kernel, cubic Resize weights, float64 paths): compared to tolerance
 TOLERANCE_OPS = frozenset({
     "Attention", "RMSNormalization", "RotaryEmbedding", "FlexAttention",
-    "Einsum", "Pow"})
+    "Einsum"})
 #: cases that use exact ops on inputs whose arithmetic qsim does not reproduce bit for bit
 TOLERANCE_CASES = {
     "cubic_A_n0p5_exclude_outside": "cubic Resize with exclude_outside: ORT's renormalised "
