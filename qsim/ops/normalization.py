@@ -42,16 +42,17 @@ def lrn(x, *, alpha=1e-4, beta=0.75, bias=1.0, size=None):
     n, c = x.shape[:2]
     a = t(t(alpha) / t(size))
     squares = np.zeros((n, c + size - 1) + x.shape[2:], x.dtype)
-    squares[:, (size - 1) // 2:(size - 1) // 2 + c] = x * x
     scale = np.empty_like(x)
     running = np.full((n,) + x.shape[2:], t(bias), x.dtype)
-    for k in range(size):
-        running = running + a * squares[:, k]
-    scale[:, 0] = running
-    for ch in range(1, c):
-        running = running + a * squares[:, ch + size - 1]
-        running = running + (-a) * squares[:, ch - 1]
-        scale[:, ch] = running
+    with np.errstate(over="ignore", invalid="ignore"):      # inf/NaN inputs: IEEE results
+        squares[:, (size - 1) // 2:(size - 1) // 2 + c] = x * x
+        for k in range(size):
+            running = running + a * squares[:, k]
+        scale[:, 0] = running
+        for ch in range(1, c):
+            running = running + a * squares[:, ch + size - 1]
+            running = running + (-a) * squares[:, ch - 1]
+            scale[:, ch] = running
     b = float(np.float32(beta))
     if x.dtype == np.float32:
         power = eigen_math.ppow(scale, -b)
