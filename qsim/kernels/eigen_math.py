@@ -152,14 +152,17 @@ def celu(x, alpha: float, threads: int = DEFAULT_THREADS) -> np.ndarray:
 
 
 def softplus(x, threads: int = DEFAULT_THREADS) -> np.ndarray:
-    """ORT's Softplus: ``x > 0 ? x + log1p(exp(-x)) : log1p(exp(x))``."""
+    """ORT's Softplus: ``x > 0 ? x + log1p(exp(-x)) : log1p(exp(x))``; a NaN x gives the
+    packet log's NaN (all bits set) in packets, x's NaN elsewhere."""
     x = np.asarray(x, F32)
     flat = x.ravel()
     scalar = scalar_positions(flat.size, COSTS["Softplus"], threads)
     with np.errstate(over="ignore", invalid="ignore"):
         pos = (flat + _log1p_parts(_exp_parts(-flat, scalar), scalar)).astype(F32)
     neg = _log1p_parts(_exp_parts(flat, scalar), scalar)
-    return np.where(flat > 0, pos, neg).astype(F32).reshape(x.shape)
+    out = np.where(flat > 0, pos, neg).astype(F32)
+    out[np.isnan(flat) & ~scalar] = mlas_math._PACKET_LOG_NAN    # the packet log's NaN
+    return out.reshape(x.shape)
 
 
 # --------------------------------------------------------------------------------------------

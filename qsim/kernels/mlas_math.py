@@ -852,10 +852,15 @@ def exp(x) -> np.ndarray:
     return _elementwise(_nb_exp, _np_exp, x)
 
 
+#: the NaN Eigen's packet log returns for x < 0 and NaN x (its invalid mask OR-ed in: all bits)
+_PACKET_LOG_NAN = np.array([0xFFFFFFFF], np.uint32).view(F32)[0]
+
+
 def log(x, threads: int = DEFAULT_THREADS) -> np.ndarray:
     """Log as ORT computes it with ``threads`` intra-op threads: the flattened tensor is cut in
     :func:`parallel_blocks`; in each, Eigen's packet log, except C logf on the unaligned head and
-    the n % 4 tail (:func:`log_scalar_positions`)."""
+    the n % 4 tail (:func:`log_scalar_positions`). A packet's NaN (x < 0 or NaN) has every bit
+    set; logf's is the default NaN or x's own."""
     x = np.asarray(x, F32)
     flat = _f32_flat(x)
     scalar = log_scalar_positions(flat.size, threads)
@@ -864,6 +869,9 @@ def log(x, threads: int = DEFAULT_THREADS) -> np.ndarray:
         _nb_log(flat, scalar, out)
     else:
         out = _np_log(flat, scalar)
+    with np.errstate(invalid="ignore"):
+        invalid = ~scalar & (np.isnan(flat) | (flat < 0))
+    out[invalid] = _PACKET_LOG_NAN
     return out.reshape(x.shape)
 
 

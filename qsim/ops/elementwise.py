@@ -468,7 +468,8 @@ def softsign(x):
     x = _float_input("Softsign", x)
     one = x.dtype.type(1)
     with np.errstate(invalid="ignore"):  # inf · 0 is NaN, as in ONNX Runtime
-        return _out(x * (one / (one + np.abs(x))), x.dtype)
+        y = (one / (one + np.abs(x))) * x
+    return _out(np.where(np.isnan(x), np.abs(x), y), x.dtype)   # ORT's NaN: the reciprocal's
 
 
 @register("Elu")
