@@ -853,10 +853,15 @@ def exp(x) -> np.ndarray:
     return _elementwise(_nb_exp, _np_exp, x)
 
 
+#: the NaN Eigen's packet log returns for x < 0 and NaN x (its invalid mask OR-ed in: all bits)
+_PACKET_LOG_NAN = np.array([0xFFFFFFFF], np.uint32).view(F32)[0]
+
+
 def log(x, threads: int = DEFAULT_THREADS) -> np.ndarray:
     """Log as ORT computes it with ``threads`` intra-op threads: the flattened tensor is cut in
     :func:`parallel_blocks`; in each, Eigen's packet log, except C logf on the unaligned head and
-    the n % 4 tail (:func:`log_scalar_positions`)."""
+    the n % 4 tail (:func:`log_scalar_positions`). A packet's NaN (x < 0 or NaN) has every bit
+    set; logf's is the default NaN or x's own."""
     x = np.asarray(x, F32)
     flat = _f32_flat(x)
     scalar = log_scalar_positions(flat.size, threads)
@@ -865,6 +870,9 @@ def log(x, threads: int = DEFAULT_THREADS) -> np.ndarray:
         _nb_log(flat, scalar, out)
     else:
         out = _np_log(flat, scalar)
+    with np.errstate(invalid="ignore"):
+        invalid = ~scalar & (np.isnan(flat) | (flat < 0))
+    out[invalid] = _PACKET_LOG_NAN
     return out.reshape(x.shape)
 
 
@@ -1402,25 +1410,32 @@ def _window(offsets, strides, out):
 
 
 def pool_window_sums(xp, kernel, strides, out, *, vector: bool) -> np.ndarray:
-    """Sum of every pooling window of the zero-padded float32 input ``xp`` (N, C, spatial...):
+    """Sum of every pooling window of the padded float32 input ``xp`` (N, C, spatial...):
 
     * ``vector`` (MlasPool2DVectorKernel / 3D): first, per column, the sum over the window's
-      leading spatial positions in row-major order; then these column sums left to right along
-      the last axis, starting from the first column;
-    * otherwise (the generic MLAS kernels and ORT's own pooling loop): 0 + every window position
-      in row-major order.
-    Padding contributes +0.0 at its place in the order."""
+      leading spatial positions in row-major order (2D: from the first row; 3D: from +0); then
+      these column sums left to right along the last axis, starting from the first column;
+    * otherwise (the generic MLAS kernels and ORT's own pooling loop): +0 + every window
+      position in row-major order.
+
+    Padding along the last axis is +0.0 at its place in the order (MLAS's reduction buffer).
+    MLAS sums only the input's rows: pad ``xp``'s leading spatial axes with -0.0, the exact
+    additive identity (x + -0 = x for every x, +0 included), for the 2D vector kernel, whose
+    column sums keep a -0; elsewhere the +0 start makes the sign of padding immaterial."""
     xp = np.asarray(xp, F32)
     if not vector:
         total = None
         for offsets in np.ndindex(*kernel):
             part = xp[_window(offsets, strides, out)]
-            total = part.copy() if total is None else (total + part).astype(F32)
+            total = (part + F32(0)) if total is None else (total + part).astype(F32)
         return total
     columns = None
     for offsets in np.ndindex(*kernel[:-1]):
         part = xp[_window(offsets, strides[:-1], out[:-1]) + (slice(None),)]
-        columns = part.copy() if columns is None else (columns + part).astype(F32)
+        if columns is None:
+            columns = part.copy() if len(kernel) == 2 else part + F32(0)
+        else:
+            columns = (columns + part).astype(F32)
     k, s, o = kernel[-1], strides[-1], out[-1]
     total = None
     for j in range(k):

@@ -726,6 +726,9 @@ def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
         vector = (not ort_loop
                   and math_exact.mlas_pool_is_vector(kernel, strides, spatial[-1],
                                                      begins[-1] + ends[-1]))
+        if vector and len(kernel) == 2:    # MLAS's column sums skip the padding rows
+            xp = _pad(_pad(x, [0, begins[1]], [0, ends[1] + extra[1]], 0.0),
+                      [begins[0], 0], [ends[0] + extra[0], 0], -0.0)
         total = math_exact.pool_window_sums(xp, kernel, strides, out, vector=vector)
     else:
         total = _separable_pool(xp, kernel, strides, dilations, out, np.add)

@@ -428,6 +428,22 @@ def test_average_pool_matches_ort(case, seed, n_threads):
     assert_same_bits(OPS["AveragePool"](x, **attrs), expected, f"AveragePool {attrs}")
 
 
+@pytest.mark.parametrize("opset", [11, 17, 19])
+@settings(max_examples=60, deadline=None)
+@given(case=average_pool_cases(), seed=seeds, only_zeros=st.booleans())
+def test_average_pool_signed_zeros_as_onnx_runtime(opset, case, seed, only_zeros):
+    # the sign of a zero average: MLAS's generic kernels and ORT's own loops sum from +0, the
+    # 2D vector kernel's column sums start at the first input row (padding rows do not count,
+    # padding columns add +0), the 3D vector kernel's start at +0
+    shape, attrs = case
+    rng = np.random.default_rng(seed)
+    values = [0.0, -0.0, -0.0] if only_zeros else [0.0, -0.0, -0.0, -1.5, 0.75, np.nan, -np.inf]
+    x = rng.choice(np.array(values, np.float32), shape)
+    expected = ort_run("AveragePool", [x], attrs, opset=opset)
+    assert_same_bits(OPS["AveragePool"](x, **attrs, opset=opset), expected,
+                     f"AveragePool-{opset} {attrs}")
+
+
 def test_average_pool_with_kernel_of_the_input_size_is_global_pooling():
     x = data(3, (2, 3, 13, 11), 3.0, special=False)
     expected = ort_run("AveragePool", [x], {"kernel_shape": [13, 11]})
