@@ -6,7 +6,7 @@ ratio, with its quartiles:
   min/max statistics          vs np.max(x)                            goal <= 1.5x
   tf-enhanced histogram update vs np.max(x)                           goal <= 4x
                               vs np.histogram(x, bins=same edges)     goal >= 5x faster
-    (the default, which counts a channel of >= 2^18 elements on every core, threads=1, and
+    (the default, which counts a channel of >= 2^20 elements on every core, threads=1, and
     the default on Relu-shaped data, half zeros; np.max is single-threaded)
   quantize-dequantize         vs np.clip(x, lo, hi, out=y)            goal <= 3x
 and how many cores' worth of CPU other processes used meanwhile (a second thread only helps

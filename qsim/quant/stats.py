@@ -259,7 +259,7 @@ def _nb_fix_bins(mn, mx):
 
 #: elements per block of the two-phase binning loop (indices first, then counts)
 _BLOCK = 1024
-#: sub-histograms: element j of a block is counted in copy ``j % _COPIES``, so a run of equal
+#: sub-histograms: consecutive elements are counted in different copies, so a run of equal
 #: bins (the zeros after a Relu) does not make every increment wait for the previous one's
 #: store to the same counter (Relu-shaped data at 1M elements: 1.0 ms -> 0.43 ms)
 _COPIES = 4
@@ -267,9 +267,10 @@ _COPIES = 4
 #: counted since the last time (fewer than 2^31 elements between two additions: no overflow)
 _FLUSH = 1 << 30
 #: with ``threads`` unset, a batch of at least this many elements per channel is binned on all
-#: cores (below it, handing a chunk to a thread costs more than it saves; measured in
-#: benchmarks/bench_quant.py)
-PARALLEL_MIN_ELEMENTS = 1 << 18
+#: cores. Measured on the 2-core VM (benchmarks/README.md): with the second core idle, two
+#: threads lose at 2^18 elements, tie at 2^19 and save about a quarter at 2^20; when other jobs
+#: keep the cores busy they lose at every size
+PARALLEL_MIN_ELEMENTS = 1 << 20
 #: the threaded histogram cuts the channels into about 4 pieces per thread, of at least this
 #: many elements (a piece costs about 2 µs to hand out and count, 2^16 elements about 25 µs)
 _PIECE = 1 << 16
@@ -284,8 +285,9 @@ def _nb_bin_row(row, r, k0f, sub, buf):
     ``idx`` outside ``[0, 1536)`` go to the extra slot ``1536`` (dropped). Per block of
     ``_BLOCK`` elements the int32 indices are computed first into ``buf`` (a loop the compiler
     vectorises: the row is read with unsigned indices, so no negative-index wrap-around turns
-    the loads into gathers) and counted afterwards, element ``j`` into copy ``j % 4`` (one
-    increment per element, unsigned index).
+    the loads into gathers) and counted afterwards, elements ``4i .. 4i+3`` of a block into
+    copies ``0 .. 3`` (the last ``m mod 4`` into copy 0; the loop is written out for
+    ``_COPIES = 4``): one increment per element, unsigned index.
 
     Returns ``(#NaN, any ±Inf, any finite)``. A kept element is finite (``s`` finite and
     ``r > 0``), so only a block that dropped something is read again to classify its drops.
@@ -454,9 +456,9 @@ def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
 
 def _count_pieces(x3, pieces, todo, rows, done, r, k0f) -> int:
     """Take piece numbers ``k`` from the deque ``todo`` until it is empty and count piece
-    ``pieces[k] = (c, start, stop)`` into ``rows[k]``, then record its ``(#NaN, any ±Inf, any
-    finite)`` in ``done[k]`` (so ``k in done`` means ``rows[k]`` is complete). Returns how many
-    pieces this thread counted. ``deque.popleft`` is thread-safe: each piece is taken once."""
+    ``pieces[k] = (c, start, stop)`` into ``rows[k]`` (with ``r[c], k0f[c]``), then record its ``(#NaN, any ±Inf, any finite)`` in ``done[k]`` (so
+    ``k in done`` means ``rows[k]`` is complete). Returns how many pieces this thread counted.
+    ``deque.popleft`` is thread-safe: each piece is taken once."""
     mine = 0
     while True:
         try:
@@ -486,8 +488,8 @@ def _threaded_histogram_update(x3, fixed, width, k0, batches, pdf, threads, piec
         return nans, inf_seen, finite_seen
     skip = np.zeros(n_ch, np.bool_)
     _nb_fix_channels(x3, fixed, width, k0, skip)
-    counted = np.flatnonzero(~skip).tolist()
-    finite_seen = bool(skip.any())          # an all-zero slice: skipped, not counted
+    counted = [c for c in range(n_ch) if not skip[c]]
+    finite_seen = len(counted) < n_ch         # an all-zero slice: skipped, not counted
     r = {c: np.float32(1.0 / width[c]) for c in counted}
     k0f = {c: np.float32(k0[c]) for c in counted}
     size = max(piece, -(-numel * len(counted) // (4 * threads)))
@@ -507,11 +509,9 @@ def _threaded_histogram_update(x3, fixed, width, k0, batches, pdf, threads, piec
     for k, (c, start, stop) in enumerate(pieces):
         flags = done.get(k)
         if flags is None:           # still held by a worker without a core: count it here
-            row = np.zeros(NUM_BINS + 1, np.int64)
-            flags = _nb_count_channel(x3, c, start, stop, r[c], k0f[c], row)
+            flags = _nb_count_channel(x3, c, start, stop, r[c], k0f[c], counts[c])
         else:
-            row = rows[k]
-        counts[c] += row
+            counts[c] += rows[k]
         nans += flags[0]
         inf_seen |= flags[1]
         finite_seen |= flags[2]
