@@ -479,8 +479,9 @@ def _threaded_histogram_update(x3, fixed, width, k0, batches, pdf, threads, piec
     left, each counted into its own integer histogram; the counts are added afterwards. On a
     shared machine a worker may get no core for a while: one that has not started when the
     calling thread runs out of pieces is cancelled, and a piece a worker holds for longer than
-    the calling thread needed per piece is counted again by the calling thread (the worker's
-    late result is ignored). So the update never waits on a thread that has no core."""
+    the calling thread's CPU time per piece is counted again by the calling thread (the
+    worker's late result is ignored). So the update never waits long on a thread without a
+    core."""
     n_outer, n_ch, n_inner = x3.shape
     numel = n_outer * n_inner
     nans, inf_seen, finite_seen = 0, False, False
@@ -500,11 +501,11 @@ def _threaded_histogram_update(x3, fixed, width, k0, batches, pdf, threads, piec
     pool = _pool(threads - 1, os.getpid()) if threads > 1 else None
     futures = [pool.submit(_count_pieces, x3, pieces, todo, rows, done, r, k0f)
                for _ in range(threads - 1)]
-    t0 = time.perf_counter()
+    t0 = time.thread_time()         # CPU time: a piece's cost even if this thread lost its core
     mine = _count_pieces(x3, pieces, todo, rows, done, r, k0f)
     running = [f for f in futures if not f.cancel()]
     if running:
-        wait(running, timeout=(time.perf_counter() - t0) / max(mine, 1))
+        wait(running, timeout=(time.thread_time() - t0) / max(mine, 1))
     counts = np.zeros((n_ch, NUM_BINS + 1), np.int64)
     for k, (c, start, stop) in enumerate(pieces):
         flags = done.get(k)
@@ -520,12 +521,41 @@ def _threaded_histogram_update(x3, fixed, width, k0, batches, pdf, threads, piec
     return nans, inf_seen, finite_seen
 
 
+@functools.cache
+def _loadavg_fd(pid: int) -> int:
+    """A descriptor of /proc/loadavg, opened once per process (-1 where there is none)."""
+    try:
+        return os.open("/proc/loadavg", os.O_RDONLY)
+    except OSError:
+        return -1
+
+
+def _runnable_tasks() -> int | None:
+    """Tasks running or waiting for a core on the whole machine right now, this thread included
+    (the 4th field of /proc/loadavg, ``running/total``); None where it cannot be read."""
+    fd = _loadavg_fd(os.getpid())
+    if fd < 0:
+        return None
+    try:
+        return int(os.pread(fd, 128, 0).split()[3].split(b"/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def default_threads(x3) -> int:
-    """Threads for a batch seen as ``(outer, C, inner)`` when the caller gives none: every core
-    this process may use if a channel holds at least ``PARALLEL_MIN_ELEMENTS`` elements, else 1."""
+    """Threads for a batch seen as ``(outer, C, inner)`` when the caller gives none: 1 unless a
+    channel holds at least ``PARALLEL_MIN_ELEMENTS`` elements; then the cores this process may
+    use that no other task is running on now, ``cores - (runnable - 1)``, at least 1 (all of
+    them where the machine's runnable count is unknown). A second thread on a core another job
+    keeps busy made the update slower, with stalls of milliseconds when the woken worker took
+    the core (and the GIL) from the calling thread (benchmarks/README.md)."""
     if x3.shape[0] * x3.shape[2] < PARALLEL_MIN_ELEMENTS:
         return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    runnable = _runnable_tasks()
+    if runnable is None:
+        return cores
+    return max(1, min(cores, cores - (runnable - 1)))
 
 
 def _histogram_update(x3, fixed, width, k0, batches, pdf, threads):

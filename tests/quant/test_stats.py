@@ -352,11 +352,25 @@ def test_parallel_histogram_update_equals_serial_bits(threads):
     assert public.nan_count == int(np.isnan(x).sum())
 
 
-def test_default_threads_only_for_large_channels():
+@pytest.mark.parametrize("runnable", [None, 1, 2, 3, 50])
+def test_default_threads_only_for_large_channels_and_free_cores(monkeypatch, runnable):
+    """Large channels get the cores no other task is running on (this thread counts itself),
+    at least one; all cores when the machine's runnable count is unknown."""
     big = channel_view(np.zeros(S.PARALLEL_MIN_ELEMENTS, np.float32), None)
     small = channel_view(np.zeros((S.PARALLEL_MIN_ELEMENTS, 2), np.float32)[:-1], 1)
-    assert S.default_threads(big) == len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(S, "_runnable_tasks", lambda: runnable)
+    expected = cores if runnable is None else max(1, cores - (runnable - 1))
+    assert S.default_threads(big) == expected
     assert S.default_threads(small) == 1
+
+
+def test_runnable_tasks_counts_this_thread():
+    n = S._runnable_tasks()
+    if os.path.exists("/proc/loadavg"):
+        assert isinstance(n, int) and n >= 1
+    else:
+        assert n is None
 
 
 @pytest.mark.parametrize("threads", [0, -2, 1.5, "2"])
