@@ -266,10 +266,11 @@ _COPIES = 4
 #: the uint32 sub-histograms are added into the int64 counts once this many elements were
 #: counted since the last time (fewer than 2^31 elements between two additions: no overflow)
 _FLUSH = 1 << 30
-#: with ``threads`` unset, a batch of at least this many elements per channel is binned on all
-#: cores. Measured on the 2-core VM (benchmarks/README.md): with the second core idle, two
-#: threads lose at 2^18 elements, tie at 2^19 and save about a quarter at 2^20; when other jobs
-#: keep the cores busy they lose at every size
+#: with ``threads`` unset, a batch of at least this many elements per channel is binned on the
+#: cores no other task is running on (:func:`default_threads`). Measured on the 2-core VM
+#: (benchmarks/README.md): with the second core idle, two threads lost at 2^18 elements, tied
+#: at 2^19 and saved a quarter at 2^20; when other jobs keep the cores busy they lose at every
+#: size
 PARALLEL_MIN_ELEMENTS = 1 << 20
 #: the threaded histogram cuts the channels into about 4 pieces per thread, of at least this
 #: many elements (a piece costs about 2 µs to hand out and count, 2^16 elements about 25 µs)
@@ -678,9 +679,10 @@ class HistogramStats:
         (exactly: ``(0·0 + p)/(0 + 1) = p``). Only ``fixed, width, k0`` of ``self`` are read,
         so a worker that knows the bins needs nothing else.
 
-        ``threads``: channels of at least ``PARALLEL_MIN_ELEMENTS`` elements are counted in that
-        many chunks concurrently (integer counts added afterwards: the same bits). ``None``
-        (default): every core for such channels (:func:`default_threads`), else 1."""
+        ``threads``: channels of at least ``PARALLEL_MIN_ELEMENTS`` elements are counted on that
+        many threads (integer counts added afterwards: the same bits). ``None``
+        (default): for such channels the cores no other task is running on
+        (:func:`default_threads`), else 1."""
         batches = np.zeros(self.batches.shape, np.int64)
         pdf = np.zeros(self.pdf.shape, np.float64)
         fixed, width, k0, nans, inf, finite = self._count(x, threads, batches, pdf, "observe")
