@@ -545,18 +545,19 @@ def _runnable_tasks() -> int | None:
 
 def default_threads(x3) -> int:
     """Threads for a batch seen as ``(outer, C, inner)`` when the caller gives none: 1 unless a
-    channel holds at least ``PARALLEL_MIN_ELEMENTS`` elements; then the cores this process may
-    use that no other task is running on now, ``cores - (runnable - 1)``, at least 1 (all of
-    them where the machine's runnable count is unknown). A second thread on a core another job
-    keeps busy made the update slower, with stalls of milliseconds when the woken worker took
-    the core (and the GIL) from the calling thread (benchmarks/README.md)."""
+    channel holds at least ``PARALLEL_MIN_ELEMENTS`` elements; then the machine's cores that no
+    other task is running on now, ``cpu_count - (runnable - 1)`` (/proc/loadavg counts the
+    tasks of the whole machine), at most the cores this process may use and at least 1 (all of
+    those where the runnable count is unknown). A second thread on a core another job keeps
+    busy made the update slower, with stalls of milliseconds when the woken worker took the
+    core (and the GIL) from the calling thread (benchmarks/README.md)."""
     if x3.shape[0] * x3.shape[2] < PARALLEL_MIN_ELEMENTS:
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     runnable = _runnable_tasks()
     if runnable is None:
         return cores
-    return max(1, min(cores, cores - (runnable - 1)))
+    return max(1, min(cores, (os.cpu_count() or cores) - (runnable - 1)))
 
 
 def _histogram_update(x3, fixed, width, k0, batches, pdf, threads):

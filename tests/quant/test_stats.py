@@ -354,13 +354,15 @@ def test_parallel_histogram_update_equals_serial_bits(threads):
 
 @pytest.mark.parametrize("runnable", [None, 1, 2, 3, 50])
 def test_default_threads_only_for_large_channels_and_free_cores(monkeypatch, runnable):
-    """Large channels get the cores no other task is running on (this thread counts itself),
-    at least one; all cores when the machine's runnable count is unknown."""
+    """Large channels get the machine's cores no other task is running on (this thread counts
+    itself), within this process's cores and at least one; all of those when the machine's
+    runnable count is unknown."""
     big = channel_view(np.zeros(S.PARALLEL_MIN_ELEMENTS, np.float32), None)
     small = channel_view(np.zeros((S.PARALLEL_MIN_ELEMENTS, 2), np.float32)[:-1], 1)
     cores = len(os.sched_getaffinity(0))
     monkeypatch.setattr(S, "_runnable_tasks", lambda: runnable)
-    expected = cores if runnable is None else max(1, cores - (runnable - 1))
+    free = None if runnable is None else os.cpu_count() - (runnable - 1)
+    expected = cores if runnable is None else max(1, min(cores, free))
     assert S.default_threads(big) == expected
     assert S.default_threads(small) == 1
 
