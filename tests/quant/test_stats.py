@@ -627,3 +627,17 @@ def test_a_piece_held_by_a_stalled_worker_is_counted_again(monkeypatch):
     assert worker_took.is_set()
     _same_bits(threaded[:5], serial[:5])
     assert threaded[5] == serial[5] and serial[5][0] == (x.size // 97 + 1, True, True)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1))
+def test_sub_histograms_add_into_the_counts_and_restart_at_zero(seed):
+    """The flush of the uint32 sub-histograms: ``counts += sub.sum(axis=0)`` exactly (values
+    near 2^32 - 1 included), then every copy is zero."""
+    rng = np.random.default_rng(seed)
+    sub = rng.integers(0, 2**32, (S._COPIES, S.NUM_BINS + 1), dtype=np.uint64).astype(np.uint32)
+    counts = rng.integers(0, 2**40, S.NUM_BINS + 1, dtype=np.int64)
+    expected = counts + sub.astype(np.int64).sum(axis=0)
+    S._nb_add_sub(sub, counts)
+    np.testing.assert_array_equal(counts, expected)
+    assert not sub.any()
