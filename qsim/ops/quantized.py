@@ -20,8 +20,9 @@ The arithmetic, as ONNX Runtime 1.32 computes it on x86 (checked against it in
   Runtime's uint8 × int8 kernels (``vpmaddubsw``) saturate pairs of products at ±32767; qsim
   computes the exact sum, which is what VNNI CPUs return (int8 weights in [-64, 63], ONNX
   Runtime's ``reduce_range``, never saturate). qsim evaluates it with float32 BLAS products over
-  K-slices short enough that no partial sum exceeds 2^24 (:func:`_terms_per_sgemm`), so every
-  float32 operation is exact, and adds the slices in float64.
+  K-slices short enough that no partial sum exceeds 2^24 (:func:`_terms_per_sgemm`; for
+  convolutions the slices are cut by the weights' absolute row sums, :func:`_k_slices`), so every
+  float32 operation is exact, and adds the slices exactly (int32 or float64).
 * **requantize** (QLinearMatMul, QLinearConv; MLAS ``MlasRequantizeOutput``)
   ``M = float32(float32(s_a · s_b) / s_y)`` per output column/channel, then
   ``y = clamp(rne(float32(acc + bias) ⊗ M), qmin - zp_y, qmax - zp_y) + zp_y`` (bias added in
@@ -34,6 +35,7 @@ import math
 import numpy as np
 
 from ..errors import OpError
+from ..jit import USE_NUMBA, kernel
 from .nn import _check_auto_pad, _check_conv_operands, _ints, _out_size, _pad, _window_pads, \
     _windows
 from .registry import register
@@ -212,40 +214,139 @@ def _exact_matmul(a: np.ndarray, b: np.ndarray, bound_a=None, bound_b=None) -> n
     return np.matmul(a.astype(np.int64), b.astype(np.int64)).astype(np.int32)
 
 
+def _np_slice_ends(w: np.ndarray, limit: float) -> np.ndarray:
+    """NumPy twin of :func:`_nb_slice_ends`: the same greedy cut from per-row prefix sums
+    ``P[i, e] = Σ_{k<e} |w[i, k]|`` (the end after ``s`` is ``min_i max{e : P[i, e] - P[i, s]
+    <= limit}``, at least ``s + 1``)."""
+    m, k = w.shape
+    prefix = np.zeros((m, k + 1), np.float64)
+    np.cumsum(np.abs(w, dtype=np.float64), axis=1, out=prefix[:, 1:])
+    ends, s = [], 0
+    while s < k:
+        fits = (prefix <= (prefix[:, s] + limit)[:, None]).sum(axis=1) - 1
+        e = max(s + 1, int(fits.min()) if m else k)
+        ends.append(e)
+        s = e
+    return np.array(ends, np.int64)
+
+
+#: columns per partial row sum in :func:`_nb_slice_ends`
+_CHUNK = 64
+
+
+@kernel
+def _nb_slice_ends(w, limit):
+    """Greedy K-slices of ``w`` (M × K, integer-valued float32) whose absolute row sums stay
+    within ``limit``: from ``s``, the slice ends at the largest ``e`` with
+    ``Σ_{s<=k<e} |w[i, k]| <= limit`` for every row ``i`` (at least one term). Returns the
+    slice ends (the last is K). The sums of whole ``_CHUNK``-column chunks are taken once (a
+    vectorized pass); each row then steps over whole chunks and adds single terms only at the
+    ends of its run, so the cut is the same as adding term by term."""
+    m, k = w.shape
+    chunks = (k + _CHUNK - 1) // _CHUNK
+    sums = np.zeros((m, chunks), np.float64)
+    for i in range(m):
+        row = w[i]
+        for c in range(chunks):
+            base = c * _CHUNK
+            total = np.int32(0)                 # integers: the loop vectorizes
+            for j in range(min(_CHUNK, k - base)):
+                total += np.int32(abs(np.int32(row[base + j])))
+            sums[i, c] = total
+    ends = np.empty(max(k, 1), np.int64)
+    count, s = 0, 0
+    while s < k:
+        e = k
+        for i in range(m):
+            total = 0.0
+            j = s
+            while j < e:
+                if j % _CHUNK == 0 and j + _CHUNK <= e and total + sums[i, j // _CHUNK] <= limit:
+                    total += sums[i, j // _CHUNK]
+                    j += _CHUNK
+                    continue
+                total += abs(np.float64(w[i, j]))
+                if total > limit:
+                    e = j
+                    break
+                j += 1
+        e = max(e, s + 1)
+        ends[count] = e
+        count += 1
+        s = e
+    return ends[:count]
+
+
+def _k_slices(w: np.ndarray, bound_x: int) -> list[tuple[int, int]]:
+    """K-slices ``[(k0, k1), ...]`` of the weights ``w`` (M × K, integer-valued float32) for
+    exact float32 products against operands with ``|x| <= bound_x``: in each slice
+    ``bound_x · Σ_k |w[i, k]| <= 2^24`` for every row ``i``, so every partial sum of
+    ``x[k] · w[i, k]`` over the slice, in any order, is an integer of magnitude <= 2^24 and every
+    float32 operation on it is exact. Weights are constants of the model and typically small
+    against their maximum, so this needs far fewer slices than the uniform
+    ``K · max|x| · max|w|`` bound (:func:`_terms_per_sgemm`).
+
+    >>> _k_slices(np.full((2, 600), 128, np.float32), 255)   # 2^24 / 255 / 128 = 514 terms
+    [(0, 514), (514, 600)]
+    """
+    k = w.shape[1]
+    if bound_x == 0 or k == 0:
+        return [(0, k)]
+    limit = float(_F32_EXACT // bound_x)
+    ends = (_nb_slice_ends if USE_NUMBA else _np_slice_ends)(np.ascontiguousarray(w), limit)
+    return list(zip([0] + ends[:-1].tolist(), ends.tolist()))
+
+
 def _exact_conv(x: np.ndarray, w: np.ndarray, *, bound_x: int, bound_w: int, group, strides,
-                dilations, begins, ends, out):
+                dilations, begins, ends, out, store=None, dtype=np.int32):
     """Exact integer N-D convolution of zero-point-free operands (zero padding), int32.
 
-    ``x``, ``w`` are float32 holding integers bounded by ``bound_x``, ``bound_w`` with
-    ``_terms_per_sgemm(bound_x, bound_w) > 0`` (8-bit operands). im2col, built per block of
-    images and per slice of input channels (at most T = ``_terms_per_sgemm`` terms each, so no
-    block exceeds ``_COLS_BLOCK`` elements by much), one float32 BLAS product per slice, slices
-    added exactly in float64 (:func:`_sum_products`)."""
+    ``x``, ``w`` are float32 holding integers bounded by ``bound_x``, ``bound_w`` (8-bit
+    operands). im2col per block of images (about ``_COLS_BLOCK`` elements), one float32 BLAS
+    product per K-slice of the weights (:func:`_k_slices`: each exact), the slices added in
+    int32 (exact: ``bound_x · bound_w · K < 2^31``) or else in float64 and wrapped to int32.
+
+    ``store(acc, m0, target)``, when given, writes each finished block instead of the plain int32
+    copy: ``acc`` (mg, images, P) holds the exact sums (float32 or int32) of output channels
+    ``m0 ...`` and ``target`` is the (images, mg, P) view of the ``dtype`` result to fill."""
     nsp = x.ndim - 2
     kernel = tuple(w.shape[2:])
     kk = math.prod(kernel)
     n, channels, m = x.shape[0], x.shape[1], w.shape[0]
     cg, mg, p = channels // group, m // group, math.prod(out)
-    terms = _terms_per_sgemm(bound_x, bound_w)
-    step = max(1, terms // kk)                                        # channels per slice
+    w2 = w.reshape(m, cg * kk)
+    slices = _k_slices(w2, bound_x)
+    wide = len(slices) > 1 and bound_x * bound_w * cg * kk >= 2 ** 31
     xp = _pad(x, begins, ends)
     windows = _windows(xp, kernel, strides, dilations, out)           # (N, C, *k, *o)
     windows = windows.reshape((n, group, cg) + kernel + tuple(out))
-    wg = w.reshape(group, mg, cg, kk)
-    images = max(1, _COLS_BLOCK // max(1, min(cg, step) * kk * p))
-    y = np.empty((n, m, p), np.int32)
+    images = max(1, _COLS_BLOCK // max(1, cg * kk * p))
+    y = np.empty((n, m, p), dtype)
     for g in range(group):                  # one 2-D product per group, image block and slice
+        weights = w2[g * mg:(g + 1) * mg]
         for n0 in range(0, n, images):
             n1 = min(n, n0 + images)
+            cols = np.moveaxis(windows[n0:n1, g], 0, 1 + nsp)          # (c, *k, n, *o)
+            cols = cols.reshape(cg * kk, (n1 - n0) * p)
             acc = None
-            for c0 in range(0, cg, step):
-                c1 = min(cg, c0 + step)
-                cols = np.moveaxis(windows[n0:n1, g, c0:c1], 0, 1 + nsp)   # (c, *k, n, *o)
-                cols = cols.reshape((c1 - c0) * kk, (n1 - n0) * p)
-                weights = wg[g, :, c0:c1].reshape(mg, -1)            # a view: lda = cg·kk
-                acc = _sum_products(weights, cols, terms, acc)
-            y[n0:n1, g * mg:(g + 1) * mg] = _to_int32(acc).reshape(mg, n1 - n0, p) \
-                .transpose(1, 0, 2)
+            for k0, k1 in slices:               # a column range of the weights is a BLAS view
+                part = np.matmul(weights[:, k0:k1], cols[k0:k1])
+                if acc is None:
+                    acc = part
+                elif wide:
+                    acc = acc.astype(np.float64) if acc.dtype != np.float64 else acc
+                    acc += part
+                else:
+                    acc = acc.astype(np.int32) if acc.dtype != np.int32 else acc
+                    np.add(acc, part, out=acc, casting="unsafe")     # exact, |sum| < 2^31
+            if acc.dtype == np.float64:
+                acc = acc.astype(np.int64).astype(np.int32)
+            block = acc.reshape(mg, n1 - n0, p)
+            target = y[n0:n1, g * mg:(g + 1) * mg]
+            if store is None:
+                target[...] = block.transpose(1, 0, 2)
+            else:
+                store(block, g * mg, target)
     return y.reshape((n, m) + tuple(out))
 
 
@@ -300,6 +401,48 @@ def _requantize(acc: np.ndarray, multiplier: np.ndarray, y_zero_point: np.ndarra
     np.rint(v, out=v)
     v += zp
     return v.astype(y_zero_point.dtype)
+
+
+def _np_requantize_block(acc, bias, multiplier, zp, lo, hi, y):
+    """NumPy twin of :func:`_nb_requantize_block` (the steps of :func:`_requantize`)."""
+    v = acc.astype(np.int32) + bias[:, None, None]                  # int32, wrapping
+    v = np.multiply(v, multiplier[:, None, None], dtype=np.float32)
+    np.fmax(v, lo, out=v)
+    np.minimum(v, hi, out=v)
+    np.rint(v, out=v)
+    y[...] = (v.astype(np.int32) + zp).transpose(1, 0, 2)
+
+
+@kernel
+def _nb_requantize_block(acc, bias, multiplier, zp, lo, hi, y):
+    """:func:`_requantize` of a convolution block with its bias, fused with the transpose:
+    ``y[j, i, q] = clamp(rne(float32(int32(acc[i, j, q] + bias[i])) ⊗ M[i]), lo, hi) + zp``
+    with ``lo = qmin - zp``, ``hi = qmax - zp`` (float32; ``maxps`` first, so NaN → lo).
+    ``acc`` (M, N, P) holds exact integers (float32 or int32), ``y`` is (N, M, P)."""
+    m, n, p = acc.shape
+    for j in range(n):
+        for i in range(m):
+            b = np.int64(bias[i])
+            s = multiplier[i]
+            for q in range(p):
+                v = np.float32(np.int32(np.int64(acc[i, j, q]) + b)) * s
+                v = v if v > lo else lo
+                v = v if v < hi else hi
+                y[j, i, q] = np.int64(np.rint(v)) + zp
+
+
+def _requantize_store(bias, multiplier, y_zero_point):
+    """A ``store`` for :func:`_exact_conv` that requantizes each block (:func:`_requantize`,
+    with the int32 ``bias`` per output channel added first) straight into the 8-bit output."""
+    qmin, qmax = _RANGES[y_zero_point.dtype.name]
+    zp = int(y_zero_point)
+    lo, hi = np.float32(qmin - zp), np.float32(qmax - zp)
+    fn = _nb_requantize_block if USE_NUMBA else _np_requantize_block
+
+    def store(acc, m0, target):
+        rows = slice(m0, m0 + acc.shape[0])
+        fn(acc, bias[rows], multiplier[rows], zp, lo, hi, target)
+    return store
 
 
 def _multiplier(op: str, s_in, s_w, s_y) -> np.ndarray:
@@ -571,11 +714,11 @@ def qlinear_conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_
     nsp = x.ndim - 2
     x_c, bound_x = _centered(op, "x", x, _scalar(op, "x_zero_point", x_zero_point), _EIGHT_BIT)
     w_c, bound_w = _centered(op, "w", w, w_zp.reshape(w_zp.shape + (1,) * (nsp + 1)), _EIGHT_BIT)
-    acc = _exact_conv(x_c, w_c, bound_x=bound_x, bound_w=bound_w, group=int(group), **geometry)
-    if b is not None:
-        acc += b.reshape((m,) + (1,) * nsp)           # int32, wrapping as the kernel does
-    multiplier = _multiplier(op, s_x, s_w, s_y).reshape(s_w.shape + (1,) * nsp)
-    return _requantize(acc, multiplier, _output_zero_point(op, y_zero_point, x))
+    bias = np.zeros(m, np.int32) if b is None else b.reshape(m)
+    multiplier = np.ascontiguousarray(np.broadcast_to(_multiplier(op, s_x, s_w, s_y), (m,)))
+    zp = _output_zero_point(op, y_zero_point, x)
+    return _exact_conv(x_c, w_c, bound_x=bound_x, bound_w=bound_w, group=int(group),
+                       store=_requantize_store(bias, multiplier, zp), dtype=zp.dtype, **geometry)
 
 
 def _per_channel(op: str, what: str, p: np.ndarray, m: int) -> np.ndarray:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
+from qsim.ops import quantized
 from qsim.ops.quantized import conv_integer, matmul_integer
 
 _ENDS = {np.uint8: (0, 255), np.int8: (-128, 127)}
@@ -132,3 +133,54 @@ def test_conv_integer_uneven_weights_equals_int64(seed, channels, kernel, negati
     x = np.full((1, channels, kernel + 1, kernel + 1), 255, np.uint8)
     got = conv_integer(x, w, np.uint8(0), np.int8(0))
     np.testing.assert_array_equal(got, _conv_int64(x, w, 0, 0, 1, (1, 1), 0))
+
+
+# ---------------------------------------------------------------------------------------------
+# the convolution's helper kernels: Numba vs NumPy twin, and their defining properties
+# ---------------------------------------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 6), st.integers(1, 700),
+       st.sampled_from([255, 1000, 16383, 65793]), st.floats(0.0, 1.0))
+def test_k_slices_numba_equals_twin_and_are_maximal(seed, m, k, limit, density):
+    """Both kernels cut the same K-slices; within each, every row's absolute sum is <= limit,
+    and one more term would push some row past it (the greedy cut, checked in int64)."""
+    rng = np.random.default_rng(seed)
+    w = (rng.integers(-255, 256, (m, k)) * (rng.random((m, k)) < density)).astype(np.float32)
+    got = quantized._nb_slice_ends(w, float(limit))
+    np.testing.assert_array_equal(got, quantized._np_slice_ends(w, float(limit)))
+    a = np.abs(w.astype(np.int64))
+    assert got[-1] == k and np.all(np.diff(np.concatenate([[0], got])) > 0)
+    start = 0
+    for end in got.tolist():
+        assert a[:, start:end].sum(axis=1).max() <= limit
+        if end < k:
+            assert a[:, start:end + 1].sum(axis=1).max() > limit
+        start = end
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([np.uint8, np.int8]), st.booleans(),
+       st.sampled_from([1e-9, 1e-4, 0.02, 1.0, 3e4]))
+def test_requantize_block_numba_equals_twin_and_requantize(seed, dtype, exact_float, scale):
+    """The fused requantize-and-transpose store equals its NumPy twin and the plain steps (bias
+    added in int32 with wraparound, then :func:`_requantize`, which the ONNX Runtime tests
+    check), for int32 sums near the int32 limits and for float32 sums (one K-slice)."""
+    rng = np.random.default_rng(seed)
+    m, n, p = 5, 3, 7
+    if exact_float:
+        acc = rng.integers(-2**24, 2**24 + 1, (m, n, p)).astype(np.float32)
+    else:
+        acc = rng.integers(-2**31, 2**31, (m, n, p), dtype=np.int64).astype(np.int32)
+    bias = rng.integers(-2**31, 2**31, m, dtype=np.int64).astype(np.int32)
+    multiplier = (scale * rng.uniform(0.5, 2.0, m)).astype(np.float32)
+    zp = np.array(rng.integers(*quantized._RANGES[np.dtype(dtype).name], endpoint=True), dtype)
+    lo, hi = quantized._RANGES[np.dtype(dtype).name]
+    args = (bias, multiplier, int(zp), np.float32(lo - int(zp)), np.float32(hi - int(zp)))
+    got = np.empty((n, m, p), dtype)
+    quantized._nb_requantize_block(acc, *args, got)
+    twin = np.empty((n, m, p), dtype)
+    quantized._np_requantize_block(acc, *args, twin)
+    np.testing.assert_array_equal(got, twin)
+    summed = acc.astype(np.int32) + bias[:, None, None]
+    want = quantized._requantize(summed, multiplier[:, None, None], zp)
+    np.testing.assert_array_equal(got, want.transpose(1, 0, 2))
