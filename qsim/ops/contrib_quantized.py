@@ -46,6 +46,7 @@ import math
 import numpy as np
 
 from ..errors import OpError
+from ..jit import USE_NUMBA, kernel
 from ..kernels import gemm as gemm_exact
 from ..kernels import mlas_math
 from ..kernels.gemm import fma_np
@@ -171,8 +172,26 @@ def qlinear_add(a, a_scale, a_zero_point, b, b_scale, b_zero_point, c_scale, c_z
     values = _all_bytes(a.dtype)
     table = _qlinear_add_values(values[:, None], values[None, :], (256, 256), s_a, s_b, s_c,
                                 z_a, z_b, z_c, role).reshape(-1)
-    index = np.left_shift(a.view(np.uint8), 8, dtype=np.uint16) + b.view(np.uint8)
-    return table[index]
+    if USE_NUMBA and a.shape == b.shape:
+        y = np.empty(shape, a.dtype)
+        _nb_pair_lookup(np.ascontiguousarray(a).view(np.uint8).reshape(-1),
+                        np.ascontiguousarray(b).view(np.uint8).reshape(-1), table,
+                        y.view(np.uint8).reshape(-1))
+        return y
+    return _np_pair_lookup(a, b, table)
+
+
+def _np_pair_lookup(a: np.ndarray, b: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table[256 · byte(a) + byte(b)]`` (a 256 x 256 table over the operands' bit patterns),
+    broadcasting ``a`` against ``b``."""
+    return table[np.left_shift(a.view(np.uint8), 8, dtype=np.uint16) + b.view(np.uint8)]
+
+
+@kernel
+def _nb_pair_lookup(a, b, table, y):
+    """:func:`_np_pair_lookup` for flat uint8 views of equal size, into ``y``."""
+    for i in range(a.size):
+        y[i] = table[(np.int32(a[i]) << 8) | np.int32(b[i])]
 
 
 #: QLinearAdd outputs above this many elements read a table of all 256 x 256 operand pairs
@@ -185,14 +204,14 @@ def _qlinear_add_values(a, b, shape, s_a, s_b, s_c, z_a: int, z_b: int, z_c: int
     lo, hi = _RANGES[a.dtype.name]
     with np.errstate(all="ignore"):
         r_a, r_b = F32(s_a / s_c), F32(s_b / s_c)
-        fa, fb = np.broadcast_to(a.astype(F32), shape), np.broadcast_to(b.astype(F32), shape)
+        fa, fb = a.astype(F32), b.astype(F32)     # the inner fma per operand, then broadcast
         if role == "a":      # the kernel runs with B as its span
             fixed = F32(z_c) - fma_np(r_b, F32(z_b), r_a * F32(z_a))
             v = fma_np(fb, r_b, fma_np(fa, r_a, fixed))
         else:
             fixed = F32(z_c) - fma_np(r_a, F32(z_a), r_b * F32(z_b))
             v = fma_np(fa, r_a, fma_np(fb, r_b, fixed))
-    return _cvtps(v, lo, hi).astype(a.dtype)
+    return _cvtps(v, lo, hi).astype(a.dtype)          # v has the broadcast shape
 
 
 @register("QLinearMul")

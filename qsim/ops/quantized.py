@@ -297,14 +297,60 @@ def _k_slices(w: np.ndarray, bound_x: int) -> list[tuple[int, int]]:
     return list(zip([0] + ends[:-1].tolist(), ends.tolist()))
 
 
-def _exact_conv(x: np.ndarray, w: np.ndarray, *, bound_x: int, bound_w: int, group, strides,
-                dilations, begins, ends, out, store=None, dtype=np.int32):
-    """Exact integer N-D convolution of zero-point-free operands (zero padding), int32.
+def _np_im2col(x, zx: int, n0: int, n1: int, c0: int, cg: int, kernel, strides, dilations,
+               begins, ends, out) -> np.ndarray:
+    """The im2col matrix of images ``n0:n1`` and channels ``c0:c0+cg`` of the integer tensor
+    ``x``, centered: ``cols[(c, *k), (n, *o)] = float32(x[n, c0 + c, o·stride + k·dilation -
+    begin] - zx)``, 0 in the padding (exact: 8-bit operands). NumPy twin of :func:`_nb_im2col`
+    (any number of spatial axes)."""
+    nsp = x.ndim - 2
+    xc = np.subtract(x[n0:n1, c0:c0 + cg], np.float32(zx), dtype=np.float32)
+    windows = _windows(_pad(xc, begins, ends), kernel, strides, dilations, out)
+    cols = np.moveaxis(windows, 0, 1 + nsp)                               # (c, *k, n, *o)
+    return cols.reshape(cg * math.prod(kernel), (n1 - n0) * math.prod(out))
 
-    ``x``, ``w`` are float32 holding integers bounded by ``bound_x``, ``bound_w`` (8-bit
-    operands). im2col per block of images (about ``_COLS_BLOCK`` elements), one float32 BLAS
-    product per K-slice of the weights (:func:`_k_slices`: each exact), the slices added in
-    int32 (exact: ``bound_x · bound_w · K < 2^31``) or else in float64 and wrapped to int32.
+
+@kernel
+def _nb_im2col(x, zx, n0, n1, c0, cg, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow, cols):
+    """:func:`_np_im2col` for 2-D convolutions, into ``cols``: each row is written in one
+    pass from the integer image (the centering and the padding fused in)."""
+    h, w = x.shape[2], x.shape[3]
+    p = oh * ow
+    zero = np.float32(0.0)
+    z = np.int32(zx)
+    for c in range(cg):
+        for ky in range(kh):
+            for kx in range(kw):
+                row = cols[(c * kh + ky) * kw + kx]
+                shift = kx * dw - bw                              # ix = ox·sw + shift
+                lo = min(ow, max(0, (sw - 1 - shift) // sw))      # first ox with ix >= 0
+                hi = max(lo, min(ow, (w - 1 - shift) // sw + 1))  # first ox with ix >= w
+                for i in range(n1 - n0):
+                    for oy in range(oh):
+                        iy = oy * sh + ky * dh - bh
+                        base = i * p + oy * ow
+                        if iy < 0 or iy >= h:
+                            for ox in range(ow):
+                                row[base + ox] = zero
+                            continue
+                        src = x[n0 + i, c0 + c, iy]
+                        for ox in range(lo):
+                            row[base + ox] = zero
+                        for ox in range(lo, hi):
+                            row[base + ox] = np.float32(np.int32(src[ox * sw + shift]) - z)
+                        for ox in range(hi, ow):
+                            row[base + ox] = zero
+
+
+def _exact_conv(x: np.ndarray, zx: int, w: np.ndarray, *, bound_x: int, bound_w: int, group,
+                strides, dilations, begins, ends, out, store=None, dtype=np.int32):
+    """Exact integer N-D convolution ``conv(x - zx, w)`` (padding: ``zx``, a real zero), int32.
+
+    ``x`` is the 8-bit input, ``|x - zx| <= bound_x``; ``w`` float32 holding the zero-point-free
+    weights, ``|w| <= bound_w``. im2col per block of images (about ``_COLS_BLOCK`` elements,
+    :func:`_nb_im2col`), one float32 BLAS product per K-slice of the weights (:func:`_k_slices`:
+    each exact), the slices added in int32 (exact: ``bound_x · bound_w · K < 2^31``) or else in
+    float64 and wrapped to int32.
 
     ``store(acc, m0, target)``, when given, writes each finished block instead of the plain int32
     copy: ``acc`` (mg, images, P) holds the exact sums (float32 or int32) of output channels
@@ -317,17 +363,23 @@ def _exact_conv(x: np.ndarray, w: np.ndarray, *, bound_x: int, bound_w: int, gro
     w2 = w.reshape(m, cg * kk)
     slices = _k_slices(w2, bound_x)
     wide = len(slices) > 1 and bound_x * bound_w * cg * kk >= 2 ** 31
-    xp = _pad(x, begins, ends)
-    windows = _windows(xp, kernel, strides, dilations, out)           # (N, C, *k, *o)
-    windows = windows.reshape((n, group, cg) + kernel + tuple(out))
     images = max(1, _COLS_BLOCK // max(1, cg * kk * p))
+    compiled = USE_NUMBA and nsp == 2
+    if compiled:
+        x = np.ascontiguousarray(x)
+        scratch = np.empty(cg * kk * min(n, images) * p, np.float32)
+        geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *out))
     y = np.empty((n, m, p), dtype)
     for g in range(group):                  # one 2-D product per group, image block and slice
         weights = w2[g * mg:(g + 1) * mg]
         for n0 in range(0, n, images):
             n1 = min(n, n0 + images)
-            cols = np.moveaxis(windows[n0:n1, g], 0, 1 + nsp)          # (c, *k, n, *o)
-            cols = cols.reshape(cg * kk, (n1 - n0) * p)
+            if compiled:
+                cols = scratch[:cg * kk * (n1 - n0) * p].reshape(cg * kk, (n1 - n0) * p)
+                _nb_im2col(x, zx, n0, n1, g * cg, cg, *geometry, cols)
+            else:
+                cols = _np_im2col(x, zx, n0, n1, g * cg, cg, kernel, strides, dilations, begins,
+                                  ends, out)
             acc = None
             for k0, k1 in slices:               # a column range of the weights is a BLAS view
                 part = np.matmul(weights[:, k0:k1], cols[k0:k1])
@@ -365,21 +417,27 @@ def _conv_geometry(x, w, auto_pad, dilations, strides, pads):
     return dict(strides=strides, dilations=dilations, begins=begins, ends=ends, out=out)
 
 
-def _centered(op: str, what: str, v: np.ndarray, zp, allowed) -> tuple[np.ndarray, int]:
-    """``(v - zp, max |v - zp|)``: the difference as float32 (exact: 8-bit operands) and a bound
-    on its magnitude from ``v``'s extremes and the zero points (``zp`` already shaped to
-    broadcast against ``v``)."""
+def _offset_bound(op: str, what: str, v: np.ndarray, zp, allowed) -> int:
+    """``max |v - zp|`` bounded from ``v``'s extremes and the zero points (``zp`` None or
+    already shaped to broadcast against ``v``), after checking both dtypes."""
     _int_range(op, what, v.dtype, allowed)
     lo, hi = (int(v.min()), int(v.max())) if v.size else (0, 0)
     if zp is None:
-        return v.astype(np.float32), max(hi, -lo)
+        return max(hi, -lo)
     zp = np.asarray(zp)
     if zp.dtype != v.dtype:
         raise OpError(f"{op}: zero point of {what} has dtype {zp.dtype}, expected {v.dtype} "
                       f"(the dtype of {what})")
-    z_lo, z_hi = int(zp.min()), int(zp.max())
-    centered = np.subtract(v, zp.astype(np.float32), dtype=np.float32)
-    return centered, max(hi - z_lo, z_hi - lo)
+    return max(hi - int(zp.min()), int(zp.max()) - lo)
+
+
+def _centered(op: str, what: str, v: np.ndarray, zp, allowed) -> tuple[np.ndarray, int]:
+    """``(v - zp, max |v - zp|)``: the difference as float32 (exact: 8-bit operands) and the
+    bound of :func:`_offset_bound`."""
+    bound = _offset_bound(op, what, v, zp, allowed)
+    if zp is None:
+        return v.astype(np.float32), bound
+    return np.subtract(v, np.asarray(zp).astype(np.float32), dtype=np.float32), bound
 
 
 def _requantize(acc: np.ndarray, multiplier: np.ndarray, y_zero_point: np.ndarray) -> np.ndarray:
@@ -637,9 +695,10 @@ def conv_integer(x, w, x_zero_point=None, w_zero_point=None, *, auto_pad="NOTSET
     else:
         w_zp = None
     geometry = _conv_geometry(x, w, auto_pad, dilations, strides, pads)
-    (x_c, bound_x), (w_c, bound_w) = (_centered(op, "X", x, x_zp, _EIGHT_BIT),
-                                      _centered(op, "W", w, w_zp, _EIGHT_BIT))
-    return _exact_conv(x_c, w_c, bound_x=bound_x, bound_w=bound_w, group=int(group), **geometry)
+    bound_x = _offset_bound(op, "X", x, x_zp, _EIGHT_BIT)
+    w_c, bound_w = _centered(op, "W", w, w_zp, _EIGHT_BIT)
+    return _exact_conv(x, 0 if x_zp is None else int(x_zp), w_c, bound_x=bound_x,
+                       bound_w=bound_w, group=int(group), **geometry)
 
 
 def _check_pairing(op: str, x: np.ndarray, w: np.ndarray) -> None:
@@ -712,12 +771,13 @@ def qlinear_conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_
     w_zp = _per_channel(op, "w_zero_point", np.asarray(w_zero_point), m)
     geometry = _conv_geometry(x, w, auto_pad, dilations, strides, pads)
     nsp = x.ndim - 2
-    x_c, bound_x = _centered(op, "x", x, _scalar(op, "x_zero_point", x_zero_point), _EIGHT_BIT)
+    x_zp = _scalar(op, "x_zero_point", x_zero_point)
+    bound_x = _offset_bound(op, "x", x, x_zp, _EIGHT_BIT)
     w_c, bound_w = _centered(op, "w", w, w_zp.reshape(w_zp.shape + (1,) * (nsp + 1)), _EIGHT_BIT)
     bias = np.zeros(m, np.int32) if b is None else b.reshape(m)
     multiplier = np.ascontiguousarray(np.broadcast_to(_multiplier(op, s_x, s_w, s_y), (m,)))
     zp = _output_zero_point(op, y_zero_point, x)
-    return _exact_conv(x_c, w_c, bound_x=bound_x, bound_w=bound_w, group=int(group),
+    return _exact_conv(x, int(x_zp), w_c, bound_x=bound_x, bound_w=bound_w, group=int(group),
                        store=_requantize_store(bias, multiplier, zp), dtype=zp.dtype, **geometry)
 
 

@@ -121,6 +121,23 @@ def test_qlinear_add_table_path_matches_ort(dtype, small, swap, data):
     check("QLinearAdd", [a, params[0], params[1], b, params[2], params[3], params[4], params[5]])
 
 
+@settings(max_examples=20, deadline=None)
+@given(st.sampled_from(EIGHT), st.integers(0, 2**32 - 1), st.integers(0, 3000))
+def test_pair_lookup_numba_equals_twin(dtype, seed, size):
+    """The compiled table lookup of QLinearAdd equals the NumPy one (and indexes by bytes)."""
+    from qsim.ops import contrib_quantized as cq
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 256, size).astype(np.uint8).view(dtype)
+    b = rng.integers(0, 256, size).astype(np.uint8).view(dtype)
+    table = rng.integers(0, 256, 65536).astype(np.uint8).view(dtype)
+    got = np.empty(size, dtype)
+    cq._nb_pair_lookup(a.view(np.uint8), b.view(np.uint8), table, got.view(np.uint8))
+    want = cq._np_pair_lookup(a, b, table)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(want, table[a.view(np.uint8).astype(int) * 256
+                                              + b.view(np.uint8)])
+
+
 def _add_in_order(first, r_first, z_first, second, r_second, z_second, z_c):
     """``rne(fma(first, r_first, fma(second, r_second, z_c - fma(r_first, z_first,
     r_second ⊗ z_second))))`` saturated to uint8: QLinearAdd with ``second`` folded first."""

@@ -184,3 +184,29 @@ def test_requantize_block_numba_equals_twin_and_requantize(seed, dtype, exact_fl
     summed = acc.astype(np.int32) + bias[:, None, None]
     want = quantized._requantize(summed, multiplier[:, None, None], zp)
     np.testing.assert_array_equal(got, want.transpose(1, 0, 2))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([np.uint8, np.int8]),
+       st.sampled_from([(1, 1), (3, 3), (1, 3), (7, 7), (2, 5)]), st.integers(1, 3),
+       st.integers(1, 3), st.integers(1, 2), st.integers(0, 3), st.integers(1, 3))
+def test_im2col_numba_equals_twin(seed, dtype, kernel, sh, sw, dilation, pad, group):
+    """The compiled 2-D im2col (centering and padding fused) equals the NumPy strided-view one
+    for every geometry: strides, dilations, uneven pads, groups, an image block not at 0."""
+    rng = np.random.default_rng(seed)
+    lo, hi = _ENDS[dtype]
+    n, cg = 3, 2
+    h, w = int(rng.integers(1, 9)) + kernel[0] * dilation, int(rng.integers(1, 9)) + kernel[1]
+    x = rng.integers(lo, hi + 1, (n, cg * group, h, w)).astype(dtype)
+    zx = int(rng.integers(lo, hi + 1))
+    begins, ends = (pad, int(rng.integers(0, 3))), (int(rng.integers(0, 3)), pad)
+    strides, dilations = (sh, sw), (dilation, 1)
+    out = tuple((size + b + e - d * (k - 1) - 1) // s + 1 for size, b, e, d, k, s in
+                zip((h, w), begins, ends, dilations, kernel, strides))
+    n0, n1, c0 = 1, 3, cg * (group - 1)
+    want = quantized._np_im2col(x, zx, n0, n1, c0, cg, kernel, strides, dilations, begins,
+                                ends, out)
+    got = np.full(want.shape, np.nan, np.float32)
+    quantized._nb_im2col(x, zx, n0, n1, c0, cg, *kernel, *strides, *dilations, *begins, *out,
+                         got)
+    np.testing.assert_array_equal(got, want)
