@@ -312,34 +312,44 @@ def _np_im2col(x, zx: int, n0: int, n1: int, c0: int, cg: int, kernel, strides, 
 
 @kernel
 def _nb_im2col(x, zx, n0, n1, c0, cg, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow, cols):
-    """:func:`_np_im2col` for 2-D convolutions, into ``cols``: each row is written in one
-    pass from the integer image (the centering and the padding fused in)."""
-    h, w = x.shape[2], x.shape[3]
+    """:func:`_np_im2col` for 2-D convolutions of a C-contiguous ``x``, into the C-contiguous
+    ``cols``: each row is written in one pass from the integer image (the centering and the
+    padding fused in). Flat unsigned indices (no wraparound checks), so the copies vectorize."""
+    channels, h, w = x.shape[1], x.shape[2], x.shape[3]
     p = oh * ow
     zero = np.float32(0.0)
     z = np.int32(zx)
+    x1, c1 = x.reshape(-1), cols.reshape(-1)
+    width = np.uint64(cols.shape[1])
+    step = np.uint64(sw)
     for c in range(cg):
         for ky in range(kh):
             for kx in range(kw):
-                row = cols[(c * kh + ky) * kw + kx]
+                r = np.uint64((c * kh + ky) * kw + kx) * width
                 shift = kx * dw - bw                              # ix = ox·sw + shift
                 lo = min(ow, max(0, (sw - 1 - shift) // sw))      # first ox with ix >= 0
                 hi = max(lo, min(ow, (w - 1 - shift) // sw + 1))  # first ox with ix >= w
                 for i in range(n1 - n0):
+                    plane = ((n0 + i) * channels + c0 + c) * h
                     for oy in range(oh):
                         iy = oy * sh + ky * dh - bh
-                        base = i * p + oy * ow
+                        d = r + np.uint64(i * p + oy * ow)
                         if iy < 0 or iy >= h:
                             for ox in range(ow):
-                                row[base + ox] = zero
+                                c1[d + np.uint64(ox)] = zero
                             continue
-                        src = x[n0 + i, c0 + c, iy]
                         for ox in range(lo):
-                            row[base + ox] = zero
-                        for ox in range(lo, hi):
-                            row[base + ox] = np.float32(np.int32(src[ox * sw + shift]) - z)
+                            c1[d + np.uint64(ox)] = zero
+                        src = np.uint64((plane + iy) * w + lo * sw + shift)
+                        d0 = d + np.uint64(lo)
+                        if sw == 1:
+                            for u in range(np.uint64(hi - lo)):
+                                c1[d0 + u] = np.float32(np.int32(x1[src + u]) - z)
+                        else:
+                            for u in range(np.uint64(hi - lo)):
+                                c1[d0 + u] = np.float32(np.int32(x1[src + u * step]) - z)
                         for ox in range(hi, ow):
-                            row[base + ox] = zero
+                            c1[d + np.uint64(ox)] = zero
 
 
 def _exact_conv(x: np.ndarray, zx: int, w: np.ndarray, *, bound_x: int, bound_w: int, group,
