@@ -36,6 +36,7 @@ import numpy as np
 
 from ..errors import OpError
 from ..jit import USE_NUMBA, kernel
+from ..kernels import gemm as gemm_kernels
 from .nn import _check_auto_pad, _check_conv_operands, _ints, _out_size, _pad, _window_pads, \
     _windows
 from .registry import register
@@ -297,6 +298,19 @@ def _k_slices(w: np.ndarray, bound_x: int) -> list[tuple[int, int]]:
     return list(zip([0] + ends[:-1].tolist(), ends.tolist()))
 
 
+def _sgemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for float32 matrices whose products and partial sums are integers of magnitude
+    <= 2^24, so that every summation order gives the same, exact result.
+
+    With Numba: qsim's own float32 GEMM (:func:`qsim.kernels.gemm.matmul`, on its worker
+    threads, which take the parts of a product as they come): on a machine shared with other
+    work it slows down far less than OpenBLAS's thread pool (benchmarks/README.md). Without
+    Numba: NumPy's BLAS."""
+    if USE_NUMBA:
+        return gemm_kernels.matmul(a, b)
+    return np.matmul(a, b)
+
+
 def _np_im2col(x, zx: int, n0: int, n1: int, c0: int, cg: int, kernel, strides, dilations,
                begins, ends, out) -> np.ndarray:
     """The im2col matrix of images ``n0:n1`` and channels ``c0:c0+cg`` of the integer tensor
@@ -392,7 +406,7 @@ def _exact_conv(x: np.ndarray, zx: int, w: np.ndarray, *, bound_x: int, bound_w:
                                   ends, out)
             acc = None
             for k0, k1 in slices:               # a column range of the weights is a BLAS view
-                part = np.matmul(weights[:, k0:k1], cols[k0:k1])
+                part = _sgemm(weights[:, k0:k1], cols[k0:k1])
                 if acc is None:
                     acc = part
                 elif wide:
