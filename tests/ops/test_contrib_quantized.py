@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qsim.errors import OpError
+from qsim.jit import USE_NUMBA
 from qsim.kernels.gemm import fma_np
 from qsim.kernels.mlas_math import DEFAULT_THREADS
 from qsim.ops import OPS
@@ -136,6 +137,28 @@ def test_pair_lookup_numba_equals_twin(dtype, seed, size):
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(want, table[a.view(np.uint8).astype(int) * 256
                                               + b.view(np.uint8)])
+
+
+@pytest.mark.skipif(not USE_NUMBA, reason="the compiled table uses LLVM's fma intrinsic, which has "
+                    "no pure-Python form; NUMBA_DISABLE_JIT=1 runs the twin, checked against ORT")
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(EIGHT), st.sampled_from(["a", "b", "none"]), st.data())
+def test_add_table_numba_equals_twin(dtype, role, data):
+    """QLinearAdd's compiled table of all byte pairs equals the NumPy formula, including scales
+    that overflow or underflow (the saturation of inf, NaN and |v| >= 2^31)."""
+    from qsim.ops import contrib_quantized as cq
+    extreme = st.sampled_from([np.float32(v) for v in (1e-38, 1e-7, 3e38, 1e30)])
+    s_a, s_b, s_c = (data.draw(st.one_of(scales(), extreme)) for _ in range(3))
+    z_a, z_b, z_c = (int(data.draw(integers(dtype))) for _ in range(3))
+    values = cq._all_bytes(np.dtype(dtype))
+    want = cq._qlinear_add_values(values[:, None], values[None, :], (256, 256), s_a, s_b, s_c,
+                                  z_a, z_b, z_c, role).reshape(-1)
+    lo, hi = cq._RANGES[np.dtype(dtype).name]
+    got = np.empty(65536, dtype)
+    cq._nb_add_table(values.astype(np.float32),
+                     *cq._add_constants(s_a, s_b, s_c, z_a, z_b, z_c, role), role == "a", lo,
+                     hi, got)
+    np.testing.assert_array_equal(got, want)
 
 
 def _add_in_order(first, r_first, z_first, second, r_second, z_second, z_c):
