@@ -31,6 +31,7 @@ The arithmetic, as ONNX Runtime 1.32 computes it on x86 (checked against it in
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -298,15 +299,27 @@ def _k_slices(w: np.ndarray, bound_x: int) -> list[tuple[int, int]]:
     return list(zip([0] + ends[:-1].tolist(), ends.tolist()))
 
 
+def _busy(load: float, cores: int) -> bool:
+    """Whether other work holds the cores: the 1-minute load average exceeds the core count by
+    more than one (a product of this process alone adds at most about one).
+
+    >>> _busy(2.4, 2), _busy(3.5, 2)
+    (False, True)
+    """
+    return load > cores + 1
+
+
 def _sgemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` for float32 matrices whose products and partial sums are integers of magnitude
-    <= 2^24, so that every summation order gives the same, exact result.
+    <= 2^24, so that every summation order gives the same, exact result: which GEMM computes it
+    changes the speed only.
 
-    With Numba: qsim's own float32 GEMM (:func:`qsim.kernels.gemm.matmul`, on its worker
-    threads, which take the parts of a product as they come): on a machine shared with other
-    work it slows down far less than OpenBLAS's thread pool (benchmarks/README.md). Without
-    Numba: NumPy's BLAS."""
-    if USE_NUMBA:
+    NumPy's BLAS (OpenBLAS), fastest on idle cores; with Numba, on a machine busy with other
+    work (:func:`_busy`), qsim's own float32 GEMM (:func:`qsim.kernels.gemm.matmul`, whose
+    worker threads take the parts of a product as they come): OpenBLAS's thread pool then
+    slows down 3-4x more (benchmarks/README.md)."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0     # not on Windows
+    if USE_NUMBA and _busy(load, os.cpu_count() or 1):
         return gemm_kernels.matmul(a, b)
     return np.matmul(a, b)
 

@@ -6,6 +6,7 @@ expected values are computed with plain int64 NumPy arithmetic (no BLAS, no floa
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from qsim.ops import quantized
@@ -210,3 +211,15 @@ def test_im2col_numba_equals_twin(seed, dtype, kernel, sh, sw, dilation, pad, gr
     quantized._nb_im2col(x, zx, n0, n1, c0, cg, *kernel, *strides, *dilations, *begins, *out,
                          got)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_conv_integer_equals_int64_with_either_gemm(monkeypatch, busy):
+    """The exact products are the same whichever GEMM computes them (OpenBLAS on idle cores,
+    qsim's own on a busy machine): every partial sum is an integer below 2^24."""
+    monkeypatch.setattr(quantized, "_busy", lambda load, cores: busy)
+    rng = np.random.default_rng(11)
+    x = rng.choice(np.array([0, 1, 254, 255], np.uint8), (2, 300, 6, 6))
+    w = rng.choice(np.array([-128, -127, 126, 127], np.int8), (5, 300, 3, 3))
+    got = conv_integer(x, w, np.uint8(255), np.int8(127), pads=[1] * 4)
+    np.testing.assert_array_equal(got, _conv_int64(x, w, 255, 127, 1, (1, 1), 1))
