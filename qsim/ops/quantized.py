@@ -314,13 +314,13 @@ def _sgemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     <= 2^24, so that every summation order gives the same, exact result: which GEMM computes it
     changes the speed only.
 
-    NumPy's BLAS (OpenBLAS), fastest on idle cores; with Numba, on a machine busy with other
-    work (:func:`_busy`), qsim's own float32 GEMM (:func:`qsim.kernels.gemm.matmul`, whose
-    worker threads take the parts of a product as they come): OpenBLAS's thread pool then
-    slows down 3-4x more (benchmarks/README.md)."""
+    NumPy's BLAS (OpenBLAS, two threads here), fastest on idle cores; with Numba, on a machine
+    busy with other work (:func:`_busy`), qsim's own float32 GEMM on the calling thread
+    (:func:`qsim.kernels.gemm.matmul`): OpenBLAS's thread pool then slows down 3-4x more, and
+    a second thread of qsim's own helps less than it waits (benchmarks/README.md)."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0     # not on Windows
     if USE_NUMBA and _busy(load, os.cpu_count() or 1):
-        return gemm_kernels.matmul(a, b)
+        return gemm_kernels.matmul(a, b, threads=1)
     return np.matmul(a, b)
 
 
