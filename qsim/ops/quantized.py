@@ -338,6 +338,34 @@ def _np_im2col(x, zx: int, n0: int, n1: int, c0: int, cg: int, kernel, strides, 
 
 
 @kernel
+def _im2col_rows(x1, c1, d, plane, row_shift, shift, lo, hi, h, oh, ow, z):
+    """One image's part of an im2col row when stride 1 keeps the output width ``ow`` equal to
+    the input width: output ``t = oy·ow + ox`` then reads input ``(plane + oy + row_shift)·ow +
+    ox + shift``, so all rows are one contiguous copy (long, vectorized), after which the
+    columns outside ``[lo, hi)`` and the rows outside the image are zeroed."""
+    zero = np.float32(0.0)
+    oy_lo = min(oh, max(0, -row_shift))
+    oy_hi = max(oy_lo, min(oh, h - row_shift))
+    for t in range(np.uint64(oy_lo * ow)):
+        c1[d + t] = zero
+    for t in range(np.uint64(oy_hi * ow), np.uint64(oh * ow)):
+        c1[d + t] = zero
+    if oy_hi == oy_lo:
+        return
+    t0, t1 = oy_lo * ow + lo, (oy_hi - 1) * ow + hi
+    src = np.uint64((plane + row_shift) * ow + shift + t0)
+    dst = d + np.uint64(t0)
+    for u in range(np.uint64(t1 - t0)):
+        c1[dst + u] = np.float32(np.int32(x1[src + u]) - z)
+    for oy in range(oy_lo, oy_hi):
+        row = d + np.uint64(oy * ow)
+        for ox in range(lo):
+            c1[row + np.uint64(ox)] = zero
+        for ox in range(hi, ow):
+            c1[row + np.uint64(ox)] = zero
+
+
+@kernel
 def _nb_im2col(x, zx, n0, n1, c0, cg, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow, cols):
     """:func:`_np_im2col` for 2-D convolutions of a C-contiguous ``x``, into the C-contiguous
     ``cols``: each row is written in one pass from the integer image (the centering and the
@@ -358,6 +386,10 @@ def _nb_im2col(x, zx, n0, n1, c0, cg, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow, co
                 hi = max(lo, min(ow, (w - 1 - shift) // sw + 1))  # first ox with ix >= w
                 for i in range(n1 - n0):
                     plane = ((n0 + i) * channels + c0 + c) * h
+                    if sh == 1 and sw == 1 and ow == w and lo < hi:
+                        _im2col_rows(x1, c1, r + np.uint64(i * p), plane, ky * dh - bh, shift,
+                                     lo, hi, h, oh, ow, z)
+                        continue
                     for oy in range(oh):
                         iy = oy * sh + ky * dh - bh
                         d = r + np.uint64(i * p + oy * ow)

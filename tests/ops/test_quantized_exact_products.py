@@ -223,3 +223,20 @@ def test_conv_integer_equals_int64_with_either_gemm(monkeypatch, busy):
     w = rng.choice(np.array([-128, -127, 126, 127], np.int8), (5, 300, 3, 3))
     got = conv_integer(x, w, np.uint8(255), np.int8(127), pads=[1] * 4)
     np.testing.assert_array_equal(got, _conv_int64(x, w, 255, 127, 1, (1, 1), 1))
+
+
+@pytest.mark.parametrize("h, w, kernel, pad, dh", [(8, 8, (3, 3), 1, 1), (1, 5, (3, 3), 1, 1),
+                                                   (4, 1, (3, 3), 1, 1), (6, 7, (7, 7), 3, 1),
+                                                   (9, 4, (3, 3), 1, 3), (2, 2, (5, 5), 2, 1)])
+def test_im2col_same_width_rows_equal_twin(h, w, kernel, pad, dh):
+    """Stride 1 with "same" horizontal padding (output width = input width) takes the
+    contiguous multi-row copy, including kernels taller than the image and rows that fall
+    entirely into the padding."""
+    rng = np.random.default_rng(h * 100 + w)
+    x = rng.integers(0, 256, (3, 4, h, w)).astype(np.uint8)
+    begins, ends = (pad, pad), (pad, pad)
+    out = (h + 2 * pad - dh * (kernel[0] - 1), w)
+    want = quantized._np_im2col(x, 7, 1, 3, 2, 2, kernel, (1, 1), (dh, 1), begins, ends, out)
+    got = np.full(want.shape, np.nan, np.float32)
+    quantized._nb_im2col(x, 7, 1, 3, 2, 2, *kernel, 1, 1, dh, 1, *begins, *out, got)
+    np.testing.assert_array_equal(got, want)
