@@ -301,7 +301,7 @@ def _k_slices(w: np.ndarray, bound_x: int) -> list[tuple[int, int]]:
 
 def _busy(load: float, cores: int) -> bool:
     """Whether other work holds the cores: the 1-minute load average exceeds the core count by
-    more than one (a product of this process alone adds at most about one).
+    more than one (this process alone, busy on every core, brings it to about the core count).
 
     >>> _busy(2.4, 2), _busy(3.5, 2)
     (False, True)
@@ -338,7 +338,7 @@ def _np_im2col(x, zx: int, n0: int, n1: int, c0: int, cg: int, kernel, strides, 
 
 
 @kernel
-def _im2col_rows(x1, c1, d, plane, row_shift, shift, lo, hi, h, oh, ow, z):
+def _nb_im2col_rows(x1, c1, d, plane, row_shift, shift, lo, hi, h, oh, ow, z):
     """One image's part of an im2col row when stride 1 keeps the output width ``ow`` equal to
     the input width: output ``t = oy·ow + ox`` then reads input ``(plane + oy + row_shift)·ow +
     ox + shift``, so all rows are one contiguous copy (long, vectorized), after which the
@@ -387,7 +387,7 @@ def _nb_im2col(x, zx, n0, n1, c0, cg, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow, co
                 for i in range(n1 - n0):
                     plane = ((n0 + i) * channels + c0 + c) * h
                     if sh == 1 and sw == 1 and ow == w and lo < hi:
-                        _im2col_rows(x1, c1, r + np.uint64(i * p), plane, ky * dh - bh, shift,
+                        _nb_im2col_rows(x1, c1, r + np.uint64(i * p), plane, ky * dh - bh, shift,
                                      lo, hi, h, oh, ow, z)
                         continue
                     for oy in range(oh):
