@@ -620,8 +620,27 @@ def quantize_linear(x, y_scale, y_zero_point=None, *, axis=1, block_size=0, outp
         _broadcast_param(op, "y_zero_point", np.asarray(y_zero_point), xf.shape, axis,
                          block_size).astype(np.int64)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        v = (xf / s).astype(np.float32)
+        v = np.array(xf / s, np.float32)            # an array (also for 0-d), written in place
+    if out.name in _SHORT:
+        return _quantize_short(v, zp, lo, hi, out).reshape(xf.shape)
     return _quantize(v, zp, lo, hi).astype(out).reshape(xf.shape)
+
+
+#: the 8- and 16-bit integer types: every difference of two of their values is a float32
+_SHORT = ("int8", "uint8", "int16", "uint16")
+
+
+def _quantize_short(v: np.ndarray, zp: np.ndarray, lo: int, hi: int, out: np.dtype) -> np.ndarray:
+    """:func:`_quantize` for 8- and 16-bit outputs in place on the float32 ``v`` (fewer passes):
+    ``fmax`` with the bound second is ``maxps`` (NaN → ``lo - zp``; the sign of a zero, the only
+    other difference, is lost in the rounding), then ``minimum``, ``rint``, and ``+ zp`` in
+    float32, exact for integers of these ranges."""
+    zpf = zp.astype(np.float32)
+    np.fmax(v, np.float32(lo) - zpf, out=v)
+    np.minimum(v, np.float32(hi) - zpf, out=v)
+    np.rint(v, out=v)
+    v += zpf
+    return v.astype(out)
 
 
 @register("DequantizeLinear")
@@ -645,7 +664,7 @@ def dequantize_linear(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, ou
         raise OpError(f"{op}: attribute output_dtype={output_dtype} differs from x_scale's type "
                       f"{out.name}; ONNX requires them equal")
     s = _broadcast_param(op, "x_scale", scale.astype(np.float32), x.shape, axis, block_size)
-    q = x.astype(np.int64)
+    zp = None
     if x_zero_point is not None:
         zp = np.asarray(x_zero_point)
         if zp.dtype != x.dtype:
@@ -654,9 +673,15 @@ def dequantize_linear(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, ou
         if x.dtype == np.int32 and np.any(zp != 0):
             raise OpError(f"{op}: int32 input with a nonzero x_zero_point; ONNX Runtime "
                           f"requires no zero point or all zeros for int32")
-        q = q - _broadcast_param(op, "x_zero_point", zp, x.shape, axis,
-                                 block_size).astype(np.int64)
-    y = q.astype(np.int32).astype(np.float32) * s
+        zp = _broadcast_param(op, "x_zero_point", zp, x.shape, axis, block_size)
+    if x.dtype.name in _SHORT:              # x - zp is a float32 (|x - zp| < 2^17): exact
+        d = x.astype(np.float32) if zp is None else \
+            np.subtract(x, zp.astype(np.float32), dtype=np.float32)
+    else:
+        q = x.astype(np.int64) if zp is None else x.astype(np.int64) - zp.astype(np.int64)
+        d = q.astype(np.int32).astype(np.float32)
+    d = np.asarray(d)                                    # 0-d: a NumPy scalar before
+    y = np.multiply(d, s, out=d) if np.broadcast_shapes(d.shape, s.shape) == d.shape else d * s
     with np.errstate(over="ignore"):          # float16 overflows to ±inf, as in ONNX Runtime
         return y.astype(out).reshape(x.shape)
 
