@@ -5,9 +5,10 @@ batch) and the ResNet-18-shaped model of ``bench_executor.py`` (BN folded, W8A8 
 calibrated on 4 random batches). For each, the export is run by an ONNX Runtime CPU session with
 default options and by qsim's integer model, interleaved, median of a few repetitions; the
 outputs are checked bit for bit and the ratio of the medians printed (the issue's target:
-ResNet-18 shape at most 3x ONNX Runtime), and the ratio of the fastest runs as a second figure:
-on a machine shared with other work, both sides' multi-threaded calls (BLAS, ONNX Runtime's
-pool) stall whenever another process holds a core, and the medians swing by 2-3x between runs.
+ResNet-18 shape at most 3x ONNX Runtime), the ratio of the fastest runs, and the median and range
+of the ratios of the back-to-back pairs: on a machine shared with other work, both sides'
+multi-threaded calls stall whenever another process holds a core, and the medians swing by 2-3x
+between runs.
 
     python benchmarks/bench_integer.py [--batch 8] [--size 112] [--repeats 5]
 """
@@ -72,9 +73,12 @@ def bench(name: str, sim, feeds, repeats: int) -> None:
             model.run(feeds)
             t_qsim.append(time.perf_counter() - t0)
     o, q = statistics.median(t_ort), statistics.median(t_qsim)
+    pairs = sorted(b / a for a, b in zip(t_ort, t_qsim))
     print(f"{name}: ONNX Runtime {o * 1e3:8.1f} ms   qsim integer model {q * 1e3:8.1f} ms   "
           f"ratio {q / o:5.1f}x   (fastest runs: {min(t_ort) * 1e3:.1f} / "
-          f"{min(t_qsim) * 1e3:.1f} ms, {min(t_qsim) / min(t_ort):.1f}x)   bit-exact: {exact}")
+          f"{min(t_qsim) * 1e3:.1f} ms, {min(t_qsim) / min(t_ort):.1f}x; ratio of each "
+          f"back-to-back pair: median {statistics.median(pairs):.1f}x, range "
+          f"{pairs[0]:.1f}-{pairs[-1]:.1f}x)   bit-exact: {exact}")
 
 
 def main() -> None:

@@ -20,8 +20,9 @@ The arithmetic, as ONNX Runtime 1.32 computes it on x86 (checked against it in
   Runtime's uint8 × int8 kernels (``vpmaddubsw``) saturate pairs of products at ±32767; qsim
   computes the exact sum, which is what VNNI CPUs return (int8 weights in [-64, 63], ONNX
   Runtime's ``reduce_range``, never saturate). qsim evaluates it with float32 BLAS products over
-  K-slices short enough that no partial sum exceeds 2^24 (:func:`_terms_per_sgemm`), so every
-  float32 operation is exact, and adds the slices in float64.
+  K-slices short enough that no partial sum exceeds 2^24 (:func:`_terms_per_sgemm`; for
+  convolutions the slices are cut by the weights' absolute row sums, :func:`_k_slices`), so every
+  float32 operation is exact, and adds the slices exactly (int32 or float64).
 * **requantize** (QLinearMatMul, QLinearConv; MLAS ``MlasRequantizeOutput``)
   ``M = float32(float32(s_a · s_b) / s_y)`` per output column/channel, then
   ``y = clamp(rne(float32(acc + bias) ⊗ M), qmin - zp_y, qmax - zp_y) + zp_y`` (bias added in
@@ -30,10 +31,13 @@ The arithmetic, as ONNX Runtime 1.32 computes it on x86 (checked against it in
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
 from ..errors import OpError
+from ..jit import USE_NUMBA, kernel
+from ..kernels import gemm as gemm_kernels
 from .nn import _check_auto_pad, _check_conv_operands, _ints, _out_size, _pad, _window_pads, \
     _windows
 from .registry import register
@@ -212,40 +216,258 @@ def _exact_matmul(a: np.ndarray, b: np.ndarray, bound_a=None, bound_b=None) -> n
     return np.matmul(a.astype(np.int64), b.astype(np.int64)).astype(np.int32)
 
 
-def _exact_conv(x: np.ndarray, w: np.ndarray, *, bound_x: int, bound_w: int, group, strides,
-                dilations, begins, ends, out):
-    """Exact integer N-D convolution of zero-point-free operands (zero padding), int32.
+def _np_slice_ends(w: np.ndarray, limit: float) -> np.ndarray:
+    """NumPy twin of :func:`_nb_slice_ends`: the same greedy cut from per-row prefix sums
+    ``P[i, e] = Σ_{k<e} |w[i, k]|`` (the end after ``s`` is ``min_i max{e : P[i, e] - P[i, s]
+    <= limit}``, at least ``s + 1``)."""
+    m, k = w.shape
+    prefix = np.zeros((m, k + 1), np.float64)
+    np.cumsum(np.abs(w, dtype=np.float64), axis=1, out=prefix[:, 1:])
+    ends, s = [], 0
+    while s < k:
+        fits = (prefix <= (prefix[:, s] + limit)[:, None]).sum(axis=1) - 1
+        e = max(s + 1, int(fits.min()) if m else k)
+        ends.append(e)
+        s = e
+    return np.array(ends, np.int64)
 
-    ``x``, ``w`` are float32 holding integers bounded by ``bound_x``, ``bound_w`` with
-    ``_terms_per_sgemm(bound_x, bound_w) > 0`` (8-bit operands). im2col, built per block of
-    images and per slice of input channels (at most T = ``_terms_per_sgemm`` terms each, so no
-    block exceeds ``_COLS_BLOCK`` elements by much), one float32 BLAS product per slice, slices
-    added exactly in float64 (:func:`_sum_products`)."""
+
+#: columns per partial row sum in :func:`_nb_slice_ends`
+_CHUNK = 64
+
+
+@kernel
+def _nb_slice_ends(w, limit):
+    """Greedy K-slices of ``w`` (M × K, integer-valued float32) whose absolute row sums stay
+    within ``limit``: from ``s``, the slice ends at the largest ``e`` with
+    ``Σ_{s<=k<e} |w[i, k]| <= limit`` for every row ``i`` (at least one term). Returns the
+    slice ends (the last is K). The sums of whole ``_CHUNK``-column chunks are taken once (a
+    vectorized pass); each row then steps over whole chunks and adds single terms only at the
+    ends of its run, so the cut is the same as adding term by term."""
+    m, k = w.shape
+    chunks = (k + _CHUNK - 1) // _CHUNK
+    sums = np.zeros((m, chunks), np.float64)
+    for i in range(m):
+        row = w[i]
+        for c in range(chunks):
+            base = c * _CHUNK
+            total = np.int32(0)                 # integers: the loop vectorizes
+            for j in range(min(_CHUNK, k - base)):
+                total += np.int32(abs(np.int32(row[base + j])))
+            sums[i, c] = total
+    ends = np.empty(max(k, 1), np.int64)
+    count, s = 0, 0
+    while s < k:
+        e = k
+        for i in range(m):
+            total = 0.0
+            j = s
+            while j < e:
+                if j % _CHUNK == 0 and j + _CHUNK <= e and total + sums[i, j // _CHUNK] <= limit:
+                    total += sums[i, j // _CHUNK]
+                    j += _CHUNK
+                    continue
+                total += abs(np.float64(w[i, j]))
+                if total > limit:
+                    e = j
+                    break
+                j += 1
+        e = max(e, s + 1)
+        ends[count] = e
+        count += 1
+        s = e
+    return ends[:count]
+
+
+def _k_slices(w: np.ndarray, bound_x: int) -> list[tuple[int, int]]:
+    """K-slices ``[(k0, k1), ...]`` of the weights ``w`` (M × K, integer-valued float32) for
+    exact float32 products against operands with ``|x| <= bound_x``: in each slice
+    ``bound_x · Σ_k |w[i, k]| <= 2^24`` for every row ``i``, so every partial sum of
+    ``x[k] · w[i, k]`` over the slice, in any order, is an integer of magnitude <= 2^24 and every
+    float32 operation on it is exact. Weights are constants of the model and typically small
+    against their maximum, so this needs far fewer slices than the uniform
+    ``K · max|x| · max|w|`` bound (:func:`_terms_per_sgemm`).
+
+    >>> _k_slices(np.full((2, 600), 128, np.float32), 255)   # 2^24 / 255 / 128 = 514 terms
+    [(0, 514), (514, 600)]
+    """
+    k = w.shape[1]
+    if bound_x == 0 or k == 0:
+        return [(0, k)]
+    limit = float(_F32_EXACT // bound_x)
+    ends = (_nb_slice_ends if USE_NUMBA else _np_slice_ends)(np.ascontiguousarray(w), limit)
+    return list(zip([0] + ends[:-1].tolist(), ends.tolist()))
+
+
+def _busy(load: float, cores: int) -> bool:
+    """Whether other work holds the cores: the 1-minute load average exceeds the core count by
+    more than one (this process alone, busy on every core, brings it to about the core count).
+
+    >>> _busy(2.4, 2), _busy(3.5, 2)
+    (False, True)
+    """
+    return load > cores + 1
+
+
+def _sgemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for float32 matrices whose products and partial sums are integers of magnitude
+    <= 2^24, so that every summation order gives the same, exact result: which GEMM computes it
+    changes the speed only.
+
+    NumPy's BLAS (OpenBLAS, two threads here), fastest on idle cores; with Numba, on a machine
+    busy with other work (:func:`_busy`), qsim's own float32 GEMM on the calling thread
+    (:func:`qsim.kernels.gemm.matmul`): OpenBLAS's thread pool then slows down 3-4x more, and
+    a second thread of qsim's own helps less than it waits (benchmarks/README.md)."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0     # not on Windows
+    if USE_NUMBA and _busy(load, os.cpu_count() or 1):
+        return gemm_kernels.matmul(a, b, threads=1)
+    return np.matmul(a, b)
+
+
+def _np_im2col(x, zx: int, n0: int, n1: int, c0: int, cg: int, kernel, strides, dilations,
+               begins, ends, out) -> np.ndarray:
+    """The im2col matrix of images ``n0:n1`` and channels ``c0:c0+cg`` of the integer tensor
+    ``x``, centered: ``cols[(c, *k), (n, *o)] = float32(x[n, c0 + c, o·stride + k·dilation -
+    begin] - zx)``, 0 in the padding (exact: 8-bit operands). NumPy twin of :func:`_nb_im2col`
+    (any number of spatial axes)."""
+    nsp = x.ndim - 2
+    xc = np.subtract(x[n0:n1, c0:c0 + cg], np.float32(zx), dtype=np.float32)
+    windows = _windows(_pad(xc, begins, ends), kernel, strides, dilations, out)
+    cols = np.moveaxis(windows, 0, 1 + nsp)                               # (c, *k, n, *o)
+    return cols.reshape(cg * math.prod(kernel), (n1 - n0) * math.prod(out))
+
+
+@kernel
+def _nb_im2col_rows(x1, c1, d, plane, row_shift, shift, lo, hi, h, oh, ow, z):
+    """One image's part of an im2col row when stride 1 keeps the output width ``ow`` equal to
+    the input width: output ``t = oy·ow + ox`` then reads input ``(plane + oy + row_shift)·ow +
+    ox + shift``, so all rows are one contiguous copy (long, vectorized), after which the
+    columns outside ``[lo, hi)`` and the rows outside the image are zeroed."""
+    zero = np.float32(0.0)
+    oy_lo = min(oh, max(0, -row_shift))
+    oy_hi = max(oy_lo, min(oh, h - row_shift))
+    for t in range(np.uint64(oy_lo * ow)):
+        c1[d + t] = zero
+    for t in range(np.uint64(oy_hi * ow), np.uint64(oh * ow)):
+        c1[d + t] = zero
+    if oy_hi == oy_lo:
+        return
+    t0, t1 = oy_lo * ow + lo, (oy_hi - 1) * ow + hi
+    src = np.uint64((plane + row_shift) * ow + shift + t0)
+    dst = d + np.uint64(t0)
+    for u in range(np.uint64(t1 - t0)):
+        c1[dst + u] = np.float32(np.int32(x1[src + u]) - z)
+    for oy in range(oy_lo, oy_hi):
+        row = d + np.uint64(oy * ow)
+        for ox in range(lo):
+            c1[row + np.uint64(ox)] = zero
+        for ox in range(hi, ow):
+            c1[row + np.uint64(ox)] = zero
+
+
+@kernel
+def _nb_im2col(x, zx, n0, n1, c0, cg, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow, cols):
+    """:func:`_np_im2col` for 2-D convolutions of a C-contiguous ``x``, into the C-contiguous
+    ``cols``: each row is written in one pass from the integer image (the centering and the
+    padding fused in). Flat unsigned indices (no wraparound checks), so the copies vectorize."""
+    channels, h, w = x.shape[1], x.shape[2], x.shape[3]
+    p = oh * ow
+    zero = np.float32(0.0)
+    z = np.int32(zx)
+    x1, c1 = x.reshape(-1), cols.reshape(-1)
+    width = np.uint64(cols.shape[1])
+    step = np.uint64(sw)
+    for c in range(cg):
+        for ky in range(kh):
+            for kx in range(kw):
+                r = np.uint64((c * kh + ky) * kw + kx) * width
+                shift = kx * dw - bw                              # ix = ox·sw + shift
+                lo = min(ow, max(0, (sw - 1 - shift) // sw))      # first ox with ix >= 0
+                hi = max(lo, min(ow, (w - 1 - shift) // sw + 1))  # first ox with ix >= w
+                for i in range(n1 - n0):
+                    plane = ((n0 + i) * channels + c0 + c) * h
+                    if sh == 1 and sw == 1 and ow == w and lo < hi:
+                        _nb_im2col_rows(x1, c1, r + np.uint64(i * p), plane, ky * dh - bh, shift,
+                                     lo, hi, h, oh, ow, z)
+                        continue
+                    for oy in range(oh):
+                        iy = oy * sh + ky * dh - bh
+                        d = r + np.uint64(i * p + oy * ow)
+                        if iy < 0 or iy >= h:
+                            for ox in range(ow):
+                                c1[d + np.uint64(ox)] = zero
+                            continue
+                        for ox in range(lo):
+                            c1[d + np.uint64(ox)] = zero
+                        src = np.uint64((plane + iy) * w + lo * sw + shift)
+                        d0 = d + np.uint64(lo)
+                        if sw == 1:
+                            for u in range(np.uint64(hi - lo)):
+                                c1[d0 + u] = np.float32(np.int32(x1[src + u]) - z)
+                        else:
+                            for u in range(np.uint64(hi - lo)):
+                                c1[d0 + u] = np.float32(np.int32(x1[src + u * step]) - z)
+                        for ox in range(hi, ow):
+                            c1[d + np.uint64(ox)] = zero
+
+
+def _exact_conv(x: np.ndarray, zx: int, w: np.ndarray, *, bound_x: int, bound_w: int, group,
+                strides, dilations, begins, ends, out, store=None, dtype=np.int32):
+    """Exact integer N-D convolution ``conv(x - zx, w)`` (padding: ``zx``, a real zero), int32.
+
+    ``x`` is the 8-bit input, ``|x - zx| <= bound_x``; ``w`` float32 holding the zero-point-free
+    weights, ``|w| <= bound_w``. im2col per block of images (about ``_COLS_BLOCK`` elements,
+    :func:`_nb_im2col`), one float32 BLAS product per K-slice of the weights (:func:`_k_slices`:
+    each exact), the slices added in int32 (exact: ``bound_x · bound_w · K < 2^31``) or else in
+    float64 and wrapped to int32.
+
+    ``store(acc, m0, target)``, when given, writes each finished block instead of the plain int32
+    copy: ``acc`` (mg, images, P) holds the exact sums (float32 or int32) of output channels
+    ``m0 ...`` and ``target`` is the (images, mg, P) view of the ``dtype`` result to fill."""
     nsp = x.ndim - 2
     kernel = tuple(w.shape[2:])
     kk = math.prod(kernel)
     n, channels, m = x.shape[0], x.shape[1], w.shape[0]
     cg, mg, p = channels // group, m // group, math.prod(out)
-    terms = _terms_per_sgemm(bound_x, bound_w)
-    step = max(1, terms // kk)                                        # channels per slice
-    xp = _pad(x, begins, ends)
-    windows = _windows(xp, kernel, strides, dilations, out)           # (N, C, *k, *o)
-    windows = windows.reshape((n, group, cg) + kernel + tuple(out))
-    wg = w.reshape(group, mg, cg, kk)
-    images = max(1, _COLS_BLOCK // max(1, min(cg, step) * kk * p))
-    y = np.empty((n, m, p), np.int32)
+    w2 = w.reshape(m, cg * kk)
+    slices = _k_slices(w2, bound_x)
+    wide = len(slices) > 1 and bound_x * bound_w * cg * kk >= 2 ** 31
+    images = max(1, _COLS_BLOCK // max(1, cg * kk * p))
+    compiled = USE_NUMBA and nsp == 2
+    if compiled:
+        x = np.ascontiguousarray(x)
+        scratch = np.empty(cg * kk * min(n, images) * p, np.float32)
+        geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *out))
+    y = np.empty((n, m, p), dtype)
     for g in range(group):                  # one 2-D product per group, image block and slice
+        weights = w2[g * mg:(g + 1) * mg]
         for n0 in range(0, n, images):
             n1 = min(n, n0 + images)
+            if compiled:
+                cols = scratch[:cg * kk * (n1 - n0) * p].reshape(cg * kk, (n1 - n0) * p)
+                _nb_im2col(x, zx, n0, n1, g * cg, cg, *geometry, cols)
+            else:
+                cols = _np_im2col(x, zx, n0, n1, g * cg, cg, kernel, strides, dilations, begins,
+                                  ends, out)
             acc = None
-            for c0 in range(0, cg, step):
-                c1 = min(cg, c0 + step)
-                cols = np.moveaxis(windows[n0:n1, g, c0:c1], 0, 1 + nsp)   # (c, *k, n, *o)
-                cols = cols.reshape((c1 - c0) * kk, (n1 - n0) * p)
-                weights = wg[g, :, c0:c1].reshape(mg, -1)            # a view: lda = cg·kk
-                acc = _sum_products(weights, cols, terms, acc)
-            y[n0:n1, g * mg:(g + 1) * mg] = _to_int32(acc).reshape(mg, n1 - n0, p) \
-                .transpose(1, 0, 2)
+            for k0, k1 in slices:               # a column range of the weights is a BLAS view
+                part = _sgemm(weights[:, k0:k1], cols[k0:k1])
+                if acc is None:
+                    acc = part
+                elif wide:
+                    acc = acc.astype(np.float64) if acc.dtype != np.float64 else acc
+                    acc += part
+                else:
+                    acc = acc.astype(np.int32) if acc.dtype != np.int32 else acc
+                    np.add(acc, part, out=acc, casting="unsafe")     # exact, |sum| < 2^31
+            if acc.dtype == np.float64:
+                acc = acc.astype(np.int64).astype(np.int32)
+            block = acc.reshape(mg, n1 - n0, p)
+            target = y[n0:n1, g * mg:(g + 1) * mg]
+            if store is None:
+                target[...] = block.transpose(1, 0, 2)
+            else:
+                store(block, g * mg, target)
     return y.reshape((n, m) + tuple(out))
 
 
@@ -264,21 +486,27 @@ def _conv_geometry(x, w, auto_pad, dilations, strides, pads):
     return dict(strides=strides, dilations=dilations, begins=begins, ends=ends, out=out)
 
 
-def _centered(op: str, what: str, v: np.ndarray, zp, allowed) -> tuple[np.ndarray, int]:
-    """``(v - zp, max |v - zp|)``: the difference as float32 (exact: 8-bit operands) and a bound
-    on its magnitude from ``v``'s extremes and the zero points (``zp`` already shaped to
-    broadcast against ``v``)."""
+def _offset_bound(op: str, what: str, v: np.ndarray, zp, allowed) -> int:
+    """``max |v - zp|`` bounded from ``v``'s extremes and the zero points (``zp`` None or
+    already shaped to broadcast against ``v``), after checking both dtypes."""
     _int_range(op, what, v.dtype, allowed)
     lo, hi = (int(v.min()), int(v.max())) if v.size else (0, 0)
     if zp is None:
-        return v.astype(np.float32), max(hi, -lo)
+        return max(hi, -lo)
     zp = np.asarray(zp)
     if zp.dtype != v.dtype:
         raise OpError(f"{op}: zero point of {what} has dtype {zp.dtype}, expected {v.dtype} "
                       f"(the dtype of {what})")
-    z_lo, z_hi = int(zp.min()), int(zp.max())
-    centered = np.subtract(v, zp.astype(np.float32), dtype=np.float32)
-    return centered, max(hi - z_lo, z_hi - lo)
+    return max(hi - int(zp.min()), int(zp.max()) - lo)
+
+
+def _centered(op: str, what: str, v: np.ndarray, zp, allowed) -> tuple[np.ndarray, int]:
+    """``(v - zp, max |v - zp|)``: the difference as float32 (exact: 8-bit operands) and the
+    bound of :func:`_offset_bound`."""
+    bound = _offset_bound(op, what, v, zp, allowed)
+    if zp is None:
+        return v.astype(np.float32), bound
+    return np.subtract(v, np.asarray(zp).astype(np.float32), dtype=np.float32), bound
 
 
 def _requantize(acc: np.ndarray, multiplier: np.ndarray, y_zero_point: np.ndarray) -> np.ndarray:
@@ -300,6 +528,48 @@ def _requantize(acc: np.ndarray, multiplier: np.ndarray, y_zero_point: np.ndarra
     np.rint(v, out=v)
     v += zp
     return v.astype(y_zero_point.dtype)
+
+
+def _np_requantize_block(acc, bias, multiplier, zp, lo, hi, y):
+    """NumPy twin of :func:`_nb_requantize_block` (the steps of :func:`_requantize`)."""
+    v = acc.astype(np.int32) + bias[:, None, None]                  # int32, wrapping
+    v = np.multiply(v, multiplier[:, None, None], dtype=np.float32)
+    np.fmax(v, lo, out=v)
+    np.minimum(v, hi, out=v)
+    np.rint(v, out=v)
+    y[...] = (v.astype(np.int32) + zp).transpose(1, 0, 2)
+
+
+@kernel
+def _nb_requantize_block(acc, bias, multiplier, zp, lo, hi, y):
+    """:func:`_requantize` of a convolution block with its bias, fused with the transpose:
+    ``y[j, i, q] = clamp(rne(float32(int32(acc[i, j, q] + bias[i])) ⊗ M[i]), lo, hi) + zp``
+    with ``lo = qmin - zp``, ``hi = qmax - zp`` (float32; ``maxps`` first, so NaN → lo).
+    ``acc`` (M, N, P) holds exact integers (float32 or int32), ``y`` is (N, M, P)."""
+    m, n, p = acc.shape
+    for j in range(n):
+        for i in range(m):
+            b = np.int64(bias[i])
+            s = multiplier[i]
+            for q in range(p):
+                v = np.float32(np.int32(np.int64(acc[i, j, q]) + b)) * s
+                v = v if v > lo else lo
+                v = v if v < hi else hi
+                y[j, i, q] = np.int64(np.rint(v)) + zp
+
+
+def _requantize_store(bias, multiplier, y_zero_point):
+    """A ``store`` for :func:`_exact_conv` that requantizes each block (:func:`_requantize`,
+    with the int32 ``bias`` per output channel added first) straight into the 8-bit output."""
+    qmin, qmax = _RANGES[y_zero_point.dtype.name]
+    zp = int(y_zero_point)
+    lo, hi = np.float32(qmin - zp), np.float32(qmax - zp)
+    fn = _nb_requantize_block if USE_NUMBA else _np_requantize_block
+
+    def store(acc, m0, target):
+        rows = slice(m0, m0 + acc.shape[0])
+        fn(acc, bias[rows], multiplier[rows], zp, lo, hi, target)
+    return store
 
 
 def _multiplier(op: str, s_in, s_w, s_y) -> np.ndarray:
@@ -350,8 +620,27 @@ def quantize_linear(x, y_scale, y_zero_point=None, *, axis=1, block_size=0, outp
         _broadcast_param(op, "y_zero_point", np.asarray(y_zero_point), xf.shape, axis,
                          block_size).astype(np.int64)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        v = (xf / s).astype(np.float32)
+        v = np.array(xf / s, np.float32)            # an array (also for 0-d), written in place
+    if out.name in _SHORT:
+        return _quantize_short(v, zp, lo, hi, out).reshape(xf.shape)
     return _quantize(v, zp, lo, hi).astype(out).reshape(xf.shape)
+
+
+#: the 8- and 16-bit integer types: every difference of two of their values is a float32
+_SHORT = ("int8", "uint8", "int16", "uint16")
+
+
+def _quantize_short(v: np.ndarray, zp: np.ndarray, lo: int, hi: int, out: np.dtype) -> np.ndarray:
+    """:func:`_quantize` for 8- and 16-bit outputs in place on the float32 ``v`` (fewer passes):
+    ``fmax`` with the bound second is ``maxps`` (NaN → ``lo - zp``; the sign of a zero, the only
+    other difference, is lost in the rounding), then ``minimum``, ``rint``, and ``+ zp`` in
+    float32, exact for integers of these ranges."""
+    zpf = zp.astype(np.float32)
+    np.fmax(v, np.float32(lo) - zpf, out=v)
+    np.minimum(v, np.float32(hi) - zpf, out=v)
+    np.rint(v, out=v)
+    v += zpf
+    return v.astype(out)
 
 
 @register("DequantizeLinear")
@@ -375,7 +664,7 @@ def dequantize_linear(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, ou
         raise OpError(f"{op}: attribute output_dtype={output_dtype} differs from x_scale's type "
                       f"{out.name}; ONNX requires them equal")
     s = _broadcast_param(op, "x_scale", scale.astype(np.float32), x.shape, axis, block_size)
-    q = x.astype(np.int64)
+    zp = None
     if x_zero_point is not None:
         zp = np.asarray(x_zero_point)
         if zp.dtype != x.dtype:
@@ -384,9 +673,15 @@ def dequantize_linear(x, x_scale, x_zero_point=None, *, axis=1, block_size=0, ou
         if x.dtype == np.int32 and np.any(zp != 0):
             raise OpError(f"{op}: int32 input with a nonzero x_zero_point; ONNX Runtime "
                           f"requires no zero point or all zeros for int32")
-        q = q - _broadcast_param(op, "x_zero_point", zp, x.shape, axis,
-                                 block_size).astype(np.int64)
-    y = q.astype(np.int32).astype(np.float32) * s
+        zp = _broadcast_param(op, "x_zero_point", zp, x.shape, axis, block_size)
+    if x.dtype.name in _SHORT:              # x - zp is a float32 (|x - zp| < 2^17): exact
+        d = x.astype(np.float32) if zp is None else \
+            np.subtract(x, zp.astype(np.float32), dtype=np.float32)
+    else:
+        q = x.astype(np.int64) if zp is None else x.astype(np.int64) - zp.astype(np.int64)
+        d = q.astype(np.int32).astype(np.float32)
+    d = np.asarray(d)                                    # 0-d: a NumPy scalar before
+    y = np.multiply(d, s, out=d) if np.broadcast_shapes(d.shape, s.shape) == d.shape else d * s
     with np.errstate(over="ignore"):          # float16 overflows to ±inf, as in ONNX Runtime
         return y.astype(out).reshape(x.shape)
 
@@ -494,9 +789,10 @@ def conv_integer(x, w, x_zero_point=None, w_zero_point=None, *, auto_pad="NOTSET
     else:
         w_zp = None
     geometry = _conv_geometry(x, w, auto_pad, dilations, strides, pads)
-    (x_c, bound_x), (w_c, bound_w) = (_centered(op, "X", x, x_zp, _EIGHT_BIT),
-                                      _centered(op, "W", w, w_zp, _EIGHT_BIT))
-    return _exact_conv(x_c, w_c, bound_x=bound_x, bound_w=bound_w, group=int(group), **geometry)
+    bound_x = _offset_bound(op, "X", x, x_zp, _EIGHT_BIT)
+    w_c, bound_w = _centered(op, "W", w, w_zp, _EIGHT_BIT)
+    return _exact_conv(x, 0 if x_zp is None else int(x_zp), w_c, bound_x=bound_x,
+                       bound_w=bound_w, group=int(group), **geometry)
 
 
 def _check_pairing(op: str, x: np.ndarray, w: np.ndarray) -> None:
@@ -569,13 +865,14 @@ def qlinear_conv(x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_
     w_zp = _per_channel(op, "w_zero_point", np.asarray(w_zero_point), m)
     geometry = _conv_geometry(x, w, auto_pad, dilations, strides, pads)
     nsp = x.ndim - 2
-    x_c, bound_x = _centered(op, "x", x, _scalar(op, "x_zero_point", x_zero_point), _EIGHT_BIT)
+    x_zp = _scalar(op, "x_zero_point", x_zero_point)
+    bound_x = _offset_bound(op, "x", x, x_zp, _EIGHT_BIT)
     w_c, bound_w = _centered(op, "w", w, w_zp.reshape(w_zp.shape + (1,) * (nsp + 1)), _EIGHT_BIT)
-    acc = _exact_conv(x_c, w_c, bound_x=bound_x, bound_w=bound_w, group=int(group), **geometry)
-    if b is not None:
-        acc += b.reshape((m,) + (1,) * nsp)           # int32, wrapping as the kernel does
-    multiplier = _multiplier(op, s_x, s_w, s_y).reshape(s_w.shape + (1,) * nsp)
-    return _requantize(acc, multiplier, _output_zero_point(op, y_zero_point, x))
+    bias = np.zeros(m, np.int32) if b is None else b.reshape(m)
+    multiplier = np.ascontiguousarray(np.broadcast_to(_multiplier(op, s_x, s_w, s_y), (m,)))
+    zp = _output_zero_point(op, y_zero_point, x)
+    return _exact_conv(x, int(x_zp), w_c, bound_x=bound_x, bound_w=bound_w, group=int(group),
+                       store=_requantize_store(bias, multiplier, zp), dtype=zp.dtype, **geometry)
 
 
 def _per_channel(op: str, what: str, p: np.ndarray, m: int) -> np.ndarray:

@@ -122,6 +122,45 @@ def test_qlinear_add_table_path_matches_ort(dtype, small, swap, data):
     check("QLinearAdd", [a, params[0], params[1], b, params[2], params[3], params[4], params[5]])
 
 
+@settings(max_examples=20, deadline=None)
+@given(st.sampled_from(EIGHT), st.integers(0, 2**32 - 1), st.integers(0, 3000))
+def test_pair_lookup_numba_equals_twin(dtype, seed, size):
+    """The compiled table lookup of QLinearAdd equals the NumPy one (and indexes by bytes)."""
+    from qsim.ops import contrib_quantized as cq
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 256, size).astype(np.uint8).view(dtype)
+    b = rng.integers(0, 256, size).astype(np.uint8).view(dtype)
+    table = rng.integers(0, 256, 65536).astype(np.uint8).view(dtype)
+    got = np.empty(size, dtype)
+    cq._nb_pair_lookup(a.view(np.uint8), b.view(np.uint8), table, got.view(np.uint8))
+    want = cq._np_pair_lookup(a, b, table)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(want, table[a.view(np.uint8).astype(int) * 256
+                                              + b.view(np.uint8)])
+
+
+@pytest.mark.skipif(not USE_NUMBA, reason="the compiled table uses LLVM's fma intrinsic, which has "
+                    "no pure-Python form; NUMBA_DISABLE_JIT=1 runs the twin, checked against ORT")
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(EIGHT), st.sampled_from(["a", "b", "none"]), st.data())
+def test_add_table_numba_equals_twin(dtype, role, data):
+    """QLinearAdd's compiled table of all byte pairs equals the NumPy formula, including scales
+    that overflow or underflow (the saturation of inf, NaN and |v| >= 2^31)."""
+    from qsim.ops import contrib_quantized as cq
+    extreme = st.sampled_from([np.float32(v) for v in (1e-38, 1e-7, 3e38, 1e30)])
+    s_a, s_b, s_c = (data.draw(st.one_of(scales(), extreme)) for _ in range(3))
+    z_a, z_b, z_c = (int(data.draw(integers(dtype))) for _ in range(3))
+    values = cq._all_bytes(np.dtype(dtype))
+    want = cq._qlinear_add_values(values[:, None], values[None, :], (256, 256), s_a, s_b, s_c,
+                                  z_a, z_b, z_c, role).reshape(-1)
+    lo, hi = cq._RANGES[np.dtype(dtype).name]
+    got = np.empty(65536, dtype)
+    cq._nb_add_table(values.astype(np.float32),
+                     *cq._add_constants(s_a, s_b, s_c, z_a, z_b, z_c, role), role == "a", lo,
+                     hi, got)
+    np.testing.assert_array_equal(got, want)
+
+
 def _add_in_order(first, r_first, z_first, second, r_second, z_second, z_c):
     """``rne(fma(first, r_first, fma(second, r_second, z_c - fma(r_first, z_first,
     r_second ⊗ z_second))))`` saturated to uint8: QLinearAdd with ``second`` folded first."""
