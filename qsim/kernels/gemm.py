@@ -482,26 +482,63 @@ def _tile_group4(a, b, c, m0, m1, n0, n1, kb, zero_first):
             c[m, n] = out
 
 
-@_compile()
-def _lane8_dot(a, b, m, n, k0, k1):
-    lanes = np.zeros(8, dtype=np.float32)
-    for kk in range(k0, k1):
-        lanes[(kk - k0) & 7] += a[m, kk] * b[kk, n]
-    # masked tail: the missing lanes add +0 (turns a -0 lane into +0)
-    tail = (k1 - k0) & 7
-    if tail:
-        for j in range(tail, 8):
-            lanes[j] += np.float32(0.0)
-    return lanes
+def _lane8_source() -> str:
+    """Source of ``_lane8_sums``: the eight lanes of MLAS's M = 1 / N = 1 kernel for four
+    outputs ``r = 0..3`` at once, over ``count`` products ``x[xo + r·xr + t] · y[yo + r·yr +
+    t·ys]``: lane ``j`` of output ``r`` sums the rounded products of ``t ≡ j (mod 8)`` in
+    ascending ``t`` from +0 (multiply, then add: no FMA); when ``count`` is not a multiple of 8,
+    the lanes past the last product add +0 (MLAS's masked tail, which turns a -0 lane into +0).
+
+    One scalar variable per lane and output, so that LLVM packs each output's eight lanes into
+    one vector when ``ys == 1`` (contiguous operands), and the four outputs' chains of additions
+    overlap (one chain alone waits on the adder's latency). Returns the 32 lanes, output by
+    output; a caller that needs fewer outputs points the others at the same data."""
+    lanes = [f"l{r}_{j}" for r in range(4) for j in range(8)]
+    lines = ["def _lane8_sums(x, xo, xr, y, yo, yr, ys, count):",
+             "    f0 = np.float32(0.0)",
+             f"    {', '.join(lanes)} = {', '.join(['f0'] * 32)}",
+             "    full = count - count % 8",
+             "    u0 = np.uint64(xo)",
+             "    v0 = np.uint64(yo)"]
+    for r in range(1, 4):
+        lines += [f"    u{r} = np.uint64(xo + {r} * xr)", f"    v{r} = np.uint64(yo + {r} * yr)"]
+    for contiguous in (True, False):
+        lines.append("    if ys == 1:" if contiguous else "    else:")
+        lines.append("        for t in range(0, full, 8):")
+        lines.append("            tu = np.uint64(t)")
+        lines.append("            tv = np.uint64(t)" if contiguous else
+                     "            tv = np.uint64(t * ys)")
+        for r in range(4):
+            for j in range(8):
+                yj = f"np.uint64({j})" if contiguous else f"np.uint64({j} * ys)"
+                lines.append(f"            l{r}_{j} = l{r}_{j} + x[u{r} + tu + np.uint64({j})]"
+                             f" * y[v{r} + tv + {yj}]")
+    lines += ["    tail = count - full",
+              "    if tail:",
+              "        tu, tv = np.uint64(full), np.uint64(full * ys)"]
+    for r in range(4):
+        lines += [f"        l{r}_{j} = l{r}_{j} + (x[u{r} + tu + np.uint64({j})] * "
+                  f"y[v{r} + tv + np.uint64({j} * ys)] if {j} < tail else f0)" for j in range(8)]
+    lines.append(f"    return {', '.join(lanes)}")
+    return "\n".join(lines) + "\n"
+
+
+exec(compile(_lane8_source(), "<qsim.kernels.gemm._lane8_sums>", "exec"), _namespace)
+_lane8_sums = numba.njit(nogil=True, fastmath=False)(_namespace["_lane8_sums"])
 
 
 @_compile()
-def _reduce8(x, group):
+def _reduce8(x, o, group):
+    """Lanes ``x[o : o + 8]`` (of a tuple) reduced as MLAS does for an output computed in a
+    group of ``group`` (4, 2 or 1) outputs."""
     if group == 4:
-        return (((x[0] + x[1]) + x[2]) + x[3]) + (((x[4] + x[5]) + x[6]) + x[7])
+        return (((x[o] + x[o + 1]) + x[o + 2]) + x[o + 3]) \
+            + (((x[o + 4] + x[o + 5]) + x[o + 6]) + x[o + 7])
     if group == 2:
-        return ((x[0] + x[2]) + (x[4] + x[6])) + ((x[1] + x[3]) + (x[5] + x[7]))
-    return ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]))
+        return ((x[o] + x[o + 2]) + (x[o + 4] + x[o + 6])) \
+            + ((x[o + 1] + x[o + 3]) + (x[o + 5] + x[o + 7]))
+    return ((x[o] + x[o + 1]) + (x[o + 2] + x[o + 3])) \
+        + ((x[o + 4] + x[o + 5]) + (x[o + 6] + x[o + 7]))
 
 
 @_compile()
@@ -516,16 +553,65 @@ def _group_of(i, count):
 
 
 @_compile()
-def _tile_lane8(a, b, c, m0, m1, n0, n1, kb, zero_first, along_n):
-    k = a.shape[1]
-    for m in range(m0, m1):
-        for n in range(n0, n1):
-            g = _group_of(n - n0, n1 - n0) if along_n else _group_of(m - m0, m1 - m0)
-            out = np.float32(0.0) if zero_first else c[m, n]
+def _lane8_region(a1, lda, b1, sk, sn, c1, ldc, k, m0, m1, n0, n1, kb, zero_first, along_n):
+    """``LANE8`` kernel on rows ``[m0, m1)`` and columns ``[n0, n1)`` of ``c = a @ b`` (flat
+    operands; B's element ``(kk, n)`` at ``kk·sk + n·sn``): per output and K block of ``kb``,
+    the eight lanes (:func:`_lane8_sums`) reduced for the output's group (:func:`_group_of`:
+    along the columns for ``LANE8_N``, the rows for ``LANE8_M``), then ``c = r + c``. Outputs
+    are computed four at a time along that axis (the last one to three one at a time)."""
+    outer0, outer1 = (m0, m1) if along_n else (n0, n1)
+    inner0, inner1 = (n0, n1) if along_n else (m0, m1)
+    f0 = np.float32(0.0)
+    for o in range(outer0, outer1):
+        i = inner0
+        while i < inner1:
+            width = 4 if inner1 - i >= 4 else 1
+            m, n = (o, i) if along_n else (i, o)
+            dm, dn = (0, 1) if along_n else (1, 0)          # next output
+            xr, yr = dm * lda * (width > 1), dn * sn * (width > 1)
+            base = m * ldc + n
+            step = dm * ldc + dn
+            s0 = f0 if zero_first else c1[base]
+            s1 = f0 if zero_first or width == 1 else c1[base + step]
+            s2 = f0 if zero_first or width == 1 else c1[base + 2 * step]
+            s3 = f0 if zero_first or width == 1 else c1[base + 3 * step]
+            g0 = _group_of(i - inner0, inner1 - inner0)
+            g1 = _group_of(i + 1 - inner0, inner1 - inner0)
+            g2 = _group_of(i + 2 - inner0, inner1 - inner0)
+            g3 = _group_of(i + 3 - inner0, inner1 - inner0)
             for k0 in range(0, k, kb):
                 k1 = min(k, k0 + kb)
-                out = _reduce8(_lane8_dot(a, b, m, n, k0, k1), g) + out
-            c[m, n] = out
+                lanes = _lane8_sums(a1, m * lda + k0, xr, b1, k0 * sk + n * sn, yr, sk, k1 - k0)
+                s0 = _reduce8(lanes, 0, g0) + s0
+                s1 = _reduce8(lanes, 8, g1) + s1
+                s2 = _reduce8(lanes, 16, g2) + s2
+                s3 = _reduce8(lanes, 24, g3) + s3
+            c1[base] = s0
+            if width == 4:
+                c1[base + step] = s1
+                c1[base + 2 * step] = s2
+                c1[base + 3 * step] = s3
+            i += width
+
+
+@_compile()
+def _tile_lane8(a, b, c, m0, m1, n0, n1, kb, zero_first, along_n):
+    """:func:`_lane8_region` on a tile of ``c = a @ b`` (``b`` ``(K, N)``, C-contiguous; an
+    ``N = 1`` B is one contiguous column, so its products vectorize)."""
+    _lane8_region(a.ravel(), a.shape[1], b.ravel(), b.shape[1], 1, c.ravel(), c.shape[1],
+                  a.shape[1], m0, m1, n0, n1, kb, zero_first, along_n)
+
+
+@_compile()
+def _run_lane8_bt(a, bt, c, tiles, zero_first):
+    """``LANE8`` tiles of ``c = a @ btᵀ`` with ``bt`` ``(N, K)`` read in place (a Gemm with
+    ``transB=1``: each output's K values are contiguous in both operands)."""
+    a1, b1, c1 = a.ravel(), bt.ravel(), c.ravel()
+    for t in range(tiles.shape[0]):
+        m0, m1, n0, n1, kind, kb = (tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3],
+                                    tiles[t, 4], tiles[t, 5])
+        _lane8_region(a1, a.shape[1], b1, 1, bt.shape[1], c1, c.shape[1], a.shape[1],
+                      m0, m1, n0, n1, kb, zero_first, kind == 2)
 
 
 @_compile()
@@ -815,6 +901,12 @@ def gemm(a2, b2, c=None, *, alpha=1.0, beta=1.0, trans_b=False, trans_a=False,
     if use_numba and b2.T.flags.c_contiguous and np.all(tiles[:, 4] == FMA):
         # B given transposed (transB=1): read it in place, not through a transposed copy
         _run_bt(a2, b2.T, y[0], tiles, alpha, eff_beta == 0.0)
+        return y[0]
+    if use_numba and b2.T.flags.c_contiguous and np.all((tiles[:, 4] == LANE8_N)
+                                                        | (tiles[:, 4] == LANE8_M)):
+        # M = 1 with transB=1: both operands' K values contiguous, no transposed copy
+        with _slp_vectorizer():
+            _run_lane8_bt(_f32c(a2), _readonly_view(b2.T), y[0], tiles, eff_beta == 0.0)
         return y[0]
     run_batch(_f32c(a2)[None], _f32c(b2)[None], y, [0], [0], tiles, alpha,
               eff_beta == 0.0, use_numba=use_numba)
