@@ -287,6 +287,20 @@ exec(compile(_micro_kernel_source(), "<qsim.kernels.gemm._micro>", "exec"), _nam
 _micro = numba.njit(nogil=True, fastmath=False)(_namespace["_micro"])
 
 
+def _copy16_source() -> str:
+    """Source of ``_copy16``: ``y[yo + j] = x[xo + j]`` for ``j < 16`` (unsigned offsets), all
+    16 loads before the first store, so that LLVM may use two vector loads and stores (stores
+    interleaved with loads could alias the next load, which keeps the copy scalar)."""
+    lines = ["def _copy16(x, xo, y, yo):"]
+    lines += [f"    v{j} = x[xo + np.uint64({j})]" for j in range(_NR)]
+    lines += [f"    y[yo + np.uint64({j})] = v{j}" for j in range(_NR)]
+    return "\n".join(lines) + "\n"
+
+
+exec(compile(_copy16_source(), "<qsim.kernels.gemm._copy16>", "exec"), _namespace)
+_copy16 = numba.njit(nogil=True, fastmath=False)(_namespace["_copy16"])
+
+
 @_compile()
 def _region_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
     """General kernel on rows ``[m0, m1)`` and columns ``[n0, n1)``, ``n1 - n0`` a multiple of
@@ -305,13 +319,12 @@ def _region_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
         first = zero_first
         for k0 in range(0, k, kb):
             k1 = min(k, k0 + kb)
-            if pack:        # row by row of B (sequential reads), into the strips
-                for kk in range(k0, k1):    # (unsigned indices: no wraparound checks, so
-                    for j0 in range(p0, p1, _NR):   # LLVM copies 16 floats at a time)
-                        src = np.uint64(kk * ldb + j0)
-                        dst = np.uint64((j0 - p0) * kb + (kk - k0) * _NR)
-                        for j in range(_NR):
-                            strips[dst + np.uint64(j)] = b1[src + np.uint64(j)]
+            if pack:        # strip by strip (sequential writes), 16 floats at a time
+                for j0 in range(p0, p1, _NR):
+                    dst = np.uint64((j0 - p0) * kb)
+                    for kk in range(k0, k1):
+                        _copy16(b1, np.uint64(kk * ldb + j0), strips, dst)
+                        dst += np.uint64(_NR)
             for j0 in range(p0, p1, _NR):
                 for mb in range(m0, m1, _MR):
                     if pack:
