@@ -1079,6 +1079,28 @@ def _im2col_2d(x, i, out, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow):
                         out1[d0 + np.uint64(ox)] = zero
 
 
+@_compile()
+def _nb_add_bias(y, bias):
+    """``y[i, m, :] = y[i, m, :] + bias[m]`` in place (``y`` ``(N, M, P)``, C-contiguous)."""
+    count, m, p = y.shape
+    y1 = y.reshape(-1)
+    for i in range(count):
+        for c in range(m):
+            b = bias[c]
+            base = np.uint64((i * m + c) * p)
+            for j in range(p):
+                y1[base + np.uint64(j)] = y1[base + np.uint64(j)] + b
+
+
+def _add_bias(y, bias, use_numba):
+    """A Conv's bias added last, one float32 addition per output (``y`` ``(N, M, P)``):
+    :func:`_nb_add_bias`, or NumPy's broadcasting (its twin; slower: short inner loops)."""
+    if use_numba:
+        _nb_add_bias(y, bias)
+    else:
+        y += bias.reshape(-1, 1)
+
+
 def _conv_2d_parallel(images, a, c, a_index, tiles, geometry, threads):
     """A 2-D Conv's products ``c[i] = a[a_index[i]] @ cols_i`` image by image on ``threads``
     threads, each expanding one image at a time into its own im2col buffer
@@ -1325,10 +1347,9 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
         cols = _columns(x, group, kernel, out, strides, dilations, begins, ends)
         y = np.empty((n * group, mg, p), dtype=np.float32)
         run_batch(a, cols, y, a_index, b_index, tiles, use_numba=use_numba)
-    y = y.reshape((n, m) + out)
     if bias is not None:
-        y += np.asarray(bias, dtype=np.float32).reshape((m,) + (1,) * len(out))
-    return y
+        _add_bias(y.reshape(n, m, p), np.asarray(bias, dtype=np.float32), use_numba)
+    return y.reshape((n, m) + out)
 
 
 def conv_transpose_columns(x, w, *, group=1, threads=DEFAULT_THREADS,
