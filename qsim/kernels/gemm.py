@@ -1290,6 +1290,25 @@ def _columns(x, group, kernel, out, strides, dilations, begins, ends) -> np.ndar
     return np.ascontiguousarray(view).reshape(n * group, kg, p)
 
 
+@functools.lru_cache(maxsize=1024)
+def _conv_plan(n, group, mg, cg, kg, spatial, kernel, strides, dilations, begins, ends,
+               threads):
+    """``(tiles, kb4, a_index, b_index)`` of a Conv shape (arguments as in :func:`conv_tiles`):
+    its tiles as a read-only array, the K block of its depthwise ``GROUP4`` plan (0 if none:
+    :func:`_single_group4`) and, per product ``i = image · group + g``, the index of its
+    filters ``g`` and of its columns ``i`` (read-only). Pure, so cached: a model's Convs
+    repeat a few shapes, and planning costs as much as a small Conv's products."""
+    tiles, _ = conv_tiles(batch=n, group=group, m=mg, c=cg, k=kg, in_shape=spatial,
+                          kernel=kernel, strides=strides, dilations=dilations, begins=begins,
+                          ends=ends, threads=threads)
+    p = math.prod(_out_shape(spatial, kernel, strides, dilations, begins, ends))
+    kb4 = _single_group4(tiles, mg, p) if len(kernel) == 2 and kg > 0 else 0
+    b_index = np.arange(n * group, dtype=np.int64)
+    a_index = b_index % group
+    return (_readonly_view(_as_array(tiles)), kb4, _readonly_view(a_index),
+            _readonly_view(b_index))
+
+
 def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
          threads=DEFAULT_THREADS, use_numba=USE_NUMBA, family="avx2") -> np.ndarray:
     """ONNX ``Conv`` (N-D, grouped) as ONNX Runtime computes it with the kernel ``family``;
@@ -1316,15 +1335,14 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
             y += np.asarray(bias, dtype=np.float32).reshape(-1, 1, 1)
         return y
     p = math.prod(out)
-    tiles, trans_b = conv_tiles(batch=n, group=group, m=mg, c=cg, k=kg, in_shape=spatial,
-                                kernel=kernel, strides=strides, dilations=dilations,
-                                begins=begins, ends=ends, threads=threads)
-    b_index = np.arange(n * group, dtype=np.int64)       # product i = image · group + g
-    a_index = b_index % group
+    tiles, kb4, a_index, b_index = _conv_plan(
+        n, group, mg, cg, kg, spatial, kernel, tuple(strides), tuple(dilations), tuple(begins),
+        tuple(ends), threads)
+    # writable copies: the kernels' compiled signatures take writable index arrays
+    tiles, a_index, b_index = tiles.copy(), a_index.copy(), b_index.copy()
     a = _f32c(w.reshape(group, mg, kg))
     direct = math.prod(kernel) == 1 and all(s == 1 for s in strides) and not any(begins) \
         and not any(ends)
-    kb4 = _single_group4(tiles, mg, p) if len(kernel) == 2 and kg > 0 else 0
     if kg == 0:
         y = np.zeros((n * group, mg, p), dtype=np.float32)
     elif kb4:       # depthwise: MLAS's M = 1 kernel, computed from the image directly
@@ -1336,7 +1354,7 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
         images = _readonly_view(_f32c(x).reshape((n * group, cg) + spatial))
         geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *out))
         y = np.empty((n * group, mg, p), dtype=np.float32)
-        _conv_2d_parallel(images, a, y, a_index, _as_array(tiles), geometry, DEFAULT_THREADS)
+        _conv_2d_parallel(images, a, y, a_index, tiles, geometry, DEFAULT_THREADS)
     elif use_numba and len(kernel) == 2 and not direct and n * group == 1:
         cols = np.empty((1, kg, p), dtype=np.float32)
         _im2col_2d(_readonly_view(_f32c(x)), 0, cols[0],
