@@ -364,53 +364,63 @@ def _tile_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
         c[m0:m1, n_full:n1] = cpad[m0:m1, :edge]
 
 
+#: outputs of one row computed side by side from B's rows (:func:`_dot8`); more rows than the
+#: L1 cache's 8 ways would evict each other when B's row length is a multiple of 4 KiB
+_DOT = 8
+
+
 def _dot_kernel_source() -> str:
-    """Source of ``_dot16``: ``_NR`` consecutive outputs ``c[c0 + j]`` of one row of A against
-    ``_NR`` rows of ``bt`` (B transposed: each output's K values contiguous) over the K block
+    """Source of ``_dot8``: ``_DOT`` consecutive outputs ``c[c0 + j]`` of one row of A against
+    ``_DOT`` rows of ``bt`` (B transposed: each output's K values contiguous) over the K block
     ``[k0, k1)``: per output ``acc = fma(a[k], bt[j, k], acc)`` from 0, then ``c = acc · alpha``
     (``first``) or ``c = fma(acc, alpha, c)`` — :func:`_micro`'s chain, one scalar variable per
-    output so the 16 chains run side by side."""
-    lines = ["def _dot16(a, bt, c, a0, b0, ldb, c0, k0, k1, alpha, first):",
+    output so the chains run side by side."""
+    lines = ["def _dot8(a, bt, c, a0, b0, ldb, c0, k0, k1, alpha, first):",
              "    f0 = np.float32(0.0)"]
-    lines += [f"    r{j} = np.uint64(b0 + {j} * ldb)" for j in range(_NR)]
-    lines.append("    " + ", ".join(f"s{j}" for j in range(_NR)) + " = "
-                 + ", ".join(["f0"] * _NR))
+    lines += [f"    r{j} = np.uint64(b0 + {j} * ldb)" for j in range(_DOT)]
+    lines.append("    " + ", ".join(f"s{j}" for j in range(_DOT)) + " = "
+                 + ", ".join(["f0"] * _DOT))
     lines += ["    for kk in range(k0, k1):",
               "        ko = np.uint64(kk)",
               "        av = a[np.uint64(a0) + ko]"]
-    lines += [f"        s{j} = _fma32(av, bt[r{j} + ko], s{j})" for j in range(_NR)]
+    lines += [f"        s{j} = _fma32(av, bt[r{j} + ko], s{j})" for j in range(_DOT)]
     lines.append("    if first:")
-    lines += [f"        c[np.uint64(c0 + {j})] = s{j} * alpha" for j in range(_NR)]
+    lines += [f"        c[np.uint64(c0 + {j})] = s{j} * alpha" for j in range(_DOT)]
     lines.append("    else:")
     lines += [f"        c[np.uint64(c0 + {j})] = _fma32(s{j}, alpha, c[np.uint64(c0 + {j})])"
-              for j in range(_NR)]
+              for j in range(_DOT)]
     return "\n".join(lines) + "\n"
 
 
-exec(compile(_dot_kernel_source(), "<qsim.kernels.gemm._dot16>", "exec"), _namespace)
-_dot16 = numba.njit(nogil=True, fastmath=False)(_namespace["_dot16"])
+exec(compile(_dot_kernel_source(), "<qsim.kernels.gemm._dot8>", "exec"), _namespace)
+_dot8 = numba.njit(nogil=True, fastmath=False)(_namespace["_dot8"])
 
 
 @_compile()
 def _tile_fma_bt_rows(a, bt, c, m0, m1, n0, n1, kb, alpha, zero_first):
-    """:func:`_tile_fma_bt` for a few rows: each row's outputs 16 at a time (:func:`_dot16`),
-    reading B's rows in place; the last ``< 16`` outputs one chain at a time."""
+    """:func:`_tile_fma_bt` for a few rows: each row's outputs ``_DOT`` at a time
+    (:func:`_dot8`), all K blocks of a group of B's rows before the next group (those rows
+    stay in cache), reading B's rows in place; the last ``< _DOT`` outputs one chain at a
+    time. Each output's K blocks are merged in ascending order, as in MLAS."""
     k, ldb = a.shape[1], bt.shape[1]
     a1, b1, c1 = a.ravel(), bt.ravel(), c.ravel()
     lda, ldc = a.shape[1], c.shape[1]
-    full = n0 + (n1 - n0) // _NR * _NR
+    full = n0 + (n1 - n0) // _DOT * _DOT
     for m in range(m0, m1):
-        first = zero_first
-        for k0 in range(0, k, kb):
-            k1 = min(k, k0 + kb)
-            for j0 in range(n0, full, _NR):
-                _dot16(a1, b1, c1, m * lda, j0 * ldb, ldb, m * ldc + j0, k0, k1, alpha, first)
-            for j in range(full, n1):
+        for j0 in range(n0, full, _DOT):
+            first = zero_first
+            for k0 in range(0, k, kb):
+                _dot8(a1, b1, c1, m * lda, j0 * ldb, ldb, m * ldc + j0, k0, min(k, k0 + kb),
+                      alpha, first)
+                first = False
+        for j in range(full, n1):
+            first = zero_first
+            for k0 in range(0, k, kb):
                 acc = np.float32(0.0)
-                for kk in range(k0, k1):
+                for kk in range(k0, min(k, k0 + kb)):
                     acc = _fma32(a[m, kk], bt[j, kk], acc)
                 c[m, j] = acc * alpha if first else _fma32(acc, alpha, c[m, j])
-            first = False
+                first = False
 
 
 @_compile()
@@ -451,23 +461,36 @@ def _tile_fma_bt(a, bt, c, m0, m1, n0, n1, kb, alpha, zero_first):
 def _run_range_bt(a, bt, c, tiles, alpha, zero_first):
     """:func:`_tile_fma_bt` on each (general-kernel) tile of one product."""
     for t in range(tiles.shape[0]):
-        m0, m1, n0, n1, kb = tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3], tiles[t, 5]
-        if m1 - m0 <= _MR // 2:     # too few rows to pay for the transposed strips
-            _tile_fma_bt_rows(a, bt, c, m0, m1, n0, n1, kb, alpha, zero_first)
-        else:
-            _tile_fma_bt(a, bt, c, m0, m1, n0, n1, kb, alpha, zero_first)
+        _tile_fma_bt(a, bt, c, tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3], tiles[t, 5],
+                     alpha, zero_first)
+
+
+@_compile()
+def _run_range_bt_rows(a, bt, c, tiles, alpha, zero_first):
+    """:func:`_tile_fma_bt_rows` on each (general-kernel) tile of one product."""
+    for t in range(tiles.shape[0]):
+        _tile_fma_bt_rows(a, bt, c, tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3],
+                          tiles[t, 5], alpha, zero_first)
 
 
 def _run_bt(a, bt, c, tiles, alpha, zero_first, threads=DEFAULT_THREADS):
     """``c ← a @ btᵀ`` (one product, every tile of the general kernel) on ``threads`` threads,
-    split along columns (:func:`_split_columns`)."""
+    split along columns (:func:`_split_columns`). Tiles of at most 3 rows read B's rows in
+    place (:func:`_tile_fma_bt_rows`; too few rows to pay for transposed strips), compiled
+    WITHOUT the SLP vectorizer: it would pack the side-by-side scalar chains of
+    :func:`_dot8` into vectors gathered element by element, 2-3x slower."""
     a, bt = _readonly_view(_f32c(a)), _readonly_view(bt)
     alpha, zero_first = np.float32(alpha), bool(zero_first)
-    with _slp_vectorizer():
-        _run_range_bt(a, bt, c, tiles[:0], alpha, zero_first)           # compile once
+    if int((tiles[:, 1] - tiles[:, 0]).max()) <= _MR // 2:
+        runner = _run_range_bt_rows
+        runner(a, bt, c, tiles[:0], alpha, zero_first)                  # compile once
+    else:
+        runner = _run_range_bt
+        with _slp_vectorizer():
+            runner(a, bt, c, tiles[:0], alpha, zero_first)              # compile once
     if c.size * a.shape[1] < _MIN_PARALLEL_WORK:
         threads = 1
-    _parallel(lambda part: _run_range_bt(a, bt, c, part, alpha, zero_first),
+    _parallel(lambda part: runner(a, bt, c, part, alpha, zero_first),
               _split_columns(tiles, threads * _PARTS_PER_THREAD if threads > 1 else 1), threads)
 
 
