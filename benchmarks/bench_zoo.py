@@ -112,6 +112,8 @@ gave 132.4 vs 132.6 ms.) What remains at batch 1 is arithmetic, not dispatch: wi
 6 x 32 with 12 zmm accumulators, the per-output chain unchanged) and Conv+bias+Relu in one pass
 over the output.
 
+Third round (branch zoo-speed): figures and what changed in benchmarks/README.md (bench_zoo.py).
+
     python benchmarks/bench_zoo.py [--models shufflenet,resnet50] [--batches 1,8] [--repeats 5]
 """
 from __future__ import annotations
