@@ -155,14 +155,16 @@ _ONE_AXIS_MIN = 4096
 def _arith(op: str, a, b, numpy_fn) -> np.ndarray:
     """``numpy_fn(a, b)`` (float: one IEEE operation per element) in ``a``'s dtype; float32
     operands of which one is a C-contiguous tensor and the other varies along at most one of
-    its axes (a per-channel scale or bias) go through :func:`_nb_one_axis`, same bits."""
+    its axes (a per-channel scale or bias) go through :func:`_nb_one_axis`, same bits (the
+    result has the tensor's shape: the other operand's sizes are 1 or equal to its own)."""
     dtype = _binary(op, a, b)
     if USE_NUMBA and dtype == np.float32 and isinstance(a, np.ndarray) \
             and isinstance(b, np.ndarray):
         for big, small, small_first in ((a, b, False), (b, a, True)):
             if big.flags.c_contiguous and big.size >= _ONE_AXIS_MIN and small.size <= big.size:
                 split = _one_axis(big, small)
-                if split is not None and (small.size > 1 or small_first is False):
+                # (a last-axis operand, runs shorter than 16: NumPy's own loop is fast there)
+                if split is not None and split[2] >= 16 and (small.size > 1 or not small_first):
                     y = np.empty(big.shape, dtype=np.float32)
                     _nb_one_axis(big.reshape(-1), np.ascontiguousarray(small).reshape(-1),
                                  y.reshape(-1), *split, _ARITH_CODES[op], small_first)
