@@ -1103,25 +1103,42 @@ def _im2col_2d(x, i, out, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow):
 
 
 @_compile()
-def _nb_add_bias(y, bias):
-    """``y[i, m, :] = y[i, m, :] + bias[m]`` in place (``y`` ``(N, M, P)``, C-contiguous)."""
+def _nb_bias_relu(y, bias, add, relu):
+    """In place over ``y`` ``(N, M, P)`` (C-contiguous): ``v = y[i, m, j] + bias[m]`` when
+    ``add``, then ``0 if v < 0 else v`` when ``relu`` (Relu keeps -0 and NaN)."""
     count, m, p = y.shape
     y1 = y.reshape(-1)
+    zero = np.float32(0.0)
     for i in range(count):
         for c in range(m):
-            b = bias[c]
+            b = bias[c] if add else zero
             base = np.uint64((i * m + c) * p)
-            for j in range(p):
-                y1[base + np.uint64(j)] = y1[base + np.uint64(j)] + b
+            if add and relu:
+                for j in range(p):
+                    v = y1[base + np.uint64(j)] + b
+                    y1[base + np.uint64(j)] = zero if v < zero else v
+            elif add:
+                for j in range(p):
+                    y1[base + np.uint64(j)] = y1[base + np.uint64(j)] + b
+            else:
+                for j in range(p):
+                    v = y1[base + np.uint64(j)]
+                    y1[base + np.uint64(j)] = zero if v < zero else v
 
 
-def _add_bias(y, bias, use_numba):
-    """A Conv's bias added last, one float32 addition per output (``y`` ``(N, M, P)``):
-    :func:`_nb_add_bias`, or NumPy's broadcasting (its twin; slower: short inner loops)."""
+def _bias_relu(y, bias, relu, use_numba):
+    """A Conv's bias added last (one float32 addition per output), then its Relu if ``relu``,
+    in one pass (:func:`_nb_bias_relu`); NumPy twin: the broadcast add, then
+    ``where(y < 0, 0, y)``. ``y`` ``(N, M, P)`` is updated in place."""
+    add = bias is not None
+    b = np.asarray(bias, dtype=np.float32) if add else np.zeros(y.shape[1], np.float32)
     if use_numba:
-        _nb_add_bias(y, bias)
-    else:
-        y += bias.reshape(-1, 1)
+        _nb_bias_relu(y, b, add, bool(relu))
+        return
+    if add:
+        y += b.reshape(-1, 1)
+    if relu:
+        np.copyto(y, np.float32(0.0), where=y < 0)
 
 
 def _conv_2d_parallel(images, a, c, a_index, tiles, geometry, threads):
@@ -1333,7 +1350,8 @@ def _conv_plan(n, group, mg, cg, kg, spatial, kernel, strides, dilations, begins
 
 
 def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
-         threads=DEFAULT_THREADS, use_numba=USE_NUMBA, family="avx2") -> np.ndarray:
+         threads=DEFAULT_THREADS, use_numba=USE_NUMBA, family="avx2",
+         relu=False) -> np.ndarray:
     """ONNX ``Conv`` (N-D, grouped) as ONNX Runtime computes it with the kernel ``family``;
     ``begins`` / ``ends`` are the resolved pads, the output ``(N, M, *out)`` is C-contiguous.
 
@@ -1341,7 +1359,8 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
     in row-major order and the sum in MLAS's order (:func:`conv_tiles`); the bias is added last.
     ``family="avx512"``: the depthwise multiplier-2 7x7/2 Convs MLAS gives its own AVX512F kernel
     (:func:`qsim.kernels.avx512.uses_depthwise_m2`) are computed by
-    :func:`qsim.kernels.avx512.depthwise_m2_7x7s2`, then the bias is added."""
+    :func:`qsim.kernels.avx512.depthwise_m2_7x7s2`, then the bias is added. ``relu``: then
+    ``Y = 0 if Y < 0 else Y`` (ONNX Runtime's Relu node, in the same pass as the bias)."""
     x = np.asarray(x, dtype=np.float32)
     w = np.asarray(w, dtype=np.float32)
     n, channels = x.shape[:2]
@@ -1353,9 +1372,9 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
     if family == "avx512" and avx512.uses_depthwise_m2(
             group=group, channels=channels, filters=m, kernel=kernel, strides=strides,
             dilations=dilations, begins=begins, ends=ends, out=out):
-        y = avx512.depthwise_m2_7x7s2(x, w, use_numba=use_numba)
-        if bias is not None:
-            y += np.asarray(bias, dtype=np.float32).reshape(-1, 1, 1)
+        y = np.ascontiguousarray(avx512.depthwise_m2_7x7s2(x, w, use_numba=use_numba))
+        if bias is not None or relu:
+            _bias_relu(y.reshape(n, m, -1), bias, relu, use_numba)
         return y
     p = math.prod(out)
     tiles, kb4, a_index, b_index = _conv_plan(
@@ -1388,8 +1407,8 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
         cols = _columns(x, group, kernel, out, strides, dilations, begins, ends)
         y = np.empty((n * group, mg, p), dtype=np.float32)
         run_batch(a, cols, y, a_index, b_index, tiles, use_numba=use_numba)
-    if bias is not None:
-        _add_bias(y.reshape(n, m, p), np.asarray(bias, dtype=np.float32), use_numba)
+    if bias is not None or relu:
+        _bias_relu(y.reshape(n, m, p), bias, relu, use_numba)
     return y.reshape((n, m) + out)
 
 
