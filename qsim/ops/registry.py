@@ -26,7 +26,8 @@ Calling convention (every op follows it)::
 * A keyword-only parameter named ``then_relu`` (not an ONNX attribute) receives True when the
   node's only output is read by one Relu node and by nothing else: the op then returns
   ``Relu(Y)`` (``0 if Y < 0 else Y``, exactly :func:`qsim.ops.elementwise.relu`) and the executor
-  skips that Relu (Conv does it in its bias pass: one pass over the output less).
+  skips that Relu (Conv does it in its bias pass, BatchNormalization in its scale-shift pass:
+  one pass over the output less). Never when the executor observes tensors.
 * An ONNX attribute whose name is also an internal keyword (com.microsoft QLinearSoftmax has an
   ``opset`` attribute) is declared with ``@register(op, attributes=("opset",))``: for that op the
   name is an attribute, which the executor passes from the node and never fills itself.
