@@ -317,8 +317,7 @@ def conv_transpose(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1,
             y[everything * 2 + dst] += cols[everything + offset + everything + src]
     if b is not None:
         y += b.astype(dtype, copy=False).reshape((m,) + (1,) * (nsp + 1))
-    y = _batch_major(y)
-    return np.where(y < 0, dtype.type(0), y).astype(dtype) if then_relu else y
+    return _batch_major(y)
 
 
 # ---------------------------------------------------------------------------------------------
