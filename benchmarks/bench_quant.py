@@ -1,14 +1,19 @@
 """Speed of the quantization kernels against NumPy baselines timed in the same run, same array.
 
-Prints, for 1M and 16M float32 elements (best of several repeats, milliseconds):
+Prints, for 1M and 16M float32 elements, the median over rounds in which each function runs
+once in turn (so qsim and its baseline see the same load of a shared machine) of the per-round
+ratio, with its quartiles:
   min/max statistics          vs np.max(x)                            goal <= 1.5x
   tf-enhanced histogram update vs np.max(x)                           goal <= 4x
                               vs np.histogram(x, bins=same edges)     goal >= 5x faster
-    (the default, which counts a channel of >= 2^18 elements on every core, and threads=1;
-    np.max is single-threaded)
+    (the default, which counts a channel of >= 2^20 elements on the cores no other task is
+    running on, threads=1, and the default on Relu-shaped data, half zeros; np.max is
+    single-threaded)
   quantize-dequantize         vs np.clip(x, lo, hi, out=y)            goal <= 3x
-and the tf-enhanced search (1536 bins, 8-bit asymmetric, goal < 1 ms) and the first-call cost
-(compilation or on-disk cache load) of each kernel, measured in a fresh interpreter.
+with how many cores' worth of CPU other processes used meanwhile and in how many rounds the
+default would have used more than one thread; then the tf-enhanced search (1536 bins, 8-bit
+asymmetric, goal < 1 ms) and the first-call cost (compilation or on-disk cache load) of each
+kernel, measured in a fresh interpreter.
 
 Run: .venv/bin/python benchmarks/bench_quant.py
 """
@@ -52,43 +57,110 @@ def best_ms(fn, repeats: int) -> float:
     return 1e3 * best
 
 
+def _busy_jiffies() -> tuple[int, int] | None:
+    """(busy, total) CPU jiffies of the whole machine from /proc/stat (None elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(t) for t in f.readline().split()[1:]]
+    except OSError:
+        return None
+    idle = v[3] + v[4]
+    return sum(v) - idle, sum(v)
+
+
+class OtherLoad:
+    """Cores' worth of CPU time used by OTHER processes while the block runs (machine busy time
+    from /proc/stat minus this process's CPU time): 0 on an idle machine, up to the core count
+    when other jobs keep every core busy. It tells whether a second thread had a core to run on."""
+
+    def __enter__(self):
+        self.j0, self.p0, self.t0 = _busy_jiffies(), time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        j1, p1, t1 = _busy_jiffies(), time.process_time(), time.perf_counter()
+        if self.j0 is None or j1 is None:
+            self.cores = float("nan")
+            return
+        hz = os.sysconf("SC_CLK_TCK")
+        busy = (j1[0] - self.j0[0]) / hz - (p1 - self.p0)
+        self.cores = max(0.0, busy / (t1 - self.t0))
+
+
+def interleaved(fns: dict, repeats: int) -> dict:
+    """Wall times (ms) of each function in ``fns``, called in turn ``repeats`` times (after
+    one warm-up round), so that all of them see the same moments of a shared machine's load."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(1e3 * (time.perf_counter() - t))
+    return times
+
+
+def ratio(times: dict, name: str, base: str) -> tuple[float, float, float]:
+    """Median, lower and upper quartile over the rounds of ``times[name][i] / times[base][i]``."""
+    q = np.quantile(np.array(times[name]) / np.array(times[base]), [0.5, 0.25, 0.75])
+    return float(q[0]), float(q[1]), float(q[2])
+
+
 def bench_size(n: int) -> None:
     from qsim.quant import HistogramStats, MinMaxStats, TensorQuantizer
 
     from qsim.quant.stats import _as_batch, default_threads
 
-    threads = default_threads(_as_batch(np.zeros(n, np.float32), None))
+    x3 = _as_batch(np.zeros(n, np.float32), None)
+    chosen = []         # threads the default picks, sampled once per round
     rng = np.random.default_rng(0)
     x = rng.normal(size=n).astype(np.float32)
+    relu = np.maximum(x, np.float32(0))
     y = np.empty_like(x)
-    reps = 10 if n <= 1 << 20 else 4
+    reps = 41 if n <= 1 << 20 else 11
 
-    t_max = best_ms(lambda: np.max(x), reps)
     minmax = MinMaxStats.empty()
-    t_mm = best_ms(lambda: minmax.update(x), reps)
-
     hist = HistogramStats.empty().update(x)          # bins fixed: later updates only bin
-    t_hist = best_ms(lambda: hist.update(x), reps)
-    t_hist_1 = best_ms(lambda: hist.update(x, threads=1), reps)
+    hist_relu = HistogramStats.empty().update(relu)
+    with OtherLoad() as load:
+        t = interleaved({"max": lambda: np.max(x),
+                         "minmax": lambda: minmax.update(x),
+                         "threads": lambda: chosen.append(default_threads(x3)),
+                         "hist": lambda: hist.update(x),
+                         "hist1": lambda: hist.update(x, threads=1),
+                         "max_relu": lambda: np.max(relu),
+                         "hist_relu": lambda: hist_relu.update(relu)}, reps)
     edges = hist.edges(0)
-    t_nphist = best_ms(lambda: np.histogram(x, bins=edges), max(2, reps // 3))
+    t_np = interleaved({"hist": lambda: hist.update(x),
+                        "np.histogram": lambda: np.histogram(x, bins=edges)}, max(3, reps // 6))
 
     q = TensorQuantizer(scheme="tf", bitwidth=8)
     q.update_stats(x)
     enc = q.compute_encodings()
     lo, hi = np.float32(enc.min), np.float32(enc.max)
-    t_clip = best_ms(lambda: np.clip(x, lo, hi, out=y), reps)
-    t_qdq = best_ms(lambda: q.quantize_dequantize(x, out=y), reps)
+    t_q = interleaved({"clip": lambda: np.clip(x, lo, hi, out=y),
+                       "qdq": lambda: q.quantize_dequantize(x, out=y)}, reps)
 
-    print(f"n = {n:>9,d}")
-    print(f"  np.max               {t_max:8.3f} ms")
-    print(f"  min/max stats        {t_mm:8.3f} ms   {t_mm / t_max:5.2f}x np.max        (goal <= 1.5x)")
-    print(f"  histogram update     {t_hist:8.3f} ms   {t_hist / t_max:5.2f}x np.max        (goal <= 4x; "
-          f"default: {threads} thread(s))")
-    print(f"    threads=1          {t_hist_1:8.3f} ms   {t_hist_1 / t_max:5.2f}x np.max")
-    print(f"  np.histogram         {t_nphist:8.3f} ms   {t_nphist / t_hist:5.2f}x slower than ours (goal >= 5x)")
-    print(f"  np.clip(out=y)       {t_clip:8.3f} ms")
-    print(f"  quantize-dequantize  {t_qdq:8.3f} ms   {t_qdq / t_clip:5.2f}x np.clip       (goal <= 3x)")
+    def line(label, times, name, base, goal=""):
+        med, q1, q3 = ratio(times, name, base)
+        print(f"  {label:<26} {np.median(times[name]):8.3f} ms   {med:5.2f}x {base:<9}"
+              f" (quartiles {q1:.2f}-{q3:.2f}){goal}")
+
+    print(f"n = {n:>9,d}   (medians of {reps} interleaved rounds; other processes used "
+          f"{load.cores:.2f} of {os.cpu_count()} cores meanwhile)")
+    print(f"  np.max                     {np.median(t['max']):8.3f} ms")
+    print(f"  (the default histogram update would have used 2+ threads in "
+          f"{sum(c > 1 for c in chosen[1:])} of {reps} rounds: only on cores no other task ran on)")
+    line("min/max stats", t, "minmax", "max", "   goal <= 1.5x")
+    line("histogram update, default", t, "hist", "max", "   goal <= 4x")
+    line("histogram update, 1 thread", t, "hist1", "max")
+    line("  Relu-shaped data, default", t, "hist_relu", "max_relu")
+    med, q1, q3 = ratio(t_np, "np.histogram", "hist")
+    print(f"  np.histogram               {np.median(t_np['np.histogram']):8.3f} ms   "
+          f"{med:5.2f}x slower than ours (goal >= 5x)")
+    print(f"  np.clip(out=y)             {np.median(t_q['clip']):8.3f} ms")
+    line("quantize-dequantize", t_q, "qdq", "clip", "   goal <= 3x")
 
 
 def bench_search() -> None:

@@ -8,6 +8,8 @@
     qsim finetune MODEL.onnx --calib C.npz --train T.npz --labels L.npy [--eval E.npz
                   --eval-labels EL.npy] --out DIR            calibrate, QAT, accuracy, export
 
+With ``--from-qdq`` the model of ``quantize`` / ``analyze`` is a QDQ model whose Q/DQ nodes give
+the quantizers and encodings (``QuantizationSimModel.from_qdq``; no calibration).
 ``qsim quantize`` and ``qsim analyze`` without a model run on the bundled example (the digits CNN,
 package data under ``qsim/data/``) and also report FP32 and quantized accuracy on its held-out split.
 Exit status: 0 on success, 2 on a user error (one line on stderr, no traceback unless ``--debug``),
@@ -303,6 +305,7 @@ class Job:
     bundled: bool
     batch: int               # calibration batch size: --batch-size, or the model's fixed one
     fixed_batch: int | None  # the model's fixed batch dimension (None: dynamic)
+    from_qdq: bool = False   # the sim's quantizers come from the model's Q/DQ nodes
 
 
 def load_model(path: Path):
@@ -342,6 +345,16 @@ def _check_options(args) -> None:
         if given:
             raise UserError(f"{given[0]} needs MODEL.onnx (without a model qsim runs the bundled "
                             f"example on its own data): give the model before the options")
+    if getattr(args, "from_qdq", False):
+        if args.model is None:
+            raise UserError("--from-qdq needs MODEL.onnx, a QDQ model (the bundled example is an "
+                            "FP32 model)")
+        given = [f"--{name.replace('_', '-')}" for name in getattr(args, "given", [])]
+        if given:
+            one = len(given) == 1
+            raise UserError(f"--from-qdq reads the quantizers and encodings from the model's "
+                            f"Q/DQ nodes: {', '.join(given)} {'does' if one else 'do'} not "
+                            f"apply; drop {'it' if one else 'them'}")
     if args.percentile is not None and args.scheme != "percentile":
         raise UserError(f"--percentile {args.percentile:g} needs --scheme percentile (the scheme "
                         f"is {args.scheme})")
@@ -383,7 +396,8 @@ def load_job(args, *, with_eval: bool, note: Callable[[str], None]) -> Job:
         _check_file(Path(args.calib), "calibration file")
     graph = load_model(model_path)
     folds = []
-    if not args.no_fold:
+    from_qdq = getattr(args, "from_qdq", False)
+    if not args.no_fold and not from_qdq:
         graph, folds = fold_batch_norms(graph)
     if not bundled:
         calib_raw = load_npz(Path(args.calib), graph.input_names)
@@ -418,7 +432,7 @@ def load_job(args, *, with_eval: bool, note: Callable[[str], None]) -> Job:
             labels = labels[:len(next(iter((eval_data or calib).values())))]
     return Job(model_path=model_path, graph=graph, folds=folds, calib=calib,
                eval_data=eval_data, labels=labels, bundled=bundled, batch=batch,
-               fixed_batch=fixed)
+               fixed_batch=fixed, from_qdq=from_qdq)
 
 
 def nonfinite_error(sim, allow: bool, note: Callable[[str], None]) -> None:
@@ -445,6 +459,10 @@ def build_sim(args, job: Job, note: Callable[[str], None]):
     values (ignored, as AIMET does) get one note here; ±Inf and only-NaN ones are the caller's
     (:func:`nonfinite_error`)."""
     import qsim
+    if getattr(args, "from_qdq", False):
+        sim = qsim.QuantizationSimModel.from_qdq(job.graph, rounding_mode=args.rounding,
+                                                 fp32_kernels=args.fp32_kernels)
+        return sim, 0
     sim = qsim.QuantizationSimModel(job.graph, quant_scheme=args.scheme,
                                     param_type=f"int{args.param_bw}",
                                     activation_type=f"int{args.act_bw}",
@@ -492,8 +510,14 @@ def _describe_sim(sim, job: Job) -> list[str]:
     lines = [f"qsim: {job.model_path.name}" + ("  (the bundled example)" if job.bundled else "")]
     if job.folds:
         lines.append(f"  batch norms folded:   {len(job.folds)}")
-    lines.append(f"  scheme:               {sim.quant_scheme.value} (w{sim.param_bitwidth}"
-                 f"a{sim.activation_bitwidth}, config {sim.config.source}, rounding {sim.rounding_mode})")
+    if job.from_qdq:
+        lines.append(f"  encodings:            read from the model's Q/DQ nodes (mostly "
+                     f"w{sim.param_bitwidth}a{sim.activation_bitwidth}, rounding "
+                     f"{sim.rounding_mode})")
+    else:
+        lines.append(f"  scheme:               {sim.quant_scheme.value} (w{sim.param_bitwidth}"
+                     f"a{sim.activation_bitwidth}, config {sim.config.source}, rounding "
+                     f"{sim.rounding_mode})")
     lines.append(f"  quantizers enabled:   {len(sim.enabled_quantizers())} of {len(sim.quantizers)} "
                  f"tensors ({sum(h.enabled for h in handles.values())} quantizer objects)")
     lines.append(f"  fp32 kernels:         {_family_text(sim.fp32_kernels)}")
@@ -556,8 +580,9 @@ def cmd_quantize(args) -> int:
     lines = _describe_sim(sim, job)
     n = len(next(iter(job.calib.values())))
     fixed = f" of {job.fixed_batch} (the model's fixed batch size)" if job.fixed_batch else ""
-    lines.append(f"  calibration:          {n_batches} batches{fixed}, {n} samples in "
-                 f"{t_calib:.2f} s ({n / max(t_calib, 1e-9):.0f} samples/s)")
+    if not job.from_qdq:
+        lines.append(f"  calibration:          {n_batches} batches{fixed}, {n} samples in "
+                     f"{t_calib:.2f} s ({n / max(t_calib, 1e-9):.0f} samples/s)")
     for name, db in _output_sqnr(sim, job.calib, job.batch).items():
         lines.append(f"  SQNR {name} vs FP32:  {db:.2f} dB (calibration data)")
     if job.bundled:
@@ -955,15 +980,19 @@ def _add_sim_options(p: argparse.ArgumentParser, *, out_default: str) -> None:
                    help="calibration batch size (default 16; a model with a fixed batch "
                         "dimension is calibrated in batches of that size)")
     p.add_argument("--config", default=None, help="config file or built-in name (default: default)")
-    p.add_argument("--scheme", default="tf_enhanced", choices=["tf", "tf_enhanced", "percentile"],
+    p.add_argument("--from-qdq", action="store_true",
+                   help="MODEL is a QDQ model (ONNX Runtime's quantizer's, qsim's --qdq export, "
+                        "...): read its quantizers and encodings from its Q/DQ nodes instead of "
+                        "placing and calibrating them (rounding half_even)")
+    p.add_argument("--scheme", default=None, choices=["tf", "tf_enhanced", "percentile"],
                    help="calibration scheme: min-max, AIMET's SQNR search (default) or percentile")
     p.add_argument("--percentile", type=float, default=None,
                    help="percentile for --scheme percentile, 50..100 (default 99.9)")
-    p.add_argument("--param-bw", type=bitwidth, default=8, help="weight bitwidth, 2..16 (default 8)")
-    p.add_argument("--act-bw", type=bitwidth, default=8, help="activation bitwidth, 2..16 (default 8)")
-    p.add_argument("--rounding", default="nearest", choices=["nearest", "half_even"],
+    p.add_argument("--param-bw", type=bitwidth, default=None, help="weight bitwidth, 2..16 (default 8)")
+    p.add_argument("--act-bw", type=bitwidth, default=None, help="activation bitwidth, 2..16 (default 8)")
+    p.add_argument("--rounding", default=None, choices=["nearest", "half_even"],
                    help="nearest = AIMET (ties away from zero, default); half_even = ONNX "
-                        "QuantizeLinear")
+                        "QuantizeLinear (the default with --from-qdq)")
     _add_family_option(p)
     p.add_argument("--out", default=out_default, help=f"output folder (default {out_default})")
     p.add_argument("--no-fold", action="store_true", help="do not fold batch norms first")
@@ -1066,6 +1095,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: options of quantize/analyze whose default is filled in after parsing, so that the options
+#: given on the command line are known (--from-qdq refuses the calibration ones)
+SIM_DEFAULTS = {"config": None, "scheme": "tf_enhanced", "percentile": None, "param_bw": 8,
+                "act_bw": 8, "workers": None, "scheduler": None}
+
+
+def _fill_sim_defaults(args) -> None:
+    """``args.given``: the SIM_DEFAULTS options given; then their defaults, and the rounding's
+    (``half_even`` with --from-qdq: what the Q/DQ nodes compute, else AIMET's ``nearest``)."""
+    args.given = [name for name in SIM_DEFAULTS if getattr(args, name) is not None]
+    for name, value in SIM_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.rounding is None:
+        args.rounding = "half_even" if args.from_qdq else "nearest"
+
+
 def _version() -> str:
     from . import __version__
     return f"{__version__} (qsim-ref)"
@@ -1073,6 +1119,8 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("quantize", "analyze"):
+        _fill_sim_defaults(args)
     if hasattr(args, "batch_size"):
         args.batch_size_given = args.batch_size is not None
         if args.batch_size is None:

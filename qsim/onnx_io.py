@@ -2,7 +2,7 @@
 
 ``load_onnx(path | ModelProto)`` turns initializers into parameters, keeps ``Constant`` nodes as
 nodes, expands ONNX ops that qsim has no kernel for but that ONNX defines as a function
-(RMSNormalization, RotaryEmbedding, Attention, ...) into their function bodies, infers tensor
+(Attention, FlexAttention, ...) into their function bodies, infers tensor
 types with ONNX shape inference where it can, sorts nodes topologically and reports every
 unsupported op or attribute at once (:class:`UnknownOpError`) before anything runs. Sequence,
 optional and map tensors are refused with an error naming the tensor.

@@ -264,6 +264,17 @@ class SimulationPass:
                          fp32_kernels=self.fp32_kernels)
 
 
+def _check_options(rounding_mode: str, fp32_kernels: str) -> str:
+    """The resolved float32 kernel family, or QsimError naming a bad rounding mode / family."""
+    if rounding_mode not in ("nearest", "half_even"):
+        raise QsimError(f"rounding_mode {rounding_mode!r} is not supported; use 'nearest' "
+                        f"(AIMET's) or 'half_even' (ONNX QuantizeLinear's)")
+    try:
+        return resolve_family(fp32_kernels)
+    except ValueError as exc:
+        raise QsimError(str(exc)) from None
+
+
 class QuantizationSimModel:
     """A quantization-simulation of an FP32 model, configured by an AIMET config file.
 
@@ -278,26 +289,34 @@ class QuantizationSimModel:
                  config_file: Any = None, *, rounding_mode: str = "nearest",
                  fp32_kernels: str = "auto"):
         from .onnx_io import load_onnx
-        self.model = model if isinstance(model, Graph) else load_onnx(model)
-        self.quant_scheme = parse_scheme(quant_scheme)
+        graph = model if isinstance(model, Graph) else load_onnx(model)
+        scheme = parse_scheme(quant_scheme)
+        param_bitwidth = parse_int_type(param_type, "param_type")
+        activation_bitwidth = parse_int_type(activation_type, "activation_type")
+        family = _check_options(rounding_mode, fp32_kernels)
+        config = load_config(config_file)
+        placement = place_quantizers(graph, config, param_bitwidth=param_bitwidth,
+                                     activation_bitwidth=activation_bitwidth)
+        self._setup(graph, placement, config, scheme, param_bitwidth, activation_bitwidth,
+                    rounding_mode, family)
         #: QAT learns ranges by default (qsim.train); post-training schemes do not
         self.range_learning_scheme = str(getattr(quant_scheme, "name", quant_scheme)
                                          ).startswith("training_range_learning")
-        self.param_bitwidth = parse_int_type(param_type, "param_type")
-        self.activation_bitwidth = parse_int_type(activation_type, "activation_type")
-        if rounding_mode not in ("nearest", "half_even"):
-            raise QsimError(f"rounding_mode {rounding_mode!r} is not supported; use 'nearest' "
-                            f"(AIMET's) or 'half_even' (ONNX QuantizeLinear's)")
+
+    def _setup(self, graph: Graph, placement: Placement, config, scheme: QuantScheme,
+               param_bitwidth: int, activation_bitwidth: int, rounding_mode: str,
+               family: str) -> None:
+        """The state every sim has, from its FP32 graph and the quantizers placed on it."""
+        self.model = graph
+        self.quant_scheme = scheme
+        self.range_learning_scheme = False
+        self.param_bitwidth = param_bitwidth
+        self.activation_bitwidth = activation_bitwidth
         self.rounding_mode = rounding_mode
-        try:
-            #: the float32 kernel family whose bits the ops reproduce (never "auto" here)
-            self.fp32_kernels = resolve_family(fp32_kernels)
-        except ValueError as exc:
-            raise QsimError(str(exc)) from None
-        self.config = load_config(config_file)
-        self.placement: Placement = place_quantizers(
-            self.model, self.config, param_bitwidth=self.param_bitwidth,
-            activation_bitwidth=self.activation_bitwidth)
+        #: the float32 kernel family whose bits the ops reproduce (never "auto" here)
+        self.fp32_kernels = family
+        self.config = config
+        self.placement: Placement = placement
         self.graph = self.placement.executed_graph  # after MatmulAdd fusion (norms as they are)
         self._handles: dict[int, QuantizerHandle] = {
             s.qid: QuantizerHandle(spec=s, quantizer=self._make_quantizer(s), enabled=s.enabled)
@@ -306,6 +325,30 @@ class QuantizationSimModel:
         self._calibrated = False
         self._run_graph: SimulationPass | None = None
         self._run_key: tuple = ()
+
+    @classmethod
+    def from_qdq(cls, model: Any, *, quant_scheme: "str | QuantScheme" = "tf_enhanced",
+                 rounding_mode: str = "half_even",
+                 fp32_kernels: str = "auto") -> "QuantizationSimModel":
+        """A calibrated sim of a QDQ model (``sim.export_qdq``'s, ONNX Runtime's
+        ``quantize_static``'s, ...): the FP32 model is the QDQ model without its
+        QuantizeLinear/DequantizeLinear nodes, with one quantizer per Q→DQ pair (and per
+        DequantizeLinear of an integer initializer) whose encoding is the pair's scale and zero
+        point (:mod:`qsim.qdq_import`).
+
+        With the default ``rounding_mode="half_even"``, ``run`` equals ONNX Runtime running
+        ``model`` with graph optimizations off, bit for bit; ``quant_scheme`` only matters if
+        the sim is calibrated again.
+        """
+        from .encodings_io import load_encodings_into
+        from .qdq_import import read_qdq
+        family = _check_options(rounding_mode, fp32_kernels)
+        found = read_qdq(model)
+        sim = cls.__new__(cls)
+        sim._setup(found.graph, found.placement, load_config(None), parse_scheme(quant_scheme),
+                   found.param_bitwidth, found.activation_bitwidth, rounding_mode, family)
+        load_encodings_into(sim, found.encodings)
+        return sim
 
     # ---- quantizers -------------------------------------------------------------------------
     def _make_quantizer(self, spec: QuantizerSpec, percentile: float | None = None) -> TensorQuantizer:
@@ -573,11 +616,12 @@ class QuantizationSimModel:
         from .qdq import export_qdq
         return export_qdq(self, path, quantize_bias=quantize_bias, opset=opset)
 
-    def to_integer(self, target: str = "onnxruntime"):
+    def to_integer(self, target: str = "onnxruntime", *, fp32_kernels: str = "auto"):
         """The integer model of this sim's QDQ export (``qsim.integer.to_integer``): its ``run``
-        returns what ``target`` computes for ``export_qdq``'s model, bit for bit."""
+        returns what ``target`` computes for ``export_qdq``'s model, bit for bit, on a CPU of
+        the kernel family ``fp32_kernels`` (default: this machine's)."""
         from .integer import to_integer
-        return to_integer(self, target)
+        return to_integer(self, target, fp32_kernels=fp32_kernels)
 
     def load_encodings(self, path: "str | os.PathLike", strict: bool = True):
         """Load an encodings file (1.0.0, 0.6.1 or 2.0.0; AIMET's or qsim's) into this sim.

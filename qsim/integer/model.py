@@ -155,15 +155,21 @@ def integer_model(graph: Graph, target: str = "onnxruntime", *,
     return IntegerModel(graph=rewritten, target=target, grids=grids, fp32_kernels=fp32_kernels)
 
 
-def to_integer(sim, target: str = "onnxruntime") -> IntegerModel:
+def to_integer(sim, target: str = "onnxruntime", *, fp32_kernels: str = "auto") -> IntegerModel:
     """The integer model of a calibrated sim's QDQ export (``sim.export_qdq`` defaults:
-    int32 biases). Its float32 parts use this machine's ONNX Runtime kernel family
-    (``fp32_kernels="auto"``), whatever the sim's: it predicts ONNX Runtime here."""
+    int32 biases). Its float32 parts (and int8-compute MatMulNBits) use the ONNX Runtime kernel
+    family ``fp32_kernels``: ``"auto"`` (default) is this machine's, whatever the sim's, so it
+    predicts ONNX Runtime here; ``"avx2"``/``"avx512"`` predict a CPU of that family."""
+    from ..kernels.family import resolve
     from ..onnx_io import load_onnx
     from ..qdq import qdq_model
     check_target(target)
+    try:
+        resolve(fp32_kernels)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if not sim.is_calibrated:
         raise NotCalibratedError("to_integer() needs encodings: call sim.compute_encodings(...) "
                                  "or sim.load_encodings(...) first")
     graph = load_onnx(qdq_model(sim), check=False)
-    return integer_model(graph, target)
+    return integer_model(graph, target, fp32_kernels=fp32_kernels)

@@ -6,13 +6,20 @@ written: before the first run it rewrites the graph, and the rewritten graph dec
 read from the QDQ model (``qsim.qdq.qdq_model``); :mod:`qsim.integer.model` then runs the result
 with qsim's op library. The rewrites (facts from ONNX Runtime's ``core/optimizer`` sources:
 ``constant_folding.cc``, ``qdq_transformer/*.cc``, ``selectors_actions/qdq_selectors.cc``,
-``qdq_actions.cc``, ``qdq_selector_action_transformer.cc``, ``qdq_util.cc``):
+``qdq_actions.cc``, ``qdq_selector_action_transformer.cc``, ``qdq_util.cc``, ``div_mul_fusion.cc``,
+``reshape_fusion.cc``, ``gemm_activation_fusion.cc``, ``layer_norm_fusion.cc``,
+``double_qdq_pairs_remover.cc``; where the stored sources and ONNX Runtime 1.32 disagree, its
+dumps decide, as noted):
 
 1. **Constant folding** — every node whose inputs are all initializers is computed once and
    becomes an initializer, except DequantizeLinear (kept so that QDQ groups stay visible). A
    weight's ``QuantizeLinear`` becomes its integer initializer (``<w>_q``).
+   **DivMulFusion** (a level-1 rule): ``Mul(Div(1, d), m)`` → ``Div(m, d)`` (changes bits).
 2. **Unique DQ per consumer** (``EnsureUniqueDQForNodeUnit``) — a DequantizeLinear read by n
-   nodes is copied so that each reader has its own.
+   nodes is copied so that each reader has its own (one copy per reader when its output is
+   also a graph output). **ReshapeFusion**: a Reshape's ``Concat`` shape built from constants and
+   ``Shape → Gather → Unsqueeze`` of its own input becomes one int64 initializer (0: copy the
+   dimension, -1: the one one-element piece).
 3. **Redundant Relu / Clip before Q** (``ReluQuantFusion``, ``ClipQuantFusion``;
    ``IsClipMadeRedundantByQ``) — ``Relu → Q`` loses the Relu when ``zp = qmin`` of the Q type;
    ``Clip(lo, hi) → Q`` loses the Clip when ``rint(lo / s) + zp <= qmin`` and
@@ -20,7 +27,9 @@ with qsim's op library. The rewrites (facts from ONNX Runtime's ``core/optimizer
    integers, so the bits do not change.
 4. **QDQ propagation** — through MaxPool, Reshape, Transpose, Squeeze, Unsqueeze and Slice: a
    per-tensor DQ is carried forward (``Q → DQ`` inserted after the op with the DQ's scale and
-   zero point) and a per-tensor Q backward, so that those ops can run on integers.
+   zero point) and a per-tensor Q backward, so that those ops can run on integers. Then the
+   transpose optimizer's Shape handler: ``Shape(Transpose(x, p))`` → ``Gather(Shape(x), p)``
+   (the rest of that optimizer — pushing Transposes through Split etc. — is not reproduced).
 5. **QDQ node groups → kernels** (the selector/action table, 8-bit unless said otherwise; run
    after 6):
 
@@ -35,6 +44,7 @@ with qsim's op library. The rewrites (facts from ONNX Runtime's ``core/optimizer
    Sigmoid, LeakyRelu, Softmax} → Q
    DQ, DQ → {Add, Mul} → Q                         com.microsoft QLinearAdd / QLinearMul
    DQ… → Concat → Q                                com.microsoft QLinearConcat
+   DQ x, DQ y → Where → Q                          com.microsoft QLinearWhere
    DQ x, DQ w[, DQ int32 b] → Conv → Q             QLinearConv (bias: the int32 values)
    DQ a, DQ b → MatMul → Q                         QLinearMatMul
    DQ a, DQ b → MatMul (no Q)                      com.microsoft MatMulIntegerToFloat
@@ -47,8 +57,10 @@ with qsim's op library. The rewrites (facts from ONNX Runtime's ``core/optimizer
 6. **int8 → uint8** (``QDQS8ToU8Transformer``) — an int8 ``Q → DQ`` activation pair becomes
    uint8 with ``zp + 128`` (same reals), so that x86's uint8 kernels take the group.
 7. **Float fusions** — ``Conv → Relu/Clip/…`` (one reader) becomes com.microsoft ``FusedConv``
-   (the same float32 bits: MLAS applies the activation to each finished output), and
-   ``MatMul(2-D) → Add(bias)`` becomes ``Gemm``.
+   (the same float32 bits: MLAS applies the activation to each finished output),
+   ``MatMul(2-D) → Add(bias)`` becomes ``Gemm``, ``Gemm → activation`` com.microsoft
+   ``FusedGemm`` (same bits), and the RMSNorm pattern ``Pow → ReduceMean → Add → Sqrt → Div →
+   Mul`` ``SimplifiedLayerNormalization`` (ONNX Runtime's RMSNorm kernel: changes bits).
 
 Level-3 layout rewrites (NCHWc) do not change any bit of the tested models (checked against
 ``ORT_ENABLE_EXTENDED``); they are not applied. A group the table does not list stays as
@@ -406,12 +418,14 @@ def remove_dead(w: _Work) -> None:
 
 
 def unique_dq(w: _Work) -> None:
-    """``EnsureUniqueDQForNodeUnit``: a DQ read by several edges gets one copy per extra edge."""
+    """``EnsureUniqueDQForNodeUnit``: a DQ read by several edges gets one copy per extra edge;
+    a DQ whose output is also a graph output gets one copy per reading edge."""
     for dq in [n for n in w.nodes if n.op_type == DQ]:
         readers = w.readers(dq.outputs[0])
-        if len(readers) < 2:
+        output = dq.outputs[0] in w.outputs
+        if len(readers) < (1 if output else 2):
             continue
-        for k, reader in enumerate(readers[1:], start=1):
+        for reader in readers if output else readers[1:]:
             out = w.fresh(dq.outputs[0])
             copy = Node(name=w.fresh(dq.name), op_type=DQ, inputs=dq.inputs, outputs=(out,),
                         attrs=dict(dq.attrs), domain=dq.domain)
@@ -443,15 +457,21 @@ def drop_redundant_clips(w: _Work) -> None:
         w.nodes.remove(clip)
 
 
-def remove_double_qdq(w: _Work) -> None:
-    """``DoubleQDQPairsRemover``: ``Q1 → DQ1 → Q2 → DQ2`` (8- and 16-bit, each pair with equal scalar
-    parameters, single edges, no graph output) loses ``DQ1 → Q2``; Q1 and DQ2 then share a new
-    grid covering the intersection of both ranges (float32)::
+def remove_double_qdq(w: _Work, after_clips: bool = False) -> None:
+    """``DoubleQDQPairsRemover``: ``Q1 → DQ1 → Q2 → DQ2…`` (8- and 16-bit, each pair with equal
+    scalar parameters, Q1 and DQ1 read once, Q2 read only by DQs, no graph output) loses
+    ``DQ1 → Q2``; Q1 and every DQ2 then share a new grid covering the intersection of both
+    ranges (float32)::
 
         lo = max((qmin - zp1)·s1, (qmin - zp2)·s2),   hi = min((qmax - zp1)·s1, (qmax - zp2)·s2)
         s = (hi - lo) / (qmax - qmin),   zp = T(round_half_away(qmin - lo / s))
 
-    (no change when both pairs already have equal parameters)."""
+    (no change when both pairs already have equal parameters).
+
+    Run twice, as ONNX Runtime 1.32's results require (checked against its dumps): before the
+    redundant Relu/Clip removal with any number of DQ2 readers; after it (``after_clips``) only
+    for one DQ2 and equal grids (``Q1 → DQ1 → Relu → Q2 → DQ2, DQ2'`` keeps its pairs, and so
+    does a single DQ2 whose grid differs)."""
     changed = True
     while changed:
         changed = False
@@ -462,27 +482,29 @@ def remove_double_qdq(w: _Work) -> None:
                 continue
             if _single_reader(w, q1.outputs[0]) is None:
                 continue
-            dq2 = _single_reader(w, q2.outputs[0])
-            if dq2 is None or dq2.op_type != DQ:
+            dq2s = w.readers(q2.outputs[0])
+            if not dq2s or q2.outputs[0] in w.outputs or any(d.op_type != DQ for d in dq2s) \
+                    or (len(dq2s) > 1 and after_clips):
                 continue
-            if not (_same_params(w, q1, dq1) and _same_params(w, q2, dq2)):
+            if not (_same_params(w, q1, dq1) and all(_same_params(w, q2, d) for d in dq2s)):
                 continue
             zt = w.params[dq1.inputs[2]].dtype
             if zt.name not in EIGHT | SIXTEEN:
                 continue
             new = _merged_grid(w, dq1, q2, zt)
-            q1n, dq2n = q1, dq2
+            if new is not None and after_clips:
+                continue
+            q1n = q1
             if new is not None:
                 names = []
                 for value in new:
                     names.append(w.fresh("DoubleQDQRemoved"))
                     w.params[names[-1]] = value
                 q1n = _with(q1, inputs=(q1.inputs[0], names[0], names[1]))
-                dq2n = _with(dq2, inputs=(q1.outputs[0], names[0], names[1]))
-            else:
-                dq2n = _with(dq2, inputs=(q1.outputs[0],) + dq2.inputs[1:])
             w.nodes[w.index(q1)] = q1n
-            w.nodes[w.index(dq2)] = dq2n
+            for dq2 in dq2s:
+                params = tuple(names) if new is not None else dq2.inputs[1:]
+                w.nodes[w.index(dq2)] = _with(dq2, inputs=(q1.outputs[0],) + params)
             w.nodes = [n for n in w.nodes if n.name not in (dq1.name, q2.name)]
             changed = True
             break
@@ -599,6 +621,173 @@ def s8_to_u8(w: _Work) -> None:
         w.nodes[w.index(q)] = _with(q, inputs=(q.inputs[0], q.inputs[1], zp), outputs=(out,))
         w.nodes[w.index(dq)] = _with(dq, inputs=(out, dq.inputs[1], zp))
 
+
+# ---------------------------------------------------------------------------------------------
+# level 1: ReshapeFusion
+# ---------------------------------------------------------------------------------------------
+def _int_values(w: _Work, name: str) -> list | None:
+    """The values of an integer initializer (``AppendTensorFromInitializer``), else None."""
+    v = w.params.get(name) if name else None
+    if v is None or v.dtype.kind not in "iu":
+        return None
+    return [int(x) for x in v.reshape(-1)]
+
+
+def _unsqueeze_axes(w: _Work, node: Node) -> list | None:
+    if "axes" in node.attrs:
+        return [int(a) for a in node.attrs["axes"]]
+    return _int_values(w, node.inputs[1]) if len(node.inputs) > 1 else None
+
+
+def _same_dim(a, b, k: int) -> bool:
+    """Dimension ``k`` of shapes ``a`` and ``b`` is known to be equal: the same number or the
+    same named symbol (not one generated by shape inference, ``unk__N``). (ONNX Runtime 1.32
+    compares the one dimension the Gather reads: checked against its dump.)"""
+    if a is None or b is None or not (0 <= k < len(a) and k < len(b)):
+        return False
+    da, db = a[k], b[k]
+    if isinstance(da, str) and da.startswith("unk__"):
+        return False
+    return da is not None and da == db
+
+
+def _one_element(shapes, name: str) -> bool:
+    """``Is_One_Element_Input``: the inferred shape is known and holds one element."""
+    s = shapes(name)
+    return s is not None and all(isinstance(d, (int, np.integer)) for d in s) and \
+        int(np.prod(s, dtype=np.int64)) == 1
+
+
+def _shape_gather_unsqueeze(w: _Work, name: str) -> tuple | None:
+    """``(unsqueeze, gather, shape)`` when ``name`` is ``Unsqueeze(Gather(Shape(t), i),
+    axes=[0])`` with a whole-tensor Shape, else None."""
+    unsq = w.producer(name)
+    if unsq is None or unsq.op_type != "Unsqueeze" or unsq.outputs[0] != name:
+        return None
+    gather = w.producer(unsq.inputs[0])
+    if gather is None or gather.op_type != "Gather":
+        return None
+    shape = w.producer(gather.inputs[0])
+    if shape is None or shape.op_type != "Shape":
+        return None
+    if int(shape.attrs.get("start", 0)) != 0 or "end" in shape.attrs:
+        return None
+    if _unsqueeze_axes(w, unsq) != [0]:
+        return None
+    return unsq, gather, shape
+
+
+def fuse_reshape(w: _Work, shapes) -> None:
+    """``ReshapeFusion``: the shape input of a ``Reshape`` (``allowzero`` 0) built by a
+    ``Concat`` (read once) of int64 pieces becomes one int64 initializer (named like the
+    Concat's output) when every piece is
+
+    * a constant initializer (its values),
+    * ``Unsqueeze(Gather(Shape(t), k), axes=[0])`` with k the piece's position and ``t`` the
+      Reshape's own input (or a tensor whose dimension k is known to equal the input's):
+      ``0`` (copy that dimension),
+    * a tensor of known one-element shape, or an ``Unsqueeze(axes=[0])`` of one (at most one such
+      piece): ``-1``.
+
+    The nodes that computed only the pieces are removed."""
+    for reshape in [n for n in w.nodes if n.op_type == "Reshape"
+                    and n.domain in ("", "ai.onnx")]:
+        if int(reshape.attrs.get("allowzero", 0)) != 0 or len(reshape.inputs) < 2:
+            continue
+        root = reshape.inputs[0]
+        concat = w.producer(reshape.inputs[1])
+        if concat is None or concat.op_type != "Concat" or concat.domain not in ("", "ai.onnx"):
+            continue
+        if _single_reader(w, concat.outputs[0]) is None:
+            continue
+        value = []
+        for k, piece in enumerate(concat.inputs):
+            const = _int_values(w, piece)
+            if const is not None:
+                value.extend(const)
+                continue
+            chain = _shape_gather_unsqueeze(w, piece)
+            if chain is not None:
+                index = _int_values(w, chain[1].inputs[1])
+                source = chain[2].inputs[0]
+                if index is not None and len(index) == 1 and index[0] == len(value) and (
+                        source == root or _same_dim(shapes(source), shapes(root), index[0])):
+                    value.append(0)
+                    continue
+            if _one_element(shapes, piece) or _one_element_unsqueeze(w, shapes, piece):
+                value.append(-1)
+                continue
+            break
+        else:
+            if value.count(-1) > 1:
+                continue
+            ancestors = _ancestors(w, concat)
+            w.params[concat.outputs[0]] = np.array(value, np.int64)
+            w.nodes.remove(concat)
+            _remove_unread(w, ancestors)
+
+
+def _one_element_unsqueeze(w: _Work, shapes, name: str) -> bool:
+    """``Unsqueeze(axes=[0])`` of a one-element tensor, or the Shape → Gather → Unsqueeze chain
+    with a one-element index."""
+    chain = _shape_gather_unsqueeze(w, name)
+    if chain is not None:
+        return _one_element(shapes, chain[1].inputs[1])
+    unsq = w.producer(name)
+    if unsq is None or unsq.op_type != "Unsqueeze" or _unsqueeze_axes(w, unsq) != [0]:
+        return False
+    return _one_element(shapes, unsq.inputs[0])
+
+
+def _ancestors(w: _Work, node: Node) -> set:
+    """Names of the nodes ``node`` depends on."""
+    seen, todo = set(), [node]
+    while todo:
+        for name in todo.pop().inputs:
+            p = w.producer(name) if name else None
+            if p is not None and p.name not in seen:
+                seen.add(p.name)
+                todo.append(p)
+    return seen
+
+
+def _remove_unread(w: _Work, names: set) -> None:
+    """Remove, repeatedly, the nodes named in ``names`` none of whose outputs is read or a graph
+    output (``RemoveNodesWithOneOutputBottomUp``)."""
+    while True:
+        read = {i for n in w.nodes for i in n.inputs if i} | set(w.outputs)
+        dead = {n.name for n in w.nodes if n.name in names
+                and not any(o in read for o in n.outputs if o)}
+        if not dead:
+            return
+        w.nodes = [n for n in w.nodes if n.name not in dead]
+
+
+def shape_through_transpose(w: _Work) -> None:
+    """The transpose optimizer's Shape handler: ``Shape(Transpose(x, perm))`` (a whole-tensor
+    Shape) → ``Gather(Shape(x), perm, axis=0)``; the Transpose stays while others read it."""
+    for shape in [n for n in w.nodes if n.op_type == "Shape" and n.domain in ("", "ai.onnx")]:
+        if int(shape.attrs.get("start", 0)) != 0 or "end" in shape.attrs:
+            continue
+        tr = w.producer(shape.inputs[0])
+        if tr is None or tr.op_type != "Transpose" or tr.domain not in ("", "ai.onnx") \
+                or "perm" not in tr.attrs:
+            continue
+        perm = w.fresh("const_transpose_optimizer_token")
+        w.params[perm] = np.array([int(p) for p in tr.attrs["perm"]], np.int64)
+        mid = w.fresh(shape.outputs[0] + "_untransposed")
+        i = w.index(shape)
+        w.nodes[i:i + 1] = [
+            _with(shape, inputs=(tr.inputs[0],), outputs=(mid,)),
+            Node(name=w.fresh(shape.name + "_gather"), op_type="Gather", inputs=(mid, perm),
+                 outputs=shape.outputs, attrs={"axis": 0})]
+    remove_dead_transposes(w)
+
+
+def remove_dead_transposes(w: _Work) -> None:
+    """Drop Transposes none of whose outputs is read or a graph output."""
+    read = {i for n in w.nodes for i in n.inputs if i} | set(w.outputs)
+    w.nodes = [n for n in w.nodes if n.op_type != "Transpose" or n.outputs[0] in read]
 
 # ---------------------------------------------------------------------------------------------
 # level 2: the QDQ selector/action table
@@ -722,6 +911,25 @@ def _binary(w: _Work, g: _Group) -> bool:
                inputs=(*_dq_params(dqa), *_dq_params(dqb), q.inputs[1], q.inputs[2]),
                outputs=q.outputs, domain=MS)
     _apply(w, g, new)
+    return True
+
+
+def _where(w: _Work, g: _Group) -> bool:
+    """``WhereNodeGroupSelector``: ``DQ x, DQ y → Where(condition, ·, ·) → Q``, all three of
+    one 8-bit type → com.microsoft ``QLinearWhere(condition, x, s_x, z_x, y, s_y, z_y, s_z,
+    z_z)``."""
+    if not _check_nodes(w, g, 2) or len(g.qs) != 1 or g.clip is not None:
+        return False
+    dx, dy = _by_input(g, 1), _by_input(g, 2)
+    if dx is None or dy is None:
+        return False
+    tx, ty, tz = _type_of(w, dx), _type_of(w, dy), _type_of(w, g.qs[0])
+    if not (tx == ty == tz) or tx not in EIGHT:
+        return False
+    q = g.qs[0]
+    _apply(w, g, Node(name=g.target.name, op_type="QLinearWhere", domain=MS,
+                      inputs=(g.target.inputs[0], *_dq_params(dx), *_dq_params(dy),
+                              q.inputs[1], q.inputs[2]), outputs=q.outputs))
     return True
 
 
@@ -903,6 +1111,8 @@ def select_and_fuse(w: _Work, nbits: bool = True) -> None:
                 done = _unary(w, g)
             elif op in BINARY:
                 done = _binary(w, g)
+            elif op == "Where":
+                done = _where(w, g)
             elif op == "Concat":
                 done = _concat(w, g)
             elif op == "Conv":
@@ -978,6 +1188,145 @@ def fuse_matmul_add(w: _Work, shapes) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# level-1 rule DivMulFusion; level-2 GemmActivationFusion and SimplifiedLayerNormFusion
+# ---------------------------------------------------------------------------------------------
+def fuse_div_mul(w: _Work) -> None:
+    """``DivMulFusion`` (a level-1 rewrite rule): ``Mul(Div(1, d), m)`` → ``Div(m, d)`` when the
+    Div's numerator is a one-element initializer equal to 1 (float, double, float16, int32 or
+    int64), its output is read by exactly one edge, a Mul, and is no graph output. The Div keeps
+    its name and takes the Mul's output. (``m ⊘ d`` is not ``(1 ⊘ d) ⊗ m`` in float32: this
+    changes bits.)"""
+    for div in [n for n in w.nodes if n.op_type == "Div" and n.domain in ("", "ai.onnx")]:
+        one = w.params.get(div.inputs[0])
+        if one is None or one.size != 1 or one.dtype.name not in (
+                "float32", "float64", "float16", "int32", "int64") or one.reshape(-1)[0] != 1:
+            continue
+        mul = _single_reader(w, div.outputs[0])
+        if mul is None or mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx"):
+            continue
+        other = mul.inputs[1] if mul.inputs[0] == div.outputs[0] else mul.inputs[0]
+        w.nodes[w.index(div)] = _with(div, inputs=(other, div.inputs[1]), outputs=mul.outputs)
+        w.nodes.remove(mul)
+
+
+#: GemmActivationFusion's activations (ONNX Runtime 1.32 fuses each of them at every opset
+#: from 11 to 22: checked against its dump)
+GEMM_ACTIVATIONS = frozenset({"Elu", "HardSigmoid", "LeakyRelu", "Relu", "Selu", "Sigmoid",
+                              "Softplus", "Softsign", "Tanh", "ThresholdedRelu"})
+
+
+def fuse_gemm_activation(w: _Work) -> None:
+    """``GemmActivationFusion``: a float ``Gemm`` whose output is read by one edge, an activation
+    of :data:`GEMM_ACTIVATIONS`, and is no graph output → com.microsoft ``FusedGemm`` with the
+    Gemm's attributes, ``activation`` and the activation's attributes as ``activation_<name>``."""
+    for gemm in [n for n in w.nodes if n.op_type == "Gemm" and n.domain in ("", "ai.onnx")]:
+        act = _single_reader(w, gemm.outputs[0])
+        if act is None or act.op_type not in GEMM_ACTIVATIONS \
+                or act.domain not in ("", "ai.onnx"):
+            continue
+        attrs = dict(gemm.attrs)
+        attrs["activation"] = act.op_type
+        attrs.update({f"activation_{k}": v for k, v in act.attrs.items()})
+        fused = Node(name=w.fresh("fused " + gemm.name, True), op_type="FusedGemm",
+                     inputs=gemm.inputs, outputs=act.outputs, attrs=attrs, domain=MS)
+        w.nodes[w.index(gemm)] = fused
+        w.nodes.remove(act)
+
+
+FLOATS = frozenset({"float16", "float32", "float64", "bfloat16"})
+
+
+def _reduce_axes(w: _Work, node: Node) -> list:
+    """``GetAxesFromReduceMeanNode``: the ``axes`` attribute, else a constant ``axes`` input."""
+    if "axes" in node.attrs:
+        return [int(a) for a in node.attrs["axes"]]
+    if len(node.inputs) == 2 and node.inputs[1] in w.params:
+        return [int(a) for a in w.params[node.inputs[1]].reshape(-1)]
+    return []
+
+
+def _axes_are_last(axes: list, rank: int | None) -> bool:
+    """``CheckAxesOnReduceMean``: the axes (negative or, with a known rank, positive) are
+    consecutive and end at the last axis."""
+    axes = sorted(axes)
+    if axes[-1] > 0:
+        if rank is None:
+            return False
+        axes = sorted(a - rank if a >= 0 else a for a in axes)
+    return all(b == a + 1 for a, b in zip(axes, axes[1:])) and axes[-1] == -1
+
+
+def fuse_simplified_layer_norm(w: _Work, dtype_of, shapes) -> None:
+    """``SimplifiedLayerNormFusion`` (CPU): ``Pow(x, ·) → ReduceMean → Add(·, eps) → Sqrt →
+    Div(x, ·) → Mul(·, scale)`` → ``SimplifiedLayerNormalization(x, scale, axis, epsilon)``.
+
+    Every input of Pow, Add, Div and Mul (ReduceMean: the data) is a float tensor; Pow,
+    ReduceMean, Add, Sqrt and Div are each read by exactly one edge, the next node of the chain
+    (Pow's output is no graph output); the Div's numerator is the Pow's base itself (the same
+    tensor: a DQ copied per reader does not match); ReduceMean reduces one axis, the last;
+    ``scale`` is the Mul input of rank 1 (the last one if both are); ``epsilon`` is the Add's
+    second input when that is a float32 initializer, else 1e-5. The Pow's exponent is not
+    checked. The fused node takes the Mul's outputs."""
+    def floats(node: Node, first: int | None = None) -> bool:
+        names = node.inputs if first is None else node.inputs[:first]
+        return all(name and _dtype_name(w, name, dtype_of) in FLOATS for name in names)
+
+    def next_of(node: Node, op: str) -> Node | None:
+        reader = _single_reader(w, node.outputs[0])
+        ok = reader is not None and reader.op_type == op and reader.domain in ("", "ai.onnx")
+        return reader if ok else None
+
+    for pow_ in [n for n in w.nodes if n.op_type == "Pow" and n.domain in ("", "ai.onnx")]:
+        if not floats(pow_):
+            continue
+        mean = next_of(pow_, "ReduceMean")
+        add = next_of(mean, "Add") if mean is not None and floats(mean, 1) else None
+        sqrt = next_of(add, "Sqrt") if add is not None and floats(add) else None
+        div = next_of(sqrt, "Div") if sqrt is not None and floats(sqrt) else None
+        if div is None or not floats(div) or div.inputs[0] != pow_.inputs[0]:
+            continue
+        mul = _single_reader(w, div.outputs[0])        # CheckOutputEdges(div, 1)
+        if mul is None or mul.op_type != "Mul" or mul.domain not in ("", "ai.onnx") \
+                or not floats(mul):
+            continue
+        axes = _reduce_axes(w, mean)
+        rank = shapes(mean.inputs[0])
+        if len(axes) != 1 or not _axes_are_last(axes, None if rank is None else len(rank)):
+            continue
+        scale = None
+        for name in mul.inputs:
+            s = shapes(name)
+            if s is not None and len(s) == 1:
+                scale = name
+        if scale is None or _dtype_name(w, pow_.inputs[0], dtype_of) == "float16":
+            continue
+        eps = w.params.get(add.inputs[1])
+        epsilon = float(eps.reshape(-1)[0]) if eps is not None and eps.dtype == np.float32 \
+            else float(np.float32(1e-5))
+        fused = Node(name=w.fresh(mul.name + "/SimplifiedLayerNormFusion/", True),
+                     op_type="SimplifiedLayerNormalization", inputs=(pow_.inputs[0], scale),
+                     outputs=mul.outputs,
+                     attrs={"axis": axes[0], "epsilon": epsilon, "stash_type": 1})
+        w.nodes[w.index(mul)] = fused
+        gone = {pow_.name, mean.name, add.name, sqrt.name, div.name}
+        w.nodes = [n for n in w.nodes if n.name not in gone]
+
+
+def _dtype_name(w: _Work, name: str, dtype_of) -> str | None:
+    """The element type of a tensor: an initializer's, the graph's, or float32 for a
+    DequantizeLinear output (its scale's type in the graphs rewritten here)."""
+    if name in w.params:
+        return w.params[name].dtype.name
+    t = dtype_of(name)
+    if t is not None:
+        return np.dtype(t).name
+    p = w.producer(name)
+    if p is not None and p.op_type == DQ and p.inputs[1] in w.params:
+        return w.params[p.inputs[1]].dtype.name
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
 # the whole pipeline
 # ---------------------------------------------------------------------------------------------
 def grids_of(w: _Work) -> dict:
@@ -1005,21 +1354,6 @@ def ort_graph(graph: Graph, *, with_grids: bool = False, fixed_point: bool = Fal
     def dtype_of(name):
         return w.params[name].dtype if name in w.params else graph.dtype_of(name)
 
-    fold_constants(w, graph.opset, graph.shape_of)
-    unique_dq(w)
-    eliminate_common(w, dtype_of)
-    fold_constants(w, graph.opset, graph.shape_of)
-    drop_redundant_clips(w)
-    remove_double_qdq(w)
-    propagate(w)
-    inline_functions(w)
-    s8_to_u8(w)
-    grids = grids_of(w)
-    select_and_fuse(w, nbits=not fixed_point)
-    if fixed_point:
-        from .fixed_target import fixed_point_graph
-        fixed_point_graph(w)
-
     def shape(name):
         if name in w.params:
             return w.params[name].shape
@@ -1031,9 +1365,30 @@ def ort_graph(graph: Graph, *, with_grids: bool = False, fixed_point: bool = Fal
                     else w.params[p.inputs[0]].shape
         return s
 
+    fold_constants(w, graph.opset, graph.shape_of)
+    fuse_div_mul(w)
+    unique_dq(w)
+    eliminate_common(w, dtype_of)
+    fold_constants(w, graph.opset, graph.shape_of)
+    fuse_reshape(w, shape)
+    remove_double_qdq(w)
+    drop_redundant_clips(w)
+    remove_double_qdq(w, after_clips=True)
+    propagate(w)
+    shape_through_transpose(w)
+    inline_functions(w)
+    s8_to_u8(w)
+    grids = grids_of(w)
+    select_and_fuse(w, nbits=not fixed_point)
+    if fixed_point:
+        from .fixed_target import fixed_point_graph
+        fixed_point_graph(w)
+
     fuse_matmul_add(w, shape)
     fuse_nbits_bias(w, shape)
+    fuse_gemm_activation(w)
     fuse_conv_activation(w)
+    fuse_simplified_layer_norm(w, dtype_of, shape)
     tensors = {o for n in w.nodes for o in n.outputs} | set(w.params) | set(graph.input_names)
     grids = {t: g for t, g in grids.items() if t in tensors}
     used = {i for n in w.nodes for i in n.inputs if i} | {x for g in grids.values()

@@ -1,5 +1,8 @@
-"""float32 Eigen expressions of ONNX Runtime's activation functors (Elu, Selu, Celu, Softplus)
-and of its Sin and Cos, bit for bit.
+"""float32 Eigen expressions of ONNX Runtime's activation functors (Elu, Selu, Celu, Softplus),
+of its Sin and Cos, and the packet pow of its LRN (:func:`ppow`), bit for bit.
+
+The Eigen is the one ONNX Runtime's cmake/deps.txt pins (commit 1d8b82b0, February 2025: its
+pow is the one ORT 1.32's LRN output matches), compiled for SSE (packets of 4 floats, no FMA).
 
 ORT evaluates ``ym = <Eigen array expression of xm>`` over each parallel block of the flattened
 tensor (:func:`qsim.kernels.mlas_math.parallel_blocks` with the functor's cost). Eigen runs the
@@ -149,14 +152,17 @@ def celu(x, alpha: float, threads: int = DEFAULT_THREADS) -> np.ndarray:
 
 
 def softplus(x, threads: int = DEFAULT_THREADS) -> np.ndarray:
-    """ORT's Softplus: ``x > 0 ? x + log1p(exp(-x)) : log1p(exp(x))``."""
+    """ORT's Softplus: ``x > 0 ? x + log1p(exp(-x)) : log1p(exp(x))``; a NaN x gives the
+    packet log's NaN (all bits set) in packets, x's NaN elsewhere."""
     x = np.asarray(x, F32)
     flat = x.ravel()
     scalar = scalar_positions(flat.size, COSTS["Softplus"], threads)
     with np.errstate(over="ignore", invalid="ignore"):
         pos = (flat + _log1p_parts(_exp_parts(-flat, scalar), scalar)).astype(F32)
     neg = _log1p_parts(_exp_parts(flat, scalar), scalar)
-    return np.where(flat > 0, pos, neg).astype(F32).reshape(x.shape)
+    out = np.where(flat > 0, pos, neg).astype(F32)
+    out[np.isnan(flat) & ~scalar] = mlas_math._PACKET_LOG_NAN    # the packet log's NaN
+    return out.reshape(x.shape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,3 +270,160 @@ def sin(x) -> np.ndarray:
 def cos(x) -> np.ndarray:
     """ORT's Cos: Eigen's packet cosine over the tensor, libm cosf for the n % 4 tail."""
     return _sin_or_cos(x, False)
+
+
+# --------------------------------------------------------------------------------------------
+# pow with a scalar exponent (Eigen's unary_pow_impl: ``array.pow(b)``, used by ORT's LRN)
+#
+# Double-word ("hi + lo") arithmetic in float32, as Eigen evaluates it without FMA:
+#   fast_two_sum(a, b):      s = a + b;  lo = b - (s - a)                      (exact if |a| >= |b|)
+#   two_prod(a, b):          Dekker's product over Veltkamp halves (x_hi = (x - 4097x) + 4097x):
+#                            hi = a·b;  lo = ((a_hi·b_hi - hi) + a_hi·b_lo + a_lo·b_hi) + a_lo·b_lo
+#   two_prod((h, l), b):     (c, e) = two_prod(h, b);  (t, u) = fast_two_sum(c, l·b);
+#                            fast_two_sum(t, u + e)
+#   fast_two_sum((a, a'), (b, b')):  (r, e) = fast_two_sum(a, b);  fast_two_sum(r, (b' + e) + a')
+
+_POW_C0 = 1.442695041742110273474963832995854318141937255859375
+_POW_C1 = -7.2134751588268664068692714863573201000690460205078125e-01
+_POW_C0_HI, _POW_C1_HI = F32(_POW_C0), F32(_POW_C1)
+_POW_C0_LO = F32(_POW_C0 - float(_POW_C0_HI))
+_POW_C1_LO = F32(_POW_C1 - float(_POW_C1_HI))
+#: accurate_log2<float>'s working-precision coefficients, highest degree first
+_POW_LOG2_P = tuple(F32(c) for c in (
+    9.7010828554630279541015625e-02, -1.6896486282348632812500000e-01,
+    1.7200836539268493652343750e-01, -1.7892272770404815673828125e-01,
+    2.0505344867706298828125000e-01, -2.4046677350997924804687500e-01,
+    2.8857553005218505859375000e-01, -3.6067414283752441406250000e-01,
+    4.8089790344238281250000000e-01))
+_LN2_F = F32(0.693147180559945309417232121458176568)
+_SQRT_HALF = F32(0.70710678118654752440)
+
+
+def _f(v) -> np.ndarray:
+    return np.asarray(v, F32)
+
+
+def _fast_two_sum(a, b):
+    s = _f(a + b)
+    return s, _f(b - _f(s - a))
+
+
+def _veltkamp(x):
+    gamma = _f(F32(4097.0) * x)
+    hi = _f(_f(x - gamma) + gamma)
+    return hi, _f(x - hi)
+
+
+def _two_prod(a, b):
+    a_hi, a_lo = _veltkamp(a)
+    b_hi, b_lo = _veltkamp(b)
+    hi = _f(a * b)
+    lo = _f(_f(a_hi * b_hi) - hi)
+    lo = _f(_f(a_hi * b_lo) + lo)
+    lo = _f(_f(a_lo * b_hi) + lo)
+    return hi, _f(_f(a_lo * b_lo) + lo)
+
+
+def _two_prod_dw(h, l, b):
+    c, e = _two_prod(h, b)
+    t, u = _fast_two_sum(c, _f(l * b))
+    return _fast_two_sum(t, _f(u + e))
+
+
+def _fast_two_sum_dw(a, a_lo, b, b_lo):
+    r, e = _fast_two_sum(a, b)
+    return _fast_two_sum(r, _f(_f(b_lo + e) + a_lo))
+
+
+def _accurate_log2(z):
+    """Eigen's accurate_log2<float> on z in [sqrt(1/2), sqrt(2)), as a double word::
+
+        x = z - 1;  p = Horner(P, x) (float32, degree 8);
+        log2(z) = ((p·x + C1)·x + C0)·x   (the last two steps and the products in double words)
+    """
+    x = _f(z - _ONE)
+    p = np.full_like(x, _POW_LOG2_P[0])
+    for c in _POW_LOG2_P[1:]:
+        p = _f(_f(p * x) + c)
+    hi, lo = _two_prod(x, p)
+    hi, lo = _fast_two_sum_dw(np.full_like(x, _POW_C1_HI), _POW_C1_LO, hi, lo)
+    hi, lo = _two_prod_dw(hi, lo, x)
+    hi, lo = _fast_two_sum_dw(np.full_like(x, _POW_C0_HI), _POW_C0_LO, hi, lo)
+    return _two_prod_dw(hi, lo, x)
+
+
+def _round_half_away(a):
+    t = np.trunc(a)
+    return _f(np.where(np.abs(_f(a - t)) >= _HALF, t + np.copysign(_ONE, a), t))
+
+
+def _pow_core(x, y: np.float32) -> np.ndarray:
+    """Eigen's generic_pow_impl(x, y) for finite x > 0::
+
+        x = m·2^e, m in [sqrt(1/2), sqrt(2));  f = e·y + log2(m)·y   (double words)
+        n = round(f_hi);  r = (f_hi - n) + f_lo;  n += round(r);  r -= round(r)
+        exp2(r) = pexp(h)·(1 + l) with (h, l) = two_prod(ln2, r);  result exp2(r)·2^n
+    """
+    mant, ex = np.frexp(x)
+    m, e = _f(mant), _f(ex)
+    low = m < _SQRT_HALF
+    m = _f(np.where(low, _f(F32(2) * m), m))
+    e = _f(np.where(low, e - _ONE, e))
+    r_hi, r_lo = _accurate_log2(m)
+    yv = np.full_like(m, y)
+    f1_hi, f1_lo = _two_prod(e, yv)
+    f2_hi, f2_lo = _two_prod_dw(r_hi, r_lo, yv)
+    f_hi, f_lo = _fast_two_sum_dw(f1_hi, f1_lo, f2_hi, f2_lo)
+    n = _round_half_away(f_hi)
+    r = _f(_f(f_hi - n) + f_lo)
+    n_r = _round_half_away(r)
+    r, n = _f(r - n_r), _f(n + n_r)
+    h, l = _two_prod(np.full_like(r, _LN2_F), r)
+    e_r = _f(pexp(h) * _f(_ONE + l))
+    return _f(np.ldexp(e_r, n.astype(np.int64)))
+
+
+def _int_pow(x, k: int) -> np.ndarray:
+    """Eigen's int_pow: r = x (1/x if k < 0), then repeated squaring with the odd factors
+    collected in y (from 1): k = -3 gives r·(r·r), 5 gives (x·(x·x)... as the loop runs."""
+    if k == 0:
+        return np.ones_like(x)
+    with np.errstate(divide="ignore", over="ignore", under="ignore", invalid="ignore"):
+        r = _f(_ONE / x) if k < 0 else x
+        y = np.ones_like(x)
+        m = abs(k)
+        while m > 1:
+            if m % 2:
+                y = _f(y * r)
+            r = _f(r * r)
+            m //= 2
+        return _f(y * r)
+
+
+def ppow(x, exponent: float) -> np.ndarray:
+    """Eigen's packet ``x.pow(exponent)`` (float32 ``x``, float32 scalar ``exponent``).
+
+    An integer exponent in [-3, 7] is :func:`_int_pow`; any other is :func:`_pow_core` of |x|
+    with the special values of Eigen's handlers: a non-integer exponent gives NaN (all bits
+    set) for x < 0; x = ±0 gives +inf (negative exponent) or +0, |x| = inf +0 or +inf; an
+    integer exponent keeps the sign of x when it is odd and turns NaN into +NaN (a non-integer
+    one keeps x's NaN); x = 1 gives 1."""
+    x = _f(x)
+    y = F32(exponent)
+    integer = bool(np.isfinite(y) and np.round(y) == y)
+    if integer and -3 <= y <= 7:
+        return _int_pow(x, int(y))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
+        a = np.abs(x)
+        out = _pow_core(np.where(np.isfinite(a) & (a > 0), a, _ONE), y)
+        if not integer:
+            out = np.where(x < 0, np.full(x.shape, -1, np.int32).view(F32), out)
+        out = np.where(a == 0, F32(np.inf) if y < 0 else F32(0), out)
+        out = np.where(np.isinf(a), F32(0) if y < 0 else F32(np.inf), out)
+        if integer:
+            odd = bool(np.round(y / 2) != y / 2)
+            out = np.where(np.signbit(x) & odd, -out, out)
+            out = np.where(np.isnan(x), F32(np.nan), out)      # generic_pow: a quiet +NaN
+        else:
+            out = np.where(np.isnan(x), x, out)                # NaN runs through the core
+        return _f(np.where(x == _ONE, _ONE, out))

@@ -33,6 +33,7 @@ GlobalAveragePool      MlasPoolGlobalKernel (4 lanes)                   :func:`g
 AveragePool            MlasPool vector / generic kernels                :func:`pool_window_sums`
 ReduceSum, ReduceMean  Eigen redux / row adds / sgemm with ones         :func:`reduce_sum`
 LayerNormalization     MlasLayerNormF32 (AVX2) or scalar Welford        :func:`layer_norm_rows`
+SimplifiedLayerNorm.   MlasLayerNormF32 RMS branch or scalar loop       :func:`rms_norm_rows`
 InstanceNormalization  Eigen mean, squared norm                         :func:`instance_norm_planes`
 Resize (linear, 2-D)   UpsampleBilinear                                 :func:`bilinear`
 =====================  ===============================================  =======================
@@ -852,10 +853,15 @@ def exp(x) -> np.ndarray:
     return _elementwise(_nb_exp, _np_exp, x)
 
 
+#: the NaN Eigen's packet log returns for x < 0 and NaN x (its invalid mask OR-ed in: all bits)
+_PACKET_LOG_NAN = np.array([0xFFFFFFFF], np.uint32).view(F32)[0]
+
+
 def log(x, threads: int = DEFAULT_THREADS) -> np.ndarray:
     """Log as ORT computes it with ``threads`` intra-op threads: the flattened tensor is cut in
     :func:`parallel_blocks`; in each, Eigen's packet log, except C logf on the unaligned head and
-    the n % 4 tail (:func:`log_scalar_positions`)."""
+    the n % 4 tail (:func:`log_scalar_positions`). A packet's NaN (x < 0 or NaN) has every bit
+    set; logf's is the default NaN or x's own."""
     x = np.asarray(x, F32)
     flat = _f32_flat(x)
     scalar = log_scalar_positions(flat.size, threads)
@@ -864,6 +870,9 @@ def log(x, threads: int = DEFAULT_THREADS) -> np.ndarray:
         _nb_log(flat, scalar, out)
     else:
         out = _np_log(flat, scalar)
+    with np.errstate(invalid="ignore"):
+        invalid = ~scalar & (np.isnan(flat) | (flat < 0))
+    out[invalid] = _PACKET_LOG_NAN
     return out.reshape(x.shape)
 
 
@@ -1272,6 +1281,101 @@ def layer_norm_rows(x2d, scale, bias, epsilon):
         return _np_layer_norm(x, scale, b if has_bias else None, epsilon)
 
 
+# --------------------------------------------------------------------------------------------
+# SimplifiedLayerNormalization / RMSNormalization (layer_norm_impl.cc with simplified=true:
+# rows of n >= 16 go through MlasLayerNormF32's AVX2 RMSNorm branch, shorter rows through the
+# scalar loop)
+
+
+@kernel
+def _nb_rms_norm(x, scale, eps, out, invs):
+    """Rows of ``x`` RMS-normalised as ONNX Runtime::
+
+        n >= 16 (MLAS):  v = 8 float lanes of fma(x, x, .), ((l0+l4)+(l2+l6)) +
+                             ((l1+l5)+(l3+l7)); tail: 4 at a time as += x*x, then fma one
+                             by one
+                         inv = 1 / sqrt(v/n + eps);  y = (x * inv) * scale
+        n < 16 (scalar): v = 0 + x0*x0 + x1*x1 + ... (each product rounded);
+                         r = sqrt(v/n + eps);  y = (x / r) * scale;  inv = 1 / r
+    """
+    rows, n = x.shape
+    nf = F32(n)
+    for r in range(rows):
+        if n >= 16:
+            lanes = np.zeros(8, np.float32)
+            n8 = n - n % 8
+            for i in range(0, n8, 8):
+                for j in range(8):
+                    lanes[j] = _fma32(x[r, i + j], x[r, i + j], lanes[j])
+            v = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + \
+                ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
+            i = n8
+            if n - n8 >= 4:
+                for j in range(4):
+                    v += x[r, i + j] * x[r, i + j]
+                i += 4
+            while i < n:
+                v = _fma32(x[r, i], x[r, i], v)
+                i += 1
+            inv = _ONE / F32(math.sqrt(v / nf + eps))
+            for i in range(n):
+                out[r, i] = (x[r, i] * inv) * scale[i]
+        else:
+            v = _ZERO
+            for i in range(n):
+                v = v + x[r, i] * x[r, i]
+            root = F32(math.sqrt(v / nf + eps))
+            for i in range(n):
+                out[r, i] = (x[r, i] / root) * scale[i]
+            inv = _ONE / root
+        invs[r] = inv
+
+
+def _np_rms_norm(x, scale, eps):
+    rows, n = x.shape
+    eps = F32(eps)
+    if n >= 16:
+        n8 = n - n % 8
+        lanes = np.zeros((rows, 8), F32)
+        for i in range(0, n8, 8):
+            lanes = _fma_np(x[:, i:i + 8], x[:, i:i + 8], lanes)
+        h = [(lanes[:, k] + lanes[:, k + 4]).astype(F32) for k in range(4)]
+        v = (((h[0] + h[2]).astype(F32)) + ((h[1] + h[3]).astype(F32))).astype(F32)
+        i = n8
+        if n - n8 >= 4:
+            for j in range(4):
+                v = (v + (x[:, i + j] * x[:, i + j]).astype(F32)).astype(F32)
+            i += 4
+        for j in range(i, n):
+            v = _fma_np(x[:, j], x[:, j], v)
+        inv = (_ONE / np.sqrt((v / F32(n)).astype(F32) + eps).astype(F32)).astype(F32)
+        y = ((x * inv[:, None]).astype(F32) * scale).astype(F32)
+    else:
+        v = np.zeros(rows, F32)
+        for i in range(n):
+            v = (v + (x[:, i] * x[:, i]).astype(F32)).astype(F32)
+        root = np.sqrt((v / F32(n)).astype(F32) + eps).astype(F32)
+        y = ((x / root[:, None]).astype(F32) * scale).astype(F32)
+        inv = (_ONE / root).astype(F32)
+    return y, inv
+
+
+def rms_norm_rows(x2d, scale, epsilon):
+    """SimplifiedLayerNormalization (RMSNorm) of every row of a 2-D float32 array as ONNX
+    Runtime computes it (see :func:`_nb_rms_norm`). ``scale``: one value per column. Returns
+    ``(y, inv_std_var)``, the last one value per row."""
+    x = np.ascontiguousarray(x2d, dtype=F32)
+    scale = np.ascontiguousarray(scale, dtype=F32).ravel()
+    rows = x.shape[0]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if USE_NUMBA:
+            out = np.empty_like(x)
+            invs = np.empty(rows, F32)
+            _nb_rms_norm(x, scale, F32(epsilon), out, invs)
+            return out, invs
+        return _np_rms_norm(x, scale, epsilon)
+
+
 def instance_norm_planes(x2d, scale, bias, epsilon) -> np.ndarray:
     """InstanceNormalization of every row (one (n, c) plane of W values, row i of channel
     i % C) as ONNX Runtime's float kernel (Eigen, packets of 4, no FMA)::
@@ -1310,8 +1414,8 @@ def _nb_pool_sums_2d(xp, kh, kw, sh, sw, vector, total):
     """Numba twin of :func:`pool_window_sums` for 2-D windows (``xp`` ``(N, C, Hp, Wp)``,
     ``total`` ``(N, C, OH, OW)``), in the same order: ``vector``: per output row, the column
     sums ``col[ix] = ((xp[r0, ix] + xp[r0 + 1, ix]) + ...)`` over the window's rows, then
-    ``((col[ox·sw] + col[ox·sw + 1]) + ...)``; otherwise the window's values in row-major order,
-    starting from the first."""
+    ``((col[ox·sw] + col[ox·sw + 1]) + ...)``; otherwise +0 + the window's values in row-major
+    order."""
     planes = xp.shape[0] * xp.shape[1]
     hp, wp = xp.shape[2], xp.shape[3]
     oh, ow = total.shape[2], total.shape[3]
@@ -1319,6 +1423,7 @@ def _nb_pool_sums_2d(xp, kh, kw, sh, sw, vector, total):
     t1 = total.reshape(-1)
     col = np.empty(wp, dtype=np.float32)
     step = np.uint64(sw)
+    zero = np.float32(0.0)
     for q in range(planes):         # (loops over a row of independent outputs, unsigned
         for oy in range(oh):        # indices: they vectorize; each output's order is kept)
             r0 = np.uint64((q * hp + oy * sh) * wp)
@@ -1342,7 +1447,7 @@ def _nb_pool_sums_2d(xp, kh, kw, sh, sw, vector, total):
             else:
                 for ox in range(ow):
                     u = np.uint64(ox)
-                    t1[d0 + u] = x1[r0 + u * step]
+                    t1[d0 + u] = zero + x1[r0 + u * step]
                 for ky in range(kh):
                     for kx in range(1 if ky == 0 else 0, kw):
                         r = r0 + np.uint64(ky * wp + kx)
@@ -1353,15 +1458,19 @@ def _nb_pool_sums_2d(xp, kh, kw, sh, sw, vector, total):
 
 def pool_window_sums(xp, kernel, strides, out, *, vector: bool,
                      use_numba: bool = USE_NUMBA) -> np.ndarray:
-    """Sum of every pooling window of the zero-padded float32 input ``xp`` (N, C, spatial...):
+    """Sum of every pooling window of the padded float32 input ``xp`` (N, C, spatial...):
 
     * ``vector`` (MlasPool2DVectorKernel / 3D): first, per column, the sum over the window's
-      leading spatial positions in row-major order; then these column sums left to right along
-      the last axis, starting from the first column;
-    * otherwise (the generic MLAS kernels and ORT's own pooling loop): 0 + every window position
-      in row-major order.
-    Padding contributes +0.0 at its place in the order. 2-D windows: :func:`_nb_pool_sums_2d`
-    (``use_numba``), the same order."""
+      leading spatial positions in row-major order (2D: from the first row; 3D: from +0); then
+      these column sums left to right along the last axis, starting from the first column;
+    * otherwise (the generic MLAS kernels and ORT's own pooling loop): +0 + every window
+      position in row-major order.
+
+    Padding along the last axis is +0.0 at its place in the order (MLAS's reduction buffer).
+    MLAS sums only the input's rows: pad ``xp``'s leading spatial axes with -0.0, the exact
+    additive identity (x + -0 = x for every x, +0 included), for the 2D vector kernel, whose
+    column sums keep a -0; elsewhere the +0 start makes the sign of padding immaterial.
+    2-D windows: :func:`_nb_pool_sums_2d` (``use_numba``), the same order."""
     xp = np.asarray(xp, F32)
     if use_numba and xp.ndim == 4 and xp.size and all(o > 0 for o in out):
         total = np.empty(xp.shape[:2] + tuple(out), dtype=F32)
@@ -1372,12 +1481,15 @@ def pool_window_sums(xp, kernel, strides, out, *, vector: bool,
         total = None
         for offsets in np.ndindex(*kernel):
             part = xp[_window(offsets, strides, out)]
-            total = part.copy() if total is None else (total + part).astype(F32)
+            total = (part + F32(0)) if total is None else (total + part).astype(F32)
         return total
     columns = None
     for offsets in np.ndindex(*kernel[:-1]):
         part = xp[_window(offsets, strides[:-1], out[:-1]) + (slice(None),)]
-        columns = part.copy() if columns is None else (columns + part).astype(F32)
+        if columns is None:
+            columns = part.copy() if len(kernel) == 2 else part + F32(0)
+        else:
+            columns = (columns + part).astype(F32)
     k, s, o = kernel[-1], strides[-1], out[-1]
     total = None
     for j in range(k):

@@ -34,7 +34,11 @@ nearest even).
   QLinearGlobalAveragePool.
 * **MatMulIntegerToFloat / DynamicQuantizeMatMul** ``y = float(acc) ⊗ (s_a ⊗ s_b) [⊕ bias]``.
 * **MatMulNBits** (float compute, accuracy_level 0-3) dequantized weights
-  ``w = s ⊗ float(q - z)`` through MLAS's float kernels (:func:`matmul_nbits`).
+  ``w = s ⊗ float(q - z)`` through MLAS's float kernels (:func:`matmul_nbits`); int8 compute
+  (accuracy_level 4, 8-bit weights): A quantized per block of 32, ``q_a = rne(a ⊗ (127 ⊘
+  amax))``, exact int32 group dot products chained as ``fma(float(d), s_a ⊗ s_b, acc)`` in
+  MLAS's lanes, ``⊕ bias``, then ``⊕`` the zero-point term ``Σ (s_a ⊗ Σq_a)·(-(s_b ⊗ z_b))``
+  (:mod:`qsim.kernels.nbits_int8`).
 
 Integer products are exact here; ONNX Runtime's uint8 × int8 kernel on AVX2 CPUs without VNNI
 saturates pairs of products (see :mod:`qsim.ops.quantized`).
@@ -47,7 +51,8 @@ import numpy as np
 
 from ..errors import OpError
 from ..kernels import gemm as gemm_exact
-from ..kernels import mlas_math
+from ..kernels import mlas_math, nbits_int8
+from ..kernels.family import nbits_int8 as nbits_int8_family
 from ..kernels.gemm import fma_np
 from .nn import _pool_geometry
 from .quantized import _EIGHT_BIT, _RANGES, _exact_matmul, _float32, _int_range, _requantize, \
@@ -689,7 +694,7 @@ def _nbits_zero_points(op: str, zp, bits: int, n: int, blocks: int) -> np.ndarra
 
 @register("MatMulNBits")
 def matmul_nbits(a, b, scales, zero_points=None, g_idx=None, bias=None, *, K=None, N=None,
-                 accuracy_level=0, bits=4, block_size=None):
+                 accuracy_level=0, bits=4, block_size=None, fp32_kernels="auto"):
     """``Y = A @ W^T [+ bias]`` with blockwise-quantized ``W[n, k] = s[n, k // block] ⊗
     float(q[n, k] - z[n, k // block])`` (float32 A), as ONNX Runtime's CPU kernel computes it
     with ``accuracy_level`` 0-3 (float compute, ``CompFp32``):
@@ -699,8 +704,13 @@ def matmul_nbits(a, b, scales, zero_points=None, g_idx=None, bias=None, *, K=Non
     * 4-bit, more than one row: MLAS's float kernel over 32-column slices of the dequantized W,
       one fused multiply-add chain over the whole of K per output from 0, then ``⊕ bias``.
 
-    Not reproduced (OpError): accuracy_level 4 (``CompInt8``: A quantized to int8 per block,
-    family-dependent kernels; the level ONNX Runtime's DQ→MatMulNBits fusion uses by default),
+    and with ``accuracy_level=4`` (``CompInt8``, the level ONNX Runtime's DQ → MatMulNBits fusion
+    asks for), 8-bit weights in blocks of 32: A quantized to int8 per row and block, exact int32
+    block dot products, float accumulation in MLAS's lane order, zero points through block sums
+    (:mod:`qsim.kernels.nbits_int8`; kernel family from ``fp32_kernels``).
+
+    Not reproduced (OpError): accuracy_level 4 with 4-bit weights, other block sizes or a kernel
+    family whose CompInt8 kernels qsim does not know (:func:`qsim.kernels.family.nbits_int8`),
     4-bit with a single row of A (MLAS's GEMV kernel), 2-bit, ``g_idx`` and float zero points.
 
     >>> matmul_nbits(np.ones((2, 16), np.float32), np.full((1, 1, 8), 0x21, np.uint8),
@@ -716,9 +726,10 @@ def matmul_nbits(a, b, scales, zero_points=None, g_idx=None, bias=None, *, K=Non
         raise OpError(f"{op}: attribute bits={bits}; qsim reproduces 4 and 8")
     if blk < 16 or blk & (blk - 1):
         raise OpError(f"{op}: attribute block_size={blk} must be a power of 2 >= 16")
-    if int(accuracy_level) == 4:
-        raise OpError(f"{op}: accuracy_level=4 (int8 compute) is not reproduced bit for bit; "
-                      f"qsim computes accuracy_level 0-3 (float compute)")
+    int8_compute = int(accuracy_level) == 4
+    if int8_compute and (bits != 8 or blk != nbits_int8.BLOCK):
+        raise OpError(f"{op}: accuracy_level=4 (int8 compute) is reproduced for bits=8 and "
+                      f"block_size={nbits_int8.BLOCK}, not bits={bits}, block_size={blk}")
     if not 0 <= int(accuracy_level) <= 4:
         raise OpError(f"{op}: attribute accuracy_level={accuracy_level} must be in 0..4")
     if g_idx is not None:
@@ -733,13 +744,22 @@ def matmul_nbits(a, b, scales, zero_points=None, g_idx=None, bias=None, *, K=Non
                       f"[{n * blocks}] (N × ⌈K/block_size⌉)")
     q = _unpack_nbits(op, np.asarray(b), bits, n, k, blk)
     z = _nbits_zero_points(op, zero_points, bits, n, blocks)
-    w = (np.repeat(s.reshape(n, blocks), blk, axis=1)[:, :k]
-         * (q - np.repeat(z, blk, axis=1)[:, :k]).astype(F32)).astype(F32)      # [N, K]
     if bias is not None:
         bias = np.asarray(bias)
         if bias.dtype != np.float32 or bias.shape != (n,):
             raise OpError(f"{op}: bias has {bias.dtype}{list(bias.shape)}, expected "
                           f"float32[{n}]")
+    if int8_compute:
+        try:
+            family = nbits_int8_family(fp32_kernels)
+        except ValueError as e:
+            raise OpError(f"{op}: accuracy_level=4: {e}") from None
+        a2 = np.ascontiguousarray(a.reshape(-1, k))
+        y = nbits_int8.matmul(a2, np.asarray(b).reshape(n, blocks, blk), s.reshape(n, blocks),
+                              z, bias, family)
+        return y.reshape(a.shape[:-1] + (n,))
+    w = (np.repeat(s.reshape(n, blocks), blk, axis=1)[:, :k]
+         * (q - np.repeat(z, blk, axis=1)[:, :k]).astype(F32)).astype(F32)      # [N, K]
     a2 = np.ascontiguousarray(a.reshape(-1, k))
     m = a2.shape[0]
     if bits == 8:

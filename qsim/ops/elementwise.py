@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import OpError
 from ..jit import USE_NUMBA, kernel
 from ..kernels import eigen_math
+from ..kernels import eigen_minmax
 from ..kernels import libm
 from ..kernels import mlas_math as math_exact
 from .registry import register
@@ -469,8 +470,10 @@ _CLIP6_LIMIT = float(np.finfo(np.float32).max)
 @register("Clip")
 def clip(x, min_input=None, max_input=None, *, min=None, max=None,  # noqa: A002 - ONNX names
          opset=17):
-    """Y = min(max(X, min), max); an absent bound does not clip. When min > max, every value
-    becomes max (ONNX). min and max are scalar inputs from opset 11; before, float attributes
+    """Y = min(max(X, min), max); an absent bound is the type's lowest / largest finite value
+    (±inf become ±FLT_MAX, as in ONNX Runtime). When min > max, every value becomes max (ONNX). As ONNX Runtime's Eigen ``cwiseMax(min).cwiseMin(max)``: a bound
+    replaces X only when it compares beyond it, so -0 stays -0 against a bound of +0, a NaN X
+    stays NaN and a NaN bound clips nothing. min and max are scalar inputs from opset 11; before, float attributes
     whose defaults are -FLT_MAX and FLT_MAX (so +-inf become +-FLT_MAX, as in ONNX Runtime).
 
     >>> clip(np.array([-2.0, 0.5, 9.0], np.float32), np.float32(0), np.float32(6)).tolist()
@@ -482,14 +485,16 @@ def clip(x, min_input=None, max_input=None, *, min=None, max=None,  # noqa: A002
             raise OpError("Clip: bounds given both as inputs and as attributes, expected one")
         min_input = np.asarray(-_CLIP6_LIMIT if min is None else min, x.dtype)
         max_input = np.asarray(_CLIP6_LIMIT if max is None else max, x.dtype)
+    limits = np.finfo(x.dtype) if x.dtype.kind == "f" else np.iinfo(x.dtype)
     y = x
-    for name, bound, fn in (("min", min_input, np.maximum), ("max", max_input, np.minimum)):
-        if bound is None:
-            continue
+    for name, bound, beyond in (("min", min_input, np.greater), ("max", max_input, np.less)):
+        if bound is None:      # ORT clips to the type's lowest / largest finite value
+            bound = limits.min if name == "min" else limits.max
         bound = np.asarray(bound)
         if bound.size != 1:
             raise OpError(f"Clip: input '{name}' has shape {bound.shape}, expected a scalar")
-        y = fn(y, bound.reshape(()).astype(x.dtype))
+        bound = bound.reshape(()).astype(x.dtype)
+        y = np.where(beyond(bound, y), bound, y)
     return _out(y, x.dtype)
 
 
@@ -544,7 +549,8 @@ def softsign(x):
     x = _float_input("Softsign", x)
     one = x.dtype.type(1)
     with np.errstate(invalid="ignore"):  # inf · 0 is NaN, as in ONNX Runtime
-        return _out(x * (one / (one + np.abs(x))), x.dtype)
+        y = (one / (one + np.abs(x))) * x
+    return _out(np.where(np.isnan(x), np.abs(x), y), x.dtype)   # ORT's NaN: the reciprocal's
 
 
 @register("Elu")
@@ -599,13 +605,31 @@ def gelu(x, *, approximate="none"):
 
 @register("Where")
 def where(condition, x, y):
-    """Out = X where condition else Y (all three broadcast together)."""
+    """Out = X where condition else Y (all three broadcast together).
+
+    Floats as ONNX Runtime computes it: two selections ``Xs = c ? X : +0`` (shape of c and X)
+    and ``Ys = c ? +0 : Y`` (shape of c and Y), then merged over their broadcast with
+    ``Xs != 0 ? Xs : Ys``, or ``Ys != 0 ? Ys : Xs`` when ORT's broadcaster repeats ``Ys`` along
+    its span (:func:`qsim.kernels.eigen_minmax.span_and_functor`): so a selected ±0 may come out
+    +0 (NaN counts as non-zero).
+
+    >>> where(np.array([True, False]), np.float32([-0.0, 1]), np.float32([5, -0.0])).tolist()
+    [0.0, -0.0]
+    """
     condition = np.asarray(condition)
     if condition.dtype != np.bool_:
         raise OpError(f"Where: condition has dtype {condition.dtype}, expected bool")
     dtype = _same_dtype("Where", x, y)
     _broadcast("Where", condition, x, y)
-    return _out(np.where(condition, x, y), dtype)
+    if dtype.kind != "f":
+        return _out(np.where(condition, x, y), dtype)
+    zero = dtype.type(0)
+    xs = np.where(condition, x, zero)
+    ys = np.where(condition, zero, y)
+    _, functor = eigen_minmax.span_and_functor(xs.shape, ys.shape)
+    if functor == eigen_minmax.INPUT1_SCALAR:
+        return _out(np.where(ys != 0, ys, xs), dtype)
+    return _out(np.where(xs != 0, xs, ys), dtype)
 
 
 def _compare(op: str, fn, a, b) -> np.ndarray:
@@ -666,16 +690,26 @@ def _variadic(op: str, fn, inputs) -> np.ndarray:
     return _out(result, dtype)
 
 
+def _max_min(op: str, inputs, maximum: bool) -> np.ndarray:
+    if len(inputs) < 2 or np.asarray(inputs[0]).dtype.kind != "f":
+        return _variadic(op, np.maximum if maximum else np.minimum, inputs)
+    dtype = _same_dtype(op, *inputs)
+    _broadcast(op, *inputs)
+    return _out(eigen_minmax.max_min(inputs, maximum), dtype)
+
+
 @register("Max")
 def max_(*inputs):
-    """Elementwise maximum of all inputs (broadcasting); NaN propagates."""
-    return _variadic("Max", np.maximum, inputs)
+    """Elementwise maximum of all inputs (broadcasting), folded left to right as ONNX Runtime
+    does; NaN propagates, and a NaN or a tie of +0 and -0 returns the operand ORT's Eigen
+    expression returns (:mod:`qsim.kernels.eigen_minmax`)."""
+    return _max_min("Max", inputs, True)
 
 
 @register("Min")
 def min_(*inputs):
-    """Elementwise minimum of all inputs (broadcasting); NaN propagates."""
-    return _variadic("Min", np.minimum, inputs)
+    """Elementwise minimum of all inputs, as :func:`max_` (NaN and ±0 as ONNX Runtime)."""
+    return _max_min("Min", inputs, False)
 
 
 @register("Sum")

@@ -1,5 +1,6 @@
 """Index-driven data movement (ONNX opsets 11-26): block rearrangements, TopK, Trilu, the
-Gather/Scatter ND and element forms, OneHot, NonZero, CumProd and Einsum.
+Gather/Scatter ND and element forms, OneHot, NonZero, CumProd, Einsum, Compress,
+ReverseSequence, EyeLike, Unique and MaxUnpool.
 
 Calling convention as in :mod:`qsim.ops.registry`. Everything here only moves or selects values
 (exact in every dtype), except CumProd (products in order, as ONNX Runtime) and Einsum
@@ -225,3 +226,153 @@ def einsum(*inputs, equation=None):
         raise OpError(f"Einsum: equation {equation!r} does not fit the inputs "
                       f"{[list(np.shape(a)) for a in inputs]}: {exc}") from None
     return np.asarray(y, dtype=np.result_type(*inputs))
+
+
+@register("Compress")
+def compress(x, condition, *, axis=None):
+    """The slices of X (along ``axis``; of X flattened without it) whose ``condition`` is true;
+    a condition shorter than the axis leaves the remaining slices out."""
+    x, condition = np.asarray(x), np.asarray(condition)
+    if condition.dtype != np.bool_ or condition.ndim != 1:
+        raise OpError(f"Compress: condition has type {condition.dtype} and shape "
+                      f"{list(condition.shape)}; expected a 1-D bool tensor")
+    if axis is None:
+        x, ax = x.reshape(-1), 0
+    else:
+        ax = _axis("Compress", "axis", axis, x.ndim)
+    if condition.size > x.shape[ax]:
+        raise OpError(f"Compress: condition has {condition.size} values, more than the "
+                      f"{x.shape[ax]} slices of X along axis {ax}")
+    return np.ascontiguousarray(np.compress(condition, x, axis=ax))
+
+
+@register("ReverseSequence")
+def reverse_sequence(x, sequence_lens, *, batch_axis=1, time_axis=0):
+    """Y = X with, for every batch entry b, its first ``sequence_lens[b]`` steps along
+    ``time_axis`` in reverse order (the rest copied)."""
+    x, lens = np.asarray(x), np.asarray(sequence_lens)
+    if x.ndim < 2:
+        raise OpError(f"ReverseSequence: input has shape {list(x.shape)}, expected rank >= 2")
+    if {int(batch_axis), int(time_axis)} != {0, 1}:
+        raise OpError(f"ReverseSequence: batch_axis={batch_axis}, time_axis={time_axis}; ONNX "
+                      f"allows only 0 and 1, one each")
+    b_ax, t_ax = int(batch_axis), int(time_axis)
+    steps = x.shape[t_ax]
+    if lens.dtype != np.int64 or lens.shape != (x.shape[b_ax],):
+        raise OpError(f"ReverseSequence: sequence_lens has {lens.dtype}{list(lens.shape)}, "
+                      f"expected int64[{x.shape[b_ax]}] (the batch size)")
+    if np.any((lens < 0) | (lens > steps)):
+        raise OpError(f"ReverseSequence: sequence_lens {lens.tolist()} must lie in [0, {steps}] "
+                      f"(the length of time axis {t_ax})")
+    t = np.arange(steps)[None, :]
+    source = np.where(t < lens[:, None], lens[:, None] - 1 - t, t)      # [batch, time]
+    if b_ax == 1:
+        source = source.T                                               # [time, batch]
+    source = source.reshape(source.shape + (1,) * (x.ndim - 2))
+    return np.take_along_axis(x, np.broadcast_to(source, x.shape), axis=t_ax)
+
+
+@register("EyeLike")
+def eye_like(x, *, dtype=None, k=0):
+    """A 2-D tensor of X's shape with ones on the diagonal ``k`` (above the main one for
+    ``k > 0``) and zeros elsewhere, of type ``dtype`` (an ONNX type code; default X's type)."""
+    from .elementwise import ONNX_DTYPES
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise OpError(f"EyeLike: input has shape {list(x.shape)}, expected rank 2")
+    if dtype is None:
+        out = x.dtype
+    elif dtype in ONNX_DTYPES:
+        out = ONNX_DTYPES[dtype]
+    else:
+        raise OpError(f"EyeLike: attribute dtype={dtype!r} is not a supported type code")
+    return np.eye(x.shape[0], x.shape[1], int(k), dtype=out)
+
+
+@register("Unique")
+def unique(x, *, axis=None, sorted=1, noutputs=4):  # noqa: A002 - ONNX attribute name
+    """(Y, indices, inverse_indices, counts): the distinct values of X flattened (or its distinct
+    slices along ``axis``), in ascending order (``sorted=1``; slices compared element by element
+    in memory order) or in order of first occurrence, with the index of each one's first
+    occurrence, the index in Y of every element (slice) of X, and how often each occurs.
+
+    As ONNX Runtime's ordered map: ``-0.0`` and ``0.0`` are one value, written as the sign that
+    occurs first. NaN is refused (ONNX Runtime's result then depends on its tree's shape)."""
+    x = np.asarray(x)
+    if x.dtype.kind == "f" and np.isnan(x).any():
+        raise OpError("Unique: input holds NaN; ONNX Runtime's ordered map gives NaN no defined "
+                      "place, so qsim does not guess one")
+    if axis is None:
+        items, keep_shape, ax = [v for v in x.reshape(-1).tolist()], None, 0
+    else:
+        ax = _axis("Unique", "axis", axis, x.ndim)
+        moved = np.moveaxis(x, ax, 0)
+        items, keep_shape = [tuple(s.reshape(-1).tolist()) for s in moved], moved.shape[1:]
+    first: dict = {}                                  # key (first spelling) -> unsorted index
+    keys, indices, counts, inverse = [], [], [], []
+    for i, key in enumerate(items):
+        slot = first.get(key)
+        if slot is None:
+            slot = first[key] = len(keys)
+            keys.append(key)
+            indices.append(i)
+            counts.append(0)
+        counts[slot] += 1
+        inverse.append(slot)
+    order = sorted_order(keys) if sorted else list(range(len(keys)))
+    rank = np.empty(len(keys), np.int64)
+    rank[order] = np.arange(len(keys))
+    if axis is None:
+        y = np.array([keys[j] for j in order], dtype=x.dtype)
+    else:
+        y = np.array([keys[j] for j in order], dtype=x.dtype).reshape((len(keys),) + keep_shape)
+        y = np.ascontiguousarray(np.moveaxis(y, 0, ax))
+    outs = (y, np.array([indices[j] for j in order], np.int64), rank[np.array(inverse, np.int64)],
+            np.array([counts[j] for j in order], np.int64))
+    return outs if noutputs > 1 else outs[0]
+
+
+def sorted_order(keys: list) -> list:
+    """Indices of ``keys`` in ascending order (values, or tuples compared lexicographically)."""
+    return [i for _, i in sorted((k, i) for i, k in enumerate(keys))]
+
+
+@register("MaxUnpool")
+def max_unpool(x, indices, output_shape=None, *, kernel_shape=None, pads=None, strides=None):
+    """Y = zeros with ``Y.flat[indices[i]] = X.flat[i]`` for every element in order (a repeated
+    index keeps the last one), Y's spatial size ``(in - 1)·stride - pad_begin - pad_end + kernel``
+    per axis, or ``output_shape`` when given (at least as many elements)."""
+    x, indices = np.asarray(x), np.asarray(indices)
+    if x.dtype != np.float32 or x.ndim < 3:
+        raise OpError(f"MaxUnpool: X has {x.dtype}{list(x.shape)}, expected float32 of rank >= 3")
+    if indices.dtype != np.int64 or indices.shape != x.shape:
+        raise OpError(f"MaxUnpool: indices have {indices.dtype}{list(indices.shape)}, expected "
+                      f"int64 of X's shape {list(x.shape)}")
+    n = x.ndim - 2
+    kernel = _ints("MaxUnpool", "kernel_shape", kernel_shape) if kernel_shape is not None else []
+    if len(kernel) != n:
+        raise OpError(f"MaxUnpool: attribute kernel_shape={kernel_shape} must give {n} sizes")
+    step = _ints("MaxUnpool", "strides", strides) if strides is not None else [1] * n
+    pad = _ints("MaxUnpool", "pads", pads) if pads is not None else [0] * (2 * n)
+    if len(step) != n or len(pad) != 2 * n:
+        raise OpError(f"MaxUnpool: strides={step} / pads={pad} must give {n} / {2 * n} values")
+    shape = list(x.shape[:2]) + [(x.shape[2 + i] - 1) * step[i] - (pad[i] + pad[n + i])
+                                 + kernel[i] for i in range(n)]
+    if min(shape[2:]) < 1:
+        raise OpError(f"MaxUnpool: output spatial shape {shape[2:]} is not positive; check "
+                      f"kernel_shape, strides and pads")
+    if output_shape is not None:
+        given = _ints("MaxUnpool", "output_shape", output_shape)
+        if len(given) != x.ndim or int(np.prod(given)) < int(np.prod(shape)):
+            raise OpError(f"MaxUnpool: output_shape {given} must have rank {x.ndim} and at least "
+                          f"the {int(np.prod(shape))} elements of the inferred shape {shape}")
+        shape = given
+    flat = indices.reshape(-1)
+    size = int(np.prod(shape))
+    if flat.size and (flat.min() < 0 or flat.max() >= size):
+        raise OpError(f"MaxUnpool: an index lies outside [0, {size}) (the output's "
+                      f"{size} elements)")
+    y = np.zeros(size, np.float32)
+    where, last_in_reverse = np.unique(flat[::-1], return_index=True)
+    y[where] = x.reshape(-1)[flat.size - 1 - last_in_reverse]
+    return y.reshape(shape)

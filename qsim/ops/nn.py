@@ -732,6 +732,9 @@ def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
         vector = (not ort_loop
                   and math_exact.mlas_pool_is_vector(kernel, strides, spatial[-1],
                                                      begins[-1] + ends[-1]))
+        if vector and len(kernel) == 2:    # MLAS's column sums skip the padding rows
+            xp = _pad(_pad(x, [0, begins[1]], [0, ends[1] + extra[1]], 0.0),
+                      [begins[0], 0], [ends[0] + extra[0], 0], -0.0)
         total = math_exact.pool_window_sums(xp, kernel, strides, out, vector=vector)
     else:
         total = _separable_pool(xp, kernel, strides, dilations, out, np.add)
@@ -915,15 +918,36 @@ def instance_normalization(x, scale, b, *, epsilon=1e-5):
     return y.astype(x.dtype)
 
 
+def _welford64(x2d, scale, bias, epsilon):
+    """LayerNormalization rows in double as ONNX Runtime's double kernel: for k = 1..n
+    ``d = x - m; m += d / k; m2 += (x - m) · d``; ``r = sqrt(m2 / n + double(eps))``;
+    ``y = (x - m) / r · scale [+ bias]``. Returns ``(y, float32(m), float32(1 / r))``."""
+    rows, n = x2d.shape
+    mean = np.zeros(rows)
+    m2 = np.zeros(rows)
+    for k in range(n):
+        d = x2d[:, k] - mean
+        mean = mean + d / (k + 1)
+        m2 = m2 + (x2d[:, k] - mean) * d
+    std = np.sqrt(m2 / n + float(np.float32(epsilon)))
+    y = (x2d - mean[:, None]) / std[:, None] * np.asarray(scale, np.float64).ravel()
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64).ravel()
+    return y, mean.astype(np.float32), (1.0 / std).astype(np.float32)
+
+
 @register("LayerNormalization")
 def layer_normalization(x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_type=1, noutputs=1):
     """Normalize over the axes ``axis..rank-1``:
     ``Y = (X - μ) · r · Scale + B`` with ``μ = mean``, ``r = 1 / sqrt(mean((X - μ)²) + epsilon)``.
 
     ``Scale`` and ``B`` broadcast to the normalized shape. Optional outputs ``Mean`` (μ) and
-    ``InvStdDev`` (r), shaped like X with the normalized axes kept as size 1. float32: computed
-    as ONNX Runtime does (:func:`qsim.kernels.mlas_math.layer_norm_rows`); otherwise statistics in
-    float64, results in X's dtype (stash_type=1: float32 statistics outputs)."""
+    ``InvStdDev`` (r), shaped like X with the normalized axes kept as size 1. float32 with
+    Scale and B of the normalized size: computed as ONNX Runtime does
+    (:func:`qsim.kernels.mlas_math.layer_norm_rows`); a Scale or B that only broadcasts:
+    ONNX Runtime's generic double path (:func:`qsim.ops.ort_fused.generic_norm`); float64: its
+    double kernel (:func:`_welford64`); otherwise
+    statistics in float64, results in X's dtype (stash_type=1: float32 statistics outputs)."""
     rank = x.ndim
     if not -rank <= axis < rank:
         raise OpError(f"attribute axis={axis} is out of range for X of rank {rank} "
@@ -937,8 +961,23 @@ def layer_normalization(x, scale, b=None, *, axis=-1, epsilon=1e-5, stash_type=1
             raise OpError(f"input {name} has shape {list(v.shape)}, which does not broadcast "
                           f"to the normalized shape {list(normalized_shape)}")
     axes = tuple(range(axis, rank))
+    n = math.prod(normalized_shape)
+    full = np.size(scale) == n and (b is None or np.size(b) == n)
+    if x.dtype in (np.float32, np.float64) and not full:
+        # ONNX Runtime's generic path (a Scale or B that only broadcasts)
+        from .ort_fused import generic_norm
+        stats_shape = x.shape[:axis] + (1,) * (rank - axis)
+        y, mean, inv_std = generic_norm(x, scale, b, axis, epsilon, simplified=False)
+        outputs = (y, mean.reshape(stats_shape), inv_std.reshape(stats_shape))
+        return outputs[0] if noutputs == 1 else outputs[:noutputs]
+    if x.dtype == np.float64 and x.size:   # ONNX Runtime's double kernel: Welford in double
+        stats_shape = x.shape[:axis] + (1,) * (rank - axis)
+        y, mean, inv_std = _welford64(x.reshape(-1, n), np.broadcast_to(scale, normalized_shape),
+                                      None if b is None else np.broadcast_to(b, normalized_shape),
+                                      epsilon)
+        outputs = (y.reshape(x.shape), mean.reshape(stats_shape), inv_std.reshape(stats_shape))
+        return outputs[0] if noutputs == 1 else outputs[:noutputs]
     if x.dtype == np.float32 and x.size:  # ONNX Runtime's kernel (MLAS AVX2 / Welford), bit for bit
-        n = math.prod(normalized_shape)
         stats_shape = x.shape[:axis] + (1,) * (rank - axis)
         y, mean, inv_std = math_exact.layer_norm_rows(
             x.reshape(-1, n), np.broadcast_to(scale, normalized_shape),

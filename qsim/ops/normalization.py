@@ -3,8 +3,8 @@ LpNormalization, MeanVarianceNormalization.
 
 GroupNormalization is ONNX's function body made of qsim's exact ops (as ONNX Runtime runs it:
 bit for bit); LpNormalization and MeanVarianceNormalization follow ORT's kernels bit for bit.
-LRN follows ORT's running channel sums; its power is bit for bit for beta = 1, 2, 3 and rounded
-from float64 otherwise (see :func:`lrn`)."""
+LRN follows ORT's running channel sums and its power (Eigen's packet pow, C powf outside the
+packets) bit for bit (see :func:`lrn`)."""
 from __future__ import annotations
 
 import math
@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import OpError
 from .registry import register
+from ..kernels import eigen_math
 from ..kernels import libm
 from ..kernels import mlas_math as math_exact
 from .elementwise import add, div, mul, sqrt, sub
@@ -29,12 +30,9 @@ def lrn(x, *, alpha=1e-4, beta=0.75, bias=1.0, size=None):
     over the zero-padded squares (``a = float32(alpha / size)``). ORT then computes
     ``X · scale.pow(-beta)`` as an Eigen array expression cut into ORT's parallel blocks
     (cost 320 per element, the session's threads): elements outside the aligned packets of 4
-    of a block (:func:`qsim.kernels.mlas_math.eigen_scalar_positions`) take C ``powf`` (bit for
-    bit here); in packets, an integer exponent in [-3, 7] is repeated multiplication of
-    ``r = 1/scale`` (beta 1: ``r``, 2: ``r·r``, 3: ``(r·r)·r``; bit for bit here), any other
-    Eigen's ``generic_pow`` (double-word log2/exp2 polynomials), which qsim approximates by
-    ``scale ** -beta`` rounded from float64: for beta = 0.75 about a quarter of the packet
-    elements differ from ORT by 1 ulp."""
+    of a block (:func:`qsim.kernels.mlas_math.eigen_scalar_positions`) take C ``powf``, those in
+    packets Eigen's packet pow (:func:`qsim.kernels.eigen_math.ppow`: repeated multiplication
+    for an integer exponent in [-3, 7], else its double-word log2/exp2), both bit for bit."""
     if x.ndim < 3:
         raise OpError(f"input X has shape {list(x.shape)}; expected rank >= 3 (N, C, ...)")
     if size is None or int(size) < 1:
@@ -44,28 +42,29 @@ def lrn(x, *, alpha=1e-4, beta=0.75, bias=1.0, size=None):
     n, c = x.shape[:2]
     a = t(t(alpha) / t(size))
     squares = np.zeros((n, c + size - 1) + x.shape[2:], x.dtype)
-    squares[:, (size - 1) // 2:(size - 1) // 2 + c] = x * x
     scale = np.empty_like(x)
     running = np.full((n,) + x.shape[2:], t(bias), x.dtype)
-    for k in range(size):
-        running = running + a * squares[:, k]
-    scale[:, 0] = running
-    for ch in range(1, c):
-        running = running + a * squares[:, ch + size - 1]
-        running = running + (-a) * squares[:, ch - 1]
-        scale[:, ch] = running
+    with np.errstate(over="ignore", invalid="ignore"):      # inf/NaN inputs: IEEE results
+        squares[:, (size - 1) // 2:(size - 1) // 2 + c] = x * x
+        for k in range(size):
+            running = running + a * squares[:, k]
+        scale[:, 0] = running
+        for ch in range(1, c):
+            running = running + a * squares[:, ch + size - 1]
+            running = running + (-a) * squares[:, ch - 1]
+            scale[:, ch] = running
     b = float(np.float32(beta))
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        if x.dtype == np.float32 and b in (1.0, 2.0, 3.0):
-            r = (t(1) / scale).astype(x.dtype)
-            power = r if b == 1 else (r * r if b == 2 else (r * r) * r)
-        else:
+    if x.dtype == np.float32:
+        power = eigen_math.ppow(scale, -b)
+    else:
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             power = np.power(scale.astype(np.float64), -b).astype(x.dtype)
     if x.dtype == np.float32:
         flat = power.reshape(-1)
         scalar = math_exact.eigen_scalar_positions(flat.size, _LRN_COST, math_exact.DEFAULT_THREADS)
         flat[scalar] = libm.c_pow(scale.reshape(-1)[scalar], np.full(int(scalar.sum()), t(-b)))
-    return x * power
+    with np.errstate(invalid="ignore", over="ignore"):
+        return x * power
 
 
 #: Eigen TensorOpCost of ORT's LRN power per element (4 bytes in, 4 out, 320 cycles; the

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import functools
 import os
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -257,20 +259,36 @@ def _nb_fix_bins(mn, mx):
 
 #: elements per block of the two-phase binning loop (indices first, then counts)
 _BLOCK = 1024
-#: with ``threads`` unset, a batch of at least this many elements per channel is binned on all
-#: cores (below it, handing chunks to threads costs more than it saves)
-PARALLEL_MIN_ELEMENTS = 1 << 18
+#: sub-histograms: consecutive elements are counted in different copies, so a run of equal
+#: bins (the zeros after a Relu) does not make every increment wait for the previous one's
+#: store to the same counter (Relu-shaped data at 1M elements: 1.0 ms -> 0.43 ms)
+_COPIES = 4
+#: the uint32 sub-histograms are added into the int64 counts once this many elements were
+#: counted since the last time (fewer than 2^31 elements between two additions: no overflow)
+_FLUSH = 1 << 30
+#: with ``threads`` unset, a batch of at least this many elements per channel is binned on the
+#: cores no other task is running on (:func:`default_threads`). Measured on the 2-core VM
+#: (benchmarks/README.md): with the second core idle, two threads lost at 2^18 elements, tied
+#: at 2^19 and saved a quarter at 2^20; when other jobs keep the cores busy they lose at every
+#: size
+PARALLEL_MIN_ELEMENTS = 1 << 20
+#: the threaded histogram cuts the channels into about 4 pieces per thread, of at least this
+#: many elements (a piece costs about 2 µs to hand out and count, 2^16 elements about 25 µs)
+_PIECE = 1 << 16
 
 
 @kernel
-def _nb_bin_row(row, r, k0f, counts, buf):
-    """Count the contiguous float32 ``row`` into ``counts`` (NUM_BINS + 1 slots).
+def _nb_bin_row(row, r, k0f, sub, buf):
+    """Count the contiguous float32 ``row`` into the sub-histograms ``sub`` (uint32,
+    (_COPIES, NUM_BINS + 1)); the counts of the row are ``sub.sum(axis=0)``.
 
     ``s = f32(v·r)``, ``idx = f32(floor(s) - f32(k0))``; elements with ``|s| ≥ 2^31``, NaN, or
-    ``idx`` outside ``[0, 1536)`` go to the extra slot ``counts[1536]`` (dropped). Per block of
+    ``idx`` outside ``[0, 1536)`` go to the extra slot ``1536`` (dropped). Per block of
     ``_BLOCK`` elements the int32 indices are computed first into ``buf`` (a loop the compiler
     vectorises: the row is read with unsigned indices, so no negative-index wrap-around turns
-    the loads into gathers) and counted afterwards (one increment per element, unsigned index).
+    the loads into gathers) and counted afterwards, elements ``4i .. 4i+3`` of a block into
+    copies ``0 .. 3`` (the last ``m mod 4`` into copy 0; the loop is written out for
+    ``_COPIES = 4``): one increment per element, unsigned index.
 
     Returns ``(#NaN, any ±Inf, any finite)``. A kept element is finite (``s`` finite and
     ``r > 0``), so only a block that dropped something is read again to classify its drops.
@@ -288,10 +306,17 @@ def _nb_bin_row(row, r, k0f, counts, buf):
             idx = np.floor(s) - k0f
             ok = (np.abs(s) < limit) & (idx >= np.float32(0.0)) & (idx < top)
             buf[j] = np.int32(idx if ok else top)
-        dropped_before = counts[NUM_BINS]
-        for j in range(m):
-            counts[np.uintp(buf[j])] += 1
-        if counts[NUM_BINS] == dropped_before:
+        dropped_before = sub[0, NUM_BINS] + sub[1, NUM_BINS] + sub[2, NUM_BINS] + sub[3, NUM_BINS]
+        m4 = m - m % 4
+        for j in range(0, m4, 4):
+            sub[0, np.uintp(buf[j])] += 1
+            sub[1, np.uintp(buf[j + 1])] += 1
+            sub[2, np.uintp(buf[j + 2])] += 1
+            sub[3, np.uintp(buf[j + 3])] += 1
+        for j in range(m4, m):
+            sub[0, np.uintp(buf[j])] += 1
+        dropped = sub[0, NUM_BINS] + sub[1, NUM_BINS] + sub[2, NUM_BINS] + sub[3, NUM_BINS]
+        if dropped == dropped_before:
             finite_seen = True
             continue
         for j in range(m):
@@ -306,11 +331,25 @@ def _nb_bin_row(row, r, k0f, counts, buf):
 
 
 @kernel
+def _nb_add_sub(sub, counts):
+    """``counts += sub.sum(axis=0)`` (int64), then ``sub = 0``."""
+    for b in range(NUM_BINS + 1):
+        total = np.int64(0)
+        for q in range(_COPIES):
+            total += np.int64(sub[q, b])
+            sub[q, b] = 0
+        counts[b] += total
+
+
+@kernel
 def _nb_count_channel(x3, c, start, stop, r, k0f, counts):
     """:func:`_nb_bin_row` over the elements ``start..stop`` of channel ``c`` of ``x3``, numbered
-    ``p = o·inner + i`` (a chunk for one thread may begin and end inside a row)."""
+    ``p = o·inner + i`` (a chunk for one thread may begin and end inside a row), added into the
+    int64 ``counts`` (NUM_BINS + 1 slots)."""
     n_inner = x3.shape[2]
     buf = np.empty(_BLOCK, np.int32)
+    sub = np.zeros((_COPIES, NUM_BINS + 1), np.uint32)
+    since_flush = 0
     nans = 0
     inf_seen = False
     finite_seen = False
@@ -318,42 +357,51 @@ def _nb_count_channel(x3, c, start, stop, r, k0f, counts):
     while p < stop:
         o = p // n_inner
         i0 = p - o * n_inner
-        i1 = min(n_inner, i0 + (stop - p))
-        a, b, f = _nb_bin_row(x3[o, c, i0:i1], r, k0f, counts, buf)
+        i1 = min(n_inner, i0 + (stop - p), i0 + _FLUSH)
+        a, b, f = _nb_bin_row(x3[o, c, i0:i1], r, k0f, sub, buf)
         nans += a
         inf_seen |= b
         finite_seen |= f
         p += i1 - i0
+        since_flush += i1 - i0
+        if since_flush >= _FLUSH:
+            _nb_add_sub(sub, counts)
+            since_flush = 0
+    _nb_add_sub(sub, counts)
     return nans, inf_seen, finite_seen
 
 
 @kernel
-def _nb_fix_channel(x3, c, fixed, width, k0):
-    """Fix the bins of channel ``c`` from this slice if they are not fixed yet (§4 steps 1–2).
+def _nb_fix_channels(x3, fixed, width, k0, skip):
+    """Fix the bins of every channel that has none from this batch (§4 steps 1–2).
 
-    The slice's NaN-ignoring min/max give ``(width[c], k0[c])`` via :func:`_nb_fix_bins`;
-    returns False (slice to be skipped, bins still open) when both are 0.
+    The slice's NaN-ignoring min/max (:func:`_nb_min_max`, one vectorised pass over the batch,
+    only if some channel has no bins) give ``(width[c], k0[c])`` via :func:`_nb_fix_bins`; when
+    both are 0 the bins stay open and ``skip[c]`` is set (the slice is not counted). Signed
+    zeros: the keys order -0.0 below +0.0 where a float comparison keeps the first seen, which
+    changes no bin (a zero min or max only enters ``mn + mx``, ``c - mn``, ``mx - c`` next to a
+    non-zero value, or both are zero and the slice is skipped).
     """
-    if fixed[c]:
-        return True
-    n_outer, _, n_inner = x3.shape
-    lo = np.float32(np.inf)
-    hi = np.float32(-np.inf)
-    for o in range(n_outer):
-        for i in range(n_inner):
-            v = x3[o, c, i]
-            if v < lo:
-                lo = v
-            if v > hi:
-                hi = v
-    if lo > hi:            # no non-NaN element: min and max are NaN
-        lo = np.float32(np.nan)
-        hi = np.float32(np.nan)
-    if lo == 0.0 and hi == 0.0:
-        return False
-    width[c], k0[c] = _nb_fix_bins(lo, hi)
-    fixed[c] = True
-    return True
+    n_ch = x3.shape[1]
+    skip[:] = False
+    if fixed.all():
+        return
+    mn = np.full(n_ch, np.inf, np.float32)
+    mx = np.full(n_ch, -np.inf, np.float32)
+    _nb_min_max(x3.view(np.int32), mn.view(np.int32), mx.view(np.int32))
+    for c in range(n_ch):
+        if fixed[c]:
+            continue
+        lo = mn[c]
+        hi = mx[c]
+        if lo > hi:            # no non-NaN element: min and max are NaN
+            lo = np.float32(np.nan)
+            hi = np.float32(np.nan)
+        if lo == 0.0 and hi == 0.0:
+            skip[c] = True
+            continue
+        width[c], k0[c] = _nb_fix_bins(lo, hi)
+        fixed[c] = True
 
 
 @kernel
@@ -383,8 +431,10 @@ def _nb_histogram_update(x3, fixed, width, k0, batches, pdf):
     finite_seen = False
     if numel == 0:
         return nans, inf_seen, finite_seen
+    skip = np.zeros(n_ch, np.bool_)
+    _nb_fix_channels(x3, fixed, width, k0, skip)
     for c in range(n_ch):
-        if not _nb_fix_channel(x3, c, fixed, width, k0):
+        if skip[c]:
             finite_seen = True
             continue
         counts[:] = 0
@@ -405,40 +455,109 @@ def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qsim-histogram")
 
 
-def _threaded_histogram_update(x3, fixed, width, k0, batches, pdf, threads):
-    """:func:`_nb_histogram_update` with each channel's elements cut into ``threads`` equal
-    chunks, counted concurrently (the kernels release the GIL) into one histogram each; the
-    integer counts are added afterwards, so the state equals the serial one bit for bit."""
+def _count_pieces(x3, pieces, todo, rows, done, r, k0f) -> int:
+    """Take piece numbers ``k`` from the deque ``todo`` until it is empty and count piece
+    ``pieces[k] = (c, start, stop)`` into ``rows[k]`` (with ``r[c], k0f[c]``), then record its ``(#NaN, any ±Inf, any finite)`` in ``done[k]`` (so
+    ``k in done`` means ``rows[k]`` is complete). Returns how many pieces this thread counted.
+    ``deque.popleft`` is thread-safe: each piece is taken once."""
+    mine = 0
+    while True:
+        try:
+            k = todo.popleft()
+        except IndexError:
+            return mine
+        c, start, stop = pieces[k]
+        done[k] = _nb_count_channel(x3, c, start, stop, r[c], k0f[c], rows[k])
+        mine += 1
+
+
+def _threaded_histogram_update(x3, fixed, width, k0, batches, pdf, threads, piece=_PIECE):
+    """:func:`_nb_histogram_update` on ``threads`` threads (the kernels release the GIL); the
+    state equals the serial one bit for bit, whatever the threads do.
+
+    The channels' elements are cut into pieces (about four per thread, at least ``piece``
+    elements) that the calling thread and ``threads - 1`` workers take in turn until none are
+    left, each counted into its own integer histogram; the counts are added afterwards. On a
+    shared machine a worker may get no core for a while: one that has not started when the
+    calling thread runs out of pieces is cancelled, and a piece a worker holds for longer than
+    the calling thread's CPU time per piece is counted again by the calling thread (the
+    worker's late result is ignored). So the update never waits long on a thread without a
+    core."""
     n_outer, n_ch, n_inner = x3.shape
     numel = n_outer * n_inner
     nans, inf_seen, finite_seen = 0, False, False
     if numel == 0:
         return nans, inf_seen, finite_seen
-    bounds = [numel * t // threads for t in range(threads + 1)]
-    for c in range(n_ch):
-        if not _nb_fix_channel(x3, c, fixed, width, k0):
-            finite_seen = True
-            continue
-        r, k0f = np.float32(1.0 / width[c]), np.float32(k0[c])
-        parts = np.zeros((threads, NUM_BINS + 1), np.int64)
-        pool = _pool(threads - 1, os.getpid()) if threads > 1 else None
-        futures = [pool.submit(_nb_count_channel, x3, c, bounds[t], bounds[t + 1], r, k0f,
-                               parts[t]) for t in range(1, threads)]
-        results = [_nb_count_channel(x3, c, bounds[0], bounds[1], r, k0f, parts[0])]
-        results += [f.result() for f in futures]
-        nans += sum(a for a, _, _ in results)
-        inf_seen |= any(b for _, b, _ in results)
-        finite_seen |= any(f for _, _, f in results)
-        _nb_fold_counts(parts.sum(axis=0), numel, c, batches, pdf)
+    skip = np.zeros(n_ch, np.bool_)
+    _nb_fix_channels(x3, fixed, width, k0, skip)
+    counted = [c for c in range(n_ch) if not skip[c]]
+    finite_seen = len(counted) < n_ch         # an all-zero slice: skipped, not counted
+    r = {c: np.float32(1.0 / width[c]) for c in counted}
+    k0f = {c: np.float32(k0[c]) for c in counted}
+    size = max(piece, -(-numel * len(counted) // (4 * threads)))
+    pieces = [(c, p, min(p + size, numel)) for c in counted for p in range(0, numel, size)]
+    todo = deque(range(len(pieces)))
+    rows = np.zeros((len(pieces), NUM_BINS + 1), np.int64)
+    done = {}
+    pool = _pool(threads - 1, os.getpid()) if threads > 1 else None
+    futures = [pool.submit(_count_pieces, x3, pieces, todo, rows, done, r, k0f)
+               for _ in range(threads - 1)]
+    t0 = time.thread_time()         # CPU time: a piece's cost even if this thread lost its core
+    mine = _count_pieces(x3, pieces, todo, rows, done, r, k0f)
+    running = [f for f in futures if not f.cancel()]
+    if running:
+        wait(running, timeout=(time.thread_time() - t0) / max(mine, 1))
+    counts = np.zeros((n_ch, NUM_BINS + 1), np.int64)
+    for k, (c, start, stop) in enumerate(pieces):
+        flags = done.get(k)
+        if flags is None:           # still held by a worker without a core: count it here
+            flags = _nb_count_channel(x3, c, start, stop, r[c], k0f[c], counts[c])
+        else:
+            counts[c] += rows[k]
+        nans += flags[0]
+        inf_seen |= flags[1]
+        finite_seen |= flags[2]
+    for c in counted:
+        _nb_fold_counts(counts[c], numel, c, batches, pdf)
     return nans, inf_seen, finite_seen
 
 
+@functools.cache
+def _loadavg_fd(pid: int) -> int:
+    """A descriptor of /proc/loadavg, opened once per process (-1 where there is none)."""
+    try:
+        return os.open("/proc/loadavg", os.O_RDONLY)
+    except OSError:
+        return -1
+
+
+def _runnable_tasks() -> int | None:
+    """Tasks running or waiting for a core on the whole machine right now, this thread included
+    (the 4th field of /proc/loadavg, ``running/total``); None where it cannot be read."""
+    fd = _loadavg_fd(os.getpid())
+    if fd < 0:
+        return None
+    try:
+        return int(os.pread(fd, 128, 0).split()[3].split(b"/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def default_threads(x3) -> int:
-    """Threads for a batch seen as ``(outer, C, inner)`` when the caller gives none: every core
-    this process may use if a channel holds at least ``PARALLEL_MIN_ELEMENTS`` elements, else 1."""
+    """Threads for a batch seen as ``(outer, C, inner)`` when the caller gives none: 1 unless a
+    channel holds at least ``PARALLEL_MIN_ELEMENTS`` elements; then the machine's cores that no
+    other task is running on now, ``cpu_count - (runnable - 1)`` (/proc/loadavg counts the
+    tasks of the whole machine), at most the cores this process may use and at least 1 (all of
+    those where the runnable count is unknown). A second thread on a core another job keeps
+    busy made the update slower, with stalls of milliseconds when the woken worker took the
+    core (and the GIL) from the calling thread (benchmarks/README.md)."""
     if x3.shape[0] * x3.shape[2] < PARALLEL_MIN_ELEMENTS:
         return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    runnable = _runnable_tasks()
+    if runnable is None:
+        return cores
+    return max(1, min(cores, (os.cpu_count() or cores) - (runnable - 1)))
 
 
 def _histogram_update(x3, fixed, width, k0, batches, pdf, threads):
@@ -537,8 +656,20 @@ class HistogramStats:
         """The statistics after one more batch ``x`` (float32): a new value,
         ``fold(observe(x))`` (the path a cluster takes too, see :mod:`qsim.distributed`).
 
-        ``threads``: see :meth:`observe`; the result does not depend on it."""
-        return self.fold(self.observe(x, threads=threads))
+        Once every channel has its bins (every batch after the first, as a rule) the kernel
+        folds the counts into a copy of ``pdf`` itself, ``pdf = (pdf·k + p)/(k + 1)``: the
+        operations :meth:`fold` does on :meth:`observe`'s ``p``, so the same bits (tested),
+        without the piece's arrays and the stale check (nothing can be stale under the bins in
+        use). ``threads``: see :meth:`observe`; the result does not depend on it."""
+        if not self.fixed.all():
+            return self.fold(self.observe(x, threads=threads))
+        batches, pdf = self.batches.copy(), self.pdf.copy()
+        _, _, _, nans, inf, finite = self._count(x, threads, batches, pdf, "update")
+        return HistogramStats(fixed=self.fixed, width=self.width, k0=self.k0,
+                              batches=_readonly(batches), pdf=_readonly(pdf), axis=self.axis,
+                              nan_count=self.nan_count + int(nans),
+                              inf_seen=self.inf_seen or bool(inf),
+                              finite_seen=self.finite_seen or bool(finite))
 
     def observe(self, x, *, threads: int | None = None) -> "HistogramStats":
         """The batch ``x`` alone under this histogram's bins (a piece for :meth:`fold`).
@@ -549,22 +680,29 @@ class HistogramStats:
         (exactly: ``(0·0 + p)/(0 + 1) = p``). Only ``fixed, width, k0`` of ``self`` are read,
         so a worker that knows the bins needs nothing else.
 
-        ``threads``: channels of at least ``PARALLEL_MIN_ELEMENTS`` elements are counted in that
-        many chunks concurrently (integer counts added afterwards: the same bits). ``None``
-        (default): every core for such channels (:func:`default_threads`), else 1."""
+        ``threads``: channels of at least ``PARALLEL_MIN_ELEMENTS`` elements are counted on that
+        many threads (integer counts added afterwards: the same bits). ``None``
+        (default): for such channels the cores no other task is running on
+        (:func:`default_threads`), else 1."""
+        batches = np.zeros(self.batches.shape, np.int64)
+        pdf = np.zeros(self.pdf.shape, np.float64)
+        fixed, width, k0, nans, inf, finite = self._count(x, threads, batches, pdf, "observe")
+        return HistogramStats(fixed=_readonly(fixed), width=_readonly(width), k0=_readonly(k0),
+                              batches=_readonly(batches), pdf=_readonly(pdf), axis=self.axis,
+                              nan_count=int(nans), inf_seen=bool(inf), finite_seen=bool(finite))
+
+    def _count(self, x, threads, batches, pdf, caller):
+        """Count the batch ``x`` under copies of this histogram's bins, folding into ``batches,
+        pdf`` in place; returns ``(fixed, width, k0, #NaN, any ±Inf, any finite)``."""
         if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
-            raise ConfigError(f"HistogramStats.observe: threads must be None or an integer >= 1, "
+            raise ConfigError(f"HistogramStats.{caller}: threads must be None or an integer >= 1, "
                               f"got {threads!r}")
         x3 = _as_batch(x, self.axis)
         if threads is None:
             threads = default_threads(x3)
         fixed, width, k0 = self.fixed.copy(), self.width.copy(), self.k0.copy()
-        batches = np.zeros_like(self.batches)
-        pdf = np.zeros_like(self.pdf)
         nans, inf, finite = _histogram_update(x3, fixed, width, k0, batches, pdf, int(threads))
-        return HistogramStats(fixed=_readonly(fixed), width=_readonly(width), k0=_readonly(k0),
-                              batches=_readonly(batches), pdf=_readonly(pdf), axis=self.axis,
-                              nan_count=int(nans), inf_seen=bool(inf), finite_seen=bool(finite))
+        return fixed, width, k0, nans, inf, finite
 
     def stale(self, piece: "HistogramStats") -> np.ndarray:
         """Channels (bool, (C,)) where ``piece`` was not observed under this histogram's bins:

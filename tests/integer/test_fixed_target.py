@@ -12,9 +12,11 @@ import math
 from fractions import Fraction
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qsim.errors import EncodingError
 from qsim.integer.fixed_target import fixed_point_conv, fixed_point_gemm, fixed_point_matmul
 
 from .cases import case
@@ -91,7 +93,10 @@ def matmul_case(draw):
     zp_y = np.array(draw(st.integers(lo, hi)), act)
     s_a = np.float32(draw(scales))
     s_b = np.array(draw(st.lists(scales, min_size=n, max_size=n)), np.float32)
-    s_y = np.float32(draw(st.floats(min_value=2.0**-7, max_value=4.0, width=32)))
+    # M = s_a·s_b/s_y < 2^7: TFLite's 16x8 requantization takes shifts below 8 only (M = 2^7
+    # is refused: test_wide_multiplier_of_128_is_refused)
+    s_y = np.float32(draw(st.floats(min_value=2.0**-7, max_value=4.0, exclude_min=True,
+                                    width=32)))
     bias = np.array(draw(st.lists(st.integers(-2**20, 2**20), min_size=n, max_size=n)),
                     np.int32)
     return a, s_a, zp_a, b, s_b, zp_b, s_y, zp_y, bias
@@ -172,3 +177,14 @@ def test_fixed_point_target_graph_and_agreement_with_onnxruntime():
                                           integers=True)["logits_q"]
     diff = np.abs(a.values.astype(int) - b.values.astype(int))
     assert 0 < diff.max() <= 4 and np.mean(diff == 0) > 0.5
+
+
+def test_wide_multiplier_of_128_is_refused():
+    """16-bit activations: a real multiplier of 2^7 needs a left shift of 8, outside TFLite's
+    16x8 range [-31, 7]; qsim names the range instead of computing something else."""
+    a = np.zeros((1, 2), np.int16)
+    b = np.ones((2, 1), np.int8)
+    with pytest.raises(EncodingError, match=r"shifts in \[-31, 7\]"):
+        fixed_point_matmul(a, np.float32(1.0), np.array(0, np.int16), b,
+                           np.array([1.0], np.float32), np.array([0], np.int8),
+                           np.float32(2.0**-7), np.array(0, np.int16))

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qsim.errors import OpError
+from qsim.jit import USE_NUMBA
 from qsim.kernels.gemm import fma_np
 from qsim.kernels.mlas_math import DEFAULT_THREADS
 from qsim.ops import OPS
@@ -487,3 +488,142 @@ BAD = [
 def test_bad_input_raises_op_error(op, inputs, attrs, words):
     with pytest.raises(OpError, match=words):
         OPS[op](*inputs, **attrs)
+
+
+# ---------------------------------------------------------------------------------------------
+# MatMulNBits with int8 compute (accuracy_level 4)
+# ---------------------------------------------------------------------------------------------
+NBITS_INT8 = Path(__file__).resolve().parents[1] / "data" / "ort_nbits_int8"
+
+
+def _nbits_int8_inputs(data, k_max=300, n_max=140):
+    """Random MatMulNBits inputs (8-bit, block 32) as ORT's DQ → MatMulNBits fusion makes them:
+    uint8 B with zero points (or none: 128), one scale per column and block, optional bias.
+    Activations at several magnitudes, with exact block maxima, zeros and ties now and then."""
+    k, n = data.draw(st.integers(1, k_max)), data.draw(st.integers(1, n_max))
+    lead = data.draw(st.sampled_from([(1,), (3,), (9,), (2, 5), (2, 1, 3)]))
+    blocks = -(-k // 32)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    a = (rng.standard_normal(lead + (k,)) * np.exp(rng.uniform(-4, 4))).astype(np.float32)
+    style = data.draw(st.sampled_from(["normal", "levels", "sparse"]))
+    if style == "levels":        # few distinct values: exact maxima and halfway products
+        a = (rng.integers(-4, 5, a.shape) * np.float32(0.75)).astype(np.float32)
+    elif style == "sparse":
+        a[rng.random(a.shape) < 0.7] = 0
+    q = rng.integers(0, 256, (n, blocks, 32)).astype(np.uint8)
+    if data.draw(st.booleans()):  # extreme weights (products near the int16 limit of pairs)
+        q = np.where(rng.random(q.shape) < 0.5, 255, 0).astype(np.uint8)
+    zp = rng.integers(0, 256, n * blocks).astype(np.uint8) if data.draw(st.booleans()) else None
+    bias = rng.standard_normal(n).astype(np.float32) if data.draw(st.booleans()) else None
+    s = np.exp(rng.uniform(-8, 0, n * blocks)).astype(np.float32)
+    attrs = {"K": k, "N": n, "bits": 8, "block_size": 32, "accuracy_level": 4}
+    return [a, q, s, zp, None, bias], attrs
+
+
+@SETTINGS
+@given(st.data())
+def test_matmul_nbits_int8_compute_matches_ort(data):
+    """accuracy_level 4 against this machine's ONNX Runtime, weights as initializers (prepacked,
+    as in an exported model), ORT's default thread count. qsim computes this CPU's family; on a
+    CPU whose CompInt8 kernels qsim does not reproduce it must refuse with a typed OpError."""
+    from qsim.kernels.family import NBITS_INT8_FAMILIES, host_nbits_int8
+    inputs, attrs = _nbits_int8_inputs(data)
+    if host_nbits_int8() not in NBITS_INT8_FAMILIES:
+        with pytest.raises(OpError, match="not reproduced"):
+            OPS["MatMulNBits"](*inputs, **attrs)
+        return
+    expected = ort_run_op("MatMulNBits", inputs, attrs, opset=17, domain=MS,
+                          initializers=[j for j in (1, 2, 3, 5) if inputs[j] is not None],
+                          threads=DEFAULT_THREADS)[0]
+    same_bits(expected, np.asarray(OPS["MatMulNBits"](*inputs, **attrs)), "MatMulNBits")
+
+
+@pytest.mark.parametrize("family", ["avx2", "avx512"])
+def test_matmul_nbits_int8_compute_equals_both_families(family):
+    """Golden ONNX Runtime outputs of fixed cases (M = 1 and many rows, batch dims, K with a
+    partial block and 1-8+ blocks, N above 128 and not a multiple of 4, bias, saturating
+    operands) on an AVX-512 VNNI CPU and on AVX2 (Haswell under QEMU): qsim equals each with
+    ``fp32_kernels`` naming that family, on any CPU. The two families differ from each other
+    in most cases (different lane orders), so each comparison means something."""
+    meta = json.loads((NBITS_INT8 / family / "cases.json").read_text())
+    arrays = np.load(NBITS_INT8 / family / "cases.npz")
+    other = np.load(NBITS_INT8 / ("avx512" if family == "avx2" else "avx2") / "cases.npz")
+    differ = 0
+    for i, case in enumerate(meta):
+        inputs = [arrays[f"c{i}_in{j}"] if f"c{i}_in{j}" in arrays.files else None
+                  for j in range(case["ninputs"])]
+        got = OPS["MatMulNBits"](*inputs, **case["attrs"], fp32_kernels=family)
+        same_bits(arrays[f"c{i}_out"], np.asarray(got), f"MatMulNBits case {i} {family}")
+        differ += not np.array_equal(arrays[f"c{i}_out"], other[f"c{i}_out"])
+    assert len(meta) == 14 and differ >= 12
+
+
+@pytest.mark.skipif(not USE_NUMBA, reason="compares the Numba kernel with its NumPy twin; "
+                    "NUMBA_DISABLE_JIT=1 runs the twin only (checked against ORT above)")
+@settings(max_examples=40, deadline=None)
+@given(st.data(), st.sampled_from([False, True]))
+def test_matmul_nbits_int8_numba_equals_numpy_twin(data, avx2):
+    """The Numba kernel and its NumPy twin give the same bits (both lane orders)."""
+    from qsim.kernels import nbits_int8 as nb
+    inputs, attrs = _nbits_int8_inputs(data, k_max=200, n_max=20)
+    a, q, s, zp, _, bias = inputs
+    n, blocks = attrs["N"], q.shape[1]
+    q_a, s_a, sum_a = nb.quantize_a(a.reshape(-1, attrs["K"]))
+    s_b = s.reshape(n, blocks)
+    z_b = np.full((n, blocks), 128) if zp is None else zp.reshape(n, blocks)
+    sum_b = (-(s_b * z_b.astype(np.float32))).astype(np.float32)
+    single = np.arange(n) >= n - n % 4
+    twin = nb._np_matmul(q_a, s_a, sum_a, q, s_b, sum_b, bias, single, avx2)
+    jit = nb._nb_matmul(q_a, s_a, sum_a, q, s_b, sum_b,
+                        np.zeros(n, np.float32) if bias is None else bias, bias is not None,
+                        single, avx2)
+    same_bits(twin, jit, "twin")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.one_of(st.just(0.0), st.floats(1.0000000031710769e-30, 1e6, width=32),
+                          st.floats(-1e6, -1.0000000031710769e-30, width=32)), min_size=1, max_size=64))
+def test_nbits_int8_quantize_a_properties(values):
+    """A's block quantization: |q| ≤ 127, the block maximum maps to ±127, q within half a step
+    (plus float rounding) of a / s, and zero blocks give scale 0 and q = 0 (exact arithmetic
+    in float64 as the reference). Magnitudes from 1e-30 (blocks below 2^-121 overflow 127 ⊘
+    amax in float32, module docstring)."""
+    from qsim.kernels.nbits_int8 import quantize_a
+    a = np.array([values], np.float32)
+    q, s, sums = quantize_a(a)
+    blocks = q.shape[1]
+    padded = np.zeros(blocks * 32, np.float64)
+    padded[:a.size] = a[0]
+    for j in range(blocks):
+        x = padded[32 * j:32 * j + 32]
+        amax = np.abs(x).max()
+        assert np.all(np.abs(q[0, j]) <= 127)
+        if amax == 0:
+            assert s[0, j] == 0 and not q[0, j].any() and sums[0, j] == 0
+            continue
+        assert np.abs(q[0, j][np.argmax(np.abs(x))]) == 127
+        assert np.all(np.abs(q[0, j] - x * 127 / amax) <= 0.5 + 1e-4)
+        assert s[0, j] == np.float32(np.float32(amax) / np.float32(127))
+        assert sums[0, j] == np.float32(s[0, j] * np.float32(q[0, j].sum()))
+
+
+def test_matmul_nbits_int8_refuses_unknown_families(monkeypatch):
+    """On a CPU whose CompInt8 kernels qsim does not reproduce (AVX-512 without VNNI, AVX2 with
+    AVX-VNNI), ``"auto"`` refuses with a typed error naming the family; a named family still
+    gives that family's bits."""
+    from qsim.kernels import family
+    inputs = [np.ones((1, 32), np.float32), np.full((2, 1, 32), 7, np.uint8),
+              np.ones(2, np.float32), None, None, None]
+    attrs = {"K": 32, "N": 2, "bits": 8, "block_size": 32, "accuracy_level": 4}
+    for host in ("avx512-novnni", "avx2-vnni"):
+        monkeypatch.setattr(family, "host_nbits_int8", lambda host=host: host)
+        with pytest.raises(OpError, match=f"accuracy_level=4: this CPU's MLAS CompInt8 kernels "
+                                          f"\\('{host}'\\) are not reproduced"):
+            OPS["MatMulNBits"](*inputs, **attrs)
+        got = OPS["MatMulNBits"](*inputs, **attrs, fp32_kernels="avx2")
+        assert got.tolist() == [[(7 - 128) * 32.0] * 2]
+    with pytest.raises(OpError, match="accuracy_level=4.*bits=8 and block_size=32, not bits=8, "
+                                      "block_size=64"):
+        OPS["MatMulNBits"](np.ones((1, 64), np.float32), np.zeros((2, 1, 64), np.uint8),
+                           np.ones(2, np.float32), K=64, N=2, bits=8, block_size=64,
+                           accuracy_level=4)

@@ -69,3 +69,27 @@ def test_parallel_blocks(op, threads):
     attrs, fn = CASES[op]
     x = np.random.default_rng(7).uniform(-12, 12, 200003).astype(np.float32)
     same_bits(fn(x, threads), ort_run(op, x, attrs, threads), f"{op} with {threads} threads")
+
+
+# ------------------------------------------------------------------ packet pow (LRN)
+
+#: float32 values m·2^e with |m| < 2^24, |e| <= 30: products and their error terms stay normal
+#: (no overflow, no underflow), where the double-word algorithms are exact
+finite32 = st.builds(lambda m, e: float(np.ldexp(np.float32(m), e)),
+                     st.integers(-2**24 + 1, 2**24 - 1), st.integers(-30, 30))
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=finite32, b=finite32)
+def test_double_word_products_and_sums_are_exact(a, b):
+    """Dekker's product over Veltkamp halves and the fast two-sum give hi + lo equal to the
+    exact rational result (exact arithmetic, independent of Eigen)."""
+    from fractions import Fraction
+    a32, b32 = np.float32(a), np.float32(b)
+    hi, lo = em._two_prod(np.array([a32]), np.array([b32]))
+    assert Fraction(float(hi[0])) + Fraction(float(lo[0])) == Fraction(float(a32)) * Fraction(
+        float(b32))
+    big, small = (a32, b32) if abs(a32) >= abs(b32) else (b32, a32)
+    s, e = em._fast_two_sum(np.array([big]), np.array([small]))
+    assert Fraction(float(s[0])) + Fraction(float(e[0])) == Fraction(float(a32)) + Fraction(
+        float(b32))

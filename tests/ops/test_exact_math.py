@@ -434,7 +434,7 @@ def test_average_pool_matches_ort(case, seed, n_threads):
        extra=st.tuples(st.integers(0, 9), st.integers(0, 9)), vector=st.booleans(), seed=seeds)
 def test_pool_window_sums_numba_equals_numpy_twin(kernel, strides, extra, vector, seed):
     """The 2-D Numba window sums give the NumPy twin's bits in both MLAS orders (signed zeros
-    included: the sums start from the first value, not from +0)."""
+    included: the vector order's column sums start from the first row, the other from +0)."""
     shape = tuple(k + e for k, e in zip(kernel, extra))
     out = tuple((s - k) // st_ + 1 for s, k, st_ in zip(shape, kernel, strides))
     xp = data(seed, (2, 3) + shape, 3.0, special=False)
@@ -442,6 +442,22 @@ def test_pool_window_sums_numba_equals_numpy_twin(kernel, strides, extra, vector
     twin = me.pool_window_sums(xp, kernel, strides, out, vector=vector, use_numba=False)
     got = me.pool_window_sums(xp, kernel, strides, out, vector=vector)
     assert_same_bits(got, twin, f"window sums {kernel} {strides} vector={vector}")
+
+
+@pytest.mark.parametrize("opset", [11, 17, 19])
+@settings(max_examples=60, deadline=None)
+@given(case=average_pool_cases(), seed=seeds, only_zeros=st.booleans())
+def test_average_pool_signed_zeros_as_onnx_runtime(opset, case, seed, only_zeros):
+    # the sign of a zero average: MLAS's generic kernels and ORT's own loops sum from +0, the
+    # 2D vector kernel's column sums start at the first input row (padding rows do not count,
+    # padding columns add +0), the 3D vector kernel's start at +0
+    shape, attrs = case
+    rng = np.random.default_rng(seed)
+    values = [0.0, -0.0, -0.0] if only_zeros else [0.0, -0.0, -0.0, -1.5, 0.75, np.nan, -np.inf]
+    x = rng.choice(np.array(values, np.float32), shape)
+    expected = ort_run("AveragePool", [x], attrs, opset=opset)
+    assert_same_bits(OPS["AveragePool"](x, **attrs, opset=opset), expected,
+                     f"AveragePool-{opset} {attrs}")
 
 
 def test_average_pool_with_kernel_of_the_input_size_is_global_pooling():

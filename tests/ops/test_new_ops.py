@@ -2,7 +2,7 @@
 
 ``exact`` cases are bit-identical (selection and data movement, and the function-body
 compositions of exact ops); ``close`` cases compare to a stated tolerance because qsim does not
-reproduce ORT's arithmetic there (Einsum, LRN's pow)."""
+reproduce ORT's arithmetic there (Einsum)."""
 from __future__ import annotations
 
 
@@ -215,12 +215,30 @@ def test_einsum(equation, shapes):
 # ------------------------------------------------------------------ normalizations
 
 @SETTINGS
-@given(seed=seeds, c=st.integers(1, 6), size=st.sampled_from([1, 3, 5]))
-def test_lrn(seed, c, size):  # ORT takes odd sizes only
-    x = rand(seed, (2, c, 3, 2))
-    # ORT's running channel sums are reproduced, its Eigen pow is not: to 2 ulp
-    close("LRN", [x], {"size": size, "alpha": 1e-2, "beta": 0.75, "bias": 1.5}, opset=13,
-          rtol=2.5e-7, atol=1e-7)
+@given(seed=seeds, c=st.integers(1, 6), size=st.sampled_from([1, 3, 5, 7]),
+       beta=st.sampled_from([0.75, 0.5, 0.1, 1.5, 4.0, 10.0]),
+       alpha=st.sampled_from([1e-4, 1e-2, 1.0, 7.0]), bias=st.sampled_from([1.0, 2.0, 1.5, 1e-3]),
+       hw=st.tuples(st.integers(1, 9), st.integers(1, 40)), scale=st.sampled_from([0.1, 4.0, 1e3]))
+def test_lrn_is_bit_exact(seed, c, size, beta, alpha, bias, hw, scale):
+    """Non-integer beta (and integer exponents outside [-3, 7]): in Eigen's packets its
+    double-word pow, outside them C powf, per ORT parallel block: bit for bit."""
+    x = rand(seed, (2, c, *hw), -scale, scale)
+    attrs = {"size": size, "alpha": alpha, "beta": beta, "bias": bias}
+    expected = ort_run_op("LRN", [x], attrs, opset=13, threads=me.DEFAULT_THREADS)[0]
+    assert OPS["LRN"](x, **attrs).tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("beta", [0.75, 1.0, 4.0])
+def test_lrn_special_values_are_bit_exact(beta):
+    """Zeros with bias 0 (scale 0: inf · 0), infinities and NaN (scale inf or NaN) in every
+    position of a packet and of the scalar tail."""
+    rng = np.random.default_rng(int(beta * 4))
+    x = rng.choice(np.array([0.0, -0.0, 1.0, -2.0, np.inf, -np.inf, np.nan, 3e19], np.float32),
+                   (1, 3, 5, 7))
+    for bias in (0.0, 1.0):
+        attrs = {"size": 3, "alpha": 1e-2, "beta": beta, "bias": bias}
+        expected = ort_run_op("LRN", [x], attrs, opset=13, threads=me.DEFAULT_THREADS)[0]
+        assert OPS["LRN"](x, **attrs).tobytes() == expected.tobytes(), bias
 
 
 @SETTINGS
@@ -234,21 +252,6 @@ def test_lrn_integer_beta_is_bit_exact(seed, c, size, beta, alpha, hw):
     attrs = {"size": size, "alpha": alpha, "beta": beta, "bias": 1.5}
     expected = ort_run_op("LRN", [x], attrs, opset=13, threads=me.DEFAULT_THREADS)[0]
     assert OPS["LRN"](x, **attrs).tobytes() == expected.tobytes()
-
-
-@SETTINGS
-@given(seed=seeds, c=st.sampled_from([1, 3]),
-       hw=st.tuples(st.sampled_from([1, 3, 5]), st.sampled_from([3, 5, 7, 9, 11])))
-def test_lrn_scalar_positions_are_powf_bit_for_bit(seed, c, hw):   # (odd sizes: a tail of 1-3)
-    """beta 0.75: the elements outside Eigen's aligned packets (ORT's blocks) are libm powf and
-    equal ORT exactly; the packet elements are within 2 ulp (test_lrn)."""
-    x = rand(seed, (1, c, *hw))
-    attrs = {"size": 3, "alpha": 1e-2, "beta": 0.75, "bias": 1.5}
-    expected = ort_run_op("LRN", [x], attrs, opset=13, threads=me.DEFAULT_THREADS)[0].ravel()
-    got = OPS["LRN"](x, **attrs).ravel()
-    scalar = me.eigen_scalar_positions(x.size, 4 * 11 / 64 * 2 + 320.0, me.DEFAULT_THREADS)
-    assert scalar.any()
-    assert got[scalar].tobytes() == expected[scalar].tobytes()
 
 
 @pytest.mark.parametrize("opset", [18, 21])

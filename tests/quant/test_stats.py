@@ -1,7 +1,10 @@
 """Streaming statistics: merge property, Numba == NumPy twin, histogram rules of numerics.md §4."""
 from __future__ import annotations
 
+import math
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -349,11 +352,27 @@ def test_parallel_histogram_update_equals_serial_bits(threads):
     assert public.nan_count == int(np.isnan(x).sum())
 
 
-def test_default_threads_only_for_large_channels():
+@pytest.mark.parametrize("runnable", [None, 1, 2, 3, 50])
+def test_default_threads_only_for_large_channels_and_free_cores(monkeypatch, runnable):
+    """Large channels get the machine's cores no other task is running on (this thread counts
+    itself), within this process's cores and at least one; all of those when the machine's
+    runnable count is unknown."""
     big = channel_view(np.zeros(S.PARALLEL_MIN_ELEMENTS, np.float32), None)
     small = channel_view(np.zeros((S.PARALLEL_MIN_ELEMENTS, 2), np.float32)[:-1], 1)
-    assert S.default_threads(big) == len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(S, "_runnable_tasks", lambda: runnable)
+    free = None if runnable is None else os.cpu_count() - (runnable - 1)
+    expected = cores if runnable is None else max(1, min(cores, free))
+    assert S.default_threads(big) == expected
     assert S.default_threads(small) == 1
+
+
+def test_runnable_tasks_counts_this_thread():
+    n = S._runnable_tasks()
+    if os.path.exists("/proc/loadavg"):
+        assert isinstance(n, int) and n >= 1
+    else:
+        assert n is None
 
 
 @pytest.mark.parametrize("threads", [0, -2, 1.5, "2"])
@@ -415,3 +434,210 @@ def test_threaded_histogram_works_in_a_forked_child():
 
 def _threaded_pdf(x):
     return HistogramStats.empty().update(x, threads=2).pdf.tobytes()
+
+
+# ------------------------------------------------------------------ kernel == twin == reference
+
+def _f32(v: float) -> float:
+    """``v`` rounded to float32 (round to nearest even; beyond the range: ±inf)."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(v))
+
+
+def _div(a: float, b: float) -> float:
+    """IEEE float64 ``a / b`` (inf/NaN on division by zero, where Python raises)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.float64(a) / np.float64(b))
+
+
+def _reference_histogram(batches):
+    """numerics.md §4 element by element in plain Python floats, for one channel.
+
+    A float64 sum, difference or product of two float32 values rounded to float32 is the
+    float32 operation (53 ≥ 2·24 + 2 bits), so ``_f32(a op b)`` is AIMET's float32 arithmetic.
+    Returns ``(fixed, w, k0, batches counted, pdf, #NaN, any ±Inf, any finite)``."""
+    limit, top = float(S.L32), S.NUM_BINS
+    fixed, w, k0, k, pdf = False, 0.0, 0.0, 0, [0.0] * top
+    nans, inf_seen, finite_seen = 0, False, False
+    for batch in batches:
+        values = [float(v) for v in np.asarray(batch, np.float32).ravel()]
+        inf_seen |= any(math.isinf(v) for v in values)
+        finite_seen |= any(math.isfinite(v) for v in values)
+        if not values:
+            continue
+        if not fixed:
+            numbers = [v for v in values if v == v]
+            mn, mx = (min(numbers), max(numbers)) if numbers else (math.nan, math.nan)
+            if mn == 0.0 and mx == 0.0:
+                continue                                    # all zero: bins stay open
+            if mn == mx:
+                mx = _f32(mn + 0.01)
+            c = _f32(_f32(mn + mx) / 2.0)
+            lo = _f32(c - _f32(3.0 * _f32(c - mn)))
+            hi = _f32(c + _f32(3.0 * _f32(mx - c)))
+            if numbers:
+                lo = -limit if (lo != lo or lo < -limit) else min(lo, limit)
+                hi = limit if (hi != hi or hi > limit) else max(hi, -limit)
+            w = _div(hi - lo, top)
+            k0 = float(np.floor(_div(lo, w)))
+            fixed = True
+        r, k0f = _f32(_div(1.0, w)), _f32(k0)
+        counts = [0] * top
+        for v in values:
+            if v != v:
+                nans += 1
+                continue
+            s = _f32(v * r) if math.isfinite(v) and math.isfinite(r) else v * r
+            if s != s or abs(s) >= 2.0 ** 31:
+                continue                                    # dropped
+            idx = _f32(math.floor(s) - k0f)
+            if 0 <= idx < top:
+                counts[int(idx)] += 1
+        pdf = [(p * k + n / len(values)) / (k + 1.0) for p, n in zip(pdf, counts)]
+        k += 1
+    return fixed, w, k0, k, np.array(pdf), nans, inf_seen, finite_seen
+
+
+def _kernel_states(batches, threads, piece):
+    """The state of one channel after ``batches`` by the serial kernel, the threaded one (cut
+    into pieces of at least ``piece`` elements) and the NumPy twin."""
+    runs = {"serial": S._nb_histogram_update, "twin": S._np_histogram_update,
+            "threaded": lambda *a: S._threaded_histogram_update(*a, threads, piece)}
+    states = {}
+    for name, fn in runs.items():
+        fixed, width, k0 = np.zeros(1, bool), np.zeros(1), np.zeros(1)
+        seen, pdf = np.zeros(1, np.int64), np.zeros((1, S.NUM_BINS))
+        nans, inf_seen, finite_seen = 0, False, False
+        for b in batches:
+            n, i, f = fn(channel_view(np.ascontiguousarray(b, np.float32), None), fixed, width,
+                         k0, seen, pdf)
+            nans, inf_seen, finite_seen = nans + n, inf_seen or i, finite_seen or f
+        states[name] = (bool(fixed[0]), width[0], k0[0], int(seen[0]), pdf[0], nans,
+                        bool(inf_seen), bool(finite_seen))
+    return states
+
+
+def _same_bits(a, b):
+    for u, v in zip(a, b):
+        assert np.asarray(u).tobytes() == np.asarray(v).tobytes(), (u, v)
+
+
+@st.composite
+def reference_batches(draw):
+    """1-3 batches: random float32 bits, normal data with specials (long_rows), or a first
+    batch followed by the float32 edges of the bins it fixes and their neighbours."""
+    kind = draw(st.sampled_from(["any", "rows", "edges"]))
+    if kind == "any":
+        return draw(st.lists(arrays(any32, 300), min_size=1, max_size=3))
+    if kind == "rows":
+        return draw(st.lists(long_rows(700), min_size=1, max_size=3))
+    first, later, _ = draw(edge_batches())
+    return [first[:, 0], later[:, 0]]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NUMBA_DISABLE_JIT=1: scalar NumPy warns on inf/NaN
+@SETTINGS
+@given(batches=reference_batches(), threads=st.integers(1, 3), piece=st.integers(1, 64))
+def test_histogram_kernels_equal_twin_and_plain_python_reference(batches, threads, piece):
+    """Serial kernel (4 sub-histograms), threaded kernel (pieces taken in turn), NumPy twin and
+    a plain-Python reading of §4 give the same bins, pdf bits, NaN count and flags."""
+    ref = _reference_histogram(batches)
+    for name, state in _kernel_states(batches, threads, piece).items():
+        if not ref[0]:                                   # nothing but zeros (or nothing) seen
+            assert not state[0] and state[3] == 0 and not state[4].any(), name
+            assert state[5:] == ref[5:], name
+            continue
+        _same_bits(state, ref)
+
+
+def test_relu_shaped_runs_of_one_bin_count_exactly():
+    """Long runs of one value (the zeros after a Relu) spread over the sub-histograms: each
+    bin's count is the number of its elements (pdf·numel is exact below 2^53)."""
+    rng = np.random.default_rng(8)
+    x = np.maximum(rng.normal(size=10_007).astype(np.float32), np.float32(0))
+    s = HistogramStats.empty().update(x, threads=1)
+    counts = np.rint(s.pdf[0] * x.size).astype(np.int64)
+    edges = s.edges(0)
+    zero_bin = int(np.searchsorted(edges, 0.0, side="right")) - 1
+    assert counts[zero_bin] == int((x == 0).sum()) + int(((x > 0) & (x < edges[zero_bin + 1])).sum())
+    assert counts.sum() == x.size
+
+
+def _block_pool_worker(threads):
+    """Occupy the histogram pool's workers of this process until the returned event is set."""
+    release = threading.Event()
+    started = [threading.Event() for _ in range(threads - 1)]
+    pool = S._pool(threads - 1, os.getpid())
+    for e in started:
+        pool.submit(lambda e=e: (e.set(), release.wait(30)))
+    for e in started:
+        assert e.wait(30)
+    return release
+
+
+def _two_batches(x, update):
+    """State and flags after ``x`` then ``2·x`` through ``update(x3, fixed, width, k0, batches, pdf)``."""
+    fixed, width, k0 = np.zeros(1, bool), np.zeros(1), np.zeros(1)
+    seen, pdf = np.zeros(1, np.int64), np.zeros((1, S.NUM_BINS))
+    flags = [update(channel_view(b, None), fixed, width, k0, seen, pdf) for b in (x, x * 2)]
+    return fixed, width, k0, seen, pdf, flags
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="threads only matter for the compiled kernels")
+def test_threaded_update_does_not_wait_for_a_worker_without_a_core():
+    """A worker that never starts (its thread busy: here with another task) is cancelled, and
+    the calling thread counts every piece: the serial state, without waiting for the worker."""
+    x = np.random.default_rng(9).normal(size=50_000).astype(np.float32)
+    serial = _two_batches(x, S._nb_histogram_update)
+    release = _block_pool_worker(2)
+    try:
+        t = time.perf_counter()
+        threaded = _two_batches(x, lambda *a: S._threaded_histogram_update(*a, 2, 1000))
+        assert time.perf_counter() - t < 10
+    finally:
+        release.set()
+    _same_bits(threaded[:5], serial[:5])
+    assert threaded[5] == serial[5]
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="threads only matter for the compiled kernels")
+def test_a_piece_held_by_a_stalled_worker_is_counted_again(monkeypatch):
+    """A worker that took a piece and then got no core: the calling thread counts that piece
+    itself; the worker's late histogram is ignored. Same state and flags as one thread."""
+    x = np.random.default_rng(10).normal(size=40_000).astype(np.float32)
+    x[::97] = np.nan
+    x[5] = np.inf
+    serial = _two_batches(x, S._nb_histogram_update)
+    real = S._nb_count_channel
+    release, worker_took = threading.Event(), threading.Event()
+
+    def count(*args):
+        if threading.current_thread().name.startswith("qsim-histogram"):
+            worker_took.set()
+            release.wait(30)            # the stalled worker: counts its piece much later
+        elif not worker_took.is_set():
+            worker_took.wait(5)         # let the worker take a piece before the caller starts
+        return real(*args)
+
+    monkeypatch.setattr(S, "_nb_count_channel", count)
+    try:
+        threaded = _two_batches(x, lambda *a: S._threaded_histogram_update(*a, 2, 1000))
+    finally:
+        release.set()
+    assert worker_took.is_set()
+    _same_bits(threaded[:5], serial[:5])
+    assert threaded[5] == serial[5] and serial[5][0] == (x.size // 97 + 1, True, True)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1))
+def test_sub_histograms_add_into_the_counts_and_restart_at_zero(seed):
+    """The flush of the uint32 sub-histograms: ``counts += sub.sum(axis=0)`` exactly (values
+    near 2^32 - 1 included), then every copy is zero."""
+    rng = np.random.default_rng(seed)
+    sub = rng.integers(0, 2**32, (S._COPIES, S.NUM_BINS + 1), dtype=np.uint64).astype(np.uint32)
+    counts = rng.integers(0, 2**40, S.NUM_BINS + 1, dtype=np.int64)
+    expected = counts + sub.astype(np.int64).sum(axis=0)
+    S._nb_add_sub(sub, counts)
+    np.testing.assert_array_equal(counts, expected)
+    assert not sub.any()

@@ -107,3 +107,16 @@ def test_min_max_fold_orders_signed_zeros_like_the_stream():
         s = s.fold(s.observe(np.array(x, np.float32)))
     assert np.signbit(s.min) and not np.signbit(s.max)
 
+
+
+@SETTINGS
+@given(batches=channel_batches(), threads=st.sampled_from([None, 1, 2]))
+def test_update_equals_fold_of_observe_bit_for_bit(batches, threads):
+    """``update`` folds the counts inside the kernel once every channel has bins; that is the
+    arithmetic of ``fold(observe(x))``: same bins, pdf bits, batch counts, NaN count and flags."""
+    direct = folded = HistogramStats.empty(axis=1, channels=batches[0].shape[1])
+    for x in batches:
+        direct = direct.update(x, threads=threads)
+        folded = folded.fold(folded.observe(x, threads=threads))
+        _same(direct, folded)
+        assert (direct.inf_seen, direct.finite_seen) == (folded.inf_seen, folded.finite_seen)
