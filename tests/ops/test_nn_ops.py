@@ -265,6 +265,10 @@ def test_batch_normalization_numba_pass_equals_numpy_twin(spatial, channels, see
     got = nn._scale_shift(x, s, shift)
     assert got.dtype == np.float32 and got.shape == x.shape
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    # with the Relu the executor folds into it: the Relu op's own result (-0 and NaN kept)
+    want_relu = OPS["Relu"](want)
+    got_relu = nn._scale_shift(x, s, shift, relu=True)
+    np.testing.assert_array_equal(got_relu.view(np.uint32), want_relu.view(np.uint32))
 
 
 @SETTINGS
