@@ -128,3 +128,15 @@ def ort_and_qsim(op_type: str, inputs: list, attrs: dict | None = None, *, opset
     for i, (e, g) in enumerate(zip(expected, got)):
         assert (g.dtype, g.shape) == (e.dtype, e.shape), f"{op_type}-{opset} output {i}"
     return expected, got
+
+
+def assert_ort_bits(op_type: str, inputs: list, attrs: dict | None = None, *, opset: int,
+                    noutputs: int = 1) -> None:
+    """qsim's op gives ORT's outputs exactly: the same bits for floats (signed zeros and NaN
+    payloads included), the same values otherwise (:func:`ort_and_qsim` checks dtypes and
+    shapes)."""
+    expected, got = ort_and_qsim(op_type, inputs, attrs, opset=opset, noutputs=noutputs)
+    for e, g in zip(expected, got):
+        if e.dtype.kind == "f":
+            e, g = e.view(np.uint8), g.view(np.uint8)
+        np.testing.assert_array_equal(g, e, err_msg=op_type)

@@ -20,6 +20,7 @@ import qsim
 from qsim import QuantizationSimModel
 from qsim.errors import GraphError
 from tests.ort_util import CalibrationBatches, converted_model, session_options
+from tests.test_cli import run_cli
 
 from .cases import CASES, case
 
@@ -197,16 +198,6 @@ def test_graph_output_keeps_its_name():
 
 # ---- the command line: qsim quantize / analyze --from-qdq -----------------------------------------
 
-def _cli(capsys, *argv):
-    from qsim.cli import main
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.fixture(scope="module")
 def qdq_file(tmp_path_factory):
     """ONNX Runtime's quantize_static model of the digits CNN (per-channel int8 weights) and
@@ -224,7 +215,7 @@ def qdq_file(tmp_path_factory):
 def test_cli_converts_a_qdq_model_to_aimet_files(capsys, qdq_file, tmp_path):
     """``qsim quantize Q.onnx --from-qdq`` writes the FP32 model and a 2.0.0 encodings file
     whose every entry is the scale and zero point of the model's own Q/DQ nodes."""
-    code, out, err = _cli(capsys, "quantize", qdq_file / "q.onnx", "--from-qdq", "--calib",
+    code, out, err = run_cli(capsys, "quantize", qdq_file / "q.onnx", "--from-qdq", "--calib",
                           qdq_file / "calib.npz", "--encoding-version", "2.0.0", "--out", tmp_path,
                           "--quiet")
     assert code == 0, err
@@ -260,17 +251,17 @@ def test_cli_converts_a_qdq_model_to_aimet_files(capsys, qdq_file, tmp_path):
     (["--act-bw", "8", "--config", "default"], "--config, --act-bw do not apply; drop them"),
 ])
 def test_cli_from_qdq_refuses_calibration_options(capsys, qdq_file, tmp_path, extra, message):
-    code, out, err = _cli(capsys, "quantize", qdq_file / "q.onnx", "--from-qdq", "--calib",
+    code, out, err = run_cli(capsys, "quantize", qdq_file / "q.onnx", "--from-qdq", "--calib",
                           qdq_file / "calib.npz", "--out", tmp_path / "o", *extra)
     assert code == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "o").exists()
 
 
 def test_cli_from_qdq_refuses_fp32_models_and_no_model(capsys, qdq_file, tmp_path):
-    code, _, err = _cli(capsys, "quantize", qdq_file / "digits21.onnx", "--from-qdq", "--calib",
+    code, _, err = run_cli(capsys, "quantize", qdq_file / "digits21.onnx", "--from-qdq", "--calib",
                         qdq_file / "calib.npz", "--out", tmp_path / "o")
     assert code == 2 and "it is not a QDQ model" in err and not (tmp_path / "o").exists()
-    code, _, err = _cli(capsys, "analyze", "--from-qdq", "--out", tmp_path / "o")
+    code, _, err = run_cli(capsys, "analyze", "--from-qdq", "--out", tmp_path / "o")
     assert code == 2 and "--from-qdq needs MODEL.onnx" in err
 
 

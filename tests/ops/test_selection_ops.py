@@ -12,18 +12,11 @@ from hypothesis import strategies as st
 from qsim.errors import OpError
 from qsim.ops import OPS
 from qsim.ops import detection
-from tests.ort_util import ort_and_qsim
+from tests.ort_util import assert_ort_bits as exact
 
 SETTINGS = settings(max_examples=25, deadline=None)
 seeds = st.integers(0, 2**32 - 1)
 INTEGERS = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
-
-
-def exact(op, inputs, attrs=None, *, opset, noutputs=1):
-    expected, got = ort_and_qsim(op, inputs, attrs, opset=opset, noutputs=noutputs)
-    for e, g in zip(expected, got):
-        np.testing.assert_array_equal(g.view(np.uint8) if g.dtype.kind == "f" else g,
-                                      e.view(np.uint8) if e.dtype.kind == "f" else e, err_msg=op)
 
 
 def ints(rng, dtype, shape):
