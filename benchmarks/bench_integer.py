@@ -28,20 +28,17 @@ import qsim
 from qsim.transforms import fold_batch_norms
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_executor import resnet18  # noqa: E402
+from tests.integer.cases import digits_sim  # noqa: E402
 
 _SETTLE_SECONDS = 0.2
 
 
 def _digits():
-    data_dir = Path(qsim.__file__).parent / "data"
-    graph, _ = fold_batch_norms(qsim.load_onnx(data_dir / "digits_cnn.onnx"))
-    data = np.load(data_dir / "digits.npz")
-    sim = qsim.QuantizationSimModel(graph, quant_scheme="tf_enhanced", param_type="int8",
-                                    activation_type="int8", config_file="default")
-    x = data["calib_x"]
-    sim.compute_encodings([{"input": x[i:i + 32]} for i in range(0, len(x), 32)])
-    return sim, {"input": data["test_x"]}
+    """The integer-target tests' digits sim (tests/integer/cases.py), on all 597 test digits."""
+    sim, test_x = digits_sim()
+    return sim, {"input": test_x}
 
 
 def _resnet(batch: int, size: int):
