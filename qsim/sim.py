@@ -78,6 +78,11 @@ def parse_scheme(scheme: "str | QuantScheme") -> QuantScheme:
                     f"{sorted(_SCHEME_NAMES)} or a qsim.QuantScheme")
 
 
+def _learns_ranges(scheme: "str | QuantScheme") -> bool:
+    """True for AIMET's ``training_range_learning_*`` schemes (QAT learns the ranges)."""
+    return str(getattr(scheme, "name", scheme)).startswith("training_range_learning")
+
+
 def parse_int_type(value: "str | int", what: str) -> int:
     """``"int8"`` (or ``8``) → 8; int2 … int16 are accepted."""
     text = str(value)
@@ -297,19 +302,17 @@ class QuantizationSimModel:
         config = load_config(config_file)
         placement = place_quantizers(graph, config, param_bitwidth=param_bitwidth,
                                      activation_bitwidth=activation_bitwidth)
-        self._setup(graph, placement, config, scheme, param_bitwidth, activation_bitwidth,
-                    rounding_mode, family)
-        #: QAT learns ranges by default (qsim.train); post-training schemes do not
-        self.range_learning_scheme = str(getattr(quant_scheme, "name", quant_scheme)
-                                         ).startswith("training_range_learning")
+        self._setup(graph, placement, config, scheme, _learns_ranges(quant_scheme),
+                    param_bitwidth, activation_bitwidth, rounding_mode, family)
 
     def _setup(self, graph: Graph, placement: Placement, config, scheme: QuantScheme,
-               param_bitwidth: int, activation_bitwidth: int, rounding_mode: str,
-               family: str) -> None:
+               range_learning: bool, param_bitwidth: int, activation_bitwidth: int,
+               rounding_mode: str, family: str) -> None:
         """The state every sim has, from its FP32 graph and the quantizers placed on it."""
         self.model = graph
         self.quant_scheme = scheme
-        self.range_learning_scheme = False
+        #: QAT learns ranges by default (qsim.train); post-training schemes do not
+        self.range_learning_scheme = range_learning
         self.param_bitwidth = param_bitwidth
         self.activation_bitwidth = activation_bitwidth
         self.rounding_mode = rounding_mode
@@ -346,7 +349,8 @@ class QuantizationSimModel:
         found = read_qdq(model)
         sim = cls.__new__(cls)
         sim._setup(found.graph, found.placement, load_config(None), parse_scheme(quant_scheme),
-                   found.param_bitwidth, found.activation_bitwidth, rounding_mode, family)
+                   _learns_ranges(quant_scheme), found.param_bitwidth, found.activation_bitwidth,
+                   rounding_mode, family)
         load_encodings_into(sim, found.encodings)
         return sim
 
