@@ -223,7 +223,7 @@ def strip_qdq(graph: Graph) -> tuple[Graph, tuple]:
             where = f"node(s) {others}" if others else "the graph's outputs"
             raise GraphError(f"tensor '{tensor}' is quantized by '{quantize.name}' but also read "
                              f"in float by {where}; a qsim quantizer applies to every reader")
-        readers = [c for c in consumers.get(source, [])]
+        readers = consumers.get(source, [])
         if source in outputs or any(c.op_type != "DequantizeLinear" for c in readers):
             bad = [c.name for c in readers if c.op_type != "DequantizeLinear"]
             raise GraphError(f"the integer tensor '{source}' of QuantizeLinear '{quantize.name}' "

@@ -303,7 +303,7 @@ def unique(x, *, axis=None, sorted=1, noutputs=4):  # noqa: A002 - ONNX attribut
         raise OpError("Unique: input holds NaN; ONNX Runtime's ordered map gives NaN no defined "
                       "place, so qsim does not guess one")
     if axis is None:
-        items, keep_shape, ax = [v for v in x.reshape(-1).tolist()], None, 0
+        items, keep_shape, ax = x.reshape(-1).tolist(), None, 0
     else:
         ax = _axis("Unique", "axis", axis, x.ndim)
         moved = np.moveaxis(x, ax, 0)
