@@ -29,6 +29,7 @@ from ..kernels import avx512
 from ..kernels import gemm as gemm_exact
 from ..kernels import mlas_math as math_exact
 from ..kernels.family import resolve as resolve_family
+from . import epilogue
 from .registry import register
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -112,12 +113,17 @@ def _out_size(size: int, k: int, s: int, d: int, begin: int, end: int, ceil_mode
     return out
 
 
-def _pad(x: np.ndarray, begins, ends, value=0.0) -> np.ndarray:
-    """Pad the spatial axes (2...) of ``x``; no copy when nothing is padded."""
+def _pad(x: np.ndarray, begins, ends, value=0.0, rows_value=None) -> np.ndarray:
+    """Pad the spatial axes (2...) of ``x`` with ``value``; no copy when nothing is padded.
+    ``rows_value`` (2-D): the padding rows (above and below ``x``) get that value instead, the
+    padding columns of ``x``'s rows ``value``."""
     if not any(begins) and not any(ends):
         return x
     shape = x.shape[:2] + tuple(d + int(b) + int(e) for d, b, e in zip(x.shape[2:], begins, ends))
     out = np.full(shape, value, dtype=x.dtype)      # (np.pad: the same array, 2-3x slower)
+    if rows_value is not None:
+        out[:, :, :int(begins[0])] = rows_value
+        out[:, :, int(begins[0]) + x.shape[2]:] = rows_value
     out[(slice(None), slice(None)) + tuple(slice(int(b), int(b) + d)
                                            for b, d in zip(begins, x.shape[2:]))] = x
     return out
@@ -183,7 +189,7 @@ def _batch_major(y: np.ndarray) -> np.ndarray:
 
 @register("Conv")
 def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
-         pads=None, strides=None, fp32_kernels="auto", then_relu=False):
+         pads=None, strides=None, fp32_kernels="auto", then_relu=False, then_steps=()):
     """N-D convolution (cross-correlation), grouped.
 
     ``Y[n, m, o] = B[m] + Σ_{c ∈ group(m), k} X_pad[n, c, o·stride + k·dilation] · W[m, c', k]``
@@ -191,7 +197,9 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     ``floor((size + pads - dilation·(kernel-1) - 1) / stride) + 1`` positions per axis.
     Computed as one batched matrix product per group: ``W_g (M/g, C/g·K) @ cols_g (C/g·K, N·O)``
     (float32: in ONNX Runtime's order for the kernel family, :func:`qsim.kernels.gemm.conv`).
-    ``then_relu`` (from the executor): return ``Relu(Y)`` (float32: in the bias pass).
+    ``then_relu`` (from the executor): return ``Relu(Y)`` (float32: in the bias pass);
+    ``then_steps``: then the per-channel ops of :mod:`qsim.ops.epilogue` (float32: in the bias
+    pass too).
     """
     nsp, group = _check_conv_operands(x, w, b, group, kernel_shape, transposed=False)
     auto_pad = _check_auto_pad(auto_pad)
@@ -209,7 +217,9 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     if dtype == np.float32:     # ONNX Runtime's (MLAS's) summation order, bit for bit
         return gemm_exact.conv(x, w, b, group=group, strides=strides, dilations=dilations,
                                begins=begins, ends=ends, family=resolve_family(fp32_kernels),
-                               relu=then_relu)
+                               relu=then_relu,
+                               steps=epilogue.packed(tuple(then_steps), w.shape[0])
+                               if then_steps else None)
     n, channels, m = x.shape[0], x.shape[1], w.shape[0]
     xp = _pad(x.astype(dtype, copy=False), begins, ends)
     cols = _windows(xp, kernel, strides, dilations, out)            # (N, C, *k, *o)
@@ -220,7 +230,10 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     if b is not None:
         y += b.astype(dtype, copy=False).reshape((m,) + (1,) * (nsp + 1))
     y = _batch_major(y)
-    return np.where(y < 0, dtype.type(0), y).astype(dtype) if then_relu else y
+    y = np.where(y < 0, dtype.type(0), y).astype(dtype) if then_relu else y
+    if then_steps:
+        epilogue.apply_steps(y.reshape(n, m, -1), tuple(then_steps))
+    return y
 
 
 def _conv_transpose_pads(spatial, kernel, strides, dilations, output_padding, auto_pad, pads,
