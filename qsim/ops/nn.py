@@ -726,14 +726,8 @@ def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
         with np.errstate(invalid="ignore", divide="ignore"):
             y = total / count.astype(np.float32)
         return np.where(inside > 0, y, np.float32(0)).astype(np.float32)
-    xp = _pad(x, begins, [e + m for e, m in zip(ends, extra)], 0.0)
-    # 1 where a window position counts, on the same padded grid
-    inside = np.ones((1, 1) + x.shape[2:], dtype=x.dtype)
-    if count_include_pad:
-        inside = _pad(_pad(inside, begins, ends, 1.0), [0] * len(extra), extra, 0.0)
-    else:
-        inside = _pad(inside, begins, [e + m for e, m in zip(ends, extra)], 0.0)
-    count = _separable_pool(inside, kernel, strides, dilations, out, np.add)
+    count = _pool_counts(x.shape[2:], kernel, strides, dilations, begins, ends, extra, out,
+                         bool(count_include_pad)).astype(x.dtype, copy=False)
     if x.dtype == np.float32 and all(d == 1 for d in dilations):
         # ONNX Runtime's summation order (MlasPool; ceil_mode with count_include_pad runs ORT's
         # own loop), bit for bit; the division by count is the same
@@ -746,13 +740,32 @@ def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
                   and math_exact.mlas_pool_is_vector(kernel, strides, spatial[-1],
                                                      begins[-1] + ends[-1]))
         if vector and len(kernel) == 2:    # MLAS's column sums skip the padding rows
-            xp = _pad(_pad(x, [0, begins[1]], [0, ends[1] + extra[1]], 0.0),
-                      [begins[0], 0], [ends[0] + extra[0], 0], -0.0)
+            xp = _pad(x, begins, [e + m for e, m in zip(ends, extra)], 0.0,
+                      rows_value=-0.0)
+        else:
+            xp = _pad(x, begins, [e + m for e, m in zip(ends, extra)], 0.0)
         total = math_exact.pool_window_sums(xp, kernel, strides, out, vector=vector)
     else:
+        xp = _pad(x, begins, [e + m for e, m in zip(ends, extra)], 0.0)
         total = _separable_pool(xp, kernel, strides, dilations, out, np.add)
     total /= count
     return total
+
+
+@functools.lru_cache(maxsize=256)
+def _pool_counts(spatial, kernel, strides, dilations, begins, ends, extra, out,
+                 include_pad: bool) -> np.ndarray:
+    """AveragePool's divisor per output position ``(1, 1, *out)`` (float64, read-only; made
+    once per geometry): the window positions inside ``X`` (and inside its explicit/auto padding
+    with ``include_pad``; never the positions only ceil_mode adds)."""
+    inside = np.ones((1, 1) + tuple(spatial))
+    if include_pad:
+        inside = _pad(_pad(inside, begins, ends, 1.0), [0] * len(extra), extra, 0.0)
+    else:
+        inside = _pad(inside, begins, [e + m for e, m in zip(ends, extra)], 0.0)
+    count = _separable_pool(inside, kernel, strides, dilations, out, np.add)
+    count.flags.writeable = False
+    return count
 
 
 @register("GlobalAveragePool")
@@ -878,10 +891,9 @@ def batch_normalization(x, scale, b, input_mean, input_var, *, epsilon=1e-5, mom
         y = x * s
         y += shift
         return (y, running_mean, running_var, batch_mean, inv_std)[:noutputs]
-    # as ONNX Runtime: s = (1 / sqrt(var + epsilon)) * scale, two roundings (bit for bit)
-    inv_std = dtype.type(1) / np.sqrt(var + dtype.type(epsilon))
-    s = inv_std * _per_channel(scale, "scale", c, x.ndim, dtype)
-    shift = _per_channel(b, "B", c, x.ndim, dtype) - mean_in * s
+    s, shift = epilogue.batch_norm_affine(_per_channel(scale, "scale", c, x.ndim, dtype),
+                                           _per_channel(b, "B", c, x.ndim, dtype), mean_in,
+                                           var, epsilon=epsilon)
     return _scale_shift(x, s, shift, then_relu)
 
 
