@@ -51,6 +51,7 @@ halfway case are not corrected (never seen in practice).
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 import functools
 import math
 import os
@@ -1404,6 +1405,62 @@ def _conv_plan(n, group, mg, cg, kg, spatial, kernel, strides, dilations, begins
             _readonly_view(b_index))
 
 
+@dataclass(frozen=True)
+class _ConvSetup:
+    """Everything :func:`conv` derives from the shapes and attributes alone (cached per
+    shape by :func:`_conv_setup`): the output size, the path that computes it, the MLAS plan
+    (tiles, depthwise K block, filter and column index per product; writable arrays, as the
+    compiled signatures take them, never written) and the geometry the kernels take."""
+
+    out: tuple
+    p: int
+    mg: int
+    cg: int
+    kg: int
+    path: str       # "m2", "zero", "group4", "images", "im2col", "columns"
+    tiles: np.ndarray
+    kb4: int
+    a_index: np.ndarray
+    b_index: np.ndarray
+    geometry: tuple
+
+
+@functools.lru_cache(maxsize=1024)
+def _conv_setup(n, channels, spatial, m, kernel, group, strides, dilations, begins, ends,
+                family, threads, use_numba) -> _ConvSetup:
+    """The :class:`_ConvSetup` of one Conv shape (pure, so cached: a model repeats a few
+    shapes, and deriving it costs as much as a small Conv's products)."""
+    mg, cg = m // group, channels // group
+    kg = cg * math.prod(kernel)
+    out = _out_shape(spatial, kernel, strides, dilations, begins, ends)
+    p = math.prod(out)
+    none = np.zeros(0, np.int64)
+    if family == "avx512" and avx512.uses_depthwise_m2(
+            group=group, channels=channels, filters=m, kernel=kernel, strides=strides,
+            dilations=dilations, begins=begins, ends=ends, out=out):
+        return _ConvSetup(out, p, mg, cg, kg, "m2", none.reshape(0, 6), 0, none, none, ())
+    tiles, kb4, a_index, b_index = _conv_plan(
+        n, group, mg, cg, kg, spatial, kernel, strides, dilations, begins, ends, threads)
+    tiles, a_index, b_index = tiles.copy(), a_index.copy(), b_index.copy()
+    direct = math.prod(kernel) == 1 and all(s == 1 for s in strides) and not any(begins) \
+        and not any(ends)
+    geometry = ()
+    if kg == 0:
+        path = "zero"
+    elif kb4:       # depthwise: MLAS's M = 1 kernel, computed from the image directly
+        path = "group4"
+        geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *ends, *out))
+    elif use_numba and len(kernel) == 2 and not direct and n * group >= DEFAULT_THREADS:
+        path = "images"
+        geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *out))
+    elif use_numba and len(kernel) == 2 and not direct and n * group == 1:
+        path = "im2col"
+        geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *out))
+    else:
+        path = "columns"
+    return _ConvSetup(out, p, mg, cg, kg, path, tiles, kb4, a_index, b_index, geometry)
+
+
 def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
          threads=DEFAULT_THREADS, use_numba=USE_NUMBA, family="avx2",
          relu=False, steps=None) -> np.ndarray:
@@ -1423,47 +1480,34 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
     n, channels = x.shape[:2]
     spatial, kernel = tuple(x.shape[2:]), tuple(w.shape[2:])
     m = w.shape[0]
-    mg, cg = m // group, channels // group
-    kg = cg * math.prod(kernel)
-    out = _out_shape(spatial, kernel, strides, dilations, begins, ends)
-    if family == "avx512" and avx512.uses_depthwise_m2(
-            group=group, channels=channels, filters=m, kernel=kernel, strides=strides,
-            dilations=dilations, begins=begins, ends=ends, out=out):
+    s = _conv_setup(n, channels, spatial, m, kernel, group, tuple(strides), tuple(dilations),
+                    tuple(begins), tuple(ends), family, threads, use_numba)
+    mg, cg, kg, p, out = s.mg, s.cg, s.kg, s.p, s.out
+    if s.path == "m2":
         y = np.ascontiguousarray(avx512.depthwise_m2_7x7s2(x, w, use_numba=use_numba))
         if bias is not None or relu or steps is not None:
             _bias_relu(y.reshape(n, m, -1), bias, relu, use_numba, steps)
         return y
-    p = math.prod(out)
-    tiles, kb4, a_index, b_index = _conv_plan(
-        n, group, mg, cg, kg, spatial, kernel, tuple(strides), tuple(dilations), tuple(begins),
-        tuple(ends), threads)
-    # writable copies: the kernels' compiled signatures take writable index arrays
-    tiles, a_index, b_index = tiles.copy(), a_index.copy(), b_index.copy()
     a = _f32c(w.reshape(group, mg, kg))
-    direct = math.prod(kernel) == 1 and all(s == 1 for s in strides) and not any(begins) \
-        and not any(ends)
-    if kg == 0:
+    if s.path == "zero":
         y = np.zeros((n * group, mg, p), dtype=np.float32)
-    elif kb4:       # depthwise: MLAS's M = 1 kernel, computed from the image directly
+    elif s.path == "group4":
         images = _f32c(x).reshape((n * group, cg) + spatial)
-        geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *ends, *out))
-        y = _group4_conv(images, _f32c(w.reshape(group, kg)), kb4, geometry, use_numba)
-    elif use_numba and len(kernel) == 2 and not direct and n * group >= DEFAULT_THREADS:
+        y = _group4_conv(images, _f32c(w.reshape(group, kg)), s.kb4, s.geometry, use_numba)
+    elif s.path == "images":
         # every thread expands and multiplies its own images (see _conv_2d_parallel)
         images = _readonly_view(_f32c(x).reshape((n * group, cg) + spatial))
-        geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *out))
         y = np.empty((n * group, mg, p), dtype=np.float32)
-        _conv_2d_parallel(images, a, y, a_index, tiles, geometry, DEFAULT_THREADS)
-    elif use_numba and len(kernel) == 2 and not direct and n * group == 1:
+        _conv_2d_parallel(images, a, y, s.a_index, s.tiles, s.geometry, DEFAULT_THREADS)
+    elif s.path == "im2col":
         cols = np.empty((1, kg, p), dtype=np.float32)
-        _im2col_2d(_readonly_view(_f32c(x)), 0, cols[0],
-                   *(int(v) for v in (*kernel, *strides, *dilations, *begins, *out)))
+        _im2col_2d(_readonly_view(_f32c(x)), 0, cols[0], *s.geometry)
         y = np.empty((1, mg, p), dtype=np.float32)
-        run_batch(a, cols, y, a_index, b_index, tiles, use_numba=use_numba)
+        run_batch(a, cols, y, s.a_index, s.b_index, s.tiles, use_numba=use_numba)
     else:
         cols = _columns(x, group, kernel, out, strides, dilations, begins, ends)
         y = np.empty((n * group, mg, p), dtype=np.float32)
-        run_batch(a, cols, y, a_index, b_index, tiles, use_numba=use_numba)
+        run_batch(a, cols, y, s.a_index, s.b_index, s.tiles, use_numba=use_numba)
     if bias is not None or relu or steps is not None:
         _bias_relu(y.reshape(n, m, p), bias, relu, use_numba, steps)
     return y.reshape((n, m) + out)
