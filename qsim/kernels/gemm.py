@@ -1070,6 +1070,45 @@ def _out_shape(in_shape, kernel, strides, dilations, begins, ends):
 
 
 @_compile()
+def _im2col_2d_stride2(x1, i, channels, h, w, out1, kh, kw, sh, dh, bh, bw, oh, ow):
+    """:func:`_im2col_2d` for a column stride of 2 (no column dilation), the same values: per
+    input row read by an output row, the row zero-padded into a buffer (``bw`` zeros first)
+    and split into its even and odd positions, so tap ``kx`` of output ``ox`` (padded position
+    ``2·ox + kx``) is ``half[kx mod 2][ox + kx div 2]``: consecutive reads that vectorize."""
+    zero = np.float32(0.0)
+    p = oh * ow
+    length = max(bw + w, 2 * ow + kw) + 2
+    half = length // 2 + 1
+    row = np.zeros(2 * half, dtype=np.float32)
+    split = np.zeros((2, half), dtype=np.float32)
+    for c in range(channels):
+        for ky in range(kh):
+            for oy in range(oh):
+                iy = oy * sh + ky * dh - bh
+                r0 = (c * kh + ky) * kw
+                if iy < 0 or iy >= h:
+                    for kx in range(kw):
+                        d0 = np.uint64((r0 + kx) * p + oy * ow)
+                        for ox in range(ow):
+                            out1[d0 + np.uint64(ox)] = zero
+                    continue
+                src = np.uint64(((i * channels + c) * h + iy) * w)
+                for ix in range(w):
+                    u = np.uint64(ix)
+                    row[np.uint64(bw) + u] = x1[src + u]
+                for t in range(half):
+                    u = np.uint64(t)
+                    split[0, u] = row[u + u]
+                    split[1, u] = row[u + u + np.uint64(1)]
+                for kx in range(kw):
+                    d0 = np.uint64((r0 + kx) * p + oy * ow)
+                    ph, off = np.uint64(kx & 1), np.uint64(kx >> 1)
+                    for ox in range(ow):
+                        u = np.uint64(ox)
+                        out1[d0 + u] = split[ph, off + u]
+
+
+@_compile()
 def _im2col_2d(x, i, out, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow):
     """Columns of image ``i`` of ``x`` ``(images, C, H, W)`` into ``out`` ``(C·kh·kw, oh·ow)``:
     ``out[(c·kh + ky)·kw + kx, oy·ow + ox] = x[i, c, oy·sh + ky·dh - bh, ox·sw + kx·dw - bw]``,
@@ -1078,6 +1117,9 @@ def _im2col_2d(x, i, out, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow):
     zero = np.float32(0.0)
     x1, out1 = x.reshape(-1), out.reshape(-1)       # C-contiguous: flat views
     p = oh * ow
+    if sw == 2 and dw == 1:
+        _im2col_2d_stride2(x1, i, channels, h, w, out1, kh, kw, sh, dh, bh, bw, oh, ow)
+        return
     for c in range(channels):
         for ky in range(kh):
             for kx in range(kw):
