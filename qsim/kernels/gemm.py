@@ -1316,6 +1316,11 @@ def _nb_group4_conv(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, j0, j1):
                         + first_pos[phase]
                     src = np.uint64((((j * cg + c) * h + iy) * w) + first_col[phase])
                     step, d0 = np.uint64(sw), np.uint64(dst)
+                    if sw == 1:                         # (a known unit step: vector copies)
+                        for t in range(counts[phase]):
+                            u = np.uint64(t)
+                            pad[d0 + u] = x1[src + u]
+                        continue
                     for t in range(counts[phase]):      # (flat unsigned indices, no views:
                         u = np.uint64(t)                # a view costs atomic refcounts)
                         pad[d0 + u] = x1[src + u * step]
