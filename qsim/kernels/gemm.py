@@ -65,6 +65,8 @@ from numba.extending import intrinsic
 
 from ..jit import USE_NUMBA
 from . import avx512
+from . import threads as threads_
+from .threads import claim, finish
 
 #: kernel kinds of a tile (see the module docstring)
 FMA, GROUP4, LANE8_N, LANE8_M = 0, 1, 2, 3
@@ -774,35 +776,49 @@ def _ranges(count: int, threads: int) -> list[tuple[int, int]]:
     return [partition(t, parts, count) for t in range(parts)]
 
 
+@_compile()
+def _run_parts(a, b, c, a_index, b_index, tiles, parts, alpha, zero_first, state):
+    """The parts of a batched product that this thread claims (:mod:`qsim.kernels.threads`):
+    part ``p`` is ``c[i] = a[a_index[i]] @ b[b_index[i]]`` for ``parts[p, 0] <= i <
+    parts[p, 1]`` with the tiles ``tiles[parts[p, 2]:parts[p, 3]]``."""
+    while True:
+        p = claim(state)
+        if p >= parts.shape[0]:
+            return
+        tile_set = tiles[parts[p, 2]:parts[p, 3]]
+        for i in range(parts[p, 0], parts[p, 1]):
+            _run_tiles(a[a_index[i]], b[b_index[i]], c[i], tile_set, alpha, zero_first)
+        finish(state)
+
+
 def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
-    """:func:`_run_range` split over ``threads`` Python threads (the kernels release the GIL):
-    contiguous parts of the batch, or for a single product, its columns (:func:`_split_columns`).
-    Numba's ``prange`` is not used: its compiled code does not get the SLP-vectorized
-    micro-kernel."""
+    """:func:`_run_tiles` over the batch, split into parts that ``threads`` threads claim
+    inside compiled code (:func:`_run_parts`, :mod:`qsim.kernels.threads`): contiguous parts of
+    the batch, or for a single product, its columns (:func:`_split_columns`). Numba's
+    ``prange`` is not used: its compiled code does not get the SLP-vectorized micro-kernel."""
     count = c.shape[0]
     alpha, zero_first = np.float32(alpha), bool(zero_first)
     # One compiled signature whether the operands are parameters (read-only) or activations,
     # and the same B type as the zero-padded edge strip of _tile_fma: each extra signature
     # costs a full compile of the kernel chain on a cold cache.
     a, b = _readonly_view(a), _writable(b)
-    if count * sum((t[1] - t[0]) * (t[3] - t[2]) for t in tiles.tolist()) * a.shape[2] \
-            < _MIN_PARALLEL_WORK:
+    tiles = np.ascontiguousarray(tiles, dtype=np.int64)
+    if count * int(((tiles[:, 1] - tiles[:, 0]) * (tiles[:, 3] - tiles[:, 2])).sum()) \
+            * a.shape[2] < _MIN_PARALLEL_WORK:
         threads = 1
     if count == 1 and threads > 1:
-        jobs = [(part, 0, 1) for part in _split_columns(tiles, threads * _PARTS_PER_THREAD)]
+        sets = _split_columns(tiles, threads * _PARTS_PER_THREAD)
+        ends = np.cumsum([len(t) for t in sets])
+        parts = np.array([(0, 1, e - len(t), e) for t, e in zip(sets, ends)], dtype=np.int64)
+        tiles = np.concatenate(sets)
     else:
-        jobs = [(tiles, start, start + size) for start, size in _ranges(count, threads)]
-
-    def job(spec):
-        part, i0, i1 = spec
-        _run_range(a, b, c, a_index, b_index, part, alpha, zero_first, i0, i1)
-
-    with _slp_vectorizer():
-        if len(jobs) == 1:
-            job(jobs[0])
-            return
-        _run_range(a, b, c, a_index, b_index, tiles, alpha, zero_first, 0, 0)   # compile once
-    _parallel(job, jobs, threads)
+        parts = np.array([(start, start + size, 0, len(tiles))
+                          for start, size in _ranges(count, threads)], dtype=np.int64)
+    args = (a, b, c, a_index, b_index, tiles, parts, alpha, zero_first)
+    if not _run_parts.overloads:
+        with _slp_vectorizer():         # compile once, on this thread, with the SLP pass
+            _run_parts(*args, np.full(2, len(parts), dtype=np.int64))
+    threads_.run(_run_parts, args, len(parts), threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1239,32 +1255,39 @@ def _bias_relu(y, bias, relu, use_numba, steps=None):
         np.copyto(y, np.float32(0.0), where=y < 0)
 
 
+@_compile()
+def _conv_images_parts(images, weights, c, a_index, tiles, kh, kw, sh, sw, dh, dw, bh, bw, oh,
+                       ow, state):
+    """The images of :func:`_conv_2d_parallel` that this thread claims
+    (:mod:`qsim.kernels.threads`): each expanded into this thread's im2col buffer (made at its
+    first image), then ``c[i] = weights[a_index[i]] @ cols`` (:func:`_run_tiles`)."""
+    kg = images.shape[1] * kh * kw
+    scratch = np.empty((0, 0), dtype=np.float32)
+    while True:
+        i = claim(state)
+        if i >= images.shape[0]:
+            return
+        if scratch.shape[0] == 0:
+            scratch = np.empty((kg, oh * ow), dtype=np.float32)
+        _im2col_2d(images, i, scratch, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow)
+        _run_tiles(weights[a_index[i]], scratch, c[i], tiles, np.float32(1.0), True)
+        finish(state)
+
+
 def _conv_2d_parallel(images, a, c, a_index, tiles, geometry, threads):
     """A 2-D Conv's products ``c[i] = a[a_index[i]] @ cols_i`` image by image on ``threads``
     threads, each expanding one image at a time into its own im2col buffer
     (:func:`_im2col_2d`; small enough to stay in cache, and no page faults of a fresh
-    full-batch matrix) before multiplying it (:func:`_run_range`, the same kernels and tiles
-    as :func:`run_batch`)."""
-    count = images.shape[0]
-    kg = images.shape[1] * geometry[0] * geometry[1]
-    p = geometry[-2] * geometry[-1]
-    zeros = np.zeros(count, dtype=np.int64)
-    alpha = np.float32(1.0)
-    # operand types as _run_parallel makes them: A read-only, B writable (one signature)
-    weights = _readonly_view(a)
-    buffers = {}        # thread id -> its im2col buffer, reused across its parts
-
-    def job(i):
-        scratch = buffers.get(threading.get_ident())
-        if scratch is None:
-            scratch = buffers[threading.get_ident()] = np.empty((1, kg, p), dtype=np.float32)
-        _im2col_2d(images, i, scratch[0], *geometry)
-        _run_range(weights, scratch, c, a_index, zeros, tiles, alpha, True, i, i + 1)
-
-    with _slp_vectorizer():     # compile once, before the threads
-        _run_range(weights, np.empty((1, kg, p), dtype=np.float32), c, a_index, zeros, tiles,
-                   alpha, True, 0, 0)
-    _parallel(job, range(count), threads)
+    full-batch matrix) before multiplying it (:func:`_run_tiles`, the same kernels and tiles
+    as :func:`run_batch`); the images are claimed inside compiled code
+    (:func:`_conv_images_parts`)."""
+    # operand types as _run_parallel makes them: A read-only (one signature)
+    args = (images, _readonly_view(a), c, a_index, np.ascontiguousarray(tiles, np.int64),
+            *geometry)
+    if not _conv_images_parts.overloads:
+        with _slp_vectorizer():         # compile once, on this thread, with the SLP pass
+            _conv_images_parts(*args, np.full(2, images.shape[0], dtype=np.int64))
+    threads_.run(_conv_images_parts, args, images.shape[0], threads)
 
 
 def _single_group4(tiles, mg, p):
@@ -1404,13 +1427,24 @@ def _group4_conv(x, wf, kb, geometry, use_numba):
     offs = _tap_offsets(cg, kh, kw, sh, sw, dh, dw, hq, wq)
     y = np.empty((x.shape[0], oh, ow), dtype=np.float32)
     x, wf = _readonly_view(x), _readonly_view(wf)
-
-    def job(part):
-        _nb_group4_conv(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, part[0], part[0] + part[1])
-
     threads = DEFAULT_THREADS if y.size * wf.shape[1] >= _MIN_PARALLEL_WORK else 1
-    _parallel(job, _ranges(x.shape[0], threads), threads)
+    parts = np.array([(start, start + size) for start, size in _ranges(x.shape[0], threads)],
+                     dtype=np.int64)
+    threads_.run(_nb_group4_parts, (x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, parts),
+                 len(parts), threads)
     return y
+
+
+@_compile()
+def _nb_group4_parts(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, parts, state):
+    """The parts ``[parts[p, 0], parts[p, 1])`` of :func:`_nb_group4_conv`'s products that this
+    thread claims (:mod:`qsim.kernels.threads`)."""
+    while True:
+        p = claim(state)
+        if p >= parts.shape[0]:
+            return
+        _nb_group4_conv(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, parts[p, 0], parts[p, 1])
+        finish(state)
 
 
 def _columns(x, group, kernel, out, strides, dilations, begins, ends) -> np.ndarray:
