@@ -405,12 +405,13 @@ def _int_pow(x, k: int) -> np.ndarray:
         return _f(y * r)
 
 
-#: values per chunk of :func:`ppow` (128 KiB of float32)
+#: values per chunk of :func:`_np_ppow` (128 KiB of float32)
 _PPOW_CHUNK = 32768
 
 
 def _np_ppow(x, exponent: float) -> np.ndarray:
-    """NumPy twin of :func:`ppow`: Eigen's packet ``x.pow(exponent)`` (float32 ``x``, float32 scalar ``exponent``).
+    """Eigen's packet ``x.pow(exponent)`` (float32 ``x``, float32 scalar ``exponent``) in NumPy:
+    the twin of :func:`ppow`'s compiled loop.
 
     An integer exponent in [-3, 7] is :func:`_int_pow`; any other is :func:`_pow_core` of |x|
     with the special values of Eigen's handlers: a non-integer exponent gives NaN (all bits

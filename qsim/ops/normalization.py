@@ -33,7 +33,14 @@ def lrn(x, *, alpha=1e-4, beta=0.75, bias=1.0, size=None):
     (cost 320 per element, the session's threads): elements outside the aligned packets of 4
     of a block (:func:`qsim.kernels.mlas_math.eigen_scalar_positions`) take C ``powf``, those in
     packets Eigen's packet pow (:func:`qsim.kernels.eigen_math.ppow`: repeated multiplication
-    for an integer exponent in [-3, 7], else its double-word log2/exp2), both bit for bit."""
+    for an integer exponent in [-3, 7], else its double-word log2/exp2), both bit for bit.
+    Where two NaNs meet, ORT's: a NaN product wins in a window sum (:func:`_add_product`), X's
+    NaN in the packets of ``X · power``, powf's outside them (:func:`_times_power`).
+
+    float32 runs compiled (window sums :func:`_nb_window_sums`, pow
+    :func:`qsim.kernels.eigen_math._nb_ppow`, both vectorised); with ``NUMBA_DISABLE_JIT=1``
+    the NumPy twins, which give the same bits (tests/ops/test_lrn_kernels.py); other dtypes
+    always the twins."""
     if x.ndim < 3:
         raise OpError(f"input X has shape {list(x.shape)}; expected rank >= 3 (N, C, ...)")
     if size is None or int(size) < 1:

@@ -71,6 +71,18 @@ def test_compiled_pow_special_values(y):
 
 
 @needs_jit
+@pytest.mark.parametrize("y", [-125.7, -126.0 - 2**-10, -130.3, -140.5, -148.9, -149.6, -150.2,
+                               127.4, 127.9, 128.2, -1000.5, 1000.5])
+def test_compiled_pow_subnormal_and_overflowing_results(y):
+    """Results 2^f across the subnormal range and the overflow threshold (ldexp's one rounding),
+    from x near 1/2, 1 and 2 (every last bit) and below."""
+    steps = np.arange(-300, 300, dtype=np.int32)
+    x = np.concatenate([(np.float32(v).view(np.int32) + steps).view(np.float32)
+                        for v in (0.5, 0.99, 1.0, 1.01, 2.0, 1.9, 0.3)])
+    same_bits(em.ppow(x, y), em._np_ppow(x, y), f"exponent {y}")
+
+
+@needs_jit
 @pytest.mark.parametrize("threads", [1, 2])
 def test_compiled_pow_on_threads(threads):
     """A tensor large enough for the parts on two threads (and an odd size: a short last part)."""
