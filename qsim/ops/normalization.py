@@ -104,8 +104,9 @@ def _np_window_sums(x: np.ndarray, size: int, a, bias) -> np.ndarray:
 
 def _add_product(running: np.ndarray, a, sq: np.ndarray) -> np.ndarray:
     """``running + a·sq`` with ORT's NaNs: ``p = a`` if ``a`` is NaN else ``a·sq``; the sum is
-    ``p`` where ``p`` is NaN (x86 keeps the NaN of the first operand of ``p + running``;
-    NumPy's own choice depends on the position in its SIMD loop)."""
+    ``p`` where ``p`` is NaN, also when ``running`` is NaN too (what ORT's compiled Axpy gives,
+    tests/ops/test_lrn_kernels.py; a plain NumPy add keeps either NaN, depending on the
+    element's position in NumPy's SIMD loop)."""
     p = np.full_like(sq, a) if np.isnan(a) else a * sq
     return np.where(np.isnan(p), p, running + p)
 
