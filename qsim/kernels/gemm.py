@@ -1126,12 +1126,67 @@ def _nb_bias_relu(y, bias, add, relu):
                     y1[base + np.uint64(j)] = zero if v < zero else v
 
 
-def _bias_relu(y, bias, relu, use_numba):
+#: the per-channel step codes of :func:`_nb_bias_steps`
+STEP_MUL, STEP_ADD, STEP_RELU = 0, 1, 2
+
+
+@_compile()
+def _nb_bias_steps(y, bias, add, codes, values):
+    """In place over ``y`` ``(N, M, P)`` (C-contiguous), row by row while the row is in cache:
+    ``v = y[i, m, j] + bias[m]`` when ``add``, then each step ``s`` in turn: ``v · values[s, m]``
+    (code 0), ``v + values[s, m]`` (code 1) or ``0 if v < 0 else v`` (code 2), every
+    operation rounded to float32 (:mod:`qsim.ops.epilogue`)."""
+    count, m, p = y.shape
+    y1 = y.reshape(-1)
+    zero = np.float32(0.0)
+    for i in range(count):
+        for c in range(m):
+            base = np.uint64((i * m + c) * p)
+            if add:
+                b = bias[c]
+                for j in range(p):
+                    y1[base + np.uint64(j)] = y1[base + np.uint64(j)] + b
+            for s in range(codes.shape[0]):
+                v = values[s, c]
+                if codes[s] == 0:
+                    for j in range(p):
+                        y1[base + np.uint64(j)] = y1[base + np.uint64(j)] * v
+                elif codes[s] == 1:
+                    for j in range(p):
+                        y1[base + np.uint64(j)] = y1[base + np.uint64(j)] + v
+                else:
+                    for j in range(p):
+                        t = y1[base + np.uint64(j)]
+                        y1[base + np.uint64(j)] = zero if t < zero else t
+
+
+def _bias_relu(y, bias, relu, use_numba, steps=None):
     """A Conv's bias added last (one float32 addition per output), then its Relu if ``relu``,
-    in one pass (:func:`_nb_bias_relu`); NumPy twin: the broadcast add, then
-    ``where(y < 0, 0, y)``. ``y`` ``(N, M, P)`` is updated in place."""
+    then the per-channel ``steps`` (``(codes, values)`` of :func:`_nb_bias_steps`, from
+    :mod:`qsim.ops.epilogue`), in one pass (:func:`_nb_bias_relu`, :func:`_nb_bias_steps`);
+    NumPy twin: the broadcast add, then ``where(y < 0, 0, y)``, then one NumPy pass per step.
+    ``y`` ``(N, M, P)`` is updated in place."""
     add = bias is not None
     b = np.asarray(bias, dtype=np.float32) if add else np.zeros(y.shape[1], np.float32)
+    if steps is not None:
+        codes, values = steps
+        if relu:
+            codes = np.concatenate([[STEP_RELU], codes]).astype(np.int64)
+            values = np.concatenate([np.zeros((1, y.shape[1]), np.float32), values])
+        if use_numba:
+            _nb_bias_steps(y, b, add, codes, values)
+            return
+        with np.errstate(invalid="ignore", over="ignore"):     # IEEE results, as compiled
+            if add:
+                y += b.reshape(-1, 1)
+            for code, v in zip(codes.tolist(), values):
+                if code == STEP_MUL:
+                    y *= v.reshape(-1, 1)
+                elif code == STEP_ADD:
+                    y += v.reshape(-1, 1)
+                else:
+                    np.copyto(y, np.float32(0.0), where=y < 0)
+        return
     if use_numba:
         _nb_bias_relu(y, b, add, bool(relu))
         return
@@ -1351,7 +1406,7 @@ def _conv_plan(n, group, mg, cg, kg, spatial, kernel, strides, dilations, begins
 
 def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
          threads=DEFAULT_THREADS, use_numba=USE_NUMBA, family="avx2",
-         relu=False) -> np.ndarray:
+         relu=False, steps=None) -> np.ndarray:
     """ONNX ``Conv`` (N-D, grouped) as ONNX Runtime computes it with the kernel ``family``;
     ``begins`` / ``ends`` are the resolved pads, the output ``(N, M, *out)`` is C-contiguous.
 
@@ -1360,7 +1415,9 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
     ``family="avx512"``: the depthwise multiplier-2 7x7/2 Convs MLAS gives its own AVX512F kernel
     (:func:`qsim.kernels.avx512.uses_depthwise_m2`) are computed by
     :func:`qsim.kernels.avx512.depthwise_m2_7x7s2`, then the bias is added. ``relu``: then
-    ``Y = 0 if Y < 0 else Y`` (ONNX Runtime's Relu node, in the same pass as the bias)."""
+    ``Y = 0 if Y < 0 else Y`` (ONNX Runtime's Relu node, in the same pass as the bias);
+    ``steps``: then the per-channel ops ``(codes, values)`` of :func:`_nb_bias_steps` (from
+    :mod:`qsim.ops.epilogue`), in that pass too."""
     x = np.asarray(x, dtype=np.float32)
     w = np.asarray(w, dtype=np.float32)
     n, channels = x.shape[:2]
@@ -1373,8 +1430,8 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
             group=group, channels=channels, filters=m, kernel=kernel, strides=strides,
             dilations=dilations, begins=begins, ends=ends, out=out):
         y = np.ascontiguousarray(avx512.depthwise_m2_7x7s2(x, w, use_numba=use_numba))
-        if bias is not None or relu:
-            _bias_relu(y.reshape(n, m, -1), bias, relu, use_numba)
+        if bias is not None or relu or steps is not None:
+            _bias_relu(y.reshape(n, m, -1), bias, relu, use_numba, steps)
         return y
     p = math.prod(out)
     tiles, kb4, a_index, b_index = _conv_plan(
@@ -1407,8 +1464,8 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
         cols = _columns(x, group, kernel, out, strides, dilations, begins, ends)
         y = np.empty((n * group, mg, p), dtype=np.float32)
         run_batch(a, cols, y, a_index, b_index, tiles, use_numba=use_numba)
-    if bias is not None or relu:
-        _bias_relu(y.reshape(n, m, p), bias, relu, use_numba)
+    if bias is not None or relu or steps is not None:
+        _bias_relu(y.reshape(n, m, p), bias, relu, use_numba, steps)
     return y.reshape((n, m) + out)
 
 

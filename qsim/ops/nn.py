@@ -29,6 +29,7 @@ from ..kernels import avx512
 from ..kernels import gemm as gemm_exact
 from ..kernels import mlas_math as math_exact
 from ..kernels.family import resolve as resolve_family
+from . import epilogue
 from .registry import register
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -112,12 +113,17 @@ def _out_size(size: int, k: int, s: int, d: int, begin: int, end: int, ceil_mode
     return out
 
 
-def _pad(x: np.ndarray, begins, ends, value=0.0) -> np.ndarray:
-    """Pad the spatial axes (2...) of ``x``; no copy when nothing is padded."""
+def _pad(x: np.ndarray, begins, ends, value=0.0, rows_value=None) -> np.ndarray:
+    """Pad the spatial axes (2...) of ``x`` with ``value``; no copy when nothing is padded.
+    ``rows_value`` (2-D): the padding rows (above and below ``x``) get that value instead, the
+    padding columns of ``x``'s rows ``value``."""
     if not any(begins) and not any(ends):
         return x
     shape = x.shape[:2] + tuple(d + int(b) + int(e) for d, b, e in zip(x.shape[2:], begins, ends))
     out = np.full(shape, value, dtype=x.dtype)      # (np.pad: the same array, 2-3x slower)
+    if rows_value is not None:
+        out[:, :, :int(begins[0])] = rows_value
+        out[:, :, int(begins[0]) + x.shape[2]:] = rows_value
     out[(slice(None), slice(None)) + tuple(slice(int(b), int(b) + d)
                                            for b, d in zip(begins, x.shape[2:]))] = x
     return out
@@ -183,7 +189,7 @@ def _batch_major(y: np.ndarray) -> np.ndarray:
 
 @register("Conv")
 def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
-         pads=None, strides=None, fp32_kernels="auto", then_relu=False):
+         pads=None, strides=None, fp32_kernels="auto", then_relu=False, then_steps=()):
     """N-D convolution (cross-correlation), grouped.
 
     ``Y[n, m, o] = B[m] + Σ_{c ∈ group(m), k} X_pad[n, c, o·stride + k·dilation] · W[m, c', k]``
@@ -191,7 +197,9 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     ``floor((size + pads - dilation·(kernel-1) - 1) / stride) + 1`` positions per axis.
     Computed as one batched matrix product per group: ``W_g (M/g, C/g·K) @ cols_g (C/g·K, N·O)``
     (float32: in ONNX Runtime's order for the kernel family, :func:`qsim.kernels.gemm.conv`).
-    ``then_relu`` (from the executor): return ``Relu(Y)`` (float32: in the bias pass).
+    ``then_relu`` (from the executor): return ``Relu(Y)`` (float32: in the bias pass);
+    ``then_steps``: then the per-channel ops of :mod:`qsim.ops.epilogue` (float32: in the bias
+    pass too).
     """
     nsp, group = _check_conv_operands(x, w, b, group, kernel_shape, transposed=False)
     auto_pad = _check_auto_pad(auto_pad)
@@ -209,7 +217,9 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     if dtype == np.float32:     # ONNX Runtime's (MLAS's) summation order, bit for bit
         return gemm_exact.conv(x, w, b, group=group, strides=strides, dilations=dilations,
                                begins=begins, ends=ends, family=resolve_family(fp32_kernels),
-                               relu=then_relu)
+                               relu=then_relu,
+                               steps=epilogue.packed(tuple(then_steps), w.shape[0])
+                               if then_steps else None)
     n, channels, m = x.shape[0], x.shape[1], w.shape[0]
     xp = _pad(x.astype(dtype, copy=False), begins, ends)
     cols = _windows(xp, kernel, strides, dilations, out)            # (N, C, *k, *o)
@@ -220,7 +230,10 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     if b is not None:
         y += b.astype(dtype, copy=False).reshape((m,) + (1,) * (nsp + 1))
     y = _batch_major(y)
-    return np.where(y < 0, dtype.type(0), y).astype(dtype) if then_relu else y
+    y = np.where(y < 0, dtype.type(0), y).astype(dtype) if then_relu else y
+    if then_steps:
+        epilogue.apply_steps(y.reshape(n, m, -1), tuple(then_steps))
+    return y
 
 
 def _conv_transpose_pads(spatial, kernel, strides, dilations, output_padding, auto_pad, pads,
@@ -713,14 +726,8 @@ def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
         with np.errstate(invalid="ignore", divide="ignore"):
             y = total / count.astype(np.float32)
         return np.where(inside > 0, y, np.float32(0)).astype(np.float32)
-    xp = _pad(x, begins, [e + m for e, m in zip(ends, extra)], 0.0)
-    # 1 where a window position counts, on the same padded grid
-    inside = np.ones((1, 1) + x.shape[2:], dtype=x.dtype)
-    if count_include_pad:
-        inside = _pad(_pad(inside, begins, ends, 1.0), [0] * len(extra), extra, 0.0)
-    else:
-        inside = _pad(inside, begins, [e + m for e, m in zip(ends, extra)], 0.0)
-    count = _separable_pool(inside, kernel, strides, dilations, out, np.add)
+    count = _pool_counts(x.shape[2:], kernel, strides, dilations, begins, ends, extra, out,
+                         bool(count_include_pad)).astype(x.dtype, copy=False)
     if x.dtype == np.float32 and all(d == 1 for d in dilations):
         # ONNX Runtime's summation order (MlasPool; ceil_mode with count_include_pad runs ORT's
         # own loop), bit for bit; the division by count is the same
@@ -733,13 +740,32 @@ def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
                   and math_exact.mlas_pool_is_vector(kernel, strides, spatial[-1],
                                                      begins[-1] + ends[-1]))
         if vector and len(kernel) == 2:    # MLAS's column sums skip the padding rows
-            xp = _pad(_pad(x, [0, begins[1]], [0, ends[1] + extra[1]], 0.0),
-                      [begins[0], 0], [ends[0] + extra[0], 0], -0.0)
+            xp = _pad(x, begins, [e + m for e, m in zip(ends, extra)], 0.0,
+                      rows_value=-0.0)
+        else:
+            xp = _pad(x, begins, [e + m for e, m in zip(ends, extra)], 0.0)
         total = math_exact.pool_window_sums(xp, kernel, strides, out, vector=vector)
     else:
+        xp = _pad(x, begins, [e + m for e, m in zip(ends, extra)], 0.0)
         total = _separable_pool(xp, kernel, strides, dilations, out, np.add)
     total /= count
     return total
+
+
+@functools.lru_cache(maxsize=256)
+def _pool_counts(spatial, kernel, strides, dilations, begins, ends, extra, out,
+                 include_pad: bool) -> np.ndarray:
+    """AveragePool's divisor per output position ``(1, 1, *out)`` (float64, read-only; made
+    once per geometry): the window positions inside ``X`` (and inside its explicit/auto padding
+    with ``include_pad``; never the positions only ceil_mode adds)."""
+    inside = np.ones((1, 1) + tuple(spatial))
+    if include_pad:
+        inside = _pad(_pad(inside, begins, ends, 1.0), [0] * len(extra), extra, 0.0)
+    else:
+        inside = _pad(inside, begins, [e + m for e, m in zip(ends, extra)], 0.0)
+    count = _separable_pool(inside, kernel, strides, dilations, out, np.add)
+    count.flags.writeable = False
+    return count
 
 
 @register("GlobalAveragePool")
@@ -865,10 +891,9 @@ def batch_normalization(x, scale, b, input_mean, input_var, *, epsilon=1e-5, mom
         y = x * s
         y += shift
         return (y, running_mean, running_var, batch_mean, inv_std)[:noutputs]
-    # as ONNX Runtime: s = (1 / sqrt(var + epsilon)) * scale, two roundings (bit for bit)
-    inv_std = dtype.type(1) / np.sqrt(var + dtype.type(epsilon))
-    s = inv_std * _per_channel(scale, "scale", c, x.ndim, dtype)
-    shift = _per_channel(b, "B", c, x.ndim, dtype) - mean_in * s
+    s, shift = epilogue.batch_norm_affine(_per_channel(scale, "scale", c, x.ndim, dtype),
+                                           _per_channel(b, "B", c, x.ndim, dtype), mean_in,
+                                           var, epsilon=epsilon)
     return _scale_shift(x, s, shift, then_relu)
 
 
