@@ -499,12 +499,14 @@ def _pow2_nb(k):
 
 @kernel
 def _fast_two_sum_nb(a, b):
+    """:func:`_fast_two_sum` of float32 scalars."""
     s = a + b
     return s, b - (s - a)
 
 
 @kernel
 def _two_prod_nb(a, b):
+    """:func:`_two_prod` of float32 scalars (Veltkamp halves, Dekker's product)."""
     ga = _VELTKAMP * a
     a_hi = (a - ga) + ga
     a_lo = a - a_hi
@@ -520,6 +522,7 @@ def _two_prod_nb(a, b):
 
 @kernel
 def _two_prod_dw_nb(h, l, b):
+    """:func:`_two_prod_dw` of float32 scalars."""
     c, e = _two_prod_nb(h, b)
     t, u = _fast_two_sum_nb(c, l * b)
     return _fast_two_sum_nb(t, u + e)
@@ -527,12 +530,14 @@ def _two_prod_dw_nb(h, l, b):
 
 @kernel
 def _fast_two_sum_dw_nb(a, a_lo, b, b_lo):
+    """:func:`_fast_two_sum_dw` of float32 scalars."""
     r, e = _fast_two_sum_nb(a, b)
     return _fast_two_sum_nb(r, (b_lo + e) + a_lo)
 
 
 @kernel
 def _round_half_away_nb(a):
+    """:func:`_round_half_away` of a float32 scalar."""
     t = np.trunc(a)
     return t + np.copysign(_ONE, a) if abs(a - t) >= _HALF else t
 
@@ -540,8 +545,9 @@ def _round_half_away_nb(a):
 @kernel
 def _pexp_small_nb(x):
     """:func:`pexp` for |x| <= 1 (pow's core calls it with |x| <= ln2/2 + ulps): there the
-    clamps and the NaN select of the twin do nothing, m is -1, 0 or 1, and Eigen's pldexp
-    (three factors of 2^floor(m/4) and a fourth) multiplies by exact powers of two: y·2^m."""
+    clamps, the max with x (exp(x) > x) and the NaN select of the twin change nothing, m is
+    -1, 0 or 1, and Eigen's pldexp (three factors of 2^floor(m/4) and a fourth) multiplies by
+    exact powers of two: y·2^m."""
     m = np.floor(x * _LOG2E + _HALF)
     r = x + m * _C1
     r = r + m * _C2

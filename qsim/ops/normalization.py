@@ -7,6 +7,7 @@ LRN follows ORT's running channel sums and its power (Eigen's packet pow, C powf
 packets) bit for bit (see :func:`lrn`)."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -58,24 +59,36 @@ def lrn(x, *, alpha=1e-4, beta=0.75, bias=1.0, size=None):
     if x.dtype != np.float32:
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             power = np.power(scale.astype(np.float64), -b).astype(x.dtype)
-        return _times_power(x, power, np.zeros(x.size, bool))
+        return _times_power(x, power, np.zeros(0, np.int64))
     power = eigen_math.ppow(scale, -b).reshape(-1)
-    scalar = math_exact.eigen_scalar_positions(power.size, _LRN_COST, math_exact.DEFAULT_THREADS)
-    power[scalar] = libm.c_pow(scale.reshape(-1)[scalar], np.full(int(scalar.sum()), t(-b)))
+    scalar = _scalar_indices(power.size, math_exact.DEFAULT_THREADS)
+    if scalar.size:
+        power[scalar] = libm.c_pow(scale.reshape(-1)[scalar], np.full(scalar.size, t(-b)))
     return _times_power(x, power.reshape(x.shape), scalar)
+
+
+@functools.lru_cache(maxsize=64)
+def _scalar_indices(n: int, threads: int) -> np.ndarray:
+    """Flat indices (sorted, read-only) of the elements of an LRN of ``n`` values that ORT
+    computes one at a time (:func:`qsim.kernels.mlas_math.eigen_scalar_positions`)."""
+    out = np.flatnonzero(math_exact.eigen_scalar_positions(n, _LRN_COST, threads))
+    out.flags.writeable = False
+    return out
 
 
 def _times_power(x: np.ndarray, power: np.ndarray, scalar: np.ndarray) -> np.ndarray:
     """``x · power`` with ORT's NaNs: where both are NaN, x's (quiet) NaN in Eigen's packets,
-    power's where ``scalar`` (flat mask) marks the elements ORT computes one at a time."""
+    power's at the flat indices ``scalar`` of the elements ORT computes one at a time."""
     with np.errstate(invalid="ignore", over="ignore"):
         y = x * power
     flat, xf, pf = y.reshape(-1), x.reshape(-1), power.reshape(-1)
     nan = np.flatnonzero(np.isnan(xf))
-    packet = nan[~scalar[nan]]
-    flat[packet] = _quiet(xf[packet])
-    both = nan[scalar[nan] & np.isnan(pf[nan])]
-    flat[both] = pf[both]
+    if nan.size:
+        one_at_a_time = np.isin(nan, scalar)
+        packet = nan[~one_at_a_time]
+        flat[packet] = _quiet(xf[packet])
+        both = nan[one_at_a_time & np.isnan(pf[nan])]
+        flat[both] = pf[both]
     return y
 
 
