@@ -137,3 +137,28 @@ def test_bias_steps_kernel_equals_numpy_twin(data, m, p, n, add, relu):
         else:
             want = np.where(want < 0, np.float32(0), want)
     np.testing.assert_array_equal(a.view(np.uint32), want.astype(np.float32).view(np.uint32))
+
+
+def test_relu_after_add_and_sum_runs_in_place_and_is_bitwise_ort():
+    """Add → Relu and Sum → Relu (ResNet's and ShuffleNet's residual joins) run as one node;
+    -0, NaN and inf pass through the Relu as in ORT."""
+    rng = np.random.default_rng(13)
+    shape = (2, 5, 6, 7)
+    nodes = [helper.make_node("Add", ["x", "z"], ["a"]), helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Sum", ["r", "x", "z"], ["s"]),
+             helper.make_node("Relu", ["s"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info(n, F, shape) for n in ("x", "z")],
+        [helper.make_tensor_value_info("y", F, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    x = rng.standard_normal(shape).astype(np.float32)
+    z = rng.standard_normal(shape).astype(np.float32)
+    x.reshape(-1)[:6] = [-0.0, np.nan, np.inf, -np.inf, -0.0, 1.0]
+    z.reshape(-1)[:6] = [-0.0, 1.0, 1.0, 1.0, 0.0, -1.0]
+    (want,) = _ort(model, {"x": x, "z": z})
+    g = qsim.load_onnx(model)
+    got = qsim.run(g, {"x": x, "z": z})["y"]
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    plan = _plan(g, ("y",), None, frozenset(), False, "avx2")
+    assert {i: absorbed for i, (absorbed, _) in plan.fusions.items()} == {0: (1,), 2: (3,)}

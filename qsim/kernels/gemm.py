@@ -51,6 +51,7 @@ halfway case are not corrected (never seen in practice).
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 import functools
 import math
 import os
@@ -1069,6 +1070,45 @@ def _out_shape(in_shape, kernel, strides, dilations, begins, ends):
 
 
 @_compile()
+def _im2col_2d_stride2(x1, i, channels, h, w, out1, kh, kw, sh, dh, bh, bw, oh, ow):
+    """:func:`_im2col_2d` for a column stride of 2 (no column dilation), the same values: per
+    input row read by an output row, the row zero-padded into a buffer (``bw`` zeros first)
+    and split into its even and odd positions, so tap ``kx`` of output ``ox`` (padded position
+    ``2·ox + kx``) is ``half[kx mod 2][ox + kx div 2]``: consecutive reads that vectorize."""
+    zero = np.float32(0.0)
+    p = oh * ow
+    length = max(bw + w, 2 * ow + kw) + 2
+    half = length // 2 + 1
+    row = np.zeros(2 * half, dtype=np.float32)
+    split = np.zeros((2, half), dtype=np.float32)
+    for c in range(channels):
+        for ky in range(kh):
+            for oy in range(oh):
+                iy = oy * sh + ky * dh - bh
+                r0 = (c * kh + ky) * kw
+                if iy < 0 or iy >= h:
+                    for kx in range(kw):
+                        d0 = np.uint64((r0 + kx) * p + oy * ow)
+                        for ox in range(ow):
+                            out1[d0 + np.uint64(ox)] = zero
+                    continue
+                src = np.uint64(((i * channels + c) * h + iy) * w)
+                for ix in range(w):
+                    u = np.uint64(ix)
+                    row[np.uint64(bw) + u] = x1[src + u]
+                for t in range(half):
+                    u = np.uint64(t)
+                    split[0, u] = row[u + u]
+                    split[1, u] = row[u + u + np.uint64(1)]
+                for kx in range(kw):
+                    d0 = np.uint64((r0 + kx) * p + oy * ow)
+                    ph, off = np.uint64(kx & 1), np.uint64(kx >> 1)
+                    for ox in range(ow):
+                        u = np.uint64(ox)
+                        out1[d0 + u] = split[ph, off + u]
+
+
+@_compile()
 def _im2col_2d(x, i, out, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow):
     """Columns of image ``i`` of ``x`` ``(images, C, H, W)`` into ``out`` ``(C·kh·kw, oh·ow)``:
     ``out[(c·kh + ky)·kw + kx, oy·ow + ox] = x[i, c, oy·sh + ky·dh - bh, ox·sw + kx·dw - bw]``,
@@ -1077,6 +1117,9 @@ def _im2col_2d(x, i, out, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow):
     zero = np.float32(0.0)
     x1, out1 = x.reshape(-1), out.reshape(-1)       # C-contiguous: flat views
     p = oh * ow
+    if sw == 2 and dw == 1:
+        _im2col_2d_stride2(x1, i, channels, h, w, out1, kh, kw, sh, dh, bh, bw, oh, ow)
+        return
     for c in range(channels):
         for ky in range(kh):
             for kx in range(kw):
@@ -1273,6 +1316,11 @@ def _nb_group4_conv(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, j0, j1):
                         + first_pos[phase]
                     src = np.uint64((((j * cg + c) * h + iy) * w) + first_col[phase])
                     step, d0 = np.uint64(sw), np.uint64(dst)
+                    if sw == 1:                         # (a known unit step: vector copies)
+                        for t in range(counts[phase]):
+                            u = np.uint64(t)
+                            pad[d0 + u] = x1[src + u]
+                        continue
                     for t in range(counts[phase]):      # (flat unsigned indices, no views:
                         u = np.uint64(t)                # a view costs atomic refcounts)
                         pad[d0 + u] = x1[src + u * step]
@@ -1404,6 +1452,62 @@ def _conv_plan(n, group, mg, cg, kg, spatial, kernel, strides, dilations, begins
             _readonly_view(b_index))
 
 
+@dataclass(frozen=True)
+class _ConvSetup:
+    """Everything :func:`conv` derives from the shapes and attributes alone (cached per
+    shape by :func:`_conv_setup`): the output size, the path that computes it, the MLAS plan
+    (tiles, depthwise K block, filter and column index per product; writable arrays, as the
+    compiled signatures take them, never written) and the geometry the kernels take."""
+
+    out: tuple
+    p: int
+    mg: int
+    cg: int
+    kg: int
+    path: str       # "m2", "zero", "group4", "images", "im2col", "columns"
+    tiles: np.ndarray
+    kb4: int
+    a_index: np.ndarray
+    b_index: np.ndarray
+    geometry: tuple
+
+
+@functools.lru_cache(maxsize=1024)
+def _conv_setup(n, channels, spatial, m, kernel, group, strides, dilations, begins, ends,
+                family, threads, use_numba) -> _ConvSetup:
+    """The :class:`_ConvSetup` of one Conv shape (pure, so cached: a model repeats a few
+    shapes, and deriving it costs as much as a small Conv's products)."""
+    mg, cg = m // group, channels // group
+    kg = cg * math.prod(kernel)
+    out = _out_shape(spatial, kernel, strides, dilations, begins, ends)
+    p = math.prod(out)
+    none = np.zeros(0, np.int64)
+    if family == "avx512" and avx512.uses_depthwise_m2(
+            group=group, channels=channels, filters=m, kernel=kernel, strides=strides,
+            dilations=dilations, begins=begins, ends=ends, out=out):
+        return _ConvSetup(out, p, mg, cg, kg, "m2", none.reshape(0, 6), 0, none, none, ())
+    tiles, kb4, a_index, b_index = _conv_plan(
+        n, group, mg, cg, kg, spatial, kernel, strides, dilations, begins, ends, threads)
+    tiles, a_index, b_index = tiles.copy(), a_index.copy(), b_index.copy()
+    direct = math.prod(kernel) == 1 and all(s == 1 for s in strides) and not any(begins) \
+        and not any(ends)
+    geometry = ()
+    if kg == 0:
+        path = "zero"
+    elif kb4:       # depthwise: MLAS's M = 1 kernel, computed from the image directly
+        path = "group4"
+        geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *ends, *out))
+    elif use_numba and len(kernel) == 2 and not direct and n * group >= DEFAULT_THREADS:
+        path = "images"
+        geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *out))
+    elif use_numba and len(kernel) == 2 and not direct and n * group == 1:
+        path = "im2col"
+        geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *out))
+    else:
+        path = "columns"
+    return _ConvSetup(out, p, mg, cg, kg, path, tiles, kb4, a_index, b_index, geometry)
+
+
 def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
          threads=DEFAULT_THREADS, use_numba=USE_NUMBA, family="avx2",
          relu=False, steps=None) -> np.ndarray:
@@ -1423,47 +1527,34 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
     n, channels = x.shape[:2]
     spatial, kernel = tuple(x.shape[2:]), tuple(w.shape[2:])
     m = w.shape[0]
-    mg, cg = m // group, channels // group
-    kg = cg * math.prod(kernel)
-    out = _out_shape(spatial, kernel, strides, dilations, begins, ends)
-    if family == "avx512" and avx512.uses_depthwise_m2(
-            group=group, channels=channels, filters=m, kernel=kernel, strides=strides,
-            dilations=dilations, begins=begins, ends=ends, out=out):
+    s = _conv_setup(n, channels, spatial, m, kernel, group, tuple(strides), tuple(dilations),
+                    tuple(begins), tuple(ends), family, threads, use_numba)
+    mg, cg, kg, p, out = s.mg, s.cg, s.kg, s.p, s.out
+    if s.path == "m2":
         y = np.ascontiguousarray(avx512.depthwise_m2_7x7s2(x, w, use_numba=use_numba))
         if bias is not None or relu or steps is not None:
             _bias_relu(y.reshape(n, m, -1), bias, relu, use_numba, steps)
         return y
-    p = math.prod(out)
-    tiles, kb4, a_index, b_index = _conv_plan(
-        n, group, mg, cg, kg, spatial, kernel, tuple(strides), tuple(dilations), tuple(begins),
-        tuple(ends), threads)
-    # writable copies: the kernels' compiled signatures take writable index arrays
-    tiles, a_index, b_index = tiles.copy(), a_index.copy(), b_index.copy()
     a = _f32c(w.reshape(group, mg, kg))
-    direct = math.prod(kernel) == 1 and all(s == 1 for s in strides) and not any(begins) \
-        and not any(ends)
-    if kg == 0:
+    if s.path == "zero":
         y = np.zeros((n * group, mg, p), dtype=np.float32)
-    elif kb4:       # depthwise: MLAS's M = 1 kernel, computed from the image directly
+    elif s.path == "group4":
         images = _f32c(x).reshape((n * group, cg) + spatial)
-        geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *ends, *out))
-        y = _group4_conv(images, _f32c(w.reshape(group, kg)), kb4, geometry, use_numba)
-    elif use_numba and len(kernel) == 2 and not direct and n * group >= DEFAULT_THREADS:
+        y = _group4_conv(images, _f32c(w.reshape(group, kg)), s.kb4, s.geometry, use_numba)
+    elif s.path == "images":
         # every thread expands and multiplies its own images (see _conv_2d_parallel)
         images = _readonly_view(_f32c(x).reshape((n * group, cg) + spatial))
-        geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *out))
         y = np.empty((n * group, mg, p), dtype=np.float32)
-        _conv_2d_parallel(images, a, y, a_index, tiles, geometry, DEFAULT_THREADS)
-    elif use_numba and len(kernel) == 2 and not direct and n * group == 1:
+        _conv_2d_parallel(images, a, y, s.a_index, s.tiles, s.geometry, DEFAULT_THREADS)
+    elif s.path == "im2col":
         cols = np.empty((1, kg, p), dtype=np.float32)
-        _im2col_2d(_readonly_view(_f32c(x)), 0, cols[0],
-                   *(int(v) for v in (*kernel, *strides, *dilations, *begins, *out)))
+        _im2col_2d(_readonly_view(_f32c(x)), 0, cols[0], *s.geometry)
         y = np.empty((1, mg, p), dtype=np.float32)
-        run_batch(a, cols, y, a_index, b_index, tiles, use_numba=use_numba)
+        run_batch(a, cols, y, s.a_index, s.b_index, s.tiles, use_numba=use_numba)
     else:
         cols = _columns(x, group, kernel, out, strides, dilations, begins, ends)
         y = np.empty((n * group, mg, p), dtype=np.float32)
-        run_batch(a, cols, y, a_index, b_index, tiles, use_numba=use_numba)
+        run_batch(a, cols, y, s.a_index, s.b_index, s.tiles, use_numba=use_numba)
     if bias is not None or relu or steps is not None:
         _bias_relu(y.reshape(n, m, p), bias, relu, use_numba, steps)
     return y.reshape((n, m) + out)

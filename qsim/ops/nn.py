@@ -113,17 +113,12 @@ def _out_size(size: int, k: int, s: int, d: int, begin: int, end: int, ceil_mode
     return out
 
 
-def _pad(x: np.ndarray, begins, ends, value=0.0, rows_value=None) -> np.ndarray:
-    """Pad the spatial axes (2...) of ``x`` with ``value``; no copy when nothing is padded.
-    ``rows_value`` (2-D): the padding rows (above and below ``x``) get that value instead, the
-    padding columns of ``x``'s rows ``value``."""
+def _pad(x: np.ndarray, begins, ends, value=0.0) -> np.ndarray:
+    """Pad the spatial axes (2...) of ``x``; no copy when nothing is padded."""
     if not any(begins) and not any(ends):
         return x
     shape = x.shape[:2] + tuple(d + int(b) + int(e) for d, b, e in zip(x.shape[2:], begins, ends))
     out = np.full(shape, value, dtype=x.dtype)      # (np.pad: the same array, 2-3x slower)
-    if rows_value is not None:
-        out[:, :, :int(begins[0])] = rows_value
-        out[:, :, int(begins[0]) + x.shape[2]:] = rows_value
     out[(slice(None), slice(None)) + tuple(slice(int(b), int(b) + d)
                                            for b, d in zip(begins, x.shape[2:]))] = x
     return out
@@ -478,19 +473,23 @@ def _nb_mlas_vector_max_2d(x, kh, kw, sh, sw, ph, pw_begin, tail, y):
     """Numba twin of :func:`_mlas_vector_max` for 4-D float32 ``x`` (same comparisons in the
     same order): per output row the column reduction over the in-bounds input rows (``maxps``
     on the first ``4·floor(W/4)`` columns, ``std::max`` on the rest) into a buffer padded with
-    lowest(), then ``maxps`` across the window per output. Flat unsigned indices (no
-    wraparound checks), so the row loops vectorize."""
+    lowest(), then ``maxps`` across the window per output. With stride 2 along the row the
+    buffer is first split into its even and odd columns, so every tap reads consecutive
+    values. Flat unsigned indices (no wraparound checks), so the row loops vectorize."""
     n, c, h, w = x.shape
     oh, ow = y.shape[2], y.shape[3]
     w4 = (w // 4) * 4
     lowest = np.float32(-3.4028234663852886e38)
     x1, y1 = x.reshape(-1), y.reshape(-1)
-    buf = np.empty(pw_begin + w + tail, dtype=np.float32)
+    width = pw_begin + w + tail
+    buf = np.empty(width + 1, dtype=np.float32)      # (+1: the odd half reads one past)
     for q in range(pw_begin):
         buf[q] = lowest
-    for q in range(pw_begin + w, pw_begin + w + tail):
+    for q in range(pw_begin + w, width + 1):
         buf[q] = lowest
-    red = buf[pw_begin:pw_begin + w]
+    half = (width + 1) // 2
+    split = np.empty((2, half), dtype=np.float32)     # stride 2: even, odd columns of buf
+    pb, step = np.uint64(pw_begin), np.uint64(sw)
     for plane in range(n * c):
         for oy in range(oh):
             start = oy * sh - ph
@@ -498,25 +497,47 @@ def _nb_mlas_vector_max_2d(x, kh, kw, sh, sw, ph, pw_begin, tail, y):
             r1 = min(start + kh, h)
             base = np.uint64((plane * h + r0) * w)
             for q in range(w):
-                red[q] = x1[base + np.uint64(q)]
+                u = np.uint64(q)
+                buf[pb + u] = x1[base + u]
             for r in range(r0 + 1, r1):
                 row = np.uint64((plane * h + r) * w)
                 for q in range(w4):
-                    v = x1[row + np.uint64(q)]
-                    m = red[q]
-                    red[q] = m if m > v else v
+                    u = np.uint64(q)
+                    v = x1[row + u]
+                    m = buf[pb + u]
+                    buf[pb + u] = m if m > v else v
                 for q in range(w4, w):
-                    v = x1[row + np.uint64(q)]
-                    m = red[q]
-                    red[q] = v if m < v else m
+                    u = np.uint64(q)
+                    v = x1[row + u]
+                    m = buf[pb + u]
+                    buf[pb + u] = v if m < v else m
             o0 = np.uint64((plane * oh + oy) * ow)
-            for ox in range(ow):
-                y1[o0 + np.uint64(ox)] = buf[ox * sw]
-            for j in range(1, kw):
+            if sw == 2:
+                for t in range(half):
+                    u = np.uint64(t)
+                    split[0, u] = buf[u + u]
+                    split[1, u] = buf[u + u + np.uint64(1)]
                 for ox in range(ow):
-                    v = buf[ox * sw + j]
-                    m = y1[o0 + np.uint64(ox)]
-                    y1[o0 + np.uint64(ox)] = m if m > v else v
+                    u = np.uint64(ox)
+                    y1[o0 + u] = split[0, u]
+                for j in range(1, kw):
+                    p, jj = np.uint64(j & 1), np.uint64(j >> 1)
+                    for ox in range(ow):
+                        u = np.uint64(ox)
+                        v = split[p, u + jj]
+                        m = y1[o0 + u]
+                        y1[o0 + u] = m if m > v else v
+            else:
+                for ox in range(ow):
+                    u = np.uint64(ox)
+                    y1[o0 + u] = buf[u * step]
+                for j in range(1, kw):
+                    jj = np.uint64(j)
+                    for ox in range(ow):
+                        u = np.uint64(ox)
+                        v = buf[u * step + jj]
+                        m = y1[o0 + u]
+                        y1[o0 + u] = m if m > v else v
 
 
 _LOWEST = np.float32(-3.4028234663852886e38)     # std::numeric_limits<float>::lowest()
@@ -739,12 +760,11 @@ def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
         vector = (not ort_loop
                   and math_exact.mlas_pool_is_vector(kernel, strides, spatial[-1],
                                                      begins[-1] + ends[-1]))
-        if vector and len(kernel) == 2:    # MLAS's column sums skip the padding rows
-            xp = _pad(x, begins, [e + m for e, m in zip(ends, extra)], 0.0,
-                      rows_value=-0.0)
-        else:
-            xp = _pad(x, begins, [e + m for e, m in zip(ends, extra)], 0.0)
-        total = math_exact.pool_window_sums(xp, kernel, strides, out, vector=vector)
+        # MLAS's 2-D column sums skip the padding rows: -0.0 there, the exact additive identity
+        total = math_exact.pool_window_sums(
+            x, kernel, strides, out, vector=vector, begins=begins,
+            ends=[e + m for e, m in zip(ends, extra)],
+            rows_value=-0.0 if vector and len(kernel) == 2 else 0.0)
     else:
         xp = _pad(x, begins, [e + m for e, m in zip(ends, extra)], 0.0)
         total = _separable_pool(xp, kernel, strides, dilations, out, np.add)

@@ -27,7 +27,8 @@ Calling convention (every op follows it)::
   node's only output is read by one Relu node and by nothing else: the op then returns
   ``Relu(Y)`` (``0 if Y < 0 else Y``, exactly :func:`qsim.ops.elementwise.relu`) and the executor
   skips that Relu (Conv does it in its bias pass, BatchNormalization in its scale-shift pass:
-  one pass over the output less). Never when the executor observes tensors.
+  one pass over the output less; Add and Sum in place on their new result: one array and
+  one node less). Never when the executor observes tensors.
 * A keyword-only parameter named ``then_steps`` (not an ONNX attribute, Conv only) receives the
   :class:`qsim.ops.epilogue.Step` tuple of the per-channel chain (BatchNormalization, Mul/Add
   by a constant per-channel vector, Relu) that alone reads the node's output: the op returns
