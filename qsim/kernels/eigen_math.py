@@ -30,7 +30,7 @@ from numba.extending import intrinsic
 
 from ..jit import USE_NUMBA, kernel
 from . import mlas_math
-from .gemm import _parallel, _ranges
+from . import threads as threads_
 from .mlas_math import F32, DEFAULT_THREADS, parallel_blocks
 
 _LIBM = mlas_math._LIBM
@@ -652,11 +652,18 @@ def ppow(x, exponent: float, threads: int = DEFAULT_THREADS) -> np.ndarray:
         return _np_ppow(x, exponent)
     flat = np.ascontiguousarray(x).reshape(-1)
     out = np.empty_like(flat)
-    threads = threads if flat.size >= _PPOW_MIN_PARALLEL else 1
-
-    def part(span):
-        start, size = span
-        _nb_ppow(flat[start:start + size], y, integer, odd, out[start:start + size])
-
-    _parallel(part, _ranges(flat.size, threads), threads)
+    parts = threads_.spans(flat.size, threads if flat.size >= _PPOW_MIN_PARALLEL else 1)
+    threads_.run(_nb_ppow_parts, (flat, y, integer, odd, out, parts), len(parts), threads)
     return out.reshape(x.shape)
+
+
+@kernel
+def _nb_ppow_parts(flat, y, integer, odd, out, parts, state):
+    """The parts ``[parts[p, 0], parts[p, 1])`` of :func:`_nb_ppow` that this thread claims
+    (:mod:`qsim.kernels.threads`)."""
+    while True:
+        p = threads_.claim(state)
+        if p >= parts.shape[0]:
+            return
+        _nb_ppow(flat[parts[p, 0]:parts[p, 1]], y, integer, odd, out[parts[p, 0]:parts[p, 1]])
+        threads_.finish(state)

@@ -90,6 +90,18 @@ def wait_done(state, count, spins):
     return _load(state, 1) >= count
 
 
+def spans(total: int, threads: int, per_thread: int = 4) -> np.ndarray:
+    """``(start, stop)`` rows of the contiguous parts ``total`` items are cut into for
+    ``threads`` threads: ``per_thread`` parts per thread (a thread that starts late finds most
+    of them taken), near-equal sizes, the first ``total % parts`` one larger; one part for one
+    thread."""
+    parts = max(1, min(total, threads * per_thread if threads > 1 else 1))
+    sizes = np.full(parts, total // parts, dtype=np.int64)
+    sizes[:total % parts] += 1
+    stops = np.cumsum(sizes)
+    return np.stack([stops - sizes, stops], axis=1)
+
+
 @lru_cache(maxsize=None)
 def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
     """The worker threads, made on first use per process (threads do not survive a fork)."""
