@@ -66,7 +66,8 @@ from numba.extending import intrinsic
 from ..jit import USE_NUMBA
 from . import avx512
 from . import threads as threads_
-from .threads import claim, finish
+from .threads import (ARGS, KIND, address, bits_of, claim, done, f32_at, finish, float_of,
+                      i64_at, idle, publish, settle, take)
 
 #: kernel kinds of a tile (see the module docstring)
 FMA, GROUP4, LANE8_N, LANE8_M = 0, 1, 2, 3
@@ -791,6 +792,130 @@ def _run_parts(a, b, c, a_index, b_index, tiles, parts, alpha, zero_first, state
         finish(state)
 
 
+#: job kinds of the spinning worker (:func:`_serve`)
+_JOB_GEMM, _JOB_GROUP4 = 1, 2
+#: polls (about 50 us) the poster spins for the worker's last part before it sleeps instead
+_SETTLE_SPINS = 20000
+
+
+@_compile()
+def _post_gemm(box, a, b, c, a_index, b_index, tiles, parts, alpha, zero_first, state):
+    """Post :func:`_run_parts` to the spinning worker (operands from ``box[ARGS]``), compute
+    this thread's parts, then settle the job (:func:`qsim.kernels.threads.settle`); returns
+    ``(job number, settled)``."""
+    o = ARGS
+    box[o], box[o + 1], box[o + 2], box[o + 3] = address(a), a.shape[0], a.shape[1], a.shape[2]
+    box[o + 4], box[o + 5], box[o + 6], box[o + 7] = (address(b), b.shape[0], b.shape[1],
+                                                      b.shape[2])
+    box[o + 8], box[o + 9], box[o + 10], box[o + 11] = (address(c), c.shape[0], c.shape[1],
+                                                        c.shape[2])
+    box[o + 12], box[o + 13] = address(a_index), a_index.size
+    box[o + 14], box[o + 15] = address(b_index), b_index.size
+    box[o + 16], box[o + 17] = address(tiles), tiles.shape[0]
+    box[o + 18], box[o + 19] = address(parts), parts.shape[0]
+    box[o + 20], box[o + 21] = bits_of(np.float64(alpha)), 1 if zero_first else 0
+    box[o + 22] = address(state)
+    seq = publish(box, _JOB_GEMM)
+    _run_parts(a, b, c, a_index, b_index, tiles, parts, alpha, zero_first, state)
+    return seq, settle(box, seq, _SETTLE_SPINS)
+
+
+@_compile()
+def _gemm_from_box(box):
+    """The worker's side of :func:`_post_gemm`: the operands rebuilt from their addresses."""
+    o = ARGS
+    a = numba.carray(f32_at(box[o]), (box[o + 1], box[o + 2], box[o + 3]))
+    b = numba.carray(f32_at(box[o + 4]), (box[o + 5], box[o + 6], box[o + 7]))
+    c = numba.carray(f32_at(box[o + 8]), (box[o + 9], box[o + 10], box[o + 11]))
+    a_index = numba.carray(i64_at(box[o + 12]), (box[o + 13],))
+    b_index = numba.carray(i64_at(box[o + 14]), (box[o + 15],))
+    tiles = numba.carray(i64_at(box[o + 16]), (box[o + 17], 6))
+    parts = numba.carray(i64_at(box[o + 18]), (box[o + 19], 4))
+    state = numba.carray(i64_at(box[o + 22]), (2,))
+    _run_parts(a, b, c, a_index, b_index, tiles, parts, np.float32(float_of(box[o + 20])),
+               box[o + 21] != 0, state)
+
+
+@_compile()
+def _post_group4(box, x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, parts, state):
+    """:func:`_nb_group4_parts` shared with the spinning worker, as :func:`_post_gemm`."""
+    o = ARGS
+    box[o], box[o + 1], box[o + 2], box[o + 3], box[o + 4] = (address(x), x.shape[0],
+                                                              x.shape[1], x.shape[2], x.shape[3])
+    box[o + 5], box[o + 6], box[o + 7] = address(wf), wf.shape[0], wf.shape[1]
+    box[o + 8], box[o + 9], box[o + 10], box[o + 11] = (address(y), y.shape[0], y.shape[1],
+                                                        y.shape[2])
+    box[o + 12], box[o + 13] = address(offs), offs.size
+    box[o + 14], box[o + 15], box[o + 16], box[o + 17] = kb, sh, sw, hq
+    box[o + 18], box[o + 19], box[o + 20] = wq, bh, bw
+    box[o + 21], box[o + 22] = address(parts), parts.shape[0]
+    box[o + 23] = address(state)
+    seq = publish(box, _JOB_GROUP4)
+    _nb_group4_parts(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, parts, state)
+    return seq, settle(box, seq, _SETTLE_SPINS)
+
+
+@_compile()
+def _group4_from_box(box):
+    """The worker's side of :func:`_post_group4`."""
+    o = ARGS
+    x = numba.carray(f32_at(box[o]), (box[o + 1], box[o + 2], box[o + 3], box[o + 4]))
+    wf = numba.carray(f32_at(box[o + 5]), (box[o + 6], box[o + 7]))
+    y = numba.carray(f32_at(box[o + 8]), (box[o + 9], box[o + 10], box[o + 11]))
+    offs = numba.carray(i64_at(box[o + 12]), (box[o + 13],))
+    parts = numba.carray(i64_at(box[o + 21]), (box[o + 22], 2))
+    state = numba.carray(i64_at(box[o + 23]), (2,))
+    _nb_group4_parts(x, wf, y, offs, box[o + 14], box[o + 15], box[o + 16], box[o + 17],
+                     box[o + 18], box[o + 19], box[o + 20], parts, state)
+
+
+@_compile()
+def _serve(box, limit):
+    """The spinning worker's loop (:class:`qsim.kernels.threads.SpinWorker`): run each job
+    posted in ``box`` as it comes; return after ``limit`` polls without one."""
+    polls = 0
+    while polls < limit:
+        seq = take(box)
+        if seq == 0:
+            polls = idle(polls)
+            continue
+        if box[KIND] == _JOB_GEMM:
+            _gemm_from_box(box)
+        elif box[KIND] == _JOB_GROUP4:
+            _group4_from_box(box)
+        done(box, seq)
+        polls = 0
+
+
+@functools.lru_cache(maxsize=None)
+def _spin_worker(pid: int) -> "threads_.SpinWorker":
+    """The spinning worker of this process (made on first use; threads do not survive a
+    fork). Its loop and the kernels it calls are compiled here first, with the SLP pass."""
+    with _slp_vectorizer():
+        _serve(np.zeros(threads_.BOX_SIZE, dtype=np.int64), 0)
+    return threads_.SpinWorker(_serve)
+
+
+def _share(post, args: tuple, state: np.ndarray) -> bool:
+    """``post(box, *args, state)`` with the spinning worker taking parts; False (nothing run)
+    if another thread of this process is using the worker."""
+    worker = _spin_worker(os.getpid())
+    if not worker.lock.acquire(blocking=False):
+        return False
+    try:
+        worker.wake()
+        if not post.overloads:
+            with _slp_vectorizer():
+                seq, settled = post(worker.box, *args, state)
+        else:
+            seq, settled = post(worker.box, *args, state)
+        if not settled:
+            worker.finish(seq)
+    finally:
+        worker.lock.release()
+    return True
+
+
 def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
     """:func:`_run_tiles` over the batch, split into parts that ``threads`` threads claim
     inside compiled code (:func:`_run_parts`, :mod:`qsim.kernels.threads`): contiguous parts of
@@ -818,6 +943,8 @@ def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
     if not _run_parts.overloads:
         with _slp_vectorizer():         # compile once, on this thread, with the SLP pass
             _run_parts(*args, np.full(2, len(parts), dtype=np.int64))
+    if threads > 1 and len(parts) > 1 and _share(_post_gemm, args, np.zeros(2, np.int64)):
+        return
     threads_.run(_run_parts, args, len(parts), threads)
 
 
@@ -1430,8 +1557,10 @@ def _group4_conv(x, wf, kb, geometry, use_numba):
     threads = DEFAULT_THREADS if y.size * wf.shape[1] >= _MIN_PARALLEL_WORK else 1
     parts = np.array([(start, start + size) for start, size in _ranges(x.shape[0], threads)],
                      dtype=np.int64)
-    threads_.run(_nb_group4_parts, (x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, parts),
-                 len(parts), threads)
+    args = (x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, parts)
+    if threads > 1 and len(parts) > 1 and _share(_post_group4, args, np.zeros(2, np.int64)):
+        return y
+    threads_.run(_nb_group4_parts, args, len(parts), threads)
     return y
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
@@ -140,3 +141,172 @@ def run(parts_kernel, args: tuple, count: int, threads: int) -> None:
         woken.clear()
     if errors:
         raise errors[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# a spinning worker: jobs handed over in compiled code, without waking a sleeping thread
+# ---------------------------------------------------------------------------------------------
+#: the mailbox of a :class:`SpinWorker` (int64): the last job posted, the last one taken (by
+#: the worker) or taken back (by the poster), the last one the worker finished, its kind, and
+#: from ``ARGS`` on its operands (addresses, sizes, scalars) as the kind defines them
+SEQ, TAKEN, ACK, KIND, ARGS, BOX_SIZE = 0, 1, 2, 3, 8, 64
+
+#: polls (about 1 ms) a worker spins without a job before it sleeps until the next post
+IDLE_POLLS = 40000
+
+
+@intrinsic
+def _store(typingctx, array, index, value):
+    """``array[index] = value`` atomically (sequentially consistent: every store before it is
+    visible to a thread that sees this one)."""
+    sig = types.void(array, index, value)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        builder.store_atomic(args[2], builder.gep(data, [args[1]]), "seq_cst", 8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _cas(typingctx, array, index, expected, new):
+    """``array[index] = new`` if it holds ``expected`` (atomically); True if it did."""
+    sig = types.boolean(array, index, expected, new)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        pair = builder.cmpxchg(builder.gep(data, [args[1]]), args[2], args[3], "seq_cst",
+                               "seq_cst")
+        return builder.extract_value(pair, 1)
+
+    return sig, codegen
+
+
+@intrinsic
+def address(typingctx, array):
+    """The address of ``array``'s first element, as an int64."""
+    sig = types.int64(array)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.ptrtoint(data, ir.IntType(64))
+
+    return sig, codegen
+
+
+def _pointer(element):
+    @intrinsic
+    def at(typingctx, addr):
+        sig = types.CPointer(element)(addr)
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+        return sig, codegen
+
+    return at
+
+
+#: ``f32_at(address)`` / ``i64_at(address)``: a typed pointer for ``numba.carray``
+f32_at = _pointer(types.float32)
+i64_at = _pointer(types.int64)
+
+
+@intrinsic
+def bits_of(typingctx, value):
+    """The IEEE bits of a float64 as an int64 (to pass a scalar through a mailbox)."""
+    sig = types.int64(types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def float_of(typingctx, bits):
+    """The float64 whose IEEE bits are ``bits`` (inverse of :func:`bits_of`)."""
+    sig = types.float64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return sig, codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def publish(box, kind):
+    """Post a job of ``kind`` whose operands the caller has written from ``box[ARGS]``;
+    returns its number."""
+    box[KIND] = kind
+    seq = box[SEQ] + 1
+    _store(box, SEQ, seq)
+    return seq
+
+
+@numba.njit(nogil=True, cache=True)
+def take(box):
+    """The worker's side: the number of a posted job it now owns, or 0 if there is none (or
+    the poster took it back first)."""
+    seq = _load(box, SEQ)
+    if seq > _load(box, TAKEN) and _cas(box, TAKEN, seq - 1, seq):
+        return seq
+    return 0
+
+
+@numba.njit(nogil=True, cache=True)
+def done(box, seq):
+    """The worker's side: job ``seq`` is finished (its operands are no longer read)."""
+    _store(box, ACK, seq)
+
+
+@numba.njit(nogil=True, cache=True)
+def idle(polls):
+    """One poll of a spinning worker without a job: returns ``polls + 1``."""
+    _pause()
+    return polls + 1
+
+
+@numba.njit(nogil=True, cache=True)
+def settle(box, seq, spins):
+    """The poster's side, after its own parts: take job ``seq`` back if the worker has not
+    taken it (then the worker never reads its operands), else wait until the worker has
+    finished it; False if it is still running after ``spins`` polls."""
+    if _cas(box, TAKEN, seq - 1, seq):
+        return True
+    for _ in range(spins):
+        if _load(box, ACK) >= seq:
+            return True
+        _pause()
+    return _load(box, ACK) >= seq
+
+
+class SpinWorker:
+    """One helper thread that serves jobs posted in its mailbox (:data:`SEQ` ...) from compiled
+    code: ``serve(box, polls)`` (nogil) runs jobs as they come and returns after
+    :data:`IDLE_POLLS` polls without one; the thread then sleeps until :meth:`post` wakes it.
+    While it spins, a job starts within a microsecond; asleep, as a pool thread would."""
+
+    def __init__(self, serve):
+        self.box = np.zeros(BOX_SIZE, dtype=np.int64)
+        self.lock = threading.Lock()        # one poster at a time (callers may be threads)
+        self._wake = threading.Event()
+        threading.Thread(target=self._loop, args=(serve,), daemon=True,
+                         name="qsim-spin").start()
+
+    def _loop(self, serve):
+        while True:
+            serve(self.box, IDLE_POLLS)
+            self._wake.wait()
+            self._wake.clear()
+
+    def wake(self) -> None:
+        """Make sure the worker looks at its mailbox (it may be asleep)."""
+        self._wake.set()
+
+    def finish(self, seq: int) -> None:
+        """Wait (without spinning) until the worker has finished job ``seq``."""
+        while not settle(self.box, seq, 0):
+            self._wake.set()
+            time.sleep(0.0002)
