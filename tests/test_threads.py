@@ -33,7 +33,8 @@ def _convs(x, w, dw, threads_count):
 
 @pytest.fixture
 def parallel_always(monkeypatch):
-    monkeypatch.setattr(gemm, "_MIN_PARALLEL_WORK", 1)
+    for name in ("_MIN_PARALLEL_WORK", "_MIN_PARALLEL_BATCH_WORK", "_MIN_PARALLEL_TAPS"):
+        monkeypatch.setattr(gemm, name, 1)
 
 
 def test_spinning_worker_gives_single_thread_bits(parallel_always):

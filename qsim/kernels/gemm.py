@@ -711,11 +711,19 @@ def _worker_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=DEFAULT_THREADS, thread_name_prefix="qsim-gemm")
 
 
-#: multiply-adds below which a product runs on the calling thread alone: waking a worker and
-#: handing the GIL back and forth costs ~60-100 us per product (measured on the 2-core AVX-512
-#: machine, idle: a 1.6M multiply-add Conv took 45 us on one thread, 105-140 us on two; the two
-#: threads break even near 4M, ~110 us of work)
+#: multiply-adds below which a product whose parts are column strips of one matrix runs on the
+#: calling thread alone (a Python pool worker takes 40-60 us to start, the spinning worker a
+#: few; the strips' edges cost extra: measured on the 2-core AVX-512 VM, a 2.1M multiply-add
+#: 1x1 Conv took 65 us on one thread, 72 on two)
 _MIN_PARALLEL_WORK = 1 << 22
+
+#: the same for products split by matrix (a batch, a Conv's groups): the spinning worker pays
+#: from ~1M (ShuffleNet's grouped 1x1 Conv of 1.8M: 105 -> 69 us)
+_MIN_PARALLEL_BATCH_WORK = 1 << 20
+
+#: the same for depthwise Convs, in taps (output values x kernel size): 0.24M took 84 us on
+#: one thread, 60 on two
+_MIN_PARALLEL_TAPS = 1 << 17
 
 #: parts per thread a parallel job is cut into: a thread that starts late (a busy machine) finds
 #: most parts already done by the others instead of holding everyone up
@@ -928,8 +936,9 @@ def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
     # costs a full compile of the kernel chain on a cold cache.
     a, b = _readonly_view(a), _writable(b)
     tiles = np.ascontiguousarray(tiles, dtype=np.int64)
-    if count * int(((tiles[:, 1] - tiles[:, 0]) * (tiles[:, 3] - tiles[:, 2])).sum()) \
-            * a.shape[2] < _MIN_PARALLEL_WORK:
+    work = count * int(((tiles[:, 1] - tiles[:, 0]) * (tiles[:, 3] - tiles[:, 2])).sum()) \
+        * a.shape[2]
+    if work < (_MIN_PARALLEL_WORK if count == 1 else _MIN_PARALLEL_BATCH_WORK):
         threads = 1
     if count == 1 and threads > 1:
         sets = _split_columns(tiles, threads * _PARTS_PER_THREAD)
@@ -1554,7 +1563,7 @@ def _group4_conv(x, wf, kb, geometry, use_numba):
     offs = _tap_offsets(cg, kh, kw, sh, sw, dh, dw, hq, wq)
     y = np.empty((x.shape[0], oh, ow), dtype=np.float32)
     x, wf = _readonly_view(x), _readonly_view(wf)
-    threads = DEFAULT_THREADS if y.size * wf.shape[1] >= _MIN_PARALLEL_WORK else 1
+    threads = DEFAULT_THREADS if y.size * wf.shape[1] >= _MIN_PARALLEL_TAPS else 1
     parts = np.array([(start, start + size) for start, size in _ranges(x.shape[0], threads)],
                      dtype=np.int64)
     args = (x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, parts)
