@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from qsim.jit import USE_NUMBA
-from qsim.kernels import gemm, threads
+from qsim.kernels import gemm, mlas_math, threads
+from qsim.ops import nn
 
 pytestmark = pytest.mark.skipif(not USE_NUMBA, reason="compiled code only (the twins are "
                                 "single-threaded; test_exact_gemm checks their bits)")
@@ -35,6 +36,27 @@ def _convs(x, w, dw, threads_count):
 def parallel_always(monkeypatch):
     for name in ("_MIN_PARALLEL_WORK", "_MIN_PARALLEL_BATCH_WORK", "_MIN_PARALLEL_TAPS"):
         monkeypatch.setattr(gemm, name, 1)
+    monkeypatch.setattr(mlas_math, "_MIN_PARALLEL_WINDOW_VALUES", 1)
+
+
+def _pools(x):
+    return (nn.max_pool(x, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+            nn.max_pool(x, kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1]),
+            nn.average_pool(x, kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 1, 1]),
+            nn.average_pool(x, kernel_shape=[2, 3], strides=[1, 2], ceil_mode=1))
+
+
+def test_shared_pools_give_single_thread_bits(parallel_always, monkeypatch):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 37, 19, 23)).astype(np.float32)
+    x.reshape(-1)[rng.integers(0, x.size, 40)] = np.nan
+    x.reshape(-1)[rng.integers(0, x.size, 40)] = -0.0
+    monkeypatch.setattr(mlas_math, "DEFAULT_THREADS", 1)
+    want = _pools(x)
+    monkeypatch.setattr(mlas_math, "DEFAULT_THREADS", 2)
+    for _ in range(10):
+        for g, e in zip(_pools(x), want):
+            np.testing.assert_array_equal(g.view(np.uint32), e.view(np.uint32))
 
 
 def test_spinning_worker_gives_single_thread_bits(parallel_always):

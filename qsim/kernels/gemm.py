@@ -65,6 +65,7 @@ from numba.extending import intrinsic
 
 from ..jit import USE_NUMBA
 from . import avx512
+from . import mlas_math
 from . import threads as threads_
 from .threads import (ARGS, KIND, address, bits_of, claim, done, f32_at, finish, float_of,
                       i64_at, idle, publish, settle, take)
@@ -801,7 +802,7 @@ def _run_parts(a, b, c, a_index, b_index, tiles, parts, alpha, zero_first, state
 
 
 #: job kinds of the spinning worker (:func:`_serve`)
-_JOB_GEMM, _JOB_GROUP4 = 1, 2
+_JOB_GEMM, _JOB_GROUP4, _JOB_MAX_POOL, _JOB_POOL_SUMS = 1, 2, 3, 4
 #: polls (about 50 us) the poster spins for the worker's last part before it sleeps instead
 _SETTLE_SPINS = 20000
 
@@ -878,6 +879,68 @@ def _group4_from_box(box):
 
 
 @_compile()
+def _post_max_pool(box, x, kh, kw, sh, sw, ph, pw_begin, tail, y, parts, state):
+    """:func:`qsim.kernels.mlas_math._max_pool_parts` shared with the spinning worker."""
+    o = ARGS
+    box[o], box[o + 1], box[o + 2], box[o + 3], box[o + 4] = (address(x), x.shape[0],
+                                                              x.shape[1], x.shape[2], x.shape[3])
+    box[o + 5], box[o + 6], box[o + 7], box[o + 8] = (address(y), y.shape[0], y.shape[1],
+                                                      y.shape[2])
+    box[o + 9] = y.shape[3]
+    box[o + 10], box[o + 11], box[o + 12], box[o + 13] = kh, kw, sh, sw
+    box[o + 14], box[o + 15], box[o + 16] = ph, pw_begin, tail
+    box[o + 17], box[o + 18], box[o + 19] = address(parts), parts.shape[0], address(state)
+    seq = publish(box, _JOB_MAX_POOL)
+    mlas_math._max_pool_parts(x, kh, kw, sh, sw, ph, pw_begin, tail, y, parts, state)
+    return seq, settle(box, seq, _SETTLE_SPINS)
+
+
+@_compile()
+def _max_pool_from_box(box):
+    """The worker's side of :func:`_post_max_pool`."""
+    o = ARGS
+    x = numba.carray(f32_at(box[o]), (box[o + 1], box[o + 2], box[o + 3], box[o + 4]))
+    y = numba.carray(f32_at(box[o + 5]), (box[o + 6], box[o + 7], box[o + 8], box[o + 9]))
+    parts = numba.carray(i64_at(box[o + 17]), (box[o + 18], 2))
+    state = numba.carray(i64_at(box[o + 19]), (2,))
+    mlas_math._max_pool_parts(x, box[o + 10], box[o + 11], box[o + 12], box[o + 13],
+                              box[o + 14], box[o + 15], box[o + 16], y, parts, state)
+
+
+@_compile()
+def _post_pool_sums(box, x, hp, wp, pt, pl, rows_value, kh, kw, sh, sw, vector, total, parts,
+                    state):
+    """:func:`qsim.kernels.mlas_math._pool_sums_parts` shared with the spinning worker."""
+    o = ARGS
+    box[o], box[o + 1], box[o + 2], box[o + 3], box[o + 4] = (address(x), x.shape[0],
+                                                              x.shape[1], x.shape[2], x.shape[3])
+    box[o + 5], box[o + 6], box[o + 7], box[o + 8] = (address(total), total.shape[0],
+                                                      total.shape[1], total.shape[2])
+    box[o + 9] = total.shape[3]
+    box[o + 10], box[o + 11], box[o + 12], box[o + 13] = hp, wp, pt, pl
+    box[o + 14], box[o + 15] = bits_of(np.float64(rows_value)), 1 if vector else 0
+    box[o + 16], box[o + 17], box[o + 18], box[o + 19] = kh, kw, sh, sw
+    box[o + 20], box[o + 21], box[o + 22] = address(parts), parts.shape[0], address(state)
+    seq = publish(box, _JOB_POOL_SUMS)
+    mlas_math._pool_sums_parts(x, hp, wp, pt, pl, rows_value, kh, kw, sh, sw, vector, total,
+                               parts, state)
+    return seq, settle(box, seq, _SETTLE_SPINS)
+
+
+@_compile()
+def _pool_sums_from_box(box):
+    """The worker's side of :func:`_post_pool_sums`."""
+    o = ARGS
+    x = numba.carray(f32_at(box[o]), (box[o + 1], box[o + 2], box[o + 3], box[o + 4]))
+    total = numba.carray(f32_at(box[o + 5]), (box[o + 6], box[o + 7], box[o + 8], box[o + 9]))
+    parts = numba.carray(i64_at(box[o + 20]), (box[o + 21], 2))
+    state = numba.carray(i64_at(box[o + 22]), (2,))
+    mlas_math._pool_sums_parts(x, box[o + 10], box[o + 11], box[o + 12], box[o + 13],
+                               np.float32(float_of(box[o + 14])), box[o + 16], box[o + 17],
+                               box[o + 18], box[o + 19], box[o + 15] != 0, total, parts, state)
+
+
+@_compile()
 def _serve(box, limit):
     """The spinning worker's loop (:class:`qsim.kernels.threads.SpinWorker`): run each job
     posted in ``box`` as it comes; return after ``limit`` polls without one."""
@@ -891,6 +954,10 @@ def _serve(box, limit):
             _gemm_from_box(box)
         elif box[KIND] == _JOB_GROUP4:
             _group4_from_box(box)
+        elif box[KIND] == _JOB_MAX_POOL:
+            _max_pool_from_box(box)
+        elif box[KIND] == _JOB_POOL_SUMS:
+            _pool_sums_from_box(box)
         done(box, seq)
         polls = 0
 
@@ -922,6 +989,19 @@ def _share(post, args: tuple, state: np.ndarray) -> bool:
     finally:
         worker.lock.release()
     return True
+
+
+def run_shared(name: str, args: tuple, threads: int) -> None:
+    """Run the parts kernel ``name`` (``"max_pool"`` or ``"pool_sums"`` of
+    :mod:`qsim.kernels.mlas_math`; its last operand before ``state`` is the ``(P, 2)`` parts
+    array) on this thread, sharing its parts with the spinning worker when ``threads > 1``
+    (the pool's threads if another Python thread holds the worker)."""
+    post, parts_kernel = {"max_pool": (_post_max_pool, mlas_math._max_pool_parts),
+                          "pool_sums": (_post_pool_sums, mlas_math._pool_sums_parts)}[name]
+    count = len(args[-1])
+    if USE_NUMBA and threads > 1 and count > 1 and _share(post, args, np.zeros(2, np.int64)):
+        return
+    threads_.run(parts_kernel, args, count, threads)
 
 
 def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):

@@ -25,6 +25,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from ..jit import USE_NUMBA
+
 #: spins of :func:`wait_done` (about 50 us) before the caller blocks instead
 _SPINS = 20000
 
@@ -70,15 +72,29 @@ def _pause(typingctx):
 
 
 @numba.njit(nogil=True, cache=True)
-def claim(state):
-    """The index of the next unclaimed part (``>= count`` when none is left)."""
+def _claim_nb(state):
     return _fetch_add(state, 0, np.int64(1))
 
 
 @numba.njit(nogil=True, cache=True)
-def finish(state):
-    """Count one part done."""
+def _finish_nb(state):
     _fetch_add(state, 1, np.int64(1))
+
+
+def _claim_py(state):
+    part = int(state[0])
+    state[0] = part + 1
+    return part
+
+
+def _finish_py(state):
+    state[1] += 1
+
+
+#: ``claim(state)``: the index of the next unclaimed part (``>= count`` when none is left);
+#: ``finish(state)``: count one part done. Without Numba (the NumPy-twin runs) plain Python,
+#: and :func:`run` keeps every part on the calling thread.
+claim, finish = (_claim_nb, _finish_nb) if USE_NUMBA else (_claim_py, _finish_py)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -115,7 +131,7 @@ def run(parts_kernel, args: tuple, count: int, threads: int) -> None:
     worker's error). With one thread or one part, the caller computes them all. A worker that
     has not started when the parts run out finds none left and returns at once."""
     state = np.zeros(2, dtype=np.int64)
-    helpers = min(threads, count) - 1
+    helpers = min(threads, count) - 1 if USE_NUMBA else 0
     if helpers <= 0:
         parts_kernel(*args, state)
         return

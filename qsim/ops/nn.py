@@ -468,78 +468,6 @@ def _separable_pool(xp: np.ndarray, kernel, strides, dilations, out, combine) ->
     return y
 
 
-@kernel
-def _nb_mlas_vector_max_2d(x, kh, kw, sh, sw, ph, pw_begin, tail, y):
-    """Numba twin of :func:`_mlas_vector_max` for 4-D float32 ``x`` (same comparisons in the
-    same order): per output row the column reduction over the in-bounds input rows (``maxps``
-    on the first ``4·floor(W/4)`` columns, ``std::max`` on the rest) into a buffer padded with
-    lowest(), then ``maxps`` across the window per output. With stride 2 along the row the
-    buffer is first split into its even and odd columns, so every tap reads consecutive
-    values. Flat unsigned indices (no wraparound checks), so the row loops vectorize."""
-    n, c, h, w = x.shape
-    oh, ow = y.shape[2], y.shape[3]
-    w4 = (w // 4) * 4
-    lowest = np.float32(-3.4028234663852886e38)
-    x1, y1 = x.reshape(-1), y.reshape(-1)
-    width = pw_begin + w + tail
-    buf = np.empty(width + 1, dtype=np.float32)      # (+1: the odd half reads one past)
-    for q in range(pw_begin):
-        buf[q] = lowest
-    for q in range(pw_begin + w, width + 1):
-        buf[q] = lowest
-    half = (width + 1) // 2
-    split = np.empty((2, half), dtype=np.float32)     # stride 2: even, odd columns of buf
-    pb, step = np.uint64(pw_begin), np.uint64(sw)
-    for plane in range(n * c):
-        for oy in range(oh):
-            start = oy * sh - ph
-            r0 = start if 0 <= start < h else 0
-            r1 = min(start + kh, h)
-            base = np.uint64((plane * h + r0) * w)
-            for q in range(w):
-                u = np.uint64(q)
-                buf[pb + u] = x1[base + u]
-            for r in range(r0 + 1, r1):
-                row = np.uint64((plane * h + r) * w)
-                for q in range(w4):
-                    u = np.uint64(q)
-                    v = x1[row + u]
-                    m = buf[pb + u]
-                    buf[pb + u] = m if m > v else v
-                for q in range(w4, w):
-                    u = np.uint64(q)
-                    v = x1[row + u]
-                    m = buf[pb + u]
-                    buf[pb + u] = v if m < v else m
-            o0 = np.uint64((plane * oh + oy) * ow)
-            if sw == 2:
-                for t in range(half):
-                    u = np.uint64(t)
-                    split[0, u] = buf[u + u]
-                    split[1, u] = buf[u + u + np.uint64(1)]
-                for ox in range(ow):
-                    u = np.uint64(ox)
-                    y1[o0 + u] = split[0, u]
-                for j in range(1, kw):
-                    p, jj = np.uint64(j & 1), np.uint64(j >> 1)
-                    for ox in range(ow):
-                        u = np.uint64(ox)
-                        v = split[p, u + jj]
-                        m = y1[o0 + u]
-                        y1[o0 + u] = m if m > v else v
-            else:
-                for ox in range(ow):
-                    u = np.uint64(ox)
-                    y1[o0 + u] = buf[u * step]
-                for j in range(1, kw):
-                    jj = np.uint64(j)
-                    for ox in range(ow):
-                        u = np.uint64(ox)
-                        v = buf[u * step + jj]
-                        m = y1[o0 + u]
-                        y1[o0 + u] = m if m > v else v
-
-
 _LOWEST = np.float32(-3.4028234663852886e38)     # std::numeric_limits<float>::lowest()
 
 
@@ -646,7 +574,7 @@ def _mlas_max_pool(x, kernel, strides, begins, ends, out) -> np.ndarray:
             y = np.empty(x.shape[:2] + tuple(out), dtype=np.float32)
             need = (out[-1] - 1) * strides[-1] + kernel[-1]
             tail = max(ends[-1] + 3, need - begins[-1] - x.shape[-1])
-            _nb_mlas_vector_max_2d(np.ascontiguousarray(x), kernel[0], kernel[1], strides[0],
+            math_exact.max_pool_2d(np.ascontiguousarray(x), kernel[0], kernel[1], strides[0],
                                    strides[1], begins[0], begins[1], tail, y)
             return y
         return _mlas_vector_max(x, kernel, strides, begins, ends, out)
