@@ -178,6 +178,9 @@ def add(a, b, *, broadcast=None, axis=None, then_relu=False):
     """C = A + B (broadcasting; opsets 1-6: ``broadcast``/``axis``, see _legacy_broadcast).
     ``then_relu`` (from the executor): return ``Relu(C)``, in place on the new array."""
     b = _old_form("Add", a, b, broadcast, axis)
+    fused = _add_relu(a, b) if then_relu else None
+    if fused is not None:
+        return fused
     y = _arith("Add", a, b, np.add)
     return _relu_in_place(y) if then_relu else y
 
@@ -425,6 +428,27 @@ def _nb_relu(x, y):
     for i in range(x.size):
         v = x[i]
         y[i] = zero if v < zero else v
+
+
+@kernel
+def _nb_add_relu(a, b, y):
+    """``y = 0 if v < 0 else v`` with ``v = a + b`` (float32, one rounding), flat arrays."""
+    zero = np.float32(0.0)
+    for i in range(y.size):
+        v = a[i] + b[i]
+        y[i] = zero if v < zero else v
+
+
+def _add_relu(a, b) -> "np.ndarray | None":
+    """``Relu(A + B)`` in one pass for two float32 C-contiguous arrays of one shape (the
+    residual joins), else None."""
+    if USE_NUMBA and isinstance(a, np.ndarray) and isinstance(b, np.ndarray) \
+            and a.dtype == b.dtype == np.float32 and a.shape == b.shape and a.ndim \
+            and a.flags.c_contiguous and b.flags.c_contiguous:
+        y = np.empty_like(a)
+        _nb_add_relu(a.reshape(-1), b.reshape(-1), y.reshape(-1))
+        return y
+    return None
 
 
 def _relu_in_place(y: np.ndarray) -> np.ndarray:
@@ -729,6 +753,9 @@ def min_(*inputs):
 def sum_(*inputs, then_relu=False):
     """Elementwise sum of all inputs (broadcasting), added left to right. ``then_relu`` (from
     the executor): return ``Relu`` of the sum, in place on the new array."""
+    fused = _add_relu(*inputs) if then_relu and len(inputs) == 2 else None
+    if fused is not None:
+        return fused
     y = _variadic("Sum", np.add, inputs)
     return _relu_in_place(y) if then_relu else y
 
