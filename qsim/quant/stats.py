@@ -16,15 +16,16 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from ..errors import ConfigError, EncodingError
 from ..jit import USE_NUMBA, kernel
 from .kernels import channel_view
+from .workers import (ACK, AWAKE, JOB, SEQ, Worker, atomic_load, atomic_store, fetch_add,
+                      float32_at, int64_at, spin_rounds, wait_for_job)
 
 #: number of histogram bins of the tf-enhanced / percentile histogram
 NUM_BINS = 1536
@@ -447,79 +448,167 @@ def _nb_histogram_update(x3, fixed, width, k0, batches, pdf):
     return nans, inf_seen, finite_seen
 
 
-@functools.cache
-def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
-    """The worker threads of the threaded histogram, made on first use per size and process
-    (``pid``: a forked child, e.g. a cluster worker, must not reuse its parent's pool, whose
-    threads did not survive the fork)."""
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qsim-histogram")
+# The threaded update: the calling thread and ``threads - 1`` spinning workers (workers.py) take
+# pieces of the channels in turn. A job for a worker is these words after ctl[JOB]:
+_J_X, _J_OUTER, _J_CH, _J_INNER, _J_PIECES, _J_NPIECES, _J_RK, _J_ROWS, _J_DONE, _J_NEXT = (
+    range(JOB, JOB + 10))
+#: a piece's row: NUM_BINS + 1 counts (the last one the dropped elements), then #NaN, any ±Inf,
+#: any finite
+_ROW = NUM_BINS + 4
 
 
-def _count_pieces(x3, pieces, todo, rows, done, r, k0f) -> int:
-    """Take piece numbers ``k`` from the deque ``todo`` until it is empty and count piece
-    ``pieces[k] = (c, start, stop)`` into ``rows[k]`` (with ``r[c], k0f[c]``), then record its ``(#NaN, any ±Inf, any finite)`` in ``done[k]`` (so
-    ``k in done`` means ``rows[k]`` is complete). Returns how many pieces this thread counted.
-    ``deque.popleft`` is thread-safe: each piece is taken once."""
+@kernel
+def _nb_take_pieces(x3, pieces, rk, nxt, done, rows):
+    """Take piece numbers ``k = nxt[0]++`` (atomic) until ``k >= len(pieces)``; count piece
+    ``pieces[k] = (c, start, stop)`` of ``x3`` (:func:`_nb_count_channel` with ``r, k0f =
+    rk[c]``) into ``rows[k]`` (cleared first; layout ``_ROW``), then ``done[k] = 1`` (atomic,
+    after the row is written). Any number of threads may run this on the same arrays: each
+    piece is counted once. Returns the number of pieces this call counted."""
+    n_pieces = pieces.shape[0]
     mine = 0
     while True:
-        try:
-            k = todo.popleft()
-        except IndexError:
+        k = fetch_add(nxt, 0, 1)
+        if k >= n_pieces:
             return mine
-        c, start, stop = pieces[k]
-        done[k] = _nb_count_channel(x3, c, start, stop, r[c], k0f[c], rows[k])
+        c = pieces[k, 0]
+        row = rows[k]
+        row[:] = 0
+        nans, inf_seen, finite_seen = _nb_count_channel(x3, c, pieces[k, 1], pieces[k, 2],
+                                                        rk[c, 0], rk[c, 1], row[:NUM_BINS + 1])
+        row[NUM_BINS + 1] = nans
+        row[NUM_BINS + 2] = inf_seen
+        row[NUM_BINS + 3] = finite_seen
+        atomic_store(done, k, 1)
         mine += 1
 
 
+@kernel
+def _nb_serve_histogram(ctl, spin):
+    """A histogram worker's loop (workers.py protocol): whenever ``ctl[SEQ]`` moves past the
+    last job done, run :func:`_nb_take_pieces` on the arrays whose addresses and shapes the job
+    words give, then ``ctl[ACK] = SEQ``; return after ``spin`` idle rounds of
+    :func:`wait_for_job` (having stored ``AWAKE = 0`` and seen no new job)."""
+    ack = atomic_load(ctl, ACK)
+    while True:
+        seq = wait_for_job(ctl, ack, spin)
+        if seq == ack:
+            atomic_store(ctl, AWAKE, 0)
+            if atomic_load(ctl, SEQ) == ack:
+                return
+            atomic_store(ctl, AWAKE, 1)
+            continue
+        n_ch = ctl[_J_CH]
+        n_pieces = ctl[_J_NPIECES]
+        x3 = numba.carray(float32_at(ctl[_J_X]), (ctl[_J_OUTER], n_ch, ctl[_J_INNER]))
+        pieces = numba.carray(int64_at(ctl[_J_PIECES]), (n_pieces, 3))
+        rk = numba.carray(float32_at(ctl[_J_RK]), (n_ch, 2))
+        rows = numba.carray(int64_at(ctl[_J_ROWS]), (n_pieces, _ROW))
+        done = numba.carray(int64_at(ctl[_J_DONE]), (n_pieces,))
+        nxt = numba.carray(int64_at(ctl[_J_NEXT]), (1,))
+        _nb_take_pieces(x3, pieces, rk, nxt, done, rows)
+        ack = seq
+        atomic_store(ctl, ACK, ack)
+
+
+@kernel
+def _nb_gather_pieces(x3, pieces, rk, done, rows, counts):
+    """``counts[c] += rows[k]`` for every piece ``k = (c, ...)`` marked done (atomic load, then
+    the row), and the pieces not done (held by a worker without a core) counted here instead;
+    their late rows are never read. Returns ``(#NaN, any ±Inf, any finite)`` of all pieces."""
+    nans = 0
+    inf_seen = False
+    finite_seen = False
+    for k in range(pieces.shape[0]):
+        c = pieces[k, 0]
+        if atomic_load(done, k):
+            row = rows[k]
+            for b in range(NUM_BINS + 1):
+                counts[c, b] += row[b]
+            nans += row[NUM_BINS + 1]
+            inf_seen |= row[NUM_BINS + 2] != 0
+            finite_seen |= row[NUM_BINS + 3] != 0
+        else:
+            a, i, f = _nb_count_channel(x3, c, pieces[k, 1], pieces[k, 2], rk[c, 0], rk[c, 1],
+                                        counts[c])
+            nans += a
+            inf_seen |= i
+            finite_seen |= f
+    return nans, inf_seen, finite_seen
+
+
+@functools.cache
+def _team(pid: int) -> list:
+    """The histogram workers of this process (``pid``: a forked child, e.g. a cluster worker,
+    must not count on its parent's threads, which did not survive the fork); grown on demand."""
+    return []
+
+
+@functools.cache
+def _spin(pid: int) -> int:
+    """Idle iterations a worker spins before it sleeps (about ``SPIN_SECONDS``)."""
+    return spin_rounds()
+
+
+def _workers(n: int) -> list:
+    """``n`` histogram workers of this process, started on first use."""
+    pid = os.getpid()
+    team = _team(pid)
+    while len(team) < n:
+        team.append(Worker(_nb_serve_histogram, _spin(pid), name=f"qsim-histogram-{len(team)}"))
+    return team[:n]
+
+
 def _threaded_histogram_update(x3, fixed, width, k0, batches, pdf, threads, piece=_PIECE):
-    """:func:`_nb_histogram_update` on ``threads`` threads (the kernels release the GIL); the
-    state equals the serial one bit for bit, whatever the threads do.
+    """:func:`_nb_histogram_update` on ``threads`` threads; the state equals the serial one bit
+    for bit, whatever the threads do.
 
     The channels' elements are cut into pieces (about four per thread, at least ``piece``
-    elements) that the calling thread and ``threads - 1`` workers take in turn until none are
-    left, each counted into its own integer histogram; the counts are added afterwards. On a
-    shared machine a worker may get no core for a while: one that has not started when the
-    calling thread runs out of pieces is cancelled, and a piece a worker holds for longer than
-    the calling thread's CPU time per piece is counted again by the calling thread (the
-    worker's late result is ignored). So the update never waits long on a thread without a
-    core."""
+    elements) that the calling thread and ``threads - 1`` workers (workers.py: they wait for a
+    job by spinning, so one posted within ``SPIN_SECONDS`` of the last starts at once) take in
+    turn, each into its own integer histogram; the counts are added afterwards. A worker still
+    busy with an earlier job is not given this one. On a shared machine a worker may get no
+    core for a while: once the pieces are all taken the calling thread waits for a worker's
+    piece at most its own time per piece, then counts that piece itself (the worker's late
+    result is ignored). Without Numba (the atomics need compiled code) this is the serial
+    kernel."""
+    if not USE_NUMBA:
+        return _nb_histogram_update(x3, fixed, width, k0, batches, pdf)
+    x3 = np.ascontiguousarray(x3)
     n_outer, n_ch, n_inner = x3.shape
     numel = n_outer * n_inner
-    nans, inf_seen, finite_seen = 0, False, False
     if numel == 0:
-        return nans, inf_seen, finite_seen
+        return 0, False, False
     skip = np.zeros(n_ch, np.bool_)
     _nb_fix_channels(x3, fixed, width, k0, skip)
-    counted = [c for c in range(n_ch) if not skip[c]]
-    finite_seen = len(counted) < n_ch         # an all-zero slice: skipped, not counted
-    r = {c: np.float32(1.0 / width[c]) for c in counted}
-    k0f = {c: np.float32(k0[c]) for c in counted}
-    size = max(piece, -(-numel * len(counted) // (4 * threads)))
-    pieces = [(c, p, min(p + size, numel)) for c in counted for p in range(0, numel, size)]
-    todo = deque(range(len(pieces)))
-    rows = np.zeros((len(pieces), NUM_BINS + 1), np.int64)
-    done = {}
-    pool = _pool(threads - 1, os.getpid()) if threads > 1 else None
-    futures = [pool.submit(_count_pieces, x3, pieces, todo, rows, done, r, k0f)
-               for _ in range(threads - 1)]
-    t0 = time.thread_time()         # CPU time: a piece's cost even if this thread lost its core
-    mine = _count_pieces(x3, pieces, todo, rows, done, r, k0f)
-    running = [f for f in futures if not f.cancel()]
-    if running:
-        wait(running, timeout=(time.thread_time() - t0) / max(mine, 1))
+    counted = np.flatnonzero(~skip)
+    rk = np.zeros((n_ch, 2), np.float32)
+    rk[counted, 0] = (1.0 / width[counted]).astype(np.float32)
+    rk[counted, 1] = k0[counted].astype(np.float32)
+    size = max(piece, -(-numel * counted.size // (4 * threads)))
+    starts = np.arange(0, numel, size, dtype=np.int64)
+    pieces = np.empty((counted.size, starts.size, 3), np.int64)
+    pieces[:, :, 0] = counted[:, None]
+    pieces[:, :, 1] = starts
+    pieces[:, :, 2] = np.minimum(starts + size, numel)
+    pieces = pieces.reshape(-1, 3)
+    rows = np.empty((pieces.shape[0], _ROW), np.int64)
+    done = np.zeros(pieces.shape[0], np.int64)
+    nxt = np.zeros(1, np.int64)
+    job = np.array([x3.ctypes.data, n_outer, n_ch, n_inner, pieces.ctypes.data, pieces.shape[0],
+                    rk.ctypes.data, rows.ctypes.data, done.ctypes.data, nxt.ctypes.data], np.int64)
+    keep = (x3, pieces, rk, rows, done, nxt)
+    helped = [w.post(job, keep) for w in _workers(threads - 1)] if threads > 1 else []
+    t0 = time.perf_counter()
+    mine = _nb_take_pieces(x3, pieces, rk, nxt, done, rows)
+    if any(helped) and not done.all():
+        deadline = time.perf_counter() + (time.perf_counter() - t0) / max(mine, 1)
+        while not done.all() and time.perf_counter() < deadline:
+            pass
     counts = np.zeros((n_ch, NUM_BINS + 1), np.int64)
-    for k, (c, start, stop) in enumerate(pieces):
-        flags = done.get(k)
-        if flags is None:           # still held by a worker without a core: count it here
-            flags = _nb_count_channel(x3, c, start, stop, r[c], k0f[c], counts[c])
-        else:
-            counts[c] += rows[k]
-        nans += flags[0]
-        inf_seen |= flags[1]
-        finite_seen |= flags[2]
+    nans, inf_seen, finite_seen = _nb_gather_pieces(x3, pieces, rk, done, rows, counts)
     for c in counted:
         _nb_fold_counts(counts[c], numel, c, batches, pdf)
-    return nans, inf_seen, finite_seen
+    return nans, inf_seen, finite_seen or counted.size < n_ch
 
 
 @functools.cache
@@ -546,10 +635,11 @@ def _runnable_tasks() -> int | None:
 def default_threads(x3) -> int:
     """Threads for a batch seen as ``(outer, C, inner)`` when the caller gives none: 1 unless a
     channel holds at least ``PARALLEL_MIN_ELEMENTS`` elements; then the machine's cores that no
-    other task is running on now, ``cpu_count - (runnable - 1)`` (/proc/loadavg counts the
-    tasks of the whole machine), at most the cores this process may use and at least 1 (all of
-    those where the runnable count is unknown). A second thread on a core another job keeps
-    busy made the update slower, with stalls of milliseconds when the woken worker took the
+    other task is running on now, ``cpu_count - (runnable - 1 - awake)`` (/proc/loadavg counts
+    the tasks of the whole machine, this process's histogram workers spinning for a job
+    included: ``awake`` of them), at most the cores this process may use and at least 1 (all
+    of those where the runnable count is unknown). A second thread on a core another job keeps
+    busy made the update slower, with stalls of milliseconds when a woken pool worker took the
     core (and the GIL) from the calling thread (benchmarks/README.md)."""
     if x3.shape[0] * x3.shape[2] < PARALLEL_MIN_ELEMENTS:
         return 1
@@ -557,7 +647,9 @@ def default_threads(x3) -> int:
     runnable = _runnable_tasks()
     if runnable is None:
         return cores
-    return max(1, min(cores, (os.cpu_count() or cores) - (runnable - 1)))
+    ours = sum(w.awake() for w in _team(os.getpid()))    # spinning workers: free for us
+    others = max(0, runnable - 1 - ours)
+    return max(1, min(cores, (os.cpu_count() or cores) - others))
 
 
 def _histogram_update(x3, fixed, width, k0, batches, pdf, threads):
