@@ -14,7 +14,8 @@ The protocol on the int64 control array ``ctl`` (one per worker):
 * ``ctl[SEQ]``  number of the last job posted (the poster's atomic store);
 * ``ctl[ACK]``  number of the last job the worker finished (the worker's atomic store);
 * ``ctl[AWAKE]`` 1 while the worker spins or works, 0 once it decided to sleep;
-* ``ctl[JOB:]`` the job: integers (sizes, addresses of arrays) written before ``SEQ``.
+* ``ctl[JOB:]`` the job: integers (sizes, addresses of arrays) written before ``SEQ``
+  (by the poster's ``publish`` kernel, see :meth:`Worker.post`).
 
 A job is posted only to a worker with ``ACK == SEQ`` (idle), and the poster keeps the job's
 arrays alive (:meth:`Worker.post`'s ``keep``) until the worker acknowledged it, so a worker that
@@ -80,6 +81,15 @@ def fetch_add(typingctx, a, i, v):
         return builder.atomic_rmw("add", _item_ptr(context, builder, sig.args[0], args[0],
                                                    args[1]), val, "seq_cst")
     return types.int64(a, i, v), codegen
+
+
+@intrinsic
+def address_of(typingctx, a):
+    """The address of the data of array ``a`` as an int64 (for a job word)."""
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        return builder.ptrtoint(data, context.get_value_type(types.int64))
+    return types.int64(a), codegen
 
 
 @intrinsic
@@ -183,19 +193,22 @@ class Worker:
         """The worker is spinning or working (it occupies a core)."""
         return bool(self.thread.is_alive() and _nb_get(self.ctl, AWAKE))
 
-    def post(self, job: np.ndarray, keep) -> bool:
-        """Give the worker the job words ``job`` (int64, at most ``CTL_WORDS - JOB``) if it is
-        idle; ``keep``: the objects the job's addresses point into. False if the worker is still
-        busy with an earlier job (or another thread is posting to it)."""
+    def post(self, publish, args: tuple, *, keep) -> bool:
+        """Give the worker a job if it is idle: ``publish(ctl, seq, *args)`` (compiled) writes
+        the job words after ``ctl[JOB]`` and stores ``SEQ = seq + 1`` if ``ACK == seq``, and
+        returns 0 (the worker is still busy with an earlier job: not posted), 1 (posted, the
+        worker spins) or 2 (posted, the worker sleeps: it is notified here). ``keep``: the
+        objects the job's addresses point into, kept alive until the next post. False if not
+        posted (or another thread is posting to this worker)."""
         if not self._post_lock.acquire(blocking=False):
             return False
         try:
-            if _nb_get(self.ctl, ACK) != self.seq:
+            state = publish(self.ctl, self.seq, *args)
+            if state == 0:
                 return False
             self.keep = keep
-            self.ctl[JOB:JOB + job.shape[0]] = job
             self.seq += 1
-            if not _nb_publish(self.ctl, self.seq):
+            if state == 2:
                 with self._wake:
                     self._wake.notify()
             return True
