@@ -689,8 +689,9 @@ def _threaded_histogram_update(x3, fixed, width, k0, batches, pdf, threads, piec
     once) take in turn, each thread into its own integer histograms; the counts are added
     afterwards. A worker still busy with an earlier job is not given this one. On a shared
     machine a worker may get no core for a while: once the pieces are all taken the calling
-    thread waits for the workers at most its own time per piece, then counts the pieces of a
-    worker that has not finished itself (that worker's counts are ignored). Without Numba (the atomics need compiled code) this is the serial
+    thread waits for the workers (their acknowledgement of the job) at most its own time per
+    piece, then counts the pieces of a worker that has not finished itself (that worker's
+    counts are ignored; the job's arrays stay referenced until it acknowledges). Without Numba (the atomics need compiled code) this is the serial
     kernel."""
     if not USE_NUMBA:
         return _nb_histogram_update(x3, fixed, width, k0, batches, pdf)
@@ -701,16 +702,16 @@ def _threaded_histogram_update(x3, fixed, width, k0, batches, pdf, threads, piec
     arena = _nb_plan(x3, fixed, width, k0, threads, piece)
     helped = []
     if threads > 1 and arena[_A_PIECES] > 1:
-        helped = [t for t, w in enumerate(_workers(threads - 1), 1)
+        helped = [w for t, w in enumerate(_workers(threads - 1), 1)
                   if w.post(_nb_post_job, (x3, arena, t), keep=(x3, arena))]
     t0 = time.perf_counter()
     mine = _nb_take_pieces(x3, arena, 0)
     if helped:
-        finished = _nb_arena_parts(arena, x3.shape[1])[3]
-        if not finished[helped].all():
-            deadline = time.perf_counter() + (time.perf_counter() - t0) / max(mine, 1)
-            while not finished[helped].all() and time.perf_counter() < deadline:
-                pass
+        deadline = time.perf_counter() + (time.perf_counter() - t0) / max(mine, 1)
+        while not all(w.done() for w in helped) and time.perf_counter() < deadline:
+            pass
+        for w in helped:
+            w.release()
     return _nb_gather_fold(x3, arena, batches, pdf)
 
 

@@ -30,6 +30,7 @@ code (with ``NUMBA_DISABLE_JIT=1`` nothing here is used: the histogram runs its 
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -128,10 +129,12 @@ def _nb_get(ctl, i):
     return atomic_load(ctl, i)
 
 
-#: ``sched_yield()`` of the C library (POSIX): a spinning worker that shares its core with
-#: another runnable thread (the one that posts its jobs, when another process holds the other
-#: core) gives that thread the core every few microseconds instead of every few milliseconds
-_sched_yield = types.ExternalFunction("sched_yield", types.int32())
+#: ``sched_yield()`` of the C library (``SwitchToThread()`` on Windows): a spinning worker
+#: that shares its core with another runnable thread (the one that posts its jobs, when another
+#: process holds the other core) gives that thread the core every microsecond instead of after
+#: a time slice of milliseconds
+_sched_yield = types.ExternalFunction("SwitchToThread" if sys.platform == "win32"
+                                      else "sched_yield", types.int32())
 #: atomic loads of ``SEQ`` per ``sched_yield`` in the wait loop (about 0.3 µs of loads, then
 #: the 0.5 µs system call on the 2-core VM)
 _LOADS_PER_YIELD = 1024
@@ -193,12 +196,26 @@ class Worker:
         """The worker is spinning or working (it occupies a core)."""
         return bool(self.thread.is_alive() and _nb_get(self.ctl, AWAKE))
 
+    def done(self) -> bool:
+        """The worker acknowledged the last job posted to it."""
+        return _nb_get(self.ctl, ACK) == self.seq
+
+    def release(self) -> None:
+        """Drop the last job's arrays if the worker acknowledged it (else the next post does)."""
+        if self._post_lock.acquire(blocking=False):
+            try:
+                if self.done():
+                    self.keep = None
+            finally:
+                self._post_lock.release()
+
     def post(self, publish, args: tuple, *, keep) -> bool:
         """Give the worker a job if it is idle: ``publish(ctl, seq, *args)`` (compiled) writes
         the job words after ``ctl[JOB]`` and stores ``SEQ = seq + 1`` if ``ACK == seq``, and
         returns 0 (the worker is still busy with an earlier job: not posted), 1 (posted, the
         worker spins) or 2 (posted, the worker sleeps: it is notified here). ``keep``: the
-        objects the job's addresses point into, kept alive until the next post. False if not
+        objects the job's addresses point into, kept alive until the worker acknowledged the job
+        (:meth:`release`, or the next post). False if not
         posted (or another thread is posting to this worker)."""
         if not self._post_lock.acquire(blocking=False):
             return False
