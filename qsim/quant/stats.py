@@ -273,6 +273,17 @@ _FLUSH = 1 << 30
 #: at 2^19 and saved a quarter at 2^20; when other jobs keep the cores busy they lose at every
 #: size
 PARALLEL_MIN_ELEMENTS = 1 << 20
+#: a worker that sleeps (no update in the last ``SPIN_SECONDS``) is given a share of a batch
+#: only from this many elements; a smaller batch is counted by the calling thread alone and
+#: the worker only woken, to spin for the next update. On the 2-core VM a woken worker started
+#: about 0.2 ms late and then counted at half speed for milliseconds (an idle core's slow
+#: start): 1M-8M-element updates with a sleeping worker took 1.05-1.35x the time of one thread,
+#: 16M ones 0.6x (benchmarks/README.md)
+WAKE_MIN_ELEMENTS = 1 << 24
+#: a sleeping worker is woken for nothing (to spin for the next update) only when the previous
+#: threaded update came less than this long ago (a burst of updates): waking an idle core cost
+#: the calling thread about 50 µs on the 2-core VM
+BURST_SECONDS = 2e-3
 #: the threaded histogram's pieces have at least this many elements
 _PIECE = 1 << 16
 
@@ -591,6 +602,17 @@ def _nb_post_job(ctl, seq, x3, arena, thread):
 
 
 @kernel
+def _nb_post_nudge(ctl, seq):
+    """:func:`_nb_post_job` for a job without work (``_J_WORDS = 0``): the worker only wakes up
+    and spins for the next one."""
+    if atomic_load(ctl, ACK) != seq:
+        return 0
+    ctl[_J_WORDS] = 0
+    atomic_store(ctl, SEQ, seq + 1)
+    return 1 if atomic_load(ctl, AWAKE) else 2
+
+
+@kernel
 def _nb_serve_histogram(ctl, spin):
     """A histogram worker's loop (workers.py protocol): whenever ``ctl[SEQ]`` moves past the
     last job done, run :func:`_nb_take_pieces` on the batch and arena whose addresses and
@@ -605,9 +627,10 @@ def _nb_serve_histogram(ctl, spin):
                 return
             atomic_store(ctl, AWAKE, 1)
             continue
-        x3 = numba.carray(float32_at(ctl[_J_X]), (ctl[_J_OUTER], ctl[_J_CH], ctl[_J_INNER]))
-        arena = numba.carray(int64_at(ctl[_J_ARENA]), (ctl[_J_WORDS],))
-        _nb_take_pieces(x3, arena, ctl[_J_THREAD])
+        if ctl[_J_WORDS] > 0:
+            x3 = numba.carray(float32_at(ctl[_J_X]), (ctl[_J_OUTER], ctl[_J_CH], ctl[_J_INNER]))
+            arena = numba.carray(int64_at(ctl[_J_ARENA]), (ctl[_J_WORDS],))
+            _nb_take_pieces(x3, arena, ctl[_J_THREAD])
         ack = seq
         atomic_store(ctl, ACK, ack)
 
@@ -687,7 +710,9 @@ def _threaded_histogram_update(x3, fixed, width, k0, batches, pdf, threads, piec
     ``piece`` elements) that the calling thread and ``threads - 1`` workers (workers.py: they
     wait for a job by spinning, so one posted within ``SPIN_SECONDS`` of the last starts at
     once) take in turn, each thread into its own integer histograms; the counts are added
-    afterwards. A worker still busy with an earlier job is not given this one. On a shared
+    afterwards. A worker still busy with an earlier job is not given this one; a sleeping
+    worker only for batches of ``WAKE_MIN_ELEMENTS`` or more (else it is only woken, and only
+    within ``BURST_SECONDS`` of the previous threaded update). On a shared
     machine a worker may get no core for a while: once the pieces are all taken the calling
     thread waits for the workers (their acknowledgement of the job) at most its own time per
     piece, then counts the pieces of a worker that has not finished itself (that worker's
@@ -702,8 +727,15 @@ def _threaded_histogram_update(x3, fixed, width, k0, batches, pdf, threads, piec
     arena = _nb_plan(x3, fixed, width, k0, threads, piece)
     helped = []
     if threads > 1 and arena[_A_PIECES] > 1:
-        helped = [w for t, w in enumerate(_workers(threads - 1), 1)
-                  if w.post(_nb_post_job, (x3, arena, t), keep=(x3, arena))]
+        large = x3.size >= WAKE_MIN_ELEMENTS
+        now = time.perf_counter()
+        for t, w in enumerate(_workers(threads - 1), 1):
+            if large or w.awake():
+                if w.post(_nb_post_job, (x3, arena, t), keep=(x3, arena)):
+                    helped.append(w)
+            elif now - w.last_call < BURST_SECONDS:     # spinning for the next update
+                w.post(_nb_post_nudge, (), keep=None)
+            w.last_call = now
     t0 = time.perf_counter()
     mine = _nb_take_pieces(x3, arena, 0)
     if helped:

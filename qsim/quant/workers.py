@@ -176,6 +176,7 @@ class Worker:
         self.ctl = np.zeros(CTL_WORDS, np.int64)
         self.seq = 0            # the last job posted; only posters read and write it
         self.keep = None        # the arrays of the last job posted, alive until acknowledged
+        self.last_call = float("-inf")  # perf_counter() of the poster's last use (its policy)
         self._post_lock = threading.Lock()
         self._wake = threading.Condition()
         self._serve, self._spin = serve, spin

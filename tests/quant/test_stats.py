@@ -659,6 +659,36 @@ def test_a_piece_held_by_a_stalled_worker_is_counted_again(monkeypatch):
 
 
 @pytest.mark.skipif(JIT_DISABLED, reason="threads only matter for the compiled kernels")
+def test_a_sleeping_worker_is_woken_but_given_no_share_of_a_small_batch(monkeypatch):
+    """Below WAKE_MIN_ELEMENTS a sleeping worker gets no share: the calling thread counts
+    every piece; the second update, within BURST_SECONDS of the first, wakes the worker with a
+    job without work (to spin for the next update). The serial state."""
+    x = np.random.default_rng(13).normal(size=100_000).astype(np.float32)
+    serial = _two_batches(x, S._nb_histogram_update)
+    worker = W.Worker(S._nb_serve_histogram, 1)             # spins one round, then sleeps
+    monkeypatch.setattr(S, "_workers", lambda n: [worker])
+    taken = []
+    real_take = S._nb_take_pieces
+
+    def take(x3, arena, t):
+        taken.append((real_take(x3, arena, t), int(arena[S._A_PIECES])))
+        return taken[-1][0]
+
+    monkeypatch.setattr(S, "_nb_take_pieces", take)
+    deadline = time.monotonic() + 30
+    while worker.awake() and time.monotonic() < deadline:
+        time.sleep(1e-3)
+    threaded = _two_batches(x, lambda *a: S._threaded_histogram_update(*a, 2, 1000))
+    _same_bits(threaded[:5], serial[:5])
+    assert threaded[5] == serial[5]
+    assert taken[0][0] == taken[0][1] > 1     # the first batch: all pieces on this thread
+    monkeypatch.setattr(S, "BURST_SECONDS", 3600.0)
+    before = worker.seq
+    _two_batches(x, lambda *a: S._threaded_histogram_update(*a, 2, 1000))
+    assert worker.seq > before                # woken (its thread may not have run yet)
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="threads only matter for the compiled kernels")
 def test_a_spinning_worker_takes_back_to_back_jobs():
     """Updates in quick succession reach the worker while it spins (no wake-up needed): every
     job is acknowledged and each state equals the serial one."""
