@@ -12,7 +12,7 @@ Every compiled kernel uses :func:`kernel`, which fixes the options once:
 No kernel uses Numba's ``parallel=True``: its OpenMP-style workers spin-wait, which stalls on
 shared cores, and Numba aborts a forked child that uses GNU OpenMP after its parent did (a
 cluster worker); kernels that split work run on plain threads (they release the GIL). The
-threaded histogram's workers (qsim/quant/workers.py) spin too, but briefly (0.5 ms after a
+threaded histogram's workers (qsim/quant/workers.py) spin too, but briefly (1 ms after a
 job, yielding the core every microsecond) and only when /proc/loadavg shows a free core.
 
 ``USE_NUMBA`` is False when ``NUMBA_DISABLE_JIT=1`` is set; the public wrappers then call the

@@ -44,8 +44,9 @@ SEQ, ACK, AWAKE, JOB = 0, 1, 2, 3
 #: words of a control array: the three counters and up to 13 job words
 CTL_WORDS = 16
 #: how long a worker keeps spinning for the next job after one (a bound on the CPU time it
-#: spends waiting: on this VM one 1M-element histogram update takes 0.2–0.4 ms)
-SPIN_SECONDS = 0.5e-3
+#: spends waiting: on this VM one 1M-element histogram update takes 0.2–0.4 ms, so updates of
+#: a burst with up to ~2 updates' time between them find it awake)
+SPIN_SECONDS = 1e-3
 
 
 def _item_ptr(context, builder, aty, ary, i):
