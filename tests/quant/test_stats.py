@@ -640,6 +640,9 @@ def test_a_piece_held_by_a_stalled_worker_is_counted_again(monkeypatch):
 
     worker = W.Worker(stalled, 1)
     monkeypatch.setattr(S, "_workers", lambda n: [worker])
+    deadline = time.monotonic() + 30
+    while not worker.awake() and time.monotonic() < deadline:   # a sleeping one gets no job
+        time.sleep(1e-3)
     real_take = S._nb_take_pieces
 
     def take(*args):                    # the calling thread starts once the worker took one
@@ -675,17 +678,23 @@ def test_a_sleeping_worker_is_woken_but_given_no_share_of_a_small_batch(monkeypa
         return taken[-1][0]
 
     monkeypatch.setattr(S, "_nb_take_pieces", take)
-    deadline = time.monotonic() + 30
-    while worker.awake() and time.monotonic() < deadline:
-        time.sleep(1e-3)
+
+    def wait_until_asleep():
+        deadline = time.monotonic() + 30
+        while (worker.awake() or not worker.done()) and time.monotonic() < deadline:
+            time.sleep(1e-3)
+
+    wait_until_asleep()
     threaded = _two_batches(x, lambda *a: S._threaded_histogram_update(*a, 2, 1000))
     _same_bits(threaded[:5], serial[:5])
     assert threaded[5] == serial[5]
     assert taken[0][0] == taken[0][1] > 1     # the first batch: all pieces on this thread
+    wait_until_asleep()
     monkeypatch.setattr(S, "BURST_SECONDS", 3600.0)
     before = worker.seq
-    _two_batches(x, lambda *a: S._threaded_histogram_update(*a, 2, 1000))
-    assert worker.seq > before                # woken (its thread may not have run yet)
+    S._threaded_histogram_update(channel_view(x, None), *threaded[:5], 2, 1000)
+    assert worker.seq == before + 1           # woken (its thread may not have run yet)
+    assert taken[-1][0] == taken[-1][1]       # all pieces on this thread
 
 
 @pytest.mark.skipif(JIT_DISABLED, reason="threads only matter for the compiled kernels")
