@@ -712,12 +712,12 @@ def _threaded_histogram_update(x3, fixed, width, k0, batches, pdf, threads, piec
     once) take in turn, each thread into its own integer histograms; the counts are added
     afterwards. A worker still busy with an earlier job is not given this one; a sleeping
     worker only for batches of ``WAKE_MIN_ELEMENTS`` or more (else it is only woken, and only
-    within ``BURST_SECONDS`` of the previous threaded update). On a shared
-    machine a worker may get no core for a while: once the pieces are all taken the calling
-    thread waits for the workers (their acknowledgement of the job) at most its own time per
-    piece, then counts the pieces of a worker that has not finished itself (that worker's
-    counts are ignored; the job's arrays stay referenced until it acknowledges). Without Numba (the atomics need compiled code) this is the serial
-    kernel."""
+    within ``BURST_SECONDS`` of the previous threaded update). On a shared machine a worker may
+    get no core for a while: once the pieces are all taken the calling thread waits for the
+    workers (their acknowledgement of the job) at most its own time per piece, then counts the
+    pieces of a worker that has not finished itself (that worker's counts are ignored; the
+    job's arrays stay referenced until it acknowledges). Without Numba (the atomics need
+    compiled code) this is the serial kernel."""
     if not USE_NUMBA:
         return _nb_histogram_update(x3, fixed, width, k0, batches, pdf)
     if not x3.flags.c_contiguous:
