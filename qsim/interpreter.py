@@ -9,6 +9,7 @@ activations, not of the whole forward pass.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from .errors import FeedError, GraphError, OpError, QsimError, UnknownOpError
 from .ir import Graph, Node
 from .kernels.family import resolve as resolve_family
-from .ops import OPS, internal_keywords, supported_attributes
+from .ops import OPS, epilogue, internal_keywords, supported_attributes
 
 Observer = Callable[[str, np.ndarray], "np.ndarray | None"]
 
@@ -100,28 +101,37 @@ def _last_uses(graph: Graph, keep: Iterable[str]) -> dict[int, list[str]]:
     return by_node
 
 
-def _relu_fusions(graph: Graph, keep: Iterable[str],
-                  ops: Mapping[str, Callable] | None) -> dict[int, int]:
-    """Node index → index of the Relu node it absorbs: the node's op takes the ``then_relu``
-    keyword (see :mod:`qsim.ops.registry`), its single output is read by that Relu alone and is
-    neither kept (a requested output) nor a graph output, and neither op is replaced by ``ops``.
-    The result is the same array as running both nodes; only the intermediate tensor is never
-    materialized."""
+def _readers(graph: Graph) -> dict[str, list[int]]:
+    """Tensor name → indices of the nodes that read it (once per input slot)."""
     readers: dict[str, list[int]] = {}
     for i, node in enumerate(graph.nodes):
         for name in node.inputs:
             if name:
                 readers.setdefault(name, []).append(i)
+    return readers
+
+
+def _relu_fusions(graph: Graph, keep: Iterable[str],
+                  ops: Mapping[str, Callable] | None, taken: Iterable[int] = ()) -> dict[int, int]:
+    """Node index → index of the Relu node it absorbs: the node's op takes the ``then_relu``
+    keyword (see :mod:`qsim.ops.registry`), its single output is read by that Relu alone and is
+    neither kept (a requested output) nor a graph output, and neither op is replaced by ``ops``
+    (nor is either node in ``taken``, already part of another fusion).
+    The result is the same array as running both nodes; only the intermediate tensor is never
+    materialized."""
+    readers = _readers(graph)
     keep = set(keep) | set(graph.output_names)
     custom = set(ops or ())
+    taken = set(taken)
     fused = {}
     for i, node in enumerate(graph.nodes):
         fn = OPS.get(node.op_type)
-        if fn is None or node.op_type in custom or "then_relu" not in internal_keywords(fn) \
+        if fn is None or i in taken or node.op_type in custom \
+                or "then_relu" not in internal_keywords(fn) \
                 or len(node.outputs) != 1 or not node.outputs[0] or node.outputs[0] in keep:
             continue
         users = readers.get(node.outputs[0], [])
-        if len(users) == 1:
+        if len(users) == 1 and users[0] not in taken:
             relu = graph.nodes[users[0]]
             if relu.op_type == "Relu" and "Relu" not in custom and list(relu.inputs) == \
                     [node.outputs[0]] and len(relu.outputs) == 1:
@@ -129,18 +139,113 @@ def _relu_fusions(graph: Graph, keep: Iterable[str],
     return fused
 
 
+def _epilogue_fusions(graph: Graph, keep: Iterable[str], ops: Mapping[str, Callable] | None,
+                      constant: Callable[[str], "np.ndarray | None"]
+                      ) -> dict[int, tuple[tuple[int, ...], tuple]]:
+    """Conv node index → (indices of the nodes it absorbs, their :mod:`qsim.ops.epilogue`
+    steps): the chain of per-channel ops (BatchNormalization, Mul/Add by a constant per-channel
+    vector, Relu) that reads a float32 Conv's output, each link's output read by the next link
+    alone and neither kept nor a graph output, no op replaced by ``ops``. Chains of a single
+    Relu are left to :func:`_relu_fusions`. The Conv computes the chain in its bias pass: the
+    same operations, the same bits, one pass per link less."""
+    readers = _readers(graph)
+    keep = set(keep) | set(graph.output_names)
+    custom = set(ops or ())
+    chains = {}
+    for i, node in enumerate(graph.nodes):
+        if node.op_type != "Conv" or "Conv" in custom or len(node.outputs) != 1 \
+                or len(node.inputs) < 2:
+            continue
+        w = constant(node.inputs[1])
+        if w is None or w.dtype != np.float32 or w.ndim < 3:
+            continue
+        absorbed, steps, tensor = [], [], node.outputs[0]
+        while tensor and tensor not in keep and len(readers.get(tensor, ())) == 1:
+            j = readers[tensor][0]
+            link = graph.nodes[j]
+            more = None if link.op_type in custom else epilogue.node_steps(
+                link, tensor, constant, w.shape[0], w.ndim)
+            if more is None:
+                break
+            absorbed.append(j)
+            steps.extend(more)
+            tensor = link.outputs[0]
+        if any(step.code != epilogue.RELU for step in steps):
+            chains[i] = (tuple(absorbed), tuple(steps))
+    return chains
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What :func:`run` derives from the graph alone for one set of options (kept in
+    ``graph.memo``): the tensors each node is the last reader of, the initializers, the
+    values of the nodes that read only constants (computed once, when nothing is observed)
+    and the fusions (node index → the nodes it absorbs, and the keywords that tell its op)."""
+
+    drops: Mapping[int, tuple[str, ...]]
+    constants: frozenset
+    folded: Mapping[str, np.ndarray]
+    fusions: Mapping[int, tuple[tuple[int, ...], Mapping[str, object]]]
+    absorbed: frozenset
+
+
+def _plan(graph: Graph, wanted: tuple[str, ...], ops: Mapping[str, Callable] | None,
+          dynamic_params: frozenset, observed: bool, family: str) -> _Plan:
+    """The plan of :func:`run` for these options, made once per graph and options."""
+    key = ("run-plan", wanted, frozenset(ops or ()), dynamic_params, observed, family)
+    plan = graph.memo.get(key)
+    if plan is None:
+        plan = graph.memo[key] = _make_plan(graph, wanted, ops, dynamic_params, observed,
+                                            family)
+    return plan
+
+
+def _make_plan(graph, wanted, ops, dynamic_params, observed, family) -> _Plan:
+    drops = {i: tuple(names) for i, names in _last_uses(graph, wanted).items()}
+    constants = frozenset(set(graph.params).difference(dynamic_params))
+    folded: dict[str, np.ndarray] = {}
+    if observed:
+        return _Plan(drops, constants, folded, {}, frozenset())
+    custom = set(ops or ())
+    for node in graph.nodes:        # nodes of constants only: computed here, once
+        if node.op_type in custom or node.op_type not in OPS or not node.inputs \
+                or not all(not name or name in constants or name in folded
+                           for name in node.inputs):
+            continue
+        args = [(graph.params[n] if n in constants else folded[n]) if n else None
+                for n in node.inputs]
+        for name, value in zip(node.outputs, call_op(node, args, None, constants,
+                                                     family=family, opset=graph.opset)):
+            if name:
+                value = np.asarray(value)
+                value.flags.writeable = False
+                folded[name] = value
+
+    def constant(name):
+        return graph.params[name] if name in constants else folded.get(name)
+
+    chains = _epilogue_fusions(graph, wanted, ops, constant)
+    fusions = {i: (absorbed, {"then_steps": steps}) for i, (absorbed, steps) in chains.items()}
+    taken = set(chains) | {j for absorbed, _ in chains.values() for j in absorbed}
+    for i, j in _relu_fusions(graph, wanted, ops, taken).items():
+        fusions[i] = ((j,), {"then_relu": True})
+    return _Plan(drops, constants, folded, fusions,
+                 frozenset(j for absorbed, _ in fusions.values() for j in absorbed))
+
+
 def call_op(node: Node, args: list, ops: Mapping[str, Callable] | None = None,
             constants: "set[str] | frozenset[str]" = frozenset(), *,
-            family: str = "avx2", opset: int = 17, then_relu: bool = False) -> tuple:
+            family: str = "avx2", opset: int = 17,
+            fused: Mapping[str, object] | None = None) -> tuple:
     """Run one node's op function; wrap any failure in an :class:`OpError` naming the node.
 
     ``ops`` may supply implementations for op types outside the library (e.g. the simulation's
     quantize-dequantize nodes); they follow the same calling convention. ``constants`` names the
     tensors that are initializers (for ops taking the ``constant_b`` keyword); ``family`` is the
     float32 kernel family (for ops taking the ``fp32_kernels`` keyword); ``opset`` the graph's
-    default-domain opset version (for ops taking the ``opset`` keyword); ``then_relu``: the op
-    also applies the Relu that reads its output (only for ops taking the ``then_relu`` keyword,
-    see :func:`_relu_fusions`)."""
+    default-domain opset version (for ops taking the ``opset`` keyword); ``fused``: the
+    keywords by which the op also computes the nodes it absorbs (``then_relu`` or
+    ``then_steps``, see :func:`_relu_fusions` and :func:`_epilogue_fusions`)."""
     fn = ops.get(node.op_type) if ops else None
     fn = fn if fn is not None else OPS.get(node.op_type)
     if fn is None:
@@ -157,8 +262,8 @@ def call_op(node: Node, args: list, ops: Mapping[str, Callable] | None = None,
         kwargs["fp32_kernels"] = family
     if "opset" in wanted:
         kwargs["opset"] = opset
-    if then_relu:
-        kwargs["then_relu"] = True
+    if fused:
+        kwargs.update(fused)
     try:
         result = fn(*args, **kwargs)
     except QsimError as exc:
@@ -197,22 +302,21 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], *, observe: Observer | No
         family = resolve_family(fp32_kernels)
     except ValueError as exc:
         raise QsimError(str(exc)) from None
-    wanted = list(graph.output_names if outputs is None else outputs)
+    wanted = tuple(graph.output_names if outputs is None else outputs)
+    # fusions and constant folding only when no tensor is observed
+    plan = _plan(graph, wanted, ops, frozenset(dynamic_params), observe is not None, family)
     env: dict[str, np.ndarray] = dict(graph.params)
+    env.update(plan.folded)
     env.update(check_feeds(graph, feeds))
     if observe is not None:
         for name in graph.input_names:
             replaced = observe(name, env[name])
             if replaced is not None:
                 env[name] = replaced
-    drops = _last_uses(graph, wanted)
-    constants = set(graph.params).difference(dynamic_params)
-    # a Relu after a Conv runs inside it, unless every tensor is observed
-    fusions = _relu_fusions(graph, wanted, ops) if observe is None else {}
-    absorbed = set(fusions.values())
+    drops, fusions, constants = plan.drops, plan.fusions, plan.constants
     for i, node in enumerate(graph.nodes):
-        if i in absorbed:           # its result was stored by the node it follows
-            for name in drops.get(i, ()):
+        if i in plan.absorbed or node.outputs and node.outputs[0] in plan.folded:
+            for name in drops.get(i, ()):   # computed by the node it follows, or folded
                 env.pop(name, None)
             continue
         try:
@@ -220,10 +324,11 @@ def run(graph: Graph, feeds: Mapping[str, np.ndarray], *, observe: Observer | No
         except KeyError as exc:
             raise GraphError(f"{node.describe()}: input {exc} is not defined when the node "
                              f"runs (validate() the graph)") from None
+        fusion = fusions.get(i)
         results = call_op(node, args, ops, constants, family=family, opset=graph.opset,
-                          then_relu=i in fusions)
-        if i in fusions:            # the output is the Relu's
-            node = graph.nodes[fusions[i]]
+                          fused=fusion[1] if fusion else None)
+        if fusion:                  # the output is the last absorbed node's
+            node = graph.nodes[fusion[0][-1]]
         if len(results) < sum(1 for o in node.outputs if o):
             raise OpError(f"{node.describe()}: produced {len(results)} output(s), the node "
                           f"declares {len(node.outputs)}")

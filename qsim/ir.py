@@ -9,6 +9,7 @@ An absent optional input is the empty string ``""``, as in ONNX.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
@@ -83,6 +84,13 @@ class Graph:
         object.__setattr__(self, "params",
                            _frozen_mapping({k: _readonly(v) for k, v in dict(self.params).items()}))
         object.__setattr__(self, "value_info", _frozen_mapping(self.value_info))
+
+    @functools.cached_property
+    def memo(self) -> dict:
+        """Values derived from this graph on first use and kept with it (the executor's run
+        plans, :func:`qsim.interpreter.run`). A graph never changes, so they never go stale; a
+        transformed graph is a new object with an empty memo. Not a field: not compared."""
+        return {}
 
     # ---- queries -------------------------------------------------------------------------
     @property

@@ -24,8 +24,13 @@ from __future__ import annotations
 import ctypes
 
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
+from ..jit import USE_NUMBA, kernel
 from . import mlas_math
+from . import threads as threads_
 from .mlas_math import F32, DEFAULT_THREADS, parallel_blocks
 
 _LIBM = mlas_math._LIBM
@@ -400,12 +405,13 @@ def _int_pow(x, k: int) -> np.ndarray:
         return _f(y * r)
 
 
-#: values per chunk of :func:`ppow` (128 KiB of float32)
+#: values per chunk of :func:`_np_ppow` (128 KiB of float32)
 _PPOW_CHUNK = 32768
 
 
-def ppow(x, exponent: float) -> np.ndarray:
-    """Eigen's packet ``x.pow(exponent)`` (float32 ``x``, float32 scalar ``exponent``).
+def _np_ppow(x, exponent: float) -> np.ndarray:
+    """Eigen's packet ``x.pow(exponent)`` (float32 ``x``, float32 scalar ``exponent``) in NumPy:
+    the twin of :func:`ppow`'s compiled loop.
 
     An integer exponent in [-3, 7] is :func:`_int_pow`; any other is :func:`_pow_core` of |x|
     with the special values of Eigen's handlers: a non-integer exponent gives NaN (all bits
@@ -421,7 +427,7 @@ def ppow(x, exponent: float) -> np.ndarray:
         flat = np.ascontiguousarray(x).reshape(-1)
         out = np.empty_like(flat)
         for i in range(0, flat.size, _PPOW_CHUNK):
-            out[i:i + _PPOW_CHUNK] = ppow(flat[i:i + _PPOW_CHUNK], exponent)
+            out[i:i + _PPOW_CHUNK] = _np_ppow(flat[i:i + _PPOW_CHUNK], exponent)
         return out.reshape(x.shape)
     y = F32(exponent)
     integer = bool(np.isfinite(y) and np.round(y) == y)
@@ -441,3 +447,223 @@ def ppow(x, exponent: float) -> np.ndarray:
         else:
             out = np.where(np.isnan(x), x, out)                # NaN runs through the core
         return _f(np.where(x == _ONE, _ONE, out))
+
+
+# --------------------------------------------------------------------------------------------
+# the same pow compiled: one element at a time, every float32 operation of the twin in the
+# same order (no FMA contraction, no reassociation: qsim.jit.kernel), and without branches on
+# values, so that LLVM vectorises the loop: frexp and ldexp on the bits of the float32 values
+# (:func:`_f32_bits`, :func:`_bits_f32`), every ``np.where`` of the twin a select.
+
+_I32 = np.int32
+_MANT_MASK, _HALF_EXP_BITS = _I32(0x007FFFFF), _I32(0x3F000000)   # frexp: m = 0.f · 2^0
+_EXP_MASK, _EXP_BIAS = _I32(0xFF), _I32(127)
+_TWO_23, _TWO = _I32(23), F32(2.0)
+_MIN_NORMAL, _TWO_P24 = F32(2.0 ** -126), F32(2.0 ** 24)
+_FREXP_BIAS, _SUBNORMAL_SHIFT = _I32(126), _I32(24)
+_VELTKAMP = F32(4097.0)
+_ZERO, _INF, _NAN = F32(0.0), F32(np.inf), F32(np.nan)
+_LDEXP_LO, _LDEXP_HI = F32(-200.0), F32(200.0)
+_STEP_LO, _STEP_HI = _I32(-100), _I32(127)
+#: largest |exponent| the compiled pow takes: |f| <= 150·2^16 < 2^24, every step finite
+POW_EXPONENT_LIMIT = 2.0 ** 16
+
+
+@intrinsic
+def _f32_bits(typingctx, v):
+    """The IEEE bits of a float32 as an int32 (LLVM ``bitcast``: no instruction of its own)."""
+    sig = types.int32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
+
+
+@intrinsic
+def _bits_f32(typingctx, v):
+    """The float32 whose IEEE bits are the int32 ``v`` (LLVM ``bitcast``)."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@kernel
+def _pow2_nb(k):
+    """2^k as a float32 for an int32 k in [-126, 127]: exponent bits ``(k + 127) << 23``."""
+    return _bits_f32((k + _EXP_BIAS) << _TWO_23)
+
+
+@kernel
+def _fast_two_sum_nb(a, b):
+    """:func:`_fast_two_sum` of float32 scalars."""
+    s = a + b
+    return s, b - (s - a)
+
+
+@kernel
+def _two_prod_nb(a, b):
+    """:func:`_two_prod` of float32 scalars (Veltkamp halves, Dekker's product)."""
+    ga = _VELTKAMP * a
+    a_hi = (a - ga) + ga
+    a_lo = a - a_hi
+    gb = _VELTKAMP * b
+    b_hi = (b - gb) + gb
+    b_lo = b - b_hi
+    hi = a * b
+    lo = a_hi * b_hi - hi
+    lo = a_hi * b_lo + lo
+    lo = a_lo * b_hi + lo
+    return hi, a_lo * b_lo + lo
+
+
+@kernel
+def _two_prod_dw_nb(h, l, b):
+    """:func:`_two_prod_dw` of float32 scalars."""
+    c, e = _two_prod_nb(h, b)
+    t, u = _fast_two_sum_nb(c, l * b)
+    return _fast_two_sum_nb(t, u + e)
+
+
+@kernel
+def _fast_two_sum_dw_nb(a, a_lo, b, b_lo):
+    """:func:`_fast_two_sum_dw` of float32 scalars."""
+    r, e = _fast_two_sum_nb(a, b)
+    return _fast_two_sum_nb(r, (b_lo + e) + a_lo)
+
+
+@kernel
+def _round_half_away_nb(a):
+    """:func:`_round_half_away` of a float32 scalar."""
+    t = np.trunc(a)
+    return t + np.copysign(_ONE, a) if abs(a - t) >= _HALF else t
+
+
+@kernel
+def _pexp_small_nb(x):
+    """:func:`pexp` for |x| <= 1 (pow's core calls it with |x| <= ln2/2 + ulps): there the
+    clamps, the max with x (exp(x) > x) and the NaN select of the twin change nothing, m is
+    -1, 0 or 1, and Eigen's pldexp (three factors of 2^floor(m/4) and a fourth) multiplies by
+    exact powers of two: y·2^m."""
+    m = np.floor(x * _LOG2E + _HALF)
+    r = x + m * _C1
+    r = r + m * _C2
+    r2 = r * r
+    p_even = r2 * _P6 + _P4
+    p_odd = r2 * _P5 + _P3
+    p_even = r2 * p_even + _P2
+    p_low = r + _ONE
+    y = r * p_odd + p_even
+    y = r2 * y + p_low
+    return y * _pow2_nb(_I32(m))
+
+
+@kernel
+def _ldexp_nb(v, n):
+    """``np.ldexp(v, n)`` (one rounding) for a float32 v in [1/2, 2) and a float32 integer n:
+    n clamped to [-200, 200] (the same 0 or inf), then v·2^n1 (exact: normal) times 2^(n - n1)
+    with n1 = n clamped to [-100, 127] (the one rounding, to a subnormal or to inf)."""
+    k = _I32(min(max(n, _LDEXP_LO), _LDEXP_HI))
+    k1 = min(max(k, _STEP_LO), _STEP_HI)
+    return (v * _pow2_nb(k1)) * _pow2_nb(k - k1)
+
+
+@kernel
+def _nb_ppow(x, y, integer, odd, out):
+    """``out[i] = ppow(x[i], y)`` over flat float32 arrays, for a float32 exponent y outside
+    int_pow's [-3, 7] with |y| <= 2^16: :func:`_pow_core` of |x| (1 in place of 0, inf, NaN)
+    and the special values of :func:`_np_ppow`, all as selects (one loop body, nothing called
+    that is not inlined, so that LLVM vectorises it)."""
+    for i in range(x.size):
+        v = x[i]
+        a = abs(v)
+        regular = (a > _ZERO) & (a < _INF)
+        a = a if regular else _ONE
+        # frexp: a = m·2^e, m in [1/2, 1) (a subnormal a scaled by 2^24 first)
+        subnormal = a < _MIN_NORMAL
+        bits = _f32_bits(a * _TWO_P24 if subnormal else a)
+        ex = ((bits >> _TWO_23) & _EXP_MASK) - _FREXP_BIAS
+        ex = ex - _SUBNORMAL_SHIFT if subnormal else ex
+        m = _bits_f32((bits & _MANT_MASK) | _HALF_EXP_BITS)
+        e = F32(ex)
+        low = m < _SQRT_HALF
+        m = _TWO * m if low else m
+        e = e - _ONE if low else e
+        # accurate_log2(m) as a double word
+        z = m - _ONE
+        p = _POW_LOG2_P[0]
+        for k in range(1, len(_POW_LOG2_P)):
+            p = p * z + _POW_LOG2_P[k]
+        hi, lo = _two_prod_nb(z, p)
+        hi, lo = _fast_two_sum_dw_nb(_POW_C1_HI, _POW_C1_LO, hi, lo)
+        hi, lo = _two_prod_dw_nb(hi, lo, z)
+        hi, lo = _fast_two_sum_dw_nb(_POW_C0_HI, _POW_C0_LO, hi, lo)
+        r_hi, r_lo = _two_prod_dw_nb(hi, lo, z)
+        # f = e·y + log2(m)·y;  n = round(f), r = f - n;  exp2(r)·2^n
+        f1_hi, f1_lo = _two_prod_nb(e, y)
+        f2_hi, f2_lo = _two_prod_dw_nb(r_hi, r_lo, y)
+        f_hi, f_lo = _fast_two_sum_dw_nb(f1_hi, f1_lo, f2_hi, f2_lo)
+        n = _round_half_away_nb(f_hi)
+        r = (f_hi - n) + f_lo
+        n_r = _round_half_away_nb(r)
+        r = r - n_r
+        n = n + n_r
+        h, l = _two_prod_nb(_LN2_F, r)
+        res = _ldexp_nb(_pexp_small_nb(h) * (_ONE + l), n)
+        # special values
+        a = abs(v)
+        if not integer:
+            res = _bits_f32(_I32(-1)) if v < _ZERO else res
+        res = (_INF if y < _ZERO else _ZERO) if a == _ZERO else res
+        res = (_ZERO if y < _ZERO else _INF) if a == _INF else res
+        if integer:
+            res = -res if (odd and np.signbit(v)) else res
+            res = _NAN if v != v else res
+        else:
+            res = v if v != v else res
+        out[i] = _ONE if v == _ONE else res
+
+
+def _exponent_kind(y: np.float32) -> tuple[bool, bool]:
+    """(integer, odd) of a float32 exponent as Eigen's pow tells them apart."""
+    integer = bool(np.isfinite(y) and np.round(y) == y)
+    return integer, integer and bool(np.round(y / 2) != y / 2)
+
+
+#: values below which the compiled pow runs on the calling thread alone (~5 ns per value on one
+#: AVX-512 core: 64K values ~0.35 ms, several times the ~60-100 us of waking a worker)
+_PPOW_MIN_PARALLEL = 1 << 16
+
+
+def ppow(x, exponent: float, threads: int = DEFAULT_THREADS) -> np.ndarray:
+    """Eigen's packet ``x.pow(exponent)`` (float32 ``x``, float32 scalar ``exponent``): see
+    :func:`_np_ppow` for the arithmetic and the special values. Compiled (:func:`_nb_ppow`)
+    for a finite exponent with |exponent| <= :data:`POW_EXPONENT_LIMIT` outside int_pow's
+    [-3, 7], in contiguous parts over ``threads`` threads when ``x`` is large (elementwise:
+    the split does not change a bit); the NumPy twin otherwise and when Numba is off."""
+    x = _f(x)
+    y = F32(exponent)
+    integer, odd = _exponent_kind(y)
+    if (not USE_NUMBA or not np.isfinite(y) or abs(float(y)) > POW_EXPONENT_LIMIT
+            or (integer and -3 <= y <= 7)):
+        return _np_ppow(x, exponent)
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty_like(flat)
+    parts = threads_.spans(flat.size, threads if flat.size >= _PPOW_MIN_PARALLEL else 1)
+    threads_.run(_nb_ppow_parts, (flat, y, integer, odd, out, parts), len(parts), threads)
+    return out.reshape(x.shape)
+
+
+@kernel
+def _nb_ppow_parts(flat, y, integer, odd, out, parts, state):
+    """The parts ``[parts[p, 0], parts[p, 1])`` of :func:`_nb_ppow` that this thread claims
+    (:mod:`qsim.kernels.threads`)."""
+    while True:
+        p = threads_.claim(state)
+        if p >= parts.shape[0]:
+            return
+        _nb_ppow(flat[parts[p, 0]:parts[p, 1]], y, integer, odd, out[parts[p, 0]:parts[p, 1]])
+        threads_.finish(state)

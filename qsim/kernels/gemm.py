@@ -51,6 +51,7 @@ halfway case are not corrected (never seen in practice).
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 import functools
 import math
 import os
@@ -64,6 +65,10 @@ from numba.extending import intrinsic
 
 from ..jit import USE_NUMBA
 from . import avx512
+from . import mlas_math
+from . import threads as threads_
+from .threads import (ARGS, KIND, address, bits_of, claim, done, f32_at, finish, float_of,
+                      i64_at, idle, publish, settle, take)
 
 #: kernel kinds of a tile (see the module docstring)
 FMA, GROUP4, LANE8_N, LANE8_M = 0, 1, 2, 3
@@ -707,11 +712,19 @@ def _worker_pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=DEFAULT_THREADS, thread_name_prefix="qsim-gemm")
 
 
-#: multiply-adds below which a product runs on the calling thread alone: waking a worker and
-#: handing the GIL back and forth costs ~60-100 us per product (measured on the 2-core AVX-512
-#: machine, idle: a 1.6M multiply-add Conv took 45 us on one thread, 105-140 us on two; the two
-#: threads break even near 4M, ~110 us of work)
+#: multiply-adds below which a product whose parts are column strips of one matrix runs on the
+#: calling thread alone (a Python pool worker takes 40-60 us to start, the spinning worker a
+#: few; the strips' edges cost extra: measured on the 2-core AVX-512 VM, a 2.1M multiply-add
+#: 1x1 Conv took 65 us on one thread, 72 on two)
 _MIN_PARALLEL_WORK = 1 << 22
+
+#: the same for products split by matrix (a batch, a Conv's groups): the spinning worker pays
+#: from ~1M (ShuffleNet's grouped 1x1 Conv of 1.8M: 105 -> 69 us)
+_MIN_PARALLEL_BATCH_WORK = 1 << 20
+
+#: the same for depthwise Convs, in taps (output values x kernel size): 0.24M took 84 us on
+#: one thread, 60 on two
+_MIN_PARALLEL_TAPS = 1 << 17
 
 #: parts per thread a parallel job is cut into: a thread that starts late (a busy machine) finds
 #: most parts already done by the others instead of holding everyone up
@@ -773,35 +786,255 @@ def _ranges(count: int, threads: int) -> list[tuple[int, int]]:
     return [partition(t, parts, count) for t in range(parts)]
 
 
+@_compile()
+def _run_parts(a, b, c, a_index, b_index, tiles, parts, alpha, zero_first, state):
+    """The parts of a batched product that this thread claims (:mod:`qsim.kernels.threads`):
+    part ``p`` is ``c[i] = a[a_index[i]] @ b[b_index[i]]`` for ``parts[p, 0] <= i <
+    parts[p, 1]`` with the tiles ``tiles[parts[p, 2]:parts[p, 3]]``."""
+    while True:
+        p = claim(state)
+        if p >= parts.shape[0]:
+            return
+        tile_set = tiles[parts[p, 2]:parts[p, 3]]
+        for i in range(parts[p, 0], parts[p, 1]):
+            _run_tiles(a[a_index[i]], b[b_index[i]], c[i], tile_set, alpha, zero_first)
+        finish(state)
+
+
+#: job kinds of the spinning worker (:func:`_serve`)
+_JOB_GEMM, _JOB_GROUP4, _JOB_MAX_POOL, _JOB_POOL_SUMS = 1, 2, 3, 4
+#: polls (about 50 us) the poster spins for the worker's last part before it sleeps instead
+_SETTLE_SPINS = 20000
+
+
+@_compile()
+def _post_gemm(box, a, b, c, a_index, b_index, tiles, parts, alpha, zero_first, state):
+    """Post :func:`_run_parts` to the spinning worker (operands from ``box[ARGS]``), compute
+    this thread's parts, then settle the job (:func:`qsim.kernels.threads.settle`); returns
+    ``(job number, settled)``."""
+    o = ARGS
+    box[o], box[o + 1], box[o + 2], box[o + 3] = address(a), a.shape[0], a.shape[1], a.shape[2]
+    box[o + 4], box[o + 5], box[o + 6], box[o + 7] = (address(b), b.shape[0], b.shape[1],
+                                                      b.shape[2])
+    box[o + 8], box[o + 9], box[o + 10], box[o + 11] = (address(c), c.shape[0], c.shape[1],
+                                                        c.shape[2])
+    box[o + 12], box[o + 13] = address(a_index), a_index.size
+    box[o + 14], box[o + 15] = address(b_index), b_index.size
+    box[o + 16], box[o + 17] = address(tiles), tiles.shape[0]
+    box[o + 18], box[o + 19] = address(parts), parts.shape[0]
+    box[o + 20], box[o + 21] = bits_of(np.float64(alpha)), 1 if zero_first else 0
+    box[o + 22] = address(state)
+    seq = publish(box, _JOB_GEMM)
+    _run_parts(a, b, c, a_index, b_index, tiles, parts, alpha, zero_first, state)
+    return seq, settle(box, seq, _SETTLE_SPINS)
+
+
+@_compile()
+def _gemm_from_box(box):
+    """The worker's side of :func:`_post_gemm`: the operands rebuilt from their addresses."""
+    o = ARGS
+    a = numba.carray(f32_at(box[o]), (box[o + 1], box[o + 2], box[o + 3]))
+    b = numba.carray(f32_at(box[o + 4]), (box[o + 5], box[o + 6], box[o + 7]))
+    c = numba.carray(f32_at(box[o + 8]), (box[o + 9], box[o + 10], box[o + 11]))
+    a_index = numba.carray(i64_at(box[o + 12]), (box[o + 13],))
+    b_index = numba.carray(i64_at(box[o + 14]), (box[o + 15],))
+    tiles = numba.carray(i64_at(box[o + 16]), (box[o + 17], 6))
+    parts = numba.carray(i64_at(box[o + 18]), (box[o + 19], 4))
+    state = numba.carray(i64_at(box[o + 22]), (2,))
+    _run_parts(a, b, c, a_index, b_index, tiles, parts, np.float32(float_of(box[o + 20])),
+               box[o + 21] != 0, state)
+
+
+@_compile()
+def _post_group4(box, x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, parts, state):
+    """:func:`_nb_group4_parts` shared with the spinning worker, as :func:`_post_gemm`."""
+    o = ARGS
+    box[o], box[o + 1], box[o + 2], box[o + 3], box[o + 4] = (address(x), x.shape[0],
+                                                              x.shape[1], x.shape[2], x.shape[3])
+    box[o + 5], box[o + 6], box[o + 7] = address(wf), wf.shape[0], wf.shape[1]
+    box[o + 8], box[o + 9], box[o + 10], box[o + 11] = (address(y), y.shape[0], y.shape[1],
+                                                        y.shape[2])
+    box[o + 12], box[o + 13] = address(offs), offs.size
+    box[o + 14], box[o + 15], box[o + 16], box[o + 17] = kb, sh, sw, hq
+    box[o + 18], box[o + 19], box[o + 20] = wq, bh, bw
+    box[o + 21], box[o + 22] = address(parts), parts.shape[0]
+    box[o + 23] = address(state)
+    seq = publish(box, _JOB_GROUP4)
+    _nb_group4_parts(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, parts, state)
+    return seq, settle(box, seq, _SETTLE_SPINS)
+
+
+@_compile()
+def _group4_from_box(box):
+    """The worker's side of :func:`_post_group4`."""
+    o = ARGS
+    x = numba.carray(f32_at(box[o]), (box[o + 1], box[o + 2], box[o + 3], box[o + 4]))
+    wf = numba.carray(f32_at(box[o + 5]), (box[o + 6], box[o + 7]))
+    y = numba.carray(f32_at(box[o + 8]), (box[o + 9], box[o + 10], box[o + 11]))
+    offs = numba.carray(i64_at(box[o + 12]), (box[o + 13],))
+    parts = numba.carray(i64_at(box[o + 21]), (box[o + 22], 2))
+    state = numba.carray(i64_at(box[o + 23]), (2,))
+    _nb_group4_parts(x, wf, y, offs, box[o + 14], box[o + 15], box[o + 16], box[o + 17],
+                     box[o + 18], box[o + 19], box[o + 20], parts, state)
+
+
+@_compile()
+def _post_max_pool(box, x, kh, kw, sh, sw, ph, pw_begin, tail, y, parts, state):
+    """:func:`qsim.kernels.mlas_math._max_pool_parts` shared with the spinning worker."""
+    o = ARGS
+    box[o], box[o + 1], box[o + 2], box[o + 3], box[o + 4] = (address(x), x.shape[0],
+                                                              x.shape[1], x.shape[2], x.shape[3])
+    box[o + 5], box[o + 6], box[o + 7], box[o + 8] = (address(y), y.shape[0], y.shape[1],
+                                                      y.shape[2])
+    box[o + 9] = y.shape[3]
+    box[o + 10], box[o + 11], box[o + 12], box[o + 13] = kh, kw, sh, sw
+    box[o + 14], box[o + 15], box[o + 16] = ph, pw_begin, tail
+    box[o + 17], box[o + 18], box[o + 19] = address(parts), parts.shape[0], address(state)
+    seq = publish(box, _JOB_MAX_POOL)
+    mlas_math._max_pool_parts(x, kh, kw, sh, sw, ph, pw_begin, tail, y, parts, state)
+    return seq, settle(box, seq, _SETTLE_SPINS)
+
+
+@_compile()
+def _max_pool_from_box(box):
+    """The worker's side of :func:`_post_max_pool`."""
+    o = ARGS
+    x = numba.carray(f32_at(box[o]), (box[o + 1], box[o + 2], box[o + 3], box[o + 4]))
+    y = numba.carray(f32_at(box[o + 5]), (box[o + 6], box[o + 7], box[o + 8], box[o + 9]))
+    parts = numba.carray(i64_at(box[o + 17]), (box[o + 18], 2))
+    state = numba.carray(i64_at(box[o + 19]), (2,))
+    mlas_math._max_pool_parts(x, box[o + 10], box[o + 11], box[o + 12], box[o + 13],
+                              box[o + 14], box[o + 15], box[o + 16], y, parts, state)
+
+
+@_compile()
+def _post_pool_sums(box, x, hp, wp, pt, pl, rows_value, kh, kw, sh, sw, vector, total, parts,
+                    state):
+    """:func:`qsim.kernels.mlas_math._pool_sums_parts` shared with the spinning worker."""
+    o = ARGS
+    box[o], box[o + 1], box[o + 2], box[o + 3], box[o + 4] = (address(x), x.shape[0],
+                                                              x.shape[1], x.shape[2], x.shape[3])
+    box[o + 5], box[o + 6], box[o + 7], box[o + 8] = (address(total), total.shape[0],
+                                                      total.shape[1], total.shape[2])
+    box[o + 9] = total.shape[3]
+    box[o + 10], box[o + 11], box[o + 12], box[o + 13] = hp, wp, pt, pl
+    box[o + 14], box[o + 15] = bits_of(np.float64(rows_value)), 1 if vector else 0
+    box[o + 16], box[o + 17], box[o + 18], box[o + 19] = kh, kw, sh, sw
+    box[o + 20], box[o + 21], box[o + 22] = address(parts), parts.shape[0], address(state)
+    seq = publish(box, _JOB_POOL_SUMS)
+    mlas_math._pool_sums_parts(x, hp, wp, pt, pl, rows_value, kh, kw, sh, sw, vector, total,
+                               parts, state)
+    return seq, settle(box, seq, _SETTLE_SPINS)
+
+
+@_compile()
+def _pool_sums_from_box(box):
+    """The worker's side of :func:`_post_pool_sums`."""
+    o = ARGS
+    x = numba.carray(f32_at(box[o]), (box[o + 1], box[o + 2], box[o + 3], box[o + 4]))
+    total = numba.carray(f32_at(box[o + 5]), (box[o + 6], box[o + 7], box[o + 8], box[o + 9]))
+    parts = numba.carray(i64_at(box[o + 20]), (box[o + 21], 2))
+    state = numba.carray(i64_at(box[o + 22]), (2,))
+    mlas_math._pool_sums_parts(x, box[o + 10], box[o + 11], box[o + 12], box[o + 13],
+                               np.float32(float_of(box[o + 14])), box[o + 16], box[o + 17],
+                               box[o + 18], box[o + 19], box[o + 15] != 0, total, parts, state)
+
+
+@_compile()
+def _serve(box, limit):
+    """The spinning worker's loop (:class:`qsim.kernels.threads.SpinWorker`): run each job
+    posted in ``box`` as it comes; return after ``limit`` polls without one."""
+    polls = 0
+    while polls < limit:
+        seq = take(box)
+        if seq == 0:
+            polls = idle(polls)
+            continue
+        if box[KIND] == _JOB_GEMM:
+            _gemm_from_box(box)
+        elif box[KIND] == _JOB_GROUP4:
+            _group4_from_box(box)
+        elif box[KIND] == _JOB_MAX_POOL:
+            _max_pool_from_box(box)
+        elif box[KIND] == _JOB_POOL_SUMS:
+            _pool_sums_from_box(box)
+        done(box, seq)
+        polls = 0
+
+
+@functools.lru_cache(maxsize=None)
+def _spin_worker(pid: int) -> "threads_.SpinWorker":
+    """The spinning worker of this process (made on first use; threads do not survive a
+    fork). Its loop and the kernels it calls are compiled here first, with the SLP pass."""
+    with _slp_vectorizer():
+        _serve(np.zeros(threads_.BOX_SIZE, dtype=np.int64), 0)
+    return threads_.SpinWorker(_serve)
+
+
+def _share(post, args: tuple, state: np.ndarray) -> bool:
+    """``post(box, *args, state)`` with the spinning worker taking parts; False (nothing run)
+    if another thread of this process is using the worker."""
+    worker = _spin_worker(os.getpid())
+    if not worker.lock.acquire(blocking=False):
+        return False
+    try:
+        worker.wake()
+        if not post.overloads:
+            with _slp_vectorizer():
+                seq, settled = post(worker.box, *args, state)
+        else:
+            seq, settled = post(worker.box, *args, state)
+        if not settled:
+            worker.finish(seq)
+    finally:
+        worker.lock.release()
+    return True
+
+
+def run_shared(name: str, args: tuple, threads: int) -> None:
+    """Run the parts kernel ``name`` (``"max_pool"`` or ``"pool_sums"`` of
+    :mod:`qsim.kernels.mlas_math`; its last operand before ``state`` is the ``(P, 2)`` parts
+    array) on this thread, sharing its parts with the spinning worker when ``threads > 1``
+    (the pool's threads if another Python thread holds the worker)."""
+    post, parts_kernel = {"max_pool": (_post_max_pool, mlas_math._max_pool_parts),
+                          "pool_sums": (_post_pool_sums, mlas_math._pool_sums_parts)}[name]
+    count = len(args[-1])
+    if USE_NUMBA and threads > 1 and count > 1 and _share(post, args, np.zeros(2, np.int64)):
+        return
+    threads_.run(parts_kernel, args, count, threads)
+
+
 def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
-    """:func:`_run_range` split over ``threads`` Python threads (the kernels release the GIL):
-    contiguous parts of the batch, or for a single product, its columns (:func:`_split_columns`).
-    Numba's ``prange`` is not used: its compiled code does not get the SLP-vectorized
-    micro-kernel."""
+    """:func:`_run_tiles` over the batch, split into parts that ``threads`` threads claim
+    inside compiled code (:func:`_run_parts`, :mod:`qsim.kernels.threads`): contiguous parts of
+    the batch, or for a single product, its columns (:func:`_split_columns`). Numba's
+    ``prange`` is not used: its compiled code does not get the SLP-vectorized micro-kernel."""
     count = c.shape[0]
     alpha, zero_first = np.float32(alpha), bool(zero_first)
     # One compiled signature whether the operands are parameters (read-only) or activations,
     # and the same B type as the zero-padded edge strip of _tile_fma: each extra signature
     # costs a full compile of the kernel chain on a cold cache.
     a, b = _readonly_view(a), _writable(b)
-    if count * sum((t[1] - t[0]) * (t[3] - t[2]) for t in tiles.tolist()) * a.shape[2] \
-            < _MIN_PARALLEL_WORK:
+    tiles = np.ascontiguousarray(tiles, dtype=np.int64)
+    work = count * int(((tiles[:, 1] - tiles[:, 0]) * (tiles[:, 3] - tiles[:, 2])).sum()) \
+        * a.shape[2]
+    if work < (_MIN_PARALLEL_WORK if count == 1 else _MIN_PARALLEL_BATCH_WORK):
         threads = 1
     if count == 1 and threads > 1:
-        jobs = [(part, 0, 1) for part in _split_columns(tiles, threads * _PARTS_PER_THREAD)]
+        sets = _split_columns(tiles, threads * _PARTS_PER_THREAD)
+        ends = np.cumsum([len(t) for t in sets])
+        parts = np.array([(0, 1, e - len(t), e) for t, e in zip(sets, ends)], dtype=np.int64)
+        tiles = np.concatenate(sets)
     else:
-        jobs = [(tiles, start, start + size) for start, size in _ranges(count, threads)]
-
-    def job(spec):
-        part, i0, i1 = spec
-        _run_range(a, b, c, a_index, b_index, part, alpha, zero_first, i0, i1)
-
-    with _slp_vectorizer():
-        if len(jobs) == 1:
-            job(jobs[0])
-            return
-        _run_range(a, b, c, a_index, b_index, tiles, alpha, zero_first, 0, 0)   # compile once
-    _parallel(job, jobs, threads)
+        parts = np.array([(start, start + size, 0, len(tiles))
+                          for start, size in _ranges(count, threads)], dtype=np.int64)
+    args = (a, b, c, a_index, b_index, tiles, parts, alpha, zero_first)
+    if not _run_parts.overloads:
+        with _slp_vectorizer():         # compile once, on this thread, with the SLP pass
+            _run_parts(*args, np.full(2, len(parts), dtype=np.int64))
+    if threads > 1 and len(parts) > 1 and _share(_post_gemm, args, np.zeros(2, np.int64)):
+        return
+    threads_.run(_run_parts, args, len(parts), threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1069,6 +1302,45 @@ def _out_shape(in_shape, kernel, strides, dilations, begins, ends):
 
 
 @_compile()
+def _im2col_2d_stride2(x1, i, channels, h, w, out1, kh, kw, sh, dh, bh, bw, oh, ow):
+    """:func:`_im2col_2d` for a column stride of 2 (no column dilation), the same values: per
+    input row read by an output row, the row zero-padded into a buffer (``bw`` zeros first)
+    and split into its even and odd positions, so tap ``kx`` of output ``ox`` (padded position
+    ``2·ox + kx``) is ``half[kx mod 2][ox + kx div 2]``: consecutive reads that vectorize."""
+    zero = np.float32(0.0)
+    p = oh * ow
+    length = max(bw + w, 2 * ow + kw) + 2
+    half = length // 2 + 1
+    row = np.zeros(2 * half, dtype=np.float32)
+    split = np.zeros((2, half), dtype=np.float32)
+    for c in range(channels):
+        for ky in range(kh):
+            for oy in range(oh):
+                iy = oy * sh + ky * dh - bh
+                r0 = (c * kh + ky) * kw
+                if iy < 0 or iy >= h:
+                    for kx in range(kw):
+                        d0 = np.uint64((r0 + kx) * p + oy * ow)
+                        for ox in range(ow):
+                            out1[d0 + np.uint64(ox)] = zero
+                    continue
+                src = np.uint64(((i * channels + c) * h + iy) * w)
+                for ix in range(w):
+                    u = np.uint64(ix)
+                    row[np.uint64(bw) + u] = x1[src + u]
+                for t in range(half):
+                    u = np.uint64(t)
+                    split[0, u] = row[u + u]
+                    split[1, u] = row[u + u + np.uint64(1)]
+                for kx in range(kw):
+                    d0 = np.uint64((r0 + kx) * p + oy * ow)
+                    ph, off = np.uint64(kx & 1), np.uint64(kx >> 1)
+                    for ox in range(ow):
+                        u = np.uint64(ox)
+                        out1[d0 + u] = split[ph, off + u]
+
+
+@_compile()
 def _im2col_2d(x, i, out, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow):
     """Columns of image ``i`` of ``x`` ``(images, C, H, W)`` into ``out`` ``(C·kh·kw, oh·ow)``:
     ``out[(c·kh + ky)·kw + kx, oy·ow + ox] = x[i, c, oy·sh + ky·dh - bh, ox·sw + kx·dw - bw]``,
@@ -1077,6 +1349,9 @@ def _im2col_2d(x, i, out, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow):
     zero = np.float32(0.0)
     x1, out1 = x.reshape(-1), out.reshape(-1)       # C-contiguous: flat views
     p = oh * ow
+    if sw == 2 and dw == 1:
+        _im2col_2d_stride2(x1, i, channels, h, w, out1, kh, kw, sh, dh, bh, bw, oh, ow)
+        return
     for c in range(channels):
         for ky in range(kh):
             for kx in range(kw):
@@ -1126,12 +1401,67 @@ def _nb_bias_relu(y, bias, add, relu):
                     y1[base + np.uint64(j)] = zero if v < zero else v
 
 
-def _bias_relu(y, bias, relu, use_numba):
+#: the per-channel step codes of :func:`_nb_bias_steps`
+STEP_MUL, STEP_ADD, STEP_RELU = 0, 1, 2
+
+
+@_compile()
+def _nb_bias_steps(y, bias, add, codes, values):
+    """In place over ``y`` ``(N, M, P)`` (C-contiguous), row by row while the row is in cache:
+    ``v = y[i, m, j] + bias[m]`` when ``add``, then each step ``s`` in turn: ``v · values[s, m]``
+    (code 0), ``v + values[s, m]`` (code 1) or ``0 if v < 0 else v`` (code 2), every
+    operation rounded to float32 (:mod:`qsim.ops.epilogue`)."""
+    count, m, p = y.shape
+    y1 = y.reshape(-1)
+    zero = np.float32(0.0)
+    for i in range(count):
+        for c in range(m):
+            base = np.uint64((i * m + c) * p)
+            if add:
+                b = bias[c]
+                for j in range(p):
+                    y1[base + np.uint64(j)] = y1[base + np.uint64(j)] + b
+            for s in range(codes.shape[0]):
+                v = values[s, c]
+                if codes[s] == 0:
+                    for j in range(p):
+                        y1[base + np.uint64(j)] = y1[base + np.uint64(j)] * v
+                elif codes[s] == 1:
+                    for j in range(p):
+                        y1[base + np.uint64(j)] = y1[base + np.uint64(j)] + v
+                else:
+                    for j in range(p):
+                        t = y1[base + np.uint64(j)]
+                        y1[base + np.uint64(j)] = zero if t < zero else t
+
+
+def _bias_relu(y, bias, relu, use_numba, steps=None):
     """A Conv's bias added last (one float32 addition per output), then its Relu if ``relu``,
-    in one pass (:func:`_nb_bias_relu`); NumPy twin: the broadcast add, then
-    ``where(y < 0, 0, y)``. ``y`` ``(N, M, P)`` is updated in place."""
+    then the per-channel ``steps`` (``(codes, values)`` of :func:`_nb_bias_steps`, from
+    :mod:`qsim.ops.epilogue`), in one pass (:func:`_nb_bias_relu`, :func:`_nb_bias_steps`);
+    NumPy twin: the broadcast add, then ``where(y < 0, 0, y)``, then one NumPy pass per step.
+    ``y`` ``(N, M, P)`` is updated in place."""
     add = bias is not None
     b = np.asarray(bias, dtype=np.float32) if add else np.zeros(y.shape[1], np.float32)
+    if steps is not None:
+        codes, values = steps
+        if relu:
+            codes = np.concatenate([[STEP_RELU], codes]).astype(np.int64)
+            values = np.concatenate([np.zeros((1, y.shape[1]), np.float32), values])
+        if use_numba:
+            _nb_bias_steps(y, b, add, codes, values)
+            return
+        with np.errstate(invalid="ignore", over="ignore"):     # IEEE results, as compiled
+            if add:
+                y += b.reshape(-1, 1)
+            for code, v in zip(codes.tolist(), values):
+                if code == STEP_MUL:
+                    y *= v.reshape(-1, 1)
+                elif code == STEP_ADD:
+                    y += v.reshape(-1, 1)
+                else:
+                    np.copyto(y, np.float32(0.0), where=y < 0)
+        return
     if use_numba:
         _nb_bias_relu(y, b, add, bool(relu))
         return
@@ -1141,32 +1471,39 @@ def _bias_relu(y, bias, relu, use_numba):
         np.copyto(y, np.float32(0.0), where=y < 0)
 
 
+@_compile()
+def _conv_images_parts(images, weights, c, a_index, tiles, kh, kw, sh, sw, dh, dw, bh, bw, oh,
+                       ow, state):
+    """The images of :func:`_conv_2d_parallel` that this thread claims
+    (:mod:`qsim.kernels.threads`): each expanded into this thread's im2col buffer (made at its
+    first image), then ``c[i] = weights[a_index[i]] @ cols`` (:func:`_run_tiles`)."""
+    kg = images.shape[1] * kh * kw
+    scratch = np.empty((0, 0), dtype=np.float32)
+    while True:
+        i = claim(state)
+        if i >= images.shape[0]:
+            return
+        if scratch.shape[0] == 0:
+            scratch = np.empty((kg, oh * ow), dtype=np.float32)
+        _im2col_2d(images, i, scratch, kh, kw, sh, sw, dh, dw, bh, bw, oh, ow)
+        _run_tiles(weights[a_index[i]], scratch, c[i], tiles, np.float32(1.0), True)
+        finish(state)
+
+
 def _conv_2d_parallel(images, a, c, a_index, tiles, geometry, threads):
     """A 2-D Conv's products ``c[i] = a[a_index[i]] @ cols_i`` image by image on ``threads``
     threads, each expanding one image at a time into its own im2col buffer
     (:func:`_im2col_2d`; small enough to stay in cache, and no page faults of a fresh
-    full-batch matrix) before multiplying it (:func:`_run_range`, the same kernels and tiles
-    as :func:`run_batch`)."""
-    count = images.shape[0]
-    kg = images.shape[1] * geometry[0] * geometry[1]
-    p = geometry[-2] * geometry[-1]
-    zeros = np.zeros(count, dtype=np.int64)
-    alpha = np.float32(1.0)
-    # operand types as _run_parallel makes them: A read-only, B writable (one signature)
-    weights = _readonly_view(a)
-    buffers = {}        # thread id -> its im2col buffer, reused across its parts
-
-    def job(i):
-        scratch = buffers.get(threading.get_ident())
-        if scratch is None:
-            scratch = buffers[threading.get_ident()] = np.empty((1, kg, p), dtype=np.float32)
-        _im2col_2d(images, i, scratch[0], *geometry)
-        _run_range(weights, scratch, c, a_index, zeros, tiles, alpha, True, i, i + 1)
-
-    with _slp_vectorizer():     # compile once, before the threads
-        _run_range(weights, np.empty((1, kg, p), dtype=np.float32), c, a_index, zeros, tiles,
-                   alpha, True, 0, 0)
-    _parallel(job, range(count), threads)
+    full-batch matrix) before multiplying it (:func:`_run_tiles`, the same kernels and tiles
+    as :func:`run_batch`); the images are claimed inside compiled code
+    (:func:`_conv_images_parts`)."""
+    # operand types as _run_parallel makes them: A read-only (one signature)
+    args = (images, _readonly_view(a), c, a_index, np.ascontiguousarray(tiles, np.int64),
+            *geometry)
+    if not _conv_images_parts.overloads:
+        with _slp_vectorizer():         # compile once, on this thread, with the SLP pass
+            _conv_images_parts(*args, np.full(2, images.shape[0], dtype=np.int64))
+    threads_.run(_conv_images_parts, args, images.shape[0], threads)
 
 
 def _single_group4(tiles, mg, p):
@@ -1218,6 +1555,11 @@ def _nb_group4_conv(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, j0, j1):
                         + first_pos[phase]
                     src = np.uint64((((j * cg + c) * h + iy) * w) + first_col[phase])
                     step, d0 = np.uint64(sw), np.uint64(dst)
+                    if sw == 1:                         # (a known unit step: vector copies)
+                        for t in range(counts[phase]):
+                            u = np.uint64(t)
+                            pad[d0 + u] = x1[src + u]
+                        continue
                     for t in range(counts[phase]):      # (flat unsigned indices, no views:
                         u = np.uint64(t)                # a view costs atomic refcounts)
                         pad[d0 + u] = x1[src + u * step]
@@ -1301,13 +1643,26 @@ def _group4_conv(x, wf, kb, geometry, use_numba):
     offs = _tap_offsets(cg, kh, kw, sh, sw, dh, dw, hq, wq)
     y = np.empty((x.shape[0], oh, ow), dtype=np.float32)
     x, wf = _readonly_view(x), _readonly_view(wf)
-
-    def job(part):
-        _nb_group4_conv(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, part[0], part[0] + part[1])
-
-    threads = DEFAULT_THREADS if y.size * wf.shape[1] >= _MIN_PARALLEL_WORK else 1
-    _parallel(job, _ranges(x.shape[0], threads), threads)
+    threads = DEFAULT_THREADS if y.size * wf.shape[1] >= _MIN_PARALLEL_TAPS else 1
+    parts = np.array([(start, start + size) for start, size in _ranges(x.shape[0], threads)],
+                     dtype=np.int64)
+    args = (x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, parts)
+    if threads > 1 and len(parts) > 1 and _share(_post_group4, args, np.zeros(2, np.int64)):
+        return y
+    threads_.run(_nb_group4_parts, args, len(parts), threads)
     return y
+
+
+@_compile()
+def _nb_group4_parts(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, parts, state):
+    """The parts ``[parts[p, 0], parts[p, 1])`` of :func:`_nb_group4_conv`'s products that this
+    thread claims (:mod:`qsim.kernels.threads`)."""
+    while True:
+        p = claim(state)
+        if p >= parts.shape[0]:
+            return
+        _nb_group4_conv(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, parts[p, 0], parts[p, 1])
+        finish(state)
 
 
 def _columns(x, group, kernel, out, strides, dilations, begins, ends) -> np.ndarray:
@@ -1349,9 +1704,65 @@ def _conv_plan(n, group, mg, cg, kg, spatial, kernel, strides, dilations, begins
             _readonly_view(b_index))
 
 
+@dataclass(frozen=True)
+class _ConvSetup:
+    """Everything :func:`conv` derives from the shapes and attributes alone (cached per
+    shape by :func:`_conv_setup`): the output size, the path that computes it, the MLAS plan
+    (tiles, depthwise K block, filter and column index per product; writable arrays, as the
+    compiled signatures take them, never written) and the geometry the kernels take."""
+
+    out: tuple
+    p: int
+    mg: int
+    cg: int
+    kg: int
+    path: str       # "m2", "zero", "group4", "images", "im2col", "columns"
+    tiles: np.ndarray
+    kb4: int
+    a_index: np.ndarray
+    b_index: np.ndarray
+    geometry: tuple
+
+
+@functools.lru_cache(maxsize=1024)
+def _conv_setup(n, channels, spatial, m, kernel, group, strides, dilations, begins, ends,
+                family, threads, use_numba) -> _ConvSetup:
+    """The :class:`_ConvSetup` of one Conv shape (pure, so cached: a model repeats a few
+    shapes, and deriving it costs as much as a small Conv's products)."""
+    mg, cg = m // group, channels // group
+    kg = cg * math.prod(kernel)
+    out = _out_shape(spatial, kernel, strides, dilations, begins, ends)
+    p = math.prod(out)
+    none = np.zeros(0, np.int64)
+    if family == "avx512" and avx512.uses_depthwise_m2(
+            group=group, channels=channels, filters=m, kernel=kernel, strides=strides,
+            dilations=dilations, begins=begins, ends=ends, out=out):
+        return _ConvSetup(out, p, mg, cg, kg, "m2", none.reshape(0, 6), 0, none, none, ())
+    tiles, kb4, a_index, b_index = _conv_plan(
+        n, group, mg, cg, kg, spatial, kernel, strides, dilations, begins, ends, threads)
+    tiles, a_index, b_index = tiles.copy(), a_index.copy(), b_index.copy()
+    direct = math.prod(kernel) == 1 and all(s == 1 for s in strides) and not any(begins) \
+        and not any(ends)
+    geometry = ()
+    if kg == 0:
+        path = "zero"
+    elif kb4:       # depthwise: MLAS's M = 1 kernel, computed from the image directly
+        path = "group4"
+        geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *ends, *out))
+    elif use_numba and len(kernel) == 2 and not direct and n * group >= DEFAULT_THREADS:
+        path = "images"
+        geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *out))
+    elif use_numba and len(kernel) == 2 and not direct and n * group == 1:
+        path = "im2col"
+        geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *out))
+    else:
+        path = "columns"
+    return _ConvSetup(out, p, mg, cg, kg, path, tiles, kb4, a_index, b_index, geometry)
+
+
 def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
          threads=DEFAULT_THREADS, use_numba=USE_NUMBA, family="avx2",
-         relu=False) -> np.ndarray:
+         relu=False, steps=None) -> np.ndarray:
     """ONNX ``Conv`` (N-D, grouped) as ONNX Runtime computes it with the kernel ``family``;
     ``begins`` / ``ends`` are the resolved pads, the output ``(N, M, *out)`` is C-contiguous.
 
@@ -1360,55 +1771,44 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
     ``family="avx512"``: the depthwise multiplier-2 7x7/2 Convs MLAS gives its own AVX512F kernel
     (:func:`qsim.kernels.avx512.uses_depthwise_m2`) are computed by
     :func:`qsim.kernels.avx512.depthwise_m2_7x7s2`, then the bias is added. ``relu``: then
-    ``Y = 0 if Y < 0 else Y`` (ONNX Runtime's Relu node, in the same pass as the bias)."""
+    ``Y = 0 if Y < 0 else Y`` (ONNX Runtime's Relu node, in the same pass as the bias);
+    ``steps``: then the per-channel ops ``(codes, values)`` of :func:`_nb_bias_steps` (from
+    :mod:`qsim.ops.epilogue`), in that pass too."""
     x = np.asarray(x, dtype=np.float32)
     w = np.asarray(w, dtype=np.float32)
     n, channels = x.shape[:2]
     spatial, kernel = tuple(x.shape[2:]), tuple(w.shape[2:])
     m = w.shape[0]
-    mg, cg = m // group, channels // group
-    kg = cg * math.prod(kernel)
-    out = _out_shape(spatial, kernel, strides, dilations, begins, ends)
-    if family == "avx512" and avx512.uses_depthwise_m2(
-            group=group, channels=channels, filters=m, kernel=kernel, strides=strides,
-            dilations=dilations, begins=begins, ends=ends, out=out):
+    s = _conv_setup(n, channels, spatial, m, kernel, group, tuple(strides), tuple(dilations),
+                    tuple(begins), tuple(ends), family, threads, use_numba)
+    mg, cg, kg, p, out = s.mg, s.cg, s.kg, s.p, s.out
+    if s.path == "m2":
         y = np.ascontiguousarray(avx512.depthwise_m2_7x7s2(x, w, use_numba=use_numba))
-        if bias is not None or relu:
-            _bias_relu(y.reshape(n, m, -1), bias, relu, use_numba)
+        if bias is not None or relu or steps is not None:
+            _bias_relu(y.reshape(n, m, -1), bias, relu, use_numba, steps)
         return y
-    p = math.prod(out)
-    tiles, kb4, a_index, b_index = _conv_plan(
-        n, group, mg, cg, kg, spatial, kernel, tuple(strides), tuple(dilations), tuple(begins),
-        tuple(ends), threads)
-    # writable copies: the kernels' compiled signatures take writable index arrays
-    tiles, a_index, b_index = tiles.copy(), a_index.copy(), b_index.copy()
     a = _f32c(w.reshape(group, mg, kg))
-    direct = math.prod(kernel) == 1 and all(s == 1 for s in strides) and not any(begins) \
-        and not any(ends)
-    if kg == 0:
+    if s.path == "zero":
         y = np.zeros((n * group, mg, p), dtype=np.float32)
-    elif kb4:       # depthwise: MLAS's M = 1 kernel, computed from the image directly
+    elif s.path == "group4":
         images = _f32c(x).reshape((n * group, cg) + spatial)
-        geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *ends, *out))
-        y = _group4_conv(images, _f32c(w.reshape(group, kg)), kb4, geometry, use_numba)
-    elif use_numba and len(kernel) == 2 and not direct and n * group >= DEFAULT_THREADS:
+        y = _group4_conv(images, _f32c(w.reshape(group, kg)), s.kb4, s.geometry, use_numba)
+    elif s.path == "images":
         # every thread expands and multiplies its own images (see _conv_2d_parallel)
         images = _readonly_view(_f32c(x).reshape((n * group, cg) + spatial))
-        geometry = tuple(int(v) for v in (*kernel, *strides, *dilations, *begins, *out))
         y = np.empty((n * group, mg, p), dtype=np.float32)
-        _conv_2d_parallel(images, a, y, a_index, tiles, geometry, DEFAULT_THREADS)
-    elif use_numba and len(kernel) == 2 and not direct and n * group == 1:
+        _conv_2d_parallel(images, a, y, s.a_index, s.tiles, s.geometry, DEFAULT_THREADS)
+    elif s.path == "im2col":
         cols = np.empty((1, kg, p), dtype=np.float32)
-        _im2col_2d(_readonly_view(_f32c(x)), 0, cols[0],
-                   *(int(v) for v in (*kernel, *strides, *dilations, *begins, *out)))
+        _im2col_2d(_readonly_view(_f32c(x)), 0, cols[0], *s.geometry)
         y = np.empty((1, mg, p), dtype=np.float32)
-        run_batch(a, cols, y, a_index, b_index, tiles, use_numba=use_numba)
+        run_batch(a, cols, y, s.a_index, s.b_index, s.tiles, use_numba=use_numba)
     else:
         cols = _columns(x, group, kernel, out, strides, dilations, begins, ends)
         y = np.empty((n * group, mg, p), dtype=np.float32)
-        run_batch(a, cols, y, a_index, b_index, tiles, use_numba=use_numba)
-    if bias is not None or relu:
-        _bias_relu(y.reshape(n, m, p), bias, relu, use_numba)
+        run_batch(a, cols, y, s.a_index, s.b_index, s.tiles, use_numba=use_numba)
+    if bias is not None or relu or steps is not None:
+        _bias_relu(y.reshape(n, m, p), bias, relu, use_numba, steps)
     return y.reshape((n, m) + out)
 
 

@@ -58,6 +58,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from ..jit import USE_NUMBA, kernel
+from . import threads as threads_
 
 F32 = np.float32
 
@@ -1401,6 +1402,110 @@ def instance_norm_planes(x2d, scale, bias, epsilon) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# MaxPool, the vector kernel (MlasPool2DVectorKernel)
+
+
+@kernel
+def _nb_max_pool_2d(x, kh, kw, sh, sw, ph, pw_begin, tail, y, p0, p1):
+    """Numba twin of :func:`qsim.ops.nn._mlas_vector_max` for 4-D float32 ``x``, planes
+    (n·C + c) ``p0 <= plane < p1`` (same comparisons in the
+    same order): per output row the column reduction over the in-bounds input rows (``maxps``
+    on the first ``4·floor(W/4)`` columns, ``std::max`` on the rest) into a buffer padded with
+    lowest(), then ``maxps`` across the window per output. With stride 2 along the row the
+    buffer is first split into its even and odd columns, so every tap reads consecutive
+    values. Flat unsigned indices (no wraparound checks), so the row loops vectorize."""
+    n, c, h, w = x.shape
+    oh, ow = y.shape[2], y.shape[3]
+    w4 = (w // 4) * 4
+    lowest = np.float32(-3.4028234663852886e38)
+    x1, y1 = x.reshape(-1), y.reshape(-1)
+    width = pw_begin + w + tail
+    buf = np.empty(width + 1, dtype=np.float32)      # (+1: the odd half reads one past)
+    for q in range(pw_begin):
+        buf[q] = lowest
+    for q in range(pw_begin + w, width + 1):
+        buf[q] = lowest
+    half = (width + 1) // 2
+    split = np.empty((2, half), dtype=np.float32)     # stride 2: even, odd columns of buf
+    pb, step = np.uint64(pw_begin), np.uint64(sw)
+    for plane in range(p0, p1):
+        for oy in range(oh):
+            start = oy * sh - ph
+            r0 = start if 0 <= start < h else 0
+            r1 = min(start + kh, h)
+            base = np.uint64((plane * h + r0) * w)
+            for q in range(w):
+                u = np.uint64(q)
+                buf[pb + u] = x1[base + u]
+            for r in range(r0 + 1, r1):
+                row = np.uint64((plane * h + r) * w)
+                for q in range(w4):
+                    u = np.uint64(q)
+                    v = x1[row + u]
+                    m = buf[pb + u]
+                    buf[pb + u] = m if m > v else v
+                for q in range(w4, w):
+                    u = np.uint64(q)
+                    v = x1[row + u]
+                    m = buf[pb + u]
+                    buf[pb + u] = v if m < v else m
+            o0 = np.uint64((plane * oh + oy) * ow)
+            if sw == 2:
+                for t in range(half):
+                    u = np.uint64(t)
+                    split[0, u] = buf[u + u]
+                    split[1, u] = buf[u + u + np.uint64(1)]
+                for ox in range(ow):
+                    u = np.uint64(ox)
+                    y1[o0 + u] = split[0, u]
+                for j in range(1, kw):
+                    p, jj = np.uint64(j & 1), np.uint64(j >> 1)
+                    for ox in range(ow):
+                        u = np.uint64(ox)
+                        v = split[p, u + jj]
+                        m = y1[o0 + u]
+                        y1[o0 + u] = m if m > v else v
+            else:
+                for ox in range(ow):
+                    u = np.uint64(ox)
+                    y1[o0 + u] = buf[u * step]
+                for j in range(1, kw):
+                    jj = np.uint64(j)
+                    for ox in range(ow):
+                        u = np.uint64(ox)
+                        v = buf[u * step + jj]
+                        m = y1[o0 + u]
+                        y1[o0 + u] = m if m > v else v
+
+
+@kernel
+def _max_pool_parts(x, kh, kw, sh, sw, ph, pw_begin, tail, y, parts, state):
+    """The plane ranges ``parts`` of :func:`_nb_max_pool_2d` this thread claims
+    (:mod:`qsim.kernels.threads`)."""
+    while True:
+        p = threads_.claim(state)
+        if p >= parts.shape[0]:
+            return
+        _nb_max_pool_2d(x, kh, kw, sh, sw, ph, pw_begin, tail, y, parts[p, 0], parts[p, 1])
+        threads_.finish(state)
+
+
+def max_pool_2d(x, kh, kw, sh, sw, ph, pw_begin, tail, y) -> None:
+    """:func:`_nb_max_pool_2d` over all planes of ``x`` into ``y``, the planes shared with the
+    other threads (:func:`qsim.kernels.gemm.run_shared`) when there are enough outputs."""
+    from .gemm import run_shared            # gemm imports this module
+    planes = x.shape[0] * x.shape[1]
+    threads = DEFAULT_THREADS if y.size * kh * kw >= _MIN_PARALLEL_WINDOW_VALUES else 1
+    run_shared("max_pool", (x, kh, kw, sh, sw, ph, pw_begin, tail, y,
+                            threads_.spans(planes, threads)), threads)
+
+
+#: window values (outputs x window size) below which a pool runs on the calling thread alone
+#: (about 30 us of work: the spinning worker's hand-over costs a few)
+_MIN_PARALLEL_WINDOW_VALUES = 1 << 17
+
+
+# --------------------------------------------------------------------------------------------
 # AveragePool window sums (MlasPool, onnxruntime/core/mlas/lib/pooling.cpp)
 
 
@@ -1410,23 +1515,39 @@ def _window(offsets, strides, out):
 
 
 @kernel
-def _nb_pool_sums_2d(xp, kh, kw, sh, sw, vector, total):
-    """Numba twin of :func:`pool_window_sums` for 2-D windows (``xp`` ``(N, C, Hp, Wp)``,
-    ``total`` ``(N, C, OH, OW)``), in the same order: ``vector``: per output row, the column
-    sums ``col[ix] = ((xp[r0, ix] + xp[r0 + 1, ix]) + ...)`` over the window's rows, then
-    ``((col[ox·sw] + col[ox·sw + 1]) + ...)``; otherwise +0 + the window's values in row-major
-    order."""
-    planes = xp.shape[0] * xp.shape[1]
-    hp, wp = xp.shape[2], xp.shape[3]
+def _nb_pool_sums_2d(x, hp, wp, pt, pl, rows_value, kh, kw, sh, sw, vector, total, p0, p1):
+    """Numba twin of :func:`pool_window_sums` for 2-D windows (``x`` ``(N, C, H, W)``, padded
+    to ``hp x wp`` with ``pt`` rows above and ``pl`` columns left: padding rows hold
+    ``rows_value``, padding columns of ``x``'s rows +0; ``total`` ``(N, C, OH, OW)``), in the
+    same order: ``vector``: per output row, the column sums
+    ``col[ix] = ((xp[r0, ix] + xp[r0 + 1, ix]) + ...)`` over the window's rows, then
+    ``((col[ox·sw] + col[ox·sw + 1]) + ...)`` (stride 2: read from the even and odd columns
+    apart, the same additions); otherwise +0 + the window's values in row-major order. Each
+    plane is padded in a cache-sized buffer, not as a whole padded copy. Planes (n·C + c)
+    ``p0 <= q < p1`` only."""
+    h, w = x.shape[2], x.shape[3]
     oh, ow = total.shape[2], total.shape[3]
-    x1 = xp.reshape(-1)
+    xs = x.reshape(-1)
     t1 = total.reshape(-1)
-    col = np.empty(wp, dtype=np.float32)
+    x1 = np.zeros(hp * wp, dtype=np.float32)          # one padded plane
+    for r in range(hp):
+        if r < pt or r >= pt + h:
+            for ix in range(wp):
+                x1[r * wp + ix] = rows_value
+    col = np.zeros(wp + 1, dtype=np.float32)          # (+1: the odd half reads one past)
+    half = (wp + 1) // 2
+    split = np.empty((2, half), dtype=np.float32)     # stride 2: even, odd columns of col
     step = np.uint64(sw)
     zero = np.float32(0.0)
-    for q in range(planes):         # (loops over a row of independent outputs, unsigned
-        for oy in range(oh):        # indices: they vectorize; each output's order is kept)
-            r0 = np.uint64((q * hp + oy * sh) * wp)
+    for q in range(p0, p1):         # (loops over a row of independent outputs, unsigned
+        for iy in range(h):         # indices: they vectorize; each output's order is kept)
+            src = np.uint64((q * h + iy) * w)
+            dst = np.uint64((pt + iy) * wp + pl)
+            for ix in range(w):
+                u = np.uint64(ix)
+                x1[dst + u] = xs[src + u]
+        for oy in range(oh):
+            r0 = np.uint64(oy * sh * wp)
             d0 = np.uint64((q * oh + oy) * ow)
             if vector:
                 for ix in range(wp):
@@ -1436,6 +1557,20 @@ def _nb_pool_sums_2d(xp, kh, kw, sh, sw, vector, total):
                     for ix in range(wp):
                         u = np.uint64(ix)
                         col[u] = col[u] + x1[r + u]
+                if sw == 2:         # consecutive reads: the even and odd columns apart
+                    for t in range(half):
+                        u = np.uint64(t)
+                        split[0, u] = col[u + u]
+                        split[1, u] = col[u + u + np.uint64(1)]
+                    for ox in range(ow):
+                        u = np.uint64(ox)
+                        t1[d0 + u] = split[0, u]
+                    for kx in range(1, kw):
+                        p, c0 = np.uint64(kx & 1), np.uint64(kx >> 1)
+                        for ox in range(ow):
+                            u = np.uint64(ox)
+                            t1[d0 + u] = t1[d0 + u] + split[p, c0 + u]
+                    continue
                 for ox in range(ow):
                     u = np.uint64(ox)
                     t1[d0 + u] = col[u * step]
@@ -1456,9 +1591,25 @@ def _nb_pool_sums_2d(xp, kh, kw, sh, sw, vector, total):
                             t1[d0 + u] = t1[d0 + u] + x1[r + u * step]
 
 
-def pool_window_sums(xp, kernel, strides, out, *, vector: bool,
-                     use_numba: bool = USE_NUMBA) -> np.ndarray:
-    """Sum of every pooling window of the padded float32 input ``xp`` (N, C, spatial...):
+@kernel
+def _pool_sums_parts(x, hp, wp, pt, pl, rows_value, kh, kw, sh, sw, vector, total, parts,
+                     state):
+    """The plane ranges ``parts`` of :func:`_nb_pool_sums_2d` this thread claims
+    (:mod:`qsim.kernels.threads`)."""
+    while True:
+        p = threads_.claim(state)
+        if p >= parts.shape[0]:
+            return
+        _nb_pool_sums_2d(x, hp, wp, pt, pl, rows_value, kh, kw, sh, sw, vector, total,
+                         parts[p, 0], parts[p, 1])
+        threads_.finish(state)
+
+
+def pool_window_sums(xp, kernel, strides, out, *, vector: bool, begins=None, ends=None,
+                     rows_value: float = 0.0, use_numba: bool = USE_NUMBA) -> np.ndarray:
+    """Sum of every pooling window of the padded float32 input ``xp`` (N, C, spatial...)
+    (or of ``xp`` padded by ``begins`` / ``ends`` per spatial axis: the leading axes with
+    ``rows_value``, the last with +0):
 
     * ``vector`` (MlasPool2DVectorKernel / 3D): first, per column, the sum over the window's
       leading spatial positions in row-major order (2D: from the first row; 3D: from +0); then
@@ -1472,11 +1623,32 @@ def pool_window_sums(xp, kernel, strides, out, *, vector: bool,
     column sums keep a -0; elsewhere the +0 start makes the sign of padding immaterial.
     2-D windows: :func:`_nb_pool_sums_2d` (``use_numba``), the same order."""
     xp = np.asarray(xp, F32)
+    nsp = xp.ndim - 2
+    begins = tuple(int(b) for b in begins) if begins is not None else (0,) * nsp
+    ends = tuple(int(e) for e in ends) if ends is not None else (0,) * nsp
+    padded = tuple(d + b + e for d, b, e in zip(xp.shape[2:], begins, ends))
     if use_numba and xp.ndim == 4 and xp.size and all(o > 0 for o in out):
         total = np.empty(xp.shape[:2] + tuple(out), dtype=F32)
-        _nb_pool_sums_2d(np.ascontiguousarray(xp), *(int(v) for v in (*kernel, *strides)),
-                         bool(vector), total)
+        from .gemm import run_shared        # gemm imports this module
+        planes = xp.shape[0] * xp.shape[1]
+        threads = DEFAULT_THREADS if total.size * math.prod(kernel) \
+            >= _MIN_PARALLEL_WINDOW_VALUES else 1
+        run_shared("pool_sums", (np.ascontiguousarray(xp), padded[0], padded[1], begins[0],
+                                 begins[1], F32(rows_value),
+                                 *(int(v) for v in (*kernel, *strides)), bool(vector), total,
+                                 threads_.spans(planes, threads)), threads)
         return total
+    if any(begins) or any(ends):
+        full = np.zeros(xp.shape[:2] + padded, dtype=F32)
+        inner = tuple(slice(b, b + d) for b, d in zip(begins, xp.shape[2:]))
+        for axis in range(nsp - 1):         # the padding of the leading axes: rows_value
+            lead = [slice(None)] * nsp
+            lead[axis] = slice(0, begins[axis])
+            full[(Ellipsis, *lead)] = rows_value
+            lead[axis] = slice(begins[axis] + xp.shape[2 + axis], None)
+            full[(Ellipsis, *lead)] = rows_value
+        full[(Ellipsis, *inner)] = xp
+        xp = full
     if not vector:
         total = None
         for offsets in np.ndindex(*kernel):

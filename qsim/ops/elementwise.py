@@ -174,10 +174,12 @@ def _arith(op: str, a, b, numpy_fn) -> np.ndarray:
 
 
 @register("Add")
-def add(a, b, *, broadcast=None, axis=None):
-    """C = A + B (broadcasting; opsets 1-6: ``broadcast``/``axis``, see _legacy_broadcast)."""
+def add(a, b, *, broadcast=None, axis=None, then_relu=False):
+    """C = A + B (broadcasting; opsets 1-6: ``broadcast``/``axis``, see _legacy_broadcast).
+    ``then_relu`` (from the executor): return ``Relu(C)``, in place on the new array."""
     b = _old_form("Add", a, b, broadcast, axis)
-    return _arith("Add", a, b, np.add)
+    y = _arith("Add", a, b, np.add)
+    return _relu_in_place(y) if then_relu else y
 
 
 @register("Sub")
@@ -423,6 +425,17 @@ def _nb_relu(x, y):
     for i in range(x.size):
         v = x[i]
         y[i] = zero if v < zero else v
+
+
+def _relu_in_place(y: np.ndarray) -> np.ndarray:
+    """:func:`relu` of an array the caller owns, written into it (no second array)."""
+    if USE_NUMBA and y.dtype == np.float32 and y.flags.c_contiguous and y.ndim:
+        flat = y.reshape(-1)
+        _nb_relu(flat, flat)
+        return y
+    zero = np.zeros((), y.dtype)
+    np.copyto(y, zero, where=y < zero)
+    return y
 
 
 @register("Relu")
@@ -713,9 +726,11 @@ def min_(*inputs):
 
 
 @register("Sum")
-def sum_(*inputs):
-    """Elementwise sum of all inputs (broadcasting), added left to right."""
-    return _variadic("Sum", np.add, inputs)
+def sum_(*inputs, then_relu=False):
+    """Elementwise sum of all inputs (broadcasting), added left to right. ``then_relu`` (from
+    the executor): return ``Relu`` of the sum, in place on the new array."""
+    y = _variadic("Sum", np.add, inputs)
+    return _relu_in_place(y) if then_relu else y
 
 
 @register("Mean")

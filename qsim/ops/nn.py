@@ -29,6 +29,7 @@ from ..kernels import avx512
 from ..kernels import gemm as gemm_exact
 from ..kernels import mlas_math as math_exact
 from ..kernels.family import resolve as resolve_family
+from . import epilogue
 from .registry import register
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -183,7 +184,7 @@ def _batch_major(y: np.ndarray) -> np.ndarray:
 
 @register("Conv")
 def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
-         pads=None, strides=None, fp32_kernels="auto", then_relu=False):
+         pads=None, strides=None, fp32_kernels="auto", then_relu=False, then_steps=()):
     """N-D convolution (cross-correlation), grouped.
 
     ``Y[n, m, o] = B[m] + Σ_{c ∈ group(m), k} X_pad[n, c, o·stride + k·dilation] · W[m, c', k]``
@@ -191,7 +192,9 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     ``floor((size + pads - dilation·(kernel-1) - 1) / stride) + 1`` positions per axis.
     Computed as one batched matrix product per group: ``W_g (M/g, C/g·K) @ cols_g (C/g·K, N·O)``
     (float32: in ONNX Runtime's order for the kernel family, :func:`qsim.kernels.gemm.conv`).
-    ``then_relu`` (from the executor): return ``Relu(Y)`` (float32: in the bias pass).
+    ``then_relu`` (from the executor): return ``Relu(Y)`` (float32: in the bias pass);
+    ``then_steps``: then the per-channel ops of :mod:`qsim.ops.epilogue` (float32: in the bias
+    pass too).
     """
     nsp, group = _check_conv_operands(x, w, b, group, kernel_shape, transposed=False)
     auto_pad = _check_auto_pad(auto_pad)
@@ -209,7 +212,9 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     if dtype == np.float32:     # ONNX Runtime's (MLAS's) summation order, bit for bit
         return gemm_exact.conv(x, w, b, group=group, strides=strides, dilations=dilations,
                                begins=begins, ends=ends, family=resolve_family(fp32_kernels),
-                               relu=then_relu)
+                               relu=then_relu,
+                               steps=epilogue.packed(tuple(then_steps), w.shape[0])
+                               if then_steps else None)
     n, channels, m = x.shape[0], x.shape[1], w.shape[0]
     xp = _pad(x.astype(dtype, copy=False), begins, ends)
     cols = _windows(xp, kernel, strides, dilations, out)            # (N, C, *k, *o)
@@ -220,7 +225,10 @@ def conv(x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_sha
     if b is not None:
         y += b.astype(dtype, copy=False).reshape((m,) + (1,) * (nsp + 1))
     y = _batch_major(y)
-    return np.where(y < 0, dtype.type(0), y).astype(dtype) if then_relu else y
+    y = np.where(y < 0, dtype.type(0), y).astype(dtype) if then_relu else y
+    if then_steps:
+        epilogue.apply_steps(y.reshape(n, m, -1), tuple(then_steps))
+    return y
 
 
 def _conv_transpose_pads(spatial, kernel, strides, dilations, output_padding, auto_pad, pads,
@@ -460,52 +468,6 @@ def _separable_pool(xp: np.ndarray, kernel, strides, dilations, out, combine) ->
     return y
 
 
-@kernel
-def _nb_mlas_vector_max_2d(x, kh, kw, sh, sw, ph, pw_begin, tail, y):
-    """Numba twin of :func:`_mlas_vector_max` for 4-D float32 ``x`` (same comparisons in the
-    same order): per output row the column reduction over the in-bounds input rows (``maxps``
-    on the first ``4·floor(W/4)`` columns, ``std::max`` on the rest) into a buffer padded with
-    lowest(), then ``maxps`` across the window per output. Flat unsigned indices (no
-    wraparound checks), so the row loops vectorize."""
-    n, c, h, w = x.shape
-    oh, ow = y.shape[2], y.shape[3]
-    w4 = (w // 4) * 4
-    lowest = np.float32(-3.4028234663852886e38)
-    x1, y1 = x.reshape(-1), y.reshape(-1)
-    buf = np.empty(pw_begin + w + tail, dtype=np.float32)
-    for q in range(pw_begin):
-        buf[q] = lowest
-    for q in range(pw_begin + w, pw_begin + w + tail):
-        buf[q] = lowest
-    red = buf[pw_begin:pw_begin + w]
-    for plane in range(n * c):
-        for oy in range(oh):
-            start = oy * sh - ph
-            r0 = start if 0 <= start < h else 0
-            r1 = min(start + kh, h)
-            base = np.uint64((plane * h + r0) * w)
-            for q in range(w):
-                red[q] = x1[base + np.uint64(q)]
-            for r in range(r0 + 1, r1):
-                row = np.uint64((plane * h + r) * w)
-                for q in range(w4):
-                    v = x1[row + np.uint64(q)]
-                    m = red[q]
-                    red[q] = m if m > v else v
-                for q in range(w4, w):
-                    v = x1[row + np.uint64(q)]
-                    m = red[q]
-                    red[q] = v if m < v else m
-            o0 = np.uint64((plane * oh + oy) * ow)
-            for ox in range(ow):
-                y1[o0 + np.uint64(ox)] = buf[ox * sw]
-            for j in range(1, kw):
-                for ox in range(ow):
-                    v = buf[ox * sw + j]
-                    m = y1[o0 + np.uint64(ox)]
-                    y1[o0 + np.uint64(ox)] = m if m > v else v
-
-
 _LOWEST = np.float32(-3.4028234663852886e38)     # std::numeric_limits<float>::lowest()
 
 
@@ -612,7 +574,7 @@ def _mlas_max_pool(x, kernel, strides, begins, ends, out) -> np.ndarray:
             y = np.empty(x.shape[:2] + tuple(out), dtype=np.float32)
             need = (out[-1] - 1) * strides[-1] + kernel[-1]
             tail = max(ends[-1] + 3, need - begins[-1] - x.shape[-1])
-            _nb_mlas_vector_max_2d(np.ascontiguousarray(x), kernel[0], kernel[1], strides[0],
+            math_exact.max_pool_2d(np.ascontiguousarray(x), kernel[0], kernel[1], strides[0],
                                    strides[1], begins[0], begins[1], tail, y)
             return y
         return _mlas_vector_max(x, kernel, strides, begins, ends, out)
@@ -713,14 +675,8 @@ def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
         with np.errstate(invalid="ignore", divide="ignore"):
             y = total / count.astype(np.float32)
         return np.where(inside > 0, y, np.float32(0)).astype(np.float32)
-    xp = _pad(x, begins, [e + m for e, m in zip(ends, extra)], 0.0)
-    # 1 where a window position counts, on the same padded grid
-    inside = np.ones((1, 1) + x.shape[2:], dtype=x.dtype)
-    if count_include_pad:
-        inside = _pad(_pad(inside, begins, ends, 1.0), [0] * len(extra), extra, 0.0)
-    else:
-        inside = _pad(inside, begins, [e + m for e, m in zip(ends, extra)], 0.0)
-    count = _separable_pool(inside, kernel, strides, dilations, out, np.add)
+    count = _pool_counts(x.shape[2:], kernel, strides, dilations, begins, ends, extra, out,
+                         bool(count_include_pad)).astype(x.dtype, copy=False)
     if x.dtype == np.float32 and all(d == 1 for d in dilations):
         # ONNX Runtime's summation order (MlasPool; ceil_mode with count_include_pad runs ORT's
         # own loop), bit for bit; the division by count is the same
@@ -732,14 +688,32 @@ def average_pool(x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0, dila
         vector = (not ort_loop
                   and math_exact.mlas_pool_is_vector(kernel, strides, spatial[-1],
                                                      begins[-1] + ends[-1]))
-        if vector and len(kernel) == 2:    # MLAS's column sums skip the padding rows
-            xp = _pad(_pad(x, [0, begins[1]], [0, ends[1] + extra[1]], 0.0),
-                      [begins[0], 0], [ends[0] + extra[0], 0], -0.0)
-        total = math_exact.pool_window_sums(xp, kernel, strides, out, vector=vector)
+        # MLAS's 2-D column sums skip the padding rows: -0.0 there, the exact additive identity
+        total = math_exact.pool_window_sums(
+            x, kernel, strides, out, vector=vector, begins=begins,
+            ends=[e + m for e, m in zip(ends, extra)],
+            rows_value=-0.0 if vector and len(kernel) == 2 else 0.0)
     else:
+        xp = _pad(x, begins, [e + m for e, m in zip(ends, extra)], 0.0)
         total = _separable_pool(xp, kernel, strides, dilations, out, np.add)
     total /= count
     return total
+
+
+@functools.lru_cache(maxsize=256)
+def _pool_counts(spatial, kernel, strides, dilations, begins, ends, extra, out,
+                 include_pad: bool) -> np.ndarray:
+    """AveragePool's divisor per output position ``(1, 1, *out)`` (float64, read-only; made
+    once per geometry): the window positions inside ``X`` (and inside its explicit/auto padding
+    with ``include_pad``; never the positions only ceil_mode adds)."""
+    inside = np.ones((1, 1) + tuple(spatial))
+    if include_pad:
+        inside = _pad(_pad(inside, begins, ends, 1.0), [0] * len(extra), extra, 0.0)
+    else:
+        inside = _pad(inside, begins, [e + m for e, m in zip(ends, extra)], 0.0)
+    count = _separable_pool(inside, kernel, strides, dilations, out, np.add)
+    count.flags.writeable = False
+    return count
 
 
 @register("GlobalAveragePool")
@@ -865,10 +839,9 @@ def batch_normalization(x, scale, b, input_mean, input_var, *, epsilon=1e-5, mom
         y = x * s
         y += shift
         return (y, running_mean, running_var, batch_mean, inv_std)[:noutputs]
-    # as ONNX Runtime: s = (1 / sqrt(var + epsilon)) * scale, two roundings (bit for bit)
-    inv_std = dtype.type(1) / np.sqrt(var + dtype.type(epsilon))
-    s = inv_std * _per_channel(scale, "scale", c, x.ndim, dtype)
-    shift = _per_channel(b, "B", c, x.ndim, dtype) - mean_in * s
+    s, shift = epilogue.batch_norm_affine(_per_channel(scale, "scale", c, x.ndim, dtype),
+                                           _per_channel(b, "B", c, x.ndim, dtype), mean_in,
+                                           var, epsilon=epsilon)
     return _scale_shift(x, s, shift, then_relu)
 
 

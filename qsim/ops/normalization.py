@@ -7,11 +7,13 @@ LRN follows ORT's running channel sums and its power (Eigen's packet pow, C powf
 packets) bit for bit (see :func:`lrn`)."""
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
 from ..errors import OpError
+from ..jit import USE_NUMBA, kernel
 from .registry import register
 from ..kernels import eigen_math
 from ..kernels import libm
@@ -32,39 +34,137 @@ def lrn(x, *, alpha=1e-4, beta=0.75, bias=1.0, size=None):
     (cost 320 per element, the session's threads): elements outside the aligned packets of 4
     of a block (:func:`qsim.kernels.mlas_math.eigen_scalar_positions`) take C ``powf``, those in
     packets Eigen's packet pow (:func:`qsim.kernels.eigen_math.ppow`: repeated multiplication
-    for an integer exponent in [-3, 7], else its double-word log2/exp2), both bit for bit."""
+    for an integer exponent in [-3, 7], else its double-word log2/exp2), both bit for bit.
+    Where two NaNs meet, ORT's: a NaN product wins in a window sum (:func:`_add_product`), X's
+    NaN in the packets of ``X · power``, powf's outside them (:func:`_times_power`).
+
+    float32 runs compiled (window sums :func:`_nb_window_sums`, pow
+    :func:`qsim.kernels.eigen_math._nb_ppow`, both vectorised); with ``NUMBA_DISABLE_JIT=1``
+    the NumPy twins, which give the same bits (tests/ops/test_lrn_kernels.py); other dtypes
+    always the twins."""
     if x.ndim < 3:
         raise OpError(f"input X has shape {list(x.shape)}; expected rank >= 3 (N, C, ...)")
     if size is None or int(size) < 1:
         raise OpError(f"attribute size={size!r}, expected an integer >= 1")
     size = int(size)
     t = x.dtype.type
-    n, c = x.shape[:2]
     a = t(t(alpha) / t(size))
+    if USE_NUMBA and x.dtype == np.float32:
+        scale = np.empty_like(x)
+        x3 = np.ascontiguousarray(x).reshape(x.shape[0], x.shape[1], -1)
+        _nb_window_sums(x3, size, a, t(bias), scale.reshape(x3.shape))
+    else:
+        scale = _np_window_sums(x, size, a, t(bias))
+    b = float(np.float32(beta))
+    if x.dtype != np.float32:
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            power = np.power(scale.astype(np.float64), -b).astype(x.dtype)
+        return _times_power(x, power, np.zeros(0, np.int64))
+    power = eigen_math.ppow(scale, -b).reshape(-1)
+    scalar = _scalar_indices(power.size, math_exact.DEFAULT_THREADS)
+    if scalar.size:
+        power[scalar] = libm.c_pow(scale.reshape(-1)[scalar], np.full(scalar.size, t(-b)))
+    return _times_power(x, power.reshape(x.shape), scalar)
+
+
+@functools.lru_cache(maxsize=64)
+def _scalar_indices(n: int, threads: int) -> np.ndarray:
+    """Flat indices (sorted, read-only) of the elements of an LRN of ``n`` values that ORT
+    computes one at a time (:func:`qsim.kernels.mlas_math.eigen_scalar_positions`)."""
+    out = np.flatnonzero(math_exact.eigen_scalar_positions(n, _LRN_COST, threads))
+    out.flags.writeable = False
+    return out
+
+
+def _times_power(x: np.ndarray, power: np.ndarray, scalar: np.ndarray) -> np.ndarray:
+    """``x · power`` with ORT's NaNs: where both are NaN, x's (quiet) NaN in Eigen's packets,
+    power's at the flat indices ``scalar`` of the elements ORT computes one at a time."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        y = x * power
+    flat, xf, pf = y.reshape(-1), x.reshape(-1), power.reshape(-1)
+    nan = np.flatnonzero(np.isnan(xf))
+    if nan.size:
+        one_at_a_time = np.isin(nan, scalar)
+        packet = nan[~one_at_a_time]
+        flat[packet] = _quiet(xf[packet])
+        both = nan[one_at_a_time & np.isnan(pf[nan])]
+        flat[both] = pf[both]
+    return y
+
+
+def _np_window_sums(x: np.ndarray, size: int, a, bias) -> np.ndarray:
+    """ORT's LRN window sums (NumPy twin of :func:`_nb_window_sums`): over the squares of ``x``
+    zero-padded with ``floor((size - 1) / 2)`` channels before and the rest after,
+    ``s_0 = (bias + a·sq[0]) + ... + a·sq[size - 1]`` and
+    ``s_c = (s_{c-1} + a·sq[c + size - 1]) + (-a)·sq[c - 1]``, each step rounded in x's dtype
+    (the zero planes added too: ``a·0`` is NaN for an infinite ``a``). NaN signs as in ORT's
+    ``y += x·alpha``: a NaN product is the sum (:func:`_add_product`), a NaN ``a`` the product."""
+    n, c = x.shape[:2]
     squares = np.zeros((n, c + size - 1) + x.shape[2:], x.dtype)
     scale = np.empty_like(x)
-    running = np.full((n,) + x.shape[2:], t(bias), x.dtype)
+    running = np.full((n,) + x.shape[2:], bias, x.dtype)
     with np.errstate(over="ignore", invalid="ignore"):      # inf/NaN inputs: IEEE results
         squares[:, (size - 1) // 2:(size - 1) // 2 + c] = x * x
         for k in range(size):
-            running = running + a * squares[:, k]
+            running = _add_product(running, a, squares[:, k])
         scale[:, 0] = running
         for ch in range(1, c):
-            running = running + a * squares[:, ch + size - 1]
-            running = running + (-a) * squares[:, ch - 1]
+            running = _add_product(running, a, squares[:, ch + size - 1])
+            running = _add_product(running, -a, squares[:, ch - 1])
             scale[:, ch] = running
-    b = float(np.float32(beta))
-    if x.dtype == np.float32:
-        power = eigen_math.ppow(scale, -b)
-    else:
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            power = np.power(scale.astype(np.float64), -b).astype(x.dtype)
-    if x.dtype == np.float32:
-        flat = power.reshape(-1)
-        scalar = math_exact.eigen_scalar_positions(flat.size, _LRN_COST, math_exact.DEFAULT_THREADS)
-        flat[scalar] = libm.c_pow(scale.reshape(-1)[scalar], np.full(int(scalar.sum()), t(-b)))
-    with np.errstate(invalid="ignore", over="ignore"):
-        return x * power
+    return scale
+
+
+def _add_product(running: np.ndarray, a, sq: np.ndarray) -> np.ndarray:
+    """``running + a·sq`` with ORT's NaNs: ``p = a`` if ``a`` is NaN else ``a·sq``; the sum is
+    ``p`` where ``p`` is NaN, also when ``running`` is NaN too (what ORT's compiled Axpy gives,
+    tests/ops/test_lrn_kernels.py; a plain NumPy add keeps either NaN, depending on the
+    element's position in NumPy's SIMD loop)."""
+    p = np.full_like(sq, a) if np.isnan(a) else a * sq
+    return np.where(np.isnan(p), p, running + p)
+
+
+@kernel
+def _nb_window_sums(x, size, a, bias, scale):
+    """:func:`_np_window_sums` of a float32 ``x`` of shape (N, C, S) into ``scale`` (same
+    shape): the same operations in the same order, NaNs chosen by selects (LLVM may swap the
+    operands of an add), vectorised along S."""
+    n, c, s = x.shape
+    before = (size - 1) // 2
+    zero = np.float32(0.0)
+    neg = -a
+    for b in range(n):
+        for j in range(s):
+            scale[b, 0, j] = bias
+        for k in range(size):
+            ch = k - before
+            inside = 0 <= ch < c
+            src = min(max(ch, 0), c - 1)
+            for j in range(s):
+                v = x[b, src, j]
+                scale[b, 0, j] = _add_product_nb(scale[b, 0, j], a, v * v if inside else zero)
+        for ch in range(1, c):
+            add, sub = ch + size - 1 - before, ch - 1 - before
+            add_inside, sub_inside = add < c, sub >= 0
+            add, sub = min(add, c - 1), max(sub, 0)
+            for j in range(s):
+                va, vs = x[b, add, j], x[b, sub, j]
+                run = _add_product_nb(scale[b, ch - 1, j], a, va * va if add_inside else zero)
+                scale[b, ch, j] = _add_product_nb(run, neg, vs * vs if sub_inside else zero)
+
+
+@kernel
+def _add_product_nb(running, a, sq):
+    """:func:`_add_product` of float32 scalars."""
+    p = a if a != a else a * sq
+    return p if p != p else running + p
+
+
+def _quiet(nan: np.ndarray) -> np.ndarray:
+    """The quiet form of NaNs (the top mantissa bit set, as x86 arithmetic returns them)."""
+    bits = nan.view(np.dtype(f"u{nan.itemsize}"))
+    top = bits.dtype.type(1) << bits.dtype.type(np.finfo(nan.dtype).nmant - 1)
+    return (bits | top).view(nan.dtype)
 
 
 #: Eigen TensorOpCost of ORT's LRN power per element (4 bytes in, 4 out, 320 cycles; the

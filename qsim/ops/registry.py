@@ -27,7 +27,14 @@ Calling convention (every op follows it)::
   node's only output is read by one Relu node and by nothing else: the op then returns
   ``Relu(Y)`` (``0 if Y < 0 else Y``, exactly :func:`qsim.ops.elementwise.relu`) and the executor
   skips that Relu (Conv does it in its bias pass, BatchNormalization in its scale-shift pass:
-  one pass over the output less). Never when the executor observes tensors.
+  one pass over the output less; Add and Sum in place on their new result: one array and
+  one node less). Never when the executor observes tensors.
+* A keyword-only parameter named ``then_steps`` (not an ONNX attribute, Conv only) receives the
+  :class:`qsim.ops.epilogue.Step` tuple of the per-channel chain (BatchNormalization, Mul/Add
+  by a constant per-channel vector, Relu) that alone reads the node's output: the op returns
+  the chain's result, computed with the same float32 operations (see
+  :mod:`qsim.ops.epilogue`), and the executor skips those nodes. Never when the executor
+  observes tensors.
 * An ONNX attribute whose name is also an internal keyword (com.microsoft QLinearSoftmax has an
   ``opset`` attribute) is declared with ``@register(op, attributes=("opset",))``: for that op the
   name is an attribute, which the executor passes from the node and never fills itself.
@@ -47,7 +54,7 @@ OPS: dict[str, OpFn] = {}
 
 #: keyword parameters that are not ONNX attributes
 _INTERNAL_KEYWORDS = frozenset({"noutputs", "constant_b", "fp32_kernels", "opset",
-                                "then_relu"})
+                                "then_relu", "then_steps"})
 
 
 def register(op_type: str, *, attributes: tuple[str, ...] = ()) -> Callable[[OpFn], OpFn]:
@@ -82,7 +89,6 @@ def _declared_attributes(fn: OpFn) -> frozenset[str]:
 @functools.lru_cache(maxsize=None)
 def internal_keywords(fn: OpFn) -> frozenset[str]:
     """The registry's internal keywords (``noutputs``, ``constant_b``, ``fp32_kernels``,
-    ``opset``, ``then_relu``) that
-    ``fn`` takes."""
+    ``opset``, ``then_relu``, ``then_steps``) that ``fn`` takes."""
     return (frozenset(inspect.signature(fn).parameters) & _INTERNAL_KEYWORDS) \
         - _declared_attributes(fn)

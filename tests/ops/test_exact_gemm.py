@@ -397,3 +397,26 @@ def test_direct_conv_kernels_equal_numpy_twins(group, cg, mg, spatial, kernel, s
     args = dict(group=group, strides=strides, dilations=dilations, begins=pads[:2],
                 ends=pads[2:])
     _assert_bitwise(gx.conv(x, w, **args), gx.conv(x, w, use_numba=False, **args))
+
+
+@settings(max_examples=80, deadline=None)
+@given(c=st.integers(1, 4), h=st.integers(1, 19), w=st.integers(1, 23),
+       kernel=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+       strides=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+       dilations=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+       pads=st.tuples(*[st.integers(0, 3)] * 4), seed=st.integers(0, 2**16))
+def test_numba_im2col_equals_strided_view(c, h, w, kernel, strides, dilations, pads, seed):
+    """The compiled im2col (the stride-2 route through even/odd halves of each padded row
+    included) gives the columns of NumPy's strided view of the zero-padded image, -0.0 and
+    NaN kept."""
+    begins, ends = pads[:2], pads[2:]
+    out = tuple((s + b + e - d * (k - 1) - 1) // st_ + 1 for s, b, e, d, k, st_ in
+                zip((h, w), begins, ends, dilations, kernel, strides))
+    assume(min(out) >= 1)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, c, h, w)).astype(np.float32)
+    x.reshape(-1)[rng.integers(0, x.size, 3)] = [-0.0, np.nan, np.inf]
+    want = gx._columns(x, 1, kernel, out, strides, dilations, begins, ends)[1]
+    got = np.full((c * kernel[0] * kernel[1], out[0] * out[1]), 7.0, np.float32)
+    gx._im2col_2d(x, 1, got, *kernel, *strides, *dilations, *begins, *out)
+    _assert_bitwise(got, want)

@@ -431,17 +431,30 @@ def test_average_pool_matches_ort(case, seed, n_threads):
 @SETTINGS
 @given(kernel=st.tuples(st.integers(1, 7), st.integers(1, 7)),
        strides=st.tuples(st.integers(1, 3), st.integers(1, 3)),
-       extra=st.tuples(st.integers(0, 9), st.integers(0, 9)), vector=st.booleans(), seed=seeds)
-def test_pool_window_sums_numba_equals_numpy_twin(kernel, strides, extra, vector, seed):
+       extra=st.tuples(st.integers(0, 9), st.integers(0, 9)), vector=st.booleans(), seed=seeds,
+       pads=st.tuples(*[st.integers(0, 3)] * 4), rows_value=st.sampled_from([0.0, -0.0]))
+def test_pool_window_sums_numba_equals_numpy_twin(kernel, strides, extra, vector, seed, pads,
+                                                  rows_value):
     """The 2-D Numba window sums give the NumPy twin's bits in both MLAS orders (signed zeros
-    included: the vector order's column sums start from the first row, the other from +0)."""
+    included: the vector order's column sums start from the first row, the other from +0),
+    on an input padded inside the kernel (rows with ``rows_value``, columns with +0) as on one
+    padded beforehand."""
     shape = tuple(k + e for k, e in zip(kernel, extra))
-    out = tuple((s - k) // st_ + 1 for s, k, st_ in zip(shape, kernel, strides))
-    xp = data(seed, (2, 3) + shape, 3.0, special=False)
-    xp[..., ::3, ::2] = np.float32(-0.0)
+    begins, ends = pads[:2], pads[2:]
+    padded = tuple(s + b + e for s, b, e in zip(shape, begins, ends))
+    out = tuple((s - k) // st_ + 1 for s, k, st_ in zip(padded, kernel, strides))
+    x = data(seed, (2, 3) + shape, 3.0, special=False)
+    x[..., ::3, ::2] = np.float32(-0.0)
+    xp = np.zeros((2, 3) + padded, np.float32)
+    xp[:, :, :begins[0]] = rows_value
+    xp[:, :, begins[0] + shape[0]:] = rows_value
+    xp[:, :, begins[0]:begins[0] + shape[0], begins[1]:begins[1] + shape[1]] = x
     twin = me.pool_window_sums(xp, kernel, strides, out, vector=vector, use_numba=False)
-    got = me.pool_window_sums(xp, kernel, strides, out, vector=vector)
-    assert_same_bits(got, twin, f"window sums {kernel} {strides} vector={vector}")
+    for use_numba in (True, False):
+        got = me.pool_window_sums(x, kernel, strides, out, vector=vector, begins=begins,
+                                  ends=ends, rows_value=rows_value, use_numba=use_numba)
+        assert_same_bits(got, twin, f"window sums {kernel} {strides} vector={vector} "
+                                    f"pads={pads} numba={use_numba}")
 
 
 @pytest.mark.parametrize("opset", [11, 17, 19])

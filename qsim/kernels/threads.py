@@ -1,0 +1,328 @@
+"""Work shared by threads inside compiled code: parts claimed with an atomic counter.
+
+A kernel split into parts runs on the calling thread and on workers of one shared pool. Each
+thread calls a compiled ``*_parts`` kernel once; inside it, without the GIL, the thread claims
+the next part with :func:`claim` (an atomic fetch-and-add on ``state[0]``), computes it, counts
+it done with :func:`finish` (``state[1]``), and returns when no part is left. The caller then
+waits for the parts other threads still hold (:func:`wait_done`). No thread needs the GIL
+between parts, so a worker that wakes late only takes fewer parts; it never makes the others
+wait on the GIL (each handover of the GIL to a sleeping thread costs tens of microseconds on a
+VM). Which thread computes a part never changes its bits.
+
+``state`` is an int64 array of 2: ``[next part to claim, parts done]``.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from ..jit import USE_NUMBA
+
+#: spins of :func:`wait_done` (about 50 us) before the caller blocks instead
+_SPINS = 20000
+
+
+@intrinsic
+def _fetch_add(typingctx, array, index, value):
+    """``old = array[index]; array[index] += value`` atomically (sequentially consistent)."""
+    sig = types.int64(array, index, value)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        ptr = builder.gep(data, [args[1]])
+        return builder.atomic_rmw("add", ptr, args[2], "seq_cst")
+
+    return sig, codegen
+
+
+@intrinsic
+def _load(typingctx, array, index):
+    """``array[index]`` read atomically (acquire): a loop re-reads it every time."""
+    sig = types.int64(array, index)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        ptr = builder.gep(data, [args[1]])
+        return builder.load_atomic(ptr, "acquire", 8)
+
+    return sig, codegen
+
+
+@intrinsic
+def _pause(typingctx):
+    """The x86 ``pause`` hint of a spin loop."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        fn = builder.module.declare_intrinsic("llvm.x86.sse2.pause", fnty=ir.FunctionType(
+            ir.VoidType(), []))
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def _claim_nb(state):
+    return _fetch_add(state, 0, np.int64(1))
+
+
+@numba.njit(nogil=True, cache=True)
+def _finish_nb(state):
+    _fetch_add(state, 1, np.int64(1))
+
+
+def _claim_py(state):
+    part = int(state[0])
+    state[0] = part + 1
+    return part
+
+
+def _finish_py(state):
+    state[1] += 1
+
+
+#: ``claim(state)``: the index of the next unclaimed part (``>= count`` when none is left);
+#: ``finish(state)``: count one part done. Without Numba (the NumPy-twin runs) plain Python,
+#: and :func:`run` keeps every part on the calling thread.
+claim, finish = (_claim_nb, _finish_nb) if USE_NUMBA else (_claim_py, _finish_py)
+
+
+@numba.njit(nogil=True, cache=True)
+def wait_done(state, count, spins):
+    """Spin until ``count`` parts are done or ``spins`` polls have passed; True if done."""
+    for _ in range(spins):
+        if _load(state, 1) >= count:
+            return True
+        _pause()
+    return _load(state, 1) >= count
+
+
+def spans(total: int, threads: int, per_thread: int = 4) -> np.ndarray:
+    """``(start, stop)`` rows of the contiguous parts ``total`` items are cut into for
+    ``threads`` threads: ``per_thread`` parts per thread (a thread that starts late finds most
+    of them taken), near-equal sizes, the first ``total % parts`` one larger; one part for one
+    thread."""
+    parts = max(1, min(total, threads * per_thread if threads > 1 else 1))
+    sizes = np.full(parts, total // parts, dtype=np.int64)
+    sizes[:total % parts] += 1
+    stops = np.cumsum(sizes)
+    return np.stack([stops - sizes, stops], axis=1)
+
+
+@lru_cache(maxsize=None)
+def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
+    """The worker threads, made on first use per process (threads do not survive a fork)."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qsim-parts")
+
+
+def run(parts_kernel, args: tuple, count: int, threads: int) -> None:
+    """``parts_kernel(*args, state)`` on the calling thread and on ``threads - 1`` workers,
+    sharing ``count`` parts through ``state``; returns when every part is done (re-raising a
+    worker's error). With one thread or one part, the caller computes them all. A worker that
+    has not started when the parts run out finds none left and returns at once."""
+    state = np.zeros(2, dtype=np.int64)
+    helpers = min(threads, count) - 1 if USE_NUMBA else 0
+    if helpers <= 0:
+        parts_kernel(*args, state)
+        return
+    woken = threading.Event()
+    errors: list[BaseException] = []
+
+    def helper():
+        try:
+            parts_kernel(*args, state)
+        except BaseException as exc:        # re-raised by the caller
+            errors.append(exc)
+        finally:
+            woken.set()
+
+    pool = _pool(helpers, os.getpid())
+    for _ in range(helpers):
+        pool.submit(helper)
+    parts_kernel(*args, state)
+    if wait_done(state, count, _SPINS):
+        return
+    while int(state[1]) < count and not errors:   # a worker holds a part and may have lost
+        woken.wait(0.001)                          # its core: wait without spinning
+        woken.clear()
+    if errors:
+        raise errors[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# a spinning worker: jobs handed over in compiled code, without waking a sleeping thread
+# ---------------------------------------------------------------------------------------------
+#: the mailbox of a :class:`SpinWorker` (int64): the last job posted, the last one taken (by
+#: the worker) or taken back (by the poster), the last one the worker finished, its kind, and
+#: from ``ARGS`` on its operands (addresses, sizes, scalars) as the kind defines them
+SEQ, TAKEN, ACK, KIND, ARGS, BOX_SIZE = 0, 1, 2, 3, 8, 64
+
+#: polls (about 1 ms) a worker spins without a job before it sleeps until the next post
+IDLE_POLLS = 40000
+
+
+@intrinsic
+def _store(typingctx, array, index, value):
+    """``array[index] = value`` atomically (sequentially consistent: every store before it is
+    visible to a thread that sees this one)."""
+    sig = types.void(array, index, value)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        builder.store_atomic(args[2], builder.gep(data, [args[1]]), "seq_cst", 8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _cas(typingctx, array, index, expected, new):
+    """``array[index] = new`` if it holds ``expected`` (atomically); True if it did."""
+    sig = types.boolean(array, index, expected, new)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        pair = builder.cmpxchg(builder.gep(data, [args[1]]), args[2], args[3], "seq_cst",
+                               "seq_cst")
+        return builder.extract_value(pair, 1)
+
+    return sig, codegen
+
+
+@intrinsic
+def address(typingctx, array):
+    """The address of ``array``'s first element, as an int64."""
+    sig = types.int64(array)
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.ptrtoint(data, ir.IntType(64))
+
+    return sig, codegen
+
+
+def _pointer(element):
+    @intrinsic
+    def at(typingctx, addr):
+        sig = types.CPointer(element)(addr)
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+        return sig, codegen
+
+    return at
+
+
+#: ``f32_at(address)`` / ``i64_at(address)``: a typed pointer for ``numba.carray``
+f32_at = _pointer(types.float32)
+i64_at = _pointer(types.int64)
+
+
+@intrinsic
+def bits_of(typingctx, value):
+    """The IEEE bits of a float64 as an int64 (to pass a scalar through a mailbox)."""
+    sig = types.int64(types.float64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return sig, codegen
+
+
+@intrinsic
+def float_of(typingctx, bits):
+    """The float64 whose IEEE bits are ``bits`` (inverse of :func:`bits_of`)."""
+    sig = types.float64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return sig, codegen
+
+
+@numba.njit(nogil=True, cache=True)
+def publish(box, kind):
+    """Post a job of ``kind`` whose operands the caller has written from ``box[ARGS]``;
+    returns its number."""
+    box[KIND] = kind
+    seq = box[SEQ] + 1
+    _store(box, SEQ, seq)
+    return seq
+
+
+@numba.njit(nogil=True, cache=True)
+def take(box):
+    """The worker's side: the number of a posted job it now owns, or 0 if there is none (or
+    the poster took it back first)."""
+    seq = _load(box, SEQ)
+    if seq > _load(box, TAKEN) and _cas(box, TAKEN, seq - 1, seq):
+        return seq
+    return 0
+
+
+@numba.njit(nogil=True, cache=True)
+def done(box, seq):
+    """The worker's side: job ``seq`` is finished (its operands are no longer read)."""
+    _store(box, ACK, seq)
+
+
+@numba.njit(nogil=True, cache=True)
+def idle(polls):
+    """One poll of a spinning worker without a job: returns ``polls + 1``."""
+    _pause()
+    return polls + 1
+
+
+@numba.njit(nogil=True, cache=True)
+def settle(box, seq, spins):
+    """The poster's side, after its own parts: take job ``seq`` back if the worker has not
+    taken it (then the worker never reads its operands), else wait until the worker has
+    finished it; False if it is still running after ``spins`` polls."""
+    if _cas(box, TAKEN, seq - 1, seq):
+        return True
+    for _ in range(spins):
+        if _load(box, ACK) >= seq:
+            return True
+        _pause()
+    return _load(box, ACK) >= seq
+
+
+class SpinWorker:
+    """One helper thread that serves jobs posted in its mailbox (:data:`SEQ` ...) from compiled
+    code: ``serve(box, polls)`` (nogil) runs jobs as they come and returns after
+    :data:`IDLE_POLLS` polls without one; the thread then sleeps until :meth:`post` wakes it.
+    While it spins, a job starts within a microsecond; asleep, as a pool thread would."""
+
+    def __init__(self, serve):
+        self.box = np.zeros(BOX_SIZE, dtype=np.int64)
+        self.lock = threading.Lock()        # one poster at a time (callers may be threads)
+        self._wake = threading.Event()
+        threading.Thread(target=self._loop, args=(serve,), daemon=True,
+                         name="qsim-spin").start()
+
+    def _loop(self, serve):
+        while True:
+            serve(self.box, IDLE_POLLS)
+            self._wake.wait()
+            self._wake.clear()
+
+    def wake(self) -> None:
+        """Make sure the worker looks at its mailbox (it may be asleep)."""
+        self._wake.set()
+
+    def finish(self, seq: int) -> None:
+        """Wait (without spinning) until the worker has finished job ``seq``."""
+        while not settle(self.box, seq, 0):
+            self._wake.set()
+            time.sleep(0.0002)
