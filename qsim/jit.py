@@ -10,9 +10,12 @@ Every compiled kernel uses :func:`kernel`, which fixes the options once:
   raises ZeroDivisionError and checks every division).
 
 No kernel uses Numba's ``parallel=True``: its OpenMP-style workers wait for each other at the end
-of every region, which stalls on shared cores; kernels that split work claim their parts from
+of every region, which stalls on shared cores, and Numba aborts a forked child that uses GNU
+OpenMP after its parent did (a cluster worker); kernels that split work claim their parts from
 compiled code on plain threads (:mod:`qsim.kernels.threads`: a late worker only takes fewer
-parts, and the poster takes back a job no worker has started).
+parts, and the poster takes back a job no worker has started). The threaded histogram has its
+own spinning worker (qsim/quant/workers.py: 1 ms after a job, yielding the core every
+microsecond, used only when /proc/loadavg shows a free core).
 
 ``USE_NUMBA`` is False when ``NUMBA_DISABLE_JIT=1`` is set; the public wrappers then call the
 vectorised NumPy twin of each kernel instead of the (slow) pure-Python loop. Both give the same

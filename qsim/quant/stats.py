@@ -16,15 +16,16 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from ..errors import ConfigError, EncodingError
 from ..jit import USE_NUMBA, kernel
 from .kernels import channel_view
+from .workers import (ACK, AWAKE, JOB, SEQ, Worker, atomic_load, atomic_store, fetch_add,
+                      address_of, float32_at, int64_at, spin_rounds, wait_for_job)
 
 #: number of histogram bins of the tf-enhanced / percentile histogram
 NUM_BINS = 1536
@@ -272,8 +273,18 @@ _FLUSH = 1 << 30
 #: at 2^19 and saved a quarter at 2^20; when other jobs keep the cores busy they lose at every
 #: size
 PARALLEL_MIN_ELEMENTS = 1 << 20
-#: the threaded histogram cuts the channels into about 4 pieces per thread, of at least this
-#: many elements (a piece costs about 2 µs to hand out and count, 2^16 elements about 25 µs)
+#: a worker that sleeps (no update in the last ``SPIN_SECONDS``) is given a share of a batch
+#: only from this many elements; a smaller batch is counted by the calling thread alone and
+#: the worker only woken, to spin for the next update. On the 2-core VM a woken worker started
+#: about 0.2 ms late and then counted at half speed for milliseconds (an idle core's slow
+#: start): 1M-8M-element updates with a sleeping worker took 1.05-1.35x the time of one thread,
+#: 16M ones 0.6x (benchmarks/README.md)
+WAKE_MIN_ELEMENTS = 1 << 24
+#: a sleeping worker is woken for nothing (to spin for the next update) only when the previous
+#: threaded update came less than this long ago (a burst of updates): waking an idle core cost
+#: the calling thread about 50 µs on the 2-core VM
+BURST_SECONDS = 2e-3
+#: the threaded histogram's pieces have at least this many elements
 _PIECE = 1 << 16
 
 
@@ -346,10 +357,28 @@ def _nb_count_channel(x3, c, start, stop, r, k0f, counts):
     """:func:`_nb_bin_row` over the elements ``start..stop`` of channel ``c`` of ``x3``, numbered
     ``p = o·inner + i`` (a chunk for one thread may begin and end inside a row), added into the
     int64 ``counts`` (NUM_BINS + 1 slots)."""
+    return _nb_count_with(x3, c, start, stop, r, k0f, counts,
+                          np.zeros((_COPIES, NUM_BINS + 1), np.uint32), np.empty(_BLOCK, np.int32))
+
+
+@kernel
+def _nb_count_with(x3, c, start, stop, r, k0f, counts, sub, buf):
+    """:func:`_nb_count_channel` with the caller's sub-histograms ``sub`` (all zero on entry,
+    left all zero) and block buffer ``buf``."""
+    nans, inf_seen, finite_seen, _ = _nb_count_run(x3, c, start, stop, r, k0f, counts, sub,
+                                                   buf, 0)
+    _nb_add_sub(sub, counts)
+    return nans, inf_seen, finite_seen
+
+
+@kernel
+def _nb_count_run(x3, c, start, stop, r, k0f, counts, sub, buf, since_flush):
+    """Count elements ``start..stop`` of channel ``c`` into the sub-histograms ``sub``, which
+    already hold ``since_flush`` elements not yet added into ``counts``; they are added (and
+    ``sub`` cleared) whenever that reaches ``_FLUSH``. Returns ``(#NaN, any ±Inf, any finite,
+    since_flush)``: a thread counting several pieces of one channel adds ``sub`` into the
+    counts once, at the end (:func:`_nb_add_sub`)."""
     n_inner = x3.shape[2]
-    buf = np.empty(_BLOCK, np.int32)
-    sub = np.zeros((_COPIES, NUM_BINS + 1), np.uint32)
-    since_flush = 0
     nans = 0
     inf_seen = False
     finite_seen = False
@@ -357,7 +386,7 @@ def _nb_count_channel(x3, c, start, stop, r, k0f, counts):
     while p < stop:
         o = p // n_inner
         i0 = p - o * n_inner
-        i1 = min(n_inner, i0 + (stop - p), i0 + _FLUSH)
+        i1 = min(n_inner, i0 + (stop - p), i0 + _FLUSH - since_flush)
         a, b, f = _nb_bin_row(x3[o, c, i0:i1], r, k0f, sub, buf)
         nans += a
         inf_seen |= b
@@ -367,8 +396,7 @@ def _nb_count_channel(x3, c, start, stop, r, k0f, counts):
         if since_flush >= _FLUSH:
             _nb_add_sub(sub, counts)
             since_flush = 0
-    _nb_add_sub(sub, counts)
-    return nans, inf_seen, finite_seen
+    return nans, inf_seen, finite_seen, since_flush
 
 
 @kernel
@@ -447,79 +475,276 @@ def _nb_histogram_update(x3, fixed, width, k0, batches, pdf):
     return nans, inf_seen, finite_seen
 
 
-@functools.cache
-def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
-    """The worker threads of the threaded histogram, made on first use per size and process
-    (``pid``: a forked child, e.g. a cluster worker, must not reuse its parent's pool, whose
-    threads did not survive the fork)."""
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qsim-histogram")
+# The threaded update: the calling thread (thread 0) and ``threads - 1`` spinning workers
+# (workers.py; threads 1, 2, ...) take pieces of the channels in turn. Everything they share
+# lives in one int64 "arena": a header (number of pieces, the next piece to take, channels
+# skipped as all zero, threads), per channel ``(r, k0f)`` as two float32 in one word, per piece
+# the thread that took it (-1 before) and its ``(c, start, stop)``, per thread a "finished" flag
+# and per thread and channel a row: NUM_BINS + 1 counts (the last one the dropped elements),
+# then #NaN, any ±Inf, any finite.
+_A_PIECES, _A_NEXT, _A_SKIPPED, _A_THREADS, _A_HEAD = 0, 1, 2, 3, 4
+_ROW = NUM_BINS + 4
+#: a worker's job: these words after ctl[JOB]
+_J_X, _J_OUTER, _J_CH, _J_INNER, _J_ARENA, _J_WORDS, _J_THREAD = range(JOB, JOB + 7)
+#: the threaded update cuts the elements into about this many pieces per thread: two balance the
+#: threads' shares (a thread counts its pieces into one histogram per channel), and a worker
+#: that stalls holding one leaves the calling thread half its share to count again
+_PIECES_PER_THREAD = 2
 
 
-def _count_pieces(x3, pieces, todo, rows, done, r, k0f) -> int:
-    """Take piece numbers ``k`` from the deque ``todo`` until it is empty and count piece
-    ``pieces[k] = (c, start, stop)`` into ``rows[k]`` (with ``r[c], k0f[c]``), then record its ``(#NaN, any ±Inf, any finite)`` in ``done[k]`` (so
-    ``k in done`` means ``rows[k]`` is complete). Returns how many pieces this thread counted.
-    ``deque.popleft`` is thread-safe: each piece is taken once."""
+@kernel
+def _nb_arena_parts(arena, n_ch):
+    """Views of the arena: ``rk`` (float32, (C, 2)), ``owner`` (P,), ``pieces`` (P, 3),
+    ``finished`` (T,), ``rows`` (T, C, _ROW)."""
+    n = arena[_A_PIECES]
+    t = arena[_A_THREADS]
+    o = _A_HEAD
+    rk = arena[o:o + n_ch].view(np.float32).reshape((n_ch, 2))
+    o += n_ch
+    owner = arena[o:o + n]
+    o += n
+    pieces = arena[o:o + 3 * n].reshape((n, 3))
+    o += 3 * n
+    finished = arena[o:o + t]
+    o += t
+    rows = arena[o:o + t * n_ch * _ROW].reshape((t, n_ch, _ROW))
+    return rk, owner, pieces, finished, rows
+
+
+@kernel
+def _nb_plan(x3, fixed, width, k0, threads, piece):
+    """Fix the bins of channels that have none (:func:`_nb_fix_channels`) and lay out the
+    arena: the counted channels' elements cut into pieces of ``max(piece, ceil(numel·counted /
+    (_PIECES_PER_THREAD·threads)))`` elements, ``r = f32(1/w)``, ``k0f = f32(k0)``."""
+    n_outer, n_ch, n_inner = x3.shape
+    numel = n_outer * n_inner
+    skip = np.zeros(n_ch, np.bool_)
+    _nb_fix_channels(x3, fixed, width, k0, skip)
+    counted = n_ch - skip.sum()
+    size = max(piece, -(-numel * counted // (_PIECES_PER_THREAD * threads)))
+    per_channel = -(-numel // size)
+    n = counted * per_channel
+    arena = np.zeros(_A_HEAD + n_ch + 4 * n + threads * (1 + n_ch * _ROW), np.int64)
+    arena[_A_PIECES] = n
+    arena[_A_SKIPPED] = n_ch - counted
+    arena[_A_THREADS] = threads
+    rk, owner, pieces, finished, rows = _nb_arena_parts(arena, n_ch)
+    owner[:] = -1
+    k = 0
+    for c in range(n_ch):
+        if skip[c]:
+            continue
+        rk[c, 0] = np.float32(1.0 / width[c])
+        rk[c, 1] = np.float32(k0[c])
+        for start in range(0, numel, size):
+            pieces[k, 0] = c
+            pieces[k, 1] = start
+            pieces[k, 2] = min(start + size, numel)
+            k += 1
+    return arena
+
+
+@kernel
+def _nb_take_pieces(x3, arena, t):
+    """Thread ``t``: take piece numbers ``k = arena[_A_NEXT]++`` (atomic) until none are left,
+    record ``owner[k] = t`` and count piece ``(c, start, stop)`` of ``x3`` with the channel's
+    ``r, k0f`` into this thread's row of channel ``c`` (the sub-histograms are added into the
+    row when the channel changes and at the end); then ``finished[t] = 1`` (atomic, after
+    everything else). Any number of threads may run this on one arena: each piece is counted
+    once. Returns the number of pieces this call counted."""
+    rk, owner, pieces, finished, rows = _nb_arena_parts(arena, x3.shape[1])
+    sub = np.zeros((_COPIES, NUM_BINS + 1), np.uint32)
+    buf = np.empty(_BLOCK, np.int32)
     mine = 0
+    cur = -1
+    since = 0
     while True:
-        try:
-            k = todo.popleft()
-        except IndexError:
-            return mine
-        c, start, stop = pieces[k]
-        done[k] = _nb_count_channel(x3, c, start, stop, r[c], k0f[c], rows[k])
+        k = fetch_add(arena, _A_NEXT, 1)
+        if k >= pieces.shape[0]:
+            break
+        owner[k] = t
+        c = pieces[k, 0]
+        if c != cur:
+            if cur >= 0:
+                _nb_add_sub(sub, rows[t, cur, :NUM_BINS + 1])
+            cur = c
+            since = 0
+        row = rows[t, c]
+        nans, inf_seen, finite_seen, since = _nb_count_run(
+            x3, c, pieces[k, 1], pieces[k, 2], rk[c, 0], rk[c, 1], row[:NUM_BINS + 1], sub, buf,
+            since)
+        row[NUM_BINS + 1] += nans
+        row[NUM_BINS + 2] |= inf_seen
+        row[NUM_BINS + 3] |= finite_seen
         mine += 1
+    if cur >= 0:
+        _nb_add_sub(sub, rows[t, cur, :NUM_BINS + 1])
+    atomic_store(finished, t, 1)
+    return mine
+
+
+@kernel
+def _nb_post_job(ctl, seq, x3, arena, thread):
+    """Give the worker with control array ``ctl`` the job ``seq + 1`` (``x3``, ``arena``, as
+    thread number ``thread``) if it finished job ``seq`` (workers.py protocol). Returns 0: not posted (busy); 1: posted, the
+    worker spins; 2: posted, the worker sleeps (notify it)."""
+    if atomic_load(ctl, ACK) != seq:
+        return 0
+    ctl[_J_X] = address_of(x3)
+    ctl[_J_OUTER] = x3.shape[0]
+    ctl[_J_CH] = x3.shape[1]
+    ctl[_J_INNER] = x3.shape[2]
+    ctl[_J_ARENA] = address_of(arena)
+    ctl[_J_WORDS] = arena.shape[0]
+    ctl[_J_THREAD] = thread
+    atomic_store(ctl, SEQ, seq + 1)
+    return 1 if atomic_load(ctl, AWAKE) else 2
+
+
+@kernel
+def _nb_post_nudge(ctl, seq):
+    """:func:`_nb_post_job` for a job without work (``_J_WORDS = 0``): the worker only wakes up
+    and spins for the next one."""
+    if atomic_load(ctl, ACK) != seq:
+        return 0
+    ctl[_J_WORDS] = 0
+    atomic_store(ctl, SEQ, seq + 1)
+    return 1 if atomic_load(ctl, AWAKE) else 2
+
+
+@kernel
+def _nb_serve_histogram(ctl, spin):
+    """A histogram worker's loop (workers.py protocol): whenever ``ctl[SEQ]`` moves past the
+    last job done, run :func:`_nb_take_pieces` on the batch and arena whose addresses and
+    shapes the job words give, then ``ctl[ACK] = SEQ``; return after ``spin`` idle rounds of
+    :func:`wait_for_job` (having stored ``AWAKE = 0`` and seen no new job)."""
+    ack = atomic_load(ctl, ACK)
+    while True:
+        seq = wait_for_job(ctl, ack, spin)
+        if seq == ack:
+            atomic_store(ctl, AWAKE, 0)
+            if atomic_load(ctl, SEQ) == ack:
+                return
+            atomic_store(ctl, AWAKE, 1)
+            continue
+        if ctl[_J_WORDS] > 0:
+            x3 = numba.carray(float32_at(ctl[_J_X]), (ctl[_J_OUTER], ctl[_J_CH], ctl[_J_INNER]))
+            arena = numba.carray(int64_at(ctl[_J_ARENA]), (ctl[_J_WORDS],))
+            _nb_take_pieces(x3, arena, ctl[_J_THREAD])
+        ack = seq
+        atomic_store(ctl, ACK, ack)
+
+
+@kernel
+def _nb_gather_fold(x3, arena, batches, pdf):
+    """Add the rows of the calling thread and of every worker marked finished (atomic load,
+    then its rows) into per-channel counts, count the pieces of workers not finished (one that
+    lost its core) here instead (their rows are never read), and fold every counted channel
+    into ``batches, pdf`` (:func:`_nb_fold_counts`). Returns ``(#NaN, any ±Inf, any finite)``
+    of the batch."""
+    n_outer, n_ch, n_inner = x3.shape
+    rk, owner, pieces, finished, rows = _nb_arena_parts(arena, n_ch)
+    n_threads = finished.shape[0]
+    counts = np.zeros((n_ch, NUM_BINS + 1), np.int64)
+    use = np.zeros(n_threads, np.bool_)
+    for t in range(n_threads):
+        use[t] = t == 0 or atomic_load(finished, t) != 0
+    nans = 0
+    inf_seen = False
+    finite_seen = arena[_A_SKIPPED] > 0        # an all-zero slice: skipped, not counted
+    for t in range(n_threads):
+        if not use[t]:
+            continue
+        for c in range(n_ch):
+            row = rows[t, c]
+            for b in range(NUM_BINS + 1):
+                counts[c, b] += row[b]
+            nans += row[NUM_BINS + 1]
+            inf_seen |= row[NUM_BINS + 2] != 0
+            finite_seen |= row[NUM_BINS + 3] != 0
+    counted = np.zeros(n_ch, np.bool_)
+    for k in range(pieces.shape[0]):
+        c = pieces[k, 0]
+        counted[c] = True
+        t = owner[k]
+        if t == 0 or (t > 0 and use[t]):
+            continue
+        a, i, f = _nb_count_channel(x3, c, pieces[k, 1], pieces[k, 2], rk[c, 0], rk[c, 1],
+                                    counts[c])
+        nans += a
+        inf_seen |= i
+        finite_seen |= f
+    for c in range(n_ch):
+        if counted[c]:
+            _nb_fold_counts(counts[c], n_outer * n_inner, c, batches, pdf)
+    return nans, inf_seen, finite_seen
+
+
+@functools.cache
+def _team(pid: int) -> list:
+    """The histogram workers of this process (``pid``: a forked child, e.g. a cluster worker,
+    must not count on its parent's threads, which did not survive the fork); grown on demand."""
+    return []
+
+
+@functools.cache
+def _spin(pid: int) -> int:
+    """Idle iterations a worker spins before it sleeps (about ``SPIN_SECONDS``)."""
+    return spin_rounds()
+
+
+def _workers(n: int) -> list:
+    """``n`` histogram workers of this process, started on first use."""
+    pid = os.getpid()
+    team = _team(pid)
+    while len(team) < n:
+        team.append(Worker(_nb_serve_histogram, _spin(pid), name=f"qsim-histogram-{len(team)}"))
+    return team[:n]
 
 
 def _threaded_histogram_update(x3, fixed, width, k0, batches, pdf, threads, piece=_PIECE):
-    """:func:`_nb_histogram_update` on ``threads`` threads (the kernels release the GIL); the
-    state equals the serial one bit for bit, whatever the threads do.
+    """:func:`_nb_histogram_update` on ``threads`` threads; the state equals the serial one bit
+    for bit, whatever the threads do.
 
-    The channels' elements are cut into pieces (about four per thread, at least ``piece``
-    elements) that the calling thread and ``threads - 1`` workers take in turn until none are
-    left, each counted into its own integer histogram; the counts are added afterwards. On a
-    shared machine a worker may get no core for a while: one that has not started when the
-    calling thread runs out of pieces is cancelled, and a piece a worker holds for longer than
-    the calling thread's CPU time per piece is counted again by the calling thread (the
-    worker's late result is ignored). So the update never waits long on a thread without a
-    core."""
-    n_outer, n_ch, n_inner = x3.shape
-    numel = n_outer * n_inner
-    nans, inf_seen, finite_seen = 0, False, False
-    if numel == 0:
-        return nans, inf_seen, finite_seen
-    skip = np.zeros(n_ch, np.bool_)
-    _nb_fix_channels(x3, fixed, width, k0, skip)
-    counted = [c for c in range(n_ch) if not skip[c]]
-    finite_seen = len(counted) < n_ch         # an all-zero slice: skipped, not counted
-    r = {c: np.float32(1.0 / width[c]) for c in counted}
-    k0f = {c: np.float32(k0[c]) for c in counted}
-    size = max(piece, -(-numel * len(counted) // (4 * threads)))
-    pieces = [(c, p, min(p + size, numel)) for c in counted for p in range(0, numel, size)]
-    todo = deque(range(len(pieces)))
-    rows = np.zeros((len(pieces), NUM_BINS + 1), np.int64)
-    done = {}
-    pool = _pool(threads - 1, os.getpid()) if threads > 1 else None
-    futures = [pool.submit(_count_pieces, x3, pieces, todo, rows, done, r, k0f)
-               for _ in range(threads - 1)]
-    t0 = time.thread_time()         # CPU time: a piece's cost even if this thread lost its core
-    mine = _count_pieces(x3, pieces, todo, rows, done, r, k0f)
-    running = [f for f in futures if not f.cancel()]
-    if running:
-        wait(running, timeout=(time.thread_time() - t0) / max(mine, 1))
-    counts = np.zeros((n_ch, NUM_BINS + 1), np.int64)
-    for k, (c, start, stop) in enumerate(pieces):
-        flags = done.get(k)
-        if flags is None:           # still held by a worker without a core: count it here
-            flags = _nb_count_channel(x3, c, start, stop, r[c], k0f[c], counts[c])
-        else:
-            counts[c] += rows[k]
-        nans += flags[0]
-        inf_seen |= flags[1]
-        finite_seen |= flags[2]
-    for c in counted:
-        _nb_fold_counts(counts[c], numel, c, batches, pdf)
-    return nans, inf_seen, finite_seen
+    The channels' elements are cut into pieces (``_PIECES_PER_THREAD`` per thread, at least
+    ``piece`` elements) that the calling thread and ``threads - 1`` workers (workers.py: they
+    wait for a job by spinning, so one posted within ``SPIN_SECONDS`` of the last starts at
+    once) take in turn, each thread into its own integer histograms; the counts are added
+    afterwards. A worker still busy with an earlier job is not given this one; a sleeping
+    worker only for batches of ``WAKE_MIN_ELEMENTS`` or more (else it is only woken, and only
+    within ``BURST_SECONDS`` of the previous threaded update). On a shared machine a worker may
+    get no core for a while: once the pieces are all taken the calling thread waits for the
+    workers (their acknowledgement of the job) at most its own time per piece, then counts the
+    pieces of a worker that has not finished itself (that worker's counts are ignored; the
+    job's arrays stay referenced until it acknowledges). Without Numba (the atomics need
+    compiled code) this is the serial kernel."""
+    if not USE_NUMBA:
+        return _nb_histogram_update(x3, fixed, width, k0, batches, pdf)
+    if not x3.flags.c_contiguous:
+        x3 = np.ascontiguousarray(x3)
+    if x3.size == 0:
+        return 0, False, False
+    arena = _nb_plan(x3, fixed, width, k0, threads, piece)
+    helped = []
+    if threads > 1 and arena[_A_PIECES] > 1:
+        large = x3.size >= WAKE_MIN_ELEMENTS
+        now = time.perf_counter()
+        for t, w in enumerate(_workers(threads - 1), 1):
+            if large or w.awake():
+                if w.post(_nb_post_job, (x3, arena, t), keep=(x3, arena)):
+                    helped.append(w)
+            elif now - w.last_call < BURST_SECONDS:     # spinning for the next update
+                w.post(_nb_post_nudge, (), keep=None)
+            w.last_call = now
+    t0 = time.perf_counter()
+    mine = _nb_take_pieces(x3, arena, 0)
+    if helped:
+        deadline = time.perf_counter() + (time.perf_counter() - t0) / max(mine, 1)
+        while not all(w.done() for w in helped) and time.perf_counter() < deadline:
+            pass
+        for w in helped:
+            w.release()
+    return _nb_gather_fold(x3, arena, batches, pdf)
 
 
 @functools.cache
@@ -543,21 +768,33 @@ def _runnable_tasks() -> int | None:
         return None
 
 
+@functools.cache
+def _machine_cores() -> int:
+    """``os.cpu_count()`` (at least 1), read once: it reads a sysfs file, 6 µs a call here."""
+    return os.cpu_count() or 1
+
+
 def default_threads(x3) -> int:
     """Threads for a batch seen as ``(outer, C, inner)`` when the caller gives none: 1 unless a
     channel holds at least ``PARALLEL_MIN_ELEMENTS`` elements; then the machine's cores that no
-    other task is running on now, ``cpu_count - (runnable - 1)`` (/proc/loadavg counts the
-    tasks of the whole machine), at most the cores this process may use and at least 1 (all of
-    those where the runnable count is unknown). A second thread on a core another job keeps
-    busy made the update slower, with stalls of milliseconds when the woken worker took the
+    other task is running on now, ``cpu_count - (runnable - 1 - awake)`` (/proc/loadavg counts
+    the tasks of the whole machine, this process's histogram workers spinning for a job
+    included: ``awake`` of them), at most the cores this process may use and at least 1 (all
+    of those where the runnable count is unknown). A second thread on a core another job keeps
+    busy made the update slower, with stalls of milliseconds when a woken pool worker took the
     core (and the GIL) from the calling thread (benchmarks/README.md)."""
     if x3.shape[0] * x3.shape[2] < PARALLEL_MIN_ELEMENTS:
         return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    machine = _machine_cores()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else machine
     runnable = _runnable_tasks()
     if runnable is None:
         return cores
-    return max(1, min(cores, (os.cpu_count() or cores) - (runnable - 1)))
+    others = runnable - 1
+    if others > 0:
+        for w in _team(os.getpid()):
+            others -= w.awake()         # our worker spinning for a job: its core is ours
+    return max(1, min(cores, machine - max(others, 0)))
 
 
 def _histogram_update(x3, fixed, width, k0, batches, pdf, threads):

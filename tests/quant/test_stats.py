@@ -1,11 +1,13 @@
 """Streaming statistics: merge property, Numba == NumPy twin, histogram rules of numerics.md §4."""
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import threading
 import time
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -15,6 +17,7 @@ from hypothesis.extra import numpy as hnp
 from qsim.errors import ConfigError
 from qsim.quant import HistogramStats, MinMaxStats
 from qsim.quant import stats as S
+from qsim.quant import workers as W
 from qsim.quant.kernels import channel_view
 
 from .conftest import JIT_DISABLED
@@ -361,10 +364,26 @@ def test_default_threads_only_for_large_channels_and_free_cores(monkeypatch, run
     small = channel_view(np.zeros((S.PARALLEL_MIN_ELEMENTS, 2), np.float32)[:-1], 1)
     cores = len(os.sched_getaffinity(0))
     monkeypatch.setattr(S, "_runnable_tasks", lambda: runnable)
+    monkeypatch.setattr(S, "_team", lambda pid: [])
     free = None if runnable is None else os.cpu_count() - (runnable - 1)
     expected = cores if runnable is None else max(1, min(cores, free))
     assert S.default_threads(big) == expected
     assert S.default_threads(small) == 1
+
+
+def test_default_threads_does_not_count_our_spinning_workers_as_other_tasks(monkeypatch):
+    """A histogram worker of this process spinning for its next job is a runnable task in
+    /proc/loadavg, but its core is free for the update."""
+    big = channel_view(np.zeros(S.PARALLEL_MIN_ELEMENTS, np.float32), None)
+
+    class Spinning:
+        def awake(self):
+            return True
+
+    monkeypatch.setattr(S, "_runnable_tasks", lambda: 2)     # this thread and the worker
+    monkeypatch.setattr(S, "_team", lambda pid: [Spinning()])
+    assert S.default_threads(big) == min(len(os.sched_getaffinity(0)), os.cpu_count())
+    assert S.default_threads(big) > 1 or os.cpu_count() == 1
 
 
 def test_runnable_tasks_counts_this_thread():
@@ -563,18 +582,6 @@ def test_relu_shaped_runs_of_one_bin_count_exactly():
     assert counts.sum() == x.size
 
 
-def _block_pool_worker(threads):
-    """Occupy the histogram pool's workers of this process until the returned event is set."""
-    release = threading.Event()
-    started = [threading.Event() for _ in range(threads - 1)]
-    pool = S._pool(threads - 1, os.getpid())
-    for e in started:
-        pool.submit(lambda e=e: (e.set(), release.wait(30)))
-    for e in started:
-        assert e.wait(30)
-    return release
-
-
 def _two_batches(x, update):
     """State and flags after ``x`` then ``2·x`` through ``update(x3, fixed, width, k0, batches, pdf)``."""
     fixed, width, k0 = np.zeros(1, bool), np.zeros(1), np.zeros(1)
@@ -584,49 +591,127 @@ def _two_batches(x, update):
 
 
 @pytest.mark.skipif(JIT_DISABLED, reason="threads only matter for the compiled kernels")
-def test_threaded_update_does_not_wait_for_a_worker_without_a_core():
-    """A worker that never starts (its thread busy: here with another task) is cancelled, and
-    the calling thread counts every piece: the serial state, without waiting for the worker."""
+def test_threaded_update_does_not_wait_for_a_worker_without_a_core(monkeypatch):
+    """A worker that never runs (its thread never gets a core: here never started) takes no
+    piece, so the calling thread counts every piece without waiting; a worker that has not
+    acknowledged its last job is given no new one. The serial state."""
     x = np.random.default_rng(9).normal(size=50_000).astype(np.float32)
     serial = _two_batches(x, S._nb_histogram_update)
-    release = _block_pool_worker(2)
+    idle = W.Worker(S._nb_serve_histogram, 1, start=False)
+    monkeypatch.setattr(S, "_workers", lambda n: [idle])
+    t = time.perf_counter()
+    threaded = _two_batches(x, lambda *a: S._threaded_histogram_update(*a, 2, 1000))
+    assert time.perf_counter() - t < 10
+    assert idle.seq == 1                # the first batch was posted to it, the second was not
+    _same_bits(threaded[:5], serial[:5])
+    assert threaded[5] == serial[5]
+
+
+@numba.njit
+def _claim_piece(arena):
+    return W.fetch_add(arena, S._A_NEXT, 1)
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="threads only matter for the compiled kernels")
+def test_a_piece_held_by_a_stalled_worker_is_counted_again(monkeypatch):
+    """A worker that took a piece and then got no core: the calling thread counts that piece
+    itself; the worker's late counts (here garbage) are ignored. Same state and flags as one
+    thread, and the calling thread did not wait for the worker."""
+    x = np.random.default_rng(10).normal(size=40_000).astype(np.float32)
+    x[::97] = np.nan
+    x[5] = np.inf
+    serial = _two_batches(x, S._nb_histogram_update)
+    release, worker_took = threading.Event(), threading.Event()
+
+    def stalled(ctl, spin):             # takes the first piece of a job, then stalls
+        while W._nb_get(ctl, W.SEQ) == W._nb_get(ctl, W.ACK):
+            time.sleep(1e-4)
+        words = int(ctl[S._J_WORDS])
+        arena = np.ctypeslib.as_array((ctypes.c_int64 * words).from_address(int(ctl[S._J_ARENA])))
+        t = int(ctl[S._J_THREAD])
+        _, owner, _, finished, rows = S._nb_arena_parts(arena, int(ctl[S._J_CH]))
+        k = _claim_piece(arena)
+        owner[k] = t
+        worker_took.set()
+        release.wait(30)
+        rows[t] = 10**9
+        finished[t] = 1
+        W._nb_set(ctl, W.ACK, ctl[W.SEQ])
+
+    worker = W.Worker(stalled, 1)
+    monkeypatch.setattr(S, "_workers", lambda n: [worker])
+    deadline = time.monotonic() + 30
+    while not worker.awake() and time.monotonic() < deadline:   # a sleeping one gets no job
+        time.sleep(1e-3)
+    real_take = S._nb_take_pieces
+
+    def take(*args):                    # the calling thread starts once the worker took one
+        worker_took.wait(30)
+        return real_take(*args)
+
+    monkeypatch.setattr(S, "_nb_take_pieces", take)
     try:
         t = time.perf_counter()
         threaded = _two_batches(x, lambda *a: S._threaded_histogram_update(*a, 2, 1000))
         assert time.perf_counter() - t < 10
     finally:
         release.set()
+    assert worker_took.is_set() and worker.seq == 1
     _same_bits(threaded[:5], serial[:5])
-    assert threaded[5] == serial[5]
+    assert threaded[5] == serial[5] and serial[5][0] == (x.size // 97 + 1, True, True)
 
 
 @pytest.mark.skipif(JIT_DISABLED, reason="threads only matter for the compiled kernels")
-def test_a_piece_held_by_a_stalled_worker_is_counted_again(monkeypatch):
-    """A worker that took a piece and then got no core: the calling thread counts that piece
-    itself; the worker's late histogram is ignored. Same state and flags as one thread."""
-    x = np.random.default_rng(10).normal(size=40_000).astype(np.float32)
-    x[::97] = np.nan
-    x[5] = np.inf
+def test_a_sleeping_worker_is_woken_but_given_no_share_of_a_small_batch(monkeypatch):
+    """Below WAKE_MIN_ELEMENTS a sleeping worker gets no share: the calling thread counts
+    every piece; the second update, within BURST_SECONDS of the first, wakes the worker with a
+    job without work (to spin for the next update). The serial state."""
+    x = np.random.default_rng(13).normal(size=100_000).astype(np.float32)
     serial = _two_batches(x, S._nb_histogram_update)
-    real = S._nb_count_channel
-    release, worker_took = threading.Event(), threading.Event()
+    worker = W.Worker(S._nb_serve_histogram, 1)             # spins one round, then sleeps
+    monkeypatch.setattr(S, "_workers", lambda n: [worker])
+    taken = []
+    real_take = S._nb_take_pieces
 
-    def count(*args):
-        if threading.current_thread().name.startswith("qsim-histogram"):
-            worker_took.set()
-            release.wait(30)            # the stalled worker: counts its piece much later
-        elif not worker_took.is_set():
-            worker_took.wait(5)         # let the worker take a piece before the caller starts
-        return real(*args)
+    def take(x3, arena, t):
+        taken.append((real_take(x3, arena, t), int(arena[S._A_PIECES])))
+        return taken[-1][0]
 
-    monkeypatch.setattr(S, "_nb_count_channel", count)
-    try:
-        threaded = _two_batches(x, lambda *a: S._threaded_histogram_update(*a, 2, 1000))
-    finally:
-        release.set()
-    assert worker_took.is_set()
+    monkeypatch.setattr(S, "_nb_take_pieces", take)
+
+    def wait_until_asleep():
+        deadline = time.monotonic() + 30
+        while (worker.awake() or not worker.done()) and time.monotonic() < deadline:
+            time.sleep(1e-3)
+
+    wait_until_asleep()
+    threaded = _two_batches(x, lambda *a: S._threaded_histogram_update(*a, 2, 1000))
     _same_bits(threaded[:5], serial[:5])
-    assert threaded[5] == serial[5] and serial[5][0] == (x.size // 97 + 1, True, True)
+    assert threaded[5] == serial[5]
+    assert taken[0][0] == taken[0][1] > 1     # the first batch: all pieces on this thread
+    wait_until_asleep()
+    monkeypatch.setattr(S, "BURST_SECONDS", 3600.0)
+    before = worker.seq
+    S._threaded_histogram_update(channel_view(x, None), *threaded[:5], 2, 1000)
+    assert worker.seq == before + 1           # woken (its thread may not have run yet)
+    assert taken[-1][0] == taken[-1][1]       # all pieces on this thread
+
+
+@pytest.mark.skipif(JIT_DISABLED, reason="threads only matter for the compiled kernels")
+def test_a_spinning_worker_takes_back_to_back_jobs():
+    """Updates in quick succession reach the worker while it spins (no wake-up needed): every
+    job is acknowledged and each state equals the serial one."""
+    x = np.random.default_rng(12).normal(size=200_000).astype(np.float32)
+    serial = _two_batches(x, S._nb_histogram_update)
+    for _ in range(20):
+        threaded = _two_batches(x, lambda *a: S._threaded_histogram_update(*a, 2, 1000))
+        _same_bits(threaded[:5], serial[:5])
+        assert threaded[5] == serial[5]
+    worker = S._workers(1)[0]
+    deadline = time.monotonic() + 30
+    while W._nb_get(worker.ctl, W.ACK) != worker.seq and time.monotonic() < deadline:
+        time.sleep(1e-3)
+    assert W._nb_get(worker.ctl, W.ACK) == worker.seq >= 1
 
 
 @SETTINGS
