@@ -14,6 +14,7 @@ VM). Which thread computes a part never changes its bits.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..jit import USE_NUMBA
@@ -31,28 +33,98 @@ from ..jit import USE_NUMBA
 _SPINS = 20000
 
 
+def _item_ptr(context, builder, aty, ary, i):
+    arr = context.make_array(aty)(context, builder, ary)
+    return cgutils.get_item_pointer(context, builder, aty, arr, [i], wraparound=False,
+                                    boundscheck=False)
+
+
 @intrinsic
-def _fetch_add(typingctx, array, index, value):
-    """``old = array[index]; array[index] += value`` atomically (sequentially consistent)."""
-    sig = types.int64(array, index, value)
+def atomic_load(typingctx, a, i):
+    """``a[i]`` (1-D int64) as a sequentially consistent atomic load (a loop re-reads it)."""
+    def codegen(context, builder, sig, args):
+        return builder.load_atomic(_item_ptr(context, builder, sig.args[0], args[0], args[1]),
+                                   "seq_cst", 8)
+    return types.int64(a, i), codegen
+
+
+@intrinsic
+def atomic_store(typingctx, a, i, v):
+    """``a[i] = v`` (1-D int64) as a sequentially consistent atomic store (every store before
+    it is visible to a thread that sees this one)."""
+    def codegen(context, builder, sig, args):
+        val = context.cast(builder, args[2], sig.args[2], types.int64)
+        builder.store_atomic(val, _item_ptr(context, builder, sig.args[0], args[0], args[1]),
+                             "seq_cst", 8)
+        return context.get_dummy_value()
+    return types.void(a, i, v), codegen
+
+
+@intrinsic
+def fetch_add(typingctx, a, i, v):
+    """``old = a[i]; a[i] += v; return old`` (1-D int64) as one atomic operation."""
+    def codegen(context, builder, sig, args):
+        val = context.cast(builder, args[2], sig.args[2], types.int64)
+        return builder.atomic_rmw("add", _item_ptr(context, builder, sig.args[0], args[0],
+                                                   args[1]), val, "seq_cst")
+    return types.int64(a, i, v), codegen
+
+
+@intrinsic
+def compare_exchange(typingctx, a, i, expected, new):
+    """``a[i] = new`` if it holds ``expected`` (1-D int64, atomically); True if it did."""
+    def codegen(context, builder, sig, args):
+        ptr = _item_ptr(context, builder, sig.args[0], args[0], args[1])
+        pair = builder.cmpxchg(ptr, context.cast(builder, args[2], sig.args[2], types.int64),
+                               context.cast(builder, args[3], sig.args[3], types.int64),
+                               "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 1)
+    return types.boolean(a, i, expected, new), codegen
+
+
+@intrinsic
+def address_of(typingctx, a):
+    """The address of the data of array ``a`` as an int64 (for a job word)."""
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        return builder.ptrtoint(data, context.get_value_type(types.int64))
+    return types.int64(a), codegen
+
+
+@intrinsic
+def float32_at(typingctx, addr):
+    """The address ``addr`` (int64) as a float32 pointer, for ``numba.carray``."""
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
+    return types.CPointer(types.float32)(types.int64), codegen
+
+
+@intrinsic
+def int64_at(typingctx, addr):
+    """The address ``addr`` (int64) as an int64 pointer, for ``numba.carray``."""
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
+    return types.CPointer(types.int64)(types.int64), codegen
+
+
+@intrinsic
+def bits_of(typingctx, value):
+    """The IEEE bits of a float64 as an int64 (to pass a scalar through a mailbox)."""
+    sig = types.int64(types.float64)
 
     def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        ptr = builder.gep(data, [args[1]])
-        return builder.atomic_rmw("add", ptr, args[2], "seq_cst")
+        return builder.bitcast(args[0], ir.IntType(64))
 
     return sig, codegen
 
 
 @intrinsic
-def _load(typingctx, array, index):
-    """``array[index]`` read atomically (acquire): a loop re-reads it every time."""
-    sig = types.int64(array, index)
+def float_of(typingctx, bits):
+    """The float64 whose IEEE bits are ``bits`` (inverse of :func:`bits_of`)."""
+    sig = types.float64(types.int64)
 
     def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        ptr = builder.gep(data, [args[1]])
-        return builder.load_atomic(ptr, "acquire", 8)
+        return builder.bitcast(args[0], ir.DoubleType())
 
     return sig, codegen
 
@@ -69,6 +141,17 @@ def _pause(typingctx):
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+#: ``sched_yield()`` of the C library (``SwitchToThread()`` on Windows): a spinning worker
+#: that shares its core with another runnable thread gives it the core every microsecond
+#: instead of after a time slice of milliseconds
+sched_yield = types.ExternalFunction("SwitchToThread" if sys.platform == "win32"
+                                     else "sched_yield", types.int32())
+
+# the short names used by the kernels of this package
+_fetch_add, _load, _store, _cas = fetch_add, atomic_load, atomic_store, compare_exchange
+address, f32_at, i64_at = address_of, float32_at, int64_at
 
 
 @numba.njit(nogil=True, cache=True)
@@ -171,86 +254,6 @@ SEQ, TAKEN, ACK, KIND, ARGS, BOX_SIZE = 0, 1, 2, 3, 8, 64
 IDLE_POLLS = 40000
 
 
-@intrinsic
-def _store(typingctx, array, index, value):
-    """``array[index] = value`` atomically (sequentially consistent: every store before it is
-    visible to a thread that sees this one)."""
-    sig = types.void(array, index, value)
-
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        builder.store_atomic(args[2], builder.gep(data, [args[1]]), "seq_cst", 8)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@intrinsic
-def _cas(typingctx, array, index, expected, new):
-    """``array[index] = new`` if it holds ``expected`` (atomically); True if it did."""
-    sig = types.boolean(array, index, expected, new)
-
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        pair = builder.cmpxchg(builder.gep(data, [args[1]]), args[2], args[3], "seq_cst",
-                               "seq_cst")
-        return builder.extract_value(pair, 1)
-
-    return sig, codegen
-
-
-@intrinsic
-def address(typingctx, array):
-    """The address of ``array``'s first element, as an int64."""
-    sig = types.int64(array)
-
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        return builder.ptrtoint(data, ir.IntType(64))
-
-    return sig, codegen
-
-
-def _pointer(element):
-    @intrinsic
-    def at(typingctx, addr):
-        sig = types.CPointer(element)(addr)
-
-        def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-
-        return sig, codegen
-
-    return at
-
-
-#: ``f32_at(address)`` / ``i64_at(address)``: a typed pointer for ``numba.carray``
-f32_at = _pointer(types.float32)
-i64_at = _pointer(types.int64)
-
-
-@intrinsic
-def bits_of(typingctx, value):
-    """The IEEE bits of a float64 as an int64 (to pass a scalar through a mailbox)."""
-    sig = types.int64(types.float64)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.IntType(64))
-
-    return sig, codegen
-
-
-@intrinsic
-def float_of(typingctx, bits):
-    """The float64 whose IEEE bits are ``bits`` (inverse of :func:`bits_of`)."""
-    sig = types.float64(types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.DoubleType())
-
-    return sig, codegen
-
-
 @numba.njit(nogil=True, cache=True)
 def publish(box, kind):
     """Post a job of ``kind`` whose operands the caller has written from ``box[ARGS]``;
@@ -279,8 +282,12 @@ def done(box, seq):
 
 @numba.njit(nogil=True, cache=True)
 def idle(polls):
-    """One poll of a spinning worker without a job: returns ``polls + 1``."""
+    """One poll of a spinning worker without a job: returns ``polls + 1`` (a ``pause``, and
+    every 1024 polls a ``sched_yield``: another thread waiting for this core gets it within
+    microseconds, e.g. the histogram's worker, :mod:`qsim.quant.workers`)."""
     _pause()
+    if polls & 1023 == 1023:
+        sched_yield()
     return polls + 1
 
 
@@ -305,6 +312,8 @@ class SpinWorker:
     While it spins, a job starts within a microsecond; asleep, as a pool thread would."""
 
     def __init__(self, serve):
+        self.spinning = False           # in compiled code, holding a core (read by others)
+        _ALL.append(self)
         self.box = np.zeros(BOX_SIZE, dtype=np.int64)
         self.lock = threading.Lock()        # one poster at a time (callers may be threads)
         self._wake = threading.Event()
@@ -313,7 +322,9 @@ class SpinWorker:
 
     def _loop(self, serve):
         while True:
+            self.spinning = True
             serve(self.box, IDLE_POLLS)
+            self.spinning = False
             self._wake.wait()
             self._wake.clear()
 
@@ -326,3 +337,13 @@ class SpinWorker:
         while not settle(self.box, seq, 0):
             self._wake.set()
             time.sleep(0.0002)
+
+
+#: the spinning workers of this process (one per kind of job; made on first use)
+_ALL: list = []
+
+
+def spinning() -> int:
+    """How many of this process's :class:`SpinWorker` threads spin right now (each holds a
+    core: :func:`qsim.quant.stats.default_threads` does not count them as other tasks)."""
+    return sum(1 for w in _ALL if w.spinning)

@@ -24,6 +24,7 @@ import numpy as np
 from ..errors import ConfigError, EncodingError
 from ..jit import USE_NUMBA, kernel
 from .kernels import channel_view
+from ..kernels import threads as threads_
 from .workers import (ACK, AWAKE, JOB, SEQ, Worker, atomic_load, atomic_store, fetch_add,
                       address_of, float32_at, int64_at, spin_rounds, wait_for_job)
 
@@ -794,6 +795,7 @@ def default_threads(x3) -> int:
     if others > 0:
         for w in _team(os.getpid()):
             others -= w.awake()         # our worker spinning for a job: its core is ours
+        others -= threads_.spinning()   # so is the float kernels' worker's
     return max(1, min(cores, machine - max(others, 0)))
 
 

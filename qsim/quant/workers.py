@@ -25,20 +25,19 @@ loads ``AWAKE`` (all sequentially consistent), so at least one of them sees the 
 poster notifies the condition variable the worker waits on (its predicate checked under the
 lock).
 
-The atomics are LLVM instructions emitted through Numba intrinsics; callable only from compiled
-code (with ``NUMBA_DISABLE_JIT=1`` nothing here is used: the histogram runs its NumPy twin).
+The atomics are LLVM instructions emitted through Numba intrinsics (:mod:`qsim.kernels.threads`,
+shared with the float kernels' spinning worker); callable only from compiled code (with ``NUMBA_DISABLE_JIT=1`` nothing here is used: the histogram runs its NumPy twin).
 """
 from __future__ import annotations
 
-import sys
 import threading
 import time
 
 import numpy as np
-from numba.core import cgutils, types
-from numba.extending import intrinsic
 
 from ..jit import kernel
+from ..kernels.threads import (address_of, atomic_load, atomic_store, fetch_add,  # noqa: F401
+                               float32_at, int64_at, sched_yield)
 
 SEQ, ACK, AWAKE, JOB = 0, 1, 2, 3
 #: words of a control array: the three counters and up to 13 job words
@@ -47,68 +46,6 @@ CTL_WORDS = 16
 #: spends waiting: on this VM one 1M-element histogram update takes 0.2–0.4 ms, so updates of
 #: a burst with up to ~2 updates' time between them find it awake)
 SPIN_SECONDS = 1e-3
-
-
-def _item_ptr(context, builder, aty, ary, i):
-    arr = context.make_array(aty)(context, builder, ary)
-    return cgutils.get_item_pointer(context, builder, aty, arr, [i], wraparound=False,
-                                    boundscheck=False)
-
-
-@intrinsic
-def atomic_load(typingctx, a, i):
-    """``a[i]`` (1-D int64) as a sequentially consistent atomic load."""
-    def codegen(context, builder, sig, args):
-        return builder.load_atomic(_item_ptr(context, builder, sig.args[0], args[0], args[1]),
-                                   "seq_cst", 8)
-    return types.int64(a, i), codegen
-
-
-@intrinsic
-def atomic_store(typingctx, a, i, v):
-    """``a[i] = v`` (1-D int64) as a sequentially consistent atomic store."""
-    def codegen(context, builder, sig, args):
-        val = context.cast(builder, args[2], sig.args[2], types.int64)
-        builder.store_atomic(val, _item_ptr(context, builder, sig.args[0], args[0], args[1]),
-                             "seq_cst", 8)
-        return context.get_dummy_value()
-    return types.void(a, i, v), codegen
-
-
-@intrinsic
-def fetch_add(typingctx, a, i, v):
-    """``old = a[i]; a[i] += v; return old`` (1-D int64) as one atomic operation."""
-    def codegen(context, builder, sig, args):
-        val = context.cast(builder, args[2], sig.args[2], types.int64)
-        return builder.atomic_rmw("add", _item_ptr(context, builder, sig.args[0], args[0],
-                                                   args[1]), val, "seq_cst")
-    return types.int64(a, i, v), codegen
-
-
-@intrinsic
-def address_of(typingctx, a):
-    """The address of the data of array ``a`` as an int64 (for a job word)."""
-    def codegen(context, builder, sig, args):
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        return builder.ptrtoint(data, context.get_value_type(types.int64))
-    return types.int64(a), codegen
-
-
-@intrinsic
-def float32_at(typingctx, addr):
-    """The address ``addr`` (int64, from ``ndarray.ctypes.data``) as a float32 pointer, for
-    ``numba.carray``."""
-    def codegen(context, builder, sig, args):
-        return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
-    return types.CPointer(types.float32)(types.int64), codegen
-
-
-@intrinsic
-def int64_at(typingctx, addr):
-    """The address ``addr`` (int64) as an int64 pointer, for ``numba.carray``."""
-    def codegen(context, builder, sig, args):
-        return builder.inttoptr(args[0], context.get_value_type(sig.return_type))
-    return types.CPointer(types.int64)(types.int64), codegen
 
 
 @kernel
@@ -130,12 +67,6 @@ def _nb_get(ctl, i):
     return atomic_load(ctl, i)
 
 
-#: ``sched_yield()`` of the C library (``SwitchToThread()`` on Windows): a spinning worker
-#: that shares its core with another runnable thread (the one that posts its jobs, when another
-#: process holds the other core) gives that thread the core every microsecond instead of after
-#: a time slice of milliseconds
-_sched_yield = types.ExternalFunction("SwitchToThread" if sys.platform == "win32"
-                                      else "sched_yield", types.int32())
 #: atomic loads of ``SEQ`` per ``sched_yield`` in the wait loop (about 0.3 µs of loads, then
 #: the 0.5 µs system call on the 2-core VM)
 _LOADS_PER_YIELD = 1024
@@ -151,7 +82,7 @@ def wait_for_job(ctl, ack, rounds):
             seq = atomic_load(ctl, SEQ)
             if seq != ack:
                 return seq
-        _sched_yield()
+        sched_yield()
     return ack
 
 
