@@ -137,7 +137,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_executor import resnet18  # noqa: E402
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
-_SETTLE_SECONDS = 0.1    # pause after an ONNX Runtime run before timing qsim
+_SETTLE_SECONDS = 0.1    # pause after an ONNX Runtime run before timing qsim, and after qsim's
 
 
 def randomized(model: onnx.ModelProto, batch: int, seed: int = 0) -> onnx.ModelProto:
@@ -233,6 +233,7 @@ def bench(name: str, batch: int, repeats: int, profile: bool) -> tuple[float, fl
         qsim.run(graph, feeds)
         t_q.append(time.perf_counter() - t0)
         cpu_q.append(time.process_time() - c0)
+        time.sleep(_SETTLE_SECONDS)     # qsim's spinning workers go to sleep before ORT runs
     if profile:
         spent = profile_by_op(graph, feeds)
         total = sum(spent.values())
