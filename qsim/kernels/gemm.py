@@ -1328,10 +1328,7 @@ def _im2col_2d_stride2(x1, i, channels, h, w, out1, kh, kw, sh, dh, bh, bw, oh, 
                 for ix in range(w):
                     u = np.uint64(ix)
                     row[np.uint64(bw) + u] = x1[src + u]
-                for t in range(half):
-                    u = np.uint64(t)
-                    split[0, u] = row[u + u]
-                    split[1, u] = row[u + u + np.uint64(1)]
+                mlas_math.split_even_odd(row, half, split)
                 for kx in range(kw):
                     d0 = np.uint64((r0 + kx) * p + oy * ow)
                     ph, off = np.uint64(kx & 1), np.uint64(kx >> 1)

@@ -1402,6 +1402,21 @@ def instance_norm_planes(x2d, scale, bias, epsilon) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# stride-2 windows
+
+
+@kernel
+def split_even_odd(row, half, split):
+    """``split[0, t] = row[2t]``, ``split[1, t] = row[2t + 1]`` for ``t < half`` (``row`` holds
+    at least ``2·half`` values): a window tap at an even or odd offset of a stride-2 row then
+    reads consecutive values, which vectorizes (the values, not the arithmetic, move)."""
+    for t in range(half):
+        u = np.uint64(t)
+        split[0, u] = row[u + u]
+        split[1, u] = row[u + u + np.uint64(1)]
+
+
+# --------------------------------------------------------------------------------------------
 # MaxPool, the vector kernel (MlasPool2DVectorKernel)
 
 
@@ -1451,10 +1466,7 @@ def _nb_max_pool_2d(x, kh, kw, sh, sw, ph, pw_begin, tail, y, p0, p1):
                     buf[pb + u] = v if m < v else m
             o0 = np.uint64((plane * oh + oy) * ow)
             if sw == 2:
-                for t in range(half):
-                    u = np.uint64(t)
-                    split[0, u] = buf[u + u]
-                    split[1, u] = buf[u + u + np.uint64(1)]
+                split_even_odd(buf, half, split)
                 for ox in range(ow):
                     u = np.uint64(ox)
                     y1[o0 + u] = split[0, u]
@@ -1558,10 +1570,7 @@ def _nb_pool_sums_2d(x, hp, wp, pt, pl, rows_value, kh, kw, sh, sw, vector, tota
                         u = np.uint64(ix)
                         col[u] = col[u] + x1[r + u]
                 if sw == 2:         # consecutive reads: the even and odd columns apart
-                    for t in range(half):
-                        u = np.uint64(t)
-                        split[0, u] = col[u + u]
-                        split[1, u] = col[u + u + np.uint64(1)]
+                    split_even_odd(col, half, split)
                     for ox in range(ow):
                         u = np.uint64(ox)
                         t1[d0 + u] = split[0, u]
