@@ -10,8 +10,10 @@ model (``bench_executor.resnet18``, 224 x 224), at batch 1 and 8:
   becomes the batch size;
 * qsim's ``run`` and an ONNX Runtime session with DEFAULT options (graph optimizations on, one
   intra-op thread per core) run the same feeds, warm, ``--repeats`` times each, interleaved;
-  the median time of each is kept (the machine is shared). ONNX Runtime's threads keep spinning
-  after ``run`` returns, so qsim's runs start after a short pause;
+  the median time of each is kept (the machine is shared). Both libraries' threads keep spinning
+  for a while after ``run`` returns, so each run starts after a short pause (one inference at a
+  time, each waking a sleeping second core); ``--loop`` times an evaluation loop instead:
+  ``--repeats`` runs back to back per library, in three alternating blocks;
 * qsim's output must be bit-identical to an ONNX Runtime session with graph optimizations
   DISABLED (what AIMET runs); the default session only gives the time;
 * the script prints both times and the ratio qsim / ORT (the goal of issue 11 is <= 3x), and
@@ -138,6 +140,7 @@ from bench_executor import resnet18  # noqa: E402
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 _SETTLE_SECONDS = 0.1    # pause after an ONNX Runtime run before timing qsim, and after qsim's
+_LOOP_ROUNDS = 3         # --loop: blocks of back-to-back runs per library, alternating
 
 
 def randomized(model: onnx.ModelProto, batch: int, seed: int = 0) -> onnx.ModelProto:
@@ -201,7 +204,8 @@ def profile_by_op(graph, feeds) -> dict[str, float]:
     return dict(spent)
 
 
-def bench(name: str, batch: int, repeats: int, profile: bool) -> tuple[float, float]:
+def bench(name: str, batch: int, repeats: int, profile: bool,
+          loop: bool = False) -> tuple[float, float, float]:
     if name == "resnet18":
         model = resnet18(batch, 224)
     else:
@@ -224,7 +228,20 @@ def bench(name: str, batch: int, repeats: int, profile: bool) -> tuple[float, fl
         raise SystemExit(f"{name} b={batch}: qsim is not bit-identical to ORT (optimizations "
                          f"off): max |diff| {np.abs(got - expected).max():.3g}")
     t_q, t_o, cpu_q = [], [], []
-    for _ in range(repeats):
+    if loop:        # an evaluation loop: each library's runs back to back, in blocks
+        for _ in range(_LOOP_ROUNDS):
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                session.run([out], feeds)
+                t_o.append(time.perf_counter() - t0)
+            time.sleep(_SETTLE_SECONDS)
+            for _ in range(repeats):
+                c0, t0 = time.process_time(), time.perf_counter()
+                qsim.run(graph, feeds)
+                t_q.append(time.perf_counter() - t0)
+                cpu_q.append(time.process_time() - c0)
+            time.sleep(_SETTLE_SECONDS)
+    for _ in range(0 if loop else repeats):     # one inference at a time
         t0 = time.perf_counter()
         session.run([out], feeds)
         t_o.append(time.perf_counter() - t0)
@@ -254,6 +271,10 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--loop", action="store_true",
+                        help="time an evaluation loop: --repeats runs back to back per library, "
+                             "in 3 alternating blocks (default: one inference at a time, each "
+                             "after a pause)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     print(f"{'model':16s} {'batch':>5s} {'qsim ms':>9s} {'ORT ms':>9s} {'ratio':>6s} "
@@ -261,7 +282,7 @@ def main() -> None:
     worst = 0.0
     for name in args.models.split(","):
         for batch in batches:
-            t_q, t_o, cpu_q = bench(name, batch, args.repeats, args.profile)
+            t_q, t_o, cpu_q = bench(name, batch, args.repeats, args.profile, args.loop)
             worst = max(worst, t_q / t_o)
             print(f"{name:16s} {batch:5d} {t_q * 1e3:9.1f} {t_o * 1e3:9.1f} {t_q / t_o:6.2f} "
                   f"{cpu_q * 1e3:11.1f}", flush=True)
