@@ -313,6 +313,7 @@ class SpinWorker:
 
     def __init__(self, serve):
         self.spinning = False           # in compiled code, holding a core (read by others)
+        self.pid = os.getpid()          # a forked child inherits the object, not the thread
         _ALL.append(self)
         self.box = np.zeros(BOX_SIZE, dtype=np.int64)
         self.lock = threading.Lock()        # one poster at a time (callers may be threads)
@@ -346,4 +347,5 @@ _ALL: list = []
 def spinning() -> int:
     """How many of this process's :class:`SpinWorker` threads spin right now (each holds a
     core: :func:`qsim.quant.stats.default_threads` does not count them as other tasks)."""
-    return sum(1 for w in _ALL if w.spinning)
+    pid = os.getpid()
+    return sum(1 for w in _ALL if w.spinning and w.pid == pid)
