@@ -123,3 +123,20 @@ def test_a_job_taken_back_is_never_read_by_the_worker():
     assert not threads.settle(box, seq, 10)       # not done yet: the poster waits
     threads.done(box, seq)
     assert threads.settle(box, seq, 0)
+
+
+def test_epilogue_in_the_parts_equals_the_separate_pass(parallel_always):
+    """A grouped 1x1 Conv's bias, Relu and per-channel steps, applied by the thread that
+    computed each product, give the NumPy route's bits (product, then one pass per step)."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((2, 24, 9, 11)).astype(np.float32)
+    w = rng.standard_normal((32, 6, 1, 1)).astype(np.float32)
+    b = rng.standard_normal(32).astype(np.float32)
+    codes = np.array([gemm.STEP_MUL, gemm.STEP_ADD, gemm.STEP_RELU], np.int64)
+    values = rng.standard_normal((3, 32)).astype(np.float32)
+    kw = dict(group=4, strides=(1, 1), dilations=(1, 1), begins=(0, 0), ends=(0, 0))
+    for bias, relu, steps in ((b, False, None), (None, True, None), (b, True, (codes, values))):
+        want = gemm.conv(x, w, bias, relu=relu, steps=steps, use_numba=False, **kw)
+        got = gemm.conv(x, w, bias, relu=relu, steps=steps, **kw)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+        assert (got == 0).any() or not (relu or steps)

@@ -787,10 +787,16 @@ def _ranges(count: int, threads: int) -> list[tuple[int, int]]:
 
 
 @_compile()
-def _run_parts(a, b, c, a_index, b_index, tiles, parts, alpha, zero_first, state):
+def _run_parts(a, b, c, a_index, b_index, tiles, parts, alpha, zero_first, epi, epi_bias,
+               epi_codes, epi_values, state):
     """The parts of a batched product that this thread claims (:mod:`qsim.kernels.threads`):
     part ``p`` is ``c[i] = a[a_index[i]] @ b[b_index[i]]`` for ``parts[p, 0] <= i <
-    parts[p, 1]`` with the tiles ``tiles[parts[p, 2]:parts[p, 3]]``."""
+    parts[p, 1]`` with the tiles ``tiles[parts[p, 2]:parts[p, 3]]``. ``epi = (on, add, groups)``:
+    when ``on``, each product is then given a Conv's epilogue while it is in cache
+    (:func:`_nb_bias_steps` on its rows ``g·M .. (g+1)·M`` of the output channels,
+    ``g = i mod groups``: ``+ epi_bias`` when ``add``, then the steps ``epi_codes`` /
+    ``epi_values``), the same operations as the pass after the product."""
+    rows = c.shape[1]
     while True:
         p = claim(state)
         if p >= parts.shape[0]:
@@ -798,7 +804,32 @@ def _run_parts(a, b, c, a_index, b_index, tiles, parts, alpha, zero_first, state
         tile_set = tiles[parts[p, 2]:parts[p, 3]]
         for i in range(parts[p, 0], parts[p, 1]):
             _run_tiles(a[a_index[i]], b[b_index[i]], c[i], tile_set, alpha, zero_first)
+            if epi[0]:
+                g0 = (i % epi[2]) * rows
+                _nb_bias_steps(c[i:i + 1], epi_bias[g0:g0 + rows], epi[1] != 0, epi_codes,
+                               epi_values[:, g0:g0 + rows])
         finish(state)
+
+
+#: no epilogue (:func:`_run_parts`' ``epi``, ``epi_bias``, ``epi_codes``, ``epi_values``)
+_NO_EPILOGUE = (np.zeros(3, np.int64), np.zeros(1, np.float32), np.zeros(0, np.int64),
+                np.zeros((0, 1), np.float32))
+
+
+def epilogue_arrays(bias, relu: bool, steps, channels: int, groups: int) -> tuple:
+    """``(epi, epi_bias, epi_codes, epi_values)`` of :func:`_run_parts` for a Conv's bias,
+    Relu and per-channel ``steps`` (``(codes, values)`` or None) over ``channels`` output
+    channels in ``groups`` groups: the operations of :func:`_bias_relu`."""
+    codes = np.zeros(0, np.int64) if steps is None else np.asarray(steps[0], np.int64)
+    values = np.zeros((0, channels), np.float32) if steps is None else \
+        np.asarray(steps[1], np.float32)
+    if relu:
+        codes = np.concatenate([[STEP_RELU], codes]).astype(np.int64)
+        values = np.concatenate([np.zeros((1, channels), np.float32), values])
+    add = bias is not None
+    b = np.asarray(bias, np.float32) if add else np.zeros(channels, np.float32)
+    return (np.array([1, int(add), groups], np.int64), np.ascontiguousarray(b),
+            np.ascontiguousarray(codes), np.ascontiguousarray(values))
 
 
 #: job kinds of the spinning worker (:func:`_serve`)
@@ -808,7 +839,8 @@ _SETTLE_SPINS = 20000
 
 
 @_compile()
-def _post_gemm(box, a, b, c, a_index, b_index, tiles, parts, alpha, zero_first, state):
+def _post_gemm(box, a, b, c, a_index, b_index, tiles, parts, alpha, zero_first, epi, epi_bias,
+               epi_codes, epi_values, state):
     """Post :func:`_run_parts` to the spinning worker (operands from ``box[ARGS]``), compute
     this thread's parts, then settle the job (:func:`qsim.kernels.threads.settle`); returns
     ``(job number, settled)``."""
@@ -824,8 +856,13 @@ def _post_gemm(box, a, b, c, a_index, b_index, tiles, parts, alpha, zero_first, 
     box[o + 18], box[o + 19] = address(parts), parts.shape[0]
     box[o + 20], box[o + 21] = bits_of(np.float64(alpha)), 1 if zero_first else 0
     box[o + 22] = address(state)
+    box[o + 23], box[o + 24], box[o + 25] = address(epi), address(epi_bias), epi_bias.size
+    box[o + 26], box[o + 27] = address(epi_codes), epi_codes.size
+    box[o + 28], box[o + 29], box[o + 30] = (address(epi_values), epi_values.shape[0],
+                                             epi_values.shape[1])
     seq = publish(box, _JOB_GEMM)
-    _run_parts(a, b, c, a_index, b_index, tiles, parts, alpha, zero_first, state)
+    _run_parts(a, b, c, a_index, b_index, tiles, parts, alpha, zero_first, epi, epi_bias,
+               epi_codes, epi_values, state)
     return seq, settle(box, seq, _SETTLE_SPINS)
 
 
@@ -841,8 +878,12 @@ def _gemm_from_box(box):
     tiles = numba.carray(i64_at(box[o + 16]), (box[o + 17], 6))
     parts = numba.carray(i64_at(box[o + 18]), (box[o + 19], 4))
     state = numba.carray(i64_at(box[o + 22]), (2,))
+    epi = numba.carray(i64_at(box[o + 23]), (3,))
+    epi_bias = numba.carray(f32_at(box[o + 24]), (box[o + 25],))
+    epi_codes = numba.carray(i64_at(box[o + 26]), (box[o + 27],))
+    epi_values = numba.carray(f32_at(box[o + 28]), (box[o + 29], box[o + 30]))
     _run_parts(a, b, c, a_index, b_index, tiles, parts, np.float32(float_of(box[o + 20])),
-               box[o + 21] != 0, state)
+               box[o + 21] != 0, epi, epi_bias, epi_codes, epi_values, state)
 
 
 @_compile()
@@ -1004,7 +1045,8 @@ def run_shared(name: str, args: tuple, threads: int) -> None:
     threads_.run(parts_kernel, args, count, threads)
 
 
-def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
+def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads,
+                  epilogue=None):
     """:func:`_run_tiles` over the batch, split into parts that ``threads`` threads claim
     inside compiled code (:func:`_run_parts`, :mod:`qsim.kernels.threads`): contiguous parts of
     the batch, or for a single product, its columns (:func:`_split_columns`). Numba's
@@ -1028,7 +1070,8 @@ def _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads):
     else:
         parts = np.array([(start, start + size, 0, len(tiles))
                           for start, size in _ranges(count, threads)], dtype=np.int64)
-    args = (a, b, c, a_index, b_index, tiles, parts, alpha, zero_first)
+    args = (a, b, c, a_index, b_index, tiles, parts, alpha, zero_first,
+            *(_NO_EPILOGUE if epilogue is None else epilogue))
     if not _run_parts.overloads:
         with _slp_vectorizer():         # compile once, on this thread, with the SLP pass
             _run_parts(*args, np.full(2, len(parts), dtype=np.int64))
@@ -1120,17 +1163,19 @@ def _np_run_tiles(a, b, c, tiles, alpha, zero_first):
 
 
 def run_batch(a, b, c, a_index, b_index, tiles, alpha=1.0, zero_first=True, *,
-              threads=DEFAULT_THREADS, use_numba=USE_NUMBA):
+              threads=DEFAULT_THREADS, use_numba=USE_NUMBA, epilogue=None):
     """``c[i] ← a[a_index[i]] @ b[b_index[i]]`` with the tiles' kernels, in place.
 
     ``a`` ``(Ba, M, K)``, ``b`` ``(Bb, K, N)``, ``c`` ``(B, M, N)`` float32 C-contiguous; when
     ``zero_first`` is false ``c`` holds the (already ``beta``-scaled) addend. ``threads``: how
-    many threads share the batch (any count gives the same bits)."""
+    many threads share the batch (any count gives the same bits). ``epilogue``
+    (:func:`epilogue_arrays`, compiled route only): each product then gets a Conv's bias and
+    steps, by the thread that computed it."""
     tiles = _as_array(tiles)
     a_index = np.ascontiguousarray(a_index, dtype=np.int64)
     b_index = np.ascontiguousarray(b_index, dtype=np.int64)
     if use_numba:
-        _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads)
+        _run_parallel(a, b, c, a_index, b_index, tiles, alpha, zero_first, threads, epilogue)
     else:
         for i in range(c.shape[0]):
             _np_run_tiles(a[a_index[i]], b[b_index[i]], c[i], tiles, alpha, zero_first)
@@ -1803,6 +1848,11 @@ def conv(x, w, bias=None, *, group=1, strides, dilations, begins, ends,
     else:
         cols = _columns(x, group, kernel, out, strides, dilations, begins, ends)
         y = np.empty((n * group, mg, p), dtype=np.float32)
+        if use_numba and n * group > 1 and (bias is not None or relu or steps is not None):
+            # each product's bias and steps by the thread that computed it, still in cache
+            run_batch(a, cols, y, s.a_index, s.b_index, s.tiles, use_numba=use_numba,
+                      epilogue=epilogue_arrays(bias, relu, steps, m, group))
+            return y.reshape((n, m) + out)
         run_batch(a, cols, y, s.a_index, s.b_index, s.tiles, use_numba=use_numba)
     if bias is not None or relu or steps is not None:
         _bias_relu(y.reshape(n, m, p), bias, relu, use_numba, steps)
