@@ -1176,24 +1176,7 @@ def _nb_layer_norm(x, scale, bias, has_bias, eps, out, means, invs):
             for i in range(n4, n):
                 s += np.float64(x[r, i])
             mean = F32(s / np.float64(n))
-            lanes = np.zeros(8, np.float32)
-            n8 = n - n % 8
-            for i in range(0, n8, 8):
-                for j in range(8):
-                    d = x[r, i + j] - mean
-                    lanes[j] = _fma32(d, d, lanes[j])
-            v = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + \
-                ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
-            i = n8
-            if n - n8 >= 4:
-                for j in range(4):
-                    d = x[r, i + j] - mean
-                    v += d * d
-                i += 4
-            while i < n:
-                d = x[r, i] - mean
-                v = _fma32(d, d, v)
-                i += 1
+            v = _lane8_squares(x, r, mean)
             std = F32(math.sqrt(v / nf + eps))
             inv = _ONE / std
             for i in range(n):
@@ -1218,11 +1201,60 @@ def _nb_layer_norm(x, scale, bias, has_bias, eps, out, means, invs):
         invs[r] = inv
 
 
+@kernel
+def _lane8_squares(x, r, shift):
+    """``Σ (x[r, i] - shift)²`` over row ``r`` in MLAS's order (:func:`_np_lane8_squares` is
+    its NumPy twin on the differences): eight fma lanes, folded
+    ``((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))``, four rounded squares added one by one if
+    four remain, then fmas."""
+    n = x.shape[1]
+    lanes = np.zeros(8, np.float32)
+    n8 = n - n % 8
+    for i in range(0, n8, 8):
+        for j in range(8):
+            d = x[r, i + j] - shift
+            lanes[j] = _fma32(d, d, lanes[j])
+    v = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + \
+        ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
+    i = n8
+    if n - n8 >= 4:
+        for j in range(4):
+            d = x[r, i + j] - shift
+            v += d * d
+        i += 4
+    while i < n:
+        d = x[r, i] - shift
+        v = _fma32(d, d, v)
+        i += 1
+    return v
+
+
+def _np_lane8_squares(d):
+    """``Σ d²`` of every row of float32 ``d`` in MLAS's order: eight fma lanes over the first
+    ``8·floor(n/8)`` values, folded as ``((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7))``, then a
+    group of four rounded squares added one by one (if four remain), then fmas for the rest."""
+    rows, n = d.shape
+    n8 = n - n % 8
+    lanes = np.zeros((rows, 8), F32)
+    for i in range(0, n8, 8):
+        lanes = _fma_np(d[:, i:i + 8], d[:, i:i + 8], lanes)
+    h = [(lanes[:, k] + lanes[:, k + 4]).astype(F32) for k in range(4)]
+    v = (((h[0] + h[2]).astype(F32)) + ((h[1] + h[3]).astype(F32))).astype(F32)
+    i = n8
+    if n - n8 >= 4:
+        for j in range(4):
+            v = (v + (d[:, i + j] * d[:, i + j]).astype(F32)).astype(F32)
+        i += 4
+    for j in range(i, n):
+        v = _fma_np(d[:, j], d[:, j], v)
+    return v
+
+
 def _np_layer_norm(x, scale, bias, eps):
     rows, n = x.shape
     eps = F32(eps)
     if n >= 8:
-        n4, n8 = n - n % 4, n - n % 8
+        n4 = n - n % 4
         lanes4 = x[:, :n4].astype(np.float64).reshape(rows, -1, 4)
         acc = np.zeros((rows, 4))
         for k in range(lanes4.shape[1]):
@@ -1232,18 +1264,7 @@ def _np_layer_norm(x, scale, bias, eps):
             s = s + x[:, i].astype(np.float64)
         mean = (s / n).astype(F32)[:, None]
         d = (x - mean).astype(F32)
-        lanes = np.zeros((rows, 8), F32)
-        for i in range(0, n8, 8):
-            lanes = _fma_np(d[:, i:i + 8], d[:, i:i + 8], lanes)
-        h = [(lanes[:, k] + lanes[:, k + 4]).astype(F32) for k in range(4)]
-        v = (((h[0] + h[2]).astype(F32)) + ((h[1] + h[3]).astype(F32))).astype(F32)
-        i = n8
-        if n - n8 >= 4:
-            for j in range(4):
-                v = (v + (d[:, i + j] * d[:, i + j]).astype(F32)).astype(F32)
-            i += 4
-        for j in range(i, n):
-            v = _fma_np(d[:, j], d[:, j], v)
+        v = _np_lane8_squares(d)
         std = np.sqrt((v / F32(n)).astype(F32) + eps).astype(F32)[:, None]
         inv = (_ONE / std).astype(F32)
         t = (d * inv).astype(F32)
@@ -1303,21 +1324,7 @@ def _nb_rms_norm(x, scale, eps, out, invs):
     nf = F32(n)
     for r in range(rows):
         if n >= 16:
-            lanes = np.zeros(8, np.float32)
-            n8 = n - n % 8
-            for i in range(0, n8, 8):
-                for j in range(8):
-                    lanes[j] = _fma32(x[r, i + j], x[r, i + j], lanes[j])
-            v = ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + \
-                ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
-            i = n8
-            if n - n8 >= 4:
-                for j in range(4):
-                    v += x[r, i + j] * x[r, i + j]
-                i += 4
-            while i < n:
-                v = _fma32(x[r, i], x[r, i], v)
-                i += 1
+            v = _lane8_squares(x, r, _ZERO)      # x - (+0) is x, -0 and NaN included
             inv = _ONE / F32(math.sqrt(v / nf + eps))
             for i in range(n):
                 out[r, i] = (x[r, i] * inv) * scale[i]
@@ -1336,19 +1343,7 @@ def _np_rms_norm(x, scale, eps):
     rows, n = x.shape
     eps = F32(eps)
     if n >= 16:
-        n8 = n - n % 8
-        lanes = np.zeros((rows, 8), F32)
-        for i in range(0, n8, 8):
-            lanes = _fma_np(x[:, i:i + 8], x[:, i:i + 8], lanes)
-        h = [(lanes[:, k] + lanes[:, k + 4]).astype(F32) for k in range(4)]
-        v = (((h[0] + h[2]).astype(F32)) + ((h[1] + h[3]).astype(F32))).astype(F32)
-        i = n8
-        if n - n8 >= 4:
-            for j in range(4):
-                v = (v + (x[:, i + j] * x[:, i + j]).astype(F32)).astype(F32)
-            i += 4
-        for j in range(i, n):
-            v = _fma_np(x[:, j], x[:, j], v)
+        v = _np_lane8_squares(x)
         inv = (_ONE / np.sqrt((v / F32(n)).astype(F32) + eps).astype(F32)).astype(F32)
         y = ((x * inv[:, None]).astype(F32) * scale).astype(F32)
     else:
