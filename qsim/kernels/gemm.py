@@ -67,8 +67,8 @@ from ..jit import USE_NUMBA
 from . import avx512
 from . import mlas_math
 from . import threads as threads_
-from .threads import (ARGS, KIND, address, bits_of, claim, done, f32_at, finish, float_of,
-                      i64_at, idle, publish, settle, take)
+from .threads import (ARGS, KIND, bits_of, claim, done, f32_1d, f32_2d, f32_3d, f32_4d, finish,
+                      float_of, i64_1d, i64_2d, idle, publish, put_array, put_words, settle, take)
 
 #: kernel kinds of a tile (see the module docstring)
 FMA, GROUP4, LANE8_N, LANE8_M = 0, 1, 2, 3
@@ -844,22 +844,19 @@ def _post_gemm(box, a, b, c, a_index, b_index, tiles, parts, alpha, zero_first, 
     """Post :func:`_run_parts` to the spinning worker (operands from ``box[ARGS]``), compute
     this thread's parts, then settle the job (:func:`qsim.kernels.threads.settle`); returns
     ``(job number, settled)``."""
-    o = ARGS
-    box[o], box[o + 1], box[o + 2], box[o + 3] = address(a), a.shape[0], a.shape[1], a.shape[2]
-    box[o + 4], box[o + 5], box[o + 6], box[o + 7] = (address(b), b.shape[0], b.shape[1],
-                                                      b.shape[2])
-    box[o + 8], box[o + 9], box[o + 10], box[o + 11] = (address(c), c.shape[0], c.shape[1],
-                                                        c.shape[2])
-    box[o + 12], box[o + 13] = address(a_index), a_index.size
-    box[o + 14], box[o + 15] = address(b_index), b_index.size
-    box[o + 16], box[o + 17] = address(tiles), tiles.shape[0]
-    box[o + 18], box[o + 19] = address(parts), parts.shape[0]
-    box[o + 20], box[o + 21] = bits_of(np.float64(alpha)), 1 if zero_first else 0
-    box[o + 22] = address(state)
-    box[o + 23], box[o + 24], box[o + 25] = address(epi), address(epi_bias), epi_bias.size
-    box[o + 26], box[o + 27] = address(epi_codes), epi_codes.size
-    box[o + 28], box[o + 29], box[o + 30] = (address(epi_values), epi_values.shape[0],
-                                             epi_values.shape[1])
+    o = put_array(box, ARGS, a)
+    o = put_array(box, o, b)
+    o = put_array(box, o, c)
+    o = put_array(box, o, a_index)
+    o = put_array(box, o, b_index)
+    o = put_array(box, o, tiles)
+    o = put_array(box, o, parts)
+    o = put_array(box, o, epi)
+    o = put_array(box, o, epi_codes)
+    o = put_array(box, o, state)
+    o = put_array(box, o, epi_bias)
+    o = put_array(box, o, epi_values)
+    put_words(box, o, bits_of(np.float64(alpha)), 1 if zero_first else 0, 0, 0)
     seq = publish(box, _JOB_GEMM)
     _run_parts(a, b, c, a_index, b_index, tiles, parts, alpha, zero_first, epi, epi_bias,
                epi_codes, epi_values, state)
@@ -869,37 +866,33 @@ def _post_gemm(box, a, b, c, a_index, b_index, tiles, parts, alpha, zero_first, 
 @_compile()
 def _gemm_from_box(box):
     """The worker's side of :func:`_post_gemm`: the operands rebuilt from their addresses."""
-    o = ARGS
-    a = numba.carray(f32_at(box[o]), (box[o + 1], box[o + 2], box[o + 3]))
-    b = numba.carray(f32_at(box[o + 4]), (box[o + 5], box[o + 6], box[o + 7]))
-    c = numba.carray(f32_at(box[o + 8]), (box[o + 9], box[o + 10], box[o + 11]))
-    a_index = numba.carray(i64_at(box[o + 12]), (box[o + 13],))
-    b_index = numba.carray(i64_at(box[o + 14]), (box[o + 15],))
-    tiles = numba.carray(i64_at(box[o + 16]), (box[o + 17], 6))
-    parts = numba.carray(i64_at(box[o + 18]), (box[o + 19], 4))
-    state = numba.carray(i64_at(box[o + 22]), (2,))
-    epi = numba.carray(i64_at(box[o + 23]), (3,))
-    epi_bias = numba.carray(f32_at(box[o + 24]), (box[o + 25],))
-    epi_codes = numba.carray(i64_at(box[o + 26]), (box[o + 27],))
-    epi_values = numba.carray(f32_at(box[o + 28]), (box[o + 29], box[o + 30]))
-    _run_parts(a, b, c, a_index, b_index, tiles, parts, np.float32(float_of(box[o + 20])),
-               box[o + 21] != 0, epi, epi_bias, epi_codes, epi_values, state)
+    a, o = f32_3d(box, ARGS)
+    b, o = f32_3d(box, o)
+    c, o = f32_3d(box, o)
+    a_index, o = i64_1d(box, o)
+    b_index, o = i64_1d(box, o)
+    tiles, o = i64_2d(box, o)
+    parts, o = i64_2d(box, o)
+    epi, o = i64_1d(box, o)
+    epi_codes, o = i64_1d(box, o)
+    state, o = i64_1d(box, o)
+    epi_bias, o = f32_1d(box, o)
+    epi_values, o = f32_2d(box, o)
+    _run_parts(a, b, c, a_index, b_index, tiles, parts, np.float32(float_of(box[o])),
+               box[o + 1] != 0, epi, epi_bias, epi_codes, epi_values, state)
 
 
 @_compile()
 def _post_group4(box, x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, parts, state):
     """:func:`_nb_group4_parts` shared with the spinning worker, as :func:`_post_gemm`."""
-    o = ARGS
-    box[o], box[o + 1], box[o + 2], box[o + 3], box[o + 4] = (address(x), x.shape[0],
-                                                              x.shape[1], x.shape[2], x.shape[3])
-    box[o + 5], box[o + 6], box[o + 7] = address(wf), wf.shape[0], wf.shape[1]
-    box[o + 8], box[o + 9], box[o + 10], box[o + 11] = (address(y), y.shape[0], y.shape[1],
-                                                        y.shape[2])
-    box[o + 12], box[o + 13] = address(offs), offs.size
-    box[o + 14], box[o + 15], box[o + 16], box[o + 17] = kb, sh, sw, hq
-    box[o + 18], box[o + 19], box[o + 20] = wq, bh, bw
-    box[o + 21], box[o + 22] = address(parts), parts.shape[0]
-    box[o + 23] = address(state)
+    o = put_array(box, ARGS, x)
+    o = put_array(box, o, wf)
+    o = put_array(box, o, y)
+    o = put_array(box, o, offs)
+    o = put_array(box, o, parts)
+    o = put_array(box, o, state)
+    o = put_words(box, o, kb, sh, sw, hq)
+    put_words(box, o, wq, bh, bw, 0)
     seq = publish(box, _JOB_GROUP4)
     _nb_group4_parts(x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, parts, state)
     return seq, settle(box, seq, _SETTLE_SPINS)
@@ -908,29 +901,25 @@ def _post_group4(box, x, wf, y, offs, kb, sh, sw, hq, wq, bh, bw, parts, state):
 @_compile()
 def _group4_from_box(box):
     """The worker's side of :func:`_post_group4`."""
-    o = ARGS
-    x = numba.carray(f32_at(box[o]), (box[o + 1], box[o + 2], box[o + 3], box[o + 4]))
-    wf = numba.carray(f32_at(box[o + 5]), (box[o + 6], box[o + 7]))
-    y = numba.carray(f32_at(box[o + 8]), (box[o + 9], box[o + 10], box[o + 11]))
-    offs = numba.carray(i64_at(box[o + 12]), (box[o + 13],))
-    parts = numba.carray(i64_at(box[o + 21]), (box[o + 22], 2))
-    state = numba.carray(i64_at(box[o + 23]), (2,))
-    _nb_group4_parts(x, wf, y, offs, box[o + 14], box[o + 15], box[o + 16], box[o + 17],
-                     box[o + 18], box[o + 19], box[o + 20], parts, state)
+    x, o = f32_4d(box, ARGS)
+    wf, o = f32_2d(box, o)
+    y, o = f32_3d(box, o)
+    offs, o = i64_1d(box, o)
+    parts, o = i64_2d(box, o)
+    state, o = i64_1d(box, o)
+    _nb_group4_parts(x, wf, y, offs, box[o], box[o + 1], box[o + 2], box[o + 3], box[o + 4],
+                     box[o + 5], box[o + 6], parts, state)
 
 
 @_compile()
 def _post_max_pool(box, x, kh, kw, sh, sw, ph, pw_begin, tail, y, parts, state):
     """:func:`qsim.kernels.mlas_math._max_pool_parts` shared with the spinning worker."""
-    o = ARGS
-    box[o], box[o + 1], box[o + 2], box[o + 3], box[o + 4] = (address(x), x.shape[0],
-                                                              x.shape[1], x.shape[2], x.shape[3])
-    box[o + 5], box[o + 6], box[o + 7], box[o + 8] = (address(y), y.shape[0], y.shape[1],
-                                                      y.shape[2])
-    box[o + 9] = y.shape[3]
-    box[o + 10], box[o + 11], box[o + 12], box[o + 13] = kh, kw, sh, sw
-    box[o + 14], box[o + 15], box[o + 16] = ph, pw_begin, tail
-    box[o + 17], box[o + 18], box[o + 19] = address(parts), parts.shape[0], address(state)
+    o = put_array(box, ARGS, x)
+    o = put_array(box, o, y)
+    o = put_array(box, o, parts)
+    o = put_array(box, o, state)
+    o = put_words(box, o, kh, kw, sh, sw)
+    put_words(box, o, ph, pw_begin, tail, 0)
     seq = publish(box, _JOB_MAX_POOL)
     mlas_math._max_pool_parts(x, kh, kw, sh, sw, ph, pw_begin, tail, y, parts, state)
     return seq, settle(box, seq, _SETTLE_SPINS)
@@ -939,29 +928,25 @@ def _post_max_pool(box, x, kh, kw, sh, sw, ph, pw_begin, tail, y, parts, state):
 @_compile()
 def _max_pool_from_box(box):
     """The worker's side of :func:`_post_max_pool`."""
-    o = ARGS
-    x = numba.carray(f32_at(box[o]), (box[o + 1], box[o + 2], box[o + 3], box[o + 4]))
-    y = numba.carray(f32_at(box[o + 5]), (box[o + 6], box[o + 7], box[o + 8], box[o + 9]))
-    parts = numba.carray(i64_at(box[o + 17]), (box[o + 18], 2))
-    state = numba.carray(i64_at(box[o + 19]), (2,))
-    mlas_math._max_pool_parts(x, box[o + 10], box[o + 11], box[o + 12], box[o + 13],
-                              box[o + 14], box[o + 15], box[o + 16], y, parts, state)
+    x, o = f32_4d(box, ARGS)
+    y, o = f32_4d(box, o)
+    parts, o = i64_2d(box, o)
+    state, o = i64_1d(box, o)
+    mlas_math._max_pool_parts(x, box[o], box[o + 1], box[o + 2], box[o + 3], box[o + 4],
+                              box[o + 5], box[o + 6], y, parts, state)
 
 
 @_compile()
 def _post_pool_sums(box, x, hp, wp, pt, pl, rows_value, kh, kw, sh, sw, vector, total, parts,
                     state):
     """:func:`qsim.kernels.mlas_math._pool_sums_parts` shared with the spinning worker."""
-    o = ARGS
-    box[o], box[o + 1], box[o + 2], box[o + 3], box[o + 4] = (address(x), x.shape[0],
-                                                              x.shape[1], x.shape[2], x.shape[3])
-    box[o + 5], box[o + 6], box[o + 7], box[o + 8] = (address(total), total.shape[0],
-                                                      total.shape[1], total.shape[2])
-    box[o + 9] = total.shape[3]
-    box[o + 10], box[o + 11], box[o + 12], box[o + 13] = hp, wp, pt, pl
-    box[o + 14], box[o + 15] = bits_of(np.float64(rows_value)), 1 if vector else 0
-    box[o + 16], box[o + 17], box[o + 18], box[o + 19] = kh, kw, sh, sw
-    box[o + 20], box[o + 21], box[o + 22] = address(parts), parts.shape[0], address(state)
+    o = put_array(box, ARGS, x)
+    o = put_array(box, o, total)
+    o = put_array(box, o, parts)
+    o = put_array(box, o, state)
+    o = put_words(box, o, hp, wp, pt, pl)
+    o = put_words(box, o, kh, kw, sh, sw)
+    put_words(box, o, bits_of(np.float64(rows_value)), 1 if vector else 0, 0, 0)
     seq = publish(box, _JOB_POOL_SUMS)
     mlas_math._pool_sums_parts(x, hp, wp, pt, pl, rows_value, kh, kw, sh, sw, vector, total,
                                parts, state)
@@ -971,14 +956,13 @@ def _post_pool_sums(box, x, hp, wp, pt, pl, rows_value, kh, kw, sh, sw, vector, 
 @_compile()
 def _pool_sums_from_box(box):
     """The worker's side of :func:`_post_pool_sums`."""
-    o = ARGS
-    x = numba.carray(f32_at(box[o]), (box[o + 1], box[o + 2], box[o + 3], box[o + 4]))
-    total = numba.carray(f32_at(box[o + 5]), (box[o + 6], box[o + 7], box[o + 8], box[o + 9]))
-    parts = numba.carray(i64_at(box[o + 20]), (box[o + 21], 2))
-    state = numba.carray(i64_at(box[o + 22]), (2,))
-    mlas_math._pool_sums_parts(x, box[o + 10], box[o + 11], box[o + 12], box[o + 13],
-                               np.float32(float_of(box[o + 14])), box[o + 16], box[o + 17],
-                               box[o + 18], box[o + 19], box[o + 15] != 0, total, parts, state)
+    x, o = f32_4d(box, ARGS)
+    total, o = f32_4d(box, o)
+    parts, o = i64_2d(box, o)
+    state, o = i64_1d(box, o)
+    mlas_math._pool_sums_parts(x, box[o], box[o + 1], box[o + 2], box[o + 3],
+                               np.float32(float_of(box[o + 8])), box[o + 4], box[o + 5],
+                               box[o + 6], box[o + 7], box[o + 9] != 0, total, parts, state)
 
 
 @_compile()

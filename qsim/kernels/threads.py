@@ -255,6 +255,57 @@ IDLE_POLLS = 40000
 
 
 @numba.njit(nogil=True, cache=True)
+def put_array(box, o, a):
+    """Write array ``a`` (C-contiguous) into a mailbox from word ``o``: its address, then its
+    sizes; returns the next free word. The worker reads it back with the reader of its type
+    and rank (:func:`f32_3d`, :func:`i64_1d`, ...), in the same order."""
+    box[o] = address_of(a)
+    for k in range(a.ndim):
+        box[o + 1 + k] = a.shape[k]
+    return o + 1 + a.ndim
+
+
+@numba.njit(nogil=True, cache=True)
+def put_words(box, o, w0, w1, w2, w3):
+    """Write four integers (sizes, flags, float bits) from word ``o``; returns ``o + 4``."""
+    box[o], box[o + 1], box[o + 2], box[o + 3] = w0, w1, w2, w3
+    return o + 4
+
+
+# the arrays :func:`put_array` wrote from word ``o``, and the next word (one reader per rank:
+# a compiled array's rank is part of its type)
+@numba.njit(nogil=True, cache=True)
+def f32_1d(box, o):
+    return numba.carray(float32_at(box[o]), (box[o + 1],)), o + 2
+
+
+@numba.njit(nogil=True, cache=True)
+def f32_2d(box, o):
+    return numba.carray(float32_at(box[o]), (box[o + 1], box[o + 2])), o + 3
+
+
+@numba.njit(nogil=True, cache=True)
+def f32_3d(box, o):
+    return numba.carray(float32_at(box[o]), (box[o + 1], box[o + 2], box[o + 3])), o + 4
+
+
+@numba.njit(nogil=True, cache=True)
+def f32_4d(box, o):
+    return (numba.carray(float32_at(box[o]), (box[o + 1], box[o + 2], box[o + 3], box[o + 4])),
+            o + 5)
+
+
+@numba.njit(nogil=True, cache=True)
+def i64_1d(box, o):
+    return numba.carray(int64_at(box[o]), (box[o + 1],)), o + 2
+
+
+@numba.njit(nogil=True, cache=True)
+def i64_2d(box, o):
+    return numba.carray(int64_at(box[o]), (box[o + 1], box[o + 2])), o + 3
+
+
+@numba.njit(nogil=True, cache=True)
 def publish(box, kind):
     """Post a job of ``kind`` whose operands the caller has written from ``box[ARGS]``;
     returns its number."""
